@@ -1,0 +1,56 @@
+// The partitioning rule of DESIGN.md, the same in every client and server.
+//
+// A variable's flat values are cut into blocks of block_size values (the last
+// may be shorter); block k of variable v lives on shard
+//   (fnv1a64(utf8(v)) mod S + k) mod S.
+#ifndef PS_COMMON_PARTITION_H_
+#define PS_COMMON_PARTITION_H_
+
+#include <cstdint>
+#include <string_view>
+
+namespace ps {
+
+// 64-bit FNV-1a: offset basis 0xcbf29ce484222325, prime 0x100000001b3.
+uint64_t Fnv1a64(std::string_view bytes);
+
+// A contiguous range of flat values.
+struct FlatRange {
+  uint64_t offset = 0;
+  uint64_t length = 0;
+  friend bool operator==(const FlatRange&, const FlatRange&) = default;
+};
+
+// Where each block of a variable lives. Cheap to copy; thread-compatible.
+class PartitionPlan {
+ public:
+  // REQUIRES: num_shards > 0, block_size > 0.
+  PartitionPlan(uint32_t num_shards, uint64_t block_size)
+      : num_shards_(num_shards), block_size_(block_size) {}
+
+  uint32_t num_shards() const { return num_shards_; }
+  uint64_t block_size() const { return block_size_; }
+
+  // Blocks in a variable of `size` values: ceil(size / block_size).
+  uint64_t NumBlocks(uint64_t size) const {
+    return (size + block_size_ - 1) / block_size_;
+  }
+
+  // The values of block k of a variable of `size` values.
+  // REQUIRES: k < NumBlocks(size).
+  FlatRange BlockRange(uint64_t size, uint64_t k) const;
+
+  // The block that holds flat index `offset`.
+  uint64_t BlockOf(uint64_t offset) const { return offset / block_size_; }
+
+  // The shard that owns block k of `variable`.
+  uint32_t ShardOf(std::string_view variable, uint64_t k) const;
+
+ private:
+  uint32_t num_shards_;
+  uint64_t block_size_;
+};
+
+}  // namespace ps
+
+#endif  // PS_COMMON_PARTITION_H_

@@ -1,0 +1,36 @@
+// Encodings of Slice.data: little-endian float32, bfloat16 or float16.
+//
+// The server keeps float32; bfloat16 and float16 are rounded to nearest
+// even on encode and widened exactly on decode.
+#ifndef PS_COMMON_WIRE_H_
+#define PS_COMMON_WIRE_H_
+
+#include <cstddef>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "absl/status/status.h"
+#include "proto/ps/v1/ps.pb.h"
+
+namespace ps {
+
+// 4 for FLOAT32, 2 for BFLOAT16 and FLOAT16.
+size_t BytesPerValue(v1::DType dtype);
+
+// Decodes out.size() values of `dtype` from `data`.
+// INVALID_ARGUMENT if data does not hold exactly that many whole values or
+// the dtype is unknown; `out` is then unspecified.
+absl::Status DecodeValues(v1::DType dtype, std::string_view data,
+                          std::span<float> out);
+
+// Replaces *out with `values` encoded as `dtype` (FLOAT32 for an unknown one).
+void EncodeValues(v1::DType dtype, std::span<const float> values,
+                  std::string* out);
+
+// True when no value is NaN or infinite.
+bool AllFinite(std::span<const float> values);
+
+}  // namespace ps
+
+#endif  // PS_COMMON_WIRE_H_

@@ -1,0 +1,58 @@
+// One optimizer step on one block: the plumbing around the kernels.
+//
+// The store calls CheckUpdate, then ApplyUpdate, while it holds the block's
+// lock. CheckUpdate is the only place here that produces error text; the
+// kernels it dispatches to never fail.
+#ifndef PS_SERVER_OPTIMIZER_UPDATE_H_
+#define PS_SERVER_OPTIMIZER_UPDATE_H_
+
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "server/optimizer/eve.h"
+#include "server/optimizer/settings.h"
+
+namespace ps::optimizer {
+
+// The optimizer state of one block. Slots are allocated on the first update
+// by a rule that needs them and keep their meaning across rules:
+//   momentum       Momentum's buffer b; RMSProp's momentum buffer;
+//                  Adam's and Eve's first moment m
+//   square_avg     Adagrad's sum s; RMSProp's, Adam's and Eve's second
+//                  moment v
+//   grad_avg       centered RMSProp's mean gradient a
+//   max_square_avg AMSGrad's running max w of v
+struct BlockOptimizerState {
+  uint64_t step = 0;  // t: the number of updates applied to the block
+  std::vector<float> momentum;
+  std::vector<float> square_avg;
+  std::vector<float> grad_avg;
+  std::vector<float> max_square_avg;
+  EveFeedbackState eve;
+};
+
+// Refuses an update that the rule cannot take, before anything changes:
+// for Eve, a missing, non-finite or below-floor loss, or a first loss equal
+// to the floor (INVALID_ARGUMENT).
+absl::Status CheckUpdate(const OptimizerSettings& settings,
+                         const BlockOptimizerState& state,
+                         std::optional<double> loss);
+
+// Clips the gradient (per block), adds weight decay, runs the rule and
+// advances state.step.
+// REQUIRES: CheckUpdate returned OK; values.size() == grad.size(); every
+// gradient value is finite.
+void ApplyUpdate(const OptimizerSettings& settings, BlockOptimizerState& state,
+                 std::span<float> values, std::span<const float> grad,
+                 std::optional<double> loss);
+
+// The factor torch's clip_grad_norm_ would scale this gradient by:
+// min(1, clip_norm / (||g||_2 + 1e-6)), in float32 as torch computes it.
+float ClipFactor(std::span<const float> grad, double clip_norm);
+
+}  // namespace ps::optimizer
+
+#endif  // PS_SERVER_OPTIMIZER_UPDATE_H_
