@@ -5,10 +5,13 @@ namespace ps::optimizer {
 void RmsPropRule::Apply(FlatArray var, FlatArray square_avg,
                         std::optional<FlatArray> grad_avg,
                         std::optional<FlatArray> momentum_buffer, float lr,
-                        float alpha, float eps, float momentum,
+                        double alpha_in, float eps, float momentum,
                         const GradientTransform& transform,
                         ConstFlatArray grad) {
-  const float one_minus_alpha = 1.0f - alpha;
+  // 1 - alpha is rounded once from double, as torch does; 1.0f - 0.99f is
+  // 1e-6 (relative) away from float(0.01).
+  const float alpha = static_cast<float>(alpha_in);
+  const float one_minus_alpha = static_cast<float>(1.0 - alpha_in);
   alignas(64) float scratch[kChunk];
   alignas(64) float denom_scratch[kChunk];
   ForEachChunk(var.size(), [&](Eigen::Index offset, Eigen::Index length) {

@@ -25,7 +25,7 @@ struct RmsPropRule {
   static void Apply(FlatArray var, FlatArray square_avg,
                     std::optional<FlatArray> grad_avg,
                     std::optional<FlatArray> momentum_buffer, float lr,
-                    float alpha, float eps, float momentum,
+                    double alpha, float eps, float momentum,
                     const GradientTransform& transform, ConstFlatArray grad);
 };
 

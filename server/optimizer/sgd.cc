@@ -14,10 +14,12 @@ void SgdRule::Apply(FlatArray var, float lr, const GradientTransform& transform,
 }
 
 void MomentumRule::Apply(FlatArray var, FlatArray buffer, bool first_step,
-                         float lr, float momentum, float dampening,
+                         float lr, float momentum, double dampening,
                          bool nesterov, const GradientTransform& transform,
                          ConstFlatArray grad) {
-  const float keep = 1.0f - dampening;  // 1 - tau
+  // 1 - tau, rounded once from double as torch does (1.0f - 0.9f is 2e-7
+  // relative away from float(0.1)).
+  const float keep = static_cast<float>(1.0 - dampening);
   alignas(64) float scratch[kChunk];
   ForEachChunk(var.size(), [&](Eigen::Index offset, Eigen::Index length) {
     TransformGradient(transform, grad, var, offset, length, scratch);

@@ -25,7 +25,7 @@ struct MomentumRule {
   // REQUIRES: var, buffer and grad have the same size.
   // `first_step` is true when buffer holds no history yet (t = 1).
   static void Apply(FlatArray var, FlatArray buffer, bool first_step, float lr,
-                    float momentum, float dampening, bool nesterov,
+                    float momentum, double dampening, bool nesterov,
                     const GradientTransform& transform, ConstFlatArray grad);
 };
 

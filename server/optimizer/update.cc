@@ -41,9 +41,8 @@ struct RuleStep {
   void operator()(const MomentumParams& p) {
     const bool first = EnsureSlot(state.momentum, var.size());
     MomentumRule::Apply(var, Map(state.momentum), first, static_cast<float>(lr),
-                        static_cast<float>(p.momentum),
-                        static_cast<float>(p.dampening), p.nesterov, transform,
-                        grad);
+                        static_cast<float>(p.momentum), p.dampening, p.nesterov,
+                        transform, grad);
   }
 
   void operator()(const AdagradParams& p) {
@@ -67,7 +66,7 @@ struct RuleStep {
       buffer = Map(state.momentum);
     }
     RmsPropRule::Apply(var, Map(state.square_avg), grad_avg, buffer,
-                       static_cast<float>(lr), static_cast<float>(p.alpha),
+                       static_cast<float>(lr), p.alpha,
                        static_cast<float>(p.eps),
                        static_cast<float>(p.momentum), transform, grad);
   }

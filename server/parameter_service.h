@@ -1,0 +1,48 @@
+// ParameterService over one VariableStore, on gRPC's callback API.
+//
+// Thread safety: gRPC calls every method concurrently; the store does the
+// locking. A sync push that waits for its step holds no thread.
+#ifndef PS_SERVER_PARAMETER_SERVICE_H_
+#define PS_SERVER_PARAMETER_SERVICE_H_
+
+#include "proto/ps/v1/ps.grpc.pb.h"
+#include "server/store.h"
+
+namespace ps {
+
+class ParameterServiceImpl final : public v1::ParameterService::CallbackService {
+ public:
+  // REQUIRES: store outlives the service.
+  ParameterServiceImpl(VariableStore* store, v1::ClusterInfo info)
+      : store_(store), info_(std::move(info)) {}
+
+  grpc::ServerUnaryReactor* GetClusterInfo(
+      grpc::CallbackServerContext* context,
+      const v1::GetClusterInfoRequest* request,
+      v1::ClusterInfo* response) override;
+  grpc::ServerUnaryReactor* CreateVariable(
+      grpc::CallbackServerContext* context,
+      const v1::CreateVariableRequest* request,
+      v1::CreateVariableResponse* response) override;
+  grpc::ServerUnaryReactor* Push(grpc::CallbackServerContext* context,
+                                 const v1::PushRequest* request,
+                                 v1::PushResponse* response) override;
+  grpc::ServerUnaryReactor* Pull(grpc::CallbackServerContext* context,
+                                 const v1::PullRequest* request,
+                                 v1::PullResponse* response) override;
+  grpc::ServerUnaryReactor* PushPull(grpc::CallbackServerContext* context,
+                                     const v1::PushRequest* request,
+                                     v1::PullResponse* response) override;
+
+ private:
+  // Push and PushPull: `answer` is null for Push.
+  grpc::ServerUnaryReactor* StartPush(const v1::PushRequest& request,
+                                      v1::PullResponse* answer);
+
+  VariableStore* const store_;
+  const v1::ClusterInfo info_;
+};
+
+}  // namespace ps
+
+#endif  // PS_SERVER_PARAMETER_SERVICE_H_

@@ -1,0 +1,94 @@
+// ps_server: one shard of the parameter server.
+//
+// Parses flags, starts the shard, prints "listening on HOST:PORT" as the
+// first line of stdout, and shuts down gracefully on SIGTERM or SIGINT.
+#include <signal.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include <cstdio>
+#include <iostream>
+#include <string>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "common/optimizer_config.h"
+#include "server/server.h"
+
+ABSL_FLAG(std::string, host, "127.0.0.1",
+          "address to listen on; 0.0.0.0 to serve other machines");
+ABSL_FLAG(int, port, 0, "port to listen on; 0 picks a free one");
+ABSL_FLAG(uint32_t, shard_index, 0, "this shard's index, 0..num_shards-1");
+ABSL_FLAG(uint32_t, num_shards, 1, "shards in the cluster");
+ABSL_FLAG(uint64_t, block_size, 262144, "values per block");
+ABSL_FLAG(std::string, consistency, "async",
+          "async (apply each push as it arrives) or sync (average each "
+          "step's pushes)");
+ABSL_FLAG(uint32_t, num_workers, 0, "sync: workers that push each step");
+ABSL_FLAG(uint32_t, quorum, 0,
+          "sync: pushes that complete a step; 0 = num_workers");
+ABSL_FLAG(std::string, optimizer, "adam {}",
+          "default optimizer, an OptimizerConfig in protobuf text format, "
+          "e.g. 'momentum { nesterov: true } learning_rate: 0.1'");
+ABSL_FLAG(int, max_message_mb, 256, "largest message accepted or sent, MiB");
+
+namespace {
+
+int Fail(const std::string& message) {
+  std::cerr << "ps_server: " << message << std::endl;
+  return 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "One shard of the parameter server.\n"
+      "Example: ps_server --num_shards=2 --shard_index=0 --port=50051");
+  absl::ParseCommandLine(argc, argv);
+  spdlog::set_default_logger(spdlog::stderr_color_mt("ps_server"));
+
+  ps::ServerOptions options;
+  options.host = absl::GetFlag(FLAGS_host);
+  options.port = absl::GetFlag(FLAGS_port);
+  options.shard_index = absl::GetFlag(FLAGS_shard_index);
+  options.num_shards = absl::GetFlag(FLAGS_num_shards);
+  options.block_size = absl::GetFlag(FLAGS_block_size);
+  options.num_workers = absl::GetFlag(FLAGS_num_workers);
+  options.quorum = absl::GetFlag(FLAGS_quorum);
+  options.max_message_mb = absl::GetFlag(FLAGS_max_message_mb);
+  const std::string consistency = absl::GetFlag(FLAGS_consistency);
+  if (consistency == "sync") {
+    options.consistency = ps::Consistency::kSync;
+  } else if (consistency != "async") {
+    return Fail("--consistency must be async or sync, not '" + consistency +
+                "'");
+  }
+  auto optimizer = ps::ParseOptimizerConfig(absl::GetFlag(FLAGS_optimizer));
+  if (!optimizer.ok()) {
+    return Fail("--optimizer: " + std::string(optimizer.status().message()));
+  }
+  options.default_optimizer = *optimizer;
+
+  // Signals are taken synchronously by this thread; block them before any
+  // other thread starts so none of those receives them.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  auto server = ps::ParameterServer::Start(options);
+  if (!server.ok()) return Fail(std::string(server.status().message()));
+  std::cout << "listening on " << (*server)->address() << std::endl;
+
+  int signal_number = 0;
+  sigwait(&signals, &signal_number);
+  spdlog::info("signal {}: finishing calls in flight, then exiting",
+               signal_number);
+  (*server)->Shutdown();
+  (*server)->Wait();
+  spdlog::info("stopped");
+  return 0;
+}

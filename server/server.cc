@@ -1,0 +1,164 @@
+#include "server/server.h"
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+
+#include "absl/strings/str_cat.h"
+#include "common/optimizer_config.h"
+#include "common/status.h"
+#include "server/parameter_service.h"
+#include "server/store.h"
+
+namespace ps {
+namespace {
+
+// How long Shutdown lets calls in flight finish before cancelling them.
+constexpr auto kShutdownGrace = std::chrono::seconds(5);
+
+absl::Status CheckOptions(const ServerOptions& options) {
+  if (options.num_shards == 0) {
+    return absl::InvalidArgumentError("--num_shards must be at least 1");
+  }
+  if (options.shard_index >= options.num_shards) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--shard_index=", options.shard_index, " must be below --num_shards=",
+        options.num_shards));
+  }
+  if (options.block_size == 0) {
+    return absl::InvalidArgumentError("--block_size must be at least 1");
+  }
+  if (options.port < 0 || options.port > 65535) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--port=", options.port, " must be in 0..65535"));
+  }
+  if (options.max_message_mb < 1 || options.max_message_mb > 2047) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--max_message_mb=", options.max_message_mb, " must be in 1..2047"));
+  }
+  if (options.consistency == Consistency::kSync) {
+    if (options.num_workers == 0) {
+      return absl::InvalidArgumentError(
+          "--consistency=sync needs --num_workers (the workers per step)");
+    }
+    if (options.quorum > options.num_workers) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--quorum=", options.quorum,
+                       " must not exceed --num_workers=", options.num_workers));
+    }
+  }
+  if (absl::Status status = ValidateOptimizerConfig(options.default_optimizer);
+      !status.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--optimizer: ", status.message()));
+  }
+  return absl::OkStatus();
+}
+
+class ServerImpl final : public ParameterServer {
+ public:
+  ServerImpl(const StoreOptions& store_options, v1::ClusterInfo info,
+             std::string host)
+      : store_(store_options),
+        service_(&store_, std::move(info)),
+        host_(std::move(host)) {}
+
+  ~ServerImpl() override {
+    Shutdown();
+    Wait();
+  }
+
+  absl::Status Start(const ServerOptions& options) {
+    grpc::EnableDefaultHealthCheckService(true);
+    grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+    grpc::ServerBuilder builder;
+    const std::string address = absl::StrCat(host_, ":", options.port);
+    builder.AddListeningPort(address, grpc::InsecureServerCredentials(),
+                             &port_);
+    const int max_bytes = options.max_message_mb * 1024 * 1024;
+    builder.SetMaxReceiveMessageSize(max_bytes);
+    builder.SetMaxSendMessageSize(max_bytes);
+    builder.RegisterService(&service_);
+    server_ = builder.BuildAndStart();
+    if (server_ == nullptr || port_ == 0) {
+      return absl::UnavailableError(
+          absl::StrCat("cannot listen on ", address,
+                       " (is the port in use or the host not local?)"));
+    }
+    server_->GetHealthCheckService()->SetServingStatus(true);
+    return absl::OkStatus();
+  }
+
+  int port() const override { return port_; }
+  std::string address() const override {
+    return absl::StrCat(host_, ":", port_);
+  }
+
+  void Shutdown() override {
+    absl::MutexLock lock(&mu_);
+    if (shut_down_ || server_ == nullptr) return;
+    shut_down_ = true;
+    server_->GetHealthCheckService()->SetServingStatus(false);
+    server_->Shutdown(std::chrono::system_clock::now() + kShutdownGrace);
+  }
+
+  void Wait() override {
+    if (server_ != nullptr) server_->Wait();
+  }
+
+ private:
+  VariableStore store_;
+  ParameterServiceImpl service_;
+  std::string host_;
+  int port_ = 0;
+  std::unique_ptr<grpc::Server> server_;
+  absl::Mutex mu_;
+  bool shut_down_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<ParameterServer>> ParameterServer::Start(
+    const ServerOptions& options) {
+  ServerOptions resolved = options;
+  if (resolved.default_optimizer.rule_case() ==
+          v1::OptimizerConfig::RULE_NOT_SET &&
+      resolved.default_optimizer.ByteSizeLong() == 0) {
+    resolved.default_optimizer.mutable_adam();
+  }
+  if (resolved.consistency == Consistency::kSync && resolved.quorum == 0) {
+    resolved.quorum = resolved.num_workers;
+  }
+  PS_RETURN_IF_ERROR(CheckOptions(resolved));
+
+  StoreOptions store_options;
+  store_options.shard_index = resolved.shard_index;
+  store_options.num_shards = resolved.num_shards;
+  store_options.block_size = resolved.block_size;
+  store_options.sync = resolved.consistency == Consistency::kSync;
+  store_options.num_workers = resolved.num_workers;
+  store_options.quorum = resolved.quorum;
+  store_options.default_optimizer = resolved.default_optimizer;
+
+  v1::ClusterInfo info;
+  info.set_shard_index(resolved.shard_index);
+  info.set_num_shards(resolved.num_shards);
+  info.set_block_size(resolved.block_size);
+  info.set_consistency(store_options.sync ? "sync" : "async");
+  info.set_num_workers(store_options.sync ? resolved.num_workers : 0);
+  info.set_quorum(store_options.sync ? resolved.quorum : 0);
+
+  auto server =
+      std::make_unique<ServerImpl>(store_options, info, resolved.host);
+  PS_RETURN_IF_ERROR(server->Start(resolved));
+  spdlog::info("shard {} of {} serving on {} ({}, block_size {}, optimizer {})",
+               resolved.shard_index, resolved.num_shards, server->address(),
+               info.consistency(), resolved.block_size,
+               OptimizerConfigToText(resolved.default_optimizer));
+  return server;
+}
+
+}  // namespace ps

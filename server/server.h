@@ -1,0 +1,68 @@
+// A running shard: the gRPC server that hosts ParameterService (and, later,
+// AdminService) over one VariableStore.
+//
+// Thread safety: all methods may be called from any thread.
+#ifndef PS_SERVER_SERVER_H_
+#define PS_SERVER_SERVER_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "proto/ps/v1/ps.pb.h"
+
+namespace ps {
+
+enum class Consistency { kAsync, kSync };
+
+struct ServerOptions {
+  // Address to listen on. Keep loopback unless the shard must be reached
+  // from other machines.
+  std::string host = "127.0.0.1";
+  // 0 picks a free port; ParameterServer::port() reports it.
+  int port = 0;
+
+  uint32_t shard_index = 0;
+  uint32_t num_shards = 1;
+  // Values per block. Larger blocks mean fewer, larger updates and coarser
+  // locking; smaller ones spread a variable over more shards.
+  uint64_t block_size = 262144;
+
+  Consistency consistency = Consistency::kAsync;
+  // Sync: the workers that push each step, and how many complete it
+  // (0 = num_workers).
+  uint32_t num_workers = 0;
+  uint32_t quorum = 0;
+
+  // The optimizer of every variable created without its own.
+  v1::OptimizerConfig default_optimizer;  // empty = Adam with defaults
+
+  // The largest message accepted or sent. Raising it lets a client send
+  // larger pushes at the cost of memory per call.
+  int max_message_mb = 256;
+};
+
+class ParameterServer {
+ public:
+  // Validates the options, binds and starts serving.
+  // INVALID_ARGUMENT for a bad combination; UNAVAILABLE when it cannot bind.
+  static absl::StatusOr<std::unique_ptr<ParameterServer>> Start(
+      const ServerOptions& options);
+
+  virtual ~ParameterServer() = default;
+
+  // The bound port (the real one when options.port was 0).
+  virtual int port() const = 0;
+  // "host:port".
+  virtual std::string address() const = 0;
+
+  // Stops accepting calls, finishes those in flight and returns.
+  virtual void Shutdown() = 0;
+  // Blocks until Shutdown has completed.
+  virtual void Wait() = 0;
+};
+
+}  // namespace ps
+
+#endif  // PS_SERVER_SERVER_H_

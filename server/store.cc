@@ -1,0 +1,531 @@
+#include "server/store.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <new>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/optimizer_config.h"
+#include "common/status.h"
+#include "common/wire.h"
+
+namespace ps {
+namespace {
+
+// The largest variable accepted, in values (about 1 TiB of float32).
+constexpr uint64_t kMaxVariableSize = uint64_t{1} << 38;
+
+std::string ShapeString(const std::vector<uint64_t>& shape) {
+  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
+}
+
+absl::StatusOr<uint64_t> CheckShape(const std::string& name,
+                                    const std::vector<uint64_t>& shape) {
+  uint64_t size = 1;
+  for (uint64_t dim : shape) {
+    if (dim == 0 || dim > kMaxVariableSize) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "variable '", name, "' has dimension ", static_cast<int64_t>(dim),
+          " in shape ", ShapeString(shape),
+          "; every dimension must be between 1 and ", kMaxVariableSize));
+    }
+    if (size > kMaxVariableSize / dim) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("variable '", name, "' of shape ", ShapeString(shape),
+                       " has more than ", kMaxVariableSize, " values"));
+    }
+    size *= dim;
+  }
+  return size;
+}
+
+// The index of the first value that is NaN or infinite, if any.
+std::optional<size_t> FirstNonFinite(std::span<const float> values) {
+  if (AllFinite(values)) return std::nullopt;
+  for (size_t i = 0; i < values.size(); ++i) {
+    if (!std::isfinite(values[i])) return i;
+  }
+  return std::nullopt;
+}
+
+absl::Status DecodeFinite(const v1::Slice& slice, absl::string_view what,
+                          std::vector<float>& out) {
+  out.resize(slice.length());
+  if (absl::Status status = DecodeValues(slice.dtype(), slice.data(), out);
+      !status.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, " for '", slice.variable(), "' at offset ",
+                     slice.offset(), ": ", status.message()));
+  }
+  if (auto bad = FirstNonFinite(out)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        what, " for '", slice.variable(), "' holds ", out[*bad],
+        " at flat index ", slice.offset() + *bad,
+        "; every value must be finite"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+PushCompletion::PushCompletion(size_t parts, bool with_values,
+                               v1::DType dtype, DoneCallback on_done)
+    : with_values_(with_values),
+      dtype_(dtype),
+      remaining_(parts + 1),
+      on_done_(std::move(on_done)) {
+  if (with_values_) {
+    answer_.mutable_values()->Reserve(static_cast<int>(parts));
+    for (size_t i = 0; i < parts; ++i) answer_.add_values();
+  }
+}
+
+void PushCompletion::Fill(size_t part, const Variable& variable,
+                          const Block& block) {
+  if (!with_values_) return;
+  v1::Slice* slice = answer_.mutable_values(static_cast<int>(part));
+  slice->set_variable(variable.name);
+  slice->set_offset(block.range.offset);
+  slice->set_length(block.range.length);
+  slice->set_dtype(dtype_);
+  slice->set_version(block.state.step);
+  EncodeValues(dtype_, block.values, slice->mutable_data());
+}
+
+void PushCompletion::PartDone(absl::Status status) {
+  if (!status.ok()) {
+    absl::MutexLock lock(&mu_);
+    if (status_.ok()) status_ = std::move(status);
+  }
+  if (remaining_.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
+  absl::Status final_status;
+  {
+    absl::MutexLock lock(&mu_);
+    final_status = status_;
+  }
+  if (!final_status.ok()) answer_.Clear();
+  on_done_(std::move(final_status), std::move(answer_));
+}
+
+VariableStore::VariableStore(const StoreOptions& options)
+    : options_(options), plan_(options.num_shards, options.block_size) {
+  auto entry = std::make_shared<OptimizerEntry>();
+  entry->config = options.default_optimizer;
+  entry->settings = *ResolveOptimizerConfig(options.default_optimizer);
+  default_optimizer_ = std::move(entry);
+}
+
+std::shared_ptr<Variable> VariableStore::Find(const std::string& name) const {
+  absl::ReaderMutexLock lock(&variables_mu_);
+  auto it = variables_.find(name);
+  return it == variables_.end() ? nullptr : it->second;
+}
+
+std::vector<std::string> VariableStore::VariableNames() const {
+  absl::ReaderMutexLock lock(&variables_mu_);
+  std::vector<std::string> names;
+  names.reserve(variables_.size());
+  for (const auto& [name, variable] : variables_) names.push_back(name);
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+std::shared_ptr<const OptimizerEntry> VariableStore::OptimizerFor(
+    const std::string& variable) const {
+  absl::ReaderMutexLock lock(&config_mu_);
+  auto it = overrides_.find(variable);
+  return it == overrides_.end() ? default_optimizer_ : it->second;
+}
+
+absl::StatusOr<Block*> VariableStore::CheckRange(const Variable& variable,
+                                                 uint64_t offset,
+                                                 uint64_t length,
+                                                 bool whole_block) const {
+  if (length == 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "slice of '", variable.name, "' at offset ", offset, " has length 0"));
+  }
+  if (offset >= variable.size || length > variable.size - offset) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "range [", offset, ", ", offset + length, ") lies outside variable '",
+        variable.name, "' of ", variable.size, " values"));
+  }
+  const uint64_t k = plan_.BlockOf(offset);
+  const FlatRange block_range = plan_.BlockRange(variable.size, k);
+  if (whole_block) {
+    if (offset != block_range.offset || length != block_range.length) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "gradient slice [", offset, ", ", offset + length, ") of '",
+          variable.name, "' is not a whole block; block ", k, " is [",
+          block_range.offset, ", ", block_range.offset + block_range.length,
+          ") with block_size ", plan_.block_size()));
+    }
+  } else if (offset + length > block_range.offset + block_range.length) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "range [", offset, ", ", offset + length, ") of '", variable.name,
+        "' crosses the end of block ", k, " at ",
+        block_range.offset + block_range.length,
+        "; split ranges at multiples of block_size ", plan_.block_size()));
+  }
+  const uint32_t owner = plan_.ShardOf(variable.name, k);
+  if (owner != options_.shard_index) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "block ", k, " of '", variable.name, "' belongs to shard ", owner,
+        ", not to this shard ", options_.shard_index, " of ",
+        options_.num_shards));
+  }
+  return variable.blocks.at(k).get();
+}
+
+absl::StatusOr<bool> VariableStore::CreateVariable(
+    const v1::CreateVariableRequest& request) {
+  const std::string& name = request.name();
+  if (name.empty()) {
+    return absl::InvalidArgumentError("a variable needs a non-empty name");
+  }
+  std::vector<uint64_t> shape(request.shape().begin(), request.shape().end());
+  PS_ASSIGN_OR_RETURN(const uint64_t size, CheckShape(name, shape));
+
+  std::shared_ptr<const OptimizerEntry> override_entry;
+  if (request.has_optimizer()) {
+    auto settings = ResolveOptimizerConfig(request.optimizer());
+    if (!settings.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("optimizer of '", name, "': ",
+                       settings.status().message()));
+    }
+    override_entry = std::make_shared<OptimizerEntry>(
+        OptimizerEntry{request.optimizer(), *std::move(settings)});
+  }
+
+  if (auto existing = Find(name)) {
+    if (existing->shape != shape) {
+      return absl::AlreadyExistsError(absl::StrCat(
+          "variable '", name, "' exists with shape ",
+          ShapeString(existing->shape), "; cannot create it with shape ",
+          ShapeString(shape)));
+    }
+    return false;
+  }
+
+  auto variable = std::make_shared<Variable>();
+  variable->name = name;
+  variable->shape = shape;
+  variable->size = size;
+  try {
+    const uint64_t num_blocks = plan_.NumBlocks(size);
+    for (uint64_t k = 0; k < num_blocks; ++k) {
+      if (plan_.ShardOf(name, k) != options_.shard_index) continue;
+      auto block = std::make_unique<Block>(k, plan_.BlockRange(size, k));
+      absl::MutexLock lock(&block->mu);
+      block->values.assign(block->range.length, 0.0f);
+      variable->blocks.emplace(k, std::move(block));
+    }
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "not enough memory on shard ", options_.shard_index, " for '", name,
+        "' of ", size, " values"));
+  }
+
+  absl::flat_hash_set<uint64_t> initialized;
+  std::vector<float> decoded;
+  for (const v1::Slice& slice : request.initial_values()) {
+    if (!slice.variable().empty() && slice.variable() != name) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("initial values name variable '", slice.variable(),
+                       "' in a request to create '", name, "'"));
+    }
+    PS_ASSIGN_OR_RETURN(
+        Block * block,
+        CheckRange(*variable, slice.offset(), slice.length(), true));
+    if (!initialized.insert(block->index).second) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "initial values give block ", block->index, " of '", name,
+          "' twice"));
+    }
+    v1::Slice named = slice;
+    named.set_variable(name);
+    PS_RETURN_IF_ERROR(DecodeFinite(named, "initial values", decoded));
+    absl::MutexLock lock(&block->mu);
+    block->values = decoded;
+  }
+
+  absl::MutexLock lock(&variables_mu_);
+  auto [it, inserted] = variables_.emplace(name, variable);
+  if (!inserted) {
+    // Another worker created it meanwhile: the first one wins.
+    if (it->second->shape != shape) {
+      return absl::AlreadyExistsError(absl::StrCat(
+          "variable '", name, "' exists with shape ",
+          ShapeString(it->second->shape), "; cannot create it with shape ",
+          ShapeString(shape)));
+    }
+    return false;
+  }
+  if (override_entry) {
+    absl::MutexLock config_lock(&config_mu_);
+    overrides_[name] = std::move(override_entry);
+  }
+  return true;
+}
+
+absl::Status VariableStore::Pull(const v1::PullRequest& request,
+                                 v1::PullResponse* response) const {
+  if (!v1::DType_IsValid(request.dtype())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("unknown dtype ", static_cast<int>(request.dtype()),
+                     "; use FLOAT32, BFLOAT16 or FLOAT16"));
+  }
+  std::vector<std::pair<std::shared_ptr<Variable>, Block*>> targets;
+  targets.reserve(request.slices_size());
+  for (const v1::Slice& slice : request.slices()) {
+    auto variable = Find(slice.variable());
+    if (variable == nullptr) {
+      return absl::NotFoundError(
+          absl::StrCat("no variable named '", slice.variable(), "'"));
+    }
+    PS_ASSIGN_OR_RETURN(
+        Block * block,
+        CheckRange(*variable, slice.offset(), slice.length(), false));
+    targets.emplace_back(std::move(variable), block);
+  }
+  response->mutable_values()->Reserve(request.slices_size());
+  for (int i = 0; i < request.slices_size(); ++i) {
+    const v1::Slice& asked = request.slices(i);
+    Block* block = targets[i].second;
+    v1::Slice* slice = response->add_values();
+    slice->set_variable(asked.variable());
+    slice->set_offset(asked.offset());
+    slice->set_length(asked.length());
+    slice->set_dtype(request.dtype());
+    absl::ReaderMutexLock lock(&block->mu);
+    slice->set_version(block->state.step);
+    EncodeValues(request.dtype(),
+                 std::span<const float>(block->values)
+                     .subspan(asked.offset() - block->range.offset,
+                              asked.length()),
+                 slice->mutable_data());
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<PreparedPush> VariableStore::PreparePush(
+    const v1::PushRequest& request) const {
+  if (!v1::DType_IsValid(request.pull_dtype())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("unknown pull_dtype ",
+                     static_cast<int>(request.pull_dtype()),
+                     "; use FLOAT32, BFLOAT16 or FLOAT16"));
+  }
+  if (options_.sync && request.worker_id().empty()) {
+    return absl::InvalidArgumentError(
+        "sync mode averages pushes per worker: set PushRequest.worker_id");
+  }
+  if (request.has_loss() && !std::isfinite(request.loss())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("loss ", request.loss(), " is not finite"));
+  }
+  PreparedPush push;
+  push.worker_id = request.worker_id();
+  push.seq = request.seq();
+  push.step = request.step();
+  if (request.has_loss()) push.loss = request.loss();
+  push.parts.reserve(request.gradients_size());
+  absl::flat_hash_set<const Block*> seen;
+  for (const v1::Slice& slice : request.gradients()) {
+    PreparedPush::Part part;
+    part.variable = Find(slice.variable());
+    if (part.variable == nullptr) {
+      return absl::NotFoundError(
+          absl::StrCat("no variable named '", slice.variable(),
+                       "'; create it before pushing to it"));
+    }
+    PS_ASSIGN_OR_RETURN(
+        part.block,
+        CheckRange(*part.variable, slice.offset(), slice.length(), true));
+    if (!seen.insert(part.block).second) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("the push holds block ", part.block->index, " of '",
+                       slice.variable(), "' twice"));
+    }
+    PS_RETURN_IF_ERROR(DecodeFinite(slice, "gradient", part.gradient));
+    auto entry = OptimizerFor(slice.variable());
+    {
+      absl::ReaderMutexLock lock(&part.block->mu);
+      absl::Status check =
+          optimizer::CheckUpdate(entry->settings, part.block->state, push.loss);
+      if (!check.ok()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "push to '", slice.variable(), "': ", check.message()));
+      }
+    }
+    push.parts.push_back(std::move(part));
+  }
+  return push;
+}
+
+VariableStore::WorkerEntry& VariableStore::Worker(const std::string& worker_id) {
+  absl::MutexLock lock(&workers_mu_);
+  auto& entry = workers_[worker_id];
+  if (entry == nullptr) entry = std::make_unique<WorkerEntry>();
+  return *entry;
+}
+
+void VariableStore::ApplyPush(PreparedPush push,
+                              std::shared_ptr<PushCompletion> completion) {
+  // seq 0 or no worker id: the client does not ask for exactly-once.
+  if (push.worker_id.empty() || push.seq == 0) {
+    if (options_.sync) {
+      ApplySync(push, false, completion);
+    } else {
+      ApplyAsync(push, false, completion);
+    }
+  } else {
+    WorkerEntry& worker = Worker(push.worker_id);
+    absl::MutexLock lock(&worker.mu);
+    const bool duplicate = push.seq <= worker.last_seq;
+    const bool accepted = options_.sync
+                              ? ApplySync(push, duplicate, completion)
+                              : ApplyAsync(push, duplicate, completion);
+    // A refused push (a stale sync step) changed nothing: its seq stays free.
+    if (accepted && !duplicate) worker.last_seq = push.seq;
+  }
+  completion->PartDone();  // the launcher's share: every part is handed out
+}
+
+bool VariableStore::ApplyAsync(
+    PreparedPush& push, bool duplicate,
+    const std::shared_ptr<PushCompletion>& completion) {
+  for (size_t i = 0; i < push.parts.size(); ++i) {
+    PreparedPush::Part& part = push.parts[i];
+    absl::Status status;
+    {
+      auto entry = OptimizerFor(part.variable->name);
+      absl::MutexLock lock(&part.block->mu);
+      if (!duplicate) {
+        status = optimizer::CheckUpdate(entry->settings, part.block->state,
+                                        push.loss);
+        if (status.ok()) {
+          optimizer::ApplyUpdate(entry->settings, part.block->state,
+                                 part.block->values, part.gradient, push.loss);
+        }
+      }
+      completion->Fill(i, *part.variable, *part.block);
+    }
+    completion->PartDone(std::move(status));
+  }
+  return true;
+}
+
+bool VariableStore::ApplySync(
+    PreparedPush& push, bool duplicate,
+    const std::shared_ptr<PushCompletion>& completion)
+    ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  // Lock every block of the push, in address order so that two pushes never
+  // wait on each other, and check all of them before changing any.
+  std::vector<Block*> order;
+  order.reserve(push.parts.size());
+  for (auto& part : push.parts) order.push_back(part.block);
+  std::sort(order.begin(), order.end());
+  for (Block* block : order) block->mu.Lock();
+
+  absl::Status refusal;
+  for (auto& part : push.parts) {
+    SyncSlot& sync = part.block->sync;
+    if (!sync.started || duplicate) continue;
+    if (push.step < sync.next_step) {
+      refusal = absl::AbortedError(absl::StrCat(
+          "step ", push.step, " of '", part.variable->name, "' block ",
+          part.block->index, " was already applied; the current step is ",
+          sync.next_step));
+      break;
+    }
+    if (push.step > sync.next_step) {
+      refusal = absl::FailedPreconditionError(absl::StrCat(
+          "step ", push.step, " is ahead of step ", sync.next_step, " of '",
+          part.variable->name, "' block ", part.block->index,
+          "; wait for step ", sync.next_step, " to complete"));
+      break;
+    }
+    if (sync.workers.contains(push.worker_id)) {
+      refusal = absl::AlreadyExistsError(absl::StrCat(
+          "worker '", push.worker_id, "' already pushed step ", push.step,
+          " of '", part.variable->name, "'"));
+      break;
+    }
+  }
+
+  // Parts whose answer is ready now, reported once the locks are released.
+  std::vector<std::pair<std::shared_ptr<PushCompletion>, absl::Status>> ready;
+  if (!refusal.ok()) {
+    for (size_t i = 0; i < push.parts.size(); ++i) {
+      ready.emplace_back(completion, i == 0 ? refusal : absl::OkStatus());
+    }
+  } else {
+    for (size_t i = 0; i < push.parts.size(); ++i) {
+      PreparedPush::Part& part = push.parts[i];
+      Block& block = *part.block;
+      SyncSlot& sync = block.sync;
+      if (duplicate) {
+        // Acknowledge again: wait for the step if it is still collecting.
+        if (sync.started && push.step == sync.next_step &&
+            sync.workers.contains(push.worker_id)) {
+          sync.waiters.emplace_back(completion, i);
+        } else {
+          completion->Fill(i, *part.variable, block);
+          ready.emplace_back(completion, absl::OkStatus());
+        }
+        continue;
+      }
+      if (!sync.started) {
+        sync.started = true;
+        sync.next_step = push.step;
+      }
+      if (sync.sum.empty()) {
+        sync.sum = std::move(part.gradient);
+      } else {
+        for (size_t j = 0; j < sync.sum.size(); ++j) {
+          sync.sum[j] += part.gradient[j];
+        }
+      }
+      sync.workers.insert(push.worker_id);
+      if (push.loss) {
+        sync.loss_sum += *push.loss;
+        ++sync.losses;
+      }
+      sync.waiters.emplace_back(completion, i);
+      if (sync.workers.size() < options_.quorum) continue;
+
+      // The quorum is in: apply the mean once and answer every waiter.
+      const float count = static_cast<float>(sync.workers.size());
+      for (float& g : sync.sum) g /= count;
+      std::optional<double> loss;
+      if (sync.losses > 0) loss = sync.loss_sum / sync.losses;
+      auto entry = OptimizerFor(part.variable->name);
+      absl::Status status =
+          optimizer::CheckUpdate(entry->settings, block.state, loss);
+      if (status.ok()) {
+        optimizer::ApplyUpdate(entry->settings, block.state, block.values,
+                               sync.sum, loss);
+      }
+      for (auto& [waiter, index] : sync.waiters) {
+        waiter->Fill(index, *part.variable, block);
+        ready.emplace_back(std::move(waiter), status);
+      }
+      sync.waiters.clear();
+      sync.sum.clear();
+      sync.workers.clear();
+      sync.loss_sum = 0;
+      sync.losses = 0;
+      ++sync.next_step;
+    }
+  }
+  for (Block* block : order) block->mu.Unlock();
+  for (auto& [waiter, status] : ready) waiter->PartDone(std::move(status));
+  return refusal.ok();
+}
+
+}  // namespace ps

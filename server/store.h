@@ -1,0 +1,217 @@
+// The variable store of one shard: this shard's blocks of every variable,
+// their optimizer state, the exactly-once table and sync aggregation.
+//
+// Thread safety: every method may be called concurrently. Each block has its
+// own lock; a push takes the locks of the blocks it touches one at a time, so
+// pushes to different blocks run in parallel and a pull never sees a block
+// half-updated. The variable table and the optimizer configs have their own
+// locks, held only for look-ups.
+#ifndef PS_SERVER_STORE_H_
+#define PS_SERVER_STORE_H_
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/functional/any_invocable.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "common/partition.h"
+#include "proto/ps/v1/ps.pb.h"
+#include "server/optimizer/settings.h"
+#include "server/optimizer/update.h"
+
+namespace ps {
+
+struct StoreOptions {
+  uint32_t shard_index = 0;
+  uint32_t num_shards = 1;
+  uint64_t block_size = 262144;
+  // Sync: pushes for one step are averaged and applied once `quorum` of
+  // `num_workers` distinct workers have pushed it. Async when false.
+  bool sync = false;
+  uint32_t num_workers = 0;
+  uint32_t quorum = 0;
+  // The optimizer of variables without their own; must be valid.
+  v1::OptimizerConfig default_optimizer;
+};
+
+// An optimizer config as given and as resolved; immutable once made.
+struct OptimizerEntry {
+  v1::OptimizerConfig config;
+  optimizer::OptimizerSettings settings;
+};
+
+class PushCompletion;
+
+// Aggregation of one block's pushes for the step being collected (sync).
+struct SyncSlot {
+  bool started = false;    // false until the first push sets next_step
+  uint64_t next_step = 0;  // the step being collected
+  std::vector<float> sum;  // of the gradients pushed for next_step
+  absl::flat_hash_set<std::string> workers;  // who pushed next_step
+  double loss_sum = 0;
+  uint32_t losses = 0;
+  // Pushes waiting for next_step to be applied: (completion, part index).
+  std::vector<std::pair<std::shared_ptr<PushCompletion>, size_t>> waiters;
+};
+
+// One block of one variable on this shard.
+struct Block {
+  Block(uint64_t index, FlatRange range) : index(index), range(range) {}
+
+  const uint64_t index;   // k: the block's position in the variable
+  const FlatRange range;  // its flat values in the variable
+
+  mutable absl::Mutex mu;
+  std::vector<float> values ABSL_GUARDED_BY(mu);
+  optimizer::BlockOptimizerState state ABSL_GUARDED_BY(mu);
+  SyncSlot sync ABSL_GUARDED_BY(mu);
+};
+
+// A variable's shape and this shard's blocks of it. The block map is fixed
+// at creation; blocks are never added or removed.
+struct Variable {
+  std::string name;
+  std::vector<uint64_t> shape;
+  uint64_t size = 0;
+  absl::flat_hash_map<uint64_t, std::unique_ptr<Block>> blocks;
+};
+
+// A push that passed every check, with its gradients decoded.
+struct PreparedPush {
+  struct Part {
+    std::shared_ptr<Variable> variable;
+    Block* block = nullptr;
+    std::vector<float> gradient;
+  };
+  std::string worker_id;
+  uint64_t seq = 0;
+  uint64_t step = 0;
+  std::optional<double> loss;
+  std::vector<Part> parts;
+};
+
+// Collects a push's answer block by block and reports once, when every block
+// has been applied (or when one failed). The answer holds one slice per part,
+// in request order, with the block's values after the push.
+//
+// Thread safety: Fill and PartDone may be called from any thread, for
+// different parts concurrently.
+class PushCompletion {
+ public:
+  using DoneCallback =
+      absl::AnyInvocable<void(absl::Status, v1::PullResponse answer)>;
+
+  // `with_values`: fill the answer (PushPull); otherwise it stays empty.
+  PushCompletion(size_t parts, bool with_values, v1::DType dtype,
+                 DoneCallback on_done);
+
+  // Writes block's values into part `part` of the answer.
+  // REQUIRES: block.mu is held.
+  void Fill(size_t part, const Variable& variable, const Block& block)
+      ABSL_SHARED_LOCKS_REQUIRED(block.mu);
+
+  // Marks a part done (or failed). The last call runs on_done; call it with
+  // no block lock held.
+  void PartDone(absl::Status status = absl::OkStatus());
+
+ private:
+  const bool with_values_;
+  const v1::DType dtype_;
+  std::atomic<size_t> remaining_;
+  absl::Mutex mu_;
+  absl::Status status_ ABSL_GUARDED_BY(mu_);
+  v1::PullResponse answer_;  // parts are written by distinct threads
+  DoneCallback on_done_;
+};
+
+class VariableStore {
+ public:
+  // REQUIRES: options.default_optimizer is valid; num_shards > 0;
+  // block_size > 0.
+  explicit VariableStore(const StoreOptions& options);
+
+  VariableStore(const VariableStore&) = delete;
+  VariableStore& operator=(const VariableStore&) = delete;
+
+  const PartitionPlan& plan() const { return plan_; }
+  const StoreOptions& options() const { return options_; }
+
+  // Creates the variable with this shard's blocks (zeros unless initial
+  // values are given). Returns false when it exists with the same shape;
+  // ALREADY_EXISTS for another shape; INVALID_ARGUMENT for a bad shape,
+  // initial values or optimizer; FAILED_PRECONDITION for initial values of
+  // another shard's blocks.
+  absl::StatusOr<bool> CreateVariable(const v1::CreateVariableRequest& request);
+
+  // Answers each requested range (inside one block of this shard) with its
+  // values and the block's version. Checks every slice before answering.
+  absl::Status Pull(const v1::PullRequest& request,
+                    v1::PullResponse* response) const;
+
+  // Checks a push and decodes its gradients; changes nothing.
+  absl::StatusOr<PreparedPush> PreparePush(const v1::PushRequest& request) const;
+
+  // Applies a prepared push (async: now; sync: once its step has its
+  // quorum), or acknowledges a repeated (worker_id, seq) without applying it.
+  // Calls completion->Fill/PartDone once per part.
+  void ApplyPush(PreparedPush push, std::shared_ptr<PushCompletion> completion);
+
+  // The optimizer in force for `variable` (the default when it has none).
+  std::shared_ptr<const OptimizerEntry> OptimizerFor(
+      const std::string& variable) const;
+
+  // The variable, or null.
+  std::shared_ptr<Variable> Find(const std::string& name) const;
+
+  // The names of every variable.
+  std::vector<std::string> VariableNames() const;
+
+ private:
+  struct WorkerEntry {
+    absl::Mutex mu;
+    uint64_t last_seq ABSL_GUARDED_BY(mu) = 0;
+  };
+
+  // Validates one gradient or pull range against the variable and this
+  // shard's ownership; returns the block. `whole_block` for gradients.
+  absl::StatusOr<Block*> CheckRange(const Variable& variable, uint64_t offset,
+                                    uint64_t length, bool whole_block) const;
+
+  WorkerEntry& Worker(const std::string& worker_id);
+
+  // Both return false when the push was refused (and nothing changed).
+  bool ApplyAsync(PreparedPush& push, bool duplicate,
+                  const std::shared_ptr<PushCompletion>& completion);
+  bool ApplySync(PreparedPush& push, bool duplicate,
+                 const std::shared_ptr<PushCompletion>& completion);
+
+  const StoreOptions options_;
+  const PartitionPlan plan_;
+
+  mutable absl::Mutex variables_mu_;
+  absl::flat_hash_map<std::string, std::shared_ptr<Variable>> variables_
+      ABSL_GUARDED_BY(variables_mu_);
+
+  mutable absl::Mutex config_mu_;
+  std::shared_ptr<const OptimizerEntry> default_optimizer_
+      ABSL_GUARDED_BY(config_mu_);
+  absl::flat_hash_map<std::string, std::shared_ptr<const OptimizerEntry>>
+      overrides_ ABSL_GUARDED_BY(config_mu_);
+
+  absl::Mutex workers_mu_;
+  absl::flat_hash_map<std::string, std::unique_ptr<WorkerEntry>> workers_
+      ABSL_GUARDED_BY(workers_mu_);
+};
+
+}  // namespace ps
+
+#endif  // PS_SERVER_STORE_H_
