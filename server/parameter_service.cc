@@ -16,11 +16,19 @@ struct PushCall {
   std::atomic<bool> finished{false};
   grpc::ServerUnaryReactor* reactor = nullptr;
   v1::PullResponse* answer = nullptr;  // null for Push
+  ServerStats* stats = nullptr;
+  uint64_t bytes_in = 0;
 
-  void Finish(const grpc::Status& status, v1::PullResponse values) {
+  void Finish(const absl::Status& status, v1::PullResponse values) {
     if (finished.exchange(true)) return;
-    if (answer != nullptr && status.ok()) *answer = std::move(values);
-    reactor->Finish(status);
+    if (status.ok()) {
+      if (answer != nullptr) *answer = std::move(values);
+      stats->RecordPush(bytes_in,
+                        answer != nullptr ? answer->ByteSizeLong() : 0);
+    } else {
+      stats->RecordRefusal(status.code());
+    }
+    reactor->Finish(ToGrpcStatus(status));
   }
 };
 
@@ -32,7 +40,8 @@ class PushReactor final : public grpc::ServerUnaryReactor {
       : call_(std::move(call)) {}
 
   void OnCancel() override {
-    call_->Finish(grpc::Status::CANCELLED, v1::PullResponse());
+    call_->Finish(absl::CancelledError("the call was cancelled"),
+                  v1::PullResponse());
   }
   void OnDone() override { delete this; }
 
@@ -40,18 +49,22 @@ class PushReactor final : public grpc::ServerUnaryReactor {
   std::shared_ptr<PushCall> call_;
 };
 
-grpc::ServerUnaryReactor* FinishNow(grpc::CallbackServerContext* context,
-                                    const absl::Status& status) {
+}  // namespace
+
+grpc::ServerUnaryReactor* ParameterServiceImpl::FinishNow(
+    grpc::CallbackServerContext* context, const absl::Status& status) {
+  if (!status.ok()) store_->stats().RecordRefusal(status.code());
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   reactor->Finish(ToGrpcStatus(status));
   return reactor;
 }
 
-}  // namespace
-
 grpc::ServerUnaryReactor* ParameterServiceImpl::GetClusterInfo(
     grpc::CallbackServerContext* context, const v1::GetClusterInfoRequest*,
     v1::ClusterInfo* response) {
+  if (auto who = auth_->Check(*context, Role::kWorker); !who.ok()) {
+    return FinishNow(context, who.status());
+  }
   *response = info_;
   return FinishNow(context, absl::OkStatus());
 }
@@ -60,6 +73,9 @@ grpc::ServerUnaryReactor* ParameterServiceImpl::CreateVariable(
     grpc::CallbackServerContext* context,
     const v1::CreateVariableRequest* request,
     v1::CreateVariableResponse* response) {
+  if (auto who = auth_->Check(*context, Role::kWorker); !who.ok()) {
+    return FinishNow(context, who.status());
+  }
   absl::StatusOr<bool> created = store_->CreateVariable(*request);
   if (created.ok()) response->set_created(*created);
   return FinishNow(context, created.status());
@@ -68,37 +84,52 @@ grpc::ServerUnaryReactor* ParameterServiceImpl::CreateVariable(
 grpc::ServerUnaryReactor* ParameterServiceImpl::Pull(
     grpc::CallbackServerContext* context, const v1::PullRequest* request,
     v1::PullResponse* response) {
-  return FinishNow(context, store_->Pull(*request, response));
+  if (auto who = auth_->Check(*context, Role::kWorker); !who.ok()) {
+    return FinishNow(context, who.status());
+  }
+  absl::Status status = store_->Pull(*request, response);
+  if (status.ok()) {
+    store_->stats().RecordPull(request->ByteSizeLong(),
+                               response->ByteSizeLong());
+  }
+  return FinishNow(context, status);
 }
 
 grpc::ServerUnaryReactor* ParameterServiceImpl::Push(
-    grpc::CallbackServerContext*, const v1::PushRequest* request,
+    grpc::CallbackServerContext* context, const v1::PushRequest* request,
     v1::PushResponse*) {
-  return StartPush(*request, nullptr);
+  return StartPush(context, *request, nullptr);
 }
 
 grpc::ServerUnaryReactor* ParameterServiceImpl::PushPull(
-    grpc::CallbackServerContext*, const v1::PushRequest* request,
+    grpc::CallbackServerContext* context, const v1::PushRequest* request,
     v1::PullResponse* response) {
-  return StartPush(*request, response);
+  return StartPush(context, *request, response);
 }
 
 grpc::ServerUnaryReactor* ParameterServiceImpl::StartPush(
-    const v1::PushRequest& request, v1::PullResponse* answer) {
+    grpc::CallbackServerContext* context, const v1::PushRequest& request,
+    v1::PullResponse* answer) {
   auto call = std::make_shared<PushCall>();
   auto* reactor = new PushReactor(call);
   call->reactor = reactor;
   call->answer = answer;
+  call->stats = &store_->stats();
+  call->bytes_in = request.ByteSizeLong();
 
+  if (auto who = auth_->Check(*context, Role::kWorker); !who.ok()) {
+    call->Finish(who.status(), v1::PullResponse());
+    return reactor;
+  }
   absl::StatusOr<PreparedPush> push = store_->PreparePush(request);
   if (!push.ok()) {
-    call->Finish(ToGrpcStatus(push.status()), v1::PullResponse());
+    call->Finish(push.status(), v1::PullResponse());
     return reactor;
   }
   auto completion = std::make_shared<PushCompletion>(
       push->parts.size(), answer != nullptr, request.pull_dtype(),
       [call](absl::Status status, v1::PullResponse values) {
-        call->Finish(ToGrpcStatus(status), std::move(values));
+        call->Finish(status, std::move(values));
       });
   store_->ApplyPush(*std::move(push), std::move(completion));
   return reactor;

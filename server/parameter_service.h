@@ -6,15 +6,18 @@
 #define PS_SERVER_PARAMETER_SERVICE_H_
 
 #include "proto/ps/v1/ps.grpc.pb.h"
+#include "server/auth.h"
 #include "server/store.h"
 
 namespace ps {
 
-class ParameterServiceImpl final : public v1::ParameterService::CallbackService {
+class ParameterServiceImpl final
+    : public v1::ParameterService::CallbackService {
  public:
-  // REQUIRES: store outlives the service.
-  ParameterServiceImpl(VariableStore* store, v1::ClusterInfo info)
-      : store_(store), info_(std::move(info)) {}
+  // REQUIRES: store and auth outlive the service.
+  ParameterServiceImpl(VariableStore* store, const Authenticator* auth,
+                       v1::ClusterInfo info)
+      : store_(store), auth_(auth), info_(std::move(info)) {}
 
   grpc::ServerUnaryReactor* GetClusterInfo(
       grpc::CallbackServerContext* context,
@@ -36,10 +39,16 @@ class ParameterServiceImpl final : public v1::ParameterService::CallbackService 
 
  private:
   // Push and PushPull: `answer` is null for Push.
-  grpc::ServerUnaryReactor* StartPush(const v1::PushRequest& request,
+  grpc::ServerUnaryReactor* StartPush(grpc::CallbackServerContext* context,
+                                      const v1::PushRequest& request,
                                       v1::PullResponse* answer);
 
+  // Finishes a call now with `status`, counting a refusal.
+  grpc::ServerUnaryReactor* FinishNow(grpc::CallbackServerContext* context,
+                                      const absl::Status& status);
+
   VariableStore* const store_;
+  const Authenticator* const auth_;
   const v1::ClusterInfo info_;
 };
 

@@ -32,6 +32,17 @@ ABSL_FLAG(std::string, optimizer, "adam {}",
           "default optimizer, an OptimizerConfig in protobuf text format, "
           "e.g. 'momentum { nesterov: true } learning_rate: 0.1'");
 ABSL_FLAG(int, max_message_mb, 256, "largest message accepted or sent, MiB");
+ABSL_FLAG(std::string, worker_tokens_file, "",
+          "file of worker tokens (one per line, optional label after a "
+          "space); they may call ParameterService");
+ABSL_FLAG(std::string, admin_tokens_file, "",
+          "file of admin tokens; they may call ParameterService and "
+          "AdminService");
+ABSL_FLAG(std::string, tls_cert_file, "",
+          "PEM certificate chain: serve TLS (with --tls_key_file)");
+ABSL_FLAG(std::string, tls_key_file, "", "PEM private key for TLS");
+ABSL_FLAG(int, metrics_port, -1,
+          "serve Prometheus /metrics on this port; 0 picks one, -1 is off");
 
 namespace {
 
@@ -58,6 +69,11 @@ int main(int argc, char** argv) {
   options.num_workers = absl::GetFlag(FLAGS_num_workers);
   options.quorum = absl::GetFlag(FLAGS_quorum);
   options.max_message_mb = absl::GetFlag(FLAGS_max_message_mb);
+  options.worker_tokens_file = absl::GetFlag(FLAGS_worker_tokens_file);
+  options.admin_tokens_file = absl::GetFlag(FLAGS_admin_tokens_file);
+  options.tls_cert_file = absl::GetFlag(FLAGS_tls_cert_file);
+  options.tls_key_file = absl::GetFlag(FLAGS_tls_key_file);
+  options.metrics_port = absl::GetFlag(FLAGS_metrics_port);
   const std::string consistency = absl::GetFlag(FLAGS_consistency);
   if (consistency == "sync") {
     options.consistency = ps::Consistency::kSync;
@@ -82,6 +98,9 @@ int main(int argc, char** argv) {
   auto server = ps::ParameterServer::Start(options);
   if (!server.ok()) return Fail(std::string(server.status().message()));
   std::cout << "listening on " << (*server)->address() << std::endl;
+  if ((*server)->metrics_port() >= 0) {
+    spdlog::info("serving /metrics on port {}", (*server)->metrics_port());
+  }
 
   int signal_number = 0;
   sigwait(&signals, &signal_number);

@@ -6,10 +6,15 @@
 #include <spdlog/spdlog.h>
 
 #include <chrono>
+#include <fstream>
+#include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "common/optimizer_config.h"
 #include "common/status.h"
+#include "server/admin_service.h"
+#include "server/auth.h"
+#include "server/metrics.h"
 #include "server/parameter_service.h"
 #include "server/store.h"
 
@@ -19,14 +24,45 @@ namespace {
 // How long Shutdown lets calls in flight finish before cancelling them.
 constexpr auto kShutdownGrace = std::chrono::seconds(5);
 
+absl::StatusOr<std::string> ReadFile(const std::string& path,
+                                     absl::string_view flag) {
+  std::ifstream file(path, std::ios::binary);
+  std::stringstream contents;
+  contents << file.rdbuf();
+  if (!file || contents.str().empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(flag, ": cannot read ", path));
+  }
+  return contents.str();
+}
+
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(
+    const ServerOptions& options) {
+  if (options.tls_cert_file.empty() && options.tls_key_file.empty()) {
+    return grpc::InsecureServerCredentials();
+  }
+  if (options.tls_cert_file.empty() || options.tls_key_file.empty()) {
+    return absl::InvalidArgumentError(
+        "TLS needs both --tls_cert_file and --tls_key_file");
+  }
+  grpc::SslServerCredentialsOptions ssl;
+  grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
+  PS_ASSIGN_OR_RETURN(pair.cert_chain,
+                      ReadFile(options.tls_cert_file, "--tls_cert_file"));
+  PS_ASSIGN_OR_RETURN(pair.private_key,
+                      ReadFile(options.tls_key_file, "--tls_key_file"));
+  ssl.pem_key_cert_pairs.push_back(std::move(pair));
+  return grpc::SslServerCredentials(ssl);
+}
+
 absl::Status CheckOptions(const ServerOptions& options) {
   if (options.num_shards == 0) {
     return absl::InvalidArgumentError("--num_shards must be at least 1");
   }
   if (options.shard_index >= options.num_shards) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--shard_index=", options.shard_index, " must be below --num_shards=",
-        options.num_shards));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--shard_index=", options.shard_index,
+                     " must be below --num_shards=", options.num_shards));
   }
   if (options.block_size == 0) {
     return absl::InvalidArgumentError("--block_size must be at least 1");
@@ -60,10 +96,12 @@ absl::Status CheckOptions(const ServerOptions& options) {
 
 class ServerImpl final : public ParameterServer {
  public:
-  ServerImpl(const StoreOptions& store_options, v1::ClusterInfo info,
-             std::string host)
+  ServerImpl(const StoreOptions& store_options, Authenticator auth,
+             v1::ClusterInfo info, std::string host)
       : store_(store_options),
-        service_(&store_, std::move(info)),
+        auth_(std::move(auth)),
+        service_(&store_, &auth_, std::move(info)),
+        admin_(&store_, &auth_, nullptr),
         host_(std::move(host)) {}
 
   ~ServerImpl() override {
@@ -72,21 +110,26 @@ class ServerImpl final : public ParameterServer {
   }
 
   absl::Status Start(const ServerOptions& options) {
+    PS_ASSIGN_OR_RETURN(auto credentials, Credentials(options));
     grpc::EnableDefaultHealthCheckService(true);
     grpc::reflection::InitProtoReflectionServerBuilderPlugin();
     grpc::ServerBuilder builder;
     const std::string address = absl::StrCat(host_, ":", options.port);
-    builder.AddListeningPort(address, grpc::InsecureServerCredentials(),
-                             &port_);
+    builder.AddListeningPort(address, credentials, &port_);
     const int max_bytes = options.max_message_mb * 1024 * 1024;
     builder.SetMaxReceiveMessageSize(max_bytes);
     builder.SetMaxSendMessageSize(max_bytes);
     builder.RegisterService(&service_);
+    builder.RegisterService(&admin_);
     server_ = builder.BuildAndStart();
     if (server_ == nullptr || port_ == 0) {
       return absl::UnavailableError(
           absl::StrCat("cannot listen on ", address,
                        " (is the port in use or the host not local?)"));
+    }
+    if (options.metrics_port >= 0) {
+      PS_ASSIGN_OR_RETURN(
+          metrics_, MetricsServer::Start(&store_, host_, options.metrics_port));
     }
     server_->GetHealthCheckService()->SetServingStatus(true);
     return absl::OkStatus();
@@ -96,6 +139,9 @@ class ServerImpl final : public ParameterServer {
   std::string address() const override {
     return absl::StrCat(host_, ":", port_);
   }
+  int metrics_port() const override {
+    return metrics_ == nullptr ? -1 : metrics_->port();
+  }
 
   void Shutdown() override {
     absl::MutexLock lock(&mu_);
@@ -103,6 +149,7 @@ class ServerImpl final : public ParameterServer {
     shut_down_ = true;
     server_->GetHealthCheckService()->SetServingStatus(false);
     server_->Shutdown(std::chrono::system_clock::now() + kShutdownGrace);
+    if (metrics_ != nullptr) metrics_->Stop();
   }
 
   void Wait() override {
@@ -111,8 +158,11 @@ class ServerImpl final : public ParameterServer {
 
  private:
   VariableStore store_;
+  Authenticator auth_;
   ParameterServiceImpl service_;
+  AdminServiceImpl admin_;
   std::string host_;
+  std::unique_ptr<MetricsServer> metrics_;
   int port_ = 0;
   std::unique_ptr<grpc::Server> server_;
   absl::Mutex mu_;
@@ -151,8 +201,18 @@ absl::StatusOr<std::unique_ptr<ParameterServer>> ParameterServer::Start(
   info.set_num_workers(store_options.sync ? resolved.num_workers : 0);
   info.set_quorum(store_options.sync ? resolved.quorum : 0);
 
-  auto server =
-      std::make_unique<ServerImpl>(store_options, info, resolved.host);
+  PS_ASSIGN_OR_RETURN(Authenticator auth,
+                      Authenticator::Load(resolved.worker_tokens_file,
+                                          resolved.admin_tokens_file));
+  if (!auth.enabled()) {
+    spdlog::warn(
+        "no token files (--worker_tokens_file, --admin_tokens_file): anyone "
+        "who reaches {}:{} can read and change every variable and the "
+        "optimizer",
+        resolved.host, resolved.port);
+  }
+  auto server = std::make_unique<ServerImpl>(store_options, std::move(auth),
+                                             info, resolved.host);
   PS_RETURN_IF_ERROR(server->Start(resolved));
   spdlog::info("shard {} of {} serving on {} ({}, block_size {}, optimizer {})",
                resolved.shard_index, resolved.num_shards, server->address(),

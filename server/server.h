@@ -41,6 +41,20 @@ struct ServerOptions {
   // The largest message accepted or sent. Raising it lets a client send
   // larger pushes at the cost of memory per call.
   int max_message_mb = 256;
+
+  // Token files (one token per line, optional label after whitespace).
+  // Worker tokens may call ParameterService; admin tokens both services.
+  // With neither, anyone who reaches the port can change the shard.
+  std::string worker_tokens_file;
+  std::string admin_tokens_file;
+
+  // PEM certificate chain and private key: serve TLS instead of plaintext.
+  std::string tls_cert_file;
+  std::string tls_key_file;
+
+  // Serve Prometheus /metrics over HTTP on this port; 0 picks a free one,
+  // -1 turns it off.
+  int metrics_port = -1;
 };
 
 class ParameterServer {
@@ -56,6 +70,8 @@ class ParameterServer {
   virtual int port() const = 0;
   // "host:port".
   virtual std::string address() const = 0;
+  // The /metrics port, or -1 when off.
+  virtual int metrics_port() const = 0;
 
   // Stops accepting calls, finishes those in flight and returns.
   virtual void Shutdown() = 0;

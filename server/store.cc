@@ -61,18 +61,18 @@ absl::Status DecodeFinite(const v1::Slice& slice, absl::string_view what,
                      slice.offset(), ": ", status.message()));
   }
   if (auto bad = FirstNonFinite(out)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        what, " for '", slice.variable(), "' holds ", out[*bad],
-        " at flat index ", slice.offset() + *bad,
-        "; every value must be finite"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, " for '", slice.variable(), "' holds ", out[*bad],
+                     " at flat index ", slice.offset() + *bad,
+                     "; every value must be finite"));
   }
   return absl::OkStatus();
 }
 
 }  // namespace
 
-PushCompletion::PushCompletion(size_t parts, bool with_values,
-                               v1::DType dtype, DoneCallback on_done)
+PushCompletion::PushCompletion(size_t parts, bool with_values, v1::DType dtype,
+                               DoneCallback on_done)
     : with_values_(with_values),
       dtype_(dtype),
       remaining_(parts + 1),
@@ -172,10 +172,10 @@ absl::StatusOr<Block*> VariableStore::CheckRange(const Variable& variable,
   }
   const uint32_t owner = plan_.ShardOf(variable.name, k);
   if (owner != options_.shard_index) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "block ", k, " of '", variable.name, "' belongs to shard ", owner,
-        ", not to this shard ", options_.shard_index, " of ",
-        options_.num_shards));
+    return absl::FailedPreconditionError(
+        absl::StrCat("block ", k, " of '", variable.name, "' belongs to shard ",
+                     owner, ", not to this shard ", options_.shard_index,
+                     " of ", options_.num_shards));
   }
   return variable.blocks.at(k).get();
 }
@@ -193,9 +193,8 @@ absl::StatusOr<bool> VariableStore::CreateVariable(
   if (request.has_optimizer()) {
     auto settings = ResolveOptimizerConfig(request.optimizer());
     if (!settings.ok()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("optimizer of '", name, "': ",
-                       settings.status().message()));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "optimizer of '", name, "': ", settings.status().message()));
     }
     override_entry = std::make_shared<OptimizerEntry>(
         OptimizerEntry{request.optimizer(), *std::move(settings)});
@@ -203,10 +202,10 @@ absl::StatusOr<bool> VariableStore::CreateVariable(
 
   if (auto existing = Find(name)) {
     if (existing->shape != shape) {
-      return absl::AlreadyExistsError(absl::StrCat(
-          "variable '", name, "' exists with shape ",
-          ShapeString(existing->shape), "; cannot create it with shape ",
-          ShapeString(shape)));
+      return absl::AlreadyExistsError(
+          absl::StrCat("variable '", name, "' exists with shape ",
+                       ShapeString(existing->shape),
+                       "; cannot create it with shape ", ShapeString(shape)));
     }
     return false;
   }
@@ -225,9 +224,9 @@ absl::StatusOr<bool> VariableStore::CreateVariable(
       variable->blocks.emplace(k, std::move(block));
     }
   } catch (const std::bad_alloc&) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "not enough memory on shard ", options_.shard_index, " for '", name,
-        "' of ", size, " values"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("not enough memory on shard ", options_.shard_index,
+                     " for '", name, "' of ", size, " values"));
   }
 
   absl::flat_hash_set<uint64_t> initialized;
@@ -238,13 +237,12 @@ absl::StatusOr<bool> VariableStore::CreateVariable(
           absl::StrCat("initial values name variable '", slice.variable(),
                        "' in a request to create '", name, "'"));
     }
-    PS_ASSIGN_OR_RETURN(
-        Block * block,
-        CheckRange(*variable, slice.offset(), slice.length(), true));
+    PS_ASSIGN_OR_RETURN(Block * block, CheckRange(*variable, slice.offset(),
+                                                  slice.length(), true));
     if (!initialized.insert(block->index).second) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "initial values give block ", block->index, " of '", name,
-          "' twice"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("initial values give block ", block->index, " of '",
+                       name, "' twice"));
     }
     v1::Slice named = slice;
     named.set_variable(name);
@@ -258,10 +256,10 @@ absl::StatusOr<bool> VariableStore::CreateVariable(
   if (!inserted) {
     // Another worker created it meanwhile: the first one wins.
     if (it->second->shape != shape) {
-      return absl::AlreadyExistsError(absl::StrCat(
-          "variable '", name, "' exists with shape ",
-          ShapeString(it->second->shape), "; cannot create it with shape ",
-          ShapeString(shape)));
+      return absl::AlreadyExistsError(
+          absl::StrCat("variable '", name, "' exists with shape ",
+                       ShapeString(it->second->shape),
+                       "; cannot create it with shape ", ShapeString(shape)));
     }
     return false;
   }
@@ -287,9 +285,8 @@ absl::Status VariableStore::Pull(const v1::PullRequest& request,
       return absl::NotFoundError(
           absl::StrCat("no variable named '", slice.variable(), "'"));
     }
-    PS_ASSIGN_OR_RETURN(
-        Block * block,
-        CheckRange(*variable, slice.offset(), slice.length(), false));
+    PS_ASSIGN_OR_RETURN(Block * block, CheckRange(*variable, slice.offset(),
+                                                  slice.length(), false));
     targets.emplace_back(std::move(variable), block);
   }
   response->mutable_values()->Reserve(request.slices_size());
@@ -303,11 +300,11 @@ absl::Status VariableStore::Pull(const v1::PullRequest& request,
     slice->set_dtype(request.dtype());
     absl::ReaderMutexLock lock(&block->mu);
     slice->set_version(block->state.step);
-    EncodeValues(request.dtype(),
-                 std::span<const float>(block->values)
-                     .subspan(asked.offset() - block->range.offset,
-                              asked.length()),
-                 slice->mutable_data());
+    EncodeValues(
+        request.dtype(),
+        std::span<const float>(block->values)
+            .subspan(asked.offset() - block->range.offset, asked.length()),
+        slice->mutable_data());
   }
   return absl::OkStatus();
 }
@@ -315,10 +312,9 @@ absl::Status VariableStore::Pull(const v1::PullRequest& request,
 absl::StatusOr<PreparedPush> VariableStore::PreparePush(
     const v1::PushRequest& request) const {
   if (!v1::DType_IsValid(request.pull_dtype())) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("unknown pull_dtype ",
-                     static_cast<int>(request.pull_dtype()),
-                     "; use FLOAT32, BFLOAT16 or FLOAT16"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "unknown pull_dtype ", static_cast<int>(request.pull_dtype()),
+        "; use FLOAT32, BFLOAT16 or FLOAT16"));
   }
   if (options_.sync && request.worker_id().empty()) {
     return absl::InvalidArgumentError(
@@ -343,9 +339,8 @@ absl::StatusOr<PreparedPush> VariableStore::PreparePush(
           absl::StrCat("no variable named '", slice.variable(),
                        "'; create it before pushing to it"));
     }
-    PS_ASSIGN_OR_RETURN(
-        part.block,
-        CheckRange(*part.variable, slice.offset(), slice.length(), true));
+    PS_ASSIGN_OR_RETURN(part.block, CheckRange(*part.variable, slice.offset(),
+                                               slice.length(), true));
     if (!seen.insert(part.block).second) {
       return absl::InvalidArgumentError(
           absl::StrCat("the push holds block ", part.block->index, " of '",
@@ -367,7 +362,8 @@ absl::StatusOr<PreparedPush> VariableStore::PreparePush(
   return push;
 }
 
-VariableStore::WorkerEntry& VariableStore::Worker(const std::string& worker_id) {
+VariableStore::WorkerEntry& VariableStore::Worker(
+    const std::string& worker_id) {
   absl::MutexLock lock(&workers_mu_);
   auto& entry = workers_[worker_id];
   if (entry == nullptr) entry = std::make_unique<WorkerEntry>();
@@ -403,14 +399,17 @@ bool VariableStore::ApplyAsync(
     PreparedPush::Part& part = push.parts[i];
     absl::Status status;
     {
-      auto entry = OptimizerFor(part.variable->name);
       absl::MutexLock lock(&part.block->mu);
       if (!duplicate) {
+        // Read under the block lock: a config change lands between updates.
+        auto entry = OptimizerFor(part.variable->name);
         status = optimizer::CheckUpdate(entry->settings, part.block->state,
                                         push.loss);
         if (status.ok()) {
+          const absl::Time start = absl::Now();
           optimizer::ApplyUpdate(entry->settings, part.block->state,
                                  part.block->values, part.gradient, push.loss);
+          stats_.RecordUpdate(absl::Now() - start);
         }
       }
       completion->Fill(i, *part.variable, *part.block);
@@ -420,9 +419,8 @@ bool VariableStore::ApplyAsync(
   return true;
 }
 
-bool VariableStore::ApplySync(
-    PreparedPush& push, bool duplicate,
-    const std::shared_ptr<PushCompletion>& completion)
+bool VariableStore::ApplySync(PreparedPush& push, bool duplicate,
+                              const std::shared_ptr<PushCompletion>& completion)
     ABSL_NO_THREAD_SAFETY_ANALYSIS {
   // Lock every block of the push, in address order so that two pushes never
   // wait on each other, and check all of them before changing any.
@@ -451,9 +449,9 @@ bool VariableStore::ApplySync(
       break;
     }
     if (sync.workers.contains(push.worker_id)) {
-      refusal = absl::AlreadyExistsError(absl::StrCat(
-          "worker '", push.worker_id, "' already pushed step ", push.step,
-          " of '", part.variable->name, "'"));
+      refusal = absl::AlreadyExistsError(
+          absl::StrCat("worker '", push.worker_id, "' already pushed step ",
+                       push.step, " of '", part.variable->name, "'"));
       break;
     }
   }
@@ -508,8 +506,10 @@ bool VariableStore::ApplySync(
       absl::Status status =
           optimizer::CheckUpdate(entry->settings, block.state, loss);
       if (status.ok()) {
+        const absl::Time start = absl::Now();
         optimizer::ApplyUpdate(entry->settings, block.state, block.values,
                                sync.sum, loss);
+        stats_.RecordUpdate(absl::Now() - start);
       }
       for (auto& [waiter, index] : sync.waiters) {
         waiter->Fill(index, *part.variable, block);

@@ -27,6 +27,7 @@
 #include "proto/ps/v1/ps.pb.h"
 #include "server/optimizer/settings.h"
 #include "server/optimizer/update.h"
+#include "server/stats.h"
 
 namespace ps {
 
@@ -158,7 +159,8 @@ class VariableStore {
                     v1::PullResponse* response) const;
 
   // Checks a push and decodes its gradients; changes nothing.
-  absl::StatusOr<PreparedPush> PreparePush(const v1::PushRequest& request) const;
+  absl::StatusOr<PreparedPush> PreparePush(
+      const v1::PushRequest& request) const;
 
   // Applies a prepared push (async: now; sync: once its step has its
   // quorum), or acknowledges a repeated (worker_id, seq) without applying it.
@@ -168,6 +170,38 @@ class VariableStore {
   // The optimizer in force for `variable` (the default when it has none).
   std::shared_ptr<const OptimizerEntry> OptimizerFor(
       const std::string& variable) const;
+
+  // The default optimizer ("") or the one in force for a variable, with
+  // config_version set to this shard's config version. NOT_FOUND for an
+  // unknown variable.
+  absl::StatusOr<v1::OptimizerConfig> GetOptimizer(
+      const std::string& variable) const;
+
+  struct ConfigChange {
+    uint64_t previous_version = 0;
+    uint64_t version = 0;
+  };
+
+  // Replaces the default optimizer and that of every variable without its
+  // own ("" ), or sets one variable's own. Validates first and changes
+  // nothing on a bad config (INVALID_ARGUMENT) or an unknown variable
+  // (NOT_FOUND). The change lands between two updates of each block: every
+  // affected block is locked while its state is adapted, as follows.
+  //   reset_state: fresh state, the next update is step 1.
+  //   same rule: all state is kept (a change of hyper-parameters).
+  //   another rule: slots that mean the same thing are kept, the rest start
+  //   at zero; the step count is kept. See docs/optimizers.md for the table.
+  absl::StatusOr<ConfigChange> SetOptimizer(const std::string& variable,
+                                            const v1::OptimizerConfig& config,
+                                            bool reset_state);
+
+  // Every variable with this shard's blocks, versions and optimizer.
+  v1::ListVariablesResponse ListVariables() const;
+
+  // The counters, and per variable its step and current learning rate.
+  v1::Stats Stats() const;
+
+  ServerStats& stats() { return stats_; }
 
   // The variable, or null.
   std::shared_ptr<Variable> Find(const std::string& name) const;
@@ -201,11 +235,15 @@ class VariableStore {
   absl::flat_hash_map<std::string, std::shared_ptr<Variable>> variables_
       ABSL_GUARDED_BY(variables_mu_);
 
+  // Lock order: block locks (in address order), then config_mu_.
   mutable absl::Mutex config_mu_;
+  uint64_t config_version_ ABSL_GUARDED_BY(config_mu_) = 1;
   std::shared_ptr<const OptimizerEntry> default_optimizer_
       ABSL_GUARDED_BY(config_mu_);
   absl::flat_hash_map<std::string, std::shared_ptr<const OptimizerEntry>>
       overrides_ ABSL_GUARDED_BY(config_mu_);
+
+  ServerStats stats_;
 
   absl::Mutex workers_mu_;
   absl::flat_hash_map<std::string, std::unique_ptr<WorkerEntry>> workers_

@@ -21,12 +21,12 @@ namespace ps::optimizer {
 struct AdamStep {
   float beta1 = 0.9f;
   float beta2 = 0.999f;
-  float one_minus_beta1 = 0.1f;    // 1 - beta1, rounded once from double
-  float one_minus_beta2 = 0.001f;  // 1 - beta2
-  float step_size = 0.0f;          // lr_t / bc1
+  float one_minus_beta1 = 0.1f;        // 1 - beta1, rounded once from double
+  float one_minus_beta2 = 0.001f;      // 1 - beta2
+  float step_size = 0.0f;              // lr_t / bc1
   float bias_correction2_sqrt = 1.0f;  // sqrt(bc2)
   float eps = 1e-8f;
-  float feedback = 1.0f;  // Eve's d; 1 for Adam
+  float feedback = 1.0f;      // Eve's d; 1 for Adam
   float decay_factor = 1.0f;  // AdamW: 1 - lr_t * weight_decay; else 1
 };
 

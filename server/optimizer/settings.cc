@@ -16,9 +16,8 @@ double ScheduledLearningRate(double base_rate, const Schedule& schedule,
       break;
     case Schedule::Kind::kStep:
       rate = base_rate *
-             std::pow(schedule.gamma,
-                      static_cast<double>((t == 0 ? 0 : t - 1) /
-                                          schedule.step_size));
+             std::pow(schedule.gamma, static_cast<double>((t == 0 ? 0 : t - 1) /
+                                                          schedule.step_size));
       break;
     case Schedule::Kind::kExponential:
       rate = base_rate * std::pow(schedule.gamma, e);
@@ -39,8 +38,8 @@ double ScheduledLearningRate(double base_rate, const Schedule& schedule,
 }
 
 std::string_view RuleName(const RuleParams& rule) {
-  static constexpr std::string_view kNames[] = {"sgd",     "momentum", "adagrad",
-                                                "rmsprop", "adam",     "eve"};
+  static constexpr std::string_view kNames[] = {
+      "sgd", "momentum", "adagrad", "rmsprop", "adam", "eve"};
   return kNames[rule.index()];
 }
 

@@ -67,17 +67,17 @@ using RuleParams = std::variant<SgdParams, MomentumParams, AdagradParams,
 struct Schedule {
   enum class Kind { kConstant, kStep, kExponential, kCosine };
   Kind kind = Kind::kConstant;
-  uint64_t step_size = 1;  // kStep: decay every step_size steps
-  double gamma = 1.0;      // kStep, kExponential: decay factor
-  uint64_t t_max = 1;      // kCosine: half period, in steps
-  double eta_min = 0.0;    // kCosine: the lowest rate
+  uint64_t step_size = 1;     // kStep: decay every step_size steps
+  double gamma = 1.0;         // kStep, kExponential: decay factor
+  uint64_t t_max = 1;         // kCosine: half period, in steps
+  double eta_min = 0.0;       // kCosine: the lowest rate
   uint64_t warmup_steps = 0;  // rate x min(1, t / warmup_steps); 0 = none
 };
 
 struct OptimizerSettings {
   RuleParams rule = AdamParams{};
   double learning_rate = 1e-3;
-  double weight_decay = 0.0;  // L2 added to g; decoupled for AdamW
+  double weight_decay = 0.0;        // L2 added to g; decoupled for AdamW
   std::optional<double> clip_norm;  // per-block L2 norm clip; none = off
   Schedule schedule;
 };

@@ -81,8 +81,7 @@ struct RuleStep {
   }
 
   void operator()(const EveParams& p) {
-    EveFeedback::Update(state.eve, *loss - p.loss_floor, p.beta3, p.k,
-                        p.big_k);
+    EveFeedback::Update(state.eve, *loss - p.loss_floor, p.beta3, p.k, p.big_k);
     AdamStep step = MakeAdamStep(lr, p.beta1, p.beta2, p.eps, state.step);
     step.feedback = static_cast<float>(state.eve.d);
     RunAdam(step, /*amsgrad=*/false);
@@ -122,9 +121,9 @@ absl::Status CheckUpdate(const OptimizerSettings& settings,
                      eve->loss_floor, "; lower eve.loss_floor"));
   }
   if (!state.eve.started && *loss == eve->loss_floor) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "the first loss Eve sees must be above loss_floor ", eve->loss_floor,
-        " (Eve divides by it); got ", *loss));
+    return absl::InvalidArgumentError(
+        absl::StrCat("the first loss Eve sees must be above loss_floor ",
+                     eve->loss_floor, " (Eve divides by it); got ", *loss));
   }
   return absl::OkStatus();
 }
@@ -149,8 +148,8 @@ void ApplyUpdate(const OptimizerSettings& settings, BlockOptimizerState& state,
   RuleStep step{
       .state = state,
       .var = FlatArray(values.data(), static_cast<Eigen::Index>(values.size())),
-      .grad = ConstFlatArray(grad.data(),
-                             static_cast<Eigen::Index>(grad.size())),
+      .grad =
+          ConstFlatArray(grad.data(), static_cast<Eigen::Index>(grad.size())),
       .lr = ScheduledLearningRate(settings.learning_rate, settings.schedule,
                                   state.step),
       .weight_decay = settings.weight_decay,

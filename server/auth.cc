@@ -1,0 +1,112 @@
+#include "server/auth.h"
+
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+
+namespace ps {
+namespace {
+
+constexpr absl::string_view kBearer = "Bearer ";
+
+// Equal contents and length, in time that depends only on the lengths.
+bool ConstantTimeEquals(absl::string_view a, absl::string_view b) {
+  const size_t n = std::max(a.size(), b.size());
+  unsigned char diff = a.size() == b.size() ? 0 : 1;
+  for (size_t i = 0; i < n; ++i) {
+    const unsigned char x = i < a.size() ? a[i] : 0;
+    const unsigned char y = i < b.size() ? b[i] : 0;
+    diff |= x ^ y;
+  }
+  return diff == 0;
+}
+
+absl::Status ReadTokens(const std::string& path, Role role,
+                        std::vector<std::pair<std::string, std::string>>* out) {
+  std::ifstream file(path);
+  if (!file) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot read token file ", path));
+  }
+  std::string line;
+  int line_number = 0;
+  size_t before = out->size();
+  while (std::getline(file, line)) {
+    ++line_number;
+    absl::string_view text = absl::StripAsciiWhitespace(line);
+    if (text.empty() || text[0] == '#') continue;
+    const size_t space = text.find_first_of(" \t");
+    std::string secret(text.substr(0, space));
+    std::string label =
+        space == absl::string_view::npos
+            ? absl::StrCat(role == Role::kAdmin ? "admin" : "worker",
+                           " token on line ", line_number)
+            : std::string(absl::StripAsciiWhitespace(text.substr(space)));
+    out->emplace_back(std::move(secret), std::move(label));
+  }
+  if (out->size() == before) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("token file ", path, " holds no token"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<Authenticator> Authenticator::Load(
+    const std::string& worker_file, const std::string& admin_file) {
+  Authenticator auth;
+  for (const auto& [path, role] :
+       // Admin first: a token listed in both files is an admin token.
+       {std::pair{admin_file, Role::kAdmin}, {worker_file, Role::kWorker}}) {
+    if (path.empty()) continue;
+    std::vector<std::pair<std::string, std::string>> read;
+    if (absl::Status status = ReadTokens(path, role, &read); !status.ok()) {
+      return status;
+    }
+    for (auto& [secret, label] : read) {
+      auth.tokens_.push_back(Token{std::move(secret), std::move(label), role});
+    }
+  }
+  return auth;
+}
+
+absl::StatusOr<std::string> Authenticator::Check(
+    const grpc::ServerContextBase& context, Role needed) const {
+  if (!enabled()) return std::string("anonymous");
+  const auto& metadata = context.client_metadata();
+  auto it = metadata.find("authorization");
+  if (it == metadata.end()) {
+    return absl::UnauthenticatedError(
+        "no token: send metadata 'authorization: Bearer <token>'");
+  }
+  absl::string_view value(it->second.data(), it->second.size());
+  if (!absl::StartsWith(value, kBearer)) {
+    return absl::UnauthenticatedError(
+        "the authorization metadata must read 'Bearer <token>'");
+  }
+  value.remove_prefix(kBearer.size());
+  const Token* match = nullptr;
+  for (const Token& token : tokens_) {
+    // Every token is compared, so the time does not tell which matched.
+    if (ConstantTimeEquals(value, token.secret) && match == nullptr) {
+      match = &token;
+    }
+  }
+  if (match == nullptr) {
+    return absl::UnauthenticatedError("unknown token");
+  }
+  if (needed == Role::kAdmin && match->role != Role::kAdmin) {
+    return absl::PermissionDeniedError(
+        absl::StrCat("token '", match->label,
+                     "' is a worker token; AdminService needs an "
+                     "admin token"));
+  }
+  return match->label;
+}
+
+}  // namespace ps

@@ -1,0 +1,127 @@
+#include "server/metrics.h"
+
+#include <httplib.h>
+
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
+
+namespace ps {
+namespace {
+
+// Escapes a label value as the exposition format asks.
+std::string Label(absl::string_view value) {
+  return absl::StrReplaceAll(value,
+                             {{"\\", "\\\\"}, {"\"", "\\\""}, {"\n", "\\n"}});
+}
+
+void Metric(std::string& out, absl::string_view name, absl::string_view type,
+            absl::string_view help) {
+  absl::StrAppend(&out, "# HELP ", name, " ", help, "\n# TYPE ", name, " ",
+                  type, "\n");
+}
+
+class HttpMetricsServer final : public MetricsServer {
+ public:
+  explicit HttpMetricsServer(const VariableStore* store) {
+    http_.Get("/metrics",
+              [store](const httplib::Request&, httplib::Response& response) {
+                response.set_content(FormatPrometheus(store->Stats()),
+                                     "text/plain; version=0.0.4");
+              });
+  }
+  ~HttpMetricsServer() override { Stop(); }
+
+  absl::Status Listen(const std::string& host, int port) {
+    port_ = port == 0 ? http_.bind_to_any_port(host)
+                      : (http_.bind_to_port(host, port) ? port : -1);
+    if (port_ <= 0) {
+      return absl::UnavailableError(
+          absl::StrCat("cannot serve /metrics on ", host, ":", port));
+    }
+    thread_ = std::thread([this] { http_.listen_after_bind(); });
+    return absl::OkStatus();
+  }
+
+  int port() const override { return port_; }
+
+  void Stop() override {
+    http_.stop();
+    if (thread_.joinable()) thread_.join();
+  }
+
+ private:
+  httplib::Server http_;
+  std::thread thread_;
+  int port_ = -1;
+};
+
+}  // namespace
+
+std::string FormatPrometheus(const v1::Stats& stats) {
+  const std::string shard = absl::StrCat("shard=\"", stats.shard_index(), "\"");
+  std::string out;
+  auto counter = [&](absl::string_view name, absl::string_view help,
+                     uint64_t value) {
+    Metric(out, name, "counter", help);
+    absl::StrAppend(&out, name, "{", shard, "} ", value, "\n");
+  };
+  counter("ps_pushes_total", "Pushes applied or acknowledged.", stats.pushes());
+  counter("ps_pulls_total", "Pulls answered.", stats.pulls());
+  counter("ps_bytes_in_total", "Request bytes of answered calls.",
+          stats.bytes_in());
+  counter("ps_bytes_out_total", "Answer bytes of answered calls.",
+          stats.bytes_out());
+  counter("ps_updates_total", "Block updates applied.", stats.updates());
+
+  Metric(out, "ps_refusals_total", "counter", "Calls refused, by gRPC code.");
+  for (const auto& [code, count] : stats.refusals()) {
+    absl::StrAppend(&out, "ps_refusals_total{", shard, ",code=\"", Label(code),
+                    "\"} ", count, "\n");
+  }
+
+  Metric(out, "ps_update_latency_microseconds", "summary",
+         "Time of one block update.");
+  for (const auto& [q, value] :
+       {std::pair{"0.5", stats.update_latency_p50_us()},
+        {"0.9", stats.update_latency_p90_us()},
+        {"0.99", stats.update_latency_p99_us()}}) {
+    absl::StrAppend(&out, "ps_update_latency_microseconds{", shard,
+                    ",quantile=\"", q, "\"} ", value, "\n");
+  }
+
+  Metric(out, "ps_uptime_seconds", "gauge", "Seconds since the shard started.");
+  absl::StrAppend(&out, "ps_uptime_seconds{", shard, "} ", stats.uptime_s(),
+                  "\n");
+  Metric(out, "ps_config_version", "gauge",
+         "Optimizer config version; one more per change.");
+  absl::StrAppend(&out, "ps_config_version{", shard, "} ",
+                  stats.config_version(), "\n");
+
+  Metric(out, "ps_variable_step", "gauge",
+         "Highest step among the shard's blocks of a variable.");
+  for (const auto& v : stats.variables()) {
+    absl::StrAppend(&out, "ps_variable_step{", shard, ",variable=\"",
+                    Label(v.name()), "\"} ", v.step(), "\n");
+  }
+  Metric(out, "ps_variable_learning_rate", "gauge",
+         "Learning rate in force, after the schedule.");
+  for (const auto& v : stats.variables()) {
+    absl::StrAppend(&out, "ps_variable_learning_rate{", shard, ",variable=\"",
+                    Label(v.name()), "\",rule=\"", v.rule(), "\"} ",
+                    v.learning_rate(), "\n");
+  }
+  return out;
+}
+
+absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
+    const VariableStore* store, const std::string& host, int port) {
+  auto server = std::make_unique<HttpMetricsServer>(store);
+  if (absl::Status status = server->Listen(host, port); !status.ok()) {
+    return status;
+  }
+  return server;
+}
+
+}  // namespace ps

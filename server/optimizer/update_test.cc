@@ -1,0 +1,309 @@
+// The plumbing around the kernels: refusals, clipping, weight decay, the
+// schedule's step counter, slots, and chunked blocks.
+
+#include "server/optimizer/update.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "server/optimizer/kernel_util.h"
+#include "server/optimizer/settings.h"
+
+namespace ps::optimizer {
+namespace {
+
+using ::testing::AllOf;
+using ::testing::HasSubstr;
+using ::testing::IsEmpty;
+using ::testing::Pointwise;
+using ::testing::SizeIs;
+
+// |actual - expected| <= 1e-6 * max(1, |expected|): a few float32 roundings.
+MATCHER(FloatNearDouble, "") {
+  const double actual = std::get<0>(arg);
+  const double expected = std::get<1>(arg);
+  *result_listener << "differs by " << actual - expected;
+  return std::abs(actual - expected) <=
+         1e-6 * std::max(1.0, std::abs(expected));
+}
+
+const std::vector<float> kInitial = {1.0f, -2.0f, 0.5f};
+const std::vector<float> kGrad = {0.5f, 1.0f, -2.0f};  // norm sqrt(5.25)
+
+OptimizerSettings Settings(RuleParams rule, double lr) {
+  OptimizerSettings settings;
+  settings.rule = rule;
+  settings.learning_rate = lr;
+  return settings;
+}
+
+bool SameState(const BlockOptimizerState& a, const BlockOptimizerState& b) {
+  return a.step == b.step && a.momentum == b.momentum &&
+         a.square_avg == b.square_avg && a.grad_avg == b.grad_avg &&
+         a.max_square_avg == b.max_square_avg && a.eve.d == b.eve.d &&
+         a.eve.f_hat == b.eve.f_hat && a.eve.started == b.eve.started;
+}
+
+TEST(CheckUpdateTest, RulesOtherThanEveNeedNoLoss) {
+  const RuleParams rules[] = {SgdParams{}, MomentumParams{}, AdagradParams{},
+                              RmsPropParams{}, AdamParams{}};
+  for (const RuleParams& rule : rules) {
+    const OptimizerSettings settings = Settings(rule, 0.1);
+    EXPECT_TRUE(CheckUpdate(settings, {}, std::nullopt).ok()) << RuleName(rule);
+    EXPECT_TRUE(
+        CheckUpdate(settings, {}, std::numeric_limits<double>::quiet_NaN())
+            .ok())
+        << RuleName(rule);
+  }
+}
+
+TEST(CheckUpdateTest, EveRefusesAMissingLoss) {
+  const absl::Status status =
+      CheckUpdate(Settings(EveParams{}, 0.1), {}, std::nullopt);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(status.message(), HasSubstr("loss"));
+}
+
+TEST(CheckUpdateTest, EveRefusesANonFiniteLoss) {
+  const OptimizerSettings settings = Settings(EveParams{}, 0.1);
+  for (double loss : {std::numeric_limits<double>::quiet_NaN(),
+                      std::numeric_limits<double>::infinity(),
+                      -std::numeric_limits<double>::infinity()}) {
+    const absl::Status status = CheckUpdate(settings, {}, loss);
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << loss;
+    EXPECT_THAT(status.message(), HasSubstr("not finite")) << loss;
+  }
+}
+
+TEST(CheckUpdateTest, EveRefusesALossBelowTheFloor) {
+  OptimizerSettings settings = Settings(EveParams{.loss_floor = 2.0}, 0.1);
+  BlockOptimizerState started;
+  started.eve.started = true;
+  started.eve.f_hat = 1.0;
+  for (const BlockOptimizerState& state : {BlockOptimizerState{}, started}) {
+    const absl::Status status = CheckUpdate(settings, state, 1.5);
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(status.message(), AllOf(HasSubstr("loss_floor"),
+                                        HasSubstr("1.5"), HasSubstr("2")));
+  }
+  settings.rule = EveParams{};  // floor 0
+  EXPECT_EQ(CheckUpdate(settings, {}, -1e-9).code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST(CheckUpdateTest, EveRefusesAFirstLossAtTheFloorOnly) {
+  for (double floor : {0.0, 2.5, -3.0}) {
+    const OptimizerSettings settings =
+        Settings(EveParams{.loss_floor = floor}, 0.1);
+    const absl::Status status = CheckUpdate(settings, {}, floor);
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << floor;
+    EXPECT_THAT(status.message(), HasSubstr("first loss")) << floor;
+    EXPECT_TRUE(CheckUpdate(settings, {}, floor + 0.5).ok()) << floor;
+    // Once f_hat is set, a loss at the floor is a valid (f = 0) update.
+    BlockOptimizerState started;
+    started.step = 1;
+    started.eve.started = true;
+    started.eve.f_hat = 0.5;
+    EXPECT_TRUE(CheckUpdate(settings, started, floor).ok()) << floor;
+  }
+}
+
+TEST(CheckUpdateTest, ARefusedEveUpdateChangesNothing) {
+  // The store calls ApplyUpdate only after CheckUpdate said OK. A run with
+  // refused pushes in between ends where a run without them does.
+  const OptimizerSettings settings = Settings(EveParams{}, 0.1);
+  const std::vector<float> grad2 = {1.0f, -1.0f, 0.0f};
+
+  std::vector<float> clean_values = kInitial;
+  BlockOptimizerState clean;
+  ApplyUpdate(settings, clean, clean_values, kGrad, 2.0);
+  ApplyUpdate(settings, clean, clean_values, grad2, 3.0);
+
+  std::vector<float> values = kInitial;
+  BlockOptimizerState state;
+  const auto push = [&](std::span<const float> grad,
+                        std::optional<double> loss) {
+    const absl::Status status = CheckUpdate(settings, state, loss);
+    if (status.ok()) ApplyUpdate(settings, state, values, grad, loss);
+    return status;
+  };
+  EXPECT_FALSE(push(kGrad, 0.0).ok());  // first loss at the floor
+  EXPECT_EQ(values, kInitial);
+  EXPECT_TRUE(SameState(state, BlockOptimizerState{}));
+  ASSERT_TRUE(push(kGrad, 2.0).ok());
+  const BlockOptimizerState after_first = state;
+  const std::vector<float> values_after_first = values;
+  EXPECT_FALSE(push(grad2, std::nullopt).ok());
+  EXPECT_FALSE(push(grad2, -1.0).ok());
+  EXPECT_FALSE(push(grad2, std::numeric_limits<double>::infinity()).ok());
+  EXPECT_TRUE(SameState(state, after_first));
+  EXPECT_EQ(values, values_after_first);
+  ASSERT_TRUE(push(grad2, 3.0).ok());
+  EXPECT_TRUE(SameState(state, clean));
+  EXPECT_EQ(values, clean_values);
+}
+
+TEST(ApplyUpdateTest, AdvancesTheStepAndAllocatesOnlyTheSlotsItNeeds) {
+  std::vector<float> values = kInitial;
+  BlockOptimizerState state;
+  ApplyUpdate(Settings(SgdParams{}, 0.1), state, values, kGrad, std::nullopt);
+  EXPECT_EQ(state.step, 1u);
+  EXPECT_THAT(state.momentum, IsEmpty());
+  EXPECT_THAT(state.square_avg, IsEmpty());
+
+  BlockOptimizerState adam;
+  ApplyUpdate(Settings(AdamParams{.amsgrad = true}, 0.1), adam, values, kGrad,
+              std::nullopt);
+  ApplyUpdate(Settings(AdamParams{.amsgrad = true}, 0.1), adam, values, kGrad,
+              std::nullopt);
+  EXPECT_EQ(adam.step, 2u);
+  EXPECT_THAT(adam.momentum, SizeIs(3));
+  EXPECT_THAT(adam.square_avg, SizeIs(3));
+  EXPECT_THAT(adam.max_square_avg, SizeIs(3));
+  EXPECT_THAT(adam.grad_avg, IsEmpty());
+}
+
+TEST(ApplyUpdateTest, ClipsTheGradientToClipNorm) {
+  OptimizerSettings settings = Settings(SgdParams{}, 1.0);
+  settings.clip_norm = 1.0;
+  std::vector<float> values = kInitial;
+  BlockOptimizerState state;
+  ApplyUpdate(settings, state, values, kGrad, std::nullopt);
+  // p -= g / (||g|| + 1e-6), ||g|| = sqrt(5.25).
+  const double scale = 1.0 / (std::sqrt(5.25) + 1e-6);
+  EXPECT_THAT(values, Pointwise(FloatNearDouble(),
+                                std::vector{1 - 0.5 * scale, -2 - scale,
+                                            0.5 + 2 * scale}));
+  // The gradient the caller passed is left alone.
+  EXPECT_EQ(kGrad, (std::vector{0.5f, 1.0f, -2.0f}));
+}
+
+TEST(ApplyUpdateTest, LeavesAGradientWithinClipNormAlone) {
+  OptimizerSettings clipped = Settings(SgdParams{}, 1.0);
+  clipped.clip_norm = 3.0;  // > sqrt(5.25) + 1e-6
+  std::vector<float> a = kInitial, b = kInitial;
+  BlockOptimizerState sa, sb;
+  ApplyUpdate(clipped, sa, a, kGrad, std::nullopt);
+  ApplyUpdate(Settings(SgdParams{}, 1.0), sb, b, kGrad, std::nullopt);
+  EXPECT_EQ(a, b);
+}
+
+TEST(ApplyUpdateTest, ClipsBeforeAddingWeightDecay) {
+  OptimizerSettings settings = Settings(SgdParams{}, 1.0);
+  settings.clip_norm = 1.0;
+  settings.weight_decay = 0.5;
+  std::vector<float> values = kInitial;
+  BlockOptimizerState state;
+  ApplyUpdate(settings, state, values, kGrad, std::nullopt);
+  // g' = g / (||g|| + 1e-6) + 0.5 p0: the decay is not clipped.
+  const double scale = 1.0 / (std::sqrt(5.25) + 1e-6);
+  EXPECT_THAT(values,
+              Pointwise(FloatNearDouble(),
+                        std::vector{1 - 0.5 * scale - 0.5, -2 - scale + 1,
+                                    0.5 + 2 * scale - 0.25}));
+}
+
+TEST(ApplyUpdateTest, WeightDecayAddsL2ToTheGradient) {
+  OptimizerSettings settings = Settings(SgdParams{}, 0.1);
+  settings.weight_decay = 0.5;
+  std::vector<float> values = kInitial;
+  BlockOptimizerState state;
+  ApplyUpdate(settings, state, values, kGrad, std::nullopt);
+  // g' = g + 0.5 p0 = (1, 0, -1.75).
+  EXPECT_THAT(values,
+              Pointwise(FloatNearDouble(), std::vector{0.9, -2.0, 0.675}));
+}
+
+TEST(ApplyUpdateTest, ScheduleFollowsTheBlocksOwnStep) {
+  OptimizerSettings settings = Settings(SgdParams{}, 1.0);
+  settings.schedule = Schedule{.kind = Schedule::Kind::kStep,
+                               .step_size = 2,
+                               .gamma = 0.5,
+                               .warmup_steps = 2};
+  const std::vector<float> grad = {1.0f};
+  std::vector<float> values = {0.0f};
+  BlockOptimizerState state;
+  // Rates 0.5 (warm-up 1/2), 1, 0.5, 0.5, 0.25.
+  const float expected[] = {-0.5f, -1.5f, -2.0f, -2.5f, -2.75f};
+  for (float e : expected) {
+    ApplyUpdate(settings, state, values, grad, std::nullopt);
+    EXPECT_EQ(values[0], e) << "t = " << state.step;
+  }
+  // A block that starts later starts its own schedule at t = 1.
+  std::vector<float> other = {0.0f};
+  BlockOptimizerState fresh;
+  ApplyUpdate(settings, fresh, other, grad, std::nullopt);
+  EXPECT_EQ(other[0], -0.5f);
+}
+
+TEST(ClipFactorTest, IsTorchsClipCoefficient) {
+  const std::vector<float> g = {3.0f, 4.0f};  // norm 5
+  EXPECT_FLOAT_EQ(ClipFactor(g, 1.0), 1.0f / (5.0f + 1e-6f));
+  // At exactly the norm torch still scales by 5 / (5 + 1e-6) < 1.
+  EXPECT_LT(ClipFactor(g, 5.0), 1.0f);
+  EXPECT_FLOAT_EQ(ClipFactor(g, 5.0), 5.0f / (5.0f + 1e-6f));
+  EXPECT_EQ(ClipFactor(g, 6.0), 1.0f);
+  const std::vector<float> zero(4, 0.0f);
+  EXPECT_EQ(ClipFactor(zero, 1.0), 1.0f);
+  // The norm is over the whole block, not per chunk.
+  const std::vector<float> big(3 * kChunk + 1, 1.0f);
+  EXPECT_FLOAT_EQ(ClipFactor(big, 1.0), 1.0f / std::sqrt(3 * kChunk + 1.0f));
+}
+
+// Every rule over a block that spans several chunks, with a short tail,
+// gives each value what it would get alone in a one-value block.
+class ChunkedBlockTest : public ::testing::TestWithParam<RuleParams> {};
+
+TEST_P(ChunkedBlockTest, EachValueIsUpdatedAsIfAlone) {
+  OptimizerSettings settings = Settings(GetParam(), 0.01);
+  settings.weight_decay = 0.01;
+  settings.schedule.kind = Schedule::Kind::kExponential;
+  settings.schedule.gamma = 0.9;
+  const size_t n = 2 * kChunk + 37;
+  std::vector<float> values(n);
+  std::vector<std::vector<float>> grads(3, std::vector<float>(n));
+  for (size_t i = 0; i < n; ++i) {
+    values[i] = std::sin(0.37f * static_cast<float>(i));
+    for (size_t t = 0; t < grads.size(); ++t) {
+      grads[t][i] = std::cos(0.11f * static_cast<float>(i * (t + 1)) + 0.5f);
+    }
+  }
+  std::vector<float> block = values;
+  BlockOptimizerState block_state;
+  std::vector<std::vector<float>> alone(n);
+  std::vector<BlockOptimizerState> alone_state(n);
+  for (size_t i = 0; i < n; ++i) alone[i] = {values[i]};
+  const double losses[] = {2.0, 3.0, 1.0};
+  for (size_t t = 0; t < grads.size(); ++t) {
+    ApplyUpdate(settings, block_state, block, grads[t], losses[t]);
+    for (size_t i = 0; i < n; ++i) {
+      const std::vector<float> g = {grads[t][i]};
+      ApplyUpdate(settings, alone_state[i], alone[i], g, losses[t]);
+    }
+  }
+  for (size_t i = 0; i < n; ++i) {
+    ASSERT_FLOAT_EQ(block[i], alone[i][0]) << "value " << i;
+    ASSERT_NE(block[i], values[i]) << "value " << i << " did not move";
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    AllRules, ChunkedBlockTest,
+    ::testing::Values(SgdParams{}, MomentumParams{.nesterov = true},
+                      AdagradParams{.initial_accumulator_value = 0.1},
+                      RmsPropParams{.momentum = 0.5, .centered = true},
+                      AdamParams{.amsgrad = true},
+                      AdamParams{.decoupled_weight_decay = true}, EveParams{}),
+    [](const ::testing::TestParamInfo<RuleParams>& info) {
+      return std::string(RuleName(info.param)) + std::to_string(info.index);
+    });
+
+}  // namespace
+}  // namespace ps::optimizer

@@ -1,0 +1,191 @@
+// VariableStore's operator side: optimizer changes, listings and stats.
+#include <algorithm>
+#include <type_traits>
+
+#include "absl/strings/str_cat.h"
+#include "common/optimizer_config.h"
+#include "common/status.h"
+#include "server/store.h"
+
+namespace ps {
+namespace {
+
+using optimizer::AdagradParams;
+using optimizer::AdamParams;
+using optimizer::BlockOptimizerState;
+using optimizer::EveParams;
+using optimizer::MomentumParams;
+using optimizer::RmsPropParams;
+using optimizer::RuleParams;
+
+template <typename T>
+bool Is(const RuleParams& rule) {
+  return std::holds_alternative<T>(rule);
+}
+
+// Momentum's buffer and Adam's and Eve's first moment are running sums of
+// the gradient; RMSProp's momentum buffer holds g / d, another quantity.
+bool SharesFirstMoment(const RuleParams& a, const RuleParams& b) {
+  auto gradient_average = [](const RuleParams& r) {
+    return Is<MomentumParams>(r) || Is<AdamParams>(r) || Is<EveParams>(r);
+  };
+  return (gradient_average(a) && gradient_average(b)) ||
+         (Is<RmsPropParams>(a) && Is<RmsPropParams>(b));
+}
+
+// RMSProp's, Adam's and Eve's second moments are averages of g^2; Adagrad's
+// is a sum, kept only by Adagrad.
+bool SharesSecondMoment(const RuleParams& a, const RuleParams& b) {
+  auto square_average = [](const RuleParams& r) {
+    return Is<RmsPropParams>(r) || Is<AdamParams>(r) || Is<EveParams>(r);
+  };
+  return (square_average(a) && square_average(b)) ||
+         (Is<AdagradParams>(a) && Is<AdagradParams>(b));
+}
+
+// Adapts a block's state from rule `from` to rule `to` (see SetOptimizer).
+void AdaptState(const RuleParams& from, const RuleParams& to, bool reset_state,
+                BlockOptimizerState& state) {
+  if (reset_state) {
+    state = BlockOptimizerState();
+    return;
+  }
+  if (from.index() == to.index()) return;
+  if (!SharesFirstMoment(from, to)) state.momentum.clear();
+  if (!SharesSecondMoment(from, to)) state.square_avg.clear();
+  state.grad_avg.clear();        // centered RMSProp only
+  state.max_square_avg.clear();  // AMSGrad only
+  state.eve = optimizer::EveFeedbackState();
+}
+
+}  // namespace
+
+absl::StatusOr<v1::OptimizerConfig> VariableStore::GetOptimizer(
+    const std::string& variable) const {
+  if (!variable.empty() && Find(variable) == nullptr) {
+    return absl::NotFoundError(
+        absl::StrCat("no variable named '", variable, "'"));
+  }
+  absl::ReaderMutexLock lock(&config_mu_);
+  auto it = variable.empty() ? overrides_.end() : overrides_.find(variable);
+  v1::OptimizerConfig config =
+      it == overrides_.end() ? default_optimizer_->config : it->second->config;
+  config.set_config_version(config_version_);
+  return config;
+}
+
+absl::StatusOr<VariableStore::ConfigChange> VariableStore::SetOptimizer(
+    const std::string& variable, const v1::OptimizerConfig& config,
+    bool reset_state) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  v1::OptimizerConfig stored = config;
+  stored.clear_config_version();
+  auto settings = ResolveOptimizerConfig(stored);
+  if (!settings.ok()) return settings.status();
+  auto entry = std::make_shared<const OptimizerEntry>(
+      OptimizerEntry{std::move(stored), *std::move(settings)});
+
+  // The variables whose optimizer changes.
+  std::vector<std::shared_ptr<Variable>> affected;
+  if (!variable.empty()) {
+    auto found = Find(variable);
+    if (found == nullptr) {
+      return absl::NotFoundError(
+          absl::StrCat("no variable named '", variable, "'"));
+    }
+    affected.push_back(std::move(found));
+  } else {
+    absl::ReaderMutexLock lock(&variables_mu_);
+    for (const auto& [name, v] : variables_) affected.push_back(v);
+  }
+
+  // Lock every block of them (address order), then the configs.
+  std::vector<std::pair<Variable*, Block*>> blocks;
+  for (const auto& v : affected) {
+    for (const auto& [k, block] : v->blocks)
+      blocks.emplace_back(v.get(), block.get());
+  }
+  std::sort(blocks.begin(), blocks.end(),
+            [](const auto& a, const auto& b) { return a.second < b.second; });
+  for (auto& [v, block] : blocks) block->mu.Lock();
+  ConfigChange change;
+  {
+    absl::MutexLock lock(&config_mu_);
+    for (auto& [v, block] : blocks) {
+      auto it = overrides_.find(v->name);
+      const bool has_override = it != overrides_.end();
+      // A default change leaves variables with their own optimizer alone.
+      if (variable.empty() && has_override) continue;
+      const OptimizerEntry& old =
+          has_override ? *it->second : *default_optimizer_;
+      AdaptState(old.settings.rule, entry->settings.rule, reset_state,
+                 block->state);
+    }
+    if (variable.empty()) {
+      default_optimizer_ = entry;
+    } else {
+      overrides_[variable] = entry;
+    }
+    change.previous_version = config_version_;
+    change.version = ++config_version_;
+  }
+  for (auto& [v, block] : blocks) block->mu.Unlock();
+  return change;
+}
+
+v1::ListVariablesResponse VariableStore::ListVariables() const {
+  v1::ListVariablesResponse response;
+  for (const std::string& name : VariableNames()) {
+    auto variable = Find(name);
+    if (variable == nullptr) continue;
+    v1::VariableInfo* info = response.add_variables();
+    info->set_name(name);
+    for (uint64_t dim : variable->shape) info->add_shape(dim);
+    info->set_size(variable->size);
+    std::vector<uint64_t> indexes;
+    for (const auto& [k, block] : variable->blocks) indexes.push_back(k);
+    std::sort(indexes.begin(), indexes.end());
+    for (uint64_t k : indexes) {
+      const Block& block = *variable->blocks.at(k);
+      absl::ReaderMutexLock lock(&block.mu);
+      info->add_blocks(k);
+      info->add_versions(block.state.step);
+    }
+    absl::ReaderMutexLock lock(&config_mu_);
+    auto it = overrides_.find(name);
+    info->set_optimizer_override(it != overrides_.end());
+    *info->mutable_optimizer() = it != overrides_.end()
+                                     ? it->second->config
+                                     : default_optimizer_->config;
+  }
+  absl::ReaderMutexLock lock(&config_mu_);
+  response.set_config_version(config_version_);
+  return response;
+}
+
+v1::Stats VariableStore::Stats() const {
+  v1::Stats stats;
+  stats_.Fill(&stats);
+  stats.set_shard_index(options_.shard_index);
+  for (const std::string& name : VariableNames()) {
+    auto variable = Find(name);
+    if (variable == nullptr) continue;
+    uint64_t step = 0;
+    for (const auto& [k, block] : variable->blocks) {
+      absl::ReaderMutexLock lock(&block->mu);
+      step = std::max(step, block->state.step);
+    }
+    auto entry = OptimizerFor(name);
+    v1::VariableStats* v = stats.add_variables();
+    v->set_name(name);
+    v->set_step(step);
+    v->set_learning_rate(optimizer::ScheduledLearningRate(
+        entry->settings.learning_rate, entry->settings.schedule,
+        std::max<uint64_t>(step, 1)));
+    v->set_rule(std::string(optimizer::RuleName(entry->settings.rule)));
+  }
+  absl::ReaderMutexLock lock(&config_mu_);
+  stats.set_config_version(config_version_);
+  return stats;
+}
+
+}  // namespace ps

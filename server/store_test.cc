@@ -1,0 +1,1143 @@
+#include "server/store.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/time.h"
+#include "common/optimizer_config.h"
+#include "common/wire.h"
+
+namespace ps {
+namespace {
+
+using ::testing::ElementsAreArray;
+using ::testing::HasSubstr;
+
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+constexpr float kInf = std::numeric_limits<float>::infinity();
+
+v1::OptimizerConfig Optimizer(const std::string& text) {
+  auto config = ParseOptimizerConfig(text);
+  EXPECT_TRUE(config.ok()) << config.status();
+  return config.ok() ? *config : v1::OptimizerConfig();
+}
+
+StoreOptions AsyncOptions(
+    uint32_t shard_index = 0, uint32_t num_shards = 1, uint64_t block_size = 4,
+    const std::string& optimizer = "sgd {} learning_rate: 1") {
+  StoreOptions options;
+  options.shard_index = shard_index;
+  options.num_shards = num_shards;
+  options.block_size = block_size;
+  options.default_optimizer = Optimizer(optimizer);
+  return options;
+}
+
+StoreOptions SyncOptions(uint32_t num_workers, uint32_t quorum,
+                         uint64_t block_size = 4) {
+  StoreOptions options = AsyncOptions(0, 1, block_size);
+  options.sync = true;
+  options.num_workers = num_workers;
+  options.quorum = quorum;
+  return options;
+}
+
+std::string Encode(const std::vector<float>& values,
+                   v1::DType dtype = v1::FLOAT32) {
+  std::string data;
+  EncodeValues(dtype, values, &data);
+  return data;
+}
+
+std::vector<float> Decode(const v1::Slice& slice) {
+  std::vector<float> values(slice.length());
+  absl::Status status = DecodeValues(slice.dtype(), slice.data(), values);
+  EXPECT_TRUE(status.ok()) << status;
+  return values;
+}
+
+v1::Slice MakeSlice(const std::string& variable, uint64_t offset,
+                    const std::vector<float>& values) {
+  v1::Slice slice;
+  slice.set_variable(variable);
+  slice.set_offset(offset);
+  slice.set_length(values.size());
+  slice.set_data(Encode(values));
+  return slice;
+}
+
+v1::Slice RangeSlice(const std::string& variable, uint64_t offset,
+                     uint64_t length) {
+  v1::Slice slice;
+  slice.set_variable(variable);
+  slice.set_offset(offset);
+  slice.set_length(length);
+  return slice;
+}
+
+v1::CreateVariableRequest CreateRequest(const std::string& name,
+                                        std::vector<uint64_t> shape) {
+  v1::CreateVariableRequest request;
+  request.set_name(name);
+  for (uint64_t dim : shape) request.add_shape(dim);
+  return request;
+}
+
+// Initial values for every block of `values` that the store's shard owns.
+v1::CreateVariableRequest CreateWithValues(const VariableStore& store,
+                                           const std::string& name,
+                                           std::vector<uint64_t> shape,
+                                           const std::vector<float>& values) {
+  v1::CreateVariableRequest request = CreateRequest(name, shape);
+  const PartitionPlan& plan = store.plan();
+  for (uint64_t k = 0; k < plan.NumBlocks(values.size()); ++k) {
+    if (plan.ShardOf(name, k) != store.options().shard_index) continue;
+    const FlatRange range = plan.BlockRange(values.size(), k);
+    *request.add_initial_values() = MakeSlice(
+        name, range.offset,
+        std::vector<float>(values.begin() + range.offset,
+                           values.begin() + range.offset + range.length));
+  }
+  return request;
+}
+
+// Values 1, 2, 3, ... (exact in every encoding used here).
+std::vector<float> Iota(size_t n, float first = 1.0f) {
+  std::vector<float> values(n);
+  for (size_t i = 0; i < n; ++i) values[i] = first + static_cast<float>(i);
+  return values;
+}
+
+// Creates `name` on a single-shard store; every block is local.
+void CreateLocal(VariableStore& store, const std::string& name,
+                 const std::vector<float>& values) {
+  auto created = store.CreateVariable(
+      CreateWithValues(store, name, {values.size()}, values));
+  ASSERT_TRUE(created.ok()) << created.status();
+  ASSERT_TRUE(*created);
+}
+
+// Every value of a variable on a single-shard store, block by block, and the
+// versions of its blocks.
+struct Snapshot {
+  std::vector<float> values;
+  std::vector<uint64_t> versions;
+};
+
+Snapshot PullAll(const VariableStore& store, const std::string& name) {
+  Snapshot snapshot;
+  auto variable = store.Find(name);
+  EXPECT_NE(variable, nullptr) << name;
+  if (variable == nullptr) return snapshot;
+  const PartitionPlan& plan = store.plan();
+  v1::PullRequest request;
+  for (uint64_t k = 0; k < plan.NumBlocks(variable->size); ++k) {
+    const FlatRange range = plan.BlockRange(variable->size, k);
+    *request.add_slices() = RangeSlice(name, range.offset, range.length);
+  }
+  v1::PullResponse response;
+  absl::Status status = store.Pull(request, &response);
+  EXPECT_TRUE(status.ok()) << status;
+  for (const v1::Slice& slice : response.values()) {
+    std::vector<float> values = Decode(slice);
+    snapshot.values.insert(snapshot.values.end(), values.begin(), values.end());
+    snapshot.versions.push_back(slice.version());
+  }
+  return snapshot;
+}
+
+// The outcome of one push through PreparePush and ApplyPush.
+struct PushResult {
+  absl::Notification done;
+  absl::Status status;
+  v1::PullResponse answer;
+  int calls = 0;  // how often the completion reported
+
+  bool WaitFor(absl::Duration timeout = absl::Seconds(10)) {
+    return done.WaitForNotificationWithTimeout(timeout);
+  }
+};
+
+std::shared_ptr<PushResult> StartPush(VariableStore& store,
+                                      const v1::PushRequest& request,
+                                      bool with_values = true) {
+  auto result = std::make_shared<PushResult>();
+  absl::StatusOr<PreparedPush> prepared = store.PreparePush(request);
+  if (!prepared.ok()) {
+    result->status = prepared.status();
+    result->done.Notify();
+    return result;
+  }
+  auto completion = std::make_shared<PushCompletion>(
+      prepared->parts.size(), with_values, request.pull_dtype(),
+      [result](absl::Status status, v1::PullResponse answer) {
+        result->status = std::move(status);
+        result->answer = std::move(answer);
+        ++result->calls;
+        result->done.Notify();
+      });
+  store.ApplyPush(*std::move(prepared), std::move(completion));
+  return result;
+}
+
+// A push that must finish without waiting for others (async, or a refusal).
+std::shared_ptr<PushResult> PushNow(VariableStore& store,
+                                    const v1::PushRequest& request,
+                                    bool with_values = true) {
+  auto result = StartPush(store, request, with_values);
+  EXPECT_TRUE(result->done.HasBeenNotified())
+      << "the push did not finish at once";
+  return result;
+}
+
+v1::PushRequest PushRequest(const std::string& worker, uint64_t seq,
+                            std::vector<v1::Slice> gradients,
+                            uint64_t step = 0) {
+  v1::PushRequest request;
+  request.set_worker_id(worker);
+  request.set_seq(seq);
+  request.set_step(step);
+  for (v1::Slice& slice : gradients) *request.add_gradients() = slice;
+  return request;
+}
+
+std::vector<float> Minus(const std::vector<float>& a,
+                         const std::vector<float>& b) {
+  std::vector<float> out(a.size());
+  for (size_t i = 0; i < a.size(); ++i) out[i] = a[i] - b[i];
+  return out;
+}
+
+// ---------------------------------------------------------------- create
+
+TEST(StoreCreateTest, CreatesOnceThenAcknowledges) {
+  VariableStore store(AsyncOptions());
+  auto first = store.CreateVariable(CreateRequest("w", {3, 5}));
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_TRUE(*first);
+  auto second = store.CreateVariable(CreateRequest("w", {3, 5}));
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_FALSE(*second);
+  EXPECT_THAT(store.VariableNames(), ElementsAreArray({"w"}));
+  auto variable = store.Find("w");
+  ASSERT_NE(variable, nullptr);
+  EXPECT_EQ(variable->size, 15u);
+  EXPECT_EQ(variable->blocks.size(), 4u);  // 4 + 4 + 4 + 3
+}
+
+TEST(StoreCreateTest, NoInitialValuesMeansZeros) {
+  VariableStore store(AsyncOptions());
+  ASSERT_TRUE(store.CreateVariable(CreateRequest("w", {7})).ok());
+  Snapshot snapshot = PullAll(store, "w");
+  EXPECT_THAT(snapshot.values, ElementsAreArray(std::vector<float>(7, 0.0f)));
+  EXPECT_THAT(snapshot.versions, ElementsAreArray({0u, 0u}));
+}
+
+TEST(StoreCreateTest, FirstInitialValuesWin) {
+  VariableStore store(AsyncOptions());
+  const std::vector<float> first = Iota(9);
+  const std::vector<float> second = Iota(9, 100.0f);
+  auto created = store.CreateVariable(CreateWithValues(store, "w", {9}, first));
+  ASSERT_TRUE(created.ok()) << created.status();
+  EXPECT_TRUE(*created);
+  created = store.CreateVariable(CreateWithValues(store, "w", {9}, second));
+  ASSERT_TRUE(created.ok()) << created.status();
+  EXPECT_FALSE(*created);
+  EXPECT_THAT(PullAll(store, "w").values, ElementsAreArray(first));
+}
+
+TEST(StoreCreateTest, ConcurrentCreatesAgreeOnOneWinner) {
+  VariableStore store(AsyncOptions());
+  constexpr int kThreads = 8;
+  std::atomic<int> created{0};
+  std::atomic<int> failed{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      auto result = store.CreateVariable(
+          CreateWithValues(store, "w", {10}, Iota(10, 100.0f * t)));
+      if (!result.ok()) {
+        ++failed;
+      } else if (*result) {
+        ++created;
+      }
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  EXPECT_EQ(failed.load(), 0);
+  EXPECT_EQ(created.load(), 1);
+  // Whoever won, the values are exactly one worker's, never a mixture.
+  std::vector<float> values = PullAll(store, "w").values;
+  ASSERT_EQ(values.size(), 10u);
+  EXPECT_THAT(values, ElementsAreArray(Iota(10, values[0])));
+}
+
+TEST(StoreCreateTest, AnotherShapeIsAlreadyExists) {
+  VariableStore store(AsyncOptions());
+  ASSERT_TRUE(
+      store.CreateVariable(CreateWithValues(store, "w", {2, 3}, Iota(6))).ok());
+  for (std::vector<uint64_t> shape :
+       {std::vector<uint64_t>{3, 2}, std::vector<uint64_t>{6},
+        std::vector<uint64_t>{2, 3, 1}}) {
+    auto result = store.CreateVariable(CreateRequest("w", shape));
+    EXPECT_EQ(result.status().code(), absl::StatusCode::kAlreadyExists)
+        << result.status();
+    EXPECT_THAT(result.status().message(), HasSubstr("'w'"));
+  }
+  EXPECT_THAT(store.Find("w")->shape, ElementsAreArray({2u, 3u}));
+  EXPECT_THAT(PullAll(store, "w").values, ElementsAreArray(Iota(6)));
+}
+
+TEST(StoreCreateTest, BadShapeIsInvalidArgument) {
+  VariableStore store(AsyncOptions());
+  const std::vector<std::vector<uint64_t>> bad_shapes = {
+      {0},
+      {3, 0},
+      {0, 5, 2},
+      {std::numeric_limits<uint64_t>::max()},  // -1 sent as uint64
+      {uint64_t{1} << 32, uint64_t{1} << 32},  // too many values
+  };
+  for (const auto& shape : bad_shapes) {
+    auto result = store.CreateVariable(CreateRequest("bad", shape));
+    EXPECT_EQ(result.status().code(), absl::StatusCode::kInvalidArgument)
+        << result.status();
+    EXPECT_EQ(store.Find("bad"), nullptr);
+  }
+  auto unnamed = store.CreateVariable(CreateRequest("", {3}));
+  EXPECT_EQ(unnamed.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(store.VariableNames().empty());
+}
+
+TEST(StoreCreateTest, BadOptimizerIsInvalidArgument) {
+  VariableStore store(AsyncOptions());
+  v1::CreateVariableRequest request = CreateRequest("w", {3});
+  request.mutable_optimizer()->mutable_adam()->set_beta1(2.0);
+  auto result = store.CreateVariable(request);
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(store.Find("w"), nullptr);
+}
+
+TEST(StoreCreateTest, InitialValuesOfAnotherShardAreFailedPrecondition) {
+  VariableStore store(AsyncOptions(/*shard_index=*/0, /*num_shards=*/2));
+  const PartitionPlan& plan = store.plan();
+  // A 12-value variable has blocks 0, 1, 2: at least one lives elsewhere.
+  uint64_t foreign = 0;
+  while (plan.ShardOf("w", foreign) == 0) ++foreign;
+  ASSERT_LT(foreign, 3u);
+  v1::CreateVariableRequest request = CreateRequest("w", {12});
+  *request.add_initial_values() =
+      MakeSlice("w", foreign * 4, {1.0f, 2.0f, 3.0f, 4.0f});
+  auto result = store.CreateVariable(request);
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kFailedPrecondition)
+      << result.status();
+  EXPECT_THAT(result.status().message(), HasSubstr("shard 1"));
+  EXPECT_EQ(store.Find("w"), nullptr);
+
+  // Nothing was created, so a correct request still creates it.
+  auto retry = store.CreateVariable(CreateRequest("w", {12}));
+  ASSERT_TRUE(retry.ok()) << retry.status();
+  EXPECT_TRUE(*retry);
+}
+
+TEST(StoreCreateTest, BadInitialValuesAreInvalidArgument) {
+  VariableStore store(AsyncOptions());
+  struct Case {
+    std::string what;
+    v1::Slice slice;
+  };
+  v1::Slice short_data = MakeSlice("w", 0, {1, 2, 3, 4});
+  short_data.set_data(short_data.data().substr(0, 15));
+  v1::Slice mismatched = MakeSlice("w", 0, {1, 2, 3});
+  mismatched.set_length(4);
+  const std::vector<Case> cases = {
+      {"NaN", MakeSlice("w", 0, {1, kNaN, 3, 4})},
+      {"Inf", MakeSlice("w", 4, {1, 2, -kInf, 4})},
+      {"partial block", MakeSlice("w", 0, {1, 2})},
+      {"outside", MakeSlice("w", 12, {1, 2, 3, 4})},
+      {"data not whole floats", short_data},
+      {"data length != length", mismatched},
+      {"other variable's name", MakeSlice("v", 0, {1, 2, 3, 4})},
+  };
+  for (const Case& c : cases) {
+    v1::CreateVariableRequest request = CreateRequest("w", {10});
+    *request.add_initial_values() = c.slice;
+    auto result = store.CreateVariable(request);
+    EXPECT_EQ(result.status().code(), absl::StatusCode::kInvalidArgument)
+        << c.what << ": " << result.status();
+    EXPECT_EQ(store.Find("w"), nullptr) << c.what;
+  }
+
+  v1::CreateVariableRequest twice = CreateRequest("w", {10});
+  *twice.add_initial_values() = MakeSlice("w", 4, {1, 2, 3, 4});
+  *twice.add_initial_values() = MakeSlice("w", 4, {5, 6, 7, 8});
+  auto result = store.CreateVariable(twice);
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kInvalidArgument)
+      << result.status();
+  EXPECT_EQ(store.Find("w"), nullptr);
+}
+
+// ------------------------------------------------------------------ pull
+
+TEST(StorePullTest, RangesInsideBlocks) {
+  VariableStore store(AsyncOptions());
+  CreateLocal(store, "w", Iota(10));  // blocks [0,4) [4,8) [8,10)
+  v1::PullRequest request;
+  *request.add_slices() = RangeSlice("w", 1, 2);
+  *request.add_slices() = RangeSlice("w", 4, 4);
+  *request.add_slices() = RangeSlice("w", 9, 1);
+  *request.add_slices() = RangeSlice("w", 8, 2);
+  v1::PullResponse response;
+  ASSERT_TRUE(store.Pull(request, &response).ok());
+  ASSERT_EQ(response.values_size(), 4);
+  const std::vector<std::vector<float>> expected = {
+      {2, 3}, {5, 6, 7, 8}, {10}, {9, 10}};
+  for (int i = 0; i < 4; ++i) {
+    const v1::Slice& slice = response.values(i);
+    EXPECT_EQ(slice.variable(), "w");
+    EXPECT_EQ(slice.offset(), request.slices(i).offset());
+    EXPECT_EQ(slice.length(), request.slices(i).length());
+    EXPECT_EQ(slice.dtype(), v1::FLOAT32);
+    EXPECT_EQ(slice.version(), 0u);
+    EXPECT_THAT(Decode(slice), ElementsAreArray(expected[i])) << i;
+  }
+}
+
+TEST(StorePullTest, HalfPrecisionEncodings) {
+  VariableStore store(AsyncOptions(0, 1, 8));
+  // 1 + 2^-10 is exact in float16 and rounds to 1 in bfloat16.
+  const std::vector<float> values = {1.5f, -2.25f, 0.375f, 1.0f + 0x1p-10f};
+  CreateLocal(store, "w", values);
+  for (auto [dtype, expected] :
+       {std::pair{v1::BFLOAT16, std::vector<float>{1.5f, -2.25f, 0.375f, 1.0f}},
+        std::pair{v1::FLOAT16, values}}) {
+    v1::PullRequest request;
+    request.set_dtype(dtype);
+    *request.add_slices() = RangeSlice("w", 0, 4);
+    v1::PullResponse response;
+    ASSERT_TRUE(store.Pull(request, &response).ok());
+    ASSERT_EQ(response.values_size(), 1);
+    EXPECT_EQ(response.values(0).dtype(), dtype);
+    EXPECT_EQ(response.values(0).data().size(), 8u);
+    EXPECT_THAT(Decode(response.values(0)), ElementsAreArray(expected));
+  }
+  v1::PullRequest unknown;
+  unknown.set_dtype(static_cast<v1::DType>(7));
+  *unknown.add_slices() = RangeSlice("w", 0, 4);
+  v1::PullResponse response;
+  EXPECT_EQ(store.Pull(unknown, &response).code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST(StorePullTest, CrossingABlockBoundaryIsRefused) {
+  VariableStore store(AsyncOptions());
+  CreateLocal(store, "w", Iota(10));
+  v1::PullRequest request;
+  *request.add_slices() = RangeSlice("w", 2, 4);
+  v1::PullResponse response;
+  absl::Status status = store.Pull(request, &response);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+  EXPECT_THAT(status.message(), HasSubstr("block"));
+}
+
+TEST(StorePullTest, RangeOutsideTheVariableIsInvalidArgument) {
+  VariableStore store(AsyncOptions());
+  CreateLocal(store, "w", Iota(10));
+  const std::vector<std::pair<uint64_t, uint64_t>> ranges = {
+      {10, 1},
+      {8, 3},
+      {9, 0},
+      {std::numeric_limits<uint64_t>::max(), 2},
+      {1, std::numeric_limits<uint64_t>::max()},
+  };
+  for (auto [offset, length] : ranges) {
+    v1::PullRequest request;
+    *request.add_slices() = RangeSlice("w", 0, 1);
+    *request.add_slices() = RangeSlice("w", offset, length);
+    v1::PullResponse response;
+    absl::Status status = store.Pull(request, &response);
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument)
+        << offset << "+" << length << ": " << status;
+  }
+}
+
+TEST(StorePullTest, RangeOutsideIsCheckedBeforeOwnership) {
+  // On every shard, a range past the end is INVALID_ARGUMENT, also where the
+  // block it would fall in would belong to another shard.
+  for (uint32_t shard = 0; shard < 3; ++shard) {
+    VariableStore store(AsyncOptions(shard, 3));
+    ASSERT_TRUE(store.CreateVariable(CreateRequest("w", {10})).ok());
+    const PartitionPlan& plan = store.plan();
+    // Blocks 3, 4, 5 do not exist; their would-be owners cover all shards.
+    for (uint64_t k = 3; k < 6; ++k) {
+      v1::PullRequest request;
+      *request.add_slices() = RangeSlice("w", k * 4, 2);
+      v1::PullResponse response;
+      absl::Status status = store.Pull(request, &response);
+      EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument)
+          << "shard " << shard << " block " << k << " (would be shard "
+          << plan.ShardOf("w", k) << "): " << status;
+    }
+  }
+}
+
+TEST(StorePullTest, AnotherShardsBlockIsFailedPrecondition) {
+  VariableStore store(AsyncOptions(1, 3));
+  ASSERT_TRUE(store.CreateVariable(CreateRequest("w", {12})).ok());
+  const PartitionPlan& plan = store.plan();
+  int foreign_blocks = 0;
+  for (uint64_t k = 0; k < 3; ++k) {
+    v1::PullRequest request;
+    *request.add_slices() = RangeSlice("w", k * 4 + 1, 2);
+    v1::PullResponse response;
+    absl::Status status = store.Pull(request, &response);
+    const uint32_t owner = plan.ShardOf("w", k);
+    if (owner == 1) {
+      EXPECT_TRUE(status.ok()) << status;
+    } else {
+      ++foreign_blocks;
+      EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition) << status;
+      EXPECT_THAT(status.message(), HasSubstr(absl::StrCat("shard ", owner)));
+    }
+  }
+  EXPECT_EQ(foreign_blocks, 2);  // three blocks over three shards
+}
+
+TEST(StorePullTest, UnknownVariableIsNotFound) {
+  VariableStore store(AsyncOptions());
+  v1::PullRequest request;
+  *request.add_slices() = RangeSlice("nope", 0, 1);
+  v1::PullResponse response;
+  absl::Status status = store.Pull(request, &response);
+  EXPECT_EQ(status.code(), absl::StatusCode::kNotFound) << status;
+  EXPECT_THAT(status.message(), HasSubstr("nope"));
+}
+
+// ------------------------------------------------------------ async push
+
+TEST(StorePushTest, SgdSubtractsTheGradient) {
+  VariableStore store(AsyncOptions());
+  const std::vector<float> initial = Iota(10);
+  CreateLocal(store, "w", initial);
+  const std::vector<float> g = {0.5f, -1, 2, 3, 4, 5, 6, 7, -8, 9.25f};
+  auto result = PushNow(store,
+                        PushRequest("w0", 1,
+                                    {MakeSlice("w", 0, {0.5f, -1, 2, 3}),
+                                     MakeSlice("w", 4, {4, 5, 6, 7}),
+                                     MakeSlice("w", 8, {-8, 9.25f})}),
+                        /*with_values=*/false);
+  ASSERT_TRUE(result->status.ok()) << result->status;
+  EXPECT_EQ(result->calls, 1);
+  EXPECT_EQ(result->answer.values_size(), 0);  // Push answers nothing
+  Snapshot snapshot = PullAll(store, "w");
+  EXPECT_THAT(snapshot.values, ElementsAreArray(Minus(initial, g)));
+  EXPECT_THAT(snapshot.versions, ElementsAreArray({1u, 1u, 1u}));
+}
+
+TEST(StorePushTest, PushPullAnswersTheValuesAfterThePush) {
+  VariableStore store(AsyncOptions());
+  CreateLocal(store, "a", Iota(10));
+  CreateLocal(store, "b", Iota(3, 50.0f));
+  // Touch block 1 of "a" first, so versions differ between blocks.
+  ASSERT_TRUE(
+      PushNow(store, PushRequest("w0", 1, {MakeSlice("a", 4, {1, 1, 1, 1})}))
+          ->status.ok());
+
+  v1::PushRequest request = PushRequest(
+      "w0", 2,
+      {MakeSlice("b", 0, {1, 2, 3}), MakeSlice("a", 4, {1, 2, 3, 4}),
+       MakeSlice("a", 0, {-1, -1, -1, -1})});
+  request.set_pull_dtype(v1::FLOAT32);
+  auto result = PushNow(store, request);
+  ASSERT_TRUE(result->status.ok()) << result->status;
+  ASSERT_EQ(result->answer.values_size(), 3);
+  struct Expected {
+    std::string variable;
+    uint64_t offset;
+    std::vector<float> values;
+    uint64_t version;
+  };
+  const std::vector<Expected> expected = {
+      {"b", 0, {49, 50, 51}, 1},
+      {"a", 4, {3, 3, 3, 3}, 2},  // 5..8 - 1 - (1, 2, 3, 4)
+      {"a", 0, {2, 3, 4, 5}, 1},
+  };
+  for (int i = 0; i < 3; ++i) {
+    const v1::Slice& slice = result->answer.values(i);
+    EXPECT_EQ(slice.variable(), expected[i].variable) << i;
+    EXPECT_EQ(slice.offset(), expected[i].offset) << i;
+    EXPECT_EQ(slice.length(), expected[i].values.size()) << i;
+    EXPECT_EQ(slice.version(), expected[i].version) << i;
+    EXPECT_THAT(Decode(slice), ElementsAreArray(expected[i].values)) << i;
+  }
+}
+
+TEST(StorePushTest, PushPullAnswersInTheRequestedDtype) {
+  VariableStore store(AsyncOptions());
+  CreateLocal(store, "w", {2, 2, 2, 2});
+  v1::PushRequest request =
+      PushRequest("w0", 1, {MakeSlice("w", 0, {0.5f, 1.0f, -0x1p-10f, 0.0f})});
+  request.set_pull_dtype(v1::BFLOAT16);
+  auto result = PushNow(store, request);
+  ASSERT_TRUE(result->status.ok()) << result->status;
+  ASSERT_EQ(result->answer.values_size(), 1);
+  EXPECT_EQ(result->answer.values(0).dtype(), v1::BFLOAT16);
+  EXPECT_EQ(result->answer.values(0).data().size(), 8u);
+  // 2 + 2^-10 is not a bfloat16; it rounds to 2. The store keeps float32.
+  EXPECT_THAT(Decode(result->answer.values(0)),
+              ElementsAreArray({1.5f, 1.0f, 2.0f, 2.0f}));
+  EXPECT_THAT(PullAll(store, "w").values,
+              ElementsAreArray({1.5f, 1.0f, 2.0f + 0x1p-10f, 2.0f}));
+}
+
+TEST(StorePushTest, GradientsInHalfPrecisionAreWidened) {
+  VariableStore store(AsyncOptions());
+  CreateLocal(store, "w", {8, 8, 8, 8});
+  for (v1::DType dtype : {v1::BFLOAT16, v1::FLOAT16}) {
+    v1::Slice slice = MakeSlice("w", 0, {});
+    slice.set_length(4);
+    slice.set_dtype(dtype);
+    slice.set_data(Encode({1, -2, 0.5f, 3}, dtype));
+    ASSERT_TRUE(PushNow(store, PushRequest("", 0, {slice}))->status.ok());
+  }
+  EXPECT_THAT(PullAll(store, "w").values,
+              ElementsAreArray({6.0f, 12.0f, 7.0f, 2.0f}));
+}
+
+TEST(StorePushTest, ConcurrentPushesLoseNoUpdate) {
+  VariableStore store(AsyncOptions(0, 1, 5));
+  const std::vector<float> initial = Iota(13);
+  CreateLocal(store, "w", initial);
+  constexpr int kThreads = 8;
+  constexpr int kPushes = 200;
+  std::vector<std::thread> threads;
+  std::atomic<int> failures{0};
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      const std::string worker = absl::StrCat("w", t);
+      for (int i = 0; i < kPushes; ++i) {
+        // Gradient (t + 1) on every value; each push touches every block.
+        const float g = static_cast<float>(t + 1);
+        auto result = PushNow(store,
+                              PushRequest(worker, i + 1,
+                                          {MakeSlice("w", 10, {g, g, g}),
+                                           MakeSlice("w", 0, {g, g, g, g, g}),
+                                           MakeSlice("w", 5, {g, g, g, g, g})}),
+                              /*with_values=*/i % 2 == 0);
+        if (!result->status.ok()) ++failures;
+      }
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  EXPECT_EQ(failures.load(), 0);
+  const float total = kPushes * (kThreads * (kThreads + 1) / 2);
+  std::vector<float> expected = initial;
+  for (float& v : expected) v -= total;
+  Snapshot snapshot = PullAll(store, "w");
+  EXPECT_THAT(snapshot.values, ElementsAreArray(expected));
+  const uint64_t pushes = kThreads * kPushes;
+  EXPECT_THAT(snapshot.versions, ElementsAreArray({pushes, pushes, pushes}));
+}
+
+TEST(StorePushTest, PullNeverSeesAHalfAppliedBlock) {
+  // A block of 64K values takes long enough to update that an unlocked read
+  // would catch it half-way. Every value starts at 0 and every push subtracts
+  // 1 everywhere, so a consistent read has every value == -version.
+  constexpr uint64_t kBlock = 1 << 16;
+  VariableStore store(AsyncOptions(0, 1, kBlock));
+  ASSERT_TRUE(store.CreateVariable(CreateRequest("w", {kBlock})).ok());
+  const v1::Slice ones = MakeSlice("w", 0, std::vector<float>(kBlock, 1.0f));
+  constexpr int kPushes = 100;
+  std::atomic<bool> pusher_done{false};
+  std::thread pusher([&] {
+    for (int i = 0; i < kPushes; ++i) {
+      EXPECT_TRUE(
+          PushNow(store, PushRequest("p", i + 1, {ones}), false)->status.ok());
+    }
+    pusher_done = true;
+  });
+  int torn = 0;
+  int reads = 0;
+  uint64_t last_version = 0;
+  bool last_read = false;
+  while (!last_read) {
+    last_read = pusher_done.load();  // one more read after the last push
+    v1::PullRequest request;
+    *request.add_slices() = RangeSlice("w", 0, kBlock);
+    v1::PullResponse response;
+    ASSERT_TRUE(store.Pull(request, &response).ok());
+    ++reads;
+    const uint64_t version = response.values(0).version();
+    EXPECT_GE(version, last_version);
+    last_version = version;
+    for (float v : Decode(response.values(0))) {
+      if (v != -static_cast<float>(version)) {
+        ++torn;
+        break;
+      }
+    }
+  }
+  pusher.join();
+  EXPECT_EQ(torn, 0) << "of " << reads << " reads";
+  EXPECT_EQ(last_version, static_cast<uint64_t>(kPushes));
+}
+
+// --------------------------------------------------------- exactly-once
+
+TEST(StoreExactlyOnceTest, RepeatedSeqIsAppliedOnceAndAnsweredAgain) {
+  VariableStore store(AsyncOptions());
+  CreateLocal(store, "w", {10, 10, 10, 10});
+  const v1::PushRequest request =
+      PushRequest("worker", 7, {MakeSlice("w", 0, {1, 2, 3, 4})});
+  auto first = PushNow(store, request);
+  ASSERT_TRUE(first->status.ok()) << first->status;
+  auto repeat = PushNow(store, request);
+  ASSERT_TRUE(repeat->status.ok()) << repeat->status;
+  // The repeat answers the current values.
+  ASSERT_EQ(repeat->answer.values_size(), 1);
+  EXPECT_EQ(repeat->answer.values(0).version(), 1u);
+  EXPECT_THAT(Decode(repeat->answer.values(0)), ElementsAreArray({9, 8, 7, 6}));
+
+  // An older seq of the same worker is a repeat too.
+  auto older = PushNow(
+      store, PushRequest("worker", 3, {MakeSlice("w", 0, {1, 1, 1, 1})}));
+  ASSERT_TRUE(older->status.ok()) << older->status;
+  Snapshot snapshot = PullAll(store, "w");
+  EXPECT_THAT(snapshot.values, ElementsAreArray({9, 8, 7, 6}));
+  EXPECT_THAT(snapshot.versions, ElementsAreArray({1u}));
+
+  // Another worker with the same seq is a different push.
+  ASSERT_TRUE(
+      PushNow(store, PushRequest("other", 7, {MakeSlice("w", 0, {1, 1, 1, 1})}))
+          ->status.ok());
+  // And the next seq of the first worker is applied.
+  ASSERT_TRUE(PushNow(store, PushRequest("worker", 8,
+                                         {MakeSlice("w", 0, {1, 1, 1, 1})}))
+                  ->status.ok());
+  snapshot = PullAll(store, "w");
+  EXPECT_THAT(snapshot.values, ElementsAreArray({7, 6, 5, 4}));
+  EXPECT_THAT(snapshot.versions, ElementsAreArray({3u}));
+}
+
+TEST(StoreExactlyOnceTest, SeqZeroIsNeverDeduplicated) {
+  VariableStore store(AsyncOptions());
+  CreateLocal(store, "w", {10, 10, 10, 10});
+  const v1::PushRequest request =
+      PushRequest("worker", 0, {MakeSlice("w", 0, {1, 2, 3, 4})});
+  ASSERT_TRUE(PushNow(store, request)->status.ok());
+  ASSERT_TRUE(PushNow(store, request)->status.ok());
+  EXPECT_THAT(PullAll(store, "w").values, ElementsAreArray({8, 6, 4, 2}));
+}
+
+TEST(StoreExactlyOnceTest, RefusedPushLeavesItsSeqFree) {
+  VariableStore store(AsyncOptions());
+  CreateLocal(store, "w", {10, 10, 10, 10});
+  auto refused = PushNow(
+      store, PushRequest("worker", 1, {MakeSlice("w", 0, {1, kNaN, 3, 4})}));
+  EXPECT_EQ(refused->status.code(), absl::StatusCode::kInvalidArgument);
+  ASSERT_TRUE(PushNow(store, PushRequest("worker", 1,
+                                         {MakeSlice("w", 0, {1, 2, 3, 4})}))
+                  ->status.ok());
+  EXPECT_THAT(PullAll(store, "w").values, ElementsAreArray({9, 8, 7, 6}));
+}
+
+// ------------------------------------------------------------- bad push
+
+// Pushes `request` and expects it refused with `code` and nothing changed.
+void ExpectRefused(VariableStore& store, const v1::PushRequest& request,
+                   absl::StatusCode code, const std::string& what) {
+  std::vector<Snapshot> before;
+  for (const std::string& name : store.VariableNames()) {
+    before.push_back(PullAll(store, name));
+  }
+  auto result = PushNow(store, request);
+  EXPECT_EQ(result->status.code(), code) << what << ": " << result->status;
+  EXPECT_FALSE(result->status.message().empty()) << what;
+  EXPECT_EQ(result->answer.values_size(), 0) << what;
+  std::vector<std::string> names = store.VariableNames();
+  ASSERT_EQ(names.size(), before.size());
+  for (size_t i = 0; i < names.size(); ++i) {
+    Snapshot after = PullAll(store, names[i]);
+    EXPECT_THAT(after.values, ElementsAreArray(before[i].values))
+        << what << ": " << names[i] << " changed";
+    EXPECT_THAT(after.versions, ElementsAreArray(before[i].versions))
+        << what << ": " << names[i] << " changed";
+  }
+}
+
+TEST(StoreBadPushTest, RefusedPushesChangeNothing) {
+  VariableStore store(AsyncOptions());
+  CreateLocal(store, "w", Iota(10));
+  CreateLocal(store, "v", Iota(4));
+  const v1::Slice good0 = MakeSlice("w", 0, {1, 1, 1, 1});
+  const v1::Slice good_v = MakeSlice("v", 0, {1, 1, 1, 1});
+
+  v1::Slice short_data = MakeSlice("w", 4, {1, 2, 3, 4});
+  short_data.set_data(short_data.data().substr(0, 13));
+  v1::Slice mismatched = MakeSlice("w", 4, {1, 2, 3});
+  mismatched.set_length(4);
+  v1::Slice long_data = MakeSlice("w", 4, {1, 2, 3, 4, 5});
+  long_data.set_length(4);
+  v1::Slice bad_dtype = MakeSlice("w", 4, {1, 2, 3, 4});
+  bad_dtype.set_dtype(static_cast<v1::DType>(9));
+
+  struct Case {
+    std::string what;
+    v1::Slice bad;
+    absl::StatusCode code;
+  };
+  const std::vector<Case> cases = {
+      {"NaN", MakeSlice("w", 4, {1, kNaN, 3, 4}),
+       absl::StatusCode::kInvalidArgument},
+      {"+Inf", MakeSlice("w", 8, {kInf, 1}),
+       absl::StatusCode::kInvalidArgument},
+      {"-Inf", MakeSlice("w", 4, {1, 2, 3, -kInf}),
+       absl::StatusCode::kInvalidArgument},
+      {"data not whole floats", short_data, absl::StatusCode::kInvalidArgument},
+      {"data shorter than length", mismatched,
+       absl::StatusCode::kInvalidArgument},
+      {"data longer than length", long_data,
+       absl::StatusCode::kInvalidArgument},
+      {"unknown dtype", bad_dtype, absl::StatusCode::kInvalidArgument},
+      {"not a whole block", MakeSlice("w", 4, {1, 2}),
+       absl::StatusCode::kInvalidArgument},
+      {"not block aligned", MakeSlice("w", 2, {1, 2, 3, 4}),
+       absl::StatusCode::kInvalidArgument},
+      {"outside", MakeSlice("w", 12, {1, 2, 3, 4}),
+       absl::StatusCode::kInvalidArgument},
+      {"past the end", MakeSlice("w", 8, {1, 2, 3, 4}),
+       absl::StatusCode::kInvalidArgument},
+      {"block twice", MakeSlice("w", 0, {2, 2, 2, 2}),
+       absl::StatusCode::kInvalidArgument},
+      {"unknown variable", MakeSlice("nope", 0, {1, 2, 3, 4}),
+       absl::StatusCode::kNotFound},
+  };
+  for (const Case& c : cases) {
+    // The bad slice comes last, after good slices of two variables.
+    ExpectRefused(store, PushRequest("w0", 1, {good_v, good0, c.bad}), c.code,
+                  c.what);
+    // And first.
+    ExpectRefused(store, PushRequest("w0", 1, {c.bad, good_v, good0}), c.code,
+                  c.what + " (first)");
+  }
+  v1::PushRequest bad_pull_dtype = PushRequest("w0", 1, {good0});
+  bad_pull_dtype.set_pull_dtype(static_cast<v1::DType>(5));
+  ExpectRefused(store, bad_pull_dtype, absl::StatusCode::kInvalidArgument,
+                "unknown pull_dtype");
+
+  // After all that, the seq is still free and a good push applies.
+  ASSERT_TRUE(PushNow(store, PushRequest("w0", 1, {good0}))->status.ok());
+  EXPECT_THAT(PullAll(store, "w").values,
+              ElementsAreArray({0, 1, 2, 3, 5, 6, 7, 8, 9, 10}));
+}
+
+TEST(StoreBadPushTest, AnotherShardsBlockIsFailedPrecondition) {
+  VariableStore store(AsyncOptions(0, 2));
+  ASSERT_TRUE(store.CreateVariable(CreateRequest("w", {16})).ok());
+  const PartitionPlan& plan = store.plan();
+  uint64_t own = 0, foreign = 0;
+  while (plan.ShardOf("w", own) != 0) ++own;
+  while (plan.ShardOf("w", foreign) == 0) ++foreign;
+  ExpectRefused(store,
+                PushRequest("w0", 1,
+                            {MakeSlice("w", own * 4, {1, 1, 1, 1}),
+                             MakeSlice("w", foreign * 4, {1, 1, 1, 1})}),
+                absl::StatusCode::kFailedPrecondition, "foreign block");
+  auto result = PushNow(
+      store, PushRequest("w0", 1, {MakeSlice("w", foreign * 4, {1, 1, 1, 1})}));
+  EXPECT_THAT(result->status.message(), HasSubstr("shard 1"));
+  // A gradient outside the variable is INVALID_ARGUMENT, whoever would own
+  // the block it falls in.
+  for (uint64_t k = 4; k < 6; ++k) {
+    ExpectRefused(
+        store, PushRequest("w0", 1, {MakeSlice("w", k * 4, {1, 1, 1, 1})}),
+        absl::StatusCode::kInvalidArgument, absl::StrCat("outside, block ", k));
+  }
+}
+
+TEST(StoreBadPushTest, EveNeedsAUsableLoss) {
+  VariableStore store(AsyncOptions(0, 1, 4, "eve { loss_floor: 0.5 }"));
+  CreateLocal(store, "w", {1, 2, 3, 4});
+  const v1::Slice g = MakeSlice("w", 0, {0.1f, 0.2f, 0.3f, 0.4f});
+
+  ExpectRefused(store, PushRequest("w0", 1, {g}),
+                absl::StatusCode::kInvalidArgument, "no loss");
+  auto result = PushNow(store, PushRequest("w0", 1, {g}));
+  EXPECT_THAT(result->status.message(), HasSubstr("loss"));
+  for (double loss :
+       {std::nan(""), std::numeric_limits<double>::infinity(), 0.25, 0.5}) {
+    v1::PushRequest request = PushRequest("w0", 1, {g});
+    request.set_loss(loss);
+    ExpectRefused(store, request, absl::StatusCode::kInvalidArgument,
+                  absl::StrCat("loss ", loss));
+  }
+
+  v1::PushRequest good = PushRequest("w0", 1, {g});
+  good.set_loss(2.0);
+  auto applied = PushNow(store, good);
+  ASSERT_TRUE(applied->status.ok()) << applied->status;
+  Snapshot snapshot = PullAll(store, "w");
+  EXPECT_THAT(snapshot.versions, ElementsAreArray({1u}));
+  for (int i = 0; i < 4; ++i) EXPECT_LT(snapshot.values[i], i + 1.0f) << i;
+
+  // Once started, a loss at the floor is allowed; below it is not.
+  v1::PushRequest at_floor = PushRequest("w0", 2, {g});
+  at_floor.set_loss(0.5);
+  EXPECT_TRUE(PushNow(store, at_floor)->status.ok());
+  v1::PushRequest below = PushRequest("w0", 3, {g});
+  below.set_loss(0.4);
+  ExpectRefused(store, below, absl::StatusCode::kInvalidArgument,
+                "below floor");
+}
+
+// ------------------------------------------------------------------ sync
+
+TEST(StoreSyncTest, QuorumOfAllAppliesTheMeanOnce) {
+  VariableStore store(SyncOptions(3, 3));
+  const std::vector<float> initial = Iota(6);  // blocks [0,4) [4,6)
+  CreateLocal(store, "w", initial);
+  const std::vector<std::vector<float>> g = {
+      {1, 2, 3, 4, 5, 6}, {4, 4, 4, 4, 4, 4}, {-2, 0, 7, 1, 1, 2}};
+  auto push = [&](int worker, uint64_t step) {
+    const std::vector<float>& gw = g[worker];
+    return StartPush(
+        store, PushRequest(absl::StrCat("w", worker), step + 1,
+                           {MakeSlice("w", 0, {gw[0], gw[1], gw[2], gw[3]}),
+                            MakeSlice("w", 4, {gw[4], gw[5]})},
+                           step));
+  };
+  auto r0 = push(0, 0);
+  auto r1 = push(1, 0);
+  EXPECT_FALSE(r0->done.HasBeenNotified());
+  EXPECT_FALSE(r1->done.HasBeenNotified());
+  // Nothing applied while the step collects.
+  Snapshot waiting = PullAll(store, "w");
+  EXPECT_THAT(waiting.values, ElementsAreArray(initial));
+  EXPECT_THAT(waiting.versions, ElementsAreArray({0u, 0u}));
+
+  auto r2 = push(2, 0);
+  std::vector<float> expected = initial;
+  for (size_t i = 0; i < expected.size(); ++i) {
+    const float mean = (g[0][i] + g[1][i] + g[2][i]) / 3.0f;
+    expected[i] = initial[i] + (-1.0f) * mean;
+  }
+  for (auto* r : {&r0, &r1, &r2}) {
+    ASSERT_TRUE((*r)->WaitFor());
+    ASSERT_TRUE((*r)->status.ok()) << (*r)->status;
+    EXPECT_EQ((*r)->calls, 1);
+    ASSERT_EQ((*r)->answer.values_size(), 2);
+    std::vector<float> answer = Decode((*r)->answer.values(0));
+    std::vector<float> tail = Decode((*r)->answer.values(1));
+    answer.insert(answer.end(), tail.begin(), tail.end());
+    EXPECT_THAT(answer, ElementsAreArray(expected));
+    EXPECT_EQ((*r)->answer.values(0).version(), 1u);
+    EXPECT_EQ((*r)->answer.values(1).version(), 1u);
+  }
+  Snapshot snapshot = PullAll(store, "w");
+  EXPECT_THAT(snapshot.values, ElementsAreArray(expected));
+  EXPECT_THAT(snapshot.versions, ElementsAreArray({1u, 1u}));
+}
+
+TEST(StoreSyncTest, LateThirdPushOfAQuorumOfTwoIsAborted) {
+  VariableStore store(SyncOptions(3, 2));
+  CreateLocal(store, "w", {10, 10, 10, 10});
+  auto r0 = StartPush(
+      store, PushRequest("w0", 1, {MakeSlice("w", 0, {1, 1, 1, 1})}, 0));
+  EXPECT_FALSE(r0->done.HasBeenNotified());
+  auto r1 = StartPush(
+      store, PushRequest("w1", 1, {MakeSlice("w", 0, {3, 3, 3, 3})}, 0));
+  ASSERT_TRUE(r0->WaitFor());
+  ASSERT_TRUE(r1->WaitFor());
+  ASSERT_TRUE(r0->status.ok()) << r0->status;
+  ASSERT_TRUE(r1->status.ok()) << r1->status;
+  EXPECT_THAT(Decode(r0->answer.values(0)), ElementsAreArray({8, 8, 8, 8}));
+
+  ExpectRefused(store,
+                PushRequest("w2", 1, {MakeSlice("w", 0, {5, 5, 5, 5})}, 0),
+                absl::StatusCode::kAborted, "late push");
+  auto late = PushNow(
+      store, PushRequest("w2", 1, {MakeSlice("w", 0, {5, 5, 5, 5})}, 0));
+  EXPECT_EQ(late->status.code(), absl::StatusCode::kAborted);
+  EXPECT_THAT(late->status.message(), HasSubstr("current step is 1"));
+
+  // The late worker catches up with step 1, using the seq the refusal left
+  // free.
+  auto r2 = StartPush(
+      store, PushRequest("w2", 1, {MakeSlice("w", 0, {2, 2, 2, 2})}, 1));
+  auto r0b = StartPush(
+      store, PushRequest("w0", 2, {MakeSlice("w", 0, {4, 4, 4, 4})}, 1));
+  ASSERT_TRUE(r2->WaitFor());
+  ASSERT_TRUE(r0b->WaitFor());
+  ASSERT_TRUE(r2->status.ok()) << r2->status;
+  Snapshot snapshot = PullAll(store, "w");
+  EXPECT_THAT(snapshot.values, ElementsAreArray({5, 5, 5, 5}));
+  EXPECT_THAT(snapshot.versions, ElementsAreArray({2u}));
+}
+
+TEST(StoreSyncTest, PushForAStepAheadIsRefused) {
+  VariableStore store(SyncOptions(2, 2));
+  CreateLocal(store, "w", {10, 10, 10, 10});
+  auto r0 = StartPush(
+      store, PushRequest("w0", 1, {MakeSlice("w", 0, {1, 1, 1, 1})}, 0));
+  EXPECT_FALSE(r0->done.HasBeenNotified());
+  auto ahead = PushNow(
+      store, PushRequest("w1", 1, {MakeSlice("w", 0, {3, 3, 3, 3})}, 1));
+  EXPECT_FALSE(ahead->status.ok());
+  EXPECT_NE(ahead->status.code(), absl::StatusCode::kUnknown);
+  EXPECT_THAT(ahead->status.message(), HasSubstr("step 0"));
+  EXPECT_FALSE(r0->done.HasBeenNotified()) << "the step ahead completed it";
+  EXPECT_THAT(PullAll(store, "w").values, ElementsAreArray({10, 10, 10, 10}));
+
+  // The refused push left w1's seq free: its step-0 push is not a repeat.
+  auto r1 = StartPush(
+      store, PushRequest("w1", 1, {MakeSlice("w", 0, {3, 3, 3, 3})}, 0));
+  ASSERT_TRUE(r0->WaitFor());
+  ASSERT_TRUE(r1->WaitFor());
+  EXPECT_TRUE(r0->status.ok()) << r0->status;
+  EXPECT_TRUE(r1->status.ok()) << r1->status;
+  EXPECT_THAT(PullAll(store, "w").values, ElementsAreArray({8, 8, 8, 8}));
+}
+
+TEST(StoreSyncTest, RepeatedSeqWhileWaitingIsAnsweredWhenTheStepCompletes) {
+  VariableStore store(SyncOptions(3, 3));
+  CreateLocal(store, "w", {10, 10, 10, 10});
+  const v1::PushRequest w0 =
+      PushRequest("w0", 1, {MakeSlice("w", 0, {3, 3, 3, 3})}, 0);
+  auto first = StartPush(store, w0);
+  auto repeat = StartPush(store, w0);
+  EXPECT_FALSE(first->done.HasBeenNotified());
+  EXPECT_FALSE(repeat->done.HasBeenNotified());
+  auto r1 = StartPush(
+      store, PushRequest("w1", 1, {MakeSlice("w", 0, {6, 6, 6, 6})}, 0));
+  EXPECT_FALSE(repeat->done.HasBeenNotified())
+      << "the repeat counted towards the quorum";
+  auto r2 = StartPush(
+      store, PushRequest("w2", 1, {MakeSlice("w", 0, {0, 0, 0, 0})}, 0));
+  for (auto* r : {&first, &repeat, &r1, &r2}) {
+    ASSERT_TRUE((*r)->WaitFor());
+    ASSERT_TRUE((*r)->status.ok()) << (*r)->status;
+    ASSERT_EQ((*r)->answer.values_size(), 1);
+    EXPECT_THAT(Decode((*r)->answer.values(0)), ElementsAreArray({7, 7, 7, 7}));
+    EXPECT_EQ((*r)->answer.values(0).version(), 1u);
+  }
+  // A repeat after the step answers the current values at once.
+  auto late_repeat = PushNow(store, w0);
+  ASSERT_TRUE(late_repeat->status.ok()) << late_repeat->status;
+  EXPECT_THAT(Decode(late_repeat->answer.values(0)),
+              ElementsAreArray({7, 7, 7, 7}));
+  EXPECT_THAT(PullAll(store, "w").versions, ElementsAreArray({1u}));
+}
+
+TEST(StoreSyncTest, SecondPushOfAWorkerForTheSameStepDoesNotCount) {
+  VariableStore store(SyncOptions(2, 2));
+  CreateLocal(store, "w", {10, 10, 10, 10});
+  auto r0 = StartPush(
+      store, PushRequest("w0", 1, {MakeSlice("w", 0, {2, 2, 2, 2})}, 0));
+  auto again = PushNow(
+      store,
+      PushRequest("w0", 2, {MakeSlice("w", 0, {100, 100, 100, 100})}, 0));
+  EXPECT_FALSE(again->status.ok());
+  EXPECT_FALSE(r0->done.HasBeenNotified()) << "one worker made the quorum";
+  auto r1 = StartPush(
+      store, PushRequest("w1", 1, {MakeSlice("w", 0, {4, 4, 4, 4})}, 0));
+  ASSERT_TRUE(r0->WaitFor());
+  ASSERT_TRUE(r1->WaitFor());
+  EXPECT_THAT(PullAll(store, "w").values, ElementsAreArray({7, 7, 7, 7}));
+}
+
+TEST(StoreSyncTest, MultiBlockRefusalChangesNoBlock) {
+  VariableStore store(SyncOptions(2, 2));
+  CreateLocal(store, "w", Iota(8));  // blocks [0,4) [4,8)
+  // Block 0 advances to step 1; block 1 stays at step 0.
+  auto a = StartPush(
+      store, PushRequest("w0", 1, {MakeSlice("w", 0, {1, 1, 1, 1})}, 0));
+  auto b = StartPush(
+      store, PushRequest("w1", 1, {MakeSlice("w", 0, {1, 1, 1, 1})}, 0));
+  ASSERT_TRUE(a->WaitFor());
+  ASSERT_TRUE(b->WaitFor());
+  auto c = StartPush(
+      store, PushRequest("w0", 2, {MakeSlice("w", 4, {1, 1, 1, 1})}, 0));
+  EXPECT_FALSE(c->done.HasBeenNotified());
+  // Step 0 for both blocks: fresh for block 1, stale for block 0.
+  ExpectRefused(store,
+                PushRequest("w1", 2,
+                            {MakeSlice("w", 4, {5, 5, 5, 5}),
+                             MakeSlice("w", 0, {5, 5, 5, 5})},
+                            0),
+                absl::StatusCode::kAborted, "stale on one block");
+  EXPECT_FALSE(c->done.HasBeenNotified())
+      << "the refused push counted towards block 1's quorum";
+  auto d = StartPush(
+      store, PushRequest("w1", 2, {MakeSlice("w", 4, {3, 3, 3, 3})}, 0));
+  ASSERT_TRUE(c->WaitFor());
+  ASSERT_TRUE(d->WaitFor());
+  EXPECT_THAT(PullAll(store, "w").values,
+              ElementsAreArray({0, 1, 2, 3, 3, 4, 5, 6}));
+}
+
+TEST(StoreSyncTest, GradientsAndLossesAreAveraged) {
+  // Eve's step depends on the loss from its second step on: a sync store
+  // must follow an async one that is fed the mean gradient and mean loss.
+  StoreOptions options = SyncOptions(2, 2);
+  options.default_optimizer = Optimizer("eve { loss_floor: 0.5 }");
+  VariableStore sync_store(options);
+  VariableStore reference(AsyncOptions(0, 1, 4, "eve { loss_floor: 0.5 }"));
+  CreateLocal(sync_store, "w", {1, 2, 3, 4});
+  CreateLocal(reference, "w", {1, 2, 3, 4});
+  struct Step {
+    std::vector<float> g0, g1;
+    double loss0, loss1;
+  };
+  const std::vector<Step> steps = {
+      {{1, 2, 3, 4}, {3, 2, 1, 0}, 2.0, 4.0},
+      {{1, 1, 1, 1}, {0, 2, 4, 6}, 1.0, 2.0},
+      {{-1, 0, 1, 2}, {1, 0, -1, -2}, 5.0, 0.75},
+  };
+  for (uint64_t s = 0; s < steps.size(); ++s) {
+    const Step& step = steps[s];
+    v1::PushRequest p0 =
+        PushRequest("w0", s + 1, {MakeSlice("w", 0, step.g0)}, s);
+    p0.set_loss(step.loss0);
+    v1::PushRequest p1 =
+        PushRequest("w1", s + 1, {MakeSlice("w", 0, step.g1)}, s);
+    p1.set_loss(step.loss1);
+    auto r0 = StartPush(sync_store, p0);
+    auto r1 = StartPush(sync_store, p1);
+    ASSERT_TRUE(r0->WaitFor());
+    ASSERT_TRUE(r1->WaitFor());
+    ASSERT_TRUE(r0->status.ok()) << r0->status;
+    ASSERT_TRUE(r1->status.ok()) << r1->status;
+
+    std::vector<float> mean(4);
+    for (int i = 0; i < 4; ++i) mean[i] = (step.g0[i] + step.g1[i]) / 2.0f;
+    v1::PushRequest averaged =
+        PushRequest("ref", s + 1, {MakeSlice("w", 0, mean)});
+    averaged.set_loss((step.loss0 + step.loss1) / 2);
+    ASSERT_TRUE(PushNow(reference, averaged)->status.ok());
+
+    Snapshot got = PullAll(sync_store, "w");
+    EXPECT_THAT(got.values, ElementsAreArray(PullAll(reference, "w").values))
+        << "step " << s;
+    EXPECT_THAT(got.versions, ElementsAreArray({s + 1}));
+  }
+}
+
+TEST(StoreSyncTest, WorkerIdIsRequired) {
+  VariableStore store(SyncOptions(2, 2));
+  CreateLocal(store, "w", {1, 1, 1, 1});
+  ExpectRefused(store, PushRequest("", 1, {MakeSlice("w", 0, {1, 1, 1, 1})}),
+                absl::StatusCode::kInvalidArgument, "no worker id");
+}
+
+}  // namespace
+}  // namespace ps
