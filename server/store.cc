@@ -362,64 +362,62 @@ absl::StatusOr<PreparedPush> VariableStore::PreparePush(
   return push;
 }
 
-VariableStore::WorkerEntry& VariableStore::Worker(
-    const std::string& worker_id) {
-  absl::MutexLock lock(&workers_mu_);
-  auto& entry = workers_[worker_id];
-  if (entry == nullptr) entry = std::make_unique<WorkerEntry>();
-  return *entry;
+namespace {
+
+// True when the push asks for exactly-once and `block` already applied it.
+bool AlreadyApplied(const PreparedPush& push, const Block& block)
+    ABSL_SHARED_LOCKS_REQUIRED(block.mu) {
+  if (push.worker_id.empty() || push.seq == 0) return false;
+  auto it = block.applied.find(push.worker_id);
+  return it != block.applied.end() && it->second.Seen(push.seq);
 }
+
+void MarkApplied(const PreparedPush& push, Block& block)
+    ABSL_EXCLUSIVE_LOCKS_REQUIRED(block.mu) {
+  if (push.worker_id.empty() || push.seq == 0) return;
+  block.applied[push.worker_id].Mark(push.seq);
+}
+
+}  // namespace
 
 void VariableStore::ApplyPush(PreparedPush push,
                               std::shared_ptr<PushCompletion> completion) {
-  // seq 0 or no worker id: the client does not ask for exactly-once.
-  if (push.worker_id.empty() || push.seq == 0) {
-    if (options_.sync) {
-      ApplySync(push, false, completion);
-    } else {
-      ApplyAsync(push, false, completion);
-    }
+  if (options_.sync) {
+    ApplySync(push, completion);
   } else {
-    WorkerEntry& worker = Worker(push.worker_id);
-    absl::MutexLock lock(&worker.mu);
-    const bool duplicate = push.seq <= worker.last_seq;
-    const bool accepted = options_.sync
-                              ? ApplySync(push, duplicate, completion)
-                              : ApplyAsync(push, duplicate, completion);
-    // A refused push (a stale sync step) changed nothing: its seq stays free.
-    if (accepted && !duplicate) worker.last_seq = push.seq;
+    ApplyAsync(push, completion);
   }
   completion->PartDone();  // the launcher's share: every part is handed out
 }
 
-bool VariableStore::ApplyAsync(
-    PreparedPush& push, bool duplicate,
-    const std::shared_ptr<PushCompletion>& completion) {
+void VariableStore::ApplyAsync(
+    PreparedPush& push, const std::shared_ptr<PushCompletion>& completion) {
   for (size_t i = 0; i < push.parts.size(); ++i) {
     PreparedPush::Part& part = push.parts[i];
+    Block& block = *part.block;
     absl::Status status;
     {
-      absl::MutexLock lock(&part.block->mu);
-      if (!duplicate) {
+      absl::MutexLock lock(&block.mu);
+      if (!AlreadyApplied(push, block)) {
         // Read under the block lock: a config change lands between updates.
         auto entry = OptimizerFor(part.variable->name);
-        status = optimizer::CheckUpdate(entry->settings, part.block->state,
-                                        push.loss);
+        status =
+            optimizer::CheckUpdate(entry->settings, block.state, push.loss);
         if (status.ok()) {
           const absl::Time start = absl::Now();
-          optimizer::ApplyUpdate(entry->settings, part.block->state,
-                                 part.block->values, part.gradient, push.loss);
+          optimizer::ApplyUpdate(entry->settings, block.state, block.values,
+                                 part.gradient, push.loss);
           stats_.RecordUpdate(absl::Now() - start);
+          MarkApplied(push, block);
         }
       }
-      completion->Fill(i, *part.variable, *part.block);
+      completion->Fill(i, *part.variable, block);
     }
     completion->PartDone(std::move(status));
   }
-  return true;
 }
 
-bool VariableStore::ApplySync(PreparedPush& push, bool duplicate,
+void VariableStore::ApplySync(PreparedPush& push,
                               const std::shared_ptr<PushCompletion>& completion)
     ABSL_NO_THREAD_SAFETY_ANALYSIS {
   // Lock every block of the push, in address order so that two pushes never
@@ -430,10 +428,17 @@ bool VariableStore::ApplySync(PreparedPush& push, bool duplicate,
   std::sort(order.begin(), order.end());
   for (Block* block : order) block->mu.Lock();
 
+  // A repeated (worker_id, seq) is acknowledged again, never refused.
+  std::vector<bool> duplicate(push.parts.size());
+  for (size_t i = 0; i < push.parts.size(); ++i) {
+    duplicate[i] = AlreadyApplied(push, *push.parts[i].block);
+  }
+
   absl::Status refusal;
-  for (auto& part : push.parts) {
+  for (size_t i = 0; i < push.parts.size(); ++i) {
+    PreparedPush::Part& part = push.parts[i];
     SyncSlot& sync = part.block->sync;
-    if (!sync.started || duplicate) continue;
+    if (!sync.started || duplicate[i]) continue;
     if (push.step < sync.next_step) {
       refusal = absl::AbortedError(absl::StrCat(
           "step ", push.step, " of '", part.variable->name, "' block ",
@@ -467,7 +472,7 @@ bool VariableStore::ApplySync(PreparedPush& push, bool duplicate,
       PreparedPush::Part& part = push.parts[i];
       Block& block = *part.block;
       SyncSlot& sync = block.sync;
-      if (duplicate) {
+      if (duplicate[i]) {
         // Acknowledge again: wait for the step if it is still collecting.
         if (sync.started && push.step == sync.next_step &&
             sync.workers.contains(push.worker_id)) {
@@ -490,6 +495,7 @@ bool VariableStore::ApplySync(PreparedPush& push, bool duplicate,
         }
       }
       sync.workers.insert(push.worker_id);
+      MarkApplied(push, block);
       if (push.loss) {
         sync.loss_sum += *push.loss;
         ++sync.losses;
@@ -525,7 +531,6 @@ bool VariableStore::ApplySync(PreparedPush& push, bool duplicate,
   }
   for (Block* block : order) block->mu.Unlock();
   for (auto& [waiter, status] : ready) waiter->PartDone(std::move(status));
-  return refusal.ok();
 }
 
 }  // namespace ps

@@ -27,6 +27,7 @@
 #include "proto/ps/v1/ps.pb.h"
 #include "server/optimizer/settings.h"
 #include "server/optimizer/update.h"
+#include "server/seq_window.h"
 #include "server/stats.h"
 
 namespace ps {
@@ -75,6 +76,10 @@ struct Block {
   std::vector<float> values ABSL_GUARDED_BY(mu);
   optimizer::BlockOptimizerState state ABSL_GUARDED_BY(mu);
   SyncSlot sync ABSL_GUARDED_BY(mu);
+  // The exactly-once table: per worker, the push seqs applied to this block.
+  // Kept per block so that it always matches the block's values, also in a
+  // checkpoint.
+  absl::flat_hash_map<std::string, SeqWindow> applied ABSL_GUARDED_BY(mu);
 };
 
 // A variable's shape and this shard's blocks of it. The block map is fixed
@@ -210,22 +215,14 @@ class VariableStore {
   std::vector<std::string> VariableNames() const;
 
  private:
-  struct WorkerEntry {
-    absl::Mutex mu;
-    uint64_t last_seq ABSL_GUARDED_BY(mu) = 0;
-  };
-
   // Validates one gradient or pull range against the variable and this
   // shard's ownership; returns the block. `whole_block` for gradients.
   absl::StatusOr<Block*> CheckRange(const Variable& variable, uint64_t offset,
                                     uint64_t length, bool whole_block) const;
 
-  WorkerEntry& Worker(const std::string& worker_id);
-
-  // Both return false when the push was refused (and nothing changed).
-  bool ApplyAsync(PreparedPush& push, bool duplicate,
+  void ApplyAsync(PreparedPush& push,
                   const std::shared_ptr<PushCompletion>& completion);
-  bool ApplySync(PreparedPush& push, bool duplicate,
+  void ApplySync(PreparedPush& push,
                  const std::shared_ptr<PushCompletion>& completion);
 
   const StoreOptions options_;
@@ -244,10 +241,6 @@ class VariableStore {
       overrides_ ABSL_GUARDED_BY(config_mu_);
 
   ServerStats stats_;
-
-  absl::Mutex workers_mu_;
-  absl::flat_hash_map<std::string, std::unique_ptr<WorkerEntry>> workers_
-      ABSL_GUARDED_BY(workers_mu_);
 };
 
 }  // namespace ps
