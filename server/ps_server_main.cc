@@ -11,6 +11,8 @@
 #include <string>
 
 #include "absl/flags/flag.h"
+#include "absl/flags/internal/parse.h"
+#include "absl/flags/internal/usage.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "common/optimizer_config.h"
@@ -41,6 +43,13 @@ ABSL_FLAG(std::string, admin_tokens_file, "",
 ABSL_FLAG(std::string, tls_cert_file, "",
           "PEM certificate chain: serve TLS (with --tls_key_file)");
 ABSL_FLAG(std::string, tls_key_file, "", "PEM private key for TLS");
+ABSL_FLAG(std::string, checkpoint_dir, "",
+          "folder of this shard's checkpoints; the newest complete one is "
+          "loaded at start-up; empty = no checkpoints");
+ABSL_FLAG(int, checkpoint_interval_s, 0,
+          "seconds between periodic checkpoints; 0 = only on demand "
+          "(psctl checkpoint) and at shutdown");
+ABSL_FLAG(int, checkpoint_keep, 3, "complete checkpoints to keep");
 ABSL_FLAG(int, metrics_port, -1,
           "serve Prometheus /metrics on this port; 0 picks one, -1 is off");
 
@@ -57,7 +66,17 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "One shard of the parameter server.\n"
       "Example: ps_server --num_shards=2 --shard_index=0 --port=50051");
-  absl::ParseCommandLine(argc, argv);
+  // Abseil 20220623's ParseCommandLine exits 1 after --help; asked-for help
+  // is a success, so the usage flags are handled here (it has no public way).
+  absl::flags_internal::ParseCommandLineImpl(
+      argc, argv, absl::flags_internal::ArgvListAction::kRemoveParsedArgs,
+      absl::flags_internal::UsageFlagsAction::kIgnoreUsage,
+      absl::flags_internal::OnUndefinedFlag::kAbortIfUndefined);
+  if (const int usage = absl::flags_internal::HandleUsageFlags(
+          std::cout, absl::ProgramUsageMessage());
+      usage != -1) {
+    return usage == 1 ? 0 : usage;  // 1: help or version was printed
+  }
   spdlog::set_default_logger(spdlog::stderr_color_mt("ps_server"));
 
   ps::ServerOptions options;
@@ -74,6 +93,9 @@ int main(int argc, char** argv) {
   options.tls_cert_file = absl::GetFlag(FLAGS_tls_cert_file);
   options.tls_key_file = absl::GetFlag(FLAGS_tls_key_file);
   options.metrics_port = absl::GetFlag(FLAGS_metrics_port);
+  options.checkpoint_dir = absl::GetFlag(FLAGS_checkpoint_dir);
+  options.checkpoint_interval_s = absl::GetFlag(FLAGS_checkpoint_interval_s);
+  options.checkpoint_keep = absl::GetFlag(FLAGS_checkpoint_keep);
   const std::string consistency = absl::GetFlag(FLAGS_consistency);
   if (consistency == "sync") {
     options.consistency = ps::Consistency::kSync;

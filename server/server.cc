@@ -8,12 +8,15 @@
 #include <chrono>
 #include <fstream>
 #include <sstream>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
 #include "common/optimizer_config.h"
 #include "common/status.h"
 #include "server/admin_service.h"
 #include "server/auth.h"
+#include "server/checkpoint.h"
 #include "server/metrics.h"
 #include "server/parameter_service.h"
 #include "server/store.h"
@@ -86,6 +89,13 @@ absl::Status CheckOptions(const ServerOptions& options) {
                        " must not exceed --num_workers=", options.num_workers));
     }
   }
+  if (options.checkpoint_interval_s < 0) {
+    return absl::InvalidArgumentError(
+        "--checkpoint_interval_s must be >= 0 (0 = no periodic checkpoints)");
+  }
+  if (options.checkpoint_keep < 1) {
+    return absl::InvalidArgumentError("--checkpoint_keep must be at least 1");
+  }
   if (absl::Status status = ValidateOptimizerConfig(options.default_optimizer);
       !status.ok()) {
     return absl::InvalidArgumentError(
@@ -97,12 +107,23 @@ absl::Status CheckOptions(const ServerOptions& options) {
 class ServerImpl final : public ParameterServer {
  public:
   ServerImpl(const StoreOptions& store_options, Authenticator auth,
-             v1::ClusterInfo info, std::string host)
+             v1::ClusterInfo info, const ServerOptions& options)
       : store_(store_options),
         auth_(std::move(auth)),
+        checkpointer_(options.checkpoint_dir.empty()
+                          ? nullptr
+                          : std::make_unique<Checkpointer>(
+                                CheckpointOptions{options.checkpoint_dir,
+                                                  options.checkpoint_keep},
+                                &store_)),
         service_(&store_, &auth_, std::move(info)),
-        admin_(&store_, &auth_, nullptr),
-        host_(std::move(host)) {}
+        admin_(
+            &store_, &auth_,
+            checkpointer_ == nullptr
+                ? AdminServiceImpl::CheckpointFn()
+                : [this] { return checkpointer_->Write(); }),
+        host_(options.host),
+        checkpoint_interval_(absl::Seconds(options.checkpoint_interval_s)) {}
 
   ~ServerImpl() override {
     Shutdown();
@@ -111,6 +132,15 @@ class ServerImpl final : public ParameterServer {
 
   absl::Status Start(const ServerOptions& options) {
     PS_ASSIGN_OR_RETURN(auto credentials, Credentials(options));
+    if (checkpointer_ != nullptr) {
+      PS_ASSIGN_OR_RETURN(std::string loaded, checkpointer_->LoadNewest());
+      if (loaded.empty()) {
+        spdlog::info("no checkpoint in {}; starting empty",
+                     options.checkpoint_dir);
+      } else {
+        spdlog::info("loaded checkpoint {}", loaded);
+      }
+    }
     grpc::EnableDefaultHealthCheckService(true);
     grpc::reflection::InitProtoReflectionServerBuilderPlugin();
     grpc::ServerBuilder builder;
@@ -131,6 +161,10 @@ class ServerImpl final : public ParameterServer {
       PS_ASSIGN_OR_RETURN(
           metrics_, MetricsServer::Start(&store_, host_, options.metrics_port));
     }
+    if (checkpointer_ != nullptr &&
+        checkpoint_interval_ > absl::ZeroDuration()) {
+      periodic_ = std::thread([this] { CheckpointPeriodically(); });
+    }
     server_->GetHealthCheckService()->SetServingStatus(true);
     return absl::OkStatus();
   }
@@ -139,6 +173,14 @@ class ServerImpl final : public ParameterServer {
   std::string address() const override {
     return absl::StrCat(host_, ":", port_);
   }
+  // The default optimizer in force (after any checkpoint was loaded).
+  std::string DefaultOptimizerText() const {
+    auto config = store_.GetOptimizer("");
+    if (!config.ok()) return "?";
+    config->clear_config_version();
+    return OptimizerConfigToText(*config);
+  }
+
   int metrics_port() const override {
     return metrics_ == nullptr ? -1 : metrics_->port();
   }
@@ -148,8 +190,20 @@ class ServerImpl final : public ParameterServer {
     if (shut_down_ || server_ == nullptr) return;
     shut_down_ = true;
     server_->GetHealthCheckService()->SetServingStatus(false);
+    stop_.Notify();
+    if (periodic_.joinable()) periodic_.join();
     server_->Shutdown(std::chrono::system_clock::now() + kShutdownGrace);
     if (metrics_ != nullptr) metrics_->Stop();
+    if (checkpointer_ != nullptr) {
+      auto written = checkpointer_->Write();
+      if (written.ok()) {
+        spdlog::info("final checkpoint {} ({} bytes)", written->path(),
+                     written->bytes());
+      } else {
+        spdlog::error("final checkpoint failed: {}",
+                      std::string(written.status().message()));
+      }
+    }
   }
 
   void Wait() override {
@@ -157,12 +211,29 @@ class ServerImpl final : public ParameterServer {
   }
 
  private:
+  void CheckpointPeriodically() {
+    while (!stop_.WaitForNotificationWithTimeout(checkpoint_interval_)) {
+      auto written = checkpointer_->Write();
+      if (written.ok()) {
+        spdlog::info("checkpoint {} ({} bytes, {:.3f} s)", written->path(),
+                     written->bytes(), written->seconds());
+      } else {
+        spdlog::error("checkpoint failed: {}",
+                      std::string(written.status().message()));
+      }
+    }
+  }
+
   VariableStore store_;
   Authenticator auth_;
+  std::unique_ptr<Checkpointer> checkpointer_;
   ParameterServiceImpl service_;
   AdminServiceImpl admin_;
   std::string host_;
   std::unique_ptr<MetricsServer> metrics_;
+  const absl::Duration checkpoint_interval_;
+  absl::Notification stop_;
+  std::thread periodic_;
   int port_ = 0;
   std::unique_ptr<grpc::Server> server_;
   absl::Mutex mu_;
@@ -204,20 +275,21 @@ absl::StatusOr<std::unique_ptr<ParameterServer>> ParameterServer::Start(
   PS_ASSIGN_OR_RETURN(Authenticator auth,
                       Authenticator::Load(resolved.worker_tokens_file,
                                           resolved.admin_tokens_file));
+  auto server = std::make_unique<ServerImpl>(store_options, std::move(auth),
+                                             info, resolved);
+  PS_RETURN_IF_ERROR(server->Start(resolved));
   if (!auth.enabled()) {
     spdlog::warn(
         "no token files (--worker_tokens_file, --admin_tokens_file): anyone "
-        "who reaches {}:{} can read and change every variable and the "
+        "who reaches {} can read and change every variable and the "
         "optimizer",
-        resolved.host, resolved.port);
+        server->address());
   }
-  auto server = std::make_unique<ServerImpl>(store_options, std::move(auth),
-                                             info, resolved.host);
-  PS_RETURN_IF_ERROR(server->Start(resolved));
+
   spdlog::info("shard {} of {} serving on {} ({}, block_size {}, optimizer {})",
                resolved.shard_index, resolved.num_shards, server->address(),
                info.consistency(), resolved.block_size,
-               OptimizerConfigToText(resolved.default_optimizer));
+               server->DefaultOptimizerText());
   return server;
 }
 

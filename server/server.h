@@ -55,6 +55,14 @@ struct ServerOptions {
   // Serve Prometheus /metrics over HTTP on this port; 0 picks a free one,
   // -1 turns it off.
   int metrics_port = -1;
+
+  // Checkpoints: the folder (empty = none), seconds between periodic ones
+  // (0 = only on demand and at shutdown) and how many to keep. The newest
+  // complete one is loaded at start-up. Shorter intervals lose less work in
+  // a crash and cost more disk bandwidth.
+  std::string checkpoint_dir;
+  int checkpoint_interval_s = 0;
+  int checkpoint_keep = 3;
 };
 
 class ParameterServer {

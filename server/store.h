@@ -20,10 +20,12 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/functional/any_invocable.h"
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "common/partition.h"
+#include "proto/ps/storage/v1/checkpoint.pb.h"
 #include "proto/ps/v1/ps.pb.h"
 #include "server/optimizer/settings.h"
 #include "server/optimizer/update.h"
@@ -207,6 +209,23 @@ class VariableStore {
   v1::Stats Stats() const;
 
   ServerStats& stats() { return stats_; }
+
+  // Checkpoints (server/checkpoint.h drives these).
+
+  // The shard-wide part: optimizer configs, config version, variables.
+  storage::v1::ShardState SnapshotState() const;
+
+  // Calls `write` with a copy of each block (values, optimizer state, sync
+  // aggregation, exactly-once table) made under that block's lock; `write`
+  // runs with no lock held, so training goes on. Stops at the first error.
+  absl::Status SnapshotBlocks(
+      absl::FunctionRef<absl::Status(const storage::v1::BlockRecord&)> write)
+      const;
+
+  // Restores the shard-wide part into a store that has no variables yet.
+  absl::Status RestoreState(const storage::v1::ShardState& state);
+  // Restores one block of a variable that RestoreState created.
+  absl::Status RestoreBlock(const storage::v1::BlockRecord& record);
 
   // The variable, or null.
   std::shared_ptr<Variable> Find(const std::string& name) const;

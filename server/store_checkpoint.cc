@@ -1,0 +1,184 @@
+// VariableStore's checkpoint side: snapshots and restores of its state.
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "common/optimizer_config.h"
+#include "common/status.h"
+#include "server/store.h"
+
+namespace ps {
+namespace {
+
+using storage::v1::BlockRecord;
+
+void PutFloats(const std::vector<float>& values, std::string* out) {
+  out->resize(values.size() * sizeof(float));
+  if (!values.empty()) {
+    std::memcpy(out->data(), values.data(), out->size());
+  }
+}
+
+absl::Status GetFloats(const std::string& bytes, size_t expected,
+                       absl::string_view what, std::vector<float>* out) {
+  if (bytes.empty()) {
+    out->clear();
+    return absl::OkStatus();
+  }
+  if (bytes.size() != expected * sizeof(float)) {
+    return absl::DataLossError(absl::StrCat(what, " holds ", bytes.size(),
+                                            " bytes, expected ",
+                                            expected * sizeof(float)));
+  }
+  out->resize(expected);
+  std::memcpy(out->data(), bytes.data(), bytes.size());
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+storage::v1::ShardState VariableStore::SnapshotState() const {
+  storage::v1::ShardState state;
+  for (const std::string& name : VariableNames()) {
+    auto variable = Find(name);
+    if (variable == nullptr) continue;
+    storage::v1::VariableHeader* header = state.add_variables();
+    header->set_name(name);
+    for (uint64_t dim : variable->shape) header->add_shape(dim);
+  }
+  absl::ReaderMutexLock lock(&config_mu_);
+  *state.mutable_default_optimizer() = default_optimizer_->config;
+  state.set_config_version(config_version_);
+  for (auto& header : *state.mutable_variables()) {
+    auto it = overrides_.find(header.name());
+    if (it == overrides_.end()) continue;
+    *header.mutable_optimizer() = it->second->config;
+  }
+  return state;
+}
+
+absl::Status VariableStore::SnapshotBlocks(
+    absl::FunctionRef<absl::Status(const BlockRecord&)> write) const {
+  BlockRecord record;
+  for (const std::string& name : VariableNames()) {
+    auto variable = Find(name);
+    if (variable == nullptr) continue;
+    std::vector<uint64_t> indexes;
+    for (const auto& [k, block] : variable->blocks) indexes.push_back(k);
+    std::sort(indexes.begin(), indexes.end());
+    for (uint64_t k : indexes) {
+      const Block& block = *variable->blocks.at(k);
+      record.Clear();
+      record.set_variable(name);
+      record.set_index(k);
+      {
+        absl::ReaderMutexLock lock(&block.mu);
+        PutFloats(block.values, record.mutable_values());
+        const optimizer::BlockOptimizerState& state = block.state;
+        record.set_step(state.step);
+        PutFloats(state.momentum, record.mutable_momentum());
+        PutFloats(state.square_avg, record.mutable_square_avg());
+        PutFloats(state.grad_avg, record.mutable_grad_avg());
+        PutFloats(state.max_square_avg, record.mutable_max_square_avg());
+        record.set_eve_d(state.eve.d);
+        record.set_eve_f_hat(state.eve.f_hat);
+        record.set_eve_started(state.eve.started);
+        const SyncSlot& sync = block.sync;
+        record.set_sync_started(sync.started);
+        record.set_sync_next_step(sync.next_step);
+        PutFloats(sync.sum, record.mutable_sync_sum());
+        for (const std::string& worker : sync.workers) {
+          record.add_sync_workers(worker);
+        }
+        record.set_sync_loss_sum(sync.loss_sum);
+        record.set_sync_losses(sync.losses);
+        for (const auto& [worker, window] : block.applied) {
+          storage::v1::AppliedSeqs* applied = record.add_applied();
+          applied->set_worker_id(worker);
+          applied->set_highest(window.highest());
+          applied->set_window(window.window());
+        }
+      }
+      PS_RETURN_IF_ERROR(write(record));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status VariableStore::RestoreState(const storage::v1::ShardState& state) {
+  auto default_settings = ResolveOptimizerConfig(state.default_optimizer());
+  if (!default_settings.ok()) {
+    return absl::DataLossError(absl::StrCat(
+        "the default optimizer: ", default_settings.status().message()));
+  }
+  for (const storage::v1::VariableHeader& header : state.variables()) {
+    v1::CreateVariableRequest create;
+    create.set_name(header.name());
+    for (uint64_t dim : header.shape()) create.add_shape(dim);
+    if (header.has_optimizer())
+      *create.mutable_optimizer() = header.optimizer();
+    auto created = CreateVariable(create);
+    if (!created.ok()) {
+      return absl::DataLossError(absl::StrCat(
+          "variable '", header.name(), "': ", created.status().message()));
+    }
+  }
+  absl::MutexLock lock(&config_mu_);
+  default_optimizer_ = std::make_shared<const OptimizerEntry>(
+      OptimizerEntry{state.default_optimizer(), *std::move(default_settings)});
+  config_version_ = state.config_version();
+  return absl::OkStatus();
+}
+
+absl::Status VariableStore::RestoreBlock(const BlockRecord& record) {
+  auto variable = Find(record.variable());
+  if (variable == nullptr) {
+    return absl::DataLossError(absl::StrCat("a block of '", record.variable(),
+                                            "', which the checkpoint lacks"));
+  }
+  auto it = variable->blocks.find(record.index());
+  if (it == variable->blocks.end()) {
+    return absl::DataLossError(absl::StrCat("block ", record.index(), " of '",
+                                            record.variable(),
+                                            "' does not belong to this shard"));
+  }
+  Block& block = *it->second;
+  const size_t n = block.range.length;
+  const std::string what =
+      absl::StrCat("block ", record.index(), " of '", record.variable(), "'");
+  absl::MutexLock lock(&block.mu);
+  if (record.values().size() != n * sizeof(float)) {
+    return absl::DataLossError(
+        absl::StrCat(what, " holds ", record.values().size(),
+                     " bytes of values, expected ", n * sizeof(float)));
+  }
+  PS_RETURN_IF_ERROR(GetFloats(record.values(), n, what, &block.values));
+  optimizer::BlockOptimizerState& state = block.state;
+  state.step = record.step();
+  PS_RETURN_IF_ERROR(GetFloats(record.momentum(), n, what, &state.momentum));
+  PS_RETURN_IF_ERROR(
+      GetFloats(record.square_avg(), n, what, &state.square_avg));
+  PS_RETURN_IF_ERROR(GetFloats(record.grad_avg(), n, what, &state.grad_avg));
+  PS_RETURN_IF_ERROR(
+      GetFloats(record.max_square_avg(), n, what, &state.max_square_avg));
+  state.eve.d = record.eve_d();
+  state.eve.f_hat = record.eve_f_hat();
+  state.eve.started = record.eve_started();
+  SyncSlot& sync = block.sync;
+  sync.started = record.sync_started();
+  sync.next_step = record.sync_next_step();
+  PS_RETURN_IF_ERROR(GetFloats(record.sync_sum(), n, what, &sync.sum));
+  sync.workers.clear();
+  for (const std::string& worker : record.sync_workers()) {
+    sync.workers.insert(worker);
+  }
+  sync.loss_sum = record.sync_loss_sum();
+  sync.losses = record.sync_losses();
+  block.applied.clear();
+  for (const auto& applied : record.applied()) {
+    block.applied[applied.worker_id()] =
+        SeqWindow(applied.highest(), applied.window());
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace ps
