@@ -1,0 +1,867 @@
+#include "client/client.h"
+
+#include <grpcpp/alarm.h>
+#include <grpcpp/grpcpp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <climits>
+#include <deque>
+#include <fstream>
+#include <functional>
+#include <sstream>
+#include <utility>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/random/random.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/synchronization/mutex.h"
+#include "client/request_split.h"
+#include "common/status.h"
+#include "proto/ps/v1/ps.grpc.pb.h"
+#include "spdlog/spdlog.h"
+
+namespace ps {
+namespace {
+
+using client_internal::ClientCore;
+using client_internal::DecodeAnswer;
+using client_internal::Part;
+using client_internal::PullItem;
+using client_internal::PushItem;
+using client_internal::ShardParts;
+using Stub = v1::ParameterService::Stub;
+using AsyncStub = v1::ParameterService::StubInterface::async_interface;
+using Outputs = std::shared_ptr<const std::vector<std::span<float>>>;
+
+bool Retryable(const grpc::Status& status) {
+  return status.error_code() == grpc::StatusCode::UNAVAILABLE ||
+         status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;
+}
+
+absl::Status ValidateOptions(const ClientOptions& options) {
+  if (options.addresses.empty()) {
+    return absl::InvalidArgumentError("ClientOptions::addresses is empty");
+  }
+  const RetryPolicy& retry = options.retry;
+  if (retry.max_attempts < 1) {
+    return absl::InvalidArgumentError("RetryPolicy::max_attempts must be >= 1");
+  }
+  if (retry.initial_backoff < absl::ZeroDuration() ||
+      retry.max_backoff < retry.initial_backoff) {
+    return absl::InvalidArgumentError(
+        "RetryPolicy needs 0 <= initial_backoff <= max_backoff");
+  }
+  if (!(retry.backoff_multiplier >= 1.0)) {
+    return absl::InvalidArgumentError(
+        "RetryPolicy::backoff_multiplier must be >= 1");
+  }
+  if (!(retry.jitter >= 0.0 && retry.jitter <= 1.0)) {
+    return absl::InvalidArgumentError("RetryPolicy::jitter must lie in [0, 1]");
+  }
+  if (options.call_timeout <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(
+        "ClientOptions::call_timeout must be positive");
+  }
+  if (options.max_message_bytes < 1024 ||
+      options.max_message_bytes > static_cast<size_t>(INT_MAX)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "ClientOptions::max_message_bytes must lie in [1024, ", INT_MAX, "]"));
+  }
+  if (options.channels_per_shard < 1) {
+    return absl::InvalidArgumentError(
+        "ClientOptions::channels_per_shard must be >= 1");
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> MakeCredentials(
+    const ClientOptions& options) {
+  if (options.tls_ca_file.empty()) return grpc::InsecureChannelCredentials();
+  std::ifstream file(options.tls_ca_file, std::ios::binary);
+  std::stringstream contents;
+  contents << file.rdbuf();
+  if (!file || contents.str().empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot read TLS CA file ", options.tls_ca_file));
+  }
+  grpc::SslCredentialsOptions ssl;
+  ssl.pem_root_certs = contents.str();
+  return grpc::SslCredentials(ssl);
+}
+
+// A callback that fulfils a promise, and the future it fulfils.
+std::pair<Client::DoneCallback, std::future<absl::Status>> MakePromise() {
+  std::promise<absl::Status> promise;
+  std::future<absl::Status> future = promise.get_future();
+  return {[promise = std::move(promise)](absl::Status status) mutable {
+            promise.set_value(std::move(status));
+          },
+          std::move(future)};
+}
+
+std::string RandomWorkerId() {
+  absl::BitGen gen;
+  return absl::StrCat(
+      "worker-", absl::Hex(absl::Uniform<uint64_t>(gen), absl::kZeroPad16));
+}
+
+// The stub methods a ShardCall can run, by request and response type.
+void CallGetClusterInfo(AsyncStub* stub, grpc::ClientContext* context,
+                        const v1::GetClusterInfoRequest* request,
+                        v1::ClusterInfo* response,
+                        std::function<void(grpc::Status)> done) {
+  stub->GetClusterInfo(context, request, response, std::move(done));
+}
+void CallCreateVariable(AsyncStub* stub, grpc::ClientContext* context,
+                        const v1::CreateVariableRequest* request,
+                        v1::CreateVariableResponse* response,
+                        std::function<void(grpc::Status)> done) {
+  stub->CreateVariable(context, request, response, std::move(done));
+}
+void CallPush(AsyncStub* stub, grpc::ClientContext* context,
+              const v1::PushRequest* request, v1::PushResponse* response,
+              std::function<void(grpc::Status)> done) {
+  stub->Push(context, request, response, std::move(done));
+}
+void CallPull(AsyncStub* stub, grpc::ClientContext* context,
+              const v1::PullRequest* request, v1::PullResponse* response,
+              std::function<void(grpc::Status)> done) {
+  stub->Pull(context, request, response, std::move(done));
+}
+void CallPushPull(AsyncStub* stub, grpc::ClientContext* context,
+                  const v1::PushRequest* request, v1::PullResponse* response,
+                  std::function<void(grpc::Status)> done) {
+  stub->PushPull(context, request, response, std::move(done));
+}
+
+// Sends one shard's pushes one at a time, numbering them (seq) in the order
+// they are sent, so the shard sees this worker's seqs increase.
+class PushLane {
+ public:
+  // Starts the push with the given seq; must call Release() when it ends.
+  using Send = absl::AnyInvocable<void(uint64_t seq)>;
+
+  explicit PushLane(uint64_t first_seq) : next_seq_(first_seq) {}
+
+  // Queues `sends` (kept together, in order) behind those queued before.
+  void Enqueue(std::vector<Send> sends) {
+    Send send;
+    uint64_t seq;
+    {
+      absl::MutexLock lock(&mu_);
+      for (Send& s : sends) queue_.push_back(std::move(s));
+      if (busy_ || queue_.empty()) return;
+      busy_ = true;
+      send = std::move(queue_.front());
+      queue_.pop_front();
+      seq = next_seq_++;
+    }
+    send(seq);
+  }
+
+  // The push in flight has ended (answered or given up): start the next.
+  void Release() {
+    Send send;
+    uint64_t seq;
+    {
+      absl::MutexLock lock(&mu_);
+      if (queue_.empty()) {
+        busy_ = false;
+        return;
+      }
+      send = std::move(queue_.front());
+      queue_.pop_front();
+      seq = next_seq_++;
+    }
+    send(seq);
+  }
+
+ private:
+  absl::Mutex mu_;
+  bool busy_ ABSL_GUARDED_BY(mu_) = false;
+  std::deque<Send> queue_ ABSL_GUARDED_BY(mu_);
+  uint64_t next_seq_ ABSL_GUARDED_BY(mu_);
+};
+
+struct Shard {
+  std::string address;
+  std::optional<uint32_t> index;  // known once connected
+  std::vector<std::unique_ptr<Stub>> stubs;
+  std::atomic<size_t> next_stub{0};
+  std::unique_ptr<PushLane> lane;
+
+  Stub* stub() {
+    return stubs[next_stub.fetch_add(1, std::memory_order_relaxed) %
+                 stubs.size()]
+        .get();
+  }
+  std::string Name() const {
+    return index.has_value()
+               ? absl::StrCat("shard ", *index, " (", address, ")")
+               : absl::StrCat("shard at ", address);
+  }
+};
+
+}  // namespace
+
+namespace client_internal {
+
+// Everything a Client holds; shared with the calls in flight.
+class ClientCore {
+ public:
+  using DoneCallback = Client::DoneCallback;
+
+  ClientOptions options;
+  std::string worker_id;
+  v1::ClusterInfo cluster_info;
+  std::optional<PartitionPlan> plan;
+  std::vector<std::unique_ptr<Shard>> shards;  // by shard index once connected
+  std::vector<std::string> addresses;          // by shard index
+
+  // Calls (and shard calls) that have started and not ended.
+  void CallStarted() {
+    absl::MutexLock lock(&mu_);
+    ++in_flight_;
+  }
+  void CallEnded() {
+    absl::MutexLock lock(&mu_);
+    --in_flight_;
+  }
+  void WaitIdle() {
+    absl::MutexLock lock(&mu_);
+    mu_.Await(absl::Condition(
+        +[](int* in_flight) { return *in_flight == 0; }, &in_flight_));
+  }
+
+  void PrepareContext(grpc::ClientContext* context) const {
+    context->set_deadline(
+        absl::ToChronoTime(absl::Now() + options.call_timeout));
+    if (!options.token.empty()) {
+      context->AddMetadata("authorization",
+                           absl::StrCat("Bearer ", options.token));
+    }
+  }
+
+  // The wait after `attempts` failed attempts.
+  absl::Duration Backoff(int attempts) {
+    const RetryPolicy& retry = options.retry;
+    absl::Duration wait = retry.initial_backoff;
+    for (int i = 1; i < attempts && wait < retry.max_backoff; ++i) {
+      wait *= retry.backoff_multiplier;
+    }
+    wait = std::min(wait, retry.max_backoff);
+    if (retry.jitter > 0) {
+      absl::MutexLock lock(&rng_mu_);
+      wait *= absl::Uniform(rng_, 1.0 - retry.jitter, 1.0 + retry.jitter);
+    }
+    return wait;
+  }
+
+  // Remembers the size of a variable this client created or confirmed.
+  void RememberSize(const std::string& name, uint64_t size) {
+    absl::MutexLock lock(&sizes_mu_);
+    sizes_[name] = size;
+  }
+  // INVALID_ARGUMENT when `name` is known to have another size than `size`.
+  absl::Status CheckSize(std::string_view name, uint64_t size,
+                         std::string_view what) {
+    absl::ReaderMutexLock lock(&sizes_mu_);
+    auto it = sizes_.find(absl::string_view(name.data(), name.size()));
+    if (it == sizes_.end() || it->second == size) return absl::OkStatus();
+    return absl::InvalidArgumentError(absl::StrCat(
+        "variable ", it->first, " has ", it->second, " values but the ",
+        absl::string_view(what.data(), what.size()), " has ", size));
+  }
+
+  void StartPush(std::vector<PushItem> items, Outputs outputs,
+                 const PushOptions& options, DoneCallback done);
+  void StartPull(std::vector<PullItem> items, Outputs outputs,
+                 const PullOptions& options, DoneCallback done);
+
+ private:
+  absl::Mutex mu_;
+  int in_flight_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::Mutex rng_mu_;
+  absl::BitGen rng_ ABSL_GUARDED_BY(rng_mu_);
+  absl::Mutex sizes_mu_;
+  absl::flat_hash_map<std::string, uint64_t> sizes_ ABSL_GUARDED_BY(sizes_mu_);
+};
+
+}  // namespace client_internal
+
+namespace {
+
+// One request to one shard, retried per the policy; deletes itself after
+// calling `done` once with the final status and the (last) response.
+template <typename Request, typename Response>
+class ShardCall {
+ public:
+  using Method = void (*)(AsyncStub*, grpc::ClientContext*, const Request*,
+                          Response*, std::function<void(grpc::Status)>);
+  using Done =
+      absl::AnyInvocable<void(const grpc::Status&, const Request&, Response&)>;
+
+  static void Start(ClientCore* impl, size_t shard, Request request,
+                    Method method, Done done) {
+    (new ShardCall(impl, shard, std::move(request), method, std::move(done)))
+        ->Attempt();
+  }
+
+ private:
+  ShardCall(ClientCore* impl, size_t shard, Request request, Method method,
+            Done done)
+      : core_(impl),
+        shard_(shard),
+        request_(std::move(request)),
+        method_(method),
+        done_(std::move(done)) {
+    core_->CallStarted();
+  }
+
+  void Attempt() {
+    ++attempts_;
+    context_ = std::make_unique<grpc::ClientContext>();
+    core_->PrepareContext(context_.get());
+    response_.Clear();
+    method_(core_->shards[shard_]->stub()->async(), context_.get(), &request_,
+            &response_,
+            [this](grpc::Status status) { OnDone(std::move(status)); });
+  }
+
+  void OnDone(grpc::Status status) {
+    if (Retryable(status) && attempts_ < core_->options.retry.max_attempts) {
+      const absl::Duration wait = core_->Backoff(attempts_);
+      spdlog::debug("{} answered {} ({}); attempt {} in {}",
+                    core_->shards[shard_]->Name(),
+                    absl::StatusCodeToString(
+                        static_cast<absl::StatusCode>(status.error_code())),
+                    status.error_message(), attempts_ + 1,
+                    absl::FormatDuration(wait));
+      // The previous alarm, if any, has fired: it started this attempt.
+      retry_alarm_ = std::make_unique<grpc::Alarm>();
+      retry_alarm_->Set(absl::ToChronoTime(absl::Now() + wait),
+                        [this](bool) { Attempt(); });
+      return;
+    }
+    ClientCore* core = core_;
+    done_(status, request_, response_);
+    delete this;
+    core->CallEnded();
+  }
+
+  ClientCore* const core_;
+  const size_t shard_;
+  const Request request_;
+  const Method method_;
+  Done done_;
+  int attempts_ = 0;
+  std::unique_ptr<grpc::ClientContext> context_;
+  Response response_;
+  std::unique_ptr<grpc::Alarm> retry_alarm_;
+};
+
+// Collects the outcomes of a call's requests; when the last has ended,
+// calls `done` with OK or with every failed shard named, then deletes
+// itself.
+class Fanout {
+ public:
+  Fanout(ClientCore* impl, size_t requests, Client::DoneCallback done)
+      : core_(impl), pending_(requests), done_(std::move(done)) {
+    core_->CallStarted();
+  }
+
+  void Finish(size_t shard, absl::Status status) {
+    std::vector<std::pair<size_t, absl::Status>> errors;
+    {
+      absl::MutexLock lock(&mu_);
+      if (!status.ok()) errors_.emplace(shard, std::move(status));
+      if (--pending_ > 0) return;
+      errors.assign(errors_.begin(), errors_.end());
+    }
+    // The last request has ended; nothing else touches this object.
+    absl::Status result;
+    if (!errors.empty()) {
+      std::sort(errors.begin(), errors.end(),
+                [](const auto& a, const auto& b) { return a.first < b.first; });
+      std::vector<std::string> lines;
+      for (const auto& [s, error] : errors) {
+        lines.push_back(absl::StrCat(core_->shards[s]->Name(), ": ",
+                                     absl::StatusCodeToString(error.code()),
+                                     ": ", error.message()));
+      }
+      result = absl::Status(errors.front().second.code(),
+                            absl::StrJoin(lines, "; "));
+    }
+    ClientCore* core = core_;
+    done_(std::move(result));
+    delete this;
+    core->CallEnded();
+  }
+
+ private:
+  ClientCore* const core_;
+  absl::Mutex mu_;
+  size_t pending_ ABSL_GUARDED_BY(mu_);
+  // The first error of each shard.
+  absl::flat_hash_map<size_t, absl::Status> errors_ ABSL_GUARDED_BY(mu_);
+  Client::DoneCallback done_;
+};
+
+template <typename Request>
+size_t CountParts(const ShardParts<Request>& parts) {
+  size_t count = 0;
+  for (const auto& list : parts) count += list.size();
+  return count;
+}
+
+absl::Status CheckDType(v1::DType dtype) {
+  if (v1::DType_IsValid(dtype)) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown dtype ", static_cast<int>(dtype),
+                   "; use FLOAT32, BFLOAT16 or FLOAT16"));
+}
+
+// INVALID_ARGUMENT for an empty or repeated variable name.
+template <typename Named>
+absl::Status CheckNames(std::span<const Named> items) {
+  absl::flat_hash_set<std::string_view> seen;
+  for (const Named& item : items) {
+    if (item.variable.empty()) {
+      return absl::InvalidArgumentError("variable name is empty");
+    }
+    if (!seen.insert(item.variable).second) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("variable ", std::string(item.variable),
+                       " appears twice in one call"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Checks the cluster described by infos[i] (from shards[i]) and returns the
+// order of the shards by shard index.
+absl::StatusOr<std::vector<size_t>> CheckCluster(
+    const std::vector<v1::ClusterInfo>& infos,
+    const std::vector<std::unique_ptr<Shard>>& shards) {
+  auto refuse = [](std::string_view what) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("not one cluster: ", std::string(what)));
+  };
+  auto disagree = [&](std::string_view field, auto value) -> absl::Status {
+    std::vector<std::string> says;
+    bool differs = false;
+    for (size_t i = 0; i < infos.size(); ++i) {
+      differs |= value(infos[i]) != value(infos[0]);
+      says.push_back(
+          absl::StrCat(shards[i]->address, " says ", value(infos[i])));
+    }
+    if (!differs) return absl::OkStatus();
+    return refuse(absl::StrCat("shards disagree on ", std::string(field), ": ",
+                               absl::StrJoin(says, ", ")));
+  };
+  PS_RETURN_IF_ERROR(disagree(
+      "num_shards", [](const v1::ClusterInfo& i) { return i.num_shards(); }));
+  PS_RETURN_IF_ERROR(disagree(
+      "block_size", [](const v1::ClusterInfo& i) { return i.block_size(); }));
+  PS_RETURN_IF_ERROR(disagree("consistency", [](const v1::ClusterInfo& i) {
+    return absl::StrCat("\"", i.consistency(), "\"");
+  }));
+  PS_RETURN_IF_ERROR(disagree(
+      "num_workers", [](const v1::ClusterInfo& i) { return i.num_workers(); }));
+  PS_RETURN_IF_ERROR(
+      disagree("quorum", [](const v1::ClusterInfo& i) { return i.quorum(); }));
+
+  const uint32_t num_shards = infos[0].num_shards();
+  if (num_shards == 0 || infos[0].block_size() == 0) {
+    return refuse(absl::StrCat("shards report num_shards = ", num_shards,
+                               " and block_size = ", infos[0].block_size()));
+  }
+  std::vector<std::string> addresses;
+  for (const auto& shard : shards) addresses.push_back(shard->address);
+  if (infos.size() != num_shards) {
+    return refuse(absl::StrCat(
+        infos.size(), " addresses given (", absl::StrJoin(addresses, ", "),
+        ") but the shards report num_shards = ", num_shards));
+  }
+  std::vector<std::vector<size_t>> holders(num_shards);
+  for (size_t i = 0; i < infos.size(); ++i) {
+    const uint32_t index = infos[i].shard_index();
+    if (index >= num_shards) {
+      return refuse(absl::StrCat(addresses[i], " reports shard_index ", index,
+                                 " of num_shards = ", num_shards));
+    }
+    holders[index].push_back(i);
+  }
+  std::vector<std::string> problems;
+  for (uint32_t index = 0; index < num_shards; ++index) {
+    if (holders[index].size() == 1) continue;
+    std::vector<std::string> names;
+    for (size_t i : holders[index]) names.push_back(addresses[i]);
+    problems.push_back(
+        holders[index].empty()
+            ? absl::StrCat("no address serves shard_index ", index)
+            : absl::StrCat("shard_index ", index, " is served by ",
+                           absl::StrJoin(names, " and ")));
+  }
+  if (!problems.empty()) return refuse(absl::StrJoin(problems, "; "));
+  std::vector<size_t> order;
+  for (const auto& h : holders) order.push_back(h[0]);
+  return order;
+}
+
+}  // namespace
+
+void ClientCore::StartPush(std::vector<PushItem> items, Outputs outputs,
+                           const PushOptions& push_options, DoneCallback done) {
+  const bool answered = outputs != nullptr;
+  v1::PushRequest header;
+  header.set_worker_id(worker_id);
+  header.set_step(push_options.step);
+  if (push_options.loss.has_value()) header.set_loss(*push_options.loss);
+  if (answered) header.set_pull_dtype(push_options.pull_dtype);
+  absl::StatusOr<ShardParts<v1::PushRequest>> parts =
+      client_internal::SplitPush(*plan, items, header, push_options.dtype,
+                                 answered, options.max_message_bytes);
+  if (!parts.ok()) {
+    done(parts.status());
+    return;
+  }
+  const size_t count = CountParts(*parts);
+  if (count == 0) {
+    done(absl::OkStatus());
+    return;
+  }
+  auto* fanout = new Fanout(this, count, std::move(done));
+  const v1::DType pull_dtype = push_options.pull_dtype;
+  for (size_t s = 0; s < parts->size(); ++s) {
+    std::vector<PushLane::Send> sends;
+    for (Part<v1::PushRequest>& part : (*parts)[s]) {
+      sends.push_back([this, fanout, s, part = std::move(part), outputs,
+                       pull_dtype](uint64_t seq) mutable {
+        part.request.set_seq(seq);
+        if (outputs == nullptr) {
+          ShardCall<v1::PushRequest, v1::PushResponse>::Start(
+              this, s, std::move(part.request), &CallPush,
+              [this, fanout, s](const grpc::Status& status,
+                                const v1::PushRequest&, v1::PushResponse&) {
+                shards[s]->lane->Release();
+                fanout->Finish(s, FromGrpcStatus(status));
+              });
+          return;
+        }
+        ShardCall<v1::PushRequest, v1::PullResponse>::Start(
+            this, s, std::move(part.request), &CallPushPull,
+            [this, fanout, s, items = std::move(part.items), outputs,
+             pull_dtype](const grpc::Status& status,
+                         const v1::PushRequest& request,
+                         v1::PullResponse& response) {
+              absl::Status result = FromGrpcStatus(status);
+              if (result.ok()) {
+                result = DecodeAnswer(request.gradients(), items, pull_dtype,
+                                      response.values(), *outputs);
+              }
+              shards[s]->lane->Release();
+              fanout->Finish(s, std::move(result));
+            });
+      });
+    }
+    if (!sends.empty()) shards[s]->lane->Enqueue(std::move(sends));
+  }
+}
+
+void ClientCore::StartPull(std::vector<PullItem> items, Outputs outputs,
+                           const PullOptions& pull_options, DoneCallback done) {
+  absl::StatusOr<ShardParts<v1::PullRequest>> parts =
+      client_internal::SplitPull(*plan, items, pull_options.dtype,
+                                 options.max_message_bytes);
+  if (!parts.ok()) {
+    done(parts.status());
+    return;
+  }
+  const size_t count = CountParts(*parts);
+  if (count == 0) {
+    done(absl::OkStatus());
+    return;
+  }
+  auto* fanout = new Fanout(this, count, std::move(done));
+  const v1::DType dtype = pull_options.dtype;
+  for (size_t s = 0; s < parts->size(); ++s) {
+    for (Part<v1::PullRequest>& part : (*parts)[s]) {
+      ShardCall<v1::PullRequest, v1::PullResponse>::Start(
+          this, s, std::move(part.request), &CallPull,
+          [fanout, s, items = std::move(part.items), outputs, dtype](
+              const grpc::Status& status, const v1::PullRequest& request,
+              v1::PullResponse& response) {
+            absl::Status result = FromGrpcStatus(status);
+            if (result.ok()) {
+              result = DecodeAnswer(request.slices(), items, dtype,
+                                    response.values(), *outputs);
+            }
+            fanout->Finish(s, std::move(result));
+          });
+    }
+  }
+}
+
+absl::StatusOr<std::unique_ptr<Client>> Client::Connect(
+    const ClientOptions& options) {
+  PS_RETURN_IF_ERROR(ValidateOptions(options));
+  PS_ASSIGN_OR_RETURN(std::shared_ptr<grpc::ChannelCredentials> credentials,
+                      MakeCredentials(options));
+  auto impl = std::make_unique<ClientCore>();
+  impl->options = options;
+  impl->worker_id =
+      options.worker_id.empty() ? RandomWorkerId() : options.worker_id;
+
+  grpc::ChannelArguments args;
+  args.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
+  args.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
+  // Without it the channels of one shard would share one connection.
+  if (options.channels_per_shard > 1) {
+    args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  }
+  // Seqs start at the clock so that a worker restarted with the same id
+  // keeps numbering above what the shards have seen.
+  const uint64_t first_seq =
+      static_cast<uint64_t>(absl::ToUnixMicros(absl::Now()));
+  for (const std::string& address : options.addresses) {
+    auto shard = std::make_unique<Shard>();
+    shard->address = address;
+    for (int c = 0; c < options.channels_per_shard; ++c) {
+      shard->stubs.push_back(v1::ParameterService::NewStub(
+          grpc::CreateCustomChannel(address, credentials, args)));
+    }
+    shard->lane = std::make_unique<PushLane>(first_seq);
+    impl->shards.push_back(std::move(shard));
+  }
+
+  std::vector<v1::ClusterInfo> infos(impl->shards.size());
+  auto [done, future] = MakePromise();
+  auto* fanout = new Fanout(impl.get(), impl->shards.size(), std::move(done));
+  for (size_t s = 0; s < impl->shards.size(); ++s) {
+    ShardCall<v1::GetClusterInfoRequest, v1::ClusterInfo>::Start(
+        impl.get(), s, v1::GetClusterInfoRequest(), &CallGetClusterInfo,
+        [fanout, s, &infos](const grpc::Status& status,
+                            const v1::GetClusterInfoRequest&,
+                            v1::ClusterInfo& info) {
+          if (status.ok()) infos[s] = std::move(info);
+          fanout->Finish(s, FromGrpcStatus(status));
+        });
+  }
+  const absl::Status reached = future.get();
+  impl->WaitIdle();
+  PS_RETURN_IF_ERROR(reached);
+
+  PS_ASSIGN_OR_RETURN(std::vector<size_t> order,
+                      CheckCluster(infos, impl->shards));
+  std::vector<std::unique_ptr<Shard>> ordered;
+  for (uint32_t index = 0; index < order.size(); ++index) {
+    ordered.push_back(std::move(impl->shards[order[index]]));
+    ordered.back()->index = index;
+    impl->addresses.push_back(ordered.back()->address);
+  }
+  impl->shards = std::move(ordered);
+  impl->cluster_info = infos[order[0]];
+  impl->plan.emplace(impl->cluster_info.num_shards(),
+                     impl->cluster_info.block_size());
+  spdlog::debug("worker {} connected to {} shards, block_size {}, {}",
+                impl->worker_id, impl->shards.size(),
+                impl->cluster_info.block_size(),
+                impl->cluster_info.consistency());
+  return std::unique_ptr<Client>(new Client(std::move(impl)));
+}
+
+Client::Client(std::unique_ptr<ClientCore> core) : core_(std::move(core)) {}
+
+Client::~Client() { core_->WaitIdle(); }
+
+const std::string& Client::worker_id() const { return core_->worker_id; }
+
+const v1::ClusterInfo& Client::cluster_info() const {
+  return core_->cluster_info;
+}
+
+const PartitionPlan& Client::plan() const { return *core_->plan; }
+
+const std::vector<std::string>& Client::shard_addresses() const {
+  return core_->addresses;
+}
+
+absl::StatusOr<bool> Client::CreateVariable(
+    std::string_view name, const std::vector<uint64_t>& shape,
+    std::span<const float> initial_values,
+    const std::optional<v1::OptimizerConfig>& optimizer) {
+  if (name.empty()) {
+    return absl::InvalidArgumentError("variable name is empty");
+  }
+  const std::string variable(name);
+  PS_ASSIGN_OR_RETURN(uint64_t size, client_internal::NumValues(shape));
+  PS_ASSIGN_OR_RETURN(std::vector<v1::CreateVariableRequest> requests,
+                      client_internal::SplitCreate(
+                          *core_->plan, variable, shape, initial_values,
+                          optimizer, core_->options.max_message_bytes));
+  std::atomic<bool> created{false};
+  auto [done, future] = MakePromise();
+  auto* fanout = new Fanout(core_.get(), requests.size(), std::move(done));
+  for (size_t s = 0; s < requests.size(); ++s) {
+    ShardCall<v1::CreateVariableRequest, v1::CreateVariableResponse>::Start(
+        core_.get(), s, std::move(requests[s]), &CallCreateVariable,
+        [fanout, s, &created](const grpc::Status& status,
+                              const v1::CreateVariableRequest&,
+                              v1::CreateVariableResponse& response) {
+          if (status.ok() && response.created()) created = true;
+          fanout->Finish(s, FromGrpcStatus(status));
+        });
+  }
+  PS_RETURN_IF_ERROR(future.get());
+  core_->RememberSize(variable, size);
+  return created.load();
+}
+
+absl::Status Client::Push(std::string_view name,
+                          std::span<const float> gradient,
+                          const PushOptions& options) {
+  const NamedGradient item{name, gradient};
+  return PushAsync(std::span<const NamedGradient>(&item, 1), options).get();
+}
+
+absl::Status Client::Pull(std::string_view name, std::span<float> values,
+                          const PullOptions& options) {
+  const NamedValues item{name, values};
+  return PullAsync(std::span<const NamedValues>(&item, 1), options).get();
+}
+
+absl::Status Client::PushPull(std::string_view name,
+                              std::span<const float> gradient,
+                              std::span<float> values,
+                              const PushOptions& options) {
+  const NamedUpdate item{name, gradient, values};
+  return PushPullAsync(std::span<const NamedUpdate>(&item, 1), options).get();
+}
+
+absl::Status Client::Push(std::span<const NamedGradient> gradients,
+                          const PushOptions& options) {
+  return PushAsync(gradients, options).get();
+}
+
+absl::Status Client::Pull(std::span<const NamedValues> values,
+                          const PullOptions& options) {
+  return PullAsync(values, options).get();
+}
+
+absl::Status Client::PushPull(std::span<const NamedUpdate> updates,
+                              const PushOptions& options) {
+  return PushPullAsync(updates, options).get();
+}
+
+void Client::PushAsync(std::span<const NamedGradient> gradients,
+                       const PushOptions& options, DoneCallback done) {
+  absl::Status valid = CheckNames(gradients);
+  if (valid.ok()) valid = CheckDType(options.dtype);
+  std::vector<PushItem> items;
+  for (const NamedGradient& g : gradients) {
+    if (!valid.ok()) break;
+    valid = core_->CheckSize(g.variable, g.gradient.size(), "gradient");
+    items.push_back(PushItem{std::string(g.variable), g.gradient});
+  }
+  if (!valid.ok()) {
+    done(std::move(valid));
+    return;
+  }
+  core_->StartPush(std::move(items), nullptr, options, std::move(done));
+}
+
+void Client::PullAsync(std::span<const NamedValues> values,
+                       const PullOptions& options, DoneCallback done) {
+  absl::Status valid = CheckNames(values);
+  if (valid.ok()) valid = CheckDType(options.dtype);
+  std::vector<PullItem> items;
+  auto outputs = std::make_shared<std::vector<std::span<float>>>();
+  for (const NamedValues& v : values) {
+    if (!valid.ok()) break;
+    valid = core_->CheckSize(v.variable, v.values.size(), "output");
+    items.push_back(PullItem{std::string(v.variable), v.values.size()});
+    outputs->push_back(v.values);
+  }
+  if (!valid.ok()) {
+    done(std::move(valid));
+    return;
+  }
+  core_->StartPull(std::move(items), std::move(outputs), options,
+                   std::move(done));
+}
+
+void Client::PushPullAsync(std::span<const NamedUpdate> updates,
+                           const PushOptions& options, DoneCallback done) {
+  absl::Status valid = CheckNames(updates);
+  if (valid.ok()) valid = CheckDType(options.dtype);
+  if (valid.ok()) valid = CheckDType(options.pull_dtype);
+  std::vector<PushItem> items;
+  auto outputs = std::make_shared<std::vector<std::span<float>>>();
+  for (const NamedUpdate& u : updates) {
+    if (!valid.ok()) break;
+    if (u.gradient.size() != u.values.size()) {
+      valid = absl::InvalidArgumentError(absl::StrCat(
+          "the gradient of ", std::string(u.variable), " has ",
+          u.gradient.size(), " values but its output has ", u.values.size()));
+      break;
+    }
+    valid = core_->CheckSize(u.variable, u.gradient.size(), "gradient");
+    items.push_back(PushItem{std::string(u.variable), u.gradient});
+    outputs->push_back(u.values);
+  }
+  if (!valid.ok()) {
+    done(std::move(valid));
+    return;
+  }
+  core_->StartPush(std::move(items), std::move(outputs), options,
+                   std::move(done));
+}
+
+std::future<absl::Status> Client::PushAsync(
+    std::span<const NamedGradient> gradients, const PushOptions& options) {
+  auto [done, future] = MakePromise();
+  PushAsync(gradients, options, std::move(done));
+  return std::move(future);
+}
+
+std::future<absl::Status> Client::PullAsync(std::span<const NamedValues> values,
+                                            const PullOptions& options) {
+  auto [done, future] = MakePromise();
+  PullAsync(values, options, std::move(done));
+  return std::move(future);
+}
+
+std::future<absl::Status> Client::PushPullAsync(
+    std::span<const NamedUpdate> updates, const PushOptions& options) {
+  auto [done, future] = MakePromise();
+  PushPullAsync(updates, options, std::move(done));
+  return std::move(future);
+}
+
+std::future<absl::Status> Client::PushAsync(std::string_view name,
+                                            std::span<const float> gradient,
+                                            const PushOptions& options) {
+  const NamedGradient item{name, gradient};
+  return PushAsync(std::span<const NamedGradient>(&item, 1), options);
+}
+
+std::future<absl::Status> Client::PullAsync(std::string_view name,
+                                            std::span<float> values,
+                                            const PullOptions& options) {
+  const NamedValues item{name, values};
+  return PullAsync(std::span<const NamedValues>(&item, 1), options);
+}
+
+std::future<absl::Status> Client::PushPullAsync(std::string_view name,
+                                                std::span<const float> gradient,
+                                                std::span<float> values,
+                                                const PushOptions& options) {
+  const NamedUpdate item{name, gradient, values};
+  return PushPullAsync(std::span<const NamedUpdate>(&item, 1), options);
+}
+
+}  // namespace ps

@@ -1,0 +1,259 @@
+// The C++ client of the parameter server: the verbs a training worker needs
+// (create, push, pull, push-pull) on named dense float32 tensors, against a
+// cluster of S shards.
+//
+// A call on one tensor (or on a list of tensors) is cut into blocks by the
+// partitioning rule of DESIGN.md, grouped into one request per shard (more
+// when a request would exceed ClientOptions::max_message_bytes), sent to all
+// shards in parallel, and finished when every shard has answered.
+//
+//   ps::ClientOptions options;
+//   options.addresses = {"127.0.0.1:7000", "127.0.0.1:7001"};
+//   PS_ASSIGN_OR_RETURN(std::unique_ptr<ps::Client> client,
+//                       ps::Client::Connect(options));
+//   PS_RETURN_IF_ERROR(client->CreateVariable("w", {784, 10}).status());
+//   ps::PushOptions push;
+//   push.step = t;
+//   PS_RETURN_IF_ERROR(client->PushPull("w", gradient, weights, push));
+#ifndef PS_CLIENT_CLIENT_H_
+#define PS_CLIENT_CLIENT_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <future>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/functional/any_invocable.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "common/partition.h"
+#include "proto/ps/v1/ps.pb.h"
+
+namespace ps {
+
+namespace client_internal {
+class ClientCore;
+}  // namespace client_internal
+
+// How a call that failed with UNAVAILABLE or DEADLINE_EXCEEDED is retried.
+// Every retry of a push reuses its (worker_id, seq), so the server applies it
+// at most once; retrying is safe for every verb.
+struct RetryPolicy {
+  // Attempts per request, the first included (1 = never retry). More
+  // attempts ride out longer shard restarts; a call against a dead shard
+  // then takes longer to fail.
+  int max_attempts = 5;
+  // Wait before the first retry. Shorter recovers sooner from a blip but
+  // adds load on a shard that is struggling.
+  absl::Duration initial_backoff = absl::Milliseconds(100);
+  // The longest wait between two attempts. Bounds how long a recovered shard
+  // may stay unused.
+  absl::Duration max_backoff = absl::Seconds(5);
+  // Each wait is the previous one times this (>= 1). Higher backs off faster.
+  double backoff_multiplier = 2.0;
+  // Each wait is scaled by a uniform factor in [1 - jitter, 1 + jitter]
+  // (0 <= jitter <= 1), so workers that failed together do not retry in
+  // lockstep. 0 makes waits deterministic.
+  double jitter = 0.2;
+};
+
+struct ClientOptions {
+  // "host:port" of every shard, one per shard, in any order. Connect puts
+  // them in shard-index order.
+  std::vector<std::string> addresses;
+
+  // Sent as `authorization: Bearer <token>` with every call when non-empty.
+  std::string token;
+
+  // PEM file with the CA certificates that sign the shards' certificates.
+  // Empty: plaintext channels (only for loopback or a trusted network).
+  std::string tls_ca_file;
+
+  // Deadline of each attempt of each request. Longer tolerates slow shards
+  // (and, in sync mode, slow peers: a sync push waits for the step's
+  // quorum); shorter detects a hung shard sooner.
+  absl::Duration call_timeout = absl::Seconds(60);
+
+  RetryPolicy retry;
+
+  // Identifies this worker to the server (exactly-once and sync steps). Must
+  // be unique among live workers; reusing it after a restart is safe. Empty:
+  // a random one.
+  std::string worker_id;
+
+  // The largest request or answer this client sends or accepts; larger calls
+  // are split. Must not exceed the shards' --max_message_mb. Larger messages
+  // mean fewer round trips (pushes to one shard are sent one at a time) at
+  // the cost of memory per call; one block of gradient (block_size values in
+  // the push dtype) and one shard's initial values in CreateVariable must
+  // fit in one message.
+  size_t max_message_bytes = size_t{16} << 20;
+
+  // gRPC channels (TCP connections) per shard; calls are spread over them.
+  // More can raise throughput of large pulls at the cost of sockets and
+  // memory.
+  int channels_per_shard = 1;
+};
+
+// Options of a push or push-pull.
+struct PushOptions {
+  // The worker's iteration. Sync mode aggregates pushes per step; async
+  // mode ignores it.
+  uint64_t step = 0;
+  // The objective at the values the gradient was computed on (used by the
+  // Eve rule and averaged in sync mode).
+  std::optional<double> loss;
+  // Encoding of the gradients on the wire. BFLOAT16 and FLOAT16 halve the
+  // bytes sent at the cost of precision (rounded to nearest even).
+  v1::DType dtype = v1::FLOAT32;
+  // PushPull: encoding of the values in the answer.
+  v1::DType pull_dtype = v1::FLOAT32;
+};
+
+// Options of a pull.
+struct PullOptions {
+  // Encoding of the values on the wire; see PushOptions::dtype.
+  v1::DType dtype = v1::FLOAT32;
+};
+
+// One variable's gradient in a multi-variable push. Its values cover the
+// whole variable (flat, row-major).
+struct NamedGradient {
+  std::string_view variable;
+  std::span<const float> gradient;
+};
+
+// Where a multi-variable pull writes one variable's values (all of them).
+struct NamedValues {
+  std::string_view variable;
+  std::span<float> values;
+};
+
+// One variable of a multi-variable push-pull: its gradient, and where the
+// values after the push go. Both cover the whole variable.
+struct NamedUpdate {
+  std::string_view variable;
+  std::span<const float> gradient;
+  std::span<float> values;
+};
+
+// A connection to every shard of one cluster.
+//
+// Thread safety: every method may be called concurrently from any thread.
+// Concurrent pushes (Push and PushPull) from one Client reach each shard one
+// at a time, in the order they were issued: the exactly-once rule needs
+// (worker_id, seq) to increase in the order a shard sees them. In sync mode
+// issue all pushes of a step in one multi-variable call (or from one thread,
+// in the same order on every worker), or workers may wait on each other.
+// Pulls run fully in parallel.
+//
+// Async forms: a `done` callback runs exactly once, on a gRPC thread (or on
+// the calling thread, before the call returns, when the call is refused
+// before anything is sent). It must not block and must not call the
+// blocking forms of this Client. Gradient spans and variable names are read
+// before an async call returns; output spans are written until `done` runs
+// (or the future is ready) and must stay valid and untouched until then.
+class Client {
+ public:
+  using DoneCallback = absl::AnyInvocable<void(absl::Status)>;
+
+  // Reads GetClusterInfo from every address (retrying per options.retry) and
+  // checks that the shards form one cluster: the same num_shards, block_size,
+  // consistency, num_workers and quorum, and shard indexes covering
+  // 0..num_shards-1 once each. FAILED_PRECONDITION naming the addresses when
+  // they do not; INVALID_ARGUMENT for bad options; the shard's error (naming
+  // its address) when one cannot be reached.
+  static absl::StatusOr<std::unique_ptr<Client>> Connect(
+      const ClientOptions& options);
+
+  // Waits for every call in flight (and its callback) to finish.
+  // REQUIRES: not called from a `done` callback of this Client.
+  ~Client();
+
+  Client(const Client&) = delete;
+  Client& operator=(const Client&) = delete;
+
+  const std::string& worker_id() const;
+  // The cluster's settings, as every shard reported them (shard_index 0).
+  const v1::ClusterInfo& cluster_info() const;
+  // Where each block lives.
+  const PartitionPlan& plan() const;
+  // The shards' addresses, indexed by shard index.
+  const std::vector<std::string>& shard_addresses() const;
+
+  // Creates `name` with `shape` on every shard, or confirms it exists with
+  // that shape. Returns true when this call created it (on at least one
+  // shard), false when it existed. `initial_values` (flat, row-major) holds
+  // every value, or is empty for zeros; the first creator's values win.
+  // `optimizer` overrides the server default for this variable.
+  // ALREADY_EXISTS when it exists with another shape.
+  // REQUIRES: initial_values is empty or has the product of shape values.
+  absl::StatusOr<bool> CreateVariable(
+      std::string_view name, const std::vector<uint64_t>& shape,
+      std::span<const float> initial_values = {},
+      const std::optional<v1::OptimizerConfig>& optimizer = std::nullopt);
+
+  // Sends a gradient of every value of `name`; the servers apply it with the
+  // variable's optimizer.
+  absl::Status Push(std::string_view name, std::span<const float> gradient,
+                    const PushOptions& options = {});
+  // Reads every value of `name` into `values`.
+  absl::Status Pull(std::string_view name, std::span<float> values,
+                    const PullOptions& options = {});
+  // Push, then read the values after it (in sync mode: after the step).
+  // REQUIRES: gradient.size() == values.size().
+  absl::Status PushPull(std::string_view name, std::span<const float> gradient,
+                        std::span<float> values,
+                        const PushOptions& options = {});
+
+  // The same on several variables in one call: one request per shard (more
+  // only when one would exceed max_message_bytes). One step and loss for
+  // all. REQUIRES: no variable appears twice.
+  absl::Status Push(std::span<const NamedGradient> gradients,
+                    const PushOptions& options = {});
+  absl::Status Pull(std::span<const NamedValues> values,
+                    const PullOptions& options = {});
+  absl::Status PushPull(std::span<const NamedUpdate> updates,
+                        const PushOptions& options = {});
+
+  // Async forms, with a callback.
+  void PushAsync(std::span<const NamedGradient> gradients,
+                 const PushOptions& options, DoneCallback done);
+  void PullAsync(std::span<const NamedValues> values,
+                 const PullOptions& options, DoneCallback done);
+  void PushPullAsync(std::span<const NamedUpdate> updates,
+                     const PushOptions& options, DoneCallback done);
+
+  // Async forms, with a handle.
+  std::future<absl::Status> PushAsync(std::span<const NamedGradient> gradients,
+                                      const PushOptions& options = {});
+  std::future<absl::Status> PullAsync(std::span<const NamedValues> values,
+                                      const PullOptions& options = {});
+  std::future<absl::Status> PushPullAsync(std::span<const NamedUpdate> updates,
+                                          const PushOptions& options = {});
+  std::future<absl::Status> PushAsync(std::string_view name,
+                                      std::span<const float> gradient,
+                                      const PushOptions& options = {});
+  std::future<absl::Status> PullAsync(std::string_view name,
+                                      std::span<float> values,
+                                      const PullOptions& options = {});
+  std::future<absl::Status> PushPullAsync(std::string_view name,
+                                          std::span<const float> gradient,
+                                          std::span<float> values,
+                                          const PushOptions& options = {});
+
+ private:
+  explicit Client(std::unique_ptr<client_internal::ClientCore> core);
+
+  std::unique_ptr<client_internal::ClientCore> core_;
+};
+
+}  // namespace ps
+
+#endif  // PS_CLIENT_CLIENT_H_

@@ -1,0 +1,234 @@
+// The client against real shards (ps::ParameterServer) in this process, on
+// port 0, with small blocks so every variable spans every shard.
+#include <numeric>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "client/client.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "server/server.h"
+
+namespace ps {
+namespace {
+
+using ::testing::HasSubstr;
+
+class ClientIntegrationTest : public ::testing::TestWithParam<uint32_t> {
+ protected:
+  void SetUp() override { StartCluster(Consistency::kAsync, 0); }
+
+  void TearDown() override {
+    for (auto& server : servers_) server->Shutdown();
+  }
+
+  void StartCluster(Consistency consistency, uint32_t num_workers) {
+    for (auto& server : servers_) server->Shutdown();
+    servers_.clear();
+    for (uint32_t s = 0; s < GetParam(); ++s) {
+      ServerOptions options;
+      options.shard_index = s;
+      options.num_shards = GetParam();
+      options.block_size = kBlockSize;
+      options.consistency = consistency;
+      options.num_workers = num_workers;
+      options.default_optimizer.mutable_sgd();
+      options.default_optimizer.set_learning_rate(1.0);
+      absl::StatusOr<std::unique_ptr<ParameterServer>> server =
+          ParameterServer::Start(options);
+      ASSERT_TRUE(server.ok()) << server.status();
+      servers_.push_back(std::move(*server));
+    }
+  }
+
+  std::unique_ptr<Client> Connect() {
+    ClientOptions options;
+    for (const auto& server : servers_) {
+      options.addresses.push_back(server->address());
+    }
+    options.retry.initial_backoff = absl::Milliseconds(5);
+    options.call_timeout = absl::Seconds(30);
+    absl::StatusOr<std::unique_ptr<Client>> client = Client::Connect(options);
+    EXPECT_TRUE(client.ok()) << client.status();
+    return client.ok() ? std::move(*client) : nullptr;
+  }
+
+  static constexpr uint64_t kBlockSize = 3;
+  std::vector<std::unique_ptr<ParameterServer>> servers_;
+};
+
+std::vector<float> Iota(size_t n, float start) {
+  std::vector<float> values(n);
+  std::iota(values.begin(), values.end(), start);
+  return values;
+}
+
+TEST_P(ClientIntegrationTest, CreatePushPullRoundTrips) {
+  auto client = Connect();
+  ASSERT_NE(client, nullptr);
+  EXPECT_EQ(client->plan().num_shards(), GetParam());
+  const std::vector<float> initial = Iota(20, 1);
+  absl::StatusOr<bool> created = client->CreateVariable("w", {4, 5}, initial);
+  ASSERT_TRUE(created.ok()) << created.status();
+  EXPECT_TRUE(*created);
+  created = client->CreateVariable("w", {4, 5}, Iota(20, 100));
+  ASSERT_TRUE(created.ok()) << created.status();
+  EXPECT_FALSE(*created);
+
+  std::vector<float> values(20);
+  ASSERT_TRUE(client->Pull("w", values).ok());
+  EXPECT_EQ(values, initial);
+
+  // SGD with lr = 1: values -= gradient.
+  const std::vector<float> gradient = Iota(20, 0.5f);
+  ASSERT_TRUE(client->Push("w", gradient).ok());
+  ASSERT_TRUE(client->Pull("w", values).ok());
+  for (size_t i = 0; i < 20; ++i) EXPECT_EQ(values[i], 0.5f) << i;
+
+  std::vector<float> after(20);
+  const std::vector<float> ones(20, 1.0f);
+  ASSERT_TRUE(client->PushPull("w", ones, after).ok());
+  EXPECT_EQ(after, std::vector<float>(20, -0.5f));
+
+  // Half-precision both ways; these values are exact in both formats.
+  PushOptions half;
+  half.dtype = v1::BFLOAT16;
+  half.pull_dtype = v1::FLOAT16;
+  ASSERT_TRUE(client->PushPull("w", ones, after, half).ok());
+  EXPECT_EQ(after, std::vector<float>(20, -1.5f));
+  PullOptions bf16;
+  bf16.dtype = v1::BFLOAT16;
+  ASSERT_TRUE(client->Pull("w", values, bf16).ok());
+  EXPECT_EQ(values, std::vector<float>(20, -1.5f));
+}
+
+TEST_P(ClientIntegrationTest, MultiVariableCalls) {
+  auto client = Connect();
+  ASSERT_NE(client, nullptr);
+  ASSERT_TRUE(client->CreateVariable("a", {7}, Iota(7, 1)).ok());
+  ASSERT_TRUE(client->CreateVariable("b", {2, 2}, Iota(4, 10)).ok());
+  ASSERT_TRUE(client->CreateVariable("c", {1}).ok());
+  const std::vector<float> ga(7, 1.0f), gb(4, 2.0f), gc(1, -3.0f);
+  const std::vector<NamedGradient> gradients = {
+      {"a", ga}, {"b", gb}, {"c", gc}};
+  ASSERT_TRUE(client->Push(gradients).ok());
+
+  std::vector<float> a(7), b(4), c(1);
+  const std::vector<NamedValues> values = {{"a", a}, {"b", b}, {"c", c}};
+  ASSERT_TRUE(client->Pull(values).ok());
+  EXPECT_EQ(a, Iota(7, 0));
+  EXPECT_EQ(b, Iota(4, 8));
+  EXPECT_EQ(c, std::vector<float>{3});
+
+  const std::vector<NamedUpdate> updates = {
+      {"a", ga, a}, {"b", gb, b}, {"c", gc, c}};
+  ASSERT_TRUE(client->PushPullAsync(updates).get().ok());
+  EXPECT_EQ(a, Iota(7, -1));
+  EXPECT_EQ(b, Iota(4, 6));
+  EXPECT_EQ(c, std::vector<float>{6});
+}
+
+TEST_P(ClientIntegrationTest, RefusalsNameTheShard) {
+  auto client = Connect();
+  ASSERT_NE(client, nullptr);
+  std::vector<float> values(10);
+  absl::Status status = client->Pull("missing", values);
+  EXPECT_EQ(status.code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(status.message(), HasSubstr("shard "));
+  EXPECT_THAT(status.message(), HasSubstr(servers_[0]->address()));
+
+  ASSERT_TRUE(client->CreateVariable("w", {6}).ok());
+  EXPECT_EQ(client->CreateVariable("w", {3, 3}).status().code(),
+            absl::StatusCode::kAlreadyExists);
+}
+
+TEST_P(ClientIntegrationTest, ConcurrentWorkersLoseNoUpdate) {
+  constexpr int kWorkers = 8;
+  constexpr int kPushes = 30;
+  constexpr size_t kSize = 25;
+  const std::vector<float> initial = Iota(kSize, 1000);
+  std::vector<float> sum(kSize, 0.0f);
+  std::vector<std::vector<std::vector<float>>> gradients(kWorkers);
+  for (int w = 0; w < kWorkers; ++w) {
+    for (int i = 0; i < kPushes; ++i) {
+      std::vector<float> g(kSize);
+      for (size_t j = 0; j < kSize; ++j) {
+        g[j] = static_cast<float>((w * 7 + i * 3 + j) % 11) - 5;
+        sum[j] += g[j];
+      }
+      gradients[w].push_back(std::move(g));
+    }
+  }
+  std::vector<std::thread> workers;
+  for (int w = 0; w < kWorkers; ++w) {
+    workers.emplace_back([&, w] {
+      auto client = Connect();
+      ASSERT_NE(client, nullptr);
+      ASSERT_TRUE(client->CreateVariable("shared", {5, 5}, initial).ok());
+      for (int i = 0; i < kPushes; ++i) {
+        PushOptions options;
+        options.step = i;
+        if (i % 2 == 0) {
+          ASSERT_TRUE(client->Push("shared", gradients[w][i], options).ok());
+        } else {
+          std::vector<float> values(kSize);
+          ASSERT_TRUE(
+              client->PushPull("shared", gradients[w][i], values, options)
+                  .ok());
+        }
+      }
+    });
+  }
+  for (auto& worker : workers) worker.join();
+
+  auto client = Connect();
+  ASSERT_NE(client, nullptr);
+  std::vector<float> values(kSize);
+  ASSERT_TRUE(client->Pull("shared", values).ok());
+  for (size_t j = 0; j < kSize; ++j) {
+    EXPECT_EQ(values[j], initial[j] - sum[j]) << j;
+  }
+}
+
+TEST_P(ClientIntegrationTest, SyncWorkersSeeTheMeanAfterEachStep) {
+  constexpr int kWorkers = 3;
+  StartCluster(Consistency::kSync, kWorkers);
+  constexpr size_t kSize = 8;
+  const std::vector<float> initial(kSize, 10.0f);
+  std::vector<std::thread> workers;
+  std::vector<std::vector<std::vector<float>>> seen(kWorkers);
+  for (int w = 0; w < kWorkers; ++w) {
+    workers.emplace_back([&, w] {
+      auto client = Connect();
+      ASSERT_NE(client, nullptr);
+      ASSERT_TRUE(client->CreateVariable("w", {kSize}, initial).ok());
+      for (uint64_t step = 0; step < 3; ++step) {
+        // Worker w pushes w + 1 everywhere: the mean is 2.
+        const std::vector<float> gradient(kSize, w + 1.0f);
+        std::vector<float> values(kSize);
+        PushOptions options;
+        options.step = step;
+        ASSERT_TRUE(client->PushPull("w", gradient, values, options).ok());
+        seen[w].push_back(values);
+      }
+    });
+  }
+  for (auto& worker : workers) worker.join();
+  for (int w = 0; w < kWorkers; ++w) {
+    ASSERT_EQ(seen[w].size(), 3u);
+    for (int step = 0; step < 3; ++step) {
+      EXPECT_EQ(seen[w][step],
+                std::vector<float>(kSize, 10.0f - 2 * (step + 1)))
+          << "worker " << w << " step " << step;
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Shards, ClientIntegrationTest,
+                         ::testing::Values(2u, 3u),
+                         [](const ::testing::TestParamInfo<uint32_t>& info) {
+                           return absl::StrCat(info.param, "Shards");
+                         });
+
+}  // namespace
+}  // namespace ps
