@@ -50,10 +50,10 @@ absl::StatusOr<optimizer::RuleParams> ResolveRule(
             "momentum.dampening = ", p.dampening, " must be in [0, 1]"));
       }
       if (p.nesterov && (p.momentum <= 0 || p.dampening != 0)) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "momentum.nesterov needs momentum.momentum > 0 and "
-            "momentum.dampening = 0; got momentum ",
-            p.momentum, ", dampening ", p.dampening));
+        return absl::InvalidArgumentError(
+            absl::StrCat("momentum.nesterov needs momentum.momentum > 0 and "
+                         "momentum.dampening = 0; got momentum ",
+                         p.momentum, ", dampening ", p.dampening));
       }
       return p;
     }
@@ -112,14 +112,13 @@ absl::StatusOr<optimizer::RuleParams> ResolveRule(
       PS_RETURN_IF_ERROR(RequireAtLeast("eve.k", p.k, 0));
       PS_RETURN_IF_ERROR(RequirePositive("eve.big_k", p.big_k));
       if (!(p.k < p.big_k)) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("eve.k = ", p.k, " must be below eve.big_k = ",
-                         p.big_k));
+        return absl::InvalidArgumentError(absl::StrCat(
+            "eve.k = ", p.k, " must be below eve.big_k = ", p.big_k));
       }
       PS_RETURN_IF_ERROR(RequirePositive("eve.eps", p.eps));
       if (!std::isfinite(p.loss_floor)) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "eve.loss_floor = ", p.loss_floor, " must be finite"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("eve.loss_floor = ", p.loss_floor, " must be finite"));
       }
       return p;
     }
@@ -144,7 +143,8 @@ absl::StatusOr<optimizer::Schedule> ResolveSchedule(
         return absl::InvalidArgumentError(
             "schedule.step.step_size must be > 0");
       }
-      PS_RETURN_IF_ERROR(RequirePositive("schedule.step.gamma", schedule.gamma));
+      PS_RETURN_IF_ERROR(
+          RequirePositive("schedule.step.gamma", schedule.gamma));
       break;
     case v1::LearningRateSchedule::kExponential:
       schedule.kind = optimizer::Schedule::Kind::kExponential;

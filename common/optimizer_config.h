@@ -8,9 +8,9 @@
 #define PS_COMMON_OPTIMIZER_CONFIG_H_
 
 #include <string>
-#include "absl/strings/string_view.h"
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "proto/ps/v1/ps.pb.h"
 #include "server/optimizer/settings.h"
 
@@ -27,7 +27,8 @@ absl::Status ValidateOptimizerConfig(const v1::OptimizerConfig& config);
 
 // Parses the protobuf text format, e.g. "adam { beta1: 0.8 } learning_rate:
 // 0.01", then validates it.
-absl::StatusOr<v1::OptimizerConfig> ParseOptimizerConfig(absl::string_view text);
+absl::StatusOr<v1::OptimizerConfig> ParseOptimizerConfig(
+    absl::string_view text);
 
 // One line of protobuf text format.
 std::string OptimizerConfigToText(const v1::OptimizerConfig& config);

@@ -9,18 +9,19 @@
 #include "absl/status/statusor.h"
 
 // Returns from the enclosing function if `expr` (an absl::Status) is not OK.
-#define PS_RETURN_IF_ERROR(expr)                  \
-  do {                                            \
-    ::absl::Status ps_status_ = (expr);           \
-    if (!ps_status_.ok()) return ps_status_;      \
+#define PS_RETURN_IF_ERROR(expr)             \
+  do {                                       \
+    ::absl::Status ps_status_ = (expr);      \
+    if (!ps_status_.ok()) return ps_status_; \
   } while (0)
 
 #define PS_STATUS_CONCAT_INNER_(a, b) a##b
 #define PS_STATUS_CONCAT_(a, b) PS_STATUS_CONCAT_INNER_(a, b)
 
 // `lhs = value of expr` (an absl::StatusOr<T>), or return its status.
-#define PS_ASSIGN_OR_RETURN(lhs, expr) \
-  PS_ASSIGN_OR_RETURN_IMPL_(PS_STATUS_CONCAT_(ps_statusor_, __LINE__), lhs, expr)
+#define PS_ASSIGN_OR_RETURN(lhs, expr)                                      \
+  PS_ASSIGN_OR_RETURN_IMPL_(PS_STATUS_CONCAT_(ps_statusor_, __LINE__), lhs, \
+                            expr)
 #define PS_ASSIGN_OR_RETURN_IMPL_(tmp, lhs, expr) \
   auto tmp = (expr);                              \
   if (!tmp.ok()) return std::move(tmp).status();  \

@@ -32,9 +32,7 @@ void EncodeHalf(std::span<const float> values, char* out) {
 
 }  // namespace
 
-size_t BytesPerValue(v1::DType dtype) {
-  return dtype == v1::FLOAT32 ? 4 : 2;
-}
+size_t BytesPerValue(v1::DType dtype) { return dtype == v1::FLOAT32 ? 4 : 2; }
 
 absl::Status DecodeValues(v1::DType dtype, std::string_view data,
                           std::span<float> out) {
@@ -81,8 +79,8 @@ void EncodeValues(v1::DType dtype, std::span<const float> values,
 }
 
 bool AllFinite(std::span<const float> values) {
-  return Eigen::Map<const Eigen::ArrayXf>(values.data(),
-                                          static_cast<Eigen::Index>(values.size()))
+  return Eigen::Map<const Eigen::ArrayXf>(
+             values.data(), static_cast<Eigen::Index>(values.size()))
       .isFinite()
       .all();
 }

@@ -258,7 +258,8 @@ TEST(ClipFactorTest, IsTorchsClipCoefficient) {
 }
 
 // Every rule over a block that spans several chunks, with a short tail,
-// gives each value what it would get alone in a one-value block.
+// gives each value what it would get alone in a one-value block (clipping
+// aside, which is over the whole block).
 class ChunkedBlockTest : public ::testing::TestWithParam<RuleParams> {};
 
 TEST_P(ChunkedBlockTest, EachValueIsUpdatedAsIfAlone) {
@@ -289,7 +290,9 @@ TEST_P(ChunkedBlockTest, EachValueIsUpdatedAsIfAlone) {
     }
   }
   for (size_t i = 0; i < n; ++i) {
-    ASSERT_FLOAT_EQ(block[i], alone[i][0]) << "value " << i;
+    // SIMD and scalar code may round differently by an ulp or so of the
+    // values' magnitude (about 1); a chunking slip would be off by far more.
+    ASSERT_NEAR(block[i], alone[i][0], 1e-6) << "value " << i;
     ASSERT_NE(block[i], values[i]) << "value " << i << " did not move";
   }
 }

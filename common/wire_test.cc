@@ -1,0 +1,183 @@
+// Slice.data encodings: float32, bfloat16 and float16, little-endian.
+
+#include "common/wire.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <vector>
+
+namespace ps {
+namespace {
+
+using ::testing::HasSubstr;
+
+// The 16-bit patterns of an encoded string.
+std::vector<uint16_t> Bits16(const std::string& data) {
+  std::vector<uint16_t> out(data.size() / 2);
+  for (size_t i = 0; i < out.size(); ++i) {
+    out[i] =
+        static_cast<uint16_t>(static_cast<unsigned char>(data[2 * i]) |
+                              static_cast<unsigned char>(data[2 * i + 1]) << 8);
+  }
+  return out;
+}
+
+std::vector<float> Decode(v1::DType dtype, const std::string& data, size_t n) {
+  std::vector<float> out(n);
+  const absl::Status status = DecodeValues(dtype, data, out);
+  EXPECT_TRUE(status.ok()) << status;
+  return out;
+}
+
+TEST(WireTest, BytesPerValue) {
+  EXPECT_EQ(BytesPerValue(v1::FLOAT32), 4u);
+  EXPECT_EQ(BytesPerValue(v1::BFLOAT16), 2u);
+  EXPECT_EQ(BytesPerValue(v1::FLOAT16), 2u);
+}
+
+TEST(WireTest, Float32RoundTripsEveryBitPattern) {
+  const std::vector<float> values = {0.0f,
+                                     -0.0f,
+                                     1.0f,
+                                     -3.25f,
+                                     1e-45f,  // denormal
+                                     std::numeric_limits<float>::max(),
+                                     std::numeric_limits<float>::infinity(),
+                                     0.1f};
+  std::string data;
+  EncodeValues(v1::FLOAT32, values, &data);
+  ASSERT_EQ(data.size(), 4 * values.size());
+  // Little-endian: 1.0f is 00 00 80 3f.
+  EXPECT_EQ(data.substr(8, 4), std::string("\x00\x00\x80\x3f", 4));
+  const std::vector<float> back = Decode(v1::FLOAT32, data, values.size());
+  EXPECT_EQ(std::memcmp(back.data(), values.data(), 4 * values.size()), 0);
+
+  const std::vector<float> nan = {std::nanf("")};
+  EncodeValues(v1::FLOAT32, nan, &data);
+  EXPECT_TRUE(std::isnan(Decode(v1::FLOAT32, data, 1)[0]));
+}
+
+TEST(WireTest, BFloat16KnownPatternsAndRoundTrip) {
+  // Values with 8 significant bits survive exactly.
+  const std::vector<float> values = {1.0f,       -2.0f, 0.5f, 3.0f,
+                                     1.0078125f, -0.0f, 0.0f};
+  std::string data;
+  EncodeValues(v1::BFLOAT16, values, &data);
+  ASSERT_EQ(data.size(), 2 * values.size());
+  EXPECT_EQ(data.substr(0, 2), std::string("\x80\x3f", 2));  // LE 0x3f80
+  EXPECT_THAT(Bits16(data),
+              ::testing::ElementsAre(0x3f80, 0xc000, 0x3f00, 0x4040, 0x3f81,
+                                     0x8000, 0x0000));
+  EXPECT_EQ(Decode(v1::BFLOAT16, data, values.size()), values);
+}
+
+TEST(WireTest, BFloat16RoundsToNearestEven) {
+  const std::vector<float> values = {
+      1.0f + 0x1p-8f,             // halfway, even below: 1
+      1.0f + 0x1p-7f + 0x1p-8f,   // halfway, even above: 1 + 2^-6
+      1.0f + 0x1p-8f + 0x1p-20f,  // above halfway: up
+      3.14159265f,
+  };
+  std::string data;
+  EncodeValues(v1::BFLOAT16, values, &data);
+  EXPECT_THAT(Bits16(data),
+              ::testing::ElementsAre(0x3f80, 0x3f82, 0x3f81, 0x4049));
+  const std::vector<float> back = Decode(v1::BFLOAT16, data, values.size());
+  EXPECT_EQ(back[0], 1.0f);
+  EXPECT_EQ(back[1], 1.015625f);
+  EXPECT_EQ(back[3], 3.140625f);
+}
+
+TEST(WireTest, Float16KnownPatternsAndRoundTrip) {
+  const std::vector<float> values = {
+      1.0f,           -2.0f, 0.5f, 65504.0f, 0x1p-24f /* smallest denormal */,
+      0.333251953125f /* 0x3555 */};
+  std::string data;
+  EncodeValues(v1::FLOAT16, values, &data);
+  EXPECT_EQ(data.substr(0, 2), std::string("\x00\x3c", 2));  // LE 0x3c00
+  EXPECT_THAT(Bits16(data), ::testing::ElementsAre(0x3c00, 0xc000, 0x3800,
+                                                   0x7bff, 0x0001, 0x3555));
+  EXPECT_EQ(Decode(v1::FLOAT16, data, values.size()), values);
+}
+
+TEST(WireTest, Float16RoundsAndOverflowsToInfinity) {
+  const std::vector<float> values = {1.0f + 0x1p-11f,  // halfway: 1
+                                     0.1f, 70000.0f, -1e9f};
+  std::string data;
+  EncodeValues(v1::FLOAT16, values, &data);
+  EXPECT_THAT(Bits16(data),
+              ::testing::ElementsAre(0x3c00, 0x2e66, 0x7c00, 0xfc00));
+  const std::vector<float> back = Decode(v1::FLOAT16, data, values.size());
+  EXPECT_NEAR(back[1], 0.1f, 0.1f * 0x1p-11f);
+  EXPECT_TRUE(std::isinf(back[2]));
+}
+
+TEST(WireTest, EmptyRoundTrip) {
+  for (v1::DType dtype : {v1::FLOAT32, v1::BFLOAT16, v1::FLOAT16}) {
+    std::string data = "stale";
+    EncodeValues(dtype, {}, &data);
+    EXPECT_EQ(data, "");
+    EXPECT_TRUE(DecodeValues(dtype, "", {}).ok());
+  }
+}
+
+TEST(WireTest, DecodeRefusesAWrongLength) {
+  std::vector<float> out(3);
+  struct Case {
+    v1::DType dtype;
+    size_t bytes;
+  };
+  for (const Case& c :
+       {Case{v1::FLOAT32, 11}, Case{v1::FLOAT32, 13}, Case{v1::FLOAT32, 6},
+        Case{v1::BFLOAT16, 12}, Case{v1::BFLOAT16, 5}, Case{v1::FLOAT16, 7},
+        Case{v1::FLOAT16, 0}}) {
+    const absl::Status status =
+        DecodeValues(c.dtype, std::string(c.bytes, '\0'), out);
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument)
+        << v1::DType_Name(c.dtype) << " " << c.bytes;
+    EXPECT_THAT(status.message(), HasSubstr(std::to_string(c.bytes)));
+    EXPECT_THAT(status.message(), HasSubstr(v1::DType_Name(c.dtype)));
+  }
+  EXPECT_TRUE(DecodeValues(v1::FLOAT32, std::string(12, '\0'), out).ok());
+  EXPECT_TRUE(DecodeValues(v1::FLOAT16, std::string(6, '\0'), out).ok());
+}
+
+TEST(WireTest, DecodeRefusesAnUnknownDtype) {
+  std::vector<float> out(2);
+  const absl::Status status =
+      DecodeValues(static_cast<v1::DType>(7), std::string(8, '\0'), out);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(status.message(), HasSubstr("dtype"));
+}
+
+TEST(WireTest, EncodeFallsBackToFloat32ForAnUnknownDtype) {
+  const std::vector<float> values = {1.5f, -2.0f};
+  std::string data;
+  EncodeValues(static_cast<v1::DType>(7), values, &data);
+  ASSERT_EQ(data.size(), 8u);
+  EXPECT_EQ(Decode(v1::FLOAT32, data, 2), values);
+}
+
+TEST(WireTest, AllFinite) {
+  EXPECT_TRUE(AllFinite({}));
+  const std::vector<float> ok = {0.0f, -1e38f, 1e-45f};
+  EXPECT_TRUE(AllFinite(ok));
+  for (float bad : {std::numeric_limits<float>::infinity(),
+                    -std::numeric_limits<float>::infinity(), std::nanf("")}) {
+    std::vector<float> values(37, 1.0f);
+    values[36] = bad;  // in the tail after any SIMD packets
+    EXPECT_FALSE(AllFinite(values)) << bad;
+    values[36] = 1.0f;
+    values[3] = bad;
+    EXPECT_FALSE(AllFinite(values)) << bad;
+  }
+}
+
+}  // namespace
+}  // namespace ps
