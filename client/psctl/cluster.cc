@@ -1,0 +1,140 @@
+#include "client/psctl/cluster.h"
+
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/string_view.h"
+
+namespace ps::psctl {
+
+absl::StatusOr<std::vector<std::string>> ParseServers(const std::string& text) {
+  std::vector<std::string> servers;
+  for (absl::string_view part : absl::StrSplit(text, ',')) {
+    const std::string address(absl::StripAsciiWhitespace(part));
+    if (address.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--servers='", text, "' has an empty entry; give HOST:PORT,..."));
+    }
+    const size_t colon = address.rfind(':');
+    if (colon == std::string::npos || colon + 1 == address.size()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--servers: '", address, "' is not HOST:PORT"));
+    }
+    servers.push_back(address);
+  }
+  return servers;
+}
+
+absl::StatusOr<std::string> ReadWholeFile(const std::string& path) {
+  std::ifstream file(path, std::ios::binary);
+  if (!file) {
+    return absl::InvalidArgumentError(absl::StrCat("cannot read ", path));
+  }
+  std::stringstream contents;
+  contents << file.rdbuf();
+  if (contents.str().empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(path, " is empty"));
+  }
+  return contents.str();
+}
+
+absl::StatusOr<std::string> ReadTokenFile(const std::string& path) {
+  std::ifstream file(path);
+  if (!file) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot read token file ", path));
+  }
+  std::string line;
+  while (std::getline(file, line)) {
+    absl::string_view text = absl::StripAsciiWhitespace(line);
+    if (text.empty() || text[0] == '#') continue;
+    return std::string(text.substr(0, text.find_first_of(" \t")));
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("token file ", path, " holds no token"));
+}
+
+ShardSet::ShardSet(const ConnectOptions& options) : options_(options) {
+  std::shared_ptr<grpc::ChannelCredentials> credentials;
+  if (options.tls_root_certs.empty()) {
+    credentials = grpc::InsecureChannelCredentials();
+  } else {
+    grpc::SslCredentialsOptions ssl;
+    ssl.pem_root_certs = options.tls_root_certs;
+    credentials = grpc::SslCredentials(ssl);
+  }
+  grpc::ChannelArguments args;
+  // Answers (stats of many variables) may be large.
+  args.SetMaxReceiveMessageSize(-1);
+  for (size_t i = 0; i < options.servers.size(); ++i) {
+    Shard shard;
+    shard.index = static_cast<int>(i);
+    shard.address = options.servers[i];
+    auto channel = grpc::CreateCustomChannel(shard.address, credentials, args);
+    shard.parameters = v1::ParameterService::NewStub(channel);
+    shard.admin = v1::AdminService::NewStub(channel);
+    shard.health = grpc::health::v1::Health::NewStub(channel);
+    shards_.push_back(std::move(shard));
+  }
+}
+
+std::unique_ptr<grpc::ClientContext> ShardSet::NewContext() const {
+  auto context = std::make_unique<grpc::ClientContext>();
+  context->set_deadline(std::chrono::system_clock::now() + options_.timeout);
+  if (!options_.token.empty()) {
+    context->AddMetadata("authorization", "Bearer " + options_.token);
+  }
+  return context;
+}
+
+std::string CodeName(grpc::StatusCode code) {
+  switch (code) {
+    case grpc::StatusCode::OK:
+      return "OK";
+    case grpc::StatusCode::CANCELLED:
+      return "CANCELLED";
+    case grpc::StatusCode::UNKNOWN:
+      return "UNKNOWN";
+    case grpc::StatusCode::INVALID_ARGUMENT:
+      return "INVALID_ARGUMENT";
+    case grpc::StatusCode::DEADLINE_EXCEEDED:
+      return "DEADLINE_EXCEEDED";
+    case grpc::StatusCode::NOT_FOUND:
+      return "NOT_FOUND";
+    case grpc::StatusCode::ALREADY_EXISTS:
+      return "ALREADY_EXISTS";
+    case grpc::StatusCode::PERMISSION_DENIED:
+      return "PERMISSION_DENIED";
+    case grpc::StatusCode::RESOURCE_EXHAUSTED:
+      return "RESOURCE_EXHAUSTED";
+    case grpc::StatusCode::FAILED_PRECONDITION:
+      return "FAILED_PRECONDITION";
+    case grpc::StatusCode::ABORTED:
+      return "ABORTED";
+    case grpc::StatusCode::OUT_OF_RANGE:
+      return "OUT_OF_RANGE";
+    case grpc::StatusCode::UNIMPLEMENTED:
+      return "UNIMPLEMENTED";
+    case grpc::StatusCode::INTERNAL:
+      return "INTERNAL";
+    case grpc::StatusCode::UNAVAILABLE:
+      return "UNAVAILABLE";
+    case grpc::StatusCode::DATA_LOSS:
+      return "DATA_LOSS";
+    case grpc::StatusCode::UNAUTHENTICATED:
+      return "UNAUTHENTICATED";
+    default:
+      return absl::StrCat("CODE_", static_cast<int>(code));
+  }
+}
+
+std::string DescribeStatus(const grpc::Status& status) {
+  if (status.ok()) return "OK";
+  return absl::StrCat(CodeName(status.error_code()), ": ",
+                      status.error_message());
+}
+
+}  // namespace ps::psctl

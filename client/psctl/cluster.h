@@ -1,0 +1,96 @@
+// psctl's view of a cluster: one channel per shard and parallel calls.
+//
+// Thread safety: a ShardSet is immutable after Connect; its methods may be
+// called from any thread.
+#ifndef PS_CLIENT_PSCTL_CLUSTER_H_
+#define PS_CLIENT_PSCTL_CLUSTER_H_
+
+#include <grpcpp/grpcpp.h>
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "proto/grpc/health/v1/health.grpc.pb.h"
+#include "proto/ps/v1/ps.grpc.pb.h"
+
+namespace ps::psctl {
+
+struct ConnectOptions {
+  // "HOST:PORT" of each shard, in shard order.
+  std::vector<std::string> servers;
+  // Sent as `authorization: Bearer <token>` when not empty.
+  std::string token;
+  // PEM root certificates: connect with TLS and trust these. Empty means
+  // plaintext.
+  std::string tls_root_certs;
+  // Deadline of each call.
+  std::chrono::milliseconds timeout{10000};
+};
+
+// Splits "a:1, b:2" into its addresses. INVALID_ARGUMENT for an empty list
+// or entry, or an entry without a port.
+absl::StatusOr<std::vector<std::string>> ParseServers(const std::string& text);
+
+// The first token in a token file: the first word of the first line that is
+// neither blank nor a '#' comment. INVALID_ARGUMENT when the file cannot be
+// read or holds none.
+absl::StatusOr<std::string> ReadTokenFile(const std::string& path);
+
+// The whole contents of a file. INVALID_ARGUMENT when it cannot be read or
+// is empty.
+absl::StatusOr<std::string> ReadWholeFile(const std::string& path);
+
+// One shard: its position in --servers, its address and stubs.
+struct Shard {
+  int index = 0;
+  std::string address;
+  std::unique_ptr<v1::ParameterService::Stub> parameters;
+  std::unique_ptr<v1::AdminService::Stub> admin;
+  std::unique_ptr<grpc::health::v1::Health::Stub> health;
+};
+
+class ShardSet {
+ public:
+  // Makes a channel per shard; connecting happens on the first call.
+  explicit ShardSet(const ConnectOptions& options);
+
+  int size() const { return static_cast<int>(shards_.size()); }
+  const Shard& shard(int i) const { return shards_[i]; }
+
+  // A client context with the deadline and the token set.
+  std::unique_ptr<grpc::ClientContext> NewContext() const;
+
+  // Runs fn(shard) for every shard at once, one thread each, and returns
+  // the results in shard order.
+  template <typename Result>
+  std::vector<Result> ForEach(
+      const std::function<Result(const Shard&)>& fn) const {
+    std::vector<Result> results(shards_.size());
+    std::vector<std::thread> threads;
+    threads.reserve(shards_.size());
+    for (size_t i = 0; i < shards_.size(); ++i) {
+      threads.emplace_back([&, i] { results[i] = fn(shards_[i]); });
+    }
+    for (std::thread& t : threads) t.join();
+    return results;
+  }
+
+ private:
+  ConnectOptions options_;
+  std::vector<Shard> shards_;
+};
+
+// "CODE: message" for a failed call, e.g. "UNAVAILABLE: failed to connect".
+std::string DescribeStatus(const grpc::Status& status);
+
+// The gRPC code's name, e.g. "PERMISSION_DENIED".
+std::string CodeName(grpc::StatusCode code);
+
+}  // namespace ps::psctl
+
+#endif  // PS_CLIENT_PSCTL_CLUSTER_H_

@@ -1,0 +1,711 @@
+#include "client/psctl/commands.h"
+
+#include <google/protobuf/util/json_util.h>
+
+#include <algorithm>
+#include <chrono>
+#include <ctime>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "client/psctl/config_builder.h"
+#include "client/psctl/table.h"
+#include "common/optimizer_config.h"
+
+namespace ps::psctl {
+namespace {
+
+using nlohmann::json;
+
+template <typename Response>
+struct Answer {
+  grpc::Status status;
+  Response response;
+};
+
+// Calls every shard at once: call(shard, context, response) -> status.
+template <typename Response, typename Call>
+std::vector<Answer<Response>> CallAll(const ShardSet& shards, Call call) {
+  return shards.ForEach<Answer<Response>>([&](const Shard& shard) {
+    Answer<Response> answer;
+    auto context = shards.NewContext();
+    answer.status = call(shard, context.get(), &answer.response);
+    return answer;
+  });
+}
+
+std::string ShardName(const Shard& shard) {
+  return absl::StrCat(shard.index, " (", shard.address, ")");
+}
+
+// One line on stderr naming the shards whose call failed; the exit status.
+template <typename Response>
+int ReportFailures(const ShardSet& shards,
+                   const std::vector<Answer<Response>>& answers,
+                   const std::string& what, const Output& output) {
+  std::vector<std::string> failed;
+  for (int i = 0; i < shards.size(); ++i) {
+    if (!answers[i].status.ok()) {
+      failed.push_back(absl::StrCat(ShardName(shards.shard(i)), ": ",
+                                    DescribeStatus(answers[i].status)));
+    }
+  }
+  if (failed.empty()) return kExitOk;
+  *output.err << "psctl: " << what << " failed on " << failed.size() << " of "
+              << shards.size() << " shards: " << absl::StrJoin(failed, "; ")
+              << "\n";
+  return kExitShardFailed;
+}
+
+std::vector<int> FailedShards(const std::vector<grpc::Status>& statuses) {
+  std::vector<int> failed;
+  for (size_t i = 0; i < statuses.size(); ++i) {
+    if (!statuses[i].ok()) failed.push_back(static_cast<int>(i));
+  }
+  return failed;
+}
+
+template <typename Response>
+std::vector<grpc::Status> Statuses(
+    const std::vector<Answer<Response>>& answers) {
+  std::vector<grpc::Status> statuses;
+  for (const auto& a : answers) statuses.push_back(a.status);
+  return statuses;
+}
+
+json ShardJson(const Shard& shard, const grpc::Status& status) {
+  json j;
+  j["shard"] = shard.index;
+  j["address"] = shard.address;
+  j["ok"] = status.ok();
+  j["code"] = CodeName(status.error_code());
+  if (!status.ok()) j["message"] = status.error_message();
+  return j;
+}
+
+// The config as proto3 JSON (field names as in the .proto), without
+// config_version, which psctl reports on its own.
+json ConfigJson(v1::OptimizerConfig config) {
+  config.clear_config_version();
+  std::string text;
+  google::protobuf::util::JsonPrintOptions options;
+  options.preserve_proto_field_names = true;
+  if (!google::protobuf::util::MessageToJsonString(config, &text, options)
+           .ok()) {
+    return json::object();
+  }
+  return json::parse(text, nullptr, /*allow_exceptions=*/false);
+}
+
+std::string ConfigText(v1::OptimizerConfig config) {
+  config.clear_config_version();
+  return OptimizerConfigToText(config);
+}
+
+void PrintJson(const Output& output, const json& j) {
+  *output.out << j.dump(2) << "\n";
+}
+
+std::string Number(double value) { return absl::StrFormat("%.6g", value); }
+
+std::string Shape(const v1::VariableInfo& info) {
+  return absl::StrCat("[", absl::StrJoin(info.shape(), ","), "]");
+}
+
+std::string ErrorCell(const grpc::Status& status) {
+  return DescribeStatus(status);
+}
+
+}  // namespace
+
+int RunInfo(const ShardSet& shards, const Output& output) {
+  auto infos = CallAll<v1::ClusterInfo>(
+      shards, [](const Shard& s, grpc::ClientContext* c, v1::ClusterInfo* r) {
+        return s.parameters->GetClusterInfo(c, v1::GetClusterInfoRequest(), r);
+      });
+  auto configs = CallAll<v1::OptimizerConfig>(
+      shards,
+      [](const Shard& s, grpc::ClientContext* c, v1::OptimizerConfig* r) {
+        return s.admin->GetOptimizer(c, v1::GetOptimizerRequest(), r);
+      });
+
+  // What a healthy cluster agrees on.
+  std::vector<std::string> problems;
+  const v1::ClusterInfo* first = nullptr;
+  for (int i = 0; i < shards.size(); ++i) {
+    if (!infos[i].status.ok()) continue;
+    const v1::ClusterInfo& info = infos[i].response;
+    if (info.shard_index() != static_cast<uint32_t>(i)) {
+      problems.push_back(absl::StrCat("shard ", ShardName(shards.shard(i)),
+                                      " says it is shard ", info.shard_index(),
+                                      "; list --servers in shard order"));
+    }
+    if (info.num_shards() != static_cast<uint32_t>(shards.size())) {
+      problems.push_back(absl::StrCat(
+          "shard ", ShardName(shards.shard(i)), " expects ", info.num_shards(),
+          " shards; --servers lists ", shards.size()));
+    }
+    if (first == nullptr) {
+      first = &info;
+    } else if (info.block_size() != first->block_size() ||
+               info.consistency() != first->consistency() ||
+               info.num_workers() != first->num_workers()) {
+      problems.push_back(absl::StrCat(
+          "shard ", ShardName(shards.shard(i)),
+          " disagrees with the others on block size, consistency or workers"));
+    }
+  }
+
+  if (output.json) {
+    json j;
+    j["shards"] = json::array();
+    for (int i = 0; i < shards.size(); ++i) {
+      const grpc::Status& status =
+          infos[i].status.ok() ? configs[i].status : infos[i].status;
+      json s = ShardJson(shards.shard(i), status);
+      if (infos[i].status.ok()) {
+        const v1::ClusterInfo& info = infos[i].response;
+        s["shard_index"] = info.shard_index();
+        s["num_shards"] = info.num_shards();
+        s["block_size"] = info.block_size();
+        s["consistency"] = info.consistency();
+        s["num_workers"] = info.num_workers();
+        s["quorum"] = info.quorum();
+      }
+      if (configs[i].status.ok()) {
+        s["config_version"] = configs[i].response.config_version();
+        s["default_optimizer"] = ConfigJson(configs[i].response);
+      }
+      j["shards"].push_back(s);
+    }
+    j["problems"] = problems;
+    std::vector<grpc::Status> statuses;
+    for (int i = 0; i < shards.size(); ++i) {
+      statuses.push_back(infos[i].status.ok() ? configs[i].status
+                                              : infos[i].status);
+    }
+    j["failed_shards"] = FailedShards(statuses);
+    j["ok"] = problems.empty() && FailedShards(statuses).empty();
+    PrintJson(output, j);
+  } else {
+    Table table({"SHARD", "ADDRESS", "INDEX", "SHARDS", "BLOCK SIZE",
+                 "CONSISTENCY", "WORKERS", "QUORUM", "CONFIG VERSION",
+                 "DEFAULT OPTIMIZER"});
+    for (int i = 0; i < shards.size(); ++i) {
+      const Shard& shard = shards.shard(i);
+      if (!infos[i].status.ok()) {
+        table.AddRow({absl::StrCat(i), shard.address, "-", "-", "-", "-", "-",
+                      "-", "-", ErrorCell(infos[i].status)});
+        continue;
+      }
+      const v1::ClusterInfo& info = infos[i].response;
+      const bool sync = info.consistency() == "sync";
+      table.AddRow(
+          {absl::StrCat(i), shard.address, absl::StrCat(info.shard_index()),
+           absl::StrCat(info.num_shards()), absl::StrCat(info.block_size()),
+           info.consistency(), sync ? absl::StrCat(info.num_workers()) : "-",
+           sync ? absl::StrCat(info.quorum()) : "-",
+           configs[i].status.ok()
+               ? absl::StrCat(configs[i].response.config_version())
+               : "-",
+           configs[i].status.ok() ? ConfigText(configs[i].response)
+                                  : ErrorCell(configs[i].status)});
+    }
+    table.Print(*output.out);
+  }
+  int status = ReportFailures(shards, infos, "info", output);
+  if (status == kExitOk) {
+    status = ReportFailures(shards, configs, "info (GetOptimizer)", output);
+  }
+  for (const std::string& problem : problems) {
+    *output.err << "psctl: " << problem << "\n";
+  }
+  if (!problems.empty()) status = kExitShardFailed;
+  return status;
+}
+
+int RunVars(const ShardSet& shards, const Output& output) {
+  auto lists = CallAll<v1::ListVariablesResponse>(
+      shards,
+      [](const Shard& s, grpc::ClientContext* c, v1::ListVariablesResponse* r) {
+        return s.admin->ListVariables(c, v1::ListVariablesRequest(), r);
+      });
+
+  // Merged per variable, in name order.
+  struct Merged {
+    const v1::VariableInfo* first = nullptr;
+    uint64_t blocks = 0;
+    uint64_t min_step = UINT64_MAX;
+    uint64_t max_step = 0;
+    bool optimizers_differ = false;
+    std::vector<std::pair<int, const v1::VariableInfo*>> per_shard;
+  };
+  std::map<std::string, Merged> merged;
+  for (int i = 0; i < shards.size(); ++i) {
+    if (!lists[i].status.ok()) continue;
+    for (const v1::VariableInfo& info : lists[i].response.variables()) {
+      Merged& m = merged[info.name()];
+      if (m.first == nullptr) {
+        m.first = &info;
+      } else if (info.optimizer().SerializeAsString() !=
+                     m.first->optimizer().SerializeAsString() ||
+                 info.optimizer_override() != m.first->optimizer_override()) {
+        m.optimizers_differ = true;
+      }
+      m.blocks += info.blocks_size();
+      for (uint64_t v : info.versions()) {
+        m.min_step = std::min(m.min_step, v);
+        m.max_step = std::max(m.max_step, v);
+      }
+      m.per_shard.emplace_back(i, &info);
+    }
+  }
+  for (auto& [name, m] : merged) {
+    if (m.min_step == UINT64_MAX) m.min_step = 0;
+  }
+
+  if (output.json) {
+    json j;
+    j["variables"] = json::array();
+    for (const auto& [name, m] : merged) {
+      json v;
+      v["name"] = name;
+      v["shape"] = std::vector<uint64_t>(m.first->shape().begin(),
+                                         m.first->shape().end());
+      v["size"] = m.first->size();
+      v["blocks"] = m.blocks;
+      v["min_step"] = m.min_step;
+      v["max_step"] = m.max_step;
+      v["optimizers_differ"] = m.optimizers_differ;
+      v["rule"] = RuleOf(m.first->optimizer());
+      v["optimizer_override"] = m.first->optimizer_override();
+      v["optimizer"] = ConfigJson(m.first->optimizer());
+      v["shards"] = json::array();
+      for (const auto& [i, info] : m.per_shard) {
+        json s;
+        s["shard"] = i;
+        s["blocks"] =
+            std::vector<uint64_t>(info->blocks().begin(), info->blocks().end());
+        s["versions"] = std::vector<uint64_t>(info->versions().begin(),
+                                              info->versions().end());
+        s["rule"] = RuleOf(info->optimizer());
+        s["optimizer_override"] = info->optimizer_override();
+        s["optimizer"] = ConfigJson(info->optimizer());
+        v["shards"].push_back(s);
+      }
+      j["variables"].push_back(v);
+    }
+    j["shards"] = json::array();
+    for (int i = 0; i < shards.size(); ++i) {
+      json s = ShardJson(shards.shard(i), lists[i].status);
+      if (lists[i].status.ok()) {
+        s["config_version"] = lists[i].response.config_version();
+      }
+      j["shards"].push_back(s);
+    }
+    j["failed_shards"] = FailedShards(Statuses(lists));
+    j["ok"] = FailedShards(Statuses(lists)).empty();
+    PrintJson(output, j);
+  } else {
+    Table table({"VARIABLE", "SHAPE", "SIZE", "BLOCKS", "STEP", "RULE",
+                 "OVERRIDE", "OPTIMIZER"});
+    for (const auto& [name, m] : merged) {
+      const std::string steps =
+          m.min_step == m.max_step ? absl::StrCat(m.min_step)
+                                   : absl::StrCat(m.min_step, "..", m.max_step);
+      table.AddRow({name, Shape(*m.first), absl::StrCat(m.first->size()),
+                    absl::StrCat(m.blocks), steps,
+                    m.optimizers_differ ? "differs by shard"
+                                        : RuleOf(m.first->optimizer()),
+                    m.first->optimizer_override() ? "yes" : "no",
+                    m.optimizers_differ ? "differs by shard (see --json)"
+                                        : ConfigText(m.first->optimizer())});
+    }
+    table.Print(*output.out);
+  }
+  return ReportFailures(shards, lists, "vars", output);
+}
+
+int RunOptimizerGet(const ShardSet& shards, const std::string& variable,
+                    const Output& output) {
+  v1::GetOptimizerRequest request;
+  request.set_variable(variable);
+  auto configs = CallAll<v1::OptimizerConfig>(
+      shards,
+      [&](const Shard& s, grpc::ClientContext* c, v1::OptimizerConfig* r) {
+        return s.admin->GetOptimizer(c, request, r);
+      });
+  bool consistent = true;
+  const v1::OptimizerConfig* first = nullptr;
+  for (const auto& answer : configs) {
+    if (!answer.status.ok()) continue;
+    v1::OptimizerConfig a = answer.response;
+    a.clear_config_version();
+    if (first == nullptr) {
+      first = &answer.response;
+    } else {
+      v1::OptimizerConfig b = *first;
+      b.clear_config_version();
+      if (a.SerializeAsString() != b.SerializeAsString()) consistent = false;
+    }
+  }
+  if (output.json) {
+    json j;
+    j["variable"] = variable;
+    j["consistent"] = consistent;
+    j["shards"] = json::array();
+    for (int i = 0; i < shards.size(); ++i) {
+      json s = ShardJson(shards.shard(i), configs[i].status);
+      if (configs[i].status.ok()) {
+        s["config_version"] = configs[i].response.config_version();
+        s["rule"] = RuleOf(configs[i].response);
+        s["config"] = ConfigJson(configs[i].response);
+      }
+      j["shards"].push_back(s);
+    }
+    j["failed_shards"] = FailedShards(Statuses(configs));
+    j["ok"] = FailedShards(Statuses(configs)).empty();
+    PrintJson(output, j);
+  } else {
+    Table table({"SHARD", "ADDRESS", "CONFIG VERSION", "RULE", "CONFIG"});
+    for (int i = 0; i < shards.size(); ++i) {
+      const auto& answer = configs[i];
+      if (!answer.status.ok()) {
+        table.AddRow({absl::StrCat(i), shards.shard(i).address, "-", "-",
+                      ErrorCell(answer.status)});
+      } else {
+        table.AddRow({absl::StrCat(i), shards.shard(i).address,
+                      absl::StrCat(answer.response.config_version()),
+                      RuleOf(answer.response), ConfigText(answer.response)});
+      }
+    }
+    table.Print(*output.out);
+    if (!consistent) {
+      *output.out << "note: the shards disagree on this optimizer\n";
+    }
+  }
+  return ReportFailures(
+      shards, configs,
+      absl::StrCat("optimizer get",
+                   variable.empty() ? std::string() : " --var=" + variable),
+      output);
+}
+
+int RunConfigChange(const ShardSet& shards, const ConfigChangeRequest& request,
+                    const Output& output) {
+  const std::string target =
+      request.variable.empty()
+          ? "the default optimizer"
+          : absl::StrCat("variable '", request.variable, "'");
+  // 1. Every shard's current config; nothing is sent unless all answer.
+  v1::GetOptimizerRequest get;
+  get.set_variable(request.variable);
+  auto current = CallAll<v1::OptimizerConfig>(
+      shards,
+      [&](const Shard& s, grpc::ClientContext* c, v1::OptimizerConfig* r) {
+        return s.admin->GetOptimizer(c, get, r);
+      });
+  if (ReportFailures(shards, current,
+                     absl::StrCat(request.command,
+                                  ": reading the optimizer in force (nothing "
+                                  "was changed)"),
+                     output) != kExitOk) {
+    if (output.json) {
+      json j;
+      j["command"] = request.command;
+      j["variable"] = request.variable;
+      j["sent"] = false;
+      j["shards"] = json::array();
+      for (int i = 0; i < shards.size(); ++i) {
+        j["shards"].push_back(ShardJson(shards.shard(i), current[i].status));
+      }
+      j["failed_shards"] = FailedShards(Statuses(current));
+      j["ok"] = false;
+      PrintJson(output, j);
+    }
+    return kExitShardFailed;
+  }
+
+  // 2. The new configs, validated before anything is sent.
+  std::vector<v1::OptimizerConfig> configs;
+  for (int i = 0; i < shards.size(); ++i) {
+    v1::OptimizerConfig now = current[i].response;
+    now.clear_config_version();
+    absl::StatusOr<v1::OptimizerConfig> next = request.change(now);
+    if (next.ok()) {
+      next->clear_config_version();
+      if (absl::Status valid = ValidateOptimizerConfig(*next); !valid.ok()) {
+        next = valid;
+      }
+    }
+    if (!next.ok()) {
+      *output.err << "psctl: " << request.command << ": invalid config for "
+                  << target << ": " << std::string(next.status().message())
+                  << " (nothing was sent)\n";
+      return kExitUsage;
+    }
+    configs.push_back(*std::move(next));
+  }
+
+  // 3. Every shard at once.
+  auto answers =
+      shards.ForEach<Answer<v1::SetOptimizerResponse>>([&](const Shard& shard) {
+        v1::SetOptimizerRequest set;
+        set.set_variable(request.variable);
+        *set.mutable_config() = configs[shard.index];
+        set.set_reset_state(request.reset_state);
+        Answer<v1::SetOptimizerResponse> answer;
+        auto context = shards.NewContext();
+        answer.status =
+            shard.admin->SetOptimizer(context.get(), set, &answer.response);
+        return answer;
+      });
+
+  if (output.json) {
+    json j;
+    j["command"] = request.command;
+    j["variable"] = request.variable;
+    j["reset_state"] = request.reset_state;
+    j["sent"] = true;
+    j["shards"] = json::array();
+    for (int i = 0; i < shards.size(); ++i) {
+      json s = ShardJson(shards.shard(i), answers[i].status);
+      s["config"] = ConfigJson(configs[i]);
+      if (answers[i].status.ok()) {
+        s["previous_config_version"] =
+            answers[i].response.previous_config_version();
+        s["config_version"] = answers[i].response.config_version();
+      }
+      j["shards"].push_back(s);
+    }
+    j["failed_shards"] = FailedShards(Statuses(answers));
+    j["ok"] = FailedShards(Statuses(answers)).empty();
+    PrintJson(output, j);
+  } else {
+    *output.out << request.command << " on " << target
+                << (request.reset_state ? ", with fresh optimizer state" : "")
+                << ":\n";
+    Table table({"SHARD", "ADDRESS", "ANSWER", "CONFIG VERSION", "CONFIG"});
+    for (int i = 0; i < shards.size(); ++i) {
+      const auto& answer = answers[i];
+      table.AddRow(
+          {absl::StrCat(i), shards.shard(i).address, ErrorCell(answer.status),
+           answer.status.ok()
+               ? absl::StrCat(answer.response.previous_config_version(), " -> ",
+                              answer.response.config_version())
+               : "-",
+           ConfigText(configs[i])});
+    }
+    table.Print(*output.out);
+  }
+  return ReportFailures(shards, answers, request.command, output);
+}
+
+namespace {
+
+int StatsRound(const ShardSet& shards, const StatsOptions& options,
+               const Output& output) {
+  auto stats = CallAll<v1::Stats>(
+      shards, [](const Shard& s, grpc::ClientContext* c, v1::Stats* r) {
+        return s.admin->GetStats(c, v1::GetStatsRequest(), r);
+      });
+  const std::time_t now = std::time(nullptr);
+  if (output.json) {
+    json j;
+    j["time"] = static_cast<int64_t>(now);
+    j["shards"] = json::array();
+    for (int i = 0; i < shards.size(); ++i) {
+      json s = ShardJson(shards.shard(i), stats[i].status);
+      if (stats[i].status.ok()) {
+        const v1::Stats& st = stats[i].response;
+        s["shard_index"] = st.shard_index();
+        s["pushes"] = st.pushes();
+        s["pulls"] = st.pulls();
+        s["updates"] = st.updates();
+        s["bytes_in"] = st.bytes_in();
+        s["bytes_out"] = st.bytes_out();
+        json refusals = json::object();
+        for (const auto& [code, count] : st.refusals()) refusals[code] = count;
+        s["refusals"] = refusals;
+        s["update_latency_p50_us"] = st.update_latency_p50_us();
+        s["update_latency_p90_us"] = st.update_latency_p90_us();
+        s["update_latency_p99_us"] = st.update_latency_p99_us();
+        s["uptime_s"] = st.uptime_s();
+        s["config_version"] = st.config_version();
+        s["variables"] = json::array();
+        for (const v1::VariableStats& v : st.variables()) {
+          s["variables"].push_back({{"name", v.name()},
+                                    {"step", v.step()},
+                                    {"learning_rate", v.learning_rate()},
+                                    {"rule", v.rule()}});
+        }
+      }
+      j["shards"].push_back(s);
+    }
+    j["failed_shards"] = FailedShards(Statuses(stats));
+    j["ok"] = FailedShards(Statuses(stats)).empty();
+    if (options.watch) {
+      *output.out << j.dump() << "\n";  // one line per round
+    } else {
+      PrintJson(output, j);
+    }
+  } else {
+    if (options.watch) {
+      char stamp[32];
+      std::strftime(stamp, sizeof(stamp), "%Y-%m-%d %H:%M:%S",
+                    std::localtime(&now));
+      *output.out << "== " << stamp << " ==\n";
+    }
+    Table table({"SHARD", "ADDRESS", "PUSHES", "PULLS", "UPDATES", "BYTES IN",
+                 "BYTES OUT", "REFUSALS", "P50 US", "P90 US", "P99 US",
+                 "UPTIME S", "CONFIG VERSION"});
+    Table variables({"VARIABLE", "SHARD", "STEP", "RULE", "LEARNING RATE"});
+    for (int i = 0; i < shards.size(); ++i) {
+      const std::string address = shards.shard(i).address;
+      if (!stats[i].status.ok()) {
+        table.AddRow({absl::StrCat(i), address, "-", "-", "-", "-", "-", "-",
+                      "-", "-", "-", "-", ErrorCell(stats[i].status)});
+        continue;
+      }
+      const v1::Stats& st = stats[i].response;
+      std::vector<std::string> refusals;
+      for (const auto& [code, count] : st.refusals()) {
+        refusals.push_back(absl::StrCat(code, "=", count));
+      }
+      std::sort(refusals.begin(), refusals.end());
+      table.AddRow({absl::StrCat(i), address, absl::StrCat(st.pushes()),
+                    absl::StrCat(st.pulls()), absl::StrCat(st.updates()),
+                    absl::StrCat(st.bytes_in()), absl::StrCat(st.bytes_out()),
+                    refusals.empty() ? "0" : absl::StrJoin(refusals, ","),
+                    Number(st.update_latency_p50_us()),
+                    Number(st.update_latency_p90_us()),
+                    Number(st.update_latency_p99_us()),
+                    absl::StrFormat("%.1f", st.uptime_s()),
+                    absl::StrCat(st.config_version())});
+      for (const v1::VariableStats& v : st.variables()) {
+        variables.AddRow({v.name(), absl::StrCat(i), absl::StrCat(v.step()),
+                          v.rule(), Number(v.learning_rate())});
+      }
+    }
+    table.Print(*output.out);
+    *output.out << "\n";
+    variables.Print(*output.out);
+  }
+  output.out->flush();
+  return ReportFailures(shards, stats, "stats", output);
+}
+
+}  // namespace
+
+int RunStats(const ShardSet& shards, const StatsOptions& options,
+             const Output& output) {
+  int status = kExitOk;
+  for (int round = 0;; ++round) {
+    if (round > 0) {
+      std::this_thread::sleep_for(
+          std::chrono::duration<double>(options.interval_s));
+      if (!output.json) *output.out << "\n";
+    }
+    if (StatsRound(shards, options, output) != kExitOk) {
+      status = kExitShardFailed;
+    }
+    if (!options.watch) break;
+    if (options.count > 0 && round + 1 >= options.count) break;
+  }
+  return status;
+}
+
+int RunCheckpoint(const ShardSet& shards, const Output& output) {
+  auto answers = CallAll<v1::CheckpointResponse>(
+      shards,
+      [](const Shard& s, grpc::ClientContext* c, v1::CheckpointResponse* r) {
+        return s.admin->Checkpoint(c, v1::CheckpointRequest(), r);
+      });
+  if (output.json) {
+    json j;
+    j["shards"] = json::array();
+    for (int i = 0; i < shards.size(); ++i) {
+      json s = ShardJson(shards.shard(i), answers[i].status);
+      if (answers[i].status.ok()) {
+        s["path"] = answers[i].response.path();
+        s["bytes"] = answers[i].response.bytes();
+        s["seconds"] = answers[i].response.seconds();
+      }
+      j["shards"].push_back(s);
+    }
+    j["failed_shards"] = FailedShards(Statuses(answers));
+    j["ok"] = FailedShards(Statuses(answers)).empty();
+    PrintJson(output, j);
+  } else {
+    Table table({"SHARD", "ADDRESS", "BYTES", "SECONDS", "PATH", "ANSWER"});
+    for (int i = 0; i < shards.size(); ++i) {
+      const auto& answer = answers[i];
+      const bool ok = answer.status.ok();
+      table.AddRow(
+          {absl::StrCat(i), shards.shard(i).address,
+           ok ? absl::StrCat(answer.response.bytes()) : "-",
+           ok ? absl::StrFormat("%.3f", answer.response.seconds()) : "-",
+           ok ? answer.response.path() : "-", ErrorCell(answer.status)});
+    }
+    table.Print(*output.out);
+  }
+  return ReportFailures(shards, answers, "checkpoint", output);
+}
+
+int RunHealth(const ShardSet& shards, const Output& output) {
+  using grpc::health::v1::HealthCheckRequest;
+  using grpc::health::v1::HealthCheckResponse;
+  auto answers = CallAll<HealthCheckResponse>(
+      shards,
+      [](const Shard& s, grpc::ClientContext* c, HealthCheckResponse* r) {
+        return s.health->Check(c, HealthCheckRequest(), r);
+      });
+  std::vector<std::string> unhealthy;
+  std::vector<int> failed;
+  auto status_name = [](const Answer<HealthCheckResponse>& a) -> std::string {
+    if (!a.status.ok()) return "-";
+    return HealthCheckResponse::ServingStatus_Name(a.response.status());
+  };
+  for (int i = 0; i < shards.size(); ++i) {
+    const auto& a = answers[i];
+    if (!a.status.ok() || a.response.status() != HealthCheckResponse::SERVING) {
+      failed.push_back(i);
+      unhealthy.push_back(absl::StrCat(
+          ShardName(shards.shard(i)), ": ",
+          a.status.ok() ? status_name(a) : DescribeStatus(a.status)));
+    }
+  }
+  if (output.json) {
+    json j;
+    j["shards"] = json::array();
+    for (int i = 0; i < shards.size(); ++i) {
+      json s = ShardJson(shards.shard(i), answers[i].status);
+      s["status"] = status_name(answers[i]);
+      j["shards"].push_back(s);
+    }
+    j["failed_shards"] = failed;
+    j["ok"] = failed.empty();
+    PrintJson(output, j);
+  } else {
+    Table table({"SHARD", "ADDRESS", "STATUS"});
+    for (int i = 0; i < shards.size(); ++i) {
+      table.AddRow({absl::StrCat(i), shards.shard(i).address,
+                    answers[i].status.ok() ? status_name(answers[i])
+                                           : ErrorCell(answers[i].status)});
+    }
+    table.Print(*output.out);
+  }
+  if (unhealthy.empty()) return kExitOk;
+  *output.err << "psctl: health: " << unhealthy.size() << " of "
+              << shards.size()
+              << " shards not serving: " << absl::StrJoin(unhealthy, "; ")
+              << "\n";
+  return kExitShardFailed;
+}
+
+}  // namespace ps::psctl

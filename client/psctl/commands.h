@@ -1,0 +1,83 @@
+// psctl's commands, run against a set of shards.
+//
+// Every command calls all shards at once and prints one answer per shard:
+// an aligned table, or JSON with Output::json. The exit status is one of
+// the codes below; a shard that refused or did not answer is named on
+// stderr.
+#ifndef PS_CLIENT_PSCTL_COMMANDS_H_
+#define PS_CLIENT_PSCTL_COMMANDS_H_
+
+#include <functional>
+#include <ostream>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "client/psctl/cluster.h"
+#include "proto/ps/v1/ps.pb.h"
+
+namespace ps::psctl {
+
+// Exit statuses.
+inline constexpr int kExitOk = 0;
+// A shard refused, failed or did not answer (or the cluster disagrees with
+// itself, for `info`).
+inline constexpr int kExitShardFailed = 1;
+// Bad usage: an unknown command, rule or flag, a bad value, or a config that
+// fails validation (nothing was sent).
+inline constexpr int kExitUsage = 2;
+
+struct Output {
+  bool json = false;
+  std::ostream* out = nullptr;  // results
+  std::ostream* err = nullptr;  // problems, one line each
+};
+
+// GetClusterInfo and the default optimizer of every shard.
+int RunInfo(const ShardSet& shards, const Output& output);
+
+// ListVariables of every shard, merged per variable.
+int RunVars(const ShardSet& shards, const Output& output);
+
+// The optimizer in force for `variable` ("" = the default) on every shard.
+int RunOptimizerGet(const ShardSet& shards, const std::string& variable,
+                    const Output& output);
+
+// A change of optimizer config, made by reading each shard's config and
+// rewriting it.
+struct ConfigChangeRequest {
+  std::string command;   // for the output, e.g. "lr set"
+  std::string variable;  // "" = the default and every variable without its own
+  bool reset_state = false;
+  // The new config from a shard's current one (config_version cleared).
+  std::function<absl::StatusOr<v1::OptimizerConfig>(
+      const v1::OptimizerConfig& current)>
+      change;
+};
+
+// Reads the current config from every shard (nothing is sent unless all
+// answer), makes and validates each new config locally (nothing is sent if
+// one is invalid: kExitUsage), then sends SetOptimizer to every shard at
+// once and prints each shard's answer and new config version.
+int RunConfigChange(const ShardSet& shards, const ConfigChangeRequest& request,
+                    const Output& output);
+
+struct StatsOptions {
+  bool watch = false;
+  double interval_s = 2;
+  // With watch: rounds to print, 0 = until interrupted.
+  int count = 0;
+};
+
+// GetStats of every shard (and, with watch, again every interval).
+int RunStats(const ShardSet& shards, const StatsOptions& options,
+             const Output& output);
+
+// Checkpoint on every shard.
+int RunCheckpoint(const ShardSet& shards, const Output& output);
+
+// grpc.health.v1 Check on every shard; non-zero unless all are SERVING.
+int RunHealth(const ShardSet& shards, const Output& output);
+
+}  // namespace ps::psctl
+
+#endif  // PS_CLIENT_PSCTL_COMMANDS_H_

@@ -1,0 +1,442 @@
+// psctl end to end: the real binary, run as a child process against a
+// two-shard cluster in this process.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <nlohmann/json.hpp>
+
+#include "tests/admin/admin_test_util.h"
+
+namespace ps::testing {
+namespace {
+
+using nlohmann::json;
+
+constexpr char kAdminToken[] = "psctl-admin-token";
+constexpr char kWorkerToken[] = "psctl-worker-token";
+
+int Lines(const std::string& text) {
+  return static_cast<int>(std::count(text.begin(), text.end(), '\n'));
+}
+
+bool Contains(const std::string& text, const std::string& part) {
+  return text.find(part) != std::string::npos;
+}
+
+class PsctlTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ServerOptions options;
+    options.block_size = 8;
+    options.default_optimizer = Config("sgd {} learning_rate: 0.1");
+    options.admin_tokens_file = dir_.WriteFile(
+        "admins", std::string("# operators\n\n") + kAdminToken + " ops\n");
+    options.worker_tokens_file =
+        dir_.WriteFile("workers", std::string(kWorkerToken) + " trainer\n");
+    admin_token_file_ = dir_.WriteFile(
+        "admin.token", std::string("# mine\n") + kAdminToken + "  ops\n");
+    worker_token_file_ =
+        dir_.WriteFile("worker.token", std::string(kWorkerToken) + "\n");
+    shards_ = StartShards(2, options);
+    ASSERT_EQ(shards_.size(), 2u);
+    worker_ = std::make_unique<RawWorker>(
+        std::vector<std::string>{shards_[0]->address(), shards_[1]->address()},
+        8, kAdminToken);
+    ASSERT_TRUE(worker_->Create("w", std::vector<float>(37, 1.0f)).ok());
+    ASSERT_TRUE(worker_->Create("b", std::vector<float>(5, 0.0f)).ok());
+    for (int t = 0; t < 3; ++t) {
+      ASSERT_TRUE(worker_->Push("w", std::vector<float>(37, 0.1f)).ok());
+    }
+  }
+
+  // psctl with the cluster, the admin token and `args`.
+  ProcessResult Psctl(std::vector<std::string> args,
+                      const std::string& token_file = "") {
+    std::vector<std::string> full = {
+        "--servers=" + ServerList(shards_),
+        "--token_file=" + (token_file.empty() ? admin_token_file_ : token_file),
+        "--timeout_s=5"};
+    full.insert(full.end(), args.begin(), args.end());
+    return RunProcess(PSCTL_PATH, full, std::chrono::seconds(30));
+  }
+
+  // psctl with only `args`.
+  ProcessResult Bare(const std::vector<std::string>& args) {
+    return RunProcess(PSCTL_PATH, args, std::chrono::seconds(30));
+  }
+
+  json Json(const ProcessResult& result) {
+    json j = json::parse(result.out, nullptr, false);
+    EXPECT_FALSE(j.is_discarded()) << result.out;
+    return j;
+  }
+
+  v1::OptimizerConfig GetOptimizer(int shard, const std::string& variable) {
+    v1::GetOptimizerRequest request;
+    request.set_variable(variable);
+    v1::OptimizerConfig config;
+    EXPECT_TRUE(
+        worker_->admin(shard)
+            .GetOptimizer(MakeContext(kAdminToken).get(), request, &config)
+            .ok());
+    return config;
+  }
+
+  TempDir dir_;
+  std::string admin_token_file_;
+  std::string worker_token_file_;
+  std::vector<std::unique_ptr<ParameterServer>> shards_;
+  std::unique_ptr<RawWorker> worker_;
+};
+
+TEST_F(PsctlTest, HelpForEveryCommand) {
+  ProcessResult help = Bare({"--help"});
+  EXPECT_EQ(help.exit_code, 0) << help.err;
+  for (const char* part :
+       {"Usage: psctl", "optimizer set RULE", "--servers", "--token_file",
+        "--tls_ca_file", "--json", "--beta1", "Exit status"}) {
+    EXPECT_TRUE(Contains(help.out, part)) << part;
+  }
+  for (const std::vector<std::string>& command :
+       std::vector<std::vector<std::string>>{{"info"},
+                                             {"vars"},
+                                             {"optimizer", "get"},
+                                             {"optimizer", "set"},
+                                             {"lr", "set"},
+                                             {"schedule", "set"},
+                                             {"stats"},
+                                             {"checkpoint"},
+                                             {"health"}}) {
+    std::vector<std::string> args = {"help"};
+    args.insert(args.end(), command.begin(), command.end());
+    ProcessResult by_help = Bare(args);
+    EXPECT_EQ(by_help.exit_code, 0) << command[0];
+    EXPECT_TRUE(Contains(by_help.out, "Usage: psctl " + command[0]))
+        << by_help.out;
+    args = command;
+    args.push_back("--help");
+    ProcessResult by_flag = Bare(args);
+    EXPECT_EQ(by_flag.exit_code, 0);
+    EXPECT_EQ(by_flag.out, by_help.out);
+  }
+  EXPECT_TRUE(Contains(Bare({"help", "optimizer", "set"}).out,
+                       "--decoupled_weight_decay"));
+  EXPECT_TRUE(Contains(Bare({"help", "schedule", "set"}).out, "--t_max"));
+}
+
+TEST_F(PsctlTest, UsageErrorsGetOneLineAndExitTwo) {
+  const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
+      {{"frobnicate"}, "unknown command 'frobnicate'"},
+      {{}, "no command"},
+      {{"optimizer", "set", "adamax"}, "unknown rule 'adamax'"},
+      {{"optimizer", "set"}, "needs a rule"},
+      {{"optimizer", "frob"}, "'optimizer' needs get or set"},
+      {{"--bogus", "info"}, "unknown flag --bogus"},
+      {{"info", "--nobogus"}, "unknown flag --nobogus"},
+      {{"optimizer", "set", "sgd", "--beta1=0.5"},
+       "--beta1 does not apply to 'optimizer set sgd'"},
+      {{"optimizer", "set", "adam", "--momentum=0.5"},
+       "--momentum does not apply to 'optimizer set adam'"},
+      {{"optimizer", "set", "momentum", "--amsgrad"},
+       "--amsgrad does not apply"},
+      {{"info", "--var=w"}, "--var does not apply to 'info'"},
+      {{"optimizer", "set", "adam", "--beta1=abc"}, "bad value for --beta1"},
+      {{"lr", "set", "fast"}, "'fast' is not a number"},
+      {{"lr", "set"}, "needs a value"},
+      {{"schedule", "set", "linear"}, "unknown schedule 'linear'"},
+      {{"schedule", "set", "cosine"}, "needs --t_max"},
+      {{"schedule", "set", "cosine", "--t_max=10", "--step_size=3"},
+       "--step_size does not apply"},
+      {{"info", "extra"}, "unexpected argument 'extra'"},
+      {{"--servers=", "info"}, "empty entry"},
+      {{"stats", "--interval_s=0", "--watch"}, "--interval_s"}};
+  for (const auto& [args, message] : cases) {
+    const ProcessResult result = Psctl(args);
+    EXPECT_EQ(result.exit_code, 2) << args.size() << " " << message;
+    EXPECT_TRUE(Contains(result.err, message)) << result.err;
+    EXPECT_EQ(Lines(result.err), 1) << result.err;
+    EXPECT_TRUE(result.out.empty()) << result.out;
+  }
+}
+
+TEST_F(PsctlTest, InfoVarsAndHealth) {
+  ProcessResult info = Psctl({"info"});
+  ASSERT_EQ(info.exit_code, 0) << info.err;
+  EXPECT_TRUE(Contains(info.out, "BLOCK SIZE"));
+  EXPECT_TRUE(Contains(info.out, shards_[0]->address()));
+  EXPECT_TRUE(Contains(info.out, shards_[1]->address()));
+  EXPECT_TRUE(Contains(info.out, "sgd {"));
+  EXPECT_EQ(Lines(info.out), 3);
+
+  json j = Json(Psctl({"--json", "info"}));
+  ASSERT_EQ(j["shards"].size(), 2u);
+  for (int s = 0; s < 2; ++s) {
+    EXPECT_EQ(j["shards"][s]["shard_index"], s);
+    EXPECT_EQ(j["shards"][s]["num_shards"], 2);
+    EXPECT_EQ(j["shards"][s]["block_size"], 8);
+    EXPECT_EQ(j["shards"][s]["config_version"], 1);
+    EXPECT_TRUE(j["shards"][s]["default_optimizer"].contains("sgd"));
+  }
+  EXPECT_TRUE(j["ok"]);
+
+  // Listed in the wrong order: said so, and exit 1.
+  ProcessResult swapped = RunProcess(
+      PSCTL_PATH,
+      {"--servers=" + shards_[1]->address() + "," + shards_[0]->address(),
+       "--token_file=" + admin_token_file_, "info"});
+  EXPECT_EQ(swapped.exit_code, 1);
+  EXPECT_TRUE(Contains(swapped.err, "shard order"));
+
+  ProcessResult vars = Psctl({"vars"});
+  ASSERT_EQ(vars.exit_code, 0) << vars.err;
+  EXPECT_TRUE(Contains(vars.out, "VARIABLE"));
+  EXPECT_EQ(Lines(vars.out), 3);
+  j = Json(Psctl({"vars", "--json"}));
+  ASSERT_EQ(j["variables"].size(), 2u);
+  const json& b = j["variables"][0];
+  const json& w = j["variables"][1];
+  EXPECT_EQ(b["name"], "b");
+  EXPECT_EQ(w["name"], "w");
+  EXPECT_EQ(w["shape"], json::array({37}));
+  EXPECT_EQ(w["size"], 37);
+  EXPECT_EQ(w["blocks"], 5);
+  EXPECT_EQ(w["min_step"], 3);
+  EXPECT_EQ(w["max_step"], 3);
+  EXPECT_EQ(w["rule"], "sgd");
+  EXPECT_EQ(w["optimizer_override"], false);
+  EXPECT_EQ(b["blocks"], 1);
+  EXPECT_EQ(b["max_step"], 0);
+
+  ProcessResult health =
+      RunProcess(PSCTL_PATH, {"--servers=" + ServerList(shards_), "health"});
+  EXPECT_EQ(health.exit_code, 0) << health.err;
+  EXPECT_EQ(std::count(health.out.begin(), health.out.end(), 'S') >= 2, true);
+  EXPECT_TRUE(Contains(health.out, "SERVING"));
+  j = Json(RunProcess(
+      PSCTL_PATH, {"--servers=" + ServerList(shards_), "--json", "health"}));
+  ASSERT_EQ(j["shards"].size(), 2u);
+  EXPECT_EQ(j["shards"][0]["status"], "SERVING");
+  EXPECT_EQ(j["shards"][1]["status"], "SERVING");
+}
+
+TEST_F(PsctlTest, OptimizerSetGetLrAndSchedule) {
+  ProcessResult set = Psctl(
+      {"optimizer", "set", "adam", "--lr=0.01", "--beta1=0.8", "--amsgrad"});
+  ASSERT_EQ(set.exit_code, 0) << set.err;
+  EXPECT_TRUE(Contains(set.out, "1 -> 2")) << set.out;
+  EXPECT_EQ(Lines(set.out), 4);  // title, header, two shards
+  for (int s = 0; s < 2; ++s) {
+    const v1::OptimizerConfig config = GetOptimizer(s, "");
+    EXPECT_TRUE(config.has_adam());
+    EXPECT_EQ(config.adam().beta1(), 0.8);
+    EXPECT_TRUE(config.adam().amsgrad());
+    EXPECT_FALSE(config.adam().has_beta2());
+    EXPECT_EQ(config.learning_rate(), 0.01);
+    EXPECT_EQ(config.config_version(), 2u);
+  }
+
+  json j = Json(Psctl({"optimizer", "get", "--json"}));
+  ASSERT_EQ(j["shards"].size(), 2u);
+  EXPECT_TRUE(j["consistent"]);
+  for (const json& s : j["shards"]) {
+    EXPECT_EQ(s["config_version"], 2);
+    EXPECT_EQ(s["rule"], "adam");
+    EXPECT_EQ(s["config"]["adam"]["beta1"], 0.8);
+    EXPECT_EQ(s["config"]["learning_rate"], 0.01);
+  }
+  ProcessResult get = Psctl({"optimizer", "get", "--var=w"});
+  ASSERT_EQ(get.exit_code, 0);
+  EXPECT_TRUE(Contains(get.out, "adam {"));
+
+  // One variable: its own optimizer; then only its rate; then its schedule.
+  j = Json(Psctl({"--json", "optimizer", "set", "momentum", "--var=w",
+                  "--momentum=0.5", "--nesterov", "--weight_decay=0.001"}));
+  EXPECT_TRUE(j["ok"]);
+  for (const json& s : j["shards"]) {
+    EXPECT_EQ(s["previous_config_version"], 2);
+    EXPECT_EQ(s["config_version"], 3);
+    EXPECT_EQ(s["code"], "OK");
+  }
+  ProcessResult lr = Psctl({"lr", "set", "0.002", "--var=w"});
+  ASSERT_EQ(lr.exit_code, 0) << lr.err;
+  EXPECT_TRUE(Contains(lr.out, "3 -> 4"));
+  ProcessResult schedule =
+      Psctl({"schedule", "set", "cosine", "--t_max=100", "--eta_min=0.0001",
+             "--warmup_steps=5", "--var=w"});
+  ASSERT_EQ(schedule.exit_code, 0) << schedule.err;
+  for (int s = 0; s < 2; ++s) {
+    const v1::OptimizerConfig config = GetOptimizer(s, "w");
+    ASSERT_TRUE(config.has_momentum());
+    EXPECT_EQ(config.momentum().momentum(), 0.5);
+    EXPECT_TRUE(config.momentum().nesterov());
+    EXPECT_EQ(config.weight_decay(), 0.001);
+    EXPECT_EQ(config.learning_rate(), 0.002);
+    EXPECT_EQ(config.schedule().cosine().t_max(), 100u);
+    EXPECT_EQ(config.schedule().cosine().eta_min(), 0.0001);
+    EXPECT_EQ(config.schedule().warmup_steps(), 5u);
+    EXPECT_EQ(config.config_version(), 5u);
+    // The default is untouched.
+    EXPECT_TRUE(GetOptimizer(s, "").has_adam());
+  }
+  // A new rule keeps the schedule in force.
+  ASSERT_EQ(
+      Psctl({"optimizer", "set", "rmsprop", "--var=w", "--centered"}).exit_code,
+      0);
+  for (int s = 0; s < 2; ++s) {
+    const v1::OptimizerConfig config = GetOptimizer(s, "w");
+    EXPECT_TRUE(config.rmsprop().centered());
+    EXPECT_EQ(config.schedule().cosine().t_max(), 100u);
+    EXPECT_FALSE(config.has_learning_rate());
+  }
+  // Vars shows the override.
+  j = Json(Psctl({"--json", "vars"}));
+  EXPECT_EQ(j["variables"][1]["rule"], "rmsprop");
+  EXPECT_EQ(j["variables"][1]["optimizer_override"], true);
+  EXPECT_EQ(j["variables"][0]["rule"], "adam");
+  // Back to a constant rate, with reset_state.
+  ASSERT_EQ(Psctl({"schedule", "set", "none", "--var=w"}).exit_code, 0);
+  EXPECT_FALSE(GetOptimizer(0, "w").has_schedule() &&
+               GetOptimizer(0, "w").schedule().kind_case() !=
+                   v1::LearningRateSchedule::KIND_NOT_SET);
+  ASSERT_EQ(
+      Psctl({"optimizer", "set", "sgd", "--var=w", "--reset_state"}).exit_code,
+      0);
+  std::vector<float> values;
+  std::vector<uint64_t> versions;
+  ASSERT_TRUE(worker_->Pull("w", 37, &values, &versions).ok());
+  for (uint64_t v : versions) EXPECT_EQ(v, 0u);
+}
+
+TEST_F(PsctlTest, RefusedChangesExitNonZeroNamingTheShards) {
+  // A worker token may not change anything.
+  ProcessResult denied =
+      Psctl({"optimizer", "set", "adam"}, worker_token_file_);
+  EXPECT_EQ(denied.exit_code, 1);
+  EXPECT_TRUE(Contains(denied.err, "PERMISSION_DENIED")) << denied.err;
+  EXPECT_TRUE(Contains(denied.err, "0 (" + shards_[0]->address() + ")"));
+  EXPECT_TRUE(Contains(denied.err, "1 (" + shards_[1]->address() + ")"));
+  EXPECT_EQ(Lines(denied.err), 1);
+
+  // No token at all.
+  ProcessResult anonymous = RunProcess(
+      PSCTL_PATH, {"--servers=" + ServerList(shards_), "lr", "set", "0.5"});
+  EXPECT_EQ(anonymous.exit_code, 1);
+  EXPECT_TRUE(Contains(anonymous.err, "UNAUTHENTICATED"));
+
+  // Invalid: refused here, nothing sent.
+  ProcessResult invalid = Psctl({"optimizer", "set", "adam", "--beta1=1.5"});
+  EXPECT_EQ(invalid.exit_code, 2);
+  EXPECT_TRUE(Contains(invalid.err, "adam.beta1")) << invalid.err;
+  ProcessResult negative = Psctl({"lr", "set", "-1"});
+  EXPECT_EQ(negative.exit_code, 2);
+  EXPECT_TRUE(Contains(negative.err, "learning_rate")) << negative.err;
+
+  // Unknown variable: every shard refuses.
+  ProcessResult missing = Psctl({"lr", "set", "0.1", "--var=nope"});
+  EXPECT_EQ(missing.exit_code, 1);
+  EXPECT_TRUE(Contains(missing.err, "NOT_FOUND"));
+  json j = Json(Psctl({"--json", "lr", "set", "0.1", "--var=nope"}));
+  EXPECT_FALSE(j["ok"]);
+  EXPECT_EQ(j["failed_shards"], json::array({0, 1}));
+
+  for (int s = 0; s < 2; ++s) {
+    EXPECT_EQ(GetOptimizer(s, "").config_version(), 1u);
+    EXPECT_TRUE(GetOptimizer(s, "").has_sgd());
+  }
+}
+
+TEST_F(PsctlTest, ShardDownIsNamedAndNothingIsChanged) {
+  shards_[1]->Shutdown();
+  shards_[1]->Wait();
+  ProcessResult lr = Psctl({"--timeout_s=2", "lr", "set", "0.5"});
+  EXPECT_EQ(lr.exit_code, 1);
+  EXPECT_TRUE(Contains(lr.err, "1 (" + shards_[1]->address() + ")")) << lr.err;
+  EXPECT_FALSE(Contains(lr.err, "0 (" + shards_[0]->address() + ")"));
+  EXPECT_TRUE(Contains(lr.err, "nothing was changed"));
+  EXPECT_EQ(GetOptimizer(0, "").config_version(), 1u);
+
+  ProcessResult health = Psctl({"--timeout_s=2", "health"});
+  EXPECT_EQ(health.exit_code, 1);
+  EXPECT_TRUE(Contains(health.err, "1 (" + shards_[1]->address() + ")"));
+  ProcessResult stats = Psctl({"--timeout_s=2", "stats"});
+  EXPECT_EQ(stats.exit_code, 1);
+  EXPECT_TRUE(Contains(stats.out, "UNAVAILABLE") ||
+              Contains(stats.out, "DEADLINE_EXCEEDED"));
+}
+
+TEST_F(PsctlTest, StatsHumanJsonAndWatch) {
+  ProcessResult stats = Psctl({"stats"});
+  ASSERT_EQ(stats.exit_code, 0) << stats.err;
+  EXPECT_TRUE(Contains(stats.out, "PUSHES"));
+  EXPECT_TRUE(Contains(stats.out, "LEARNING RATE"));
+
+  json j = Json(Psctl({"stats", "--json"}));
+  ASSERT_EQ(j["shards"].size(), 2u);
+  for (int s = 0; s < 2; ++s) {
+    const json& shard = j["shards"][s];
+    EXPECT_EQ(shard["shard_index"], s);
+    EXPECT_EQ(shard["pushes"], 3);
+    EXPECT_EQ(shard["config_version"], 1);
+    ASSERT_EQ(shard["variables"].size(), 2u);
+    EXPECT_EQ(shard["variables"][1]["name"], "w");
+    EXPECT_EQ(shard["variables"][1]["step"], 3);
+    EXPECT_EQ(shard["variables"][1]["learning_rate"], 0.1);
+    EXPECT_EQ(shard["variables"][1]["rule"], "sgd");
+  }
+
+  ProcessResult watch =
+      Psctl({"stats", "--watch", "--interval_s=0.05", "--count=3", "--json"});
+  ASSERT_EQ(watch.exit_code, 0) << watch.err;
+  EXPECT_EQ(Lines(watch.out), 3);
+  std::istringstream lines(watch.out);
+  std::string line;
+  while (std::getline(lines, line)) {
+    json round = json::parse(line, nullptr, false);
+    ASSERT_FALSE(round.is_discarded()) << line;
+    EXPECT_EQ(round["shards"].size(), 2u);
+  }
+  ProcessResult human =
+      Psctl({"stats", "--watch", "--interval_s=0.05", "--count=2"});
+  ASSERT_EQ(human.exit_code, 0);
+  size_t rounds = 0;
+  for (size_t at = human.out.find("== "); at != std::string::npos;
+       at = human.out.find("== ", at + 1)) {
+    ++rounds;
+  }
+  EXPECT_EQ(rounds, 2u);
+}
+
+TEST_F(PsctlTest, CheckpointWithoutFolderFailsNamingShards) {
+  ProcessResult checkpoint = Psctl({"checkpoint"});
+  EXPECT_EQ(checkpoint.exit_code, 1);
+  EXPECT_TRUE(Contains(checkpoint.out, "FAILED_PRECONDITION"));
+  EXPECT_TRUE(Contains(checkpoint.err, "0 (" + shards_[0]->address() + ")"));
+  EXPECT_TRUE(Contains(checkpoint.err, "1 (" + shards_[1]->address() + ")"));
+  json j = Json(Psctl({"checkpoint", "--json"}));
+  EXPECT_FALSE(j["ok"]);
+  EXPECT_EQ(j["shards"][0]["code"], "FAILED_PRECONDITION");
+}
+
+TEST(PsctlTlsTest, TlsWithTheCaAndNotWithout) {
+  TempDir dir;
+  const Certificate certificate = MakeCertificate(dir, "shard");
+  ServerOptions options;
+  options.tls_cert_file = certificate.cert_file;
+  options.tls_key_file = certificate.key_file;
+  auto shards = StartShards(2, options);
+  ASSERT_EQ(shards.size(), 2u);
+  const std::string servers = "--servers=" + ServerList(shards);
+  ProcessResult tls = RunProcess(
+      PSCTL_PATH, {servers, "--tls_ca_file=" + certificate.cert_file, "info"});
+  EXPECT_EQ(tls.exit_code, 0) << tls.err;
+  ProcessResult plain =
+      RunProcess(PSCTL_PATH, {servers, "--timeout_s=3", "health"});
+  EXPECT_EQ(plain.exit_code, 1);
+  EXPECT_TRUE(Contains(plain.err, "UNAVAILABLE")) << plain.err;
+  ProcessResult missing_ca = RunProcess(
+      PSCTL_PATH, {servers, "--tls_ca_file=" + dir.path() + "/none", "info"});
+  EXPECT_EQ(missing_ca.exit_code, 2);
+}
+
+}  // namespace
+}  // namespace ps::testing

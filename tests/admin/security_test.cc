@@ -1,0 +1,213 @@
+// Tokens and TLS: who may call what, and with which code a refusal comes.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+
+#include "common/optimizer_config.h"
+#include "proto/grpc/health/v1/health.grpc.pb.h"
+#include "tests/admin/admin_test_util.h"
+
+namespace ps::testing {
+namespace {
+
+using grpc::health::v1::Health;
+using grpc::health::v1::HealthCheckRequest;
+using grpc::health::v1::HealthCheckResponse;
+
+constexpr char kWorkerToken[] = "worker-secret-1";
+constexpr char kAdminToken[] = "admin-secret-1";
+
+class TokenTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ServerOptions options;
+    options.block_size = 8;
+    options.worker_tokens_file =
+        dir_.WriteFile("workers", std::string("# worker tokens\n") +
+                                      kWorkerToken + " trainer-a\n");
+    options.admin_tokens_file =
+        dir_.WriteFile("admins", std::string(kAdminToken) + " alice\n");
+    shards_ = StartShards(1, options);
+    ASSERT_EQ(shards_.size(), 1u);
+    channel_ = MakeChannel(shards_[0]->address());
+    parameters_ = v1::ParameterService::NewStub(channel_);
+    admin_ = v1::AdminService::NewStub(channel_);
+  }
+
+  grpc::StatusCode ClusterInfo(const std::string& token) {
+    v1::ClusterInfo info;
+    return parameters_
+        ->GetClusterInfo(MakeContext(token).get(), v1::GetClusterInfoRequest(),
+                         &info)
+        .error_code();
+  }
+  grpc::StatusCode Push(const std::string& token) {
+    v1::PushRequest request;
+    request.set_worker_id("w");
+    request.set_seq(++seq_);
+    v1::PushResponse response;
+    return parameters_->Push(MakeContext(token).get(), request, &response)
+        .error_code();
+  }
+  grpc::StatusCode GetOptimizer(const std::string& token) {
+    v1::OptimizerConfig config;
+    return admin_
+        ->GetOptimizer(MakeContext(token).get(), v1::GetOptimizerRequest(),
+                       &config)
+        .error_code();
+  }
+  grpc::StatusCode SetOptimizer(const std::string& token) {
+    v1::SetOptimizerRequest request;
+    *request.mutable_config() = Config("sgd {}");
+    v1::SetOptimizerResponse response;
+    return admin_->SetOptimizer(MakeContext(token).get(), request, &response)
+        .error_code();
+  }
+  grpc::StatusCode Stats(const std::string& token) {
+    v1::Stats stats;
+    return admin_
+        ->GetStats(MakeContext(token).get(), v1::GetStatsRequest(), &stats)
+        .error_code();
+  }
+
+  TempDir dir_;
+  std::vector<std::unique_ptr<ParameterServer>> shards_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::ParameterService::Stub> parameters_;
+  std::unique_ptr<v1::AdminService::Stub> admin_;
+  uint64_t seq_ = 0;
+};
+
+TEST_F(TokenTest, NoTokenIsUnauthenticated) {
+  EXPECT_EQ(ClusterInfo(""), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(Push(""), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(GetOptimizer(""), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(SetOptimizer(""), grpc::StatusCode::UNAUTHENTICATED);
+}
+
+TEST_F(TokenTest, UnknownTokenIsUnauthenticated) {
+  for (const std::string token :
+       {"not-a-token", "worker-secret-", "admin-secret-12", "trainer-a"}) {
+    EXPECT_EQ(ClusterInfo(token), grpc::StatusCode::UNAUTHENTICATED) << token;
+    EXPECT_EQ(GetOptimizer(token), grpc::StatusCode::UNAUTHENTICATED) << token;
+  }
+  // Not a bearer token at all.
+  grpc::ClientContext context;
+  context.AddMetadata("authorization", std::string("Basic ") + kAdminToken);
+  v1::ClusterInfo info;
+  EXPECT_EQ(
+      parameters_->GetClusterInfo(&context, v1::GetClusterInfoRequest(), &info)
+          .error_code(),
+      grpc::StatusCode::UNAUTHENTICATED);
+}
+
+TEST_F(TokenTest, WorkerTokenMayTrainButNotAdminister) {
+  EXPECT_EQ(ClusterInfo(kWorkerToken), grpc::StatusCode::OK);
+  // An empty push is accepted: nothing to apply.
+  EXPECT_EQ(Push(kWorkerToken), grpc::StatusCode::OK);
+  EXPECT_EQ(GetOptimizer(kWorkerToken), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_EQ(SetOptimizer(kWorkerToken), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_EQ(Stats(kWorkerToken), grpc::StatusCode::PERMISSION_DENIED);
+  // The refused change changed nothing.
+  v1::OptimizerConfig config;
+  ASSERT_TRUE(admin_
+                  ->GetOptimizer(MakeContext(kAdminToken).get(),
+                                 v1::GetOptimizerRequest(), &config)
+                  .ok());
+  EXPECT_TRUE(config.has_adam());
+  EXPECT_EQ(config.config_version(), 1u);
+}
+
+TEST_F(TokenTest, AdminTokenMayUseBothServices) {
+  EXPECT_EQ(ClusterInfo(kAdminToken), grpc::StatusCode::OK);
+  EXPECT_EQ(Push(kAdminToken), grpc::StatusCode::OK);
+  EXPECT_EQ(GetOptimizer(kAdminToken), grpc::StatusCode::OK);
+  EXPECT_EQ(SetOptimizer(kAdminToken), grpc::StatusCode::OK);
+  EXPECT_EQ(Stats(kAdminToken), grpc::StatusCode::OK);
+  // The refusals above were counted by code.
+  EXPECT_EQ(Stats(""), grpc::StatusCode::UNAUTHENTICATED);
+  v1::Stats stats;
+  ASSERT_TRUE(admin_
+                  ->GetStats(MakeContext(kAdminToken).get(),
+                             v1::GetStatsRequest(), &stats)
+                  .ok());
+  EXPECT_GE(stats.refusals().at("UNAUTHENTICATED"), 1u);
+}
+
+TEST_F(TokenTest, HealthCheckNeedsNoToken) {
+  auto health = Health::NewStub(channel_);
+  HealthCheckResponse response;
+  HealthCheckRequest request;
+  ASSERT_TRUE(health->Check(MakeContext().get(), request, &response).ok());
+  EXPECT_EQ(response.status(), HealthCheckResponse::SERVING);
+}
+
+class TlsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    certificate_ = MakeCertificate(dir_, "shard");
+    ServerOptions options;
+    options.tls_cert_file = certificate_.cert_file;
+    options.tls_key_file = certificate_.key_file;
+    shards_ = StartShards(1, options);
+    ASSERT_EQ(shards_.size(), 1u);
+  }
+
+  grpc::Status ClusterInfo(std::shared_ptr<grpc::Channel> channel) {
+    auto stub = v1::ParameterService::NewStub(channel);
+    v1::ClusterInfo info;
+    auto context = std::make_unique<grpc::ClientContext>();
+    context->set_deadline(std::chrono::system_clock::now() +
+                          std::chrono::seconds(5));
+    return stub->GetClusterInfo(context.get(), v1::GetClusterInfoRequest(),
+                                &info);
+  }
+
+  TempDir dir_;
+  Certificate certificate_;
+  std::vector<std::unique_ptr<ParameterServer>> shards_;
+};
+
+TEST_F(TlsTest, ClientTrustingTheCaConnects) {
+  grpc::Status status =
+      ClusterInfo(MakeChannel(shards_[0]->address(), certificate_.pem));
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  // By name, too.
+  status = ClusterInfo(MakeChannel(
+      "localhost:" + std::to_string(shards_[0]->port()), certificate_.pem));
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  // The health service rides the same TLS port.
+  auto health =
+      Health::NewStub(MakeChannel(shards_[0]->address(), certificate_.pem));
+  HealthCheckResponse response;
+  ASSERT_TRUE(
+      health->Check(MakeContext().get(), HealthCheckRequest(), &response).ok());
+  EXPECT_EQ(response.status(), HealthCheckResponse::SERVING);
+}
+
+TEST_F(TlsTest, PlaintextClientFails) {
+  const grpc::Status status = ClusterInfo(MakeChannel(shards_[0]->address()));
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE)
+      << status.error_message();
+}
+
+TEST_F(TlsTest, ClientTrustingAnotherCaFails) {
+  const Certificate other = MakeCertificate(dir_, "other");
+  const grpc::Status status =
+      ClusterInfo(MakeChannel(shards_[0]->address(), other.pem));
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE)
+      << status.error_message();
+}
+
+TEST(TlsOptionsTest, CertificateWithoutKeyIsRefused) {
+  TempDir dir;
+  ServerOptions options;
+  options.tls_cert_file = dir.WriteFile("only.crt", "not used");
+  auto server = ParameterServer::Start(options);
+  EXPECT_EQ(server.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace ps::testing
