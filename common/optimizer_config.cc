@@ -1,5 +1,6 @@
 #include "common/optimizer_config.h"
 
+#include <google/protobuf/io/tokenizer.h>
 #include <google/protobuf/text_format.h>
 
 #include <cmath>
@@ -196,12 +197,26 @@ absl::Status ValidateOptimizerConfig(const v1::OptimizerConfig& config) {
 
 absl::StatusOr<v1::OptimizerConfig> ParseOptimizerConfig(
     absl::string_view text) {
+  // Collects the parser's complaint for the message instead of logging it.
+  class Collector final : public google::protobuf::io::ErrorCollector {
+   public:
+    void AddError(int line, int column, const std::string& message) override {
+      if (error.empty()) {
+        error = absl::StrCat("line ", line + 1, " column ", column + 1, ": ",
+                             message);
+      }
+    }
+    std::string error;
+  };
+  Collector collector;
+  google::protobuf::TextFormat::Parser parser;
+  parser.RecordErrorsTo(&collector);
   v1::OptimizerConfig config;
-  if (!google::protobuf::TextFormat::ParseFromString(std::string(text),
-                                                     &config)) {
+  if (!parser.ParseFromString(std::string(text), &config)) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "cannot parse optimizer config '", text,
-        "' as protobuf text, e.g. 'adam { beta1: 0.9 } learning_rate: 0.001'"));
+        "cannot parse optimizer config '", text, "' (", collector.error,
+        "); write protobuf text, e.g. 'adam { beta1: 0.9 } learning_rate: "
+        "0.001'"));
   }
   PS_RETURN_IF_ERROR(ValidateOptimizerConfig(config));
   return config;

@@ -11,10 +11,9 @@
 #include <string>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/internal/parse.h"
-#include "absl/flags/internal/usage.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "common/cli.h"
 #include "common/optimizer_config.h"
 #include "server/server.h"
 
@@ -66,17 +65,7 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "One shard of the parameter server.\n"
       "Example: ps_server --num_shards=2 --shard_index=0 --port=50051");
-  // Abseil 20220623's ParseCommandLine exits 1 after --help; asked-for help
-  // is a success, so the usage flags are handled here (it has no public way).
-  absl::flags_internal::ParseCommandLineImpl(
-      argc, argv, absl::flags_internal::ArgvListAction::kRemoveParsedArgs,
-      absl::flags_internal::UsageFlagsAction::kIgnoreUsage,
-      absl::flags_internal::OnUndefinedFlag::kAbortIfUndefined);
-  if (const int usage = absl::flags_internal::HandleUsageFlags(
-          std::cout, absl::ProgramUsageMessage());
-      usage != -1) {
-    return usage == 1 ? 0 : usage;  // 1: help or version was printed
-  }
+  ps::ParseCommandLineWithHelp(argc, argv);
   spdlog::set_default_logger(spdlog::stderr_color_mt("ps_server"));
 
   ps::ServerOptions options;

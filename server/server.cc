@@ -3,6 +3,7 @@
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/support/server_interceptor.h>
 #include <spdlog/spdlog.h>
 
 #include <chrono>
@@ -25,7 +26,40 @@ namespace ps {
 namespace {
 
 // How long Shutdown lets calls in flight finish before cancelling them.
-constexpr auto kShutdownGrace = std::chrono::seconds(5);
+constexpr absl::Duration kShutdownGrace = absl::Seconds(5);
+
+// Counts the calls in flight (every service's), so that shutdown can close
+// the connections as soon as the last call is done: gRPC's own shutdown
+// otherwise waits the whole grace period for idle clients to disconnect.
+class CallCounter final
+    : public grpc::experimental::ServerInterceptorFactoryInterface {
+ public:
+  explicit CallCounter(std::atomic<int64_t>* in_flight)
+      : in_flight_(in_flight) {}
+
+  grpc::experimental::Interceptor* CreateServerInterceptor(
+      grpc::experimental::ServerRpcInfo*) override {
+    return new Counted(in_flight_);
+  }
+
+ private:
+  class Counted final : public grpc::experimental::Interceptor {
+   public:
+    explicit Counted(std::atomic<int64_t>* in_flight) : in_flight_(in_flight) {
+      in_flight_->fetch_add(1, std::memory_order_relaxed);
+    }
+    ~Counted() override { in_flight_->fetch_sub(1, std::memory_order_release); }
+    void Intercept(
+        grpc::experimental::InterceptorBatchMethods* methods) override {
+      methods->Proceed();
+    }
+
+   private:
+    std::atomic<int64_t>* const in_flight_;
+  };
+
+  std::atomic<int64_t>* const in_flight_;
+};
 
 absl::StatusOr<std::string> ReadFile(const std::string& path,
                                      absl::string_view flag) {
@@ -151,6 +185,11 @@ class ServerImpl final : public ParameterServer {
     builder.SetMaxSendMessageSize(max_bytes);
     builder.RegisterService(&service_);
     builder.RegisterService(&admin_);
+    std::vector<
+        std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
+        interceptors;
+    interceptors.push_back(std::make_unique<CallCounter>(&in_flight_));
+    builder.experimental().SetInterceptorCreators(std::move(interceptors));
     server_ = builder.BuildAndStart();
     if (server_ == nullptr || port_ == 0) {
       return absl::UnavailableError(
@@ -192,7 +231,14 @@ class ServerImpl final : public ParameterServer {
     server_->GetHealthCheckService()->SetServingStatus(false);
     stop_.Notify();
     if (periodic_.joinable()) periodic_.join();
-    server_->Shutdown(std::chrono::system_clock::now() + kShutdownGrace);
+    // Let the calls in flight finish (a sync push may wait for its step),
+    // then close every connection at once.
+    const absl::Time deadline = absl::Now() + kShutdownGrace;
+    while (in_flight_.load(std::memory_order_acquire) > 0 &&
+           absl::Now() < deadline) {
+      absl::SleepFor(absl::Milliseconds(5));
+    }
+    server_->Shutdown(std::chrono::system_clock::now());
     if (metrics_ != nullptr) metrics_->Stop();
     if (checkpointer_ != nullptr) {
       auto written = checkpointer_->Write();
@@ -236,6 +282,7 @@ class ServerImpl final : public ParameterServer {
   std::thread periodic_;
   int port_ = 0;
   std::unique_ptr<grpc::Server> server_;
+  std::atomic<int64_t> in_flight_{0};
   absl::Mutex mu_;
   bool shut_down_ ABSL_GUARDED_BY(mu_) = false;
 };
@@ -275,10 +322,11 @@ absl::StatusOr<std::unique_ptr<ParameterServer>> ParameterServer::Start(
   PS_ASSIGN_OR_RETURN(Authenticator auth,
                       Authenticator::Load(resolved.worker_tokens_file,
                                           resolved.admin_tokens_file));
+  const bool auth_enabled = auth.enabled();
   auto server = std::make_unique<ServerImpl>(store_options, std::move(auth),
                                              info, resolved);
   PS_RETURN_IF_ERROR(server->Start(resolved));
-  if (!auth.enabled()) {
+  if (!auth_enabled) {
     spdlog::warn(
         "no token files (--worker_tokens_file, --admin_tokens_file): anyone "
         "who reaches {} can read and change every variable and the "
