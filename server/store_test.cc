@@ -128,8 +128,8 @@ void CreateLocal(VariableStore& store, const std::string& name,
   ASSERT_TRUE(*created);
 }
 
-// Every value of a variable on a single-shard store, block by block, and the
-// versions of its blocks.
+// The values of the store's blocks of a variable, block by block, and their
+// versions.
 struct Snapshot {
   std::vector<float> values;
   std::vector<uint64_t> versions;
@@ -143,6 +143,7 @@ Snapshot PullAll(const VariableStore& store, const std::string& name) {
   const PartitionPlan& plan = store.plan();
   v1::PullRequest request;
   for (uint64_t k = 0; k < plan.NumBlocks(variable->size); ++k) {
+    if (plan.ShardOf(name, k) != store.options().shard_index) continue;
     const FlatRange range = plan.BlockRange(variable->size, k);
     *request.add_slices() = RangeSlice(name, range.offset, range.length);
   }
@@ -568,7 +569,7 @@ TEST(StorePushTest, PushPullAnswersTheValuesAfterThePush) {
     uint64_t version;
   };
   const std::vector<Expected> expected = {
-      {"b", 0, {49, 50, 51}, 1},
+      {"b", 0, {49, 49, 49}, 1},
       {"a", 4, {3, 3, 3, 3}, 2},  // 5..8 - 1 - (1, 2, 3, 4)
       {"a", 0, {2, 3, 4, 5}, 1},
   };
@@ -708,25 +709,57 @@ TEST(StoreExactlyOnceTest, RepeatedSeqIsAppliedOnceAndAnsweredAgain) {
   EXPECT_EQ(repeat->answer.values(0).version(), 1u);
   EXPECT_THAT(Decode(repeat->answer.values(0)), ElementsAreArray({9, 8, 7, 6}));
 
-  // An older seq of the same worker is a repeat too.
-  auto older = PushNow(
-      store, PushRequest("worker", 3, {MakeSlice("w", 0, {1, 1, 1, 1})}));
-  ASSERT_TRUE(older->status.ok()) << older->status;
+  const v1::Slice ones = MakeSlice("w", 0, {1, 1, 1, 1});
+  auto push = [&](const std::string& worker, uint64_t seq) {
+    auto result = PushNow(store, PushRequest(worker, seq, {ones}));
+    EXPECT_TRUE(result->status.ok()) << result->status;
+  };
+  // A lower seq that was not applied yet (pushes may arrive out of order)
+  // is applied, once.
+  push("worker", 3);
+  push("worker", 3);
   Snapshot snapshot = PullAll(store, "w");
-  EXPECT_THAT(snapshot.values, ElementsAreArray({9, 8, 7, 6}));
-  EXPECT_THAT(snapshot.versions, ElementsAreArray({1u}));
+  EXPECT_THAT(snapshot.values, ElementsAreArray({8, 7, 6, 5}));
+  EXPECT_THAT(snapshot.versions, ElementsAreArray({2u}));
 
   // Another worker with the same seq is a different push.
-  ASSERT_TRUE(
-      PushNow(store, PushRequest("other", 7, {MakeSlice("w", 0, {1, 1, 1, 1})}))
-          ->status.ok());
+  push("other", 7);
   // And the next seq of the first worker is applied.
-  ASSERT_TRUE(PushNow(store, PushRequest("worker", 8,
-                                         {MakeSlice("w", 0, {1, 1, 1, 1})}))
-                  ->status.ok());
+  push("worker", 8);
   snapshot = PullAll(store, "w");
-  EXPECT_THAT(snapshot.values, ElementsAreArray({7, 6, 5, 4}));
-  EXPECT_THAT(snapshot.versions, ElementsAreArray({3u}));
+  EXPECT_THAT(snapshot.values, ElementsAreArray({6, 5, 4, 3}));
+  EXPECT_THAT(snapshot.versions, ElementsAreArray({4u}));
+
+  // A seq further below the highest than the window reaches counts as
+  // applied: it is acknowledged, not applied.
+  push("worker", 8 + SeqWindow::kWidth + 10);
+  push("worker", 9);
+  auto old = PushNow(store, PushRequest("worker", 9, {ones}));
+  ASSERT_TRUE(old->status.ok());
+  EXPECT_THAT(Decode(old->answer.values(0)), ElementsAreArray({5, 4, 3, 2}));
+  snapshot = PullAll(store, "w");
+  EXPECT_THAT(snapshot.values, ElementsAreArray({5, 4, 3, 2}));
+  EXPECT_THAT(snapshot.versions, ElementsAreArray({5u}));
+}
+
+TEST(StoreExactlyOnceTest, RepeatsAreTrackedPerBlock) {
+  VariableStore store(AsyncOptions());
+  CreateLocal(store, "w", Iota(8, 10.0f));  // blocks [0,4) [4,8)
+  // seq 1 reaches block 0 only; its retry covers both blocks: block 0
+  // acknowledges it again, block 1 applies it.
+  ASSERT_TRUE(
+      PushNow(store, PushRequest("w0", 1, {MakeSlice("w", 0, {1, 1, 1, 1})}))
+          ->status.ok());
+  auto retry = PushNow(store, PushRequest("w0", 1,
+                                          {MakeSlice("w", 0, {1, 1, 1, 1}),
+                                           MakeSlice("w", 4, {1, 1, 1, 1})}));
+  ASSERT_TRUE(retry->status.ok()) << retry->status;
+  ASSERT_EQ(retry->answer.values_size(), 2);
+  EXPECT_EQ(retry->answer.values(0).version(), 1u);
+  EXPECT_EQ(retry->answer.values(1).version(), 1u);
+  Snapshot snapshot = PullAll(store, "w");
+  EXPECT_THAT(snapshot.values, ElementsAreArray(Iota(8, 9.0f)));
+  EXPECT_THAT(snapshot.versions, ElementsAreArray({1u, 1u}));
 }
 
 TEST(StoreExactlyOnceTest, SeqZeroIsNeverDeduplicated) {
