@@ -1,0 +1,24 @@
+"""psclient: the Python client of the parameter server.
+
+- :class:`Client`: create, push, pull and push-pull named float32 tensors on a
+  cluster of shards (numpy in and out).
+- :class:`psclient.torch.RemoteOptimizer`: a ``torch.optim``-style optimizer
+  whose update rule runs on the server (import ``psclient.torch``).
+- :class:`LocalCluster`: ps_server shard processes on this machine.
+
+The gRPC stubs are generated at build time; see ``psclient/_stubs.py`` for
+where they are looked for.
+"""
+
+from psclient._stubs import ps_pb2, ps_pb2_grpc
+from psclient.client import (Client, ClusterMismatchError, PsError, RetryPolicy,
+                             StaleStepError, check_cluster, parse_optimizer)
+from psclient.cluster import LocalCluster, find_server_binary
+from psclient.encoding import DType
+from psclient.partition import PartitionPlan, fnv1a64
+
+__all__ = [
+    "Client", "ClusterMismatchError", "DType", "LocalCluster", "PartitionPlan",
+    "PsError", "RetryPolicy", "StaleStepError", "check_cluster",
+    "find_server_binary", "fnv1a64", "parse_optimizer", "ps_pb2", "ps_pb2_grpc",
+]

@@ -1,0 +1,172 @@
+"""A drop-in replacement for a ``torch.optim`` optimizer that runs on the server.
+
+Example::
+
+    opt = RemoteOptimizer(model.named_parameters(), client,
+                          optimizer="adam { } learning_rate: 0.001")
+    for x, y in batches:
+        opt.zero_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step(loss)   # pushes the gradients, writes back the new values
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
+
+import numpy as np
+import torch
+
+from psclient.client import Client, OptimizerLike, StaleStepError, parse_optimizer
+from psclient.encoding import DType
+
+_LOG = logging.getLogger(__name__)
+
+LossLike = Union[float, "torch.Tensor", Callable[[], "torch.Tensor"], None]
+
+
+class RemoteOptimizer:
+    """Trains a model's parameters with an update rule that runs on the shards.
+
+    Creating it creates one server variable per parameter (named
+    ``prefix + name``) with the parameter's current values, then pulls: the
+    first worker to create a variable sets its initial values, and every
+    worker starts from what the server holds.
+
+    Each :meth:`step` sends every gradient in one PushPull request per shard
+    (more only for very large models), all shards in parallel, and writes the
+    values after the update back into the parameters.
+
+    Args:
+        named_parameters: ``model.named_parameters()``; parameters that do not
+            require a gradient are left alone.
+        client: the connection to the cluster.
+        optimizer: the update rule, an ``OptimizerConfig`` or its protobuf
+            text form (e.g. ``"momentum { nesterov: true } learning_rate:
+            0.1"``), set as each variable's own; None = the server default,
+            which ``psctl`` / ``AdminService.SetOptimizer(variable="")``
+            changes while training runs.
+        prefix: prepended to every parameter name (to train several models on
+            one cluster).
+        dtype: wire encoding of gradients and values (default: the client's).
+        step: the first step to push (sync mode). None = the lowest block
+            version pulled after creation, which is right for workers that
+            join a running sync job when every worker starts at step 0.
+
+    Thread safety: not thread-safe; one per worker thread.
+    """
+
+    def __init__(self,
+                 named_parameters: Iterable[Tuple[str, torch.nn.Parameter]],
+                 client: Client,
+                 optimizer: OptimizerLike = None,
+                 *,
+                 prefix: str = "",
+                 dtype: Union[DType, int, str, None] = None,
+                 step: Optional[int] = None):
+        self.client = client
+        self.config = parse_optimizer(optimizer)
+        self._dtype = dtype
+        self._params: List[Tuple[str, torch.nn.Parameter]] = [
+            (prefix + name, p) for name, p in named_parameters if p.requires_grad
+        ]
+        if not self._params:
+            raise ValueError("RemoteOptimizer got no parameters that require a gradient")
+        names = [n for n, _ in self._params]
+        if len(set(names)) != len(names):
+            raise ValueError("parameter names are not unique: " + ", ".join(names))
+        created = []
+        for name, p in self._params:
+            with torch.no_grad():
+                initial = p.detach().cpu().numpy().astype(np.float32, copy=False)
+            if self.client.create_variable(name, initial=initial, optimizer=self.config):
+                created.append(name)
+        _LOG.info("created %d of %d variables (the rest existed)", len(created),
+                  len(self._params))
+        versions = self.pull()
+        first = min(int(v.min()) for v in versions.values())
+        #: The step of the next push (sync mode aggregates pushes per step).
+        self.step_count: int = first if step is None else int(step)
+        #: The loss passed to the last step(), as a float.
+        self.last_loss: Optional[float] = None
+
+    @property
+    def variable_names(self) -> List[str]:
+        """The server variable of each parameter, in order."""
+        return [n for n, _ in self._params]
+
+    def zero_grad(self, set_to_none: bool = False) -> None:
+        """Clears the gradients, as ``torch.optim.Optimizer.zero_grad`` does."""
+        for _, p in self._params:
+            if p.grad is None:
+                continue
+            if set_to_none:
+                p.grad = None
+            else:
+                p.grad.detach_()
+                p.grad.zero_()
+
+    def pull(self) -> Dict[str, np.ndarray]:
+        """Overwrites the parameters with the server's values.
+
+        Returns the block versions of each variable.
+        """
+        values, versions = self.client.pull(self.variable_names, dtype=self._dtype,
+                                            return_versions=True)
+        self._write_back(values)
+        return versions
+
+    def step(self, loss: LossLike = None) -> Optional[float]:
+        """Pushes every gradient and writes the updated values back.
+
+        Args:
+            loss: the objective at the current values: a float, a scalar
+                tensor, or a closure that recomputes it (zeroing and
+                back-propagating, as for ``torch.optim``). The Eve rule needs
+                it; in sync mode the shards average it over the workers.
+
+        Returns:
+            The loss as a float (None when none was given).
+
+        In sync mode a parameter without a gradient is pushed as zeros, so that
+        every block completes every step. If the step was already applied
+        (this worker fell behind), the parameters are refreshed from the
+        server and the step counter moves to the server's step.
+        """
+        if callable(loss):
+            with torch.enable_grad():
+                loss = loss()
+        value = None if loss is None else float(
+            loss.detach().item() if isinstance(loss, torch.Tensor) else loss)
+        gradients: Dict[str, np.ndarray] = {}
+        for name, p in self._params:
+            if p.grad is None:
+                if self.client.sync:
+                    gradients[name] = np.zeros(p.numel(), dtype=np.float32)
+                continue
+            gradients[name] = p.grad.detach().cpu().numpy().astype(np.float32, copy=False)
+        if not gradients:
+            return value
+        try:
+            values = self.client.push_pull(gradients, step=self.step_count, loss=value,
+                                           dtype=self._dtype, pull_dtype=self._dtype)
+        except StaleStepError as e:
+            versions = self.pull()
+            behind = self.step_count
+            self.step_count = min(int(v.min()) for v in versions.values())
+            _LOG.warning("step %d was already applied (%s); continuing at step %d",
+                         behind, e.details, self.step_count)
+            self.last_loss = value
+            return value
+        self._write_back(values)
+        self.step_count += 1
+        self.last_loss = value
+        return value
+
+    def _write_back(self, values: Dict[str, np.ndarray]) -> None:
+        with torch.no_grad():
+            for name, p in self._params:
+                src = torch.from_numpy(np.ascontiguousarray(values[name]).reshape(p.shape))
+                p.copy_(src.to(dtype=p.dtype, device=p.device))

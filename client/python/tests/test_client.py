@@ -1,0 +1,453 @@
+"""psclient.Client: the cluster check, retries with exactly-once seqs, request
+splitting, wire encodings, tokens and TLS, against fake and real shards."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import pathlib
+import shutil
+import subprocess
+import tempfile
+import threading
+import unittest
+from typing import List
+
+import grpc
+import numpy as np
+import torch
+
+from tests.helpers import digits, make_mlp
+
+from psclient import (Client, ClusterMismatchError, DType, LocalCluster, PsError,
+                      RetryPolicy, StaleStepError, check_cluster, ps_pb2,
+                      ps_pb2_grpc)
+from psclient.encoding import decode, encode
+from psclient.torch import RemoteOptimizer
+
+FAST_RETRY = RetryPolicy(max_attempts=4, initial_backoff=0.01, max_backoff=0.05)
+
+
+def info(index: int, shards: int = 2, block: int = 8, consistency: str = "async",
+         workers: int = 0, quorum: int = 0) -> ps_pb2.ClusterInfo:
+    return ps_pb2.ClusterInfo(shard_index=index, num_shards=shards, block_size=block,
+                              consistency=consistency, num_workers=workers,
+                              quorum=quorum)
+
+
+class CheckClusterTest(unittest.TestCase):
+
+    def test_orders_shards_by_index(self):
+        self.assertEqual(check_cluster([info(1), info(0)], ["b", "a"]), [1, 0])
+        self.assertEqual(check_cluster([info(0, shards=1)], ["a"]), [0])
+
+    def test_disagreeing_settings(self):
+        cases = {
+            "num_shards": [info(0), info(1, shards=3)],
+            "block_size": [info(0), info(1, block=16)],
+            "consistency": [info(0), info(1, consistency="sync")],
+            "num_workers": [info(0, workers=2), info(1, workers=3)],
+            "quorum": [info(0, quorum=1), info(1, quorum=2)],
+        }
+        for field, infos in cases.items():
+            with self.subTest(field=field):
+                with self.assertRaisesRegex(ClusterMismatchError,
+                                            f"disagree on {field}.*a says.*b says"):
+                    check_cluster(infos, ["a", "b"])
+
+    def test_shard_indexes_must_cover_the_cluster(self):
+        with self.assertRaisesRegex(ClusterMismatchError,
+                                    "shard_index 0 is served by a and b"):
+            check_cluster([info(0), info(0)], ["a", "b"])
+        with self.assertRaisesRegex(ClusterMismatchError, "reports shard_index 5"):
+            check_cluster([info(5), info(0)], ["a", "b"])
+        with self.assertRaisesRegex(ClusterMismatchError,
+                                    "1 addresses given .* num_shards = 2"):
+            check_cluster([info(0)], ["a"])
+
+    def test_error_is_failed_precondition(self):
+        with self.assertRaises(ClusterMismatchError) as caught:
+            check_cluster([info(0), info(0)], ["a", "b"])
+        self.assertEqual(caught.exception.code, grpc.StatusCode.FAILED_PRECONDITION)
+
+
+class FlakyShard(ps_pb2_grpc.ParameterServiceServicer):
+    """A one-shard cluster that fails the first `failures` attempts of each
+    push with `code`, and records every push attempt it sees."""
+
+    def __init__(self, failures: int, code: grpc.StatusCode):
+        self.failures = failures
+        self.code = code
+        self.lock = threading.Lock()
+        self.attempts: List[ps_pb2.PushRequest] = []
+        self.failed_seqs: dict = {}
+
+    def GetClusterInfo(self, request, context):
+        return info(0, shards=1, block=4)
+
+    def CreateVariable(self, request, context):
+        return ps_pb2.CreateVariableResponse(created=True)
+
+    def PushPull(self, request, context):
+        with self.lock:
+            self.attempts.append(request)
+            seen = self.failed_seqs.get(request.seq, 0)
+            if seen < self.failures:
+                self.failed_seqs[request.seq] = seen + 1
+                context.abort(self.code, "flaky shard says no")
+        answer = ps_pb2.PullResponse()
+        for g in request.gradients:
+            answer.values.add(variable=g.variable, offset=g.offset, length=g.length,
+                              dtype=request.pull_dtype, version=request.seq,
+                              data=encode(np.zeros(g.length, np.float32),
+                                          DType(request.pull_dtype)))
+        return answer
+
+
+class RetryTest(unittest.TestCase):
+
+    def start(self, shard: FlakyShard) -> str:
+        server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=4))
+        ps_pb2_grpc.add_ParameterServiceServicer_to_server(shard, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        server.start()
+        self.addCleanup(server.stop, None)
+        return f"127.0.0.1:{port}"
+
+    def test_retries_reuse_the_seq_and_seqs_increase(self):
+        shard = FlakyShard(failures=2, code=grpc.StatusCode.UNAVAILABLE)
+        with Client([self.start(shard)], retry=FAST_RETRY, worker_id="w1") as client, \
+                self.assertLogs("psclient.client", "WARNING") as logs:
+            client.create_variable("v", shape=[6])
+            for step in range(3):
+                client.push_pull({"v": np.ones(6)}, step=step)
+        self.assertEqual(len(logs.records), 6)
+        self.assertIn("retrying", logs.output[0])
+        # 3 pushes, each tried 3 times (2 failures, then success).
+        self.assertEqual(len(shard.attempts), 9)
+        seqs = [a.seq for a in shard.attempts]
+        self.assertEqual(seqs[0:3], [seqs[0]] * 3)
+        self.assertEqual(seqs[3:6], [seqs[0] + 1] * 3)
+        self.assertEqual(seqs[6:9], [seqs[0] + 2] * 3)
+        self.assertTrue(all(a.worker_id == "w1" for a in shard.attempts))
+        self.assertEqual([a.step for a in shard.attempts[::3]], [0, 1, 2])
+
+    def test_deadline_exceeded_is_retried(self):
+        shard = FlakyShard(failures=1, code=grpc.StatusCode.DEADLINE_EXCEEDED)
+        with Client([self.start(shard)], retry=FAST_RETRY) as client, \
+                self.assertLogs("psclient.client", "WARNING"):
+            client.create_variable("v", shape=[3])
+            client.push_pull({"v": np.ones(3)})
+        self.assertEqual(len(shard.attempts), 2)
+        self.assertEqual(shard.attempts[0].seq, shard.attempts[1].seq)
+
+    def test_gives_up_after_max_attempts(self):
+        shard = FlakyShard(failures=100, code=grpc.StatusCode.UNAVAILABLE)
+        with Client([self.start(shard)], retry=FAST_RETRY) as client, \
+                self.assertLogs("psclient.client", "WARNING"):
+            client.create_variable("v", shape=[3])
+            with self.assertRaises(PsError) as caught:
+                client.push_pull({"v": np.ones(3)})
+        self.assertEqual(caught.exception.code, grpc.StatusCode.UNAVAILABLE)
+        self.assertEqual(len(shard.attempts), FAST_RETRY.max_attempts)
+
+    def test_other_errors_are_not_retried(self):
+        shard = FlakyShard(failures=100, code=grpc.StatusCode.INVALID_ARGUMENT)
+        with Client([self.start(shard)], retry=FAST_RETRY) as client:
+            client.create_variable("v", shape=[3])
+            with self.assertRaisesRegex(PsError, "INVALID_ARGUMENT.*flaky shard"):
+                client.push_pull({"v": np.ones(3)})
+        self.assertEqual(len(shard.attempts), 1)
+
+    def test_unreachable_shard(self):
+        with self.assertRaises(PsError) as caught, \
+                self.assertLogs("psclient.client", "WARNING"):
+            Client(["127.0.0.1:1"], retry=FAST_RETRY, timeout=2)
+        self.assertEqual(caught.exception.code, grpc.StatusCode.UNAVAILABLE)
+
+
+class LiveClusterTest(unittest.TestCase):
+    """Against two real shards with 4-value blocks and SGD at rate 1."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.cluster = LocalCluster(2, block_size=4,
+                                   optimizer="sgd {} learning_rate: 1").start()
+        cls.client = Client(cls.cluster.addresses)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.client.close()
+        assert cls.cluster.stop() == [0, 0]
+
+    def test_shards_in_any_order(self):
+        with Client(list(reversed(self.cluster.addresses))) as client:
+            self.assertEqual(client.addresses, self.cluster.addresses)
+            self.assertEqual(client.cluster_info.num_shards, 2)
+            self.assertEqual(client.plan.block_size, 4)
+
+    def test_create_pull_push(self):
+        values = np.arange(30, dtype=np.float32).reshape(5, 6)
+        self.assertTrue(self.client.create_variable("cpp/w", initial=values))
+        self.assertFalse(self.client.create_variable("cpp/w", initial=values * 0))
+        pulled, versions = self.client.pull("cpp/w", return_versions=True)
+        np.testing.assert_array_equal(pulled, values)
+        self.assertEqual(pulled.shape, (5, 6))
+        np.testing.assert_array_equal(versions, np.zeros(8))  # ceil(30 / 4) blocks
+
+        grad = np.full((5, 6), 0.5, dtype=np.float32)
+        after = self.client.push_pull({"cpp/w": grad}, step=0)["cpp/w"]
+        np.testing.assert_array_equal(after, values - 0.5)
+        self.client.push({"cpp/w": grad.reshape(-1)}, loss=1.0)
+        np.testing.assert_array_equal(self.client.pull("cpp/w"), values - 1.0)
+
+    def test_several_variables_in_one_call(self):
+        a = np.ones(7, np.float32)
+        b = np.full((3, 3), 2.0, np.float32)
+        self.client.create_variable("multi/a", initial=a)
+        self.client.create_variable("multi/b", initial=b)
+        out = self.client.push_pull({"multi/a": a, "multi/b": b})
+        np.testing.assert_array_equal(out["multi/a"], np.zeros(7))
+        np.testing.assert_array_equal(out["multi/b"], np.zeros((3, 3)))
+        both = self.client.pull(["multi/a", "multi/b"])
+        self.assertEqual(set(both), {"multi/a", "multi/b"})
+
+    def test_zeros_without_initial_values(self):
+        self.client.create_variable("zeros/v", shape=[3, 3])
+        np.testing.assert_array_equal(self.client.pull("zeros/v"), np.zeros((3, 3)))
+
+    def test_other_shape_is_already_exists(self):
+        self.client.create_variable("shape/v", shape=[4])
+        with self.assertRaises(PsError) as caught:
+            self.client.create_variable("shape/v", shape=[5])
+        self.assertEqual(caught.exception.code, grpc.StatusCode.ALREADY_EXISTS)
+
+    def test_unknown_variable(self):
+        with self.assertRaises(KeyError):
+            self.client.pull("never/created")
+        self.client.register_variable("never/created", [3])
+        with self.assertRaises(PsError) as caught:
+            self.client.pull("never/created")
+        self.assertEqual(caught.exception.code, grpc.StatusCode.NOT_FOUND)
+
+    def test_wrong_gradient_size(self):
+        self.client.create_variable("size/v", shape=[4])
+        with self.assertRaisesRegex(ValueError, "holds 3 values"):
+            self.client.push({"size/v": np.ones(3)})
+
+    def test_nan_gradient_is_refused(self):
+        self.client.create_variable("nan/v", shape=[4])
+        with self.assertRaises(PsError) as caught:
+            self.client.push({"nan/v": np.array([0, np.nan, 0, 0])})
+        self.assertEqual(caught.exception.code, grpc.StatusCode.INVALID_ARGUMENT)
+
+    def test_small_messages_are_split(self):
+        values = np.random.default_rng(1).normal(size=1000).astype(np.float32)
+        # 600 bytes: a handful of 4-value blocks per request.
+        # Initial values go in one message per shard: create with the default.
+        self.client.create_variable("split/v", initial=values)
+        with Client(self.cluster.addresses, max_message_bytes=1024) as small:
+            small.register_variable("split/v", [1000])
+            np.testing.assert_array_equal(small.pull("split/v"), values)
+            after = small.push_pull({"split/v": np.ones(1000)})["split/v"]
+            np.testing.assert_array_equal(after, values - 1)
+            _, versions = small.pull("split/v", return_versions=True)
+            np.testing.assert_array_equal(versions, np.ones(250))
+
+    def test_half_precision_on_the_wire(self):
+        values = np.random.default_rng(2).normal(size=37).astype(np.float32)
+        self.client.create_variable("half/v", initial=values)
+        for dtype in (DType.BFLOAT16, DType.FLOAT16):
+            with self.subTest(dtype=dtype.name):
+                expected = decode(encode(values, dtype), 37, dtype)
+                np.testing.assert_array_equal(self.client.pull("half/v", dtype=dtype),
+                                              expected)
+        # A bf16 gradient is widened exactly: 0.5 and 0.25 are representable.
+        grad = np.where(np.arange(37) % 2 == 0, 0.5, 0.25).astype(np.float32)
+        after = self.client.push_pull({"half/v": grad}, dtype="bf16",
+                                      pull_dtype="float32")["half/v"]
+        np.testing.assert_array_equal(after, values - grad)
+
+    def test_other_cluster_is_refused(self):
+        with LocalCluster(1, block_size=4) as other:
+            with self.assertRaisesRegex(ClusterMismatchError, "disagree on num_shards"):
+                Client([self.cluster.addresses[0], other.addresses[0]])
+        with self.assertRaisesRegex(ClusterMismatchError,
+                                    "shard_index 0 is served by"):
+            Client([self.cluster.addresses[0], self.cluster.addresses[0]])
+
+
+class SyncTest(unittest.TestCase):
+    """Two workers on a sync cluster: each step applies their mean gradient."""
+
+    def test_two_workers_average(self):
+        with LocalCluster(2, block_size=4, consistency="sync", num_workers=2,
+                          optimizer="sgd {} learning_rate: 1") as cluster:
+            clients = [Client(cluster.addresses, worker_id=f"w{i}") for i in range(2)]
+            self.assertTrue(clients[0].sync)
+            for c in clients:
+                c.create_variable("s/v", initial=np.zeros(10, np.float32))
+            results = {}
+
+            def work(i: int) -> None:
+                out = []
+                for step in range(3):
+                    grad = np.full(10, float(i + 1) * (step + 1), np.float32)
+                    out.append(clients[i].push_pull({"s/v": grad}, step=step,
+                                                    loss=float(i))["s/v"])
+                results[i] = out
+
+            threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout=60)
+            # Mean gradient per step: 1.5 * (step + 1); values -1.5, -4.5, -9.
+            for i in range(2):
+                for step, expected in enumerate([-1.5, -4.5, -9.0]):
+                    np.testing.assert_array_equal(results[i][step], np.full(10, expected))
+            # A step that was applied already is refused, never applied late.
+            with self.assertRaises(StaleStepError) as caught:
+                clients[0].push({"s/v": np.ones(10)}, step=1)
+            self.assertIn("already applied", caught.exception.details)
+            for c in clients:
+                c.close()
+
+
+class RemoteOptimizerTest(unittest.TestCase):
+
+    @classmethod
+    def setUpClass(cls):
+        cls.cluster = LocalCluster(2, block_size=50).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        assert cls.cluster.stop() == [0, 0]
+
+    def test_later_workers_start_from_the_server(self):
+        with Client(self.cluster.addresses) as a, Client(self.cluster.addresses) as b:
+            first = make_mlp(seed=1)
+            RemoteOptimizer(first.named_parameters(), a, "sgd {}", prefix="late/")
+            second = make_mlp(seed=2)
+            RemoteOptimizer(second.named_parameters(), b, "sgd {}", prefix="late/")
+            for (n, p), (_, q) in zip(first.named_parameters(), second.named_parameters()):
+                torch.testing.assert_close(p, q, rtol=0, atol=0, msg=n)
+
+    def test_eve_needs_the_loss_and_closures_work(self):
+        x, y = digits()
+        model = make_mlp()
+        with Client(self.cluster.addresses) as client:
+            opt = RemoteOptimizer(model.named_parameters(), client,
+                                  "eve {} learning_rate: 0.01", prefix="eve/")
+            loss = torch.nn.functional.cross_entropy(model(x[:64]), y[:64])
+            loss.backward()
+            with self.assertRaises(PsError) as caught:
+                opt.step()
+            self.assertEqual(caught.exception.code, grpc.StatusCode.INVALID_ARGUMENT)
+
+            def closure():
+                opt.zero_grad()
+                loss = torch.nn.functional.cross_entropy(model(x[:64]), y[:64])
+                loss.backward()
+                return loss
+
+            losses = [opt.step(closure) for _ in range(20)]
+            self.assertLess(losses[-1], losses[0])
+            self.assertEqual(opt.step_count, 20)
+
+    def test_sync_workers_match_local_training_on_the_mean_gradient(self):
+        x, y = digits()
+        halves = [(x[i::2][:256], y[i::2][:256]) for i in range(2)]
+        steps = 10
+        with LocalCluster(2, block_size=50, consistency="sync", num_workers=2) as cluster:
+            models = [make_mlp() for _ in range(2)]
+            clients = [Client(cluster.addresses) for _ in range(2)]
+            opts = [RemoteOptimizer(m.named_parameters(), c, "adam {} learning_rate: 0.01")
+                    for m, c in zip(models, clients)]
+
+            def work(i: int) -> None:
+                for s in range(steps):
+                    xb, yb = halves[i][0][s * 16:(s + 1) * 16], halves[i][1][s * 16:(s + 1) * 16]
+                    opts[i].zero_grad()
+                    loss = torch.nn.functional.cross_entropy(models[i](xb), yb)
+                    loss.backward()
+                    opts[i].step(loss)
+
+            threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout=120)
+            for c in clients:
+                c.close()
+
+        local = make_mlp()
+        optimizer = torch.optim.Adam(local.parameters(), lr=0.01)
+        for s in range(steps):
+            optimizer.zero_grad()
+            loss = sum(torch.nn.functional.cross_entropy(
+                local(h[0][s * 16:(s + 1) * 16]), h[1][s * 16:(s + 1) * 16])
+                for h in halves) / 2
+            loss.backward()
+            optimizer.step()
+        for model in models:
+            for (n, p), q in zip(model.named_parameters(), local.parameters()):
+                torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-5, atol=2e-6,
+                                           msg=n)
+        self.assertEqual([o.step_count for o in opts], [steps, steps])
+
+
+def _openssl() -> str:
+    return shutil.which("openssl") or ""
+
+
+class SecurityTest(unittest.TestCase):
+
+    def setUp(self):
+        self.dir = pathlib.Path(tempfile.mkdtemp(prefix="psclient-sec-"))
+        self.addCleanup(shutil.rmtree, self.dir)
+
+    def test_tokens(self):
+        (self.dir / "workers").write_text("worker-secret trainer\n")
+        (self.dir / "admins").write_text("admin-secret ops\n")
+        args = [f"--worker_tokens_file={self.dir / 'workers'}",
+                f"--admin_tokens_file={self.dir / 'admins'}"]
+        with LocalCluster(2, block_size=4, extra_args=args) as cluster:
+            with self.assertRaises(PsError) as caught:
+                Client(cluster.addresses, retry=FAST_RETRY)
+            self.assertEqual(caught.exception.code, grpc.StatusCode.UNAUTHENTICATED)
+            with self.assertRaises(PsError) as caught:
+                Client(cluster.addresses, token="guess", retry=FAST_RETRY)
+            self.assertEqual(caught.exception.code, grpc.StatusCode.UNAUTHENTICATED)
+            for token in ("worker-secret", "admin-secret"):
+                with Client(cluster.addresses, token=token) as client:
+                    client.create_variable(f"tok/{token}", initial=np.ones(9))
+                    np.testing.assert_array_equal(client.pull(f"tok/{token}"), np.ones(9))
+
+    @unittest.skipUnless(_openssl(), "openssl is not installed")
+    def test_tls(self):
+        cert, key = self.dir / "cert.pem", self.dir / "key.pem"
+        subprocess.run(
+            [_openssl(), "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+             "-subj", "/CN=localhost", "-addext",
+             "subjectAltName=DNS:localhost,IP:127.0.0.1",
+             "-keyout", str(key), "-out", str(cert)],
+            check=True, capture_output=True)
+        args = [f"--tls_cert_file={cert}", f"--tls_key_file={key}"]
+        with LocalCluster(1, block_size=4, extra_args=args) as cluster:
+            with Client(cluster.addresses, tls_ca_file=str(cert)) as client:
+                self.assertTrue(client.create_variable("tls/v", initial=np.ones(5)))
+                np.testing.assert_array_equal(client.pull("tls/v"), np.ones(5))
+            # localhost rather than the IP: the name checked is overridable.
+            port = cluster.addresses[0].rsplit(":", 1)[1]
+            with Client([f"127.0.0.1:{port}"], tls_ca_file=str(cert),
+                        tls_server_name="localhost") as client:
+                client.register_variable("tls/v", [5])
+                np.testing.assert_array_equal(client.pull("tls/v", dtype="fp16"),
+                                              np.ones(5))
+            # Plaintext against a TLS shard fails.
+            with self.assertRaises(PsError), self.assertLogs("psclient.client", "WARNING"):
+                Client(cluster.addresses, retry=FAST_RETRY, timeout=2)
+
+
+if __name__ == "__main__":
+    unittest.main()
