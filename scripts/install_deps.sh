@@ -9,7 +9,7 @@ packages=(
   libabsl-dev libeigen3-dev libgtest-dev libgmock-dev libbenchmark-dev
   libspdlog-dev libcpp-httplib-dev nlohmann-json3-dev openssl
   python3 python3-grpcio python3-protobuf python3-numpy python3-torch
-  python3-sklearn python3-matplotlib
+  python3-sklearn python3-matplotlib python3-yaml
 )
 
 missing=()
