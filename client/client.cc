@@ -623,6 +623,17 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(
   if (options.channels_per_shard > 1) {
     args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
   }
+  // Reconnect to a restarted shard at the pace of the retry policy. gRPC's
+  // own reconnect backoff (1 s, growing to 120 s) would otherwise fail every
+  // retry fast until long after the shard is back.
+  const int64_t initial_ms = std::max<int64_t>(
+      1, absl::ToInt64Milliseconds(options.retry.initial_backoff));
+  const int64_t max_ms = std::max<int64_t>(
+      initial_ms, absl::ToInt64Milliseconds(options.retry.max_backoff));
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS,
+              static_cast<int>(std::min<int64_t>(initial_ms, INT_MAX)));
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS,
+              static_cast<int>(std::min<int64_t>(max_ms, INT_MAX)));
   // Seqs start at the clock so that a worker restarted with the same id
   // keeps numbering above what the shards have seen.
   const uint64_t first_seq =

@@ -53,7 +53,8 @@ struct RetryPolicy {
   // adds load on a shard that is struggling.
   absl::Duration initial_backoff = absl::Milliseconds(100);
   // The longest wait between two attempts. Bounds how long a recovered shard
-  // may stay unused.
+  // may stay unused. initial_backoff and max_backoff also pace the channel's
+  // reconnection attempts to a shard that went away.
   absl::Duration max_backoff = absl::Seconds(5);
   // Each wait is the previous one times this (>= 1). Higher backs off faster.
   double backoff_multiplier = 2.0;

@@ -300,7 +300,8 @@ absl::StatusOr<v1::CheckpointResponse> Checkpointer::Write() {
 absl::StatusOr<std::string> Checkpointer::LoadNewest() {
   absl::MutexLock lock(&mu_);
   const StoreOptions& options = store_->options();
-  for (const auto& [number, folder] : List(options_.dir, false)) {
+  const auto checkpoints = List(options_.dir, false);
+  for (const auto& [number, folder] : checkpoints) {
     auto manifest = Verify(folder);
     if (!manifest.ok()) {
       spdlog::warn("skipping checkpoint {}: {}", folder.string(),
@@ -344,6 +345,13 @@ absl::StatusOr<std::string> Checkpointer::LoadNewest() {
       PS_RETURN_IF_ERROR(store_->RestoreBlock(block));
     }
     return folder.string();
+  }
+  if (!checkpoints.empty()) {
+    // Starting empty would silently drop the training run.
+    return absl::DataLossError(absl::StrCat(
+        "none of the ", checkpoints.size(), " checkpoints in ", options_.dir,
+        " can be loaded (see the warnings above); move them aside to start "
+        "empty"));
   }
   return std::string();
 }

@@ -45,7 +45,8 @@ class Checkpointer {
   // Loads the newest complete checkpoint into the store, which must hold no
   // variables yet. A torn or corrupt checkpoint (bad checksum, missing file)
   // is skipped with a warning that names it, and the one before is tried.
-  // Returns the folder loaded, or "" when there is none.
+  // Returns the folder loaded, or "" when there is none. DATA_LOSS when there
+  // are checkpoints but none can be loaded.
   // FAILED_PRECONDITION when it was made with another num_shards, block_size
   // or shard_index (the message names both values).
   absl::StatusOr<std::string> LoadNewest() ABSL_LOCKS_EXCLUDED(mu_);
