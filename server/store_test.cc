@@ -16,11 +16,18 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "common/optimizer_config.h"
-#include "common/wire.h"
+#include "tests/server/messages.h"
 
 namespace ps {
 namespace {
 
+using ::ps::testutil::CreateRequest;
+using ::ps::testutil::Decode;
+using ::ps::testutil::Encode;
+using ::ps::testutil::Iota;
+using ::ps::testutil::MakeSlice;
+using ::ps::testutil::Minus;
+using ::ps::testutil::RangeSlice;
 using ::testing::ElementsAreArray;
 using ::testing::HasSubstr;
 
@@ -53,47 +60,6 @@ StoreOptions SyncOptions(uint32_t num_workers, uint32_t quorum,
   return options;
 }
 
-std::string Encode(const std::vector<float>& values,
-                   v1::DType dtype = v1::FLOAT32) {
-  std::string data;
-  EncodeValues(dtype, values, &data);
-  return data;
-}
-
-std::vector<float> Decode(const v1::Slice& slice) {
-  std::vector<float> values(slice.length());
-  absl::Status status = DecodeValues(slice.dtype(), slice.data(), values);
-  EXPECT_TRUE(status.ok()) << status;
-  return values;
-}
-
-v1::Slice MakeSlice(const std::string& variable, uint64_t offset,
-                    const std::vector<float>& values) {
-  v1::Slice slice;
-  slice.set_variable(variable);
-  slice.set_offset(offset);
-  slice.set_length(values.size());
-  slice.set_data(Encode(values));
-  return slice;
-}
-
-v1::Slice RangeSlice(const std::string& variable, uint64_t offset,
-                     uint64_t length) {
-  v1::Slice slice;
-  slice.set_variable(variable);
-  slice.set_offset(offset);
-  slice.set_length(length);
-  return slice;
-}
-
-v1::CreateVariableRequest CreateRequest(const std::string& name,
-                                        std::vector<uint64_t> shape) {
-  v1::CreateVariableRequest request;
-  request.set_name(name);
-  for (uint64_t dim : shape) request.add_shape(dim);
-  return request;
-}
-
 // Initial values for every block of `values` that the store's shard owns.
 v1::CreateVariableRequest CreateWithValues(const VariableStore& store,
                                            const std::string& name,
@@ -110,13 +76,6 @@ v1::CreateVariableRequest CreateWithValues(const VariableStore& store,
                            values.begin() + range.offset + range.length));
   }
   return request;
-}
-
-// Values 1, 2, 3, ... (exact in every encoding used here).
-std::vector<float> Iota(size_t n, float first = 1.0f) {
-  std::vector<float> values(n);
-  for (size_t i = 0; i < n; ++i) values[i] = first + static_cast<float>(i);
-  return values;
 }
 
 // Creates `name` on a single-shard store; every block is local.
@@ -213,11 +172,12 @@ v1::PushRequest PushRequest(const std::string& worker, uint64_t seq,
   return request;
 }
 
-std::vector<float> Minus(const std::vector<float>& a,
-                         const std::vector<float>& b) {
-  std::vector<float> out(a.size());
-  for (size_t i = 0; i < a.size(); ++i) out[i] = a[i] - b[i];
-  return out;
+// Pulls the single range `slice`; the values it answers are dropped.
+absl::Status PullRange(VariableStore& store, const v1::Slice& slice) {
+  v1::PullRequest request;
+  *request.add_slices() = slice;
+  v1::PullResponse response;
+  return store.Pull(request, &response);
 }
 
 // ---------------------------------------------------------------- create
@@ -443,10 +403,7 @@ TEST(StorePullTest, HalfPrecisionEncodings) {
 TEST(StorePullTest, CrossingABlockBoundaryIsRefused) {
   VariableStore store(AsyncOptions());
   CreateLocal(store, "w", Iota(10));
-  v1::PullRequest request;
-  *request.add_slices() = RangeSlice("w", 2, 4);
-  v1::PullResponse response;
-  absl::Status status = store.Pull(request, &response);
+  absl::Status status = PullRange(store, RangeSlice("w", 2, 4));
   EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
   EXPECT_THAT(status.message(), HasSubstr("block"));
 }
@@ -481,10 +438,7 @@ TEST(StorePullTest, RangeOutsideIsCheckedBeforeOwnership) {
     const PartitionPlan& plan = store.plan();
     // Blocks 3, 4, 5 do not exist; their would-be owners cover all shards.
     for (uint64_t k = 3; k < 6; ++k) {
-      v1::PullRequest request;
-      *request.add_slices() = RangeSlice("w", k * 4, 2);
-      v1::PullResponse response;
-      absl::Status status = store.Pull(request, &response);
+      absl::Status status = PullRange(store, RangeSlice("w", k * 4, 2));
       EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument)
           << "shard " << shard << " block " << k << " (would be shard "
           << plan.ShardOf("w", k) << "): " << status;
@@ -498,10 +452,7 @@ TEST(StorePullTest, AnotherShardsBlockIsFailedPrecondition) {
   const PartitionPlan& plan = store.plan();
   int foreign_blocks = 0;
   for (uint64_t k = 0; k < 3; ++k) {
-    v1::PullRequest request;
-    *request.add_slices() = RangeSlice("w", k * 4 + 1, 2);
-    v1::PullResponse response;
-    absl::Status status = store.Pull(request, &response);
+    absl::Status status = PullRange(store, RangeSlice("w", k * 4 + 1, 2));
     const uint32_t owner = plan.ShardOf("w", k);
     if (owner == 1) {
       EXPECT_TRUE(status.ok()) << status;
@@ -516,10 +467,7 @@ TEST(StorePullTest, AnotherShardsBlockIsFailedPrecondition) {
 
 TEST(StorePullTest, UnknownVariableIsNotFound) {
   VariableStore store(AsyncOptions());
-  v1::PullRequest request;
-  *request.add_slices() = RangeSlice("nope", 0, 1);
-  v1::PullResponse response;
-  absl::Status status = store.Pull(request, &response);
+  absl::Status status = PullRange(store, RangeSlice("nope", 0, 1));
   EXPECT_EQ(status.code(), absl::StatusCode::kNotFound) << status;
   EXPECT_THAT(status.message(), HasSubstr("nope"));
 }

@@ -8,12 +8,11 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
-#include <algorithm>
 #include <cmath>
-#include <tuple>
 #include <vector>
 
 #include "server/optimizer/settings.h"
+#include "server/optimizer/test_util.h"
 #include "server/optimizer/update.h"
 
 namespace ps::optimizer {
@@ -22,72 +21,37 @@ namespace {
 using ::testing::Each;
 using ::testing::Pointwise;
 
-const std::vector<float> kInitial = {1.0f, -2.0f, 0.5f};
-const std::vector<std::vector<float>> kGrads = {
-    {0.5f, 1.0f, -2.0f}, {1.0f, -1.0f, 0.0f}, {-0.5f, 2.0f, 1.0f}};
-
-// |actual - expected| <= 1e-6 * max(1, |expected|): a few float32 roundings.
-MATCHER(FloatNearDouble, "") {
-  const double actual = std::get<0>(arg);
-  const double expected = std::get<1>(arg);
-  *result_listener << "differs by " << actual - expected;
-  return std::abs(actual - expected) <=
-         1e-6 * std::max(1.0, std::abs(expected));
-}
-
-OptimizerSettings Settings(AdagradParams params, double lr) {
-  OptimizerSettings settings;
-  settings.rule = params;
-  settings.learning_rate = lr;
-  return settings;
-}
-
-std::vector<std::vector<float>> RunSteps(
-    const OptimizerSettings& settings, int steps,
-    BlockOptimizerState* state_out = nullptr) {
-  std::vector<float> values = kInitial;
-  BlockOptimizerState state;
-  std::vector<std::vector<float>> out;
-  for (int t = 0; t < steps; ++t) {
-    ApplyUpdate(settings, state, values, kGrads[t], std::nullopt);
-    out.push_back(values);
-  }
-  if (state_out != nullptr) *state_out = state;
-  return out;
-}
-
 TEST(AdagradTest, DefaultsDivideByTheRootOfTheSumOfSquares) {
-  BlockOptimizerState state;
-  const auto steps = RunSteps(Settings(AdagradParams{}, 0.1), 2, &state);
+  const Trajectory run = RunSteps(Settings(AdagradParams{}, 0.1), 2);
   // s1 = g1^2, so p1 = p0 - 0.1 g1 / |g1| (eps = 1e-10 is below rounding).
-  EXPECT_THAT(steps[0],
+  EXPECT_THAT(run.values[0],
               Pointwise(FloatNearDouble(), std::vector{0.9, -2.1, 0.6}));
   // s2 = (1.25, 2, 4): p2 = p1 - 0.1 g2 / sqrt(s2).
-  EXPECT_THAT(steps[1],
+  EXPECT_THAT(run.values[1],
               Pointwise(FloatNearDouble(),
                         std::vector{0.9 - 0.1 / std::sqrt(1.25),
                                     -2.1 + 0.1 / std::sqrt(2.0), 0.6}));
-  EXPECT_THAT(state.square_avg,
+  EXPECT_THAT(run.state.square_avg,
               Pointwise(FloatNearDouble(), std::vector{1.25, 2.0, 4.0}));
 }
 
 TEST(AdagradTest, InitialAccumulatorEpsAndLrDecay) {
   const AdagradParams params{
       .initial_accumulator_value = 0.5, .eps = 0.1, .lr_decay = 0.5};
-  const auto steps = RunSteps(Settings(params, 0.1), 3);
+  const Trajectory run = RunSteps(Settings(params, 0.1), 3);
   // t = 1: s = 0.5 + g1^2 = (0.75, 1.5, 4.5), clr = 0.1.
-  EXPECT_THAT(steps[0],
+  EXPECT_THAT(run.values[0],
               Pointwise(FloatNearDouble(),
                         std::vector{1 - 0.05 / (std::sqrt(0.75) + .1),
                                     -2 - 0.1 / (std::sqrt(1.5) + .1),
                                     0.5 + 0.2 / (std::sqrt(4.5) + .1)}));
   // t = 2: s = (1.75, 2.5, 4.5), clr = 0.1 / (1 + 0.5).
-  EXPECT_THAT(steps[1],
+  EXPECT_THAT(run.values[1],
               Pointwise(FloatNearDouble(),
                         std::vector{0.9013880533792797, -2.0358305748779846,
                                     0.590036540915797}));
   // t = 3: s = (2, 6.5, 5.5), clr = 0.1 / (1 + 2 * 0.5) = 0.05.
-  EXPECT_THAT(steps[2],
+  EXPECT_THAT(run.values[2],
               Pointwise(FloatNearDouble(),
                         std::vector{0.9178982740121076, -2.073573406261596,
                                     0.5695883817180583}));
@@ -97,12 +61,12 @@ TEST(AdagradTest, LrDecayAppliesOnTopOfTheSchedule) {
   OptimizerSettings settings = Settings(AdagradParams{.lr_decay = 0.5}, 0.1);
   settings.schedule.kind = Schedule::Kind::kExponential;
   settings.schedule.gamma = 0.5;
-  const auto steps = RunSteps(settings, 2);
-  EXPECT_THAT(steps[0],
+  const Trajectory run = RunSteps(settings, 2);
+  EXPECT_THAT(run.values[0],
               Pointwise(FloatNearDouble(), std::vector{0.9, -2.1, 0.6}));
   // t = 2: clr = (0.1 * 0.5) / (1 + 0.5).
   const double clr = 0.05 / 1.5;
-  EXPECT_THAT(steps[1],
+  EXPECT_THAT(run.values[1],
               Pointwise(FloatNearDouble(),
                         std::vector{0.9 - clr / std::sqrt(1.25),
                                     -2.1 + clr / std::sqrt(2.0), 0.6}));

@@ -8,13 +8,11 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
-#include <algorithm>
 #include <cmath>
-#include <tuple>
 #include <vector>
 
 #include "server/optimizer/settings.h"
-#include "server/optimizer/update.h"
+#include "server/optimizer/test_util.h"
 
 namespace ps::optimizer {
 namespace {
@@ -22,46 +20,8 @@ namespace {
 using ::testing::IsEmpty;
 using ::testing::Pointwise;
 
-const std::vector<float> kInitial = {1.0f, -2.0f, 0.5f};
-const std::vector<std::vector<float>> kGrads = {
-    {0.5f, 1.0f, -2.0f}, {1.0f, -1.0f, 0.0f}, {-0.5f, 2.0f, 1.0f}};
-
-// |actual - expected| <= 1e-6 * max(1, |expected|): a few float32 roundings.
-MATCHER(FloatNearDouble, "") {
-  const double actual = std::get<0>(arg);
-  const double expected = std::get<1>(arg);
-  *result_listener << "differs by " << actual - expected;
-  return std::abs(actual - expected) <=
-         1e-6 * std::max(1.0, std::abs(expected));
-}
-
-struct Trajectory {
-  std::vector<std::vector<float>> values;  // after each step
-  BlockOptimizerState state;
-};
-
-Trajectory RunSteps(const OptimizerSettings& settings,
-                    const std::vector<std::vector<float>>& grads) {
-  Trajectory out;
-  std::vector<float> values = kInitial;
-  for (const std::vector<float>& grad : grads) {
-    ApplyUpdate(settings, out.state, values, grad, std::nullopt);
-    out.values.push_back(values);
-  }
-  return out;
-}
-
-OptimizerSettings Settings(AdamParams params, double lr = 0.1,
-                           double weight_decay = 0.0) {
-  OptimizerSettings settings;
-  settings.rule = params;
-  settings.learning_rate = lr;
-  settings.weight_decay = weight_decay;
-  return settings;
-}
-
 TEST(AdamTest, DefaultsFirstThreeSteps) {
-  const Trajectory run = RunSteps(Settings(AdamParams{}), kGrads);
+  const Trajectory run = RunSteps(Settings(AdamParams{}, 0.1), kGrads);
   // t = 1: m_hat = g1, v_hat = g1^2, so p1 = p0 - 0.1 sign(g1).
   EXPECT_THAT(run.values[0],
               Pointwise(FloatNearDouble(), std::vector{0.9, -2.1, 0.6}));
@@ -85,7 +45,8 @@ TEST(AdamTest, BetasAndEps) {
   // beta1 = 0.5, beta2 = 0.75, eps = 0.1: t = 1 gives
   // p1 = p0 - 0.1 g1 / (|g1| + 0.1).
   const Trajectory run = RunSteps(
-      Settings(AdamParams{.beta1 = 0.5, .beta2 = 0.75, .eps = 0.1}), kGrads);
+      Settings(AdamParams{.beta1 = 0.5, .beta2 = 0.75, .eps = 0.1}, 0.1),
+      kGrads);
   EXPECT_THAT(
       run.values[0],
       Pointwise(FloatNearDouble(),
@@ -104,8 +65,8 @@ TEST(AdamTest, AmsGradDividesByTheLargestSecondMoment) {
   const AdamParams adam{.beta1 = 0.5, .beta2 = 0.5};
   AdamParams amsgrad = adam;
   amsgrad.amsgrad = true;
-  const Trajectory plain = RunSteps(Settings(adam), kShrinking);
-  const Trajectory max = RunSteps(Settings(amsgrad), kShrinking);
+  const Trajectory plain = RunSteps(Settings(adam, 0.1), kShrinking);
+  const Trajectory max = RunSteps(Settings(amsgrad, 0.1), kShrinking);
   // t = 1: w = v, the same step.
   EXPECT_THAT(plain.values[0],
               Pointwise(FloatNearDouble(), std::vector{0.9, -2.1, 0.6}));
@@ -155,16 +116,16 @@ TEST(AdamTest, DecoupledWeightDecayShrinksTheValuesFirst) {
                         std::vector{0.7109818005385093, -1.8947368412078947,
                                     0.6132558244647326}));
   // The moments saw the raw gradients: the same as Adam without decay.
-  const Trajectory adam = RunSteps(Settings(AdamParams{}), kGrads);
+  const Trajectory adam = RunSteps(Settings(AdamParams{}, 0.1), kGrads);
   EXPECT_EQ(run.state.momentum, adam.state.momentum);
   EXPECT_EQ(run.state.square_avg, adam.state.square_avg);
 }
 
 TEST(AdamTest, DecoupledWithoutWeightDecayIsAdam) {
-  EXPECT_EQ(
-      RunSteps(Settings(AdamParams{.decoupled_weight_decay = true}), kGrads)
-          .values,
-      RunSteps(Settings(AdamParams{}), kGrads).values);
+  EXPECT_EQ(RunSteps(Settings(AdamParams{.decoupled_weight_decay = true}, 0.1),
+                     kGrads)
+                .values,
+            RunSteps(Settings(AdamParams{}, 0.1), kGrads).values);
 }
 
 TEST(AdamTest, StepScalarsFollowTheBiasCorrections) {

@@ -6,12 +6,11 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
-#include <algorithm>
 #include <cmath>
-#include <tuple>
 #include <vector>
 
 #include "server/optimizer/settings.h"
+#include "server/optimizer/test_util.h"
 #include "server/optimizer/update.h"
 
 namespace ps::optimizer {
@@ -19,15 +18,6 @@ namespace {
 
 using ::testing::DoubleNear;
 using ::testing::Pointwise;
-
-// |actual - expected| <= 1e-6 * max(1, |expected|): a few float32 roundings.
-MATCHER(FloatNearDouble, "") {
-  const double actual = std::get<0>(arg);
-  const double expected = std::get<1>(arg);
-  *result_listener << "differs by " << actual - expected;
-  return std::abs(actual - expected) <=
-         1e-6 * std::max(1.0, std::abs(expected));
-}
 
 struct FeedbackCase {
   const char* what;
@@ -81,15 +71,12 @@ TEST(EveFeedbackTest, OtherThresholds) {
   EXPECT_NEAR(state.d, 5.0, 1e-12);  // r = (1.2 - 0.2) / 0.2
 }
 
-// p0 = (1, -2, 0.5), g1 = (0.5, 1, -2), g2 = (1, -1, 0), g3 = (-0.5, 2, 1).
-const std::vector<float> kInitial = {1.0f, -2.0f, 0.5f};
-const std::vector<std::vector<float>> kGrads = {
-    {0.5f, 1.0f, -2.0f}, {1.0f, -1.0f, 0.0f}, {-0.5f, 2.0f, 1.0f}};
+// From here on: p0 = (1, -2, 0.5), g1 = (0.5, 1, -2), g2 = (1, -1, 0),
+// g3 = (-0.5, 2, 1).
 
 TEST(EveTest, FirstStepsDivideTheRootOfVHatByD) {
-  OptimizerSettings settings;
-  settings.rule = EveParams{.beta3 = 0.5, .loss_floor = 1.0};
-  settings.learning_rate = 0.1;
+  const OptimizerSettings settings =
+      Settings(EveParams{.beta3 = 0.5, .loss_floor = 1.0}, 0.1);
   // Losses 3, 4, 4.1: f = 2, 3, 3.1, so d = 1, 0.75, 0.425 (see above).
   const double losses[] = {3.0, 4.0, 4.1};
   const std::vector<std::vector<double>> expected = {
@@ -115,12 +102,8 @@ TEST(EveTest, FirstStepsDivideTheRootOfVHatByD) {
 TEST(EveTest, ConstantLossLengthensTheSteps) {
   // f = f_hat every step: c = k + 1 = 1.1 and r = 0.1, so d drifts from 1
   // down towards 0.1 and Eve's steps grow longer than Adam's.
-  OptimizerSettings eve;
-  eve.rule = EveParams{};
-  eve.learning_rate = 0.1;
-  OptimizerSettings adam;
-  adam.rule = AdamParams{};
-  adam.learning_rate = 0.1;
+  const OptimizerSettings eve = Settings(EveParams{}, 0.1);
+  const OptimizerSettings adam = Settings(AdamParams{}, 0.1);
   std::vector<float> eve_values = kInitial, adam_values = kInitial;
   BlockOptimizerState eve_state, adam_state;
   ApplyUpdate(eve, eve_state, eve_values, kGrads[0], 1.0);

@@ -8,13 +8,10 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
-#include <algorithm>
-#include <cmath>
-#include <tuple>
 #include <vector>
 
 #include "server/optimizer/settings.h"
-#include "server/optimizer/update.h"
+#include "server/optimizer/test_util.h"
 
 namespace ps::optimizer {
 namespace {
@@ -22,50 +19,17 @@ namespace {
 using ::testing::ElementsAre;
 using ::testing::Pointwise;
 
-const std::vector<float> kInitial = {1.0f, -2.0f, 0.5f};
-const std::vector<std::vector<float>> kGrads = {
-    {0.5f, 1.0f, -2.0f}, {1.0f, -1.0f, 0.0f}, {-0.5f, 2.0f, 1.0f}};
-
-// |actual - expected| <= 1e-6 * max(1, |expected|): a few float32 roundings.
-MATCHER(FloatNearDouble, "") {
-  const double actual = std::get<0>(arg);
-  const double expected = std::get<1>(arg);
-  *result_listener << "differs by " << actual - expected;
-  return std::abs(actual - expected) <=
-         1e-6 * std::max(1.0, std::abs(expected));
-}
-
-OptimizerSettings Settings(RuleParams rule, double lr) {
-  OptimizerSettings settings;
-  settings.rule = rule;
-  settings.learning_rate = lr;
-  return settings;
-}
-
-// The values after each of the first `steps` updates from kInitial.
-std::vector<std::vector<float>> RunSteps(const OptimizerSettings& settings,
-                                         int steps) {
-  std::vector<float> values = kInitial;
-  BlockOptimizerState state;
-  std::vector<std::vector<float>> out;
-  for (int t = 0; t < steps; ++t) {
-    ApplyUpdate(settings, state, values, kGrads[t], std::nullopt);
-    out.push_back(values);
-  }
-  return out;
-}
-
 TEST(SgdTest, FirstStepsAreValueMinusRateTimesGradient) {
-  const auto steps = RunSteps(Settings(SgdParams{}, 0.1), 2);
+  const Trajectory run = RunSteps(Settings(SgdParams{}, 0.1), 2);
   // p1 = p0 - 0.1 g1; p2 = p1 - 0.1 g2.
-  EXPECT_THAT(steps[0],
+  EXPECT_THAT(run.values[0],
               Pointwise(FloatNearDouble(), std::vector{0.95, -2.1, 0.7}));
-  EXPECT_THAT(steps[1],
+  EXPECT_THAT(run.values[1],
               Pointwise(FloatNearDouble(), std::vector{0.85, -2.0, 0.7}));
 }
 
 TEST(SgdTest, ZeroRateChangesNothing) {
-  EXPECT_EQ(RunSteps(Settings(SgdParams{}, 0.0), 1)[0], kInitial);
+  EXPECT_EQ(RunSteps(Settings(SgdParams{}, 0.0), 1).values[0], kInitial);
 }
 
 TEST(SgdTest, KernelUsesTheGivenRateAndTransform) {
@@ -79,54 +43,54 @@ TEST(SgdTest, KernelUsesTheGivenRateAndTransform) {
 }
 
 TEST(MomentumTest, HeavyBallStartsTheBufferAtTheGradient) {
-  const auto steps =
+  const Trajectory run =
       RunSteps(Settings(MomentumParams{.momentum = 0.9}, 0.1), 3);
   // b1 = g1 (no dampening at t = 1): p1 = p0 - 0.1 g1.
-  EXPECT_THAT(steps[0],
+  EXPECT_THAT(run.values[0],
               Pointwise(FloatNearDouble(), std::vector{0.95, -2.1, 0.7}));
   // b2 = 0.9 g1 + g2 = (1.45, -0.1, -1.8).
-  EXPECT_THAT(steps[1],
+  EXPECT_THAT(run.values[1],
               Pointwise(FloatNearDouble(), std::vector{0.805, -2.09, 0.88}));
   // b3 = 0.9 b2 + g3 = (0.805, 1.91, -0.62).
-  EXPECT_THAT(steps[2],
+  EXPECT_THAT(run.values[2],
               Pointwise(FloatNearDouble(), std::vector{0.7245, -2.281, 0.942}));
 }
 
 TEST(MomentumTest, DampeningScalesOnlyLaterGradients) {
-  const auto half = RunSteps(
+  const Trajectory half = RunSteps(
       Settings(MomentumParams{.momentum = 0.9, .dampening = 0.5}, 0.1), 2);
-  EXPECT_THAT(half[0],
+  EXPECT_THAT(half.values[0],
               Pointwise(FloatNearDouble(), std::vector{0.95, -2.1, 0.7}));
   // b2 = 0.9 g1 + 0.5 g2 = (0.95, 0.4, -1.8).
-  EXPECT_THAT(half[1],
+  EXPECT_THAT(half.values[1],
               Pointwise(FloatNearDouble(), std::vector{0.855, -2.14, 0.88}));
 
   // The EMA form, tau = 0.9: b2 = 0.9 g1 + 0.1 g2 = (0.55, 0.8, -1.8),
   // b3 = 0.9 b2 + 0.1 g3 = (0.445, 0.92, -1.52).
-  const auto ema = RunSteps(
+  const Trajectory ema = RunSteps(
       Settings(MomentumParams{.momentum = 0.9, .dampening = 0.9}, 0.1), 3);
-  EXPECT_THAT(ema[0],
+  EXPECT_THAT(ema.values[0],
               Pointwise(FloatNearDouble(), std::vector{0.95, -2.1, 0.7}));
-  EXPECT_THAT(ema[1],
+  EXPECT_THAT(ema.values[1],
               Pointwise(FloatNearDouble(), std::vector{0.895, -2.18, 0.88}));
-  EXPECT_THAT(ema[2],
+  EXPECT_THAT(ema.values[2],
               Pointwise(FloatNearDouble(), std::vector{0.8505, -2.272, 1.032}));
 }
 
 TEST(MomentumTest, NesterovLooksAhead) {
-  const auto steps = RunSteps(
+  const Trajectory run = RunSteps(
       Settings(MomentumParams{.momentum = 0.9, .nesterov = true}, 0.1), 2);
   // b1 = g1, u1 = g1 + 0.9 b1 = 1.9 g1.
-  EXPECT_THAT(steps[0],
+  EXPECT_THAT(run.values[0],
               Pointwise(FloatNearDouble(), std::vector{0.905, -2.19, 0.88}));
   // b2 = (1.45, -0.1, -1.8), u2 = g2 + 0.9 b2 = (2.305, -1.09, -1.62).
-  EXPECT_THAT(steps[1],
+  EXPECT_THAT(run.values[1],
               Pointwise(FloatNearDouble(), std::vector{0.6745, -2.081, 1.042}));
 }
 
 TEST(MomentumTest, ZeroMomentumIsPlainSgd) {
-  EXPECT_EQ(RunSteps(Settings(MomentumParams{.momentum = 0.0}, 0.1), 3),
-            RunSteps(Settings(SgdParams{}, 0.1), 3));
+  EXPECT_EQ(RunSteps(Settings(MomentumParams{.momentum = 0.0}, 0.1), 3).values,
+            RunSteps(Settings(SgdParams{}, 0.1), 3).values);
 }
 
 TEST(MomentumTest, KernelFirstStepOverwritesTheBuffer) {

@@ -6,15 +6,14 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
-#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <string>
-#include <tuple>
 #include <vector>
 
 #include "server/optimizer/kernel_util.h"
 #include "server/optimizer/settings.h"
+#include "server/optimizer/test_util.h"
 
 namespace ps::optimizer {
 namespace {
@@ -25,24 +24,7 @@ using ::testing::IsEmpty;
 using ::testing::Pointwise;
 using ::testing::SizeIs;
 
-// |actual - expected| <= 1e-6 * max(1, |expected|): a few float32 roundings.
-MATCHER(FloatNearDouble, "") {
-  const double actual = std::get<0>(arg);
-  const double expected = std::get<1>(arg);
-  *result_listener << "differs by " << actual - expected;
-  return std::abs(actual - expected) <=
-         1e-6 * std::max(1.0, std::abs(expected));
-}
-
-const std::vector<float> kInitial = {1.0f, -2.0f, 0.5f};
 const std::vector<float> kGrad = {0.5f, 1.0f, -2.0f};  // norm sqrt(5.25)
-
-OptimizerSettings Settings(RuleParams rule, double lr) {
-  OptimizerSettings settings;
-  settings.rule = rule;
-  settings.learning_rate = lr;
-  return settings;
-}
 
 bool SameState(const BlockOptimizerState& a, const BlockOptimizerState& b) {
   return a.step == b.step && a.momentum == b.momentum &&

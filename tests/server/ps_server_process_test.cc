@@ -13,7 +13,6 @@
 
 #include <cerrno>
 #include <chrono>
-#include <functional>
 #include <future>
 #include <memory>
 #include <optional>
@@ -27,6 +26,7 @@
 namespace ps {
 namespace {
 
+using ::ps::testutil::FinishedCalls;
 using ::ps::testutil::Iota;
 using ::ps::testutil::MakeContext;
 using ::ps::testutil::RawCluster;
@@ -343,39 +343,7 @@ TEST(PsServerProcessTest, SigtermWhileASyncPushWaitsStillExitsZero) {
 // period (5 s), whatever calls came before. `keep_channel_open`: the client
 // stays connected, as a worker between steps does.
 void ExpectPromptExitAfterCalls(bool keep_channel_open) {
-  const std::vector<std::pair<std::string, std::function<void(RawCluster&)>>>
-      calls = {
-          {"nothing", [](RawCluster&) {}},
-          {"GetClusterInfo",
-           [](RawCluster& raw) {
-             v1::ClusterInfo info;
-             EXPECT_TRUE(raw.stub(0)
-                             .GetClusterInfo(MakeContext().get(),
-                                             v1::GetClusterInfoRequest(), &info)
-                             .ok());
-           }},
-          {"CreateVariable",
-           [](RawCluster& raw) {
-             EXPECT_TRUE(raw.Create("w", {4}, Iota(4)).ok());
-           }},
-          {"Pull",
-           [](RawCluster& raw) {
-             ASSERT_TRUE(raw.Create("w", {4}, Iota(4)).ok());
-             raw.MustPullAll("w", 4);
-           }},
-          {"Push",
-           [](RawCluster& raw) {
-             ASSERT_TRUE(raw.Create("w", {4}, Iota(4)).ok());
-             EXPECT_TRUE(raw.Push("w", {}, {1, 1, 1, 1}).ok());
-           }},
-          {"PushPull",
-           [](RawCluster& raw) {
-             ASSERT_TRUE(raw.Create("w", {4}, Iota(4)).ok());
-             Snapshot answer;
-             EXPECT_TRUE(raw.Push("w", {}, {1, 1, 1, 1}, &answer).ok());
-           }},
-      };
-  for (const auto& [what, call] : calls) {
+  for (const auto& [what, call] : FinishedCalls()) {
     SCOPED_TRACE(what);
     Shard shard = StartShard({"--port=0", "--block_size=4"});
     ASSERT_FALSE(shard.address.empty());

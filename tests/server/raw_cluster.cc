@@ -2,9 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <utility>
-
-#include "common/wire.h"
 
 namespace ps::testutil {
 
@@ -12,25 +11,6 @@ std::unique_ptr<grpc::ClientContext> MakeContext() {
   auto context = std::make_unique<grpc::ClientContext>();
   context->set_deadline(std::chrono::system_clock::now() + kCallTimeout);
   return context;
-}
-
-std::string Encode(const std::vector<float>& values, v1::DType dtype) {
-  std::string data;
-  EncodeValues(dtype, values, &data);
-  return data;
-}
-
-std::vector<float> Decode(const v1::Slice& slice) {
-  std::vector<float> values(slice.length());
-  absl::Status status = DecodeValues(slice.dtype(), slice.data(), values);
-  EXPECT_TRUE(status.ok()) << status;
-  return values;
-}
-
-std::vector<float> Iota(size_t n, float first) {
-  std::vector<float> values(n);
-  for (size_t i = 0; i < n; ++i) values[i] = first + static_cast<float>(i);
-  return values;
 }
 
 RawCluster::RawCluster(const std::vector<std::string>& addresses,
@@ -57,19 +37,14 @@ grpc::Status RawCluster::Create(const std::string& name,
   if (created != nullptr) created->assign(num_shards(), false);
   grpc::Status first_error;
   for (uint32_t shard = 0; shard < num_shards(); ++shard) {
-    v1::CreateVariableRequest request;
-    request.set_name(name);
-    for (uint64_t dim : shape) request.add_shape(dim);
+    v1::CreateVariableRequest request = CreateRequest(name, shape);
     for (uint64_t k = 0; k < plan_.NumBlocks(initial.size()); ++k) {
       if (plan_.ShardOf(name, k) != shard) continue;
       const FlatRange range = plan_.BlockRange(initial.size(), k);
-      v1::Slice* slice = request.add_initial_values();
-      slice->set_variable(name);
-      slice->set_offset(range.offset);
-      slice->set_length(range.length);
-      slice->set_data(Encode(
+      *request.add_initial_values() = MakeSlice(
+          name, range.offset,
           std::vector<float>(initial.begin() + range.offset,
-                             initial.begin() + range.offset + range.length)));
+                             initial.begin() + range.offset + range.length));
     }
     v1::CreateVariableResponse response;
     grpc::Status status =
@@ -91,10 +66,7 @@ grpc::Status RawCluster::PullAll(const std::string& name, uint64_t size,
     for (uint64_t k = 0; k < blocks; ++k) {
       if (plan_.ShardOf(name, k) != shard) continue;
       const FlatRange range = plan_.BlockRange(size, k);
-      v1::Slice* slice = request.add_slices();
-      slice->set_variable(name);
-      slice->set_offset(range.offset);
-      slice->set_length(range.length);
+      *request.add_slices() = RangeSlice(name, range.offset, range.length);
     }
     if (request.slices_size() == 0) continue;
     v1::PullResponse response;
@@ -149,13 +121,10 @@ grpc::Status RawCluster::Push(const std::string& name, const PushArgs& args,
     for (uint64_t k = 0; k < blocks; ++k) {
       if (plan_.ShardOf(name, k) != shard) continue;
       const FlatRange range = plan_.BlockRange(gradient.size(), k);
-      v1::Slice* slice = request.add_gradients();
-      slice->set_variable(name);
-      slice->set_offset(range.offset);
-      slice->set_length(range.length);
-      slice->set_data(Encode(
+      *request.add_gradients() = MakeSlice(
+          name, range.offset,
           std::vector<float>(gradient.begin() + range.offset,
-                             gradient.begin() + range.offset + range.length)));
+                             gradient.begin() + range.offset + range.length));
     }
     if (request.gradients_size() == 0) continue;
     if (answer == nullptr) {
@@ -190,6 +159,40 @@ grpc::Status RawCluster::Push(const std::string& name, const PushArgs& args,
     }
   }
   return grpc::Status::OK;
+}
+
+std::vector<NamedCall> FinishedCalls() {
+  return {
+      {"nothing", [](RawCluster&) {}},
+      {"GetClusterInfo",
+       [](RawCluster& raw) {
+         v1::ClusterInfo info;
+         EXPECT_TRUE(raw.stub(0)
+                         .GetClusterInfo(MakeContext().get(),
+                                         v1::GetClusterInfoRequest(), &info)
+                         .ok());
+       }},
+      {"CreateVariable",
+       [](RawCluster& raw) {
+         EXPECT_TRUE(raw.Create("w", {4}, Iota(4)).ok());
+       }},
+      {"Pull",
+       [](RawCluster& raw) {
+         ASSERT_TRUE(raw.Create("w", {4}, Iota(4)).ok());
+         raw.MustPullAll("w", 4);
+       }},
+      {"Push",
+       [](RawCluster& raw) {
+         ASSERT_TRUE(raw.Create("w", {4}, Iota(4)).ok());
+         EXPECT_TRUE(raw.Push("w", {}, {1, 1, 1, 1}).ok());
+       }},
+      {"PushPull",
+       [](RawCluster& raw) {
+         ASSERT_TRUE(raw.Create("w", {4}, Iota(4)).ok());
+         Snapshot answer;
+         EXPECT_TRUE(raw.Push("w", {}, {1, 1, 1, 1}, &answer).ok());
+       }},
+  };
 }
 
 }  // namespace ps::testutil

@@ -10,12 +10,14 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "common/partition.h"
 #include "proto/ps/v1/ps.grpc.pb.h"
+#include "tests/server/messages.h"
 
 namespace ps::testutil {
 
@@ -24,15 +26,6 @@ inline constexpr std::chrono::seconds kCallTimeout{30};
 
 // A ClientContext with kCallTimeout as its deadline.
 std::unique_ptr<grpc::ClientContext> MakeContext();
-
-// Little-endian float32 bytes of `values` (or `dtype`).
-std::string Encode(const std::vector<float>& values,
-                   v1::DType dtype = v1::FLOAT32);
-// The values of a slice; fails the test when they do not decode.
-std::vector<float> Decode(const v1::Slice& slice);
-
-// Values first, first + 1, ... .
-std::vector<float> Iota(size_t n, float first = 1.0f);
 
 // Every value of a variable and the version of each of its blocks.
 struct Snapshot {
@@ -90,6 +83,18 @@ class RawCluster {
   std::vector<std::shared_ptr<grpc::Channel>> channels_;
   std::vector<std::unique_ptr<v1::ParameterService::Stub>> stubs_;
 };
+
+// A call, or a short series of calls, to shard 0 of a cluster, by name.
+struct NamedCall {
+  std::string what;
+  std::function<void(RawCluster&)> call;
+};
+
+// Calls that each finish before they return, to a one-shard cluster of
+// block size 4 where nothing exists yet: none at all, GetClusterInfo,
+// CreateVariable, and Pull, Push and PushPull of a new variable "w" of 4
+// values. A shard that served any of them has nothing in flight after.
+std::vector<NamedCall> FinishedCalls();
 
 }  // namespace ps::testutil
 

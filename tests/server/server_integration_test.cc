@@ -28,11 +28,17 @@
 namespace ps {
 namespace {
 
+using ::ps::testutil::CreateRequest;
 using ::ps::testutil::Decode;
 using ::ps::testutil::Encode;
+using ::ps::testutil::FinishedCalls;
 using ::ps::testutil::Iota;
 using ::ps::testutil::MakeContext;
+using ::ps::testutil::MakeSlice;
+using ::ps::testutil::Minus;
+using ::ps::testutil::NamedCall;
 using ::ps::testutil::PushArgs;
+using ::ps::testutil::RangeSlice;
 using ::ps::testutil::RawCluster;
 using ::ps::testutil::Snapshot;
 using ::testing::ElementsAreArray;
@@ -105,22 +111,6 @@ class InProcessCluster {
   std::unique_ptr<RawCluster> raw_;
 };
 
-v1::Slice RangeSlice(const std::string& variable, uint64_t offset,
-                     uint64_t length) {
-  v1::Slice slice;
-  slice.set_variable(variable);
-  slice.set_offset(offset);
-  slice.set_length(length);
-  return slice;
-}
-
-v1::Slice DataSlice(const std::string& variable, uint64_t offset,
-                    const std::vector<float>& values) {
-  v1::Slice slice = RangeSlice(variable, offset, values.size());
-  slice.set_data(Encode(values));
-  return slice;
-}
-
 grpc::Status PullOne(RawCluster& raw, uint32_t shard, const v1::Slice& slice,
                      v1::PullResponse* response,
                      v1::DType dtype = v1::FLOAT32) {
@@ -153,21 +143,6 @@ grpc::Status CreateOn(RawCluster& raw, uint32_t shard,
   v1::CreateVariableResponse ignored;
   return raw.stub(shard).CreateVariable(
       MakeContext().get(), request, response != nullptr ? response : &ignored);
-}
-
-v1::CreateVariableRequest CreateRequest(const std::string& name,
-                                        std::vector<uint64_t> shape) {
-  v1::CreateVariableRequest request;
-  request.set_name(name);
-  for (uint64_t dim : shape) request.add_shape(dim);
-  return request;
-}
-
-std::vector<float> Minus(const std::vector<float>& a,
-                         const std::vector<float>& b) {
-  std::vector<float> out(a.size());
-  for (size_t i = 0; i < a.size(); ++i) out[i] = a[i] - b[i];
-  return out;
 }
 
 // Small integers that differ per (a, b, index); exact in float32.
@@ -510,12 +485,12 @@ TEST_P(ServerRoutingTest, BadInputsAreRefusedAndChangeNothing) {
   for (uint64_t k = 0; k < plan.NumBlocks(size); ++k) {
     if (plan.ShardOf(w, k) != owner) continue;
     const FlatRange r = plan.BlockRange(size, k);
-    owner_blocks.push_back(DataSlice(w, r.offset, Iota(r.length)));
+    owner_blocks.push_back(MakeSlice(w, r.offset, Iota(r.length)));
   }
   ASSERT_GE(owner_blocks.size(), 2u);
 
   auto bad_block = [&](std::function<void(v1::Slice&)> spoil) {
-    v1::Slice slice = DataSlice(w, b1.offset, Iota(b1.length));
+    v1::Slice slice = MakeSlice(w, b1.offset, Iota(b1.length));
     spoil(slice);
     return slice;
   };
@@ -610,9 +585,9 @@ TEST_P(ServerRoutingTest, BadInputsAreRefusedAndChangeNothing) {
     for (uint64_t k = 0; k < plan.NumBlocks(size); ++k) {
       if (plan.ShardOf(w, k) != shard) continue;
       const FlatRange r = plan.BlockRange(size, k);
-      slices.push_back(DataSlice(w, r.offset, Iota(r.length)));
+      slices.push_back(MakeSlice(w, r.offset, Iota(r.length)));
     }
-    slices.push_back(DataSlice(w, b1.offset, Iota(b1.length)));
+    slices.push_back(MakeSlice(w, b1.offset, Iota(b1.length)));
     grpc::Status status = PushSlices(raw, shard, slices);
     EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION)
         << status.error_message();
@@ -636,7 +611,7 @@ TEST_P(ServerRoutingTest, BadInputsAreRefusedAndChangeNothing) {
     SCOPED_TRACE(absl::StrCat("shard ", shard));
     for (uint64_t k = blocks; k < blocks + shards; ++k) {
       grpc::Status status =
-          PushSlices(raw, shard, {DataSlice(w, k * bs, Iota(bs))});
+          PushSlices(raw, shard, {MakeSlice(w, k * bs, Iota(bs))});
       EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
           << "push to block " << k << ": " << status.error_message();
       v1::PullResponse response;
@@ -711,7 +686,7 @@ TEST_P(ServerRoutingTest, BadInputsAreRefusedAndChangeNothing) {
   {
     v1::CreateVariableRequest request = CreateRequest("fresh", {size});
     *request.add_initial_values() =
-        DataSlice("fresh", b1.offset, Iota(b1.length));
+        MakeSlice("fresh", b1.offset, Iota(b1.length));
     const uint32_t fresh_owner = plan.ShardOf("fresh", 1);
     const uint32_t not_owner = (fresh_owner + 1) % shards;
     grpc::Status status = CreateOn(raw, not_owner, request);
@@ -723,7 +698,7 @@ TEST_P(ServerRoutingTest, BadInputsAreRefusedAndChangeNothing) {
     v1::CreateVariableRequest nan = CreateRequest("fresh", {size});
     std::vector<float> values = Iota(b1.length);
     values[0] = kNaN;
-    *nan.add_initial_values() = DataSlice("fresh", b1.offset, values);
+    *nan.add_initial_values() = MakeSlice("fresh", b1.offset, values);
     status = CreateOn(raw, fresh_owner, nan);
     EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
         << status.error_message();
@@ -1006,42 +981,10 @@ TEST(ServerSyncTest, QuorumOfTwoAbortsTheLateWorker) {
 // Shutdown waits for calls in flight, up to a grace period; with none in
 // flight it must return at once, whatever calls came before.
 TEST(ServerShutdownTest, IsPromptWhenNothingIsInFlight) {
-  const std::vector<std::pair<std::string, std::function<void(RawCluster&)>>>
-      calls = {
-          {"nothing", [](RawCluster&) {}},
-          {"GetClusterInfo",
-           [](RawCluster& raw) {
-             v1::ClusterInfo info;
-             EXPECT_TRUE(raw.stub(0)
-                             .GetClusterInfo(MakeContext().get(),
-                                             v1::GetClusterInfoRequest(), &info)
-                             .ok());
-           }},
-          {"CreateVariable",
-           [](RawCluster& raw) {
-             EXPECT_TRUE(raw.Create("w", {4}, Iota(4)).ok());
-           }},
-          {"Pull",
-           [](RawCluster& raw) {
-             ASSERT_TRUE(raw.Create("w", {4}, Iota(4)).ok());
-             raw.MustPullAll("w", 4);
-           }},
-          {"Push",
-           [](RawCluster& raw) {
-             ASSERT_TRUE(raw.Create("w", {4}, Iota(4)).ok());
-             EXPECT_TRUE(raw.Push("w", {}, {1, 1, 1, 1}).ok());
-           }},
-          {"PushPull",
-           [](RawCluster& raw) {
-             ASSERT_TRUE(raw.Create("w", {4}, Iota(4)).ok());
-             Snapshot answer;
-             EXPECT_TRUE(raw.Push("w", {}, {1, 1, 1, 1}, &answer).ok());
-           }},
-          {"refused Push",
-           [](RawCluster& raw) {
-             EXPECT_FALSE(raw.Push("nope", {}, {1, 1, 1, 1}).ok());
-           }},
-      };
+  std::vector<NamedCall> calls = FinishedCalls();
+  calls.push_back({"refused Push", [](RawCluster& raw) {
+                     EXPECT_FALSE(raw.Push("nope", {}, {1, 1, 1, 1}).ok());
+                   }});
   for (const auto& [what, call] : calls) {
     SCOPED_TRACE(what);
     ServerOptions options;

@@ -1,0 +1,71 @@
+// Test helpers shared by the kernel tests: the common starting values and
+// gradients, a float-vs-double matcher, and a loop that runs the first
+// steps of a rule through ApplyUpdate.
+#ifndef PS_SERVER_OPTIMIZER_TEST_UTIL_H_
+#define PS_SERVER_OPTIMIZER_TEST_UTIL_H_
+
+#include <gmock/gmock.h>
+
+#include <algorithm>
+#include <cmath>
+#include <optional>
+#include <span>
+#include <tuple>
+#include <vector>
+
+#include "server/optimizer/settings.h"
+#include "server/optimizer/update.h"
+
+namespace ps::optimizer {
+
+// p0 = (1, -2, 0.5), g1 = (0.5, 1, -2), g2 = (1, -1, 0), g3 = (-0.5, 2, 1).
+inline const std::vector<float> kInitial = {1.0f, -2.0f, 0.5f};
+inline const std::vector<std::vector<float>> kGrads = {
+    {0.5f, 1.0f, -2.0f}, {1.0f, -1.0f, 0.0f}, {-0.5f, 2.0f, 1.0f}};
+
+// |actual - expected| <= 1e-6 * max(1, |expected|): a few float32 roundings.
+// For Pointwise over (float, double) pairs.
+MATCHER(FloatNearDouble, "") {
+  const double actual = std::get<0>(arg);
+  const double expected = std::get<1>(arg);
+  *result_listener << "differs by " << actual - expected;
+  return std::abs(actual - expected) <=
+         1e-6 * std::max(1.0, std::abs(expected));
+}
+
+// `rule` at learning rate `lr`, everything else at its default.
+inline OptimizerSettings Settings(RuleParams rule, double lr,
+                                  double weight_decay = 0.0) {
+  OptimizerSettings settings;
+  settings.rule = rule;
+  settings.learning_rate = lr;
+  settings.weight_decay = weight_decay;
+  return settings;
+}
+
+struct Trajectory {
+  std::vector<std::vector<float>> values;  // after each step
+  BlockOptimizerState state;               // after the last step
+};
+
+// One update from kInitial per gradient of `grads`, with no loss.
+inline Trajectory RunSteps(const OptimizerSettings& settings,
+                           std::span<const std::vector<float>> grads) {
+  Trajectory out;
+  std::vector<float> values = kInitial;
+  for (const std::vector<float>& grad : grads) {
+    ApplyUpdate(settings, out.state, values, grad, std::nullopt);
+    out.values.push_back(values);
+  }
+  return out;
+}
+
+// The first `steps` updates from kInitial, with g1, g2, ... .
+// REQUIRES: 0 <= steps <= kGrads.size().
+inline Trajectory RunSteps(const OptimizerSettings& settings, int steps) {
+  return RunSteps(settings, std::span(kGrads).first(steps));
+}
+
+}  // namespace ps::optimizer
+
+#endif  // PS_SERVER_OPTIMIZER_TEST_UTIL_H_
