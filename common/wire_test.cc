@@ -5,6 +5,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <Eigen/Core>
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -180,4 +182,51 @@ TEST(WireTest, AllFinite) {
 }
 
 }  // namespace
+// The vectorized conversions give Eigen's numbers (round to nearest even,
+// overflow to infinity, subnormals, NaN) on a sweep of float32 bit patterns,
+// and decode every 16-bit pattern as Eigen does.
+TEST(WireTest, HalfEncodingsMatchEigenOnASweep) {
+  std::vector<float> values;
+  for (uint64_t bits = 0; bits < (uint64_t{1} << 32); bits += 65521) {
+    values.push_back(std::bit_cast<float>(static_cast<uint32_t>(bits)));
+  }
+  std::string bf16, fp16;
+  EncodeValues(v1::BFLOAT16, values, &bf16);
+  EncodeValues(v1::FLOAT16, values, &fp16);
+  const std::vector<uint16_t> bf16_bits = Bits16(bf16);
+  const std::vector<uint16_t> fp16_bits = Bits16(fp16);
+  for (size_t i = 0; i < values.size(); ++i) {
+    ASSERT_EQ(bf16_bits[i], Eigen::numext::bit_cast<uint16_t>(
+                                static_cast<Eigen::bfloat16>(values[i])))
+        << values[i];
+    ASSERT_EQ(fp16_bits[i], Eigen::numext::bit_cast<uint16_t>(
+                                static_cast<Eigen::half>(values[i])))
+        << values[i];
+  }
+  std::string every(2 * 65536, '\0');
+  for (uint32_t b = 0; b < 65536; ++b) {
+    every[2 * b] = static_cast<char>(b & 0xff);
+    every[2 * b + 1] = static_cast<char>(b >> 8);
+  }
+  const std::vector<float> from_bf16 = Decode(v1::BFLOAT16, every, 65536);
+  const std::vector<float> from_fp16 = Decode(v1::FLOAT16, every, 65536);
+  for (uint32_t b = 0; b < 65536; ++b) {
+    const uint16_t bits = static_cast<uint16_t>(b);
+    const float bf =
+        static_cast<float>(Eigen::numext::bit_cast<Eigen::bfloat16>(bits));
+    const float hf =
+        static_cast<float>(Eigen::numext::bit_cast<Eigen::half>(bits));
+    ASSERT_EQ(std::bit_cast<uint32_t>(from_bf16[b]),
+              std::bit_cast<uint32_t>(bf))
+        << b;
+    if (std::isnan(hf)) {
+      ASSERT_TRUE(std::isnan(from_fp16[b])) << b;
+    } else {
+      ASSERT_EQ(std::bit_cast<uint32_t>(from_fp16[b]),
+                std::bit_cast<uint32_t>(hf))
+          << b;
+    }
+  }
+}
+
 }  // namespace ps

@@ -1,13 +1,74 @@
 #include "server/parameter_service.h"
 
+#include <grpcpp/support/proto_buffer_reader.h>
+#include <grpcpp/support/slice.h>
+
 #include <atomic>
 #include <memory>
+#include <string>
 #include <utility>
+#include <vector>
 
 #include "common/status.h"
 
 namespace ps {
 namespace {
+
+void AppendVarint(uint64_t value, std::string& out) {
+  while (value >= 0x80) {
+    out.push_back(static_cast<char>(value | 0x80));
+    value >>= 7;
+  }
+  out.push_back(static_cast<char>(value));
+}
+
+size_t VarintSize(uint64_t value) {
+  size_t size = 1;
+  while (value >= 0x80) {
+    value >>= 7;
+    ++size;
+  }
+  return size;
+}
+
+// Serializes `answer` as a PullResponse whose values' data are sent from the
+// strings they were encoded into (their ownership moves to the buffer);
+// only the small headers are copied. Returns the bytes it holds.
+size_t ToByteBuffer(v1::PullResponse& answer, grpc::ByteBuffer* out) {
+  constexpr char kValuesTag = (1 << 3) | 2;  // PullResponse.values
+  constexpr char kDataTag = (5 << 3) | 2;    // Slice.data
+  std::vector<grpc::Slice> slices;
+  std::string header;
+  size_t total = 0;
+  for (v1::Slice& slice : *answer.mutable_values()) {
+    // Null when the data was never set.
+    std::unique_ptr<std::string> data(slice.release_data());
+    const size_t data_size = data == nullptr ? 0 : data->size();
+    const size_t rest = slice.ByteSizeLong();  // without data
+    const size_t data_field =
+        data_size == 0 ? 0 : 1 + VarintSize(data_size) + data_size;
+    header.push_back(kValuesTag);
+    AppendVarint(rest + data_field, header);
+    slice.AppendToString(&header);
+    if (data_size == 0) continue;
+    header.push_back(kDataTag);
+    AppendVarint(data_size, header);
+    total += header.size() + data_size;
+    slices.emplace_back(header.data(), header.size());
+    header.clear();
+    std::string* owned = data.release();
+    slices.emplace_back(
+        owned->data(), data_size,
+        [](void* string) { delete static_cast<std::string*>(string); }, owned);
+  }
+  if (!header.empty()) {
+    total += header.size();
+    slices.emplace_back(header.data(), header.size());
+  }
+  grpc::ByteBuffer buffer(slices.data(), slices.size());
+  out->Swap(&buffer);
+  return total;
+}
 
 // What a push's completion and its reactor share: whichever of the two
 // finishes the call first wins, and the other does nothing. It outlives the
@@ -15,16 +76,16 @@ namespace {
 struct PushCall {
   std::atomic<bool> finished{false};
   grpc::ServerUnaryReactor* reactor = nullptr;
-  v1::PullResponse* answer = nullptr;  // null for Push
+  grpc::ByteBuffer* answer = nullptr;  // null for Push
   ServerStats* stats = nullptr;
   uint64_t bytes_in = 0;
 
   void Finish(const absl::Status& status, v1::PullResponse values) {
     if (finished.exchange(true)) return;
     if (status.ok()) {
-      if (answer != nullptr) *answer = std::move(values);
-      stats->RecordPush(bytes_in,
-                        answer != nullptr ? answer->ByteSizeLong() : 0);
+      const size_t bytes_out =
+          answer != nullptr ? ToByteBuffer(values, answer) : 0;
+      stats->RecordPush(bytes_in, bytes_out);
     } else {
       stats->RecordRefusal(status.code());
     }
@@ -102,14 +163,26 @@ grpc::ServerUnaryReactor* ParameterServiceImpl::Push(
 }
 
 grpc::ServerUnaryReactor* ParameterServiceImpl::PushPull(
-    grpc::CallbackServerContext* context, const v1::PushRequest* request,
-    v1::PullResponse* response) {
-  return StartPush(context, *request, response);
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
+  // What gRPC's generated handler would do: parse into a fresh message.
+  grpc::ByteBuffer bytes(*request);  // shares the slices
+  grpc::ProtoBufferReader reader(&bytes);
+  v1::PushRequest push;
+  if (!reader.status().ok() || !push.ParseFromZeroCopyStream(&reader)) {
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    store_->stats().RecordRefusal(absl::StatusCode::kInvalidArgument);
+    reactor->Finish(grpc::Status(
+        grpc::StatusCode::INVALID_ARGUMENT,
+        "the request is not a ps.v1.PushRequest (cannot parse it)"));
+    return reactor;
+  }
+  return StartPush(context, push, response);
 }
 
 grpc::ServerUnaryReactor* ParameterServiceImpl::StartPush(
     grpc::CallbackServerContext* context, const v1::PushRequest& request,
-    v1::PullResponse* answer) {
+    grpc::ByteBuffer* answer) {
   auto call = std::make_shared<PushCall>();
   auto* reactor = new PushReactor(call);
   call->reactor = reactor;

@@ -5,14 +5,19 @@
 #ifndef PS_SERVER_PARAMETER_SERVICE_H_
 #define PS_SERVER_PARAMETER_SERVICE_H_
 
+#include <grpcpp/support/byte_buffer.h>
+
 #include "proto/ps/v1/ps.grpc.pb.h"
 #include "server/auth.h"
 #include "server/store.h"
 
 namespace ps {
 
+// PushPull is served raw: its answer is sent from the buffers the values
+// were encoded into, without a serialization copy.
 class ParameterServiceImpl final
-    : public v1::ParameterService::CallbackService {
+    : public v1::ParameterService::WithRawCallbackMethod_PushPull<
+          v1::ParameterService::CallbackService> {
  public:
   // REQUIRES: store and auth outlive the service.
   ParameterServiceImpl(VariableStore* store, const Authenticator* auth,
@@ -33,15 +38,17 @@ class ParameterServiceImpl final
   grpc::ServerUnaryReactor* Pull(grpc::CallbackServerContext* context,
                                  const v1::PullRequest* request,
                                  v1::PullResponse* response) override;
+  // A PushRequest in, a PullResponse out.
   grpc::ServerUnaryReactor* PushPull(grpc::CallbackServerContext* context,
-                                     const v1::PushRequest* request,
-                                     v1::PullResponse* response) override;
+                                     const grpc::ByteBuffer* request,
+                                     grpc::ByteBuffer* response) override;
 
  private:
-  // Push and PushPull: `answer` is null for Push.
+  // Push and PushPull: `answer` is null for Push. `request` must stay valid
+  // until StartPush returns.
   grpc::ServerUnaryReactor* StartPush(grpc::CallbackServerContext* context,
                                       const v1::PushRequest& request,
-                                      v1::PullResponse* answer);
+                                      grpc::ByteBuffer* answer);
 
   // Finishes a call now with `status`, counting a refusal.
   grpc::ServerUnaryReactor* FinishNow(grpc::CallbackServerContext* context,

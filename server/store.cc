@@ -69,6 +69,40 @@ absl::Status DecodeFinite(const v1::Slice& slice, absl::string_view what,
   return absl::OkStatus();
 }
 
+// Points part.gradient at the slice's values: in place when they are
+// float32 and aligned for float, else widened into part.decoded. Then checks
+// that every value is finite.
+absl::Status ViewGradient(const v1::Slice& slice, PreparedPush::Part& part) {
+  const std::string& data = slice.data();
+  const size_t length = slice.length();
+  const bool in_place =
+      slice.dtype() == v1::FLOAT32 && data.size() == length * sizeof(float) &&
+      reinterpret_cast<uintptr_t>(data.data()) % alignof(float) == 0;
+  absl::Status status;
+  if (in_place) {
+    part.gradient = std::span<const float>(
+        reinterpret_cast<const float*>(data.data()), length);
+  } else {
+    // CheckRange bounded length by the block size.
+    part.decoded.reset(new float[length]);
+    std::span<float> out(part.decoded.get(), length);
+    status = DecodeValues(slice.dtype(), data, out);
+    part.gradient = out;
+  }
+  if (!status.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("gradient for '", slice.variable(), "' at offset ",
+                     slice.offset(), ": ", status.message()));
+  }
+  if (auto bad = FirstNonFinite(part.gradient)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("gradient for '", slice.variable(), "' holds ",
+                     part.gradient[*bad], " at flat index ",
+                     slice.offset() + *bad, "; every value must be finite"));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 PushCompletion::PushCompletion(size_t parts, bool with_values, v1::DType dtype,
@@ -346,7 +380,7 @@ absl::StatusOr<PreparedPush> VariableStore::PreparePush(
           absl::StrCat("the push holds block ", part.block->index, " of '",
                        slice.variable(), "' twice"));
     }
-    PS_RETURN_IF_ERROR(DecodeFinite(slice, "gradient", part.gradient));
+    PS_RETURN_IF_ERROR(ViewGradient(slice, part));
     auto entry = OptimizerFor(slice.variable());
     {
       absl::ReaderMutexLock lock(&part.block->mu);
@@ -488,7 +522,7 @@ void VariableStore::ApplySync(PreparedPush& push,
         sync.next_step = push.step;
       }
       if (sync.sum.empty()) {
-        sync.sum = std::move(part.gradient);
+        sync.sum.assign(part.gradient.begin(), part.gradient.end());
       } else {
         for (size_t j = 0; j < sync.sum.size(); ++j) {
           sync.sum[j] += part.gradient[j];

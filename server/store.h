@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -93,12 +94,15 @@ struct Variable {
   absl::flat_hash_map<uint64_t, std::unique_ptr<Block>> blocks;
 };
 
-// A push that passed every check, with its gradients decoded.
+// A push that passed every check, with its gradients decoded. A float32
+// gradient is read in place from the request's bytes, so the request must
+// outlive ApplyPush; other encodings are widened into `decoded`.
 struct PreparedPush {
   struct Part {
     std::shared_ptr<Variable> variable;
     Block* block = nullptr;
-    std::vector<float> gradient;
+    std::span<const float> gradient;  // the request's bytes, or `decoded`
+    std::unique_ptr<float[]> decoded;
   };
   std::string worker_id;
   uint64_t seq = 0;
@@ -166,6 +170,8 @@ class VariableStore {
                     v1::PullResponse* response) const;
 
   // Checks a push and decodes its gradients; changes nothing.
+  // REQUIRES: `request` outlives ApplyPush of the result (float32 gradients
+  // are not copied).
   absl::StatusOr<PreparedPush> PreparePush(
       const v1::PushRequest& request) const;
 

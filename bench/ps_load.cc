@@ -1,0 +1,665 @@
+// ps_load: end-to-end load on the parameter server, next to the same load on
+// an echo server over the same transport.
+//
+// Starts S shards of ps_server (child processes) and S echo shards (this
+// binary with --serve_echo: a ParameterService whose PushPull copies the
+// gradient bytes back into the answer and does nothing else), or connects to
+// --servers. W worker threads, each with its own ps::Client (as separate
+// training processes would have), run Push, Pull or PushPull of one dense
+// variable with one call in flight per worker. Each run measures ours and
+// then the echo server for --seconds; the medians over --runs are printed
+// with their ratio, and the server's RSS against the bytes of values plus
+// optimizer state.
+//
+//   ps_load --value_bytes=4MiB --workers=2 --runs=5
+//   ps_load --servers=127.0.0.1:7000,127.0.0.1:7001 --op=pull
+#include <fcntl.h>
+#include <grpcpp/grpcpp.h>
+#include <malloc.h>
+#include <signal.h>
+#include <spdlog/spdlog.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "client/client.h"
+#include "common/cli.h"
+#include "common/optimizer_config.h"
+#include "proto/ps/v1/ps.grpc.pb.h"
+
+ABSL_FLAG(std::string, servers, "",
+          "comma-separated host:port of running shards to load instead of "
+          "starting ps_server children (the echo server is still started)");
+ABSL_FLAG(std::string, ps_server, "",
+          "the ps_server binary; empty = server/ps_server next to this "
+          "binary's folder");
+ABSL_FLAG(uint32_t, shards, 1, "shards to start (of ps_server and of echo)");
+ABSL_FLAG(int, workers, 1, "worker threads, one call in flight each");
+ABSL_FLAG(std::string, op, "pushpull", "push, pull or pushpull");
+ABSL_FLAG(std::string, value_bytes, "4MiB",
+          "size of the variable in float32 bytes (e.g. 4KiB, 1MiB, 40MiB); "
+          "it has value_bytes/4 values whatever the wire dtype");
+ABSL_FLAG(std::string, dtype, "fp32",
+          "encoding on the wire, both ways: fp32, bf16 or fp16");
+ABSL_FLAG(std::string, optimizer, "adam {}",
+          "the variable's rule, an OptimizerConfig in text format");
+ABSL_FLAG(uint64_t, block_size, 262144, "the shards' values per block");
+ABSL_FLAG(double, seconds, 3, "measured seconds per run and server");
+ABSL_FLAG(double, warmup_seconds, 0.5, "unmeasured seconds before each run");
+ABSL_FLAG(int, runs, 3, "runs; medians are reported");
+ABSL_FLAG(int, channels_per_shard, 1, "ClientOptions::channels_per_shard");
+ABSL_FLAG(int, max_message_mb, 64,
+          "ClientOptions::max_message_bytes and the servers' "
+          "--max_message_mb; large enough that one call is one message");
+ABSL_FLAG(bool, echo, true, "also measure the echo server");
+ABSL_FLAG(bool, markdown_row, false,
+          "print one markdown table row instead of the report");
+ABSL_FLAG(bool, server_logs, false, "let the children's stderr through");
+ABSL_FLAG(bool, serve_echo, false,
+          "internal: serve the echo ParameterService and print 'listening on "
+          "HOST:PORT'");
+ABSL_FLAG(uint32_t, shard_index, 0, "internal (--serve_echo): shard index");
+
+namespace {
+
+// As ps_server does (see KeepMessageBuffers there): keep freed message
+// buffers in the heap rather than mapping fresh pages for every call.
+void KeepLargeAllocations() {
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  mallopt(M_TRIM_THRESHOLD, 256 << 20);
+}
+
+// --- the echo server ---------------------------------------------------------
+
+class EchoService final : public ps::v1::ParameterService::CallbackService {
+ public:
+  explicit EchoService(ps::v1::ClusterInfo info) : info_(std::move(info)) {}
+
+  grpc::ServerUnaryReactor* GetClusterInfo(
+      grpc::CallbackServerContext* context,
+      const ps::v1::GetClusterInfoRequest*,
+      ps::v1::ClusterInfo* response) override {
+    *response = info_;
+    return Done(context);
+  }
+  grpc::ServerUnaryReactor* CreateVariable(
+      grpc::CallbackServerContext* context,
+      const ps::v1::CreateVariableRequest*,
+      ps::v1::CreateVariableResponse* response) override {
+    response->set_created(true);
+    return Done(context);
+  }
+  grpc::ServerUnaryReactor* Push(grpc::CallbackServerContext* context,
+                                 const ps::v1::PushRequest*,
+                                 ps::v1::PushResponse*) override {
+    return Done(context);
+  }
+  grpc::ServerUnaryReactor* Pull(grpc::CallbackServerContext* context,
+                                 const ps::v1::PullRequest* request,
+                                 ps::v1::PullResponse* response) override {
+    const size_t width = request->dtype() == ps::v1::FLOAT32 ? 4 : 2;
+    for (const ps::v1::Slice& asked : request->slices()) {
+      ps::v1::Slice* slice = response->add_values();
+      slice->set_variable(asked.variable());
+      slice->set_offset(asked.offset());
+      slice->set_length(asked.length());
+      slice->set_dtype(request->dtype());
+      slice->mutable_data()->assign(asked.length() * width, '\0');
+    }
+    return Done(context);
+  }
+  grpc::ServerUnaryReactor* PushPull(grpc::CallbackServerContext* context,
+                                     const ps::v1::PushRequest* request,
+                                     ps::v1::PullResponse* response) override {
+    for (const ps::v1::Slice& gradient : request->gradients()) {
+      *response->add_values() = gradient;  // copies the bytes back
+    }
+    return Done(context);
+  }
+
+ private:
+  static grpc::ServerUnaryReactor* Done(grpc::CallbackServerContext* context) {
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    reactor->Finish(grpc::Status::OK);
+    return reactor;
+  }
+
+  const ps::v1::ClusterInfo info_;
+};
+
+int ServeEcho() {
+  KeepLargeAllocations();
+  ps::v1::ClusterInfo info;
+  info.set_shard_index(absl::GetFlag(FLAGS_shard_index));
+  info.set_num_shards(absl::GetFlag(FLAGS_shards));
+  info.set_block_size(absl::GetFlag(FLAGS_block_size));
+  info.set_consistency("async");
+  EchoService service(info);
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(),
+                           &port);
+  const int max_bytes = absl::GetFlag(FLAGS_max_message_mb) << 20;
+  builder.SetMaxReceiveMessageSize(max_bytes);
+  builder.SetMaxSendMessageSize(max_bytes);
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || port == 0) {
+    std::cerr << "ps_load: the echo server cannot listen" << std::endl;
+    return 1;
+  }
+  std::cout << "listening on 127.0.0.1:" << port << std::endl;
+  // Runs until the parent closes stdin (or dies).
+  char c;
+  while (read(STDIN_FILENO, &c, 1) > 0) {
+  }
+  server->Shutdown(std::chrono::system_clock::now());
+  return 0;
+}
+
+// --- child processes ---------------------------------------------------------
+
+// A server process: started with a pipe on stdin (closed to stop it) and one
+// on stdout (its first line is "listening on HOST:PORT").
+struct Child {
+  pid_t pid = -1;
+  int stdin_fd = -1;
+  std::string address;
+
+  ~Child() {
+    if (pid <= 0) return;
+    close(stdin_fd);
+    kill(pid, SIGTERM);
+    int status = 0;
+    waitpid(pid, &status, 0);
+  }
+};
+
+std::unique_ptr<Child> StartChild(const std::vector<std::string>& argv) {
+  int in[2], out[2];
+  if (pipe(in) != 0 || pipe(out) != 0) return nullptr;
+  const pid_t pid = fork();
+  if (pid < 0) return nullptr;
+  if (pid == 0) {
+    dup2(in[0], STDIN_FILENO);
+    dup2(out[1], STDOUT_FILENO);
+    if (!absl::GetFlag(FLAGS_server_logs)) {
+      const int null = open("/dev/null", O_WRONLY);
+      dup2(null, STDERR_FILENO);
+    }
+    close(in[0]);
+    close(in[1]);
+    close(out[0]);
+    close(out[1]);
+    std::vector<char*> args;
+    for (const std::string& a : argv)
+      args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    execv(args[0], args.data());
+    _exit(127);
+  }
+  close(in[0]);
+  close(out[1]);
+  auto child = std::make_unique<Child>();
+  child->pid = pid;
+  child->stdin_fd = in[1];
+  std::string line;
+  char c;
+  while (read(out[0], &c, 1) == 1 && c != '\n') line.push_back(c);
+  close(out[0]);
+  constexpr absl::string_view kPrefix = "listening on ";
+  if (!absl::StartsWith(line, kPrefix)) {
+    std::cerr << "ps_load: " << argv[0] << " did not start: '" << line << "'"
+              << std::endl;
+    return nullptr;
+  }
+  child->address = line.substr(kPrefix.size());
+  return child;
+}
+
+// VmRSS and VmHWM of a process, bytes.
+struct Memory {
+  uint64_t rss = 0;
+  uint64_t peak = 0;
+};
+
+Memory ReadMemory(pid_t pid) {
+  std::ifstream status(absl::StrCat("/proc/", pid, "/status"));
+  Memory memory;
+  std::string line;
+  while (std::getline(status, line)) {
+    uint64_t kib = 0;
+    std::vector<absl::string_view> words =
+        absl::StrSplit(line, absl::ByAnyChar(" \t"), absl::SkipEmpty());
+    if (words.size() < 2 || !absl::SimpleAtoi(words[1], &kib)) continue;
+    if (words[0] == "VmRSS:") memory.rss = kib << 10;
+    if (words[0] == "VmHWM:") memory.peak = kib << 10;
+  }
+  return memory;
+}
+
+// --- the load ----------------------------------------------------------------
+
+enum class Op { kPush, kPull, kPushPull };
+
+struct RunResult {
+  double seconds = 0;
+  uint64_t calls = 0;
+  uint64_t wire_bytes = 0;  // payload: request + answer values
+  double p50_us = 0;
+  double p99_us = 0;
+  double gbps() const { return wire_bytes / seconds / 1e9; }
+  double calls_per_s() const { return calls / seconds; }
+};
+
+struct Load {
+  Op op;
+  uint64_t values;
+  ps::v1::DType dtype;
+  int workers;
+  double seconds;
+  double warmup;
+};
+
+absl::StatusOr<std::vector<std::unique_ptr<ps::Client>>> Connect(
+    const std::vector<std::string>& addresses, const Load& load,
+    const ps::v1::OptimizerConfig& optimizer) {
+  std::vector<std::unique_ptr<ps::Client>> clients;
+  ps::ClientOptions options;
+  options.addresses = addresses;
+  options.channels_per_shard = absl::GetFlag(FLAGS_channels_per_shard);
+  options.max_message_bytes =
+      static_cast<size_t>(absl::GetFlag(FLAGS_max_message_mb)) << 20;
+  for (int w = 0; w < load.workers; ++w) {
+    auto client = ps::Client::Connect(options);
+    if (!client.ok()) return client.status();
+    clients.push_back(*std::move(client));
+  }
+  auto created = clients[0]->CreateVariable(
+      "w", {load.values}, {},
+      std::optional<ps::v1::OptimizerConfig>(optimizer));
+  if (!created.ok()) return created.status();
+  // Every other client learns the size (and checks the shape).
+  for (int w = 1; w < load.workers; ++w) {
+    auto again = clients[w]->CreateVariable("w", {load.values});
+    if (!again.ok()) return again.status();
+  }
+  return clients;
+}
+
+RunResult RunLoad(std::vector<std::unique_ptr<ps::Client>>& clients,
+                  const Load& load) {
+  const size_t width = load.dtype == ps::v1::FLOAT32 ? 4 : 2;
+  uint64_t bytes_per_call = 0;
+  switch (load.op) {
+    case Op::kPush:
+    case Op::kPull:
+      bytes_per_call = load.values * width;
+      break;
+    case Op::kPushPull:
+      bytes_per_call = 2 * load.values * width;
+      break;
+  }
+  std::atomic<int> phase{0};  // 0 warm-up, 1 measuring, 2 stop
+  std::vector<std::vector<float>> latencies(load.workers);
+  std::vector<std::string> errors(load.workers);
+  std::vector<std::thread> threads;
+  for (int w = 0; w < load.workers; ++w) {
+    threads.emplace_back([&, w] {
+      ps::Client& client = *clients[w];
+      std::vector<float> gradient(load.values, 1e-3f * (w + 1));
+      std::vector<float> values(load.values);
+      ps::PushOptions push;
+      push.dtype = load.dtype;
+      push.pull_dtype = load.dtype;
+      ps::PullOptions pull;
+      pull.dtype = load.dtype;
+      std::vector<float>& mine = latencies[w];
+      mine.reserve(1 << 16);
+      while (phase.load(std::memory_order_relaxed) < 2) {
+        const auto start = std::chrono::steady_clock::now();
+        absl::Status status;
+        switch (load.op) {
+          case Op::kPush:
+            status = client.Push("w", gradient, push);
+            break;
+          case Op::kPull:
+            status = client.Pull("w", values, pull);
+            break;
+          case Op::kPushPull:
+            status = client.PushPull("w", gradient, values, push);
+            break;
+        }
+        const auto end = std::chrono::steady_clock::now();
+        if (!status.ok()) {
+          errors[w] = status.ToString();
+          return;
+        }
+        if (phase.load(std::memory_order_relaxed) == 1) {
+          mine.push_back(
+              std::chrono::duration<float, std::micro>(end - start).count());
+        }
+      }
+    });
+  }
+  absl::SleepFor(absl::Seconds(load.warmup));
+  phase = 1;
+  const absl::Time start = absl::Now();
+  absl::SleepFor(absl::Seconds(load.seconds));
+  // Calls that end after this point are counted too; the time runs until
+  // the last one ends, so throughput stays exact.
+  phase = 2;
+  for (std::thread& t : threads) t.join();
+  const double elapsed = absl::ToDoubleSeconds(absl::Now() - start);
+  for (const std::string& e : errors) {
+    if (!e.empty()) {
+      std::cerr << "ps_load: a call failed: " << e << std::endl;
+      std::exit(1);
+    }
+  }
+  std::vector<float> all;
+  for (const auto& l : latencies) all.insert(all.end(), l.begin(), l.end());
+  RunResult result;
+  result.seconds = elapsed;
+  result.calls = all.size();
+  result.wire_bytes = result.calls * bytes_per_call;
+  if (!all.empty()) {
+    std::sort(all.begin(), all.end());
+    result.p50_us = all[all.size() / 2];
+    result.p99_us = all[std::min(all.size() - 1, all.size() * 99 / 100)];
+  }
+  return result;
+}
+
+double Median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 == 1 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+struct Summary {
+  double gbps = 0, calls_per_s = 0, values_per_s = 0, p50_us = 0, p99_us = 0;
+};
+
+Summary Summarize(const std::vector<RunResult>& runs, uint64_t values, Op op) {
+  std::vector<double> gbps, calls, p50, p99;
+  for (const RunResult& r : runs) {
+    gbps.push_back(r.gbps());
+    calls.push_back(r.calls_per_s());
+    p50.push_back(r.p50_us);
+    p99.push_back(r.p99_us);
+  }
+  Summary s;
+  s.gbps = Median(gbps);
+  s.calls_per_s = Median(calls);
+  // PushPull moves every value twice; values/s counts each once.
+  s.values_per_s = s.calls_per_s * values;
+  s.p50_us = Median(p50);
+  s.p99_us = Median(p99);
+  (void)op;
+  return s;
+}
+
+// float32 slots of optimizer state per value.
+int StateSlots(const ps::v1::OptimizerConfig& config) {
+  switch (config.rule_case()) {
+    case ps::v1::OptimizerConfig::kMomentum:
+    case ps::v1::OptimizerConfig::kAdagrad:
+      return 1;
+    case ps::v1::OptimizerConfig::kRmsprop:
+      return 1 + (config.rmsprop().centered() ? 1 : 0) +
+             (config.rmsprop().momentum() > 0 ? 1 : 0);
+    case ps::v1::OptimizerConfig::kAdam:
+      return 2 + (config.adam().amsgrad() ? 1 : 0);
+    case ps::v1::OptimizerConfig::kEve:
+      return 2;
+    default:
+      return 0;
+  }
+}
+
+absl::StatusOr<uint64_t> ParseBytes(const std::string& text) {
+  struct Unit {
+    absl::string_view suffix;
+    uint64_t factor;
+  };
+  constexpr Unit kUnits[] = {
+      {"GiB", 1ull << 30}, {"MiB", 1ull << 20}, {"KiB", 1ull << 10}, {"B", 1}};
+  absl::string_view number = text;
+  uint64_t factor = 1;
+  for (const Unit& unit : kUnits) {
+    if (absl::EndsWith(number, unit.suffix)) {
+      number.remove_suffix(unit.suffix.size());
+      factor = unit.factor;
+      break;
+    }
+  }
+  double value = 0;
+  if (!absl::SimpleAtod(number, &value) || value <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--value_bytes: cannot read '", text, "'"));
+  }
+  return static_cast<uint64_t>(value * factor);
+}
+
+std::string SizeName(uint64_t bytes) {
+  if (bytes >= (1u << 20) && bytes % (1u << 20) == 0) {
+    return absl::StrCat(bytes >> 20, " MiB");
+  }
+  if (bytes >= 1024 && bytes % 1024 == 0) {
+    return absl::StrCat(bytes >> 10, " KiB");
+  }
+  return absl::StrCat(bytes, " B");
+}
+
+std::string ServerBinary() {
+  std::string path = absl::GetFlag(FLAGS_ps_server);
+  if (!path.empty()) return path;
+  const std::filesystem::path self =
+      std::filesystem::read_symlink("/proc/self/exe");
+  return (self.parent_path().parent_path() / "server" / "ps_server").string();
+}
+
+int Fail(absl::string_view message) {
+  std::cerr << "ps_load: " << message << std::endl;
+  return 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "End-to-end load on the parameter server against an echo server.\n"
+      "Example: ps_load --value_bytes=4MiB --workers=2 --runs=5");
+  ps::ParseCommandLineWithHelp(argc, argv);
+  if (absl::GetFlag(FLAGS_serve_echo)) return ServeEcho();
+  spdlog::set_level(spdlog::level::warn);
+  KeepLargeAllocations();
+
+  Load load;
+  const std::string op = absl::GetFlag(FLAGS_op);
+  if (op == "push") {
+    load.op = Op::kPush;
+  } else if (op == "pull") {
+    load.op = Op::kPull;
+  } else if (op == "pushpull") {
+    load.op = Op::kPushPull;
+  } else {
+    return Fail("--op must be push, pull or pushpull");
+  }
+  auto bytes = ParseBytes(absl::GetFlag(FLAGS_value_bytes));
+  if (!bytes.ok()) return Fail(bytes.status().message());
+  load.values = std::max<uint64_t>(1, *bytes / 4);
+  const std::string dtype = absl::GetFlag(FLAGS_dtype);
+  if (dtype == "fp32") {
+    load.dtype = ps::v1::FLOAT32;
+  } else if (dtype == "bf16") {
+    load.dtype = ps::v1::BFLOAT16;
+  } else if (dtype == "fp16") {
+    load.dtype = ps::v1::FLOAT16;
+  } else {
+    return Fail("--dtype must be fp32, bf16 or fp16");
+  }
+  load.workers = absl::GetFlag(FLAGS_workers);
+  load.seconds = absl::GetFlag(FLAGS_seconds);
+  load.warmup = absl::GetFlag(FLAGS_warmup_seconds);
+  const int runs = absl::GetFlag(FLAGS_runs);
+  if (load.workers < 1 || runs < 1 || load.seconds <= 0) {
+    return Fail("--workers, --runs and --seconds must be positive");
+  }
+  auto optimizer = ps::ParseOptimizerConfig(absl::GetFlag(FLAGS_optimizer));
+  if (!optimizer.ok()) return Fail(optimizer.status().message());
+
+  const uint32_t shards = absl::GetFlag(FLAGS_shards);
+  const std::string block_size = absl::StrCat(absl::GetFlag(FLAGS_block_size));
+  const std::string max_mb = absl::StrCat(absl::GetFlag(FLAGS_max_message_mb));
+
+  // Children first, before this process starts any gRPC thread.
+  std::vector<std::unique_ptr<Child>> ours_children, echo_children;
+  std::vector<std::string> ours_addresses, echo_addresses;
+  if (absl::GetFlag(FLAGS_servers).empty()) {
+    for (uint32_t s = 0; s < shards; ++s) {
+      auto child = StartChild(
+          {ServerBinary(), absl::StrCat("--num_shards=", shards),
+           absl::StrCat("--shard_index=", s), "--block_size=" + block_size,
+           "--max_message_mb=" + max_mb});
+      if (child == nullptr) return Fail("cannot start ps_server");
+      ours_addresses.push_back(child->address);
+      ours_children.push_back(std::move(child));
+    }
+  } else {
+    ours_addresses = absl::StrSplit(absl::GetFlag(FLAGS_servers), ',');
+  }
+  const bool echo = absl::GetFlag(FLAGS_echo);
+  if (echo) {
+    const std::string self =
+        std::filesystem::read_symlink("/proc/self/exe").string();
+    for (uint32_t s = 0; s < ours_addresses.size(); ++s) {
+      auto child = StartChild({self, "--serve_echo",
+                               absl::StrCat("--shards=", ours_addresses.size()),
+                               absl::StrCat("--shard_index=", s),
+                               "--block_size=" + block_size,
+                               "--max_message_mb=" + max_mb});
+      if (child == nullptr) return Fail("cannot start the echo server");
+      echo_addresses.push_back(child->address);
+      echo_children.push_back(std::move(child));
+    }
+  }
+
+  uint64_t baseline = 0;
+  for (const auto& child : ours_children)
+    baseline += ReadMemory(child->pid).rss;
+
+  auto ours_clients = Connect(ours_addresses, load, *optimizer);
+  if (!ours_clients.ok()) return Fail(ours_clients.status().ToString());
+  std::vector<std::unique_ptr<ps::Client>> echo_clients;
+  if (echo) {
+    auto connected = Connect(echo_addresses, load, *optimizer);
+    if (!connected.ok()) return Fail(connected.status().ToString());
+    echo_clients = *std::move(connected);
+  }
+
+  std::vector<RunResult> ours_runs, echo_runs;
+  std::vector<uint64_t> rss_after_run;
+  uint64_t peak = 0;
+  for (int r = 0; r < runs; ++r) {
+    ours_runs.push_back(RunLoad(*ours_clients, load));
+    uint64_t rss = 0;
+    peak = 0;
+    for (const auto& child : ours_children) {
+      const Memory m = ReadMemory(child->pid);
+      rss += m.rss;
+      peak += m.peak;
+    }
+    rss_after_run.push_back(rss);
+    if (echo) echo_runs.push_back(RunLoad(echo_clients, load));
+  }
+
+  const Summary ours = Summarize(ours_runs, load.values, load.op);
+  const Summary echo_summary = Summarize(echo_runs, load.values, load.op);
+  const double ratio = echo ? ours.gbps / echo_summary.gbps : 0;
+  const double p50_ratio = echo ? ours.p50_us / echo_summary.p50_us : 0;
+  const uint64_t state_bytes = load.values * 4 * (1 + StateSlots(*optimizer));
+  const double mib = 1 << 20;
+  const bool have_rss = !ours_children.empty();
+  const double rss_delta =
+      have_rss ? (static_cast<double>(rss_after_run.back()) - baseline) : 0;
+  const double peak_delta =
+      have_rss ? (static_cast<double>(peak) - baseline) : 0;
+
+  if (absl::GetFlag(FLAGS_markdown_row)) {
+    // | op | size | dtype | W | ours GB/s | echo GB/s | ratio | ours calls/s |
+    // ours p50 us | echo p50 us | p50 ratio | ours p99 us | RSS-state MiB |
+    std::cout << absl::StrFormat(
+                     "| %s | %s | %s | %d | %.2f | %.2f | %.2f | %.0f | %.0f | "
+                     "%.0f | %.2f | %.0f | %s |",
+                     op, SizeName(*bytes), dtype, load.workers, ours.gbps,
+                     echo_summary.gbps, ratio, ours.calls_per_s, ours.p50_us,
+                     echo_summary.p50_us, p50_ratio, ours.p99_us,
+                     have_rss ? absl::StrFormat("%.0f / %.0f", rss_delta / mib,
+                                                state_bytes / mib)
+                              : std::string("-"))
+              << std::endl;
+    return 0;
+  }
+
+  std::cout << absl::StrFormat(
+      "%s of %s (%d values, %s on the wire), %d worker(s), %u shard(s), "
+      "%d channel(s) per shard, optimizer '%s'\n"
+      "medians of %d runs of %.1f s each; payload counts request + answer "
+      "values\n\n",
+      op, SizeName(*bytes), load.values, dtype, load.workers,
+      static_cast<unsigned>(ours_addresses.size()),
+      absl::GetFlag(FLAGS_channels_per_shard),
+      ps::OptimizerConfigToText(*optimizer), runs, load.seconds);
+  std::cout << absl::StrFormat("%-6s %9s %12s %11s %10s %10s\n", "server",
+                               "GB/s", "Mvalues/s", "calls/s", "p50 us",
+                               "p99 us");
+  auto print = [](const char* name, const Summary& s) {
+    std::cout << absl::StrFormat("%-6s %9.3f %12.1f %11.0f %10.0f %10.0f\n",
+                                 name, s.gbps, s.values_per_s / 1e6,
+                                 s.calls_per_s, s.p50_us, s.p99_us);
+  };
+  print("ours", ours);
+  if (echo) {
+    print("echo", echo_summary);
+    std::cout << absl::StrFormat(
+        "ratio  %9.2f (throughput, ours/echo); p50 %.2f (ours/echo)\n", ratio,
+        p50_ratio);
+  }
+  if (have_rss) {
+    std::cout << absl::StrFormat(
+        "\nserver RSS above its start (%.0f MiB): %.1f MiB after the last run "
+        "(peak %.1f MiB); values + optimizer state %.1f MiB; limit 1.1 x "
+        "state + 64 MiB = %.1f MiB\nRSS after each run, MiB:",
+        baseline / mib, rss_delta / mib, peak_delta / mib, state_bytes / mib,
+        (1.1 * state_bytes + 64 * mib) / mib);
+    for (uint64_t rss : rss_after_run) {
+      std::cout << absl::StrFormat(" %.1f", (rss - baseline) / mib);
+    }
+    std::cout << std::endl;
+  }
+  return 0;
+}
