@@ -22,6 +22,14 @@ std::string ShapeString(const std::vector<uint64_t>& shape) {
   return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
 }
 
+absl::Status ShapeConflict(const std::string& name,
+                           const std::vector<uint64_t>& existing,
+                           const std::vector<uint64_t>& wanted) {
+  return absl::AlreadyExistsError(absl::StrCat(
+      "variable '", name, "' exists with shape ", ShapeString(existing),
+      "; cannot create it with shape ", ShapeString(wanted)));
+}
+
 absl::StatusOr<uint64_t> CheckShape(const std::string& name,
                                     const std::vector<uint64_t>& shape) {
   uint64_t size = 1;
@@ -236,10 +244,7 @@ absl::StatusOr<bool> VariableStore::CreateVariable(
 
   if (auto existing = Find(name)) {
     if (existing->shape != shape) {
-      return absl::AlreadyExistsError(
-          absl::StrCat("variable '", name, "' exists with shape ",
-                       ShapeString(existing->shape),
-                       "; cannot create it with shape ", ShapeString(shape)));
+      return ShapeConflict(name, existing->shape, shape);
     }
     return false;
   }
@@ -290,10 +295,7 @@ absl::StatusOr<bool> VariableStore::CreateVariable(
   if (!inserted) {
     // Another worker created it meanwhile: the first one wins.
     if (it->second->shape != shape) {
-      return absl::AlreadyExistsError(
-          absl::StrCat("variable '", name, "' exists with shape ",
-                       ShapeString(it->second->shape),
-                       "; cannot create it with shape ", ShapeString(shape)));
+      return ShapeConflict(name, it->second->shape, shape);
     }
     return false;
   }
