@@ -50,6 +50,44 @@ inline void TransformGradient(const GradientTransform& transform,
   }
 }
 
+// Fused loops: a rule's statements run as one pass of Eigen packet functions
+// per packet of values, each value loaded and stored once.
+namespace simd {
+
+// The SIMD packet Eigen uses for float arrays of dynamic size, its length,
+// and the alignment (in bytes) Eigen wants of a destination before it
+// switches from scalar to packet code.
+using Packet = Eigen::internal::packet_traits<float>::type;
+inline constexpr Eigen::Index kPacketSize =
+    Eigen::internal::packet_traits<float>::size;
+inline constexpr int kPacketAlignment = kPacketSize * sizeof(float);
+
+// Like ForEachChunk over [0, n), but splits each chunk the way Eigen's
+// statement `var.segment(offset, length) = ...` does: the values before
+// var's first packet-aligned address, and those after the last whole packet,
+// go to with_eigen(offset, length), and the packet-aligned middle to
+// fused(begin, end). A rule that runs its Eigen statements in with_eigen
+// and the same operations as packet functions in fused thus rounds every
+// value as its Eigen statements alone would.
+// Each fused(begin, end) range starts at a kPacketAlignment-aligned
+// var.data() + begin and holds a multiple of kPacketSize values.
+template <typename EigenFn, typename FusedFn>
+inline void ForEachChunkSplit(const float* var, Eigen::Index n,
+                              EigenFn&& with_eigen, FusedFn&& fused) {
+  ForEachChunk(n, [&](Eigen::Index offset, Eigen::Index length) {
+    const Eigen::Index head =
+        Eigen::internal::first_aligned<kPacketAlignment>(var + offset, length);
+    const Eigen::Index body = ((length - head) / kPacketSize) * kPacketSize;
+    if (head > 0) with_eigen(offset, head);
+    if (body > 0) fused(offset + head, offset + head + body);
+    if (head + body < length) {
+      with_eigen(offset + head + body, length - head - body);
+    }
+  });
+}
+
+}  // namespace simd
+
 }  // namespace ps::optimizer
 
 #endif  // PS_SERVER_OPTIMIZER_KERNEL_UTIL_H_

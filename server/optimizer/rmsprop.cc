@@ -1,6 +1,118 @@
 #include "server/optimizer/rmsprop.h"
 
 namespace ps::optimizer {
+namespace {
+
+namespace ei = Eigen::internal;
+using simd::kPacketSize;
+using simd::Packet;
+
+// The per-call scalars and the arrays of one RMSProp step.
+struct RmsPropStep {
+  FlatArray var;
+  FlatArray square_avg;
+  std::optional<FlatArray> grad_avg;
+  std::optional<FlatArray> momentum_buffer;
+  float lr;
+  float alpha;
+  float one_minus_alpha;
+  float eps;
+  float momentum;
+  GradientTransform transform;
+  ConstFlatArray grad;
+};
+
+// One RMSProp step over [offset, offset + length) as Eigen array statements.
+// Used for the values that Eigen itself would compute with scalar code.
+void ApplyWithEigen(RmsPropStep& step, Eigen::Index offset,
+                    Eigen::Index length) {
+  alignas(64) float scratch[kChunk];
+  alignas(64) float denom_scratch[kChunk];
+  TransformGradient(step.transform, step.grad, step.var, offset, length,
+                    scratch);
+  Eigen::Map<const Eigen::ArrayXf> g(scratch, length);
+  Eigen::Map<Eigen::ArrayXf> d(denom_scratch, length);
+  auto p = step.var.segment(offset, length);
+  auto v = step.square_avg.segment(offset, length);
+  v = v * step.alpha + step.one_minus_alpha * g * g;
+  if (step.grad_avg) {
+    auto a = step.grad_avg->segment(offset, length);
+    a = a * step.alpha + step.one_minus_alpha * g;
+    d = (v - a * a).max(0.0f).sqrt() + step.eps;
+  } else {
+    d = v.sqrt() + step.eps;
+  }
+  if (step.momentum_buffer) {
+    auto b = step.momentum_buffer->segment(offset, length);
+    b = b * step.momentum + g / d;
+    p += (-step.lr) * b;
+  } else {
+    p += (-step.lr) * g / d;
+  }
+}
+
+// The same step over [begin, end), fused into one pass. Each operation is
+// the Eigen packet function that the statements in ApplyWithEigen evaluate
+// to, with the same operands in the same order, so the results are
+// bit-identical.
+// REQUIRES: var.data() + begin is simd::kPacketAlignment-aligned and
+// end - begin is a multiple of kPacketSize.
+void ApplyFused(RmsPropStep& step, Eigen::Index begin, Eigen::Index end) {
+  float* const p_data = step.var.data();
+  float* const v_data = step.square_avg.data();
+  float* const a_data = step.grad_avg ? step.grad_avg->data() : nullptr;
+  float* const b_data =
+      step.momentum_buffer ? step.momentum_buffer->data() : nullptr;
+  const float* const g_data = step.grad.data();
+
+  const bool scale = step.transform.scale != 1.0f;
+  const bool l2 = step.transform.weight_decay != 0.0f;
+  const Packet clip_scale = ei::pset1<Packet>(step.transform.scale);
+  const Packet weight_decay = ei::pset1<Packet>(step.transform.weight_decay);
+  const Packet alpha = ei::pset1<Packet>(step.alpha);
+  const Packet one_minus_alpha = ei::pset1<Packet>(step.one_minus_alpha);
+  const Packet eps = ei::pset1<Packet>(step.eps);
+  const Packet momentum = ei::pset1<Packet>(step.momentum);
+  const Packet neg_lr = ei::pset1<Packet>(-step.lr);
+  const Packet zero = ei::pset1<Packet>(0.0f);
+
+  for (Eigen::Index i = begin; i < end; i += kPacketSize) {
+    Packet p = ei::pload<Packet>(p_data + i);
+    // TransformGradient: g = grad * scale; g += weight_decay * p
+    Packet g = ei::ploadu<Packet>(g_data + i);
+    if (scale) g = ei::pmul(g, clip_scale);
+    if (l2) g = ei::padd(g, ei::pmul(weight_decay, p));
+    // v = v * alpha + one_minus_alpha * g * g
+    const Packet v = ei::padd(ei::pmul(ei::ploadu<Packet>(v_data + i), alpha),
+                              ei::pmul(ei::pmul(one_minus_alpha, g), g));
+    ei::pstoreu(v_data + i, v);
+    Packet d;
+    if (a_data != nullptr) {
+      // a = a * alpha + one_minus_alpha * g
+      const Packet a = ei::padd(ei::pmul(ei::ploadu<Packet>(a_data + i), alpha),
+                                ei::pmul(one_minus_alpha, g));
+      ei::pstoreu(a_data + i, a);
+      // d = (v - a * a).max(0).sqrt() + eps
+      d = ei::padd(ei::psqrt(ei::pmax(ei::psub(v, ei::pmul(a, a)), zero)), eps);
+    } else {
+      // d = v.sqrt() + eps
+      d = ei::padd(ei::psqrt(v), eps);
+    }
+    if (b_data != nullptr) {
+      // b = b * momentum + g / d; p += (-lr) * b
+      const Packet b = ei::padd(
+          ei::pmul(ei::ploadu<Packet>(b_data + i), momentum), ei::pdiv(g, d));
+      ei::pstoreu(b_data + i, b);
+      p = ei::padd(p, ei::pmul(neg_lr, b));
+    } else {
+      // p += (-lr) * g / d
+      p = ei::padd(p, ei::pdiv(ei::pmul(neg_lr, g), d));
+    }
+    ei::pstore(p_data + i, p);
+  }
+}
+
+}  // namespace
 
 void RmsPropRule::Apply(FlatArray var, FlatArray square_avg,
                         std::optional<FlatArray> grad_avg,
@@ -10,32 +122,27 @@ void RmsPropRule::Apply(FlatArray var, FlatArray square_avg,
                         ConstFlatArray grad) {
   // 1 - alpha is rounded once from double, as torch does; 1.0f - 0.99f is
   // 1e-6 (relative) away from float(0.01).
-  const float alpha = static_cast<float>(alpha_in);
-  const float one_minus_alpha = static_cast<float>(1.0 - alpha_in);
-  alignas(64) float scratch[kChunk];
-  alignas(64) float denom_scratch[kChunk];
-  ForEachChunk(var.size(), [&](Eigen::Index offset, Eigen::Index length) {
-    TransformGradient(transform, grad, var, offset, length, scratch);
-    Eigen::Map<const Eigen::ArrayXf> g(scratch, length);
-    Eigen::Map<Eigen::ArrayXf> d(denom_scratch, length);
-    auto p = var.segment(offset, length);
-    auto v = square_avg.segment(offset, length);
-    v = v * alpha + one_minus_alpha * g * g;
-    if (grad_avg) {
-      auto a = grad_avg->segment(offset, length);
-      a = a * alpha + one_minus_alpha * g;
-      d = (v - a * a).max(0.0f).sqrt() + eps;
-    } else {
-      d = v.sqrt() + eps;
-    }
-    if (momentum_buffer) {
-      auto b = momentum_buffer->segment(offset, length);
-      b = b * momentum + g / d;
-      p += (-lr) * b;
-    } else {
-      p += (-lr) * g / d;
-    }
-  });
+  RmsPropStep step{
+      .var = var,
+      .square_avg = square_avg,
+      .grad_avg = grad_avg,
+      .momentum_buffer = momentum_buffer,
+      .lr = lr,
+      .alpha = static_cast<float>(alpha_in),
+      .one_minus_alpha = static_cast<float>(1.0 - alpha_in),
+      .eps = eps,
+      .momentum = momentum,
+      .transform = transform,
+      .grad = grad,
+  };
+  simd::ForEachChunkSplit(
+      var.data(), var.size(),
+      [&](Eigen::Index offset, Eigen::Index length) {
+        ApplyWithEigen(step, offset, length);
+      },
+      [&](Eigen::Index begin, Eigen::Index end) {
+        ApplyFused(step, begin, end);
+      });
 }
 
 }  // namespace ps::optimizer
