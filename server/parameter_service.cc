@@ -159,17 +159,25 @@ grpc::ServerUnaryReactor* ParameterServiceImpl::Pull(
 grpc::ServerUnaryReactor* ParameterServiceImpl::Push(
     grpc::CallbackServerContext* context, const v1::PushRequest* request,
     v1::PushResponse*) {
-  return StartPush(context, *request, nullptr);
+  return StartPush(context, *request, nullptr, nullptr);
 }
 
 grpc::ServerUnaryReactor* ParameterServiceImpl::PushPull(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
     grpc::ByteBuffer* response) {
   // What gRPC's generated handler would do: parse into a fresh message.
-  grpc::ByteBuffer bytes(*request);  // shares the slices
-  grpc::ProtoBufferReader reader(&bytes);
   v1::PushRequest push;
-  if (!reader.status().ok() || !push.ParseFromZeroCopyStream(&reader)) {
+  bool parsed;
+  {
+    grpc::ByteBuffer bytes(*request);  // shares the slices
+    grpc::ProtoBufferReader reader(&bytes);
+    parsed = reader.status().ok() && push.ParseFromZeroCopyStream(&reader);
+  }
+  // The received bytes are not read again: release them now rather than
+  // when the answer has been sent, so a call holds one copy of its payload.
+  // The request is this handler's (gRPC only destroys it when done).
+  const_cast<grpc::ByteBuffer*>(request)->Clear();
+  if (!parsed) {
     grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
     store_->stats().RecordRefusal(absl::StatusCode::kInvalidArgument);
     reactor->Finish(grpc::Status(
@@ -177,12 +185,12 @@ grpc::ServerUnaryReactor* ParameterServiceImpl::PushPull(
         "the request is not a ps.v1.PushRequest (cannot parse it)"));
     return reactor;
   }
-  return StartPush(context, push, response);
+  return StartPush(context, push, response, &push);
 }
 
 grpc::ServerUnaryReactor* ParameterServiceImpl::StartPush(
     grpc::CallbackServerContext* context, const v1::PushRequest& request,
-    grpc::ByteBuffer* answer) {
+    grpc::ByteBuffer* answer, v1::PushRequest* spare) {
   auto call = std::make_shared<PushCall>();
   auto* reactor = new PushReactor(call);
   call->reactor = reactor;
@@ -204,6 +212,16 @@ grpc::ServerUnaryReactor* ParameterServiceImpl::StartPush(
       [call](absl::Status status, v1::PullResponse values) {
         call->Finish(status, std::move(values));
       });
+  if (answer != nullptr && spare != nullptr) {
+    for (int i = 0; i < spare->gradients_size(); ++i) {
+      std::string* data = spare->mutable_gradients(i)->mutable_data();
+      // Only a heap-allocated string keeps its bytes in place when moved
+      // (a short one lives inside the object, and a gradient read in place
+      // would then point at moved-from storage).
+      if (data->size() <= sizeof(std::string)) continue;
+      completion->ReuseBuffer(static_cast<size_t>(i), std::move(*data));
+    }
+  }
   store_->ApplyPush(*std::move(push), std::move(completion));
   return reactor;
 }

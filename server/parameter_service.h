@@ -45,10 +45,13 @@ class ParameterServiceImpl final
 
  private:
   // Push and PushPull: `answer` is null for Push. `request` must stay valid
-  // until StartPush returns.
+  // until StartPush returns. `spare`, when not null, is `request` itself,
+  // owned by the caller: its gradient bytes then become the answer's buffers
+  // (see PushCompletion::ReuseBuffer).
   grpc::ServerUnaryReactor* StartPush(grpc::CallbackServerContext* context,
                                       const v1::PushRequest& request,
-                                      grpc::ByteBuffer* answer);
+                                      grpc::ByteBuffer* answer,
+                                      v1::PushRequest* spare);
 
   // Finishes a call now with `status`, counting a refusal.
   grpc::ServerUnaryReactor* FinishNow(grpc::CallbackServerContext* context,

@@ -137,6 +137,12 @@ void PushCompletion::Fill(size_t part, const Variable& variable,
   EncodeValues(dtype_, block.values, slice->mutable_data());
 }
 
+void PushCompletion::ReuseBuffer(size_t part, std::string buffer) {
+  if (!with_values_) return;
+  *answer_.mutable_values(static_cast<int>(part))->mutable_data() =
+      std::move(buffer);
+}
+
 void PushCompletion::PartDone(absl::Status status) {
   if (!status.ok()) {
     absl::MutexLock lock(&mu_);

@@ -131,6 +131,14 @@ class PushCompletion {
   void Fill(size_t part, const Variable& variable, const Block& block)
       ABSL_SHARED_LOCKS_REQUIRED(block.mu);
 
+  // Hands part `part` of the answer a buffer to encode into, so that the
+  // answer needs no fresh memory: PushPull gives the request's gradient
+  // bytes, which Fill(part) overwrites only once that part's gradient has
+  // been applied. A heap-allocated string keeps its bytes where they are when
+  // moved, so a gradient read in place stays valid.
+  // REQUIRES: called before any Fill or PartDone.
+  void ReuseBuffer(size_t part, std::string buffer);
+
   // Marks a part done (or failed). The last call runs on_done; call it with
   // no block lock held.
   void PartDone(absl::Status status = absl::OkStatus());
