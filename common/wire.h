@@ -24,6 +24,11 @@ size_t BytesPerValue(v1::DType dtype);
 absl::Status DecodeValues(v1::DType dtype, std::string_view data,
                           std::span<float> out);
 
+// The same, and sets *all_finite to whether no decoded value is NaN or
+// infinite (checked while decoding).
+absl::Status DecodeValues(v1::DType dtype, std::string_view data,
+                          std::span<float> out, bool* all_finite);
+
 // Replaces *out with `values` encoded as `dtype` (FLOAT32 for an unknown one).
 void EncodeValues(v1::DType dtype, std::span<const float> values,
                   std::string* out);

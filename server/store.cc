@@ -94,8 +94,10 @@ absl::Status ViewGradient(const v1::Slice& slice, PreparedPush::Part& part) {
     // CheckRange bounded length by the block size.
     part.decoded.reset(new float[length]);
     std::span<float> out(part.decoded.get(), length);
-    status = DecodeValues(slice.dtype(), data, out);
+    bool all_finite = false;
+    status = DecodeValues(slice.dtype(), data, out, &all_finite);
     part.gradient = out;
+    if (status.ok() && all_finite) return absl::OkStatus();
   }
   if (!status.ok()) {
     return absl::InvalidArgumentError(
