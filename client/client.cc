@@ -410,11 +410,23 @@ class Fanout {
   Client::DoneCallback done_;
 };
 
+// The fan-out of one split call, or null when there is nothing to send: then
+// `done` has run with the split's error, or with OK for an empty call.
 template <typename Request>
-size_t CountParts(const ShardParts<Request>& parts) {
+Fanout* StartFanout(ClientCore* core,
+                    const absl::StatusOr<ShardParts<Request>>& parts,
+                    Client::DoneCallback& done) {
+  if (!parts.ok()) {
+    done(parts.status());
+    return nullptr;
+  }
   size_t count = 0;
-  for (const auto& list : parts) count += list.size();
-  return count;
+  for (const auto& list : *parts) count += list.size();
+  if (count == 0) {
+    done(absl::OkStatus());
+    return nullptr;
+  }
+  return new Fanout(core, count, std::move(done));
 }
 
 absl::Status CheckDType(v1::DType dtype) {
@@ -525,16 +537,8 @@ void ClientCore::StartPush(std::vector<PushItem> items, Outputs outputs,
   absl::StatusOr<ShardParts<v1::PushRequest>> parts =
       client_internal::SplitPush(*plan, items, header, push_options.dtype,
                                  answered, options.max_message_bytes);
-  if (!parts.ok()) {
-    done(parts.status());
-    return;
-  }
-  const size_t count = CountParts(*parts);
-  if (count == 0) {
-    done(absl::OkStatus());
-    return;
-  }
-  auto* fanout = new Fanout(this, count, std::move(done));
+  Fanout* fanout = StartFanout(this, parts, done);
+  if (fanout == nullptr) return;
   const v1::DType pull_dtype = push_options.pull_dtype;
   for (size_t s = 0; s < parts->size(); ++s) {
     std::vector<PushLane::Send> sends;
@@ -577,16 +581,8 @@ void ClientCore::StartPull(std::vector<PullItem> items, Outputs outputs,
   absl::StatusOr<ShardParts<v1::PullRequest>> parts =
       client_internal::SplitPull(*plan, items, pull_options.dtype,
                                  options.max_message_bytes);
-  if (!parts.ok()) {
-    done(parts.status());
-    return;
-  }
-  const size_t count = CountParts(*parts);
-  if (count == 0) {
-    done(absl::OkStatus());
-    return;
-  }
-  auto* fanout = new Fanout(this, count, std::move(done));
+  Fanout* fanout = StartFanout(this, parts, done);
+  if (fanout == nullptr) return;
   const v1::DType dtype = pull_options.dtype;
   for (size_t s = 0; s < parts->size(); ++s) {
     for (Part<v1::PullRequest>& part : (*parts)[s]) {
