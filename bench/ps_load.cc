@@ -69,6 +69,10 @@ ABSL_FLAG(double, seconds, 3, "measured seconds per run and server");
 ABSL_FLAG(double, warmup_seconds, 0.5, "unmeasured seconds before each run");
 ABSL_FLAG(int, runs, 3, "runs; medians are reported");
 ABSL_FLAG(int, channels_per_shard, 1, "ClientOptions::channels_per_shard");
+ABSL_FLAG(uint64_t, part_kib, 4096,
+          "ClientOptions::part_bytes in KiB: calls are cut into parts of "
+          "about this size");
+ABSL_FLAG(int, parts_in_flight, 4, "ClientOptions::parts_in_flight");
 ABSL_FLAG(int, max_message_mb, 64,
           "ClientOptions::max_message_bytes and the servers' "
           "--max_message_mb; large enough that one call is one message");
@@ -289,6 +293,8 @@ absl::StatusOr<std::vector<std::unique_ptr<ps::Client>>> Connect(
   ps::ClientOptions options;
   options.addresses = addresses;
   options.channels_per_shard = absl::GetFlag(FLAGS_channels_per_shard);
+  options.part_bytes = absl::GetFlag(FLAGS_part_kib) << 10;
+  options.parts_in_flight = absl::GetFlag(FLAGS_parts_in_flight);
   options.max_message_bytes =
       static_cast<size_t>(absl::GetFlag(FLAGS_max_message_mb)) << 20;
   for (int w = 0; w < load.workers; ++w) {

@@ -70,6 +70,13 @@ absl::Status ValidateOptions(const ClientOptions& options) {
     return absl::InvalidArgumentError(absl::StrCat(
         "ClientOptions::max_message_bytes must lie in [1024, ", INT_MAX, "]"));
   }
+  if (options.part_bytes < 1) {
+    return absl::InvalidArgumentError("ClientOptions::part_bytes must be >= 1");
+  }
+  if (options.parts_in_flight < 1) {
+    return absl::InvalidArgumentError(
+        "ClientOptions::parts_in_flight must be >= 1");
+  }
   if (options.channels_per_shard < 1) {
     return absl::InvalidArgumentError(
         "ClientOptions::channels_per_shard must be >= 1");
@@ -137,52 +144,67 @@ void CallPushPull(AsyncStub* stub, grpc::ClientContext* context,
   stub->PushPull(context, request, response, std::move(done));
 }
 
-// Sends one shard's pushes one at a time, numbering them (seq) in the order
-// they are sent, so the shard sees this worker's seqs increase.
+// Sends one shard's pushes in the order they were issued, numbering each
+// request (seq) as it is sent. The requests of one push cover different
+// blocks and go out together, up to `max_in_flight` at once; the next push
+// starts when all of the previous one's requests have ended, so each block
+// sees a worker's pushes in order.
 class PushLane {
  public:
-  // Starts the push with the given seq; must call Release() when it ends.
+  // Starts the request with the given seq; must call Release() when it ends.
   using Send = absl::AnyInvocable<void(uint64_t seq)>;
 
-  explicit PushLane(uint64_t first_seq) : next_seq_(first_seq) {}
+  PushLane(uint64_t first_seq, int max_in_flight)
+      : max_in_flight_(max_in_flight), next_seq_(first_seq) {}
 
-  // Queues `sends` (kept together, in order) behind those queued before.
-  void Enqueue(std::vector<Send> sends) {
-    Send send;
-    uint64_t seq;
+  // Queues the requests of one push behind the pushes queued before.
+  void Enqueue(std::vector<Send> push) {
+    std::vector<std::pair<Send, uint64_t>> ready;
     {
       absl::MutexLock lock(&mu_);
-      for (Send& s : sends) queue_.push_back(std::move(s));
-      if (busy_ || queue_.empty()) return;
-      busy_ = true;
-      send = std::move(queue_.front());
-      queue_.pop_front();
-      seq = next_seq_++;
+      if (!push.empty()) {
+        pushes_.emplace_back(std::make_move_iterator(push.begin()),
+                             std::make_move_iterator(push.end()));
+      }
+      TakeReady(ready);
     }
-    send(seq);
+    for (auto& [send, seq] : ready) send(seq);
   }
 
-  // The push in flight has ended (answered or given up): start the next.
+  // A request in flight has ended (answered or given up): start what may.
   void Release() {
-    Send send;
-    uint64_t seq;
+    std::vector<std::pair<Send, uint64_t>> ready;
     {
       absl::MutexLock lock(&mu_);
-      if (queue_.empty()) {
-        busy_ = false;
-        return;
-      }
-      send = std::move(queue_.front());
-      queue_.pop_front();
-      seq = next_seq_++;
+      --in_flight_;
+      TakeReady(ready);
     }
-    send(seq);
+    for (auto& [send, seq] : ready) send(seq);
   }
 
  private:
+  // Moves the requests that may start now, with their seqs, to `ready`.
+  void TakeReady(std::vector<std::pair<Send, uint64_t>>& ready)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    while (!pushes_.empty()) {
+      std::deque<Send>& front = pushes_.front();
+      if (front.empty()) {
+        if (in_flight_ > 0) return;  // the front push is still in flight
+        pushes_.pop_front();
+        continue;
+      }
+      if (in_flight_ >= max_in_flight_) return;
+      ready.emplace_back(std::move(front.front()), next_seq_++);
+      front.pop_front();
+      ++in_flight_;
+    }
+  }
+
+  const int max_in_flight_;
   absl::Mutex mu_;
-  bool busy_ ABSL_GUARDED_BY(mu_) = false;
-  std::deque<Send> queue_ ABSL_GUARDED_BY(mu_);
+  // The pushes not yet finished; the front one's requests not yet sent.
+  std::deque<std::deque<Send>> pushes_ ABSL_GUARDED_BY(mu_);
+  int in_flight_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t next_seq_ ABSL_GUARDED_BY(mu_);
 };
 
@@ -274,6 +296,10 @@ class ClientCore {
     return absl::InvalidArgumentError(absl::StrCat(
         "variable ", it->first, " has ", it->second, " values but the ",
         absl::string_view(what.data(), what.size()), " has ", size));
+  }
+
+  SplitLimits split_limits() const {
+    return {options.part_bytes, options.max_message_bytes};
   }
 
   void StartPush(std::vector<PushItem> items, Outputs outputs,
@@ -536,7 +562,7 @@ void ClientCore::StartPush(std::vector<PushItem> items, Outputs outputs,
   if (answered) header.set_pull_dtype(push_options.pull_dtype);
   absl::StatusOr<ShardParts<v1::PushRequest>> parts =
       client_internal::SplitPush(*plan, items, header, push_options.dtype,
-                                 answered, options.max_message_bytes);
+                                 answered, split_limits());
   Fanout* fanout = StartFanout(this, parts, done);
   if (fanout == nullptr) return;
   const v1::DType pull_dtype = push_options.pull_dtype;
@@ -580,7 +606,7 @@ void ClientCore::StartPull(std::vector<PullItem> items, Outputs outputs,
                            const PullOptions& pull_options, DoneCallback done) {
   absl::StatusOr<ShardParts<v1::PullRequest>> parts =
       client_internal::SplitPull(*plan, items, pull_options.dtype,
-                                 options.max_message_bytes);
+                                 split_limits());
   Fanout* fanout = StartFanout(this, parts, done);
   if (fanout == nullptr) return;
   const v1::DType dtype = pull_options.dtype;
@@ -641,7 +667,8 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(
       shard->stubs.push_back(v1::ParameterService::NewStub(
           grpc::CreateCustomChannel(address, credentials, args)));
     }
-    shard->lane = std::make_unique<PushLane>(first_seq);
+    shard->lane =
+        std::make_unique<PushLane>(first_seq, options.parts_in_flight);
     impl->shards.push_back(std::move(shard));
   }
 

@@ -88,13 +88,19 @@ struct ClientOptions {
   // a random one.
   std::string worker_id;
 
-  // The largest request or answer this client sends or accepts; larger calls
-  // are split. Must not exceed the shards' --max_message_mb. Larger messages
-  // mean fewer round trips (pushes to one shard are sent one at a time) at
-  // the cost of memory per call; one block of gradient (block_size values in
-  // the push dtype) and one shard's initial values in CreateVariable must
-  // fit in one message.
+  // The largest request or answer this client sends or accepts. Must not
+  // exceed the shards' --max_message_mb. One block of gradient (block_size
+  // values in the push dtype) and one shard's initial values in
+  // CreateVariable must fit in one message.
   size_t max_message_bytes = size_t{16} << 20;
+
+  // Pushes and pulls are cut into parts of whole blocks of about this many
+  // bytes per request and answer (a block larger than this goes alone), and
+  // up to parts_in_flight parts of one call are in flight to each shard at
+  // once: the shard applies one part while the next is on the wire, and
+  // holds in memory only the parts in flight rather than the whole call.
+  size_t part_bytes = size_t{4} << 20;
+  int parts_in_flight = 4;
 
   // gRPC channels (TCP connections) per shard; calls are spread over them.
   // More can raise throughput of large pulls at the cost of sockets and
@@ -147,9 +153,11 @@ struct NamedUpdate {
 // A connection to every shard of one cluster.
 //
 // Thread safety: every method may be called concurrently from any thread.
-// Concurrent pushes (Push and PushPull) from one Client reach each shard one
-// at a time, in the order they were issued: the exactly-once rule needs
-// (worker_id, seq) to increase in the order a shard sees them. In sync mode
+// Concurrent pushes (Push and PushPull) from one Client reach each shard in
+// the order they were issued: the parts of one push (see part_bytes) go out
+// together, each covering other blocks, and the next push to that shard
+// starts when the previous one's parts have all been answered, so every
+// block applies a worker's pushes in order. In sync mode
 // issue all pushes of a step in one multi-variable call (or from one thread,
 // in the same order on every worker), or workers may wait on each other.
 // Pulls run fully in parallel.
@@ -214,8 +222,8 @@ class Client {
                         const PushOptions& options = {});
 
   // The same on several variables in one call: one request per shard (more
-  // only when one would exceed max_message_bytes). One step and loss for
-  // all. REQUIRES: no variable appears twice.
+  // when its share exceeds part_bytes). One step and loss for all.
+  // REQUIRES: no variable appears twice.
   absl::Status Push(std::span<const NamedGradient> gradients,
                     const PushOptions& options = {});
   absl::Status Pull(std::span<const NamedValues> values,

@@ -4,6 +4,7 @@
 #include <numeric>
 #include <thread>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include "client/fake_shard.h"
@@ -225,35 +226,80 @@ TEST_F(ClientTest, PushRoutesWholeBlocksToTheirOwners) {
   }
 }
 
-TEST_F(ClientTest, PushSplitsByMessageSizeWithIncreasingSeqs) {
+// A push larger than part_bytes goes out as several requests at once, up to
+// parts_in_flight per shard, each with its own seq.
+TEST_F(ClientTest, PushSplitsIntoPartsSentTogether) {
   StartCluster(2, 64);  // a block is 256 bytes of float32
   ClientOptions options = Options();
-  options.max_message_bytes = 1024;
+  options.part_bytes = 1024;
+  options.parts_in_flight = 3;
   auto client = Connect(options);
   ASSERT_NE(client, nullptr);
   const size_t size = 64 * 40;
   ASSERT_TRUE(client->CreateVariable("big", {size}).ok());
+  // The first parts stay in the shard long enough to be seen together.
+  for (uint32_t s = 0; s < 2; ++s) {
+    absl::MutexLock lock(&shard(s).mu);
+    shard(s).slow_pushes = 3;
+    shard(s).slow_push_delay = absl::Milliseconds(100);
+  }
   std::vector<float> gradient(size, 1.0f);
-  ASSERT_TRUE(client->Push("big", gradient).ok());
+  constexpr int kPushes = 3;
+  std::vector<std::future<absl::Status>> pushes;
+  for (int i = 0; i < kPushes; ++i) {
+    pushes.push_back(client->PushAsync("big", gradient));
+  }
+  for (auto& push : pushes) ASSERT_TRUE(push.get().ok());
   ExpectNoViolations();
 
   size_t slices = 0;
   for (uint32_t s = 0; s < 2; ++s) {
     absl::MutexLock lock(&shard(s).mu);
-    EXPECT_GT(shard(s).pushes.size(), 1u);
-    uint64_t previous = 0;
-    for (const v1::PushRequest& push : shard(s).pushes) {
+    const std::vector<v1::PushRequest>& got = shard(s).pushes;
+    EXPECT_GT(got.size(), static_cast<size_t>(kPushes));
+    absl::flat_hash_set<uint64_t> seqs;
+    for (const v1::PushRequest& push : got) {
       EXPECT_LE(push.ByteSizeLong(), 1024u);
-      EXPECT_GT(push.seq(), previous) << "seqs must increase per shard";
-      previous = push.seq();
+      EXPECT_TRUE(seqs.insert(push.seq()).second) << "seq sent twice";
       slices += push.gradients_size();
     }
-    EXPECT_EQ(shard(s).applied, static_cast<int>(shard(s).pushes.size()));
+    EXPECT_EQ(shard(s).applied, static_cast<int>(got.size()));
+    EXPECT_EQ(shard(s).max_pushes_in_flight, 3);
   }
-  EXPECT_EQ(slices, 40u);
+  EXPECT_EQ(slices, 40u * kPushes);
   std::vector<float> values(size);
   ASSERT_TRUE(client->Pull("big", values).ok());
-  EXPECT_EQ(values, std::vector<float>(size, -1.0f));
+  EXPECT_EQ(values, std::vector<float>(size, -1.0f * kPushes));
+}
+
+// A part refused and retried after a long backoff is applied before any
+// later push touches its blocks: each block sees a worker's pushes in order.
+TEST_F(ClientTest, LaterPushesWaitForARetriedPart) {
+  StartCluster(2, 64);
+  ClientOptions options = Options();
+  options.part_bytes = 1024;
+  options.parts_in_flight = 3;
+  options.retry.initial_backoff = absl::Milliseconds(300);
+  options.retry.max_backoff = absl::Milliseconds(300);
+  auto client = Connect(options);
+  ASSERT_NE(client, nullptr);
+  const size_t size = 64 * 40;
+  ASSERT_TRUE(client->CreateVariable("big", {size}).ok());
+  for (uint32_t s = 0; s < 2; ++s) {
+    absl::MutexLock lock(&shard(s).mu);
+    shard(s).unavailable_pushes = 1;
+  }
+  std::vector<float> gradient(size, 1.0f);
+  constexpr int kPushes = 3;
+  std::vector<std::future<absl::Status>> pushes;
+  for (int i = 0; i < kPushes; ++i) {
+    pushes.push_back(client->PushAsync("big", gradient));
+  }
+  for (auto& push : pushes) ASSERT_TRUE(push.get().ok());
+  ExpectNoViolations();  // the fake shard checks each block's seqs
+  std::vector<float> values(size);
+  ASSERT_TRUE(client->Pull("big", values).ok());
+  EXPECT_EQ(values, std::vector<float>(size, -1.0f * kPushes));
 }
 
 TEST_F(ClientTest, PushRefusesABlockLargerThanAMessage) {

@@ -1,5 +1,6 @@
 #include "client/fake_shard.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -92,12 +93,20 @@ grpc::Status FakeShard::ApplyPush(grpc::ServerContext* context,
     --unavailable_pushes;
     return grpc::Status(grpc::StatusCode::UNAVAILABLE, "try again");
   }
-  auto last = last_seq_.find(request.worker_id());
-  if (last != last_seq_.end() && request.seq() <= last->second) {
+  SeqWindow& seqs = applied_seqs_[request.worker_id()];
+  if (seqs.Seen(request.seq())) {
     return grpc::Status::OK;  // a repeat: acknowledged, not applied
   }
   for (const v1::Slice& slice : request.gradients()) {
     CheckOwned(slice, /*whole_block=*/true);
+    uint64_t& last =
+        block_seqs_[{request.worker_id(), slice.variable(), slice.offset()}];
+    if (request.seq() < last) {
+      violations.push_back(absl::StrCat(slice.variable(), "[", slice.offset(),
+                                        "] got seq ", request.seq(), " after ",
+                                        last));
+    }
+    last = request.seq();
     auto it = values_.find(slice.variable());
     if (it == values_.end()) {
       return grpc::Status(grpc::StatusCode::NOT_FOUND, slice.variable());
@@ -116,7 +125,7 @@ grpc::Status FakeShard::ApplyPush(grpc::ServerContext* context,
       it->second[slice.offset() + i] -= gradient[i];
     }
   }
-  last_seq_[request.worker_id()] = request.seq();
+  seqs.Mark(request.seq());
   ++applied;
   return grpc::Status::OK;
 }
@@ -154,6 +163,7 @@ grpc::Status FakeShard::Push(grpc::ServerContext* context,
   grpc::Status status;
   {
     absl::MutexLock lock(&mu);
+    max_pushes_in_flight = std::max(max_pushes_in_flight, ++pushes_in_flight);
     status = ApplyPush(context, *request);
     if (status.ok() && slow_pushes > 0) {
       --slow_pushes;
@@ -161,6 +171,8 @@ grpc::Status FakeShard::Push(grpc::ServerContext* context,
     }
   }
   absl::SleepFor(delay);
+  absl::MutexLock lock(&mu);
+  --pushes_in_flight;
   return status;
 }
 

@@ -1,7 +1,7 @@
 // A small in-process ParameterService for the client's tests: it answers
-// like one shard (SGD with lr = 1, exactly-once by last applied seq), records
-// every request, checks that each slice belongs to it, and can be told to
-// fail.
+// like one shard (SGD with lr = 1, exactly-once by the server's seq window),
+// records every request, checks that each slice belongs to it and that each
+// block sees a worker's pushes in order, and can be told to fail.
 #ifndef PS_CLIENT_FAKE_SHARD_H_
 #define PS_CLIENT_FAKE_SHARD_H_
 
@@ -12,12 +12,14 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "common/partition.h"
 #include "proto/ps/v1/ps.grpc.pb.h"
+#include "server/seq_window.h"
 
 namespace ps::testing {
 
@@ -51,12 +53,16 @@ class FakeShard final : public v1::ParameterService::Service {
   std::vector<v1::CreateVariableRequest> creates ABSL_GUARDED_BY(mu);
   std::vector<v1::PushRequest> pushes ABSL_GUARDED_BY(mu);
   std::vector<v1::PullRequest> pulls ABSL_GUARDED_BY(mu);
-  // Slices that this shard does not own or that cut a block wrongly.
+  // Slices that this shard does not own or that cut a block wrongly, and
+  // blocks that saw a worker's seqs go down.
   std::vector<std::string> violations ABSL_GUARDED_BY(mu);
   // The authorization metadata of each call.
   std::vector<std::string> authorizations ABSL_GUARDED_BY(mu);
   // Push attempts applied (not counting repeats).
   int applied ABSL_GUARDED_BY(mu) = 0;
+  // Push calls being served now, and the most at once.
+  int pushes_in_flight ABSL_GUARDED_BY(mu) = 0;
+  int max_pushes_in_flight ABSL_GUARDED_BY(mu) = 0;
 
   // Fail the next N push attempts with UNAVAILABLE (before applying).
   int unavailable_pushes ABSL_GUARDED_BY(mu) = 0;
@@ -83,7 +89,11 @@ class FakeShard final : public v1::ParameterService::Service {
   const PartitionPlan plan_;
   std::map<std::string, std::vector<float>> values_ ABSL_GUARDED_BY(mu);
   std::map<std::string, std::vector<uint64_t>> shapes_ ABSL_GUARDED_BY(mu);
-  std::map<std::string, uint64_t> last_seq_ ABSL_GUARDED_BY(mu);
+  // Per worker: the seqs applied.
+  std::map<std::string, SeqWindow> applied_seqs_ ABSL_GUARDED_BY(mu);
+  // Per (worker, variable, offset): the last seq that block applied.
+  std::map<std::tuple<std::string, std::string, uint64_t>, uint64_t> block_seqs_
+      ABSL_GUARDED_BY(mu);
 };
 
 // A FakeShard served on 127.0.0.1 at a free port.

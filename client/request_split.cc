@@ -1,5 +1,6 @@
 #include "client/request_split.h"
 
+#include <algorithm>
 #include <limits>
 #include <string_view>
 #include <utility>
@@ -64,7 +65,9 @@ absl::StatusOr<uint64_t> NumValues(const std::vector<uint64_t>& shape) {
 absl::StatusOr<ShardParts<v1::PushRequest>> SplitPush(
     const PartitionPlan& plan, std::span<const PushItem> items,
     const v1::PushRequest& header, v1::DType dtype, bool answered,
-    size_t max_message_bytes) {
+    const SplitLimits& limits) {
+  const size_t max_message_bytes = limits.max_message_bytes;
+  const size_t pack_bytes = std::min(limits.part_bytes, max_message_bytes);
   v1::PushRequest base = header;
   base.clear_gradients();
   base.set_seq(std::numeric_limits<uint64_t>::max());
@@ -105,8 +108,8 @@ absl::StatusOr<ShardParts<v1::PushRequest>> SplitPush(
             "FLOAT16, or run the servers with a smaller --block_size"));
       }
       std::vector<Part<v1::PushRequest>>& list = parts[shard];
-      if (list.empty() || request_bytes[shard] + entry > max_message_bytes ||
-          answer_bytes[shard] + answer_entry > max_message_bytes) {
+      if (list.empty() || request_bytes[shard] + entry > pack_bytes ||
+          answer_bytes[shard] + answer_entry > pack_bytes) {
         list.push_back(Part<v1::PushRequest>{base, {}});
         request_bytes[shard] = base_bytes;
         answer_bytes[shard] = 0;
@@ -126,7 +129,9 @@ absl::StatusOr<ShardParts<v1::PushRequest>> SplitPush(
 
 absl::StatusOr<ShardParts<v1::PullRequest>> SplitPull(
     const PartitionPlan& plan, std::span<const PullItem> items, v1::DType dtype,
-    size_t max_message_bytes) {
+    const SplitLimits& limits) {
+  const size_t max_message_bytes = limits.max_message_bytes;
+  const size_t pack_bytes = std::min(limits.part_bytes, max_message_bytes);
   const size_t width = BytesPerValue(dtype);
   ShardParts<v1::PullRequest> parts(plan.num_shards());
   std::vector<size_t> answer_bytes(plan.num_shards());
@@ -156,17 +161,13 @@ absl::StatusOr<ShardParts<v1::PullRequest>> SplitPull(
       uint64_t left = range.length;
       while (left > 0) {
         uint64_t take = left;
-        if (list.empty() ||
-            answer_bytes[shard] + bound(left) > max_message_bytes) {
+        if (list.empty() || answer_bytes[shard] + bound(left) > pack_bytes) {
           if (bound(left) <= max_message_bytes) {
             new_part();
           } else {
-            // The rest of the block does not fit in one answer: fill the
-            // current part, then whole new ones.
-            if (list.empty() ||
-                max_fit(max_message_bytes - answer_bytes[shard]) == 0) {
-              new_part();
-            }
+            // The rest of the block does not fit in one answer: cut it into
+            // parts of its own, each as large as a message may be.
+            if (list.empty() || answer_bytes[shard] > 0) new_part();
             take = std::min<uint64_t>(
                 left, max_fit(max_message_bytes - answer_bytes[shard]));
             if (take == 0) {

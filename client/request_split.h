@@ -43,22 +43,33 @@ struct Part {
 template <typename Request>
 using ShardParts = std::vector<std::vector<Part<Request>>>;
 
+// How large the requests of a split call may be.
+struct SplitLimits {
+  // Blocks are packed into one request (and answer) up to this many bytes;
+  // a block larger than this goes alone.
+  size_t part_bytes = 0;
+  // No request or answer may exceed this.
+  size_t max_message_bytes = 0;
+};
+
 // Cuts each gradient into whole blocks, each sent to its owner encoded as
 // `dtype`, packed so that no request (counting `header`, whose worker_id,
 // step, loss and pull_dtype every part copies, with seq at its widest) and,
-// when `answered` (PushPull), no answer exceeds max_message_bytes.
-// INVALID_ARGUMENT when one block alone would not fit.
+// when `answered` (PushPull), no answer exceeds limits.part_bytes unless it
+// holds one block. INVALID_ARGUMENT when one block alone would exceed
+// limits.max_message_bytes.
 absl::StatusOr<ShardParts<v1::PushRequest>> SplitPush(
     const PartitionPlan& plan, std::span<const PushItem> items,
     const v1::PushRequest& header, v1::DType dtype, bool answered,
-    size_t max_message_bytes);
+    const SplitLimits& limits);
 
 // Cuts each variable into ranges inside one block, each asked of its owner,
-// packed so that no answer (values as `dtype`) exceeds max_message_bytes. A
-// block is cut only when it alone would not fit in one answer.
+// packed so that no answer (values as `dtype`) exceeds limits.part_bytes
+// unless it holds one whole block. A block is cut only when it alone would
+// not fit in one answer of limits.max_message_bytes.
 absl::StatusOr<ShardParts<v1::PullRequest>> SplitPull(
     const PartitionPlan& plan, std::span<const PullItem> items, v1::DType dtype,
-    size_t max_message_bytes);
+    const SplitLimits& limits);
 
 // One CreateVariableRequest per shard; each carries that shard's blocks of
 // `initial_values` (float32), none when it is empty. INVALID_ARGUMENT when

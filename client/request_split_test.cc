@@ -51,7 +51,8 @@ TEST(SplitPushTest, WholeOwnedBlocksUnderTheLimit) {
   header.set_pull_dtype(v1::FLOAT32);
   const size_t max_bytes = 200;
   absl::StatusOr<ShardParts<v1::PushRequest>> parts =
-      SplitPush(plan, items, header, v1::FLOAT32, /*answered=*/true, max_bytes);
+      SplitPush(plan, items, header, v1::FLOAT32, /*answered=*/true,
+                {max_bytes, max_bytes});
   ASSERT_TRUE(parts.ok()) << parts.status();
   ASSERT_EQ(parts->size(), 3u);
 
@@ -87,8 +88,9 @@ TEST(SplitPushTest, HalfPrecisionHalvesTheData) {
   const PartitionPlan plan(1, 4);
   const std::vector<float> g = {1, 2, 3, 4, 5};
   const std::vector<PushItem> items = {{"w", g}};
-  absl::StatusOr<ShardParts<v1::PushRequest>> parts = SplitPush(
-      plan, items, v1::PushRequest(), v1::BFLOAT16, false, size_t{1} << 20);
+  absl::StatusOr<ShardParts<v1::PushRequest>> parts =
+      SplitPush(plan, items, v1::PushRequest(), v1::BFLOAT16, false,
+                {size_t{1} << 20, size_t{1} << 20});
   ASSERT_TRUE(parts.ok());
   ASSERT_EQ((*parts)[0].size(), 1u);
   const v1::PushRequest& request = (*parts)[0][0].request;
@@ -103,12 +105,13 @@ TEST(SplitPushTest, RefusesABlockThatCannotFit) {
   const std::vector<float> g(100);
   const std::vector<PushItem> items = {{"w", g}};
   absl::StatusOr<ShardParts<v1::PushRequest>> parts =
-      SplitPush(plan, items, v1::PushRequest(), v1::FLOAT32, false, 300);
+      SplitPush(plan, items, v1::PushRequest(), v1::FLOAT32, false, {300, 300});
   EXPECT_EQ(parts.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(parts.status().message(), HasSubstr("max_message_bytes"));
   // As BFLOAT16 it fits.
   EXPECT_TRUE(
-      SplitPush(plan, items, v1::PushRequest(), v1::BFLOAT16, false, 300).ok());
+      SplitPush(plan, items, v1::PushRequest(), v1::BFLOAT16, false, {300, 300})
+          .ok());
 }
 
 TEST(SplitPullTest, RangesStayInsideBlocksAndAnswersUnderTheLimit) {
@@ -117,7 +120,7 @@ TEST(SplitPullTest, RangesStayInsideBlocksAndAnswersUnderTheLimit) {
   const size_t max_bytes = 256;
   for (v1::DType dtype : {v1::FLOAT32, v1::FLOAT16}) {
     absl::StatusOr<ShardParts<v1::PullRequest>> parts =
-        SplitPull(plan, items, dtype, max_bytes);
+        SplitPull(plan, items, dtype, {max_bytes, max_bytes});
     ASSERT_TRUE(parts.ok()) << parts.status();
     std::vector<int> covered_big(950), covered_small(3);
     for (uint32_t s = 0; s < 2; ++s) {
@@ -143,7 +146,7 @@ TEST(SplitPullTest, KeepsBlocksWholeWhenTheyFit) {
   const PartitionPlan plan(1, 10);
   const std::vector<PullItem> items = {{"w", 100}};
   absl::StatusOr<ShardParts<v1::PullRequest>> parts =
-      SplitPull(plan, items, v1::FLOAT32, 150);
+      SplitPull(plan, items, v1::FLOAT32, {150, 150});
   ASSERT_TRUE(parts.ok());
   for (const auto& part : (*parts)[0]) {
     for (const v1::Slice& slice : part.request.slices()) {
@@ -151,6 +154,69 @@ TEST(SplitPullTest, KeepsBlocksWholeWhenTheyFit) {
     }
   }
   EXPECT_GT((*parts)[0].size(), 1u);
+}
+
+// Parts are packed up to part_bytes; a block larger than that goes alone
+// (it still fits in a message), and nothing is refused for part_bytes.
+TEST(SplitPushTest, PacksPartsUpToPartBytes) {
+  const PartitionPlan plan(1, 10);  // blocks of 40 bytes as float32
+  const std::vector<float> g(95, 1.0f);
+  const std::vector<PushItem> items = {{"w", g}};
+  const SplitLimits limits = {/*part_bytes=*/200, /*max_message_bytes=*/4096};
+  absl::StatusOr<ShardParts<v1::PushRequest>> parts =
+      SplitPush(plan, items, v1::PushRequest(), v1::FLOAT32,
+                /*answered=*/true, limits);
+  ASSERT_TRUE(parts.ok()) << parts.status();
+  std::vector<int> covered(95);
+  size_t blocks = 0;
+  for (Part<v1::PushRequest>& part : (*parts)[0]) {
+    part.request.set_seq(kMaxVersion);
+    EXPECT_LE(part.request.ByteSizeLong(), limits.part_bytes);
+    EXPECT_LE(AnswerTo(part.request.gradients(), v1::FLOAT32).ByteSizeLong(),
+              limits.part_bytes);
+    for (const v1::Slice& slice : part.request.gradients()) {
+      Cover(slice, covered);
+      ++blocks;
+    }
+  }
+  EXPECT_EQ(covered, std::vector<int>(95, 1));
+  EXPECT_EQ(blocks, 10u);
+  // Two blocks per part: a third would exceed 200 bytes of answer.
+  EXPECT_EQ((*parts)[0].size(), 5u);
+
+  // part_bytes below one block: one block per part, none refused.
+  parts = SplitPush(plan, items, v1::PushRequest(), v1::FLOAT32, true,
+                    {/*part_bytes=*/16, /*max_message_bytes=*/4096});
+  ASSERT_TRUE(parts.ok()) << parts.status();
+  EXPECT_EQ((*parts)[0].size(), 10u);
+}
+
+TEST(SplitPullTest, PacksPartsUpToPartBytes) {
+  const PartitionPlan plan(1, 10);
+  const std::vector<PullItem> items = {{"w", 95}};
+  const SplitLimits limits = {/*part_bytes=*/200, /*max_message_bytes=*/4096};
+  absl::StatusOr<ShardParts<v1::PullRequest>> parts =
+      SplitPull(plan, items, v1::FLOAT32, limits);
+  ASSERT_TRUE(parts.ok()) << parts.status();
+  std::vector<int> covered(95);
+  for (const Part<v1::PullRequest>& part : (*parts)[0]) {
+    EXPECT_LE(AnswerTo(part.request.slices(), v1::FLOAT32).ByteSizeLong(),
+              limits.part_bytes);
+    for (const v1::Slice& slice : part.request.slices()) {
+      EXPECT_EQ(slice.length(), slice.offset() == 90 ? 5u : 10u);
+      Cover(slice, covered);
+    }
+  }
+  EXPECT_EQ(covered, std::vector<int>(95, 1));
+  EXPECT_EQ((*parts)[0].size(), 5u);
+
+  // part_bytes below one block: whole blocks, one per part.
+  parts = SplitPull(plan, items, v1::FLOAT32, {16, 4096});
+  ASSERT_TRUE(parts.ok()) << parts.status();
+  ASSERT_EQ((*parts)[0].size(), 10u);
+  for (const Part<v1::PullRequest>& part : (*parts)[0]) {
+    ASSERT_EQ(part.request.slices_size(), 1);
+  }
 }
 
 TEST(SplitCreateTest, EachShardGetsItsBlocks) {
