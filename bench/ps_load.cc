@@ -69,10 +69,11 @@ ABSL_FLAG(double, seconds, 3, "measured seconds per run and server");
 ABSL_FLAG(double, warmup_seconds, 0.5, "unmeasured seconds before each run");
 ABSL_FLAG(int, runs, 3, "runs; medians are reported");
 ABSL_FLAG(int, channels_per_shard, 1, "ClientOptions::channels_per_shard");
-ABSL_FLAG(uint64_t, part_kib, 4096,
+ABSL_FLAG(uint64_t, part_kib, ps::ClientOptions().part_bytes >> 10,
           "ClientOptions::part_bytes in KiB: calls are cut into parts of "
           "about this size");
-ABSL_FLAG(int, parts_in_flight, 4, "ClientOptions::parts_in_flight");
+ABSL_FLAG(int, parts_in_flight, ps::ClientOptions().parts_in_flight,
+          "ClientOptions::parts_in_flight");
 ABSL_FLAG(int, max_message_mb, 64,
           "ClientOptions::max_message_bytes and the servers' "
           "--max_message_mb; large enough that one call is one message");

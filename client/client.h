@@ -99,7 +99,7 @@ struct ClientOptions {
   // up to parts_in_flight parts of one call are in flight to each shard at
   // once: the shard applies one part while the next is on the wire, and
   // holds in memory only the parts in flight rather than the whole call.
-  size_t part_bytes = size_t{4} << 20;
+  size_t part_bytes = size_t{2} << 20;
   int parts_in_flight = 4;
 
   // gRPC channels (TCP connections) per shard; calls are spread over them.

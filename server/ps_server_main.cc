@@ -7,9 +7,11 @@
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <iostream>
 #include <string>
+#include <thread>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
@@ -60,17 +62,20 @@ int Fail(const std::string& message) {
   return 2;
 }
 
-// Keeps freed message buffers in the heap for the next call. By default
-// glibc maps large allocations (above a threshold that adapts up to 32 MiB)
-// fresh from the kernel and trims freed memory at the top of the heap, so
-// each call of a few MiB would fault in new zeroed pages, which runs at a
-// fraction of memcpy speed. The cost: up to kKeepFreeBytes of freed memory
-// stays resident.
+// Keeps freed message buffers in the heap for the next call, within bounds.
+// By default glibc maps large allocations (above a threshold that adapts up
+// to 32 MiB) fresh from the kernel and trims freed memory at the top of the
+// heap, so each call of a few MiB would fault in new zeroed pages, which
+// runs at a fraction of memcpy speed. What stays resident: up to
+// kKeepFreeBytes of freed memory per arena, and one arena per core rather
+// than glibc's eight (gRPC's threads would otherwise each keep their own).
 void KeepMessageBuffers() {
   constexpr int kMaxMmapThreshold = 32 << 20;  // glibc's upper limit
-  constexpr int kKeepFreeBytes = 256 << 20;
+  constexpr int kKeepFreeBytes = 64 << 20;
   mallopt(M_MMAP_THRESHOLD, kMaxMmapThreshold);
   mallopt(M_TRIM_THRESHOLD, kKeepFreeBytes);
+  mallopt(M_ARENA_MAX,
+          static_cast<int>(std::max(2u, std::thread::hardware_concurrency())));
 }
 
 }  // namespace
