@@ -3,9 +3,9 @@
 // cluster of S shards.
 //
 // A call on one tensor (or on a list of tensors) is cut into blocks by the
-// partitioning rule of DESIGN.md, grouped into one request per shard (more
-// when a request would exceed ClientOptions::max_message_bytes), sent to all
-// shards in parallel, and finished when every shard has answered.
+// partitioning rule of DESIGN.md, grouped into requests per shard of about
+// ClientOptions::part_bytes each, sent to all shards in parallel, and
+// finished when every shard has answered.
 //
 //   ps::ClientOptions options;
 //   options.addresses = {"127.0.0.1:7000", "127.0.0.1:7001"};

@@ -293,17 +293,49 @@ void EncodeValues(v1::DType dtype, std::span<const float> values,
   }
 }
 
-bool AllFinite(std::span<const float> values) {
-  // A value is NaN or infinite when its exponent bits are all ones. One
-  // branch-free pass that the compiler vectorizes (Eigen's
-  // isFinite().all() runs a scalar loop).
-  constexpr uint32_t kExponent = 0x7f800000;
+namespace {
+
+// A value is NaN or infinite when its exponent bits are all ones.
+constexpr uint32_t kExponentBits = 0x7f800000;
+
+// One branch-free pass that the compiler vectorizes (Eigen's
+// isFinite().all() runs a scalar loop).
+bool AllFinitePortable(const float* values, size_t n) {
   uint32_t bad = 0;
-  for (const float value : values) {
-    bad |= static_cast<uint32_t>((std::bit_cast<uint32_t>(value) & kExponent) ==
-                                 kExponent);
+  for (size_t i = 0; i < n; ++i) {
+    bad |= static_cast<uint32_t>(
+        (std::bit_cast<uint32_t>(values[i]) & kExponentBits) == kExponentBits);
   }
   return bad == 0;
+}
+
+// The lanes of values[0, 16) whose exponent bits are all ones.
+__attribute__((target("avx512f"))) inline __mmask16 NonFinite16(
+    const float* values) {
+  const __m512i exponent = _mm512_set1_epi32(kExponentBits);
+  const __m512i bits = _mm512_and_si512(_mm512_loadu_si512(values), exponent);
+  return _mm512_cmpeq_epi32_mask(bits, exponent);
+}
+
+// 64 values a step in four independent 512-bit lanes: about twice the
+// portable loop's rate on a block in cache.
+__attribute__((target("avx512f"))) bool AllFiniteAvx512(const float* values,
+                                                        size_t n) {
+  __mmask16 bad = 0;
+  size_t i = 0;
+  for (; i + 64 <= n; i += 64) {
+    bad |= NonFinite16(values + i) | NonFinite16(values + i + 16) |
+           NonFinite16(values + i + 32) | NonFinite16(values + i + 48);
+  }
+  for (; i + 16 <= n; i += 16) bad |= NonFinite16(values + i);
+  return bad == 0 && AllFinitePortable(values + i, n - i);
+}
+
+}  // namespace
+
+bool AllFinite(std::span<const float> values) {
+  if (HasAvx512()) return AllFiniteAvx512(values.data(), values.size());
+  return AllFinitePortable(values.data(), values.size());
 }
 
 }  // namespace ps

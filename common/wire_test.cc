@@ -170,14 +170,20 @@ TEST(WireTest, AllFinite) {
   EXPECT_TRUE(AllFinite({}));
   const std::vector<float> ok = {0.0f, -1e38f, 1e-45f};
   EXPECT_TRUE(AllFinite(ok));
+  // Every position of lengths that end in each part of the SIMD loops
+  // (64-value steps, 16-value steps, the scalar tail).
   for (float bad : {std::numeric_limits<float>::infinity(),
-                    -std::numeric_limits<float>::infinity(), std::nanf("")}) {
-    std::vector<float> values(37, 1.0f);
-    values[36] = bad;  // in the tail after any SIMD packets
-    EXPECT_FALSE(AllFinite(values)) << bad;
-    values[36] = 1.0f;
-    values[3] = bad;
-    EXPECT_FALSE(AllFinite(values)) << bad;
+                    -std::numeric_limits<float>::infinity(), std::nanf(""),
+                    -std::nanf("")}) {
+    for (size_t n : {1, 37, 64, 100, 143}) {
+      std::vector<float> values(n, 1.0f);
+      EXPECT_TRUE(AllFinite(values));
+      for (size_t i = 0; i < n; ++i) {
+        values[i] = bad;
+        EXPECT_FALSE(AllFinite(values)) << bad << " at " << i << " of " << n;
+        values[i] = 1.0f;
+      }
+    }
   }
 }
 
