@@ -315,8 +315,8 @@ absl::StatusOr<std::vector<std::unique_ptr<ps::Client>>> Connect(
   return clients;
 }
 
-RunResult RunLoad(std::vector<std::unique_ptr<ps::Client>>& clients,
-                  const Load& load) {
+absl::StatusOr<RunResult> RunLoad(
+    std::vector<std::unique_ptr<ps::Client>>& clients, const Load& load) {
   const size_t width = load.dtype == ps::v1::FLOAT32 ? 4 : 2;
   uint64_t bytes_per_call = 0;
   switch (load.op) {
@@ -381,8 +381,7 @@ RunResult RunLoad(std::vector<std::unique_ptr<ps::Client>>& clients,
   const double elapsed = absl::ToDoubleSeconds(absl::Now() - start);
   for (const std::string& e : errors) {
     if (!e.empty()) {
-      std::cerr << "ps_load: a call failed: " << e << std::endl;
-      std::exit(1);
+      return absl::UnknownError(absl::StrCat("a call failed: ", e));
     }
   }
   std::vector<float> all;
@@ -592,7 +591,10 @@ int main(int argc, char** argv) {
   std::vector<uint64_t> rss_after_run;
   uint64_t peak = 0;
   for (int r = 0; r < runs; ++r) {
-    ours_runs.push_back(RunLoad(*ours_clients, load));
+    // Returning (not exiting) on failure stops the children.
+    absl::StatusOr<RunResult> ours_run = RunLoad(*ours_clients, load);
+    if (!ours_run.ok()) return Fail(ours_run.status().message());
+    ours_runs.push_back(*ours_run);
     uint64_t rss = 0;
     peak = 0;
     for (const auto& child : ours_children) {
@@ -601,7 +603,11 @@ int main(int argc, char** argv) {
       peak += m.peak;
     }
     rss_after_run.push_back(rss);
-    if (echo) echo_runs.push_back(RunLoad(echo_clients, load));
+    if (echo) {
+      absl::StatusOr<RunResult> echo_run = RunLoad(echo_clients, load);
+      if (!echo_run.ok()) return Fail(echo_run.status().message());
+      echo_runs.push_back(*echo_run);
+    }
   }
 
   const Summary ours = Summarize(ours_runs, load.values, load.op);
