@@ -293,6 +293,19 @@ void EncodeValues(v1::DType dtype, std::span<const float> values,
   }
 }
 
+void EncodeValuesTo(v1::DType dtype, std::span<const float> values, char* out) {
+  switch (dtype) {
+    case v1::BFLOAT16:
+      EncodeBFloat16Fast(values.data(), out, values.size());
+      return;
+    case v1::FLOAT16:
+      EncodeFloat16Fast(values.data(), out, values.size());
+      return;
+    default:
+      std::memcpy(out, values.data(), values.size() * sizeof(float));
+  }
+}
+
 namespace {
 
 // A value is NaN or infinite when its exponent bits are all ones.

@@ -33,6 +33,10 @@ absl::Status DecodeValues(v1::DType dtype, std::string_view data,
 void EncodeValues(v1::DType dtype, std::span<const float> values,
                   std::string* out);
 
+// Writes `values` encoded as `dtype` (FLOAT32 for an unknown one) to
+// out[0, values.size() * BytesPerValue(dtype)).
+void EncodeValuesTo(v1::DType dtype, std::span<const float> values, char* out);
+
 // True when no value is NaN or infinite.
 bool AllFinite(std::span<const float> values);
 

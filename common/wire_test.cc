@@ -166,6 +166,24 @@ TEST(WireTest, EncodeFallsBackToFloat32ForAnUnknownDtype) {
   EXPECT_EQ(Decode(v1::FLOAT32, data, 2), values);
 }
 
+// EncodeValuesTo writes exactly the bytes EncodeValues makes, and no more.
+TEST(WireTest, EncodeValuesToWritesWhatEncodeValuesMakes) {
+  std::vector<float> values;
+  for (int i = 0; i < 1000; ++i) values.push_back(std::sin(i * 0.7f) * 1e3f);
+  values[5] = std::numeric_limits<float>::infinity();
+  values[77] = std::nanf("");
+  values[600] = 65520.0f;  // overflows float16
+  for (v1::DType dtype :
+       {v1::FLOAT32, v1::BFLOAT16, v1::FLOAT16, static_cast<v1::DType>(99)}) {
+    std::string want;
+    EncodeValues(dtype, values, &want);
+    std::string got(want.size() + 8, '\x5a');
+    EncodeValuesTo(dtype, values, got.data());
+    EXPECT_EQ(got.substr(0, want.size()), want) << dtype;
+    EXPECT_EQ(got.substr(want.size()), std::string(8, '\x5a')) << dtype;
+  }
+}
+
 TEST(WireTest, AllFinite) {
   EXPECT_TRUE(AllFinite({}));
   const std::vector<float> ok = {0.0f, -1e38f, 1e-45f};

@@ -130,13 +130,28 @@ PushCompletion::PushCompletion(size_t parts, bool with_values, v1::DType dtype,
 void PushCompletion::Fill(size_t part, const Variable& variable,
                           const Block& block) {
   if (!with_values_) return;
+  FillWritten(part, variable, block);
+  EncodeValues(dtype_, block.values,
+               answer_.mutable_values(static_cast<int>(part))->mutable_data());
+}
+
+char* PushCompletion::WritableAnswer(size_t part, size_t values) {
+  if (!with_values_) return nullptr;
+  std::string* data =
+      answer_.mutable_values(static_cast<int>(part))->mutable_data();
+  if (data->size() != values * BytesPerValue(dtype_)) return nullptr;
+  return data->data();
+}
+
+void PushCompletion::FillWritten(size_t part, const Variable& variable,
+                                 const Block& block) {
+  if (!with_values_) return;
   v1::Slice* slice = answer_.mutable_values(static_cast<int>(part));
   slice->set_variable(variable.name);
   slice->set_offset(block.range.offset);
   slice->set_length(block.range.length);
   slice->set_dtype(dtype_);
   slice->set_version(block.state.step);
-  EncodeValues(dtype_, block.values, slice->mutable_data());
 }
 
 void PushCompletion::ReuseBuffer(size_t part, std::string buffer) {
@@ -442,6 +457,7 @@ void VariableStore::ApplyAsync(
     absl::Status status;
     {
       absl::MutexLock lock(&block.mu);
+      bool answered = false;
       if (!AlreadyApplied(push, block)) {
         // Read under the block lock: a config change lands between updates.
         auto entry = OptimizerFor(part.variable->name);
@@ -449,13 +465,32 @@ void VariableStore::ApplyAsync(
             optimizer::CheckUpdate(entry->settings, block.state, push.loss);
         if (status.ok()) {
           const absl::Time start = absl::Now();
-          optimizer::ApplyUpdate(entry->settings, block.state, block.values,
-                                 part.gradient, push.loss);
+          // The answer is encoded chunk by chunk as the update writes the
+          // values (often over the gradient just consumed), not in a second
+          // pass over the block.
+          char* answer = completion->WritableAnswer(i, block.values.size());
+          if (answer != nullptr) {
+            const v1::DType dtype = completion->dtype();
+            const size_t width = BytesPerValue(dtype);
+            optimizer::ApplyUpdate(
+                entry->settings, block.state, block.values, part.gradient,
+                push.loss, [&](size_t offset, std::span<const float> values) {
+                  EncodeValuesTo(dtype, values, answer + offset * width);
+                });
+            answered = true;
+          } else {
+            optimizer::ApplyUpdate(entry->settings, block.state, block.values,
+                                   part.gradient, push.loss);
+          }
           stats_.RecordUpdate(absl::Now() - start);
           MarkApplied(push, block);
         }
       }
-      completion->Fill(i, *part.variable, block);
+      if (answered) {
+        completion->FillWritten(i, *part.variable, block);
+      } else {
+        completion->Fill(i, *part.variable, block);
+      }
     }
     completion->PartDone(std::move(status));
   }

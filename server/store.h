@@ -131,6 +131,20 @@ class PushCompletion {
   void Fill(size_t part, const Variable& variable, const Block& block)
       ABSL_SHARED_LOCKS_REQUIRED(block.mu);
 
+  // The encoding of the answer's values.
+  v1::DType dtype() const { return dtype_; }
+
+  // Where the update of part `part` can write the answer as it goes (see
+  // optimizer::UpdatedValuesSink): the buffer handed over by ReuseBuffer,
+  // when it holds exactly `values` values in the answer's dtype; else null.
+  // The caller then calls FillWritten instead of Fill.
+  char* WritableAnswer(size_t part, size_t values);
+
+  // Fill for a part whose values the update wrote into WritableAnswer(part).
+  // REQUIRES: block.mu is held.
+  void FillWritten(size_t part, const Variable& variable, const Block& block)
+      ABSL_SHARED_LOCKS_REQUIRED(block.mu);
+
   // Hands part `part` of the answer a buffer to encode into, so that the
   // answer needs no fresh memory: PushPull gives the request's gradient
   // bytes, which Fill(part) overwrites only once that part's gradient has

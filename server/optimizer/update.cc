@@ -1,5 +1,6 @@
 #include "server/optimizer/update.h"
 
+#include <algorithm>
 #include <cmath>
 #include <type_traits>
 
@@ -24,6 +25,20 @@ FlatArray Map(std::vector<float>& v) {
   return FlatArray(v.data(), static_cast<Eigen::Index>(v.size()));
 }
 
+// Values [offset, offset + length) of an array, as the kernels take them.
+FlatArray Part(FlatArray a, Eigen::Index offset, Eigen::Index length) {
+  return FlatArray(a.data() + offset, length);
+}
+ConstFlatArray Part(ConstFlatArray a, Eigen::Index offset,
+                    Eigen::Index length) {
+  return ConstFlatArray(a.data() + offset, length);
+}
+std::optional<FlatArray> Part(const std::optional<FlatArray>& a,
+                              Eigen::Index offset, Eigen::Index length) {
+  if (!a.has_value()) return std::nullopt;
+  return Part(*a, offset, length);
+}
+
 // Applies one rule; the visitor's overloads mirror the RuleParams variant.
 struct RuleStep {
   BlockOptimizerState& state;
@@ -33,16 +48,44 @@ struct RuleStep {
   double weight_decay;
   GradientTransform transform;
   std::optional<double> loss;
+  std::optional<UpdatedValuesSink> sink;
+
+  // Runs apply(offset, length) over the block: at once, or with a sink,
+  // chunk by chunk (whole kernel chunks, so every value takes the same code
+  // path as at once), handing each chunk's new values to the sink.
+  template <typename Apply>
+  void Run(Apply apply) {
+    const Eigen::Index n = var.size();
+    if (!sink.has_value()) {
+      apply(0, n);
+      return;
+    }
+    static_assert(kSinkChunk % kChunk == 0);
+    const auto chunk = static_cast<Eigen::Index>(kSinkChunk);
+    for (Eigen::Index offset = 0; offset < n; offset += chunk) {
+      const Eigen::Index length = std::min(chunk, n - offset);
+      apply(offset, length);
+      (*sink)(static_cast<size_t>(offset),
+              std::span<const float>(var.data() + offset,
+                                     static_cast<size_t>(length)));
+    }
+  }
 
   void operator()(const SgdParams&) {
-    SgdRule::Apply(var, static_cast<float>(lr), transform, grad);
+    Run([&](Eigen::Index o, Eigen::Index n) {
+      SgdRule::Apply(Part(var, o, n), static_cast<float>(lr), transform,
+                     Part(grad, o, n));
+    });
   }
 
   void operator()(const MomentumParams& p) {
     const bool first = EnsureSlot(state.momentum, var.size());
-    MomentumRule::Apply(var, Map(state.momentum), first, static_cast<float>(lr),
-                        static_cast<float>(p.momentum), p.dampening, p.nesterov,
-                        transform, grad);
+    Run([&](Eigen::Index o, Eigen::Index n) {
+      MomentumRule::Apply(Part(var, o, n), Part(Map(state.momentum), o, n),
+                          first, static_cast<float>(lr),
+                          static_cast<float>(p.momentum), p.dampening,
+                          p.nesterov, transform, Part(grad, o, n));
+    });
   }
 
   void operator()(const AdagradParams& p) {
@@ -50,8 +93,11 @@ struct RuleStep {
                static_cast<float>(p.initial_accumulator_value));
     const double clr =
         lr / (1.0 + static_cast<double>(state.step - 1) * p.lr_decay);
-    AdagradRule::Apply(var, Map(state.square_avg), static_cast<float>(clr),
-                       static_cast<float>(p.eps), transform, grad);
+    Run([&](Eigen::Index o, Eigen::Index n) {
+      AdagradRule::Apply(Part(var, o, n), Part(Map(state.square_avg), o, n),
+                         static_cast<float>(clr), static_cast<float>(p.eps),
+                         transform, Part(grad, o, n));
+    });
   }
 
   void operator()(const RmsPropParams& p) {
@@ -65,10 +111,13 @@ struct RuleStep {
       EnsureSlot(state.momentum, var.size());
       buffer = Map(state.momentum);
     }
-    RmsPropRule::Apply(var, Map(state.square_avg), grad_avg, buffer,
-                       static_cast<float>(lr), p.alpha,
-                       static_cast<float>(p.eps),
-                       static_cast<float>(p.momentum), transform, grad);
+    Run([&](Eigen::Index o, Eigen::Index n) {
+      RmsPropRule::Apply(
+          Part(var, o, n), Part(Map(state.square_avg), o, n),
+          Part(grad_avg, o, n), Part(buffer, o, n), static_cast<float>(lr),
+          p.alpha, static_cast<float>(p.eps), static_cast<float>(p.momentum),
+          transform, Part(grad, o, n));
+    });
   }
 
   void operator()(const AdamParams& p) {
@@ -95,8 +144,12 @@ struct RuleStep {
       EnsureSlot(state.max_square_avg, var.size());
       max_square_avg = Map(state.max_square_avg);
     }
-    AdamRule::Apply(var, Map(state.momentum), Map(state.square_avg),
-                    max_square_avg, step, transform, grad);
+    Run([&](Eigen::Index o, Eigen::Index n) {
+      AdamRule::Apply(Part(var, o, n), Part(Map(state.momentum), o, n),
+                      Part(Map(state.square_avg), o, n),
+                      Part(max_square_avg, o, n), step, transform,
+                      Part(grad, o, n));
+    });
   }
 };
 
@@ -138,7 +191,8 @@ float ClipFactor(std::span<const float> grad, double clip_norm) {
 
 void ApplyUpdate(const OptimizerSettings& settings, BlockOptimizerState& state,
                  std::span<float> values, std::span<const float> grad,
-                 std::optional<double> loss) {
+                 std::optional<double> loss,
+                 std::optional<UpdatedValuesSink> sink) {
   ++state.step;
   GradientTransform transform;
   if (settings.clip_norm.has_value()) {
@@ -155,6 +209,7 @@ void ApplyUpdate(const OptimizerSettings& settings, BlockOptimizerState& state,
       .weight_decay = settings.weight_decay,
       .transform = transform,
       .loss = loss,
+      .sink = sink,
   };
   std::visit(step, settings.rule);
 }

@@ -6,11 +6,13 @@
 #ifndef PS_SERVER_OPTIMIZER_UPDATE_H_
 #define PS_SERVER_OPTIMIZER_UPDATE_H_
 
+#include <cstddef>
 #include <cstdint>
 #include <optional>
 #include <span>
 #include <vector>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "server/optimizer/eve.h"
 #include "server/optimizer/settings.h"
@@ -41,13 +43,25 @@ absl::Status CheckUpdate(const OptimizerSettings& settings,
                          const BlockOptimizerState& state,
                          std::optional<double> loss);
 
+// Receives the block's values after an update in consecutive chunks
+// (offset into the block, the chunk's values), each as soon as the update
+// has written it, while it is still in cache.
+using UpdatedValuesSink =
+    absl::FunctionRef<void(size_t offset, std::span<const float> values)>;
+
+// Values per chunk handed to an UpdatedValuesSink (the last may be shorter).
+inline constexpr size_t kSinkChunk = 4096;
+
 // Clips the gradient (per block), adds weight decay, runs the rule and
-// advances state.step.
+// advances state.step. With a sink, the rule runs chunk by chunk and each
+// chunk of new values goes to the sink; the numbers are the same. The sink
+// may overwrite the gradient of the chunks it has received (not later ones).
 // REQUIRES: CheckUpdate returned OK; values.size() == grad.size(); every
 // gradient value is finite.
 void ApplyUpdate(const OptimizerSettings& settings, BlockOptimizerState& state,
                  std::span<float> values, std::span<const float> grad,
-                 std::optional<double> loss);
+                 std::optional<double> loss,
+                 std::optional<UpdatedValuesSink> sink = std::nullopt);
 
 // The factor torch's clip_grad_norm_ would scale this gradient by:
 // min(1, clip_norm / (||g||_2 + 1e-6)), in float32 as torch computes it.

@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <string>
 #include <vector>
@@ -276,6 +277,51 @@ TEST_P(ChunkedBlockTest, EachValueIsUpdatedAsIfAlone) {
     // values' magnitude (about 1); a chunking slip would be off by far more.
     ASSERT_NEAR(block[i], alone[i][0], 1e-6) << "value " << i;
     ASSERT_NE(block[i], values[i]) << "value " << i << " did not move";
+  }
+}
+
+// With a sink, an update gives exactly the numbers it gives without one,
+// hands every value over once, in order, right after writing it, and
+// tolerates the sink overwriting the gradient it has been handed (PushPull
+// writes its answer over the request's gradient).
+TEST_P(ChunkedBlockTest, ASinkSeesEveryChunkAndChangesNoNumber) {
+  OptimizerSettings settings = Settings(GetParam(), 0.01);
+  settings.weight_decay = 0.01;
+  settings.clip_norm = 5.0;
+  const size_t n = 2 * kSinkChunk + 3 * kChunk + 37;
+  std::vector<float> plain(n);
+  std::vector<float> grad(n);
+  for (size_t i = 0; i < n; ++i) {
+    plain[i] = std::sin(0.37f * static_cast<float>(i));
+    grad[i] = std::cos(0.11f * static_cast<float>(i) + 0.5f);
+  }
+  std::vector<float> sunk = plain;
+  BlockOptimizerState plain_state, sunk_state;
+  for (int t = 0; t < 3; ++t) {
+    const double loss = 2.0 + t;
+    ApplyUpdate(settings, plain_state, plain, grad, loss);
+    std::vector<float> consumed = grad;
+    std::vector<float> received;
+    size_t calls = 0;
+    auto sink = [&](size_t offset, std::span<const float> chunk) {
+      ++calls;
+      ASSERT_EQ(offset, received.size()) << "chunks out of order";
+      ASSERT_LE(chunk.size(), kSinkChunk);
+      ASSERT_EQ(chunk.data(), sunk.data() + offset) << "not the values";
+      received.insert(received.end(), chunk.begin(), chunk.end());
+      std::fill_n(consumed.begin() + offset, chunk.size(), 1e30f);
+    };
+    ApplyUpdate(settings, sunk_state, sunk, consumed, loss, sink);
+    EXPECT_EQ(calls, (n + kSinkChunk - 1) / kSinkChunk);
+    ASSERT_EQ(received.size(), n);
+    EXPECT_EQ(received, sunk);
+    // Bit for bit, values and every slot.
+    ASSERT_EQ(0, std::memcmp(plain.data(), sunk.data(), n * sizeof(float)));
+    EXPECT_EQ(plain_state.step, sunk_state.step);
+    EXPECT_EQ(plain_state.momentum, sunk_state.momentum);
+    EXPECT_EQ(plain_state.square_avg, sunk_state.square_avg);
+    EXPECT_EQ(plain_state.grad_avg, sunk_state.grad_avg);
+    EXPECT_EQ(plain_state.max_square_avg, sunk_state.max_square_avg);
   }
 }
 
