@@ -226,30 +226,45 @@ TEST_F(ClientTest, PushRoutesWholeBlocksToTheirOwners) {
   }
 }
 
+// For the part tests: 2 shards, blocks of 64 values (256 bytes as float32),
+// a variable of 40 blocks, parts of 1 KiB, 3 in flight.
+constexpr size_t kPartsVariableSize = 64 * 40;
+
+ClientOptions PartsOptions(ClientOptions options) {
+  options.part_bytes = 1024;
+  options.parts_in_flight = 3;
+  return options;
+}
+
+// Issues `pushes` pushes of ones to "big" at once, waits for all, and
+// checks that the values moved by exactly that many (SGD, lr = 1).
+void PushConcurrentlyAndCheck(Client& client, int pushes) {
+  const std::vector<float> gradient(kPartsVariableSize, 1.0f);
+  std::vector<std::future<absl::Status>> done;
+  for (int i = 0; i < pushes; ++i) {
+    done.push_back(client.PushAsync("big", gradient));
+  }
+  for (auto& push : done) ASSERT_TRUE(push.get().ok());
+  std::vector<float> values(kPartsVariableSize);
+  ASSERT_TRUE(client.Pull("big", values).ok());
+  EXPECT_EQ(values, std::vector<float>(kPartsVariableSize, -1.0f * pushes));
+}
+
 // A push larger than part_bytes goes out as several requests at once, up to
 // parts_in_flight per shard, each with its own seq.
 TEST_F(ClientTest, PushSplitsIntoPartsSentTogether) {
-  StartCluster(2, 64);  // a block is 256 bytes of float32
-  ClientOptions options = Options();
-  options.part_bytes = 1024;
-  options.parts_in_flight = 3;
-  auto client = Connect(options);
+  StartCluster(2, 64);
+  auto client = Connect(PartsOptions(Options()));
   ASSERT_NE(client, nullptr);
-  const size_t size = 64 * 40;
-  ASSERT_TRUE(client->CreateVariable("big", {size}).ok());
+  ASSERT_TRUE(client->CreateVariable("big", {kPartsVariableSize}).ok());
   // The first parts stay in the shard long enough to be seen together.
   for (uint32_t s = 0; s < 2; ++s) {
     absl::MutexLock lock(&shard(s).mu);
     shard(s).slow_pushes = 3;
     shard(s).slow_push_delay = absl::Milliseconds(100);
   }
-  std::vector<float> gradient(size, 1.0f);
   constexpr int kPushes = 3;
-  std::vector<std::future<absl::Status>> pushes;
-  for (int i = 0; i < kPushes; ++i) {
-    pushes.push_back(client->PushAsync("big", gradient));
-  }
-  for (auto& push : pushes) ASSERT_TRUE(push.get().ok());
+  PushConcurrentlyAndCheck(*client, kPushes);
   ExpectNoViolations();
 
   size_t slices = 0;
@@ -267,39 +282,24 @@ TEST_F(ClientTest, PushSplitsIntoPartsSentTogether) {
     EXPECT_EQ(shard(s).max_pushes_in_flight, 3);
   }
   EXPECT_EQ(slices, 40u * kPushes);
-  std::vector<float> values(size);
-  ASSERT_TRUE(client->Pull("big", values).ok());
-  EXPECT_EQ(values, std::vector<float>(size, -1.0f * kPushes));
 }
 
 // A part refused and retried after a long backoff is applied before any
 // later push touches its blocks: each block sees a worker's pushes in order.
 TEST_F(ClientTest, LaterPushesWaitForARetriedPart) {
   StartCluster(2, 64);
-  ClientOptions options = Options();
-  options.part_bytes = 1024;
-  options.parts_in_flight = 3;
+  ClientOptions options = PartsOptions(Options());
   options.retry.initial_backoff = absl::Milliseconds(300);
   options.retry.max_backoff = absl::Milliseconds(300);
   auto client = Connect(options);
   ASSERT_NE(client, nullptr);
-  const size_t size = 64 * 40;
-  ASSERT_TRUE(client->CreateVariable("big", {size}).ok());
+  ASSERT_TRUE(client->CreateVariable("big", {kPartsVariableSize}).ok());
   for (uint32_t s = 0; s < 2; ++s) {
     absl::MutexLock lock(&shard(s).mu);
     shard(s).unavailable_pushes = 1;
   }
-  std::vector<float> gradient(size, 1.0f);
-  constexpr int kPushes = 3;
-  std::vector<std::future<absl::Status>> pushes;
-  for (int i = 0; i < kPushes; ++i) {
-    pushes.push_back(client->PushAsync("big", gradient));
-  }
-  for (auto& push : pushes) ASSERT_TRUE(push.get().ok());
+  PushConcurrentlyAndCheck(*client, 3);
   ExpectNoViolations();  // the fake shard checks each block's seqs
-  std::vector<float> values(size);
-  ASSERT_TRUE(client->Pull("big", values).ok());
-  EXPECT_EQ(values, std::vector<float>(size, -1.0f * kPushes));
 }
 
 TEST_F(ClientTest, PushRefusesABlockLargerThanAMessage) {
