@@ -293,6 +293,27 @@ void EncodeValues(v1::DType dtype, std::span<const float> values,
   }
 }
 
+void WidenHalf(v1::DType dtype, const char* data, std::span<float> out) {
+  if (dtype == v1::BFLOAT16) {
+    DecodeBFloat16Fast(data, out.data(), out.size(), nullptr);
+  } else {
+    DecodeFloat16Fast(data, out.data(), out.size(), nullptr);
+  }
+}
+
+bool AllFiniteHalf(v1::DType dtype, std::string_view data) {
+  // NaN or infinite: the exponent bits all ones.
+  const uint16_t exponent = dtype == v1::BFLOAT16 ? 0x7f80 : 0x7c00;
+  const size_t n = data.size() / 2;
+  uint16_t bad = 0;
+  for (size_t i = 0; i < n; ++i) {
+    uint16_t bits;
+    std::memcpy(&bits, data.data() + 2 * i, 2);
+    bad |= static_cast<uint16_t>((bits & exponent) == exponent);
+  }
+  return bad == 0;
+}
+
 void EncodeValuesTo(v1::DType dtype, std::span<const float> values, char* out) {
   switch (dtype) {
     case v1::BFLOAT16:

@@ -37,6 +37,16 @@ void EncodeValues(v1::DType dtype, std::span<const float> values,
 // out[0, values.size() * BytesPerValue(dtype)).
 void EncodeValuesTo(v1::DType dtype, std::span<const float> values, char* out);
 
+// Widens out.size() 16-bit values from `data` into `out`, as DecodeValues
+// does, without its checks.
+// REQUIRES: dtype is BFLOAT16 or FLOAT16; data holds 2 * out.size() bytes.
+void WidenHalf(v1::DType dtype, const char* data, std::span<float> out);
+
+// True when no 16-bit value (BFLOAT16 or FLOAT16) in `data` is NaN or
+// infinite, read from the encoded bits without widening them.
+// REQUIRES: dtype is BFLOAT16 or FLOAT16.
+bool AllFiniteHalf(v1::DType dtype, std::string_view data);
+
 // True when no value is NaN or infinite.
 bool AllFinite(std::span<const float> values);
 

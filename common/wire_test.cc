@@ -184,6 +184,36 @@ TEST(WireTest, EncodeValuesToWritesWhatEncodeValuesMakes) {
   }
 }
 
+TEST(WireTest, WidenHalfAndAllFiniteHalfAgreeWithDecodeValues) {
+  std::vector<float> values;
+  for (int i = 0; i < 300; ++i) values.push_back(std::sin(i * 0.3f) * 100.0f);
+  for (v1::DType dtype : {v1::BFLOAT16, v1::FLOAT16}) {
+    std::string data;
+    EncodeValues(dtype, values, &data);
+    std::vector<float> want(values.size()), got(values.size());
+    ASSERT_TRUE(DecodeValues(dtype, data, want).ok());
+    WidenHalf(dtype, data.data(), got);
+    EXPECT_EQ(got, want);
+    EXPECT_TRUE(AllFiniteHalf(dtype, data));
+    for (float bad : {std::numeric_limits<float>::infinity(),
+                      -std::numeric_limits<float>::infinity(), std::nanf("")}) {
+      for (size_t i : {size_t{0}, size_t{17}, values.size() - 1}) {
+        std::vector<float> with_bad = values;
+        with_bad[i] = bad;
+        std::string encoded;
+        EncodeValues(dtype, with_bad, &encoded);
+        EXPECT_FALSE(AllFiniteHalf(dtype, encoded)) << bad << " at " << i;
+      }
+    }
+  }
+  // 65520 is finite as float32 but overflows float16 to infinity.
+  std::string big;
+  EncodeValues(v1::FLOAT16, std::vector<float>{65520.0f}, &big);
+  EXPECT_FALSE(AllFiniteHalf(v1::FLOAT16, big));
+  EncodeValues(v1::BFLOAT16, std::vector<float>{65520.0f}, &big);
+  EXPECT_TRUE(AllFiniteHalf(v1::BFLOAT16, big));
+}
+
 TEST(WireTest, AllFinite) {
   EXPECT_TRUE(AllFinite({}));
   const std::vector<float> ok = {0.0f, -1e38f, 1e-45f};

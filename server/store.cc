@@ -78,11 +78,22 @@ absl::Status DecodeFinite(const v1::Slice& slice, absl::string_view what,
 }
 
 // Points part.gradient at the slice's values: in place when they are
-// float32 and aligned for float, else widened into part.decoded. Then checks
-// that every value is finite.
-absl::Status ViewGradient(const v1::Slice& slice, PreparedPush::Part& part) {
+// float32 and aligned for float, else widened into part.decoded; or, with
+// `widen_later`, points part.half at 16-bit values for the update to widen
+// chunk by chunk. Checks that every value is finite.
+absl::Status ViewGradient(const v1::Slice& slice, bool widen_later,
+                          PreparedPush::Part& part) {
   const std::string& data = slice.data();
   const size_t length = slice.length();
+  const bool half =
+      slice.dtype() == v1::BFLOAT16 || slice.dtype() == v1::FLOAT16;
+  if (widen_later && half && data.size() == length * 2 &&
+      AllFiniteHalf(slice.dtype(), data)) {
+    part.half = data;
+    part.half_dtype = slice.dtype();
+    return absl::OkStatus();
+  }
+  // Anything wrong is found, and described, on the widening path below.
   const bool in_place =
       slice.dtype() == v1::FLOAT32 && data.size() == length * sizeof(float) &&
       reinterpret_cast<uintptr_t>(data.data()) % alignof(float) == 0;
@@ -405,7 +416,8 @@ absl::StatusOr<PreparedPush> VariableStore::PreparePush(
           absl::StrCat("the push holds block ", part.block->index, " of '",
                        slice.variable(), "' twice"));
     }
-    PS_RETURN_IF_ERROR(ViewGradient(slice, part));
+    // Sync mode sums the widened gradients, so it widens them here.
+    PS_RETURN_IF_ERROR(ViewGradient(slice, !options_.sync, part));
     auto entry = OptimizerFor(slice.variable());
     {
       absl::ReaderMutexLock lock(&part.block->mu);
@@ -469,19 +481,26 @@ void VariableStore::ApplyAsync(
           // values (often over the gradient just consumed), not in a second
           // pass over the block.
           char* answer = completion->WritableAnswer(i, block.values.size());
-          if (answer != nullptr) {
-            const v1::DType dtype = completion->dtype();
-            const size_t width = BytesPerValue(dtype);
-            optimizer::ApplyUpdate(
-                entry->settings, block.state, block.values, part.gradient,
-                push.loss, [&](size_t offset, std::span<const float> values) {
-                  EncodeValuesTo(dtype, values, answer + offset * width);
-                });
-            answered = true;
-          } else {
+          const v1::DType dtype = completion->dtype();
+          const size_t width = BytesPerValue(dtype);
+          auto encode = [&](size_t offset, std::span<const float> values) {
+            EncodeValuesTo(dtype, values, answer + offset * width);
+          };
+          std::optional<optimizer::UpdatedValuesSink> sink;
+          if (answer != nullptr) sink.emplace(encode);
+          if (part.half.empty()) {
             optimizer::ApplyUpdate(entry->settings, block.state, block.values,
-                                   part.gradient, push.loss);
+                                   part.gradient, push.loss, sink);
+          } else {
+            optimizer::ApplyUpdate(
+                entry->settings, block.state, block.values,
+                [&](size_t offset, std::span<float> out) {
+                  WidenHalf(part.half_dtype, part.half.data() + 2 * offset,
+                            out);
+                },
+                push.loss, sink);
           }
+          answered = answer != nullptr;
           stats_.RecordUpdate(absl::Now() - start);
           MarkApplied(push, block);
         }

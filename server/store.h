@@ -15,6 +15,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -94,15 +95,19 @@ struct Variable {
   absl::flat_hash_map<uint64_t, std::unique_ptr<Block>> blocks;
 };
 
-// A push that passed every check, with its gradients decoded. A float32
-// gradient is read in place from the request's bytes, so the request must
-// outlive ApplyPush; other encodings are widened into `decoded`.
+// A push that passed every check. A float32 gradient is read in place from
+// the request's bytes, and so (in async mode) is a 16-bit one, widened chunk
+// by chunk during the update, so the request must outlive ApplyPush. In
+// sync mode 16-bit gradients are widened into `decoded` here.
 struct PreparedPush {
   struct Part {
     std::shared_ptr<Variable> variable;
     Block* block = nullptr;
     std::span<const float> gradient;  // the request's bytes, or `decoded`
     std::unique_ptr<float[]> decoded;
+    // Set instead of `gradient`: 16-bit values in the request's bytes.
+    std::string_view half;
+    v1::DType half_dtype = v1::FLOAT32;
   };
   std::string worker_id;
   uint64_t seq = 0;

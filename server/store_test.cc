@@ -16,6 +16,8 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "common/optimizer_config.h"
+#include "common/wire.h"
+#include "server/optimizer/update.h"
 #include "tests/server/messages.h"
 
 namespace ps {
@@ -561,6 +563,78 @@ TEST(StorePushTest, GradientsInHalfPrecisionAreWidened) {
   }
   EXPECT_THAT(PullAll(store, "w").values,
               ElementsAreArray({6.0f, 12.0f, 7.0f, 2.0f}));
+}
+
+// Blocks larger than the update's chunk: a 16-bit gradient is widened
+// chunk by chunk during the update, and PushPull's answer is written chunk by
+// chunk over the request's own gradient bytes (handed over as the service
+// does). Every value lands where it belongs.
+TEST(StorePushTest, LargeHalfPrecisionBlocksAreUpdatedChunkByChunk) {
+  const size_t block = 2 * optimizer::kSinkChunk + 123;
+  for (v1::DType dtype : {v1::BFLOAT16, v1::FLOAT16}) {
+    for (bool answered : {false, true}) {
+      VariableStore store(AsyncOptions(0, 1, block));
+      const std::vector<float> initial = Iota(2 * block);
+      CreateLocal(store, "w", initial);
+      std::vector<float> g(2 * block);
+      for (size_t i = 0; i < g.size(); ++i) {
+        g[i] = std::sin(0.01f * static_cast<float>(i));
+      }
+      v1::PushRequest request = PushRequest("w0", 1, {});
+      request.set_pull_dtype(dtype);
+      for (size_t k = 0; k < 2; ++k) {
+        v1::Slice* slice = request.add_gradients();
+        slice->set_variable("w");
+        slice->set_offset(k * block);
+        slice->set_length(block);
+        slice->set_dtype(dtype);
+        slice->set_data(Encode(std::vector<float>(g.begin() + k * block,
+                                                  g.begin() + (k + 1) * block),
+                               dtype));
+      }
+      std::vector<float> widened(g.size());
+      for (size_t k = 0; k < 2; ++k) {
+        ASSERT_TRUE(
+            DecodeValues(dtype, request.gradients(k).data(),
+                         std::span<float>(widened).subspan(k * block, block))
+                .ok());
+      }
+      const std::vector<float> expected = Minus(initial, widened);
+
+      auto result = std::make_shared<PushResult>();
+      absl::StatusOr<PreparedPush> prepared = store.PreparePush(request);
+      ASSERT_TRUE(prepared.ok()) << prepared.status();
+      auto completion = std::make_shared<PushCompletion>(
+          2, answered, dtype,
+          [result](absl::Status status, v1::PullResponse a) {
+            result->status = std::move(status);
+            result->answer = std::move(a);
+            result->done.Notify();
+          });
+      if (answered) {
+        for (int k = 0; k < 2; ++k) {
+          completion->ReuseBuffer(
+              k, std::move(*request.mutable_gradients(k)->mutable_data()));
+        }
+      }
+      store.ApplyPush(*std::move(prepared), std::move(completion));
+      ASSERT_TRUE(result->done.HasBeenNotified());
+      ASSERT_TRUE(result->status.ok()) << result->status;
+      EXPECT_EQ(PullAll(store, "w").values, expected)
+          << v1::DType_Name(dtype) << " answered " << answered;
+      if (answered) {
+        ASSERT_EQ(result->answer.values_size(), 2);
+        for (size_t k = 0; k < 2; ++k) {
+          EXPECT_EQ(
+              result->answer.values(k).data(),
+              Encode(std::vector<float>(expected.begin() + k * block,
+                                        expected.begin() + (k + 1) * block),
+                     dtype))
+              << v1::DType_Name(dtype) << " block " << k;
+        }
+      }
+    }
+  }
 }
 
 TEST(StorePushTest, ConcurrentPushesLoseNoUpdate) {

@@ -49,42 +49,52 @@ struct RuleStep {
   GradientTransform transform;
   std::optional<double> loss;
   std::optional<UpdatedValuesSink> sink;
+  std::optional<GradientWidener> widen;  // set: `grad` is unused
 
-  // Runs apply(offset, length) over the block: at once, or with a sink,
-  // chunk by chunk (whole kernel chunks, so every value takes the same code
-  // path as at once), handing each chunk's new values to the sink.
+  // Runs apply(offset, length, gradient of the chunk) over the block: at
+  // once, or, with a sink or a widener, chunk by chunk (whole kernel chunks,
+  // so every value takes the same code path as at once), widening each
+  // chunk's gradient first and handing its new values to the sink after.
   template <typename Apply>
   void Run(Apply apply) {
     const Eigen::Index n = var.size();
-    if (!sink.has_value()) {
-      apply(0, n);
+    if (!sink.has_value() && !widen.has_value()) {
+      apply(0, n, grad);
       return;
     }
     static_assert(kSinkChunk % kChunk == 0);
     const auto chunk = static_cast<Eigen::Index>(kSinkChunk);
+    alignas(64) float widened[kSinkChunk];
     for (Eigen::Index offset = 0; offset < n; offset += chunk) {
       const Eigen::Index length = std::min(chunk, n - offset);
-      apply(offset, length);
-      (*sink)(static_cast<size_t>(offset),
-              std::span<const float>(var.data() + offset,
-                                     static_cast<size_t>(length)));
+      if (widen.has_value()) {
+        (*widen)(static_cast<size_t>(offset),
+                 std::span<float>(widened, static_cast<size_t>(length)));
+        apply(offset, length, ConstFlatArray(widened, length));
+      } else {
+        apply(offset, length, Part(grad, offset, length));
+      }
+      if (sink.has_value()) {
+        (*sink)(static_cast<size_t>(offset),
+                std::span<const float>(var.data() + offset,
+                                       static_cast<size_t>(length)));
+      }
     }
   }
 
   void operator()(const SgdParams&) {
-    Run([&](Eigen::Index o, Eigen::Index n) {
-      SgdRule::Apply(Part(var, o, n), static_cast<float>(lr), transform,
-                     Part(grad, o, n));
+    Run([&](Eigen::Index o, Eigen::Index n, ConstFlatArray g) {
+      SgdRule::Apply(Part(var, o, n), static_cast<float>(lr), transform, g);
     });
   }
 
   void operator()(const MomentumParams& p) {
     const bool first = EnsureSlot(state.momentum, var.size());
-    Run([&](Eigen::Index o, Eigen::Index n) {
+    Run([&](Eigen::Index o, Eigen::Index n, ConstFlatArray g) {
       MomentumRule::Apply(Part(var, o, n), Part(Map(state.momentum), o, n),
                           first, static_cast<float>(lr),
                           static_cast<float>(p.momentum), p.dampening,
-                          p.nesterov, transform, Part(grad, o, n));
+                          p.nesterov, transform, g);
     });
   }
 
@@ -93,10 +103,10 @@ struct RuleStep {
                static_cast<float>(p.initial_accumulator_value));
     const double clr =
         lr / (1.0 + static_cast<double>(state.step - 1) * p.lr_decay);
-    Run([&](Eigen::Index o, Eigen::Index n) {
+    Run([&](Eigen::Index o, Eigen::Index n, ConstFlatArray g) {
       AdagradRule::Apply(Part(var, o, n), Part(Map(state.square_avg), o, n),
                          static_cast<float>(clr), static_cast<float>(p.eps),
-                         transform, Part(grad, o, n));
+                         transform, g);
     });
   }
 
@@ -111,12 +121,12 @@ struct RuleStep {
       EnsureSlot(state.momentum, var.size());
       buffer = Map(state.momentum);
     }
-    Run([&](Eigen::Index o, Eigen::Index n) {
-      RmsPropRule::Apply(
-          Part(var, o, n), Part(Map(state.square_avg), o, n),
-          Part(grad_avg, o, n), Part(buffer, o, n), static_cast<float>(lr),
-          p.alpha, static_cast<float>(p.eps), static_cast<float>(p.momentum),
-          transform, Part(grad, o, n));
+    Run([&](Eigen::Index o, Eigen::Index n, ConstFlatArray g) {
+      RmsPropRule::Apply(Part(var, o, n), Part(Map(state.square_avg), o, n),
+                         Part(grad_avg, o, n), Part(buffer, o, n),
+                         static_cast<float>(lr), p.alpha,
+                         static_cast<float>(p.eps),
+                         static_cast<float>(p.momentum), transform, g);
     });
   }
 
@@ -144,11 +154,10 @@ struct RuleStep {
       EnsureSlot(state.max_square_avg, var.size());
       max_square_avg = Map(state.max_square_avg);
     }
-    Run([&](Eigen::Index o, Eigen::Index n) {
+    Run([&](Eigen::Index o, Eigen::Index n, ConstFlatArray g) {
       AdamRule::Apply(Part(var, o, n), Part(Map(state.momentum), o, n),
                       Part(Map(state.square_avg), o, n),
-                      Part(max_square_avg, o, n), step, transform,
-                      Part(grad, o, n));
+                      Part(max_square_avg, o, n), step, transform, g);
     });
   }
 };
@@ -181,23 +190,25 @@ absl::Status CheckUpdate(const OptimizerSettings& settings,
   return absl::OkStatus();
 }
 
-float ClipFactor(std::span<const float> grad, double clip_norm) {
-  double sum = 0.0;
-  for (float g : grad) sum += static_cast<double>(g) * g;
-  const float norm = static_cast<float>(std::sqrt(sum));
+namespace {
+
+// Adds the squares of `grad` to *sum, in order, in double.
+void AddSquares(std::span<const float> grad, double* sum) {
+  for (float g : grad) *sum += static_cast<double>(g) * g;
+}
+
+float ClipFactorOf(double sum_of_squares, double clip_norm) {
+  const float norm = static_cast<float>(std::sqrt(sum_of_squares));
   const float factor = static_cast<float>(clip_norm) / (norm + 1e-6f);
   return factor < 1.0f ? factor : 1.0f;
 }
 
-void ApplyUpdate(const OptimizerSettings& settings, BlockOptimizerState& state,
-                 std::span<float> values, std::span<const float> grad,
-                 std::optional<double> loss,
-                 std::optional<UpdatedValuesSink> sink) {
-  ++state.step;
+void Update(const OptimizerSettings& settings, BlockOptimizerState& state,
+            std::span<float> values, float clip_factor,
+            std::span<const float> grad, std::optional<GradientWidener> widen,
+            std::optional<double> loss, std::optional<UpdatedValuesSink> sink) {
   GradientTransform transform;
-  if (settings.clip_norm.has_value()) {
-    transform.scale = ClipFactor(grad, *settings.clip_norm);
-  }
+  transform.scale = clip_factor;
   transform.weight_decay = static_cast<float>(settings.weight_decay);
   RuleStep step{
       .state = state,
@@ -210,8 +221,49 @@ void ApplyUpdate(const OptimizerSettings& settings, BlockOptimizerState& state,
       .transform = transform,
       .loss = loss,
       .sink = sink,
+      .widen = widen,
   };
   std::visit(step, settings.rule);
+}
+
+}  // namespace
+
+float ClipFactor(std::span<const float> grad, double clip_norm) {
+  double sum = 0.0;
+  AddSquares(grad, &sum);
+  return ClipFactorOf(sum, clip_norm);
+}
+
+void ApplyUpdate(const OptimizerSettings& settings, BlockOptimizerState& state,
+                 std::span<float> values, std::span<const float> grad,
+                 std::optional<double> loss,
+                 std::optional<UpdatedValuesSink> sink) {
+  ++state.step;
+  const float clip_factor = settings.clip_norm.has_value()
+                                ? ClipFactor(grad, *settings.clip_norm)
+                                : 1.0f;
+  Update(settings, state, values, clip_factor, grad, std::nullopt, loss, sink);
+}
+
+void ApplyUpdate(const OptimizerSettings& settings, BlockOptimizerState& state,
+                 std::span<float> values, GradientWidener widen,
+                 std::optional<double> loss,
+                 std::optional<UpdatedValuesSink> sink) {
+  ++state.step;
+  float clip_factor = 1.0f;
+  if (settings.clip_norm.has_value()) {
+    // The same sum, in the same order, as ClipFactor over the whole block.
+    double sum = 0.0;
+    alignas(64) float chunk[kSinkChunk];
+    for (size_t offset = 0; offset < values.size(); offset += kSinkChunk) {
+      const std::span<float> out(chunk,
+                                 std::min(kSinkChunk, values.size() - offset));
+      widen(offset, out);
+      AddSquares(out, &sum);
+    }
+    clip_factor = ClipFactorOf(sum, *settings.clip_norm);
+  }
+  Update(settings, state, values, clip_factor, {}, widen, loss, sink);
 }
 
 }  // namespace ps::optimizer

@@ -49,7 +49,13 @@ absl::Status CheckUpdate(const OptimizerSettings& settings,
 using UpdatedValuesSink =
     absl::FunctionRef<void(size_t offset, std::span<const float> values)>;
 
-// Values per chunk handed to an UpdatedValuesSink (the last may be shorter).
+// Writes gradient values [offset, offset + out.size()) of a block as
+// float32 into `out`, e.g. widened from a 16-bit encoding.
+using GradientWidener =
+    absl::FunctionRef<void(size_t offset, std::span<float> out)>;
+
+// Values per chunk when an update runs chunk by chunk (the last may be
+// shorter).
 inline constexpr size_t kSinkChunk = 4096;
 
 // Clips the gradient (per block), adds weight decay, runs the rule and
@@ -60,6 +66,16 @@ inline constexpr size_t kSinkChunk = 4096;
 // gradient value is finite.
 void ApplyUpdate(const OptimizerSettings& settings, BlockOptimizerState& state,
                  std::span<float> values, std::span<const float> grad,
+                 std::optional<double> loss,
+                 std::optional<UpdatedValuesSink> sink = std::nullopt);
+
+// The same with a gradient that `widen` produces chunk by chunk (into a
+// buffer on the stack) instead of a float32 array: no block-sized copy of
+// it is made. With clipping, the gradient is widened twice (once for its
+// norm). The numbers are those of the form above on the widened gradient.
+// REQUIRES: as above, for the widened values.
+void ApplyUpdate(const OptimizerSettings& settings, BlockOptimizerState& state,
+                 std::span<float> values, GradientWidener widen,
                  std::optional<double> loss,
                  std::optional<UpdatedValuesSink> sink = std::nullopt);
 

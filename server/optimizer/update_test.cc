@@ -6,6 +6,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -322,6 +323,59 @@ TEST_P(ChunkedBlockTest, ASinkSeesEveryChunkAndChangesNoNumber) {
     EXPECT_EQ(plain_state.square_avg, sunk_state.square_avg);
     EXPECT_EQ(plain_state.grad_avg, sunk_state.grad_avg);
     EXPECT_EQ(plain_state.max_square_avg, sunk_state.max_square_avg);
+  }
+}
+
+// A gradient widened chunk by chunk gives exactly the numbers of the same
+// gradient as one array, with and without clipping and a sink.
+TEST_P(ChunkedBlockTest, AWidenedGradientChangesNoNumber) {
+  const size_t n = 2 * kSinkChunk + 3 * kChunk + 37;
+  std::vector<float> initial(n), grad(n);
+  for (size_t i = 0; i < n; ++i) {
+    initial[i] = std::sin(0.37f * static_cast<float>(i));
+    grad[i] = std::cos(0.11f * static_cast<float>(i) + 0.5f);
+  }
+  for (bool clip : {false, true}) {
+    for (bool with_sink : {false, true}) {
+      OptimizerSettings settings = Settings(GetParam(), 0.01);
+      settings.weight_decay = 0.01;
+      if (clip) settings.clip_norm = 5.0;
+      std::vector<float> plain = initial, widened = initial;
+      BlockOptimizerState plain_state, widened_state;
+      for (int t = 0; t < 3; ++t) {
+        const double loss = 2.0 + t;
+        ApplyUpdate(settings, plain_state, plain, grad, loss);
+        size_t next = 0;  // the next offset the widener should be asked for
+        size_t asked = 0;
+        auto widen = [&](size_t offset, std::span<float> out) {
+          if (offset == 0) next = 0;  // clipping reads the gradient twice
+          EXPECT_EQ(offset, next) << "chunks out of order";
+          EXPECT_LE(out.size(), kSinkChunk);
+          std::copy_n(grad.begin() + offset, out.size(), out.begin());
+          next = offset + out.size();
+          asked += out.size();
+        };
+        size_t sunk = 0;
+        auto sink = [&](size_t, std::span<const float> chunk) {
+          sunk += chunk.size();
+        };
+        if (with_sink) {
+          ApplyUpdate(settings, widened_state, widened, widen, loss, sink);
+        } else {
+          ApplyUpdate(settings, widened_state, widened, widen, loss);
+        }
+        EXPECT_EQ(asked, clip ? 2 * n : n);
+        EXPECT_EQ(sunk, with_sink ? n : 0);
+        ASSERT_EQ(0,
+                  std::memcmp(plain.data(), widened.data(), n * sizeof(float)))
+            << "clip " << clip << " sink " << with_sink << " step " << t;
+        EXPECT_EQ(plain_state.step, widened_state.step);
+        EXPECT_EQ(plain_state.momentum, widened_state.momentum);
+        EXPECT_EQ(plain_state.square_avg, widened_state.square_avg);
+        EXPECT_EQ(plain_state.grad_avg, widened_state.grad_avg);
+        EXPECT_EQ(plain_state.max_square_avg, widened_state.max_square_avg);
+      }
+    }
   }
 }
 
