@@ -164,10 +164,18 @@ class Client:
             waits for the step's quorum, so this also bounds how long a slow
             peer is waited for (a timed-out push is retried with its seq).
         retry: retries of UNAVAILABLE and DEADLINE_EXCEEDED.
-        max_message_bytes: the largest request or answer sent or accepted;
-            larger calls are split. Must not exceed the shards'
-            --max_message_mb. One block of gradients, and one shard's
-            initial values in create_variable, must fit in one message.
+        max_message_bytes: the largest request or answer sent or accepted.
+            Must not exceed the shards' --max_message_mb. One block of
+            gradients, and one shard's initial values in create_variable,
+            must fit in one message.
+        part_bytes: pushes and pulls are cut into requests of whole blocks
+            of about this many bytes (a larger block goes alone)...
+        parts_in_flight: ...and up to this many of one push's requests are
+            in flight to each shard at once, so a shard applies one part
+            while the next is on the wire and holds only those in memory.
+            A push's parts cover different blocks; the next push starts when
+            they have all been answered, so each block applies this worker's
+            pushes in order. Pulls send all their parts at once.
     """
 
     def __init__(self,
@@ -180,7 +188,9 @@ class Client:
                  dtype: Union[DType, int, str] = DType.FLOAT32,
                  timeout: float = 60.0,
                  retry: Optional[RetryPolicy] = None,
-                 max_message_bytes: int = 16 << 20):
+                 max_message_bytes: int = 16 << 20,
+                 part_bytes: int = 2 << 20,
+                 parts_in_flight: int = 4):
         if isinstance(servers, str):
             servers = [s for s in servers.split(",") if s.strip()]
         addresses = [s.strip() for s in servers]
@@ -188,11 +198,17 @@ class Client:
             raise ValueError("Client needs at least one server address")
         if max_message_bytes < 1024:
             raise ValueError(f"max_message_bytes {max_message_bytes} is too small")
+        if part_bytes < 1:
+            raise ValueError(f"part_bytes must be >= 1, got {part_bytes}")
+        if parts_in_flight < 1:
+            raise ValueError(f"parts_in_flight must be >= 1, got {parts_in_flight}")
         self._worker_id = worker_id or f"py-{uuid.uuid4().hex[:16]}"
         self._dtype = DType.parse(dtype)
         self._timeout = float(timeout)
         self._retry = retry or RetryPolicy()
         self._max_bytes = int(max_message_bytes)
+        self._part_bytes = min(int(part_bytes), self._max_bytes)
+        self._parts_in_flight = int(parts_in_flight)
         self._metadata: Tuple[Tuple[str, str], ...] = (
             (("authorization", f"Bearer {token}"),) if token else ())
         self._rng = random.Random()
@@ -377,10 +393,11 @@ class Client:
             for shard, _, offset, length in self._plan.blocks(n, outputs[n].size):
                 per_shard[shard].append(_Block(n, offset, length))
         calls = []
-        budget = self._max_bytes - _REQUEST_OVERHEAD
+        limit = self._max_bytes - _REQUEST_OVERHEAD
+        budget = max(1, self._part_bytes - _REQUEST_OVERHEAD)
         for shard, blocks in enumerate(per_shard):
-            for chunk in _chunks(_split_ranges(blocks, budget, dtype.itemsize),
-                                 budget, dtype.itemsize):
+            for chunk in _chunks(_split_ranges(blocks, limit, dtype.itemsize),
+                                 budget, dtype.itemsize, limit):
                 request = ps_pb2.PullRequest(dtype=int(dtype))
                 for b in chunk:
                     request.slices.add(variable=b.variable, offset=b.offset,
@@ -459,35 +476,37 @@ class Client:
                 per_shard[shard].append(_Block(name, offset, length))
         # Both the request (gradients) and the answer (values) must fit.
         width = max(dtype.itemsize, pull_dtype.itemsize if method == "PushPull" else 0)
-        budget = self._max_bytes - _REQUEST_OVERHEAD
+        limit = self._max_bytes - _REQUEST_OVERHEAD
+        budget = max(1, self._part_bytes - _REQUEST_OVERHEAD)
         lanes: List[List[List[_Block]]] = [
-            _chunks(blocks, budget, width) for blocks in per_shard
+            _chunks(blocks, budget, width, limit) for blocks in per_shard
         ]
         outputs = {n: np.empty(f.size, dtype=np.float32) for n, f in flats.items()}
         versions = {n: np.zeros(self._plan.num_blocks(f.size), dtype=np.int64)
                     for n, f in flats.items()}
         with self._push_lock:
-            # Round r sends the r-th request of every shard in parallel; a
-            # shard's requests go one at a time so that its seqs arrive in
-            # order.
-            for r in range(max((len(lane) for lane in lanes), default=0)):
+            # Round r sends requests [r * k, (r + 1) * k) of every shard in
+            # parallel (k = parts_in_flight), each with its own seq; they
+            # cover different blocks. The lock keeps pushes in order.
+            k = self._parts_in_flight
+            rounds = max(((len(lane) + k - 1) // k for lane in lanes), default=0)
+            for r in range(rounds):
                 calls = []
                 for shard, lane in enumerate(lanes):
-                    if r >= len(lane):
-                        continue
-                    request = ps_pb2.PushRequest(
-                        worker_id=self._worker_id, seq=self._next_seq[shard],
-                        step=int(step), pull_dtype=int(pull_dtype))
-                    self._next_seq[shard] += 1
-                    if loss is not None:
-                        request.loss = float(loss)
-                    for b in lane[r]:
-                        request.gradients.add(
-                            variable=b.variable, offset=b.offset, length=b.length,
-                            dtype=int(dtype),
-                            data=encoding.encode(
-                                flats[b.variable][b.offset:b.offset + b.length], dtype))
-                    calls.append(_Call(shard, method, request))
+                    for part in lane[r * k:(r + 1) * k]:
+                        request = ps_pb2.PushRequest(
+                            worker_id=self._worker_id, seq=self._next_seq[shard],
+                            step=int(step), pull_dtype=int(pull_dtype))
+                        self._next_seq[shard] += 1
+                        if loss is not None:
+                            request.loss = float(loss)
+                        for b in part:
+                            request.gradients.add(
+                                variable=b.variable, offset=b.offset, length=b.length,
+                                dtype=int(dtype),
+                                data=encoding.encode(
+                                    flats[b.variable][b.offset:b.offset + b.length], dtype))
+                        calls.append(_Call(shard, method, request))
                 answers = self._call_all(calls)
                 if method == "PushPull":
                     for call, answer in zip(calls, answers):
@@ -622,12 +641,14 @@ def _split_ranges(blocks: List[_Block], budget: int, width: int) -> List[_Block]
     return out
 
 
-def _chunks(blocks: List[_Block], budget: int, width: int) -> List[List[_Block]]:
+def _chunks(blocks: List[_Block], budget: int, width: int,
+            limit: int) -> List[List[_Block]]:
     """Groups blocks, in order, into requests of at most ``budget`` bytes.
 
     A block that alone exceeds the budget goes in a request of its own (a
-    gradient slice must cover a whole block); the shard then refuses it with
-    RESOURCE_EXHAUSTED unless its limit is higher.
+    gradient slice must cover a whole block); one over ``limit``, the
+    message limit, is then refused by the shard with RESOURCE_EXHAUSTED
+    unless its limit is higher.
     """
     chunks: List[List[_Block]] = []
     current: List[_Block] = []
@@ -637,9 +658,9 @@ def _chunks(blocks: List[_Block], budget: int, width: int) -> List[List[_Block]]
         if current and used + cost > budget:
             chunks.append(current)
             current, used = [], 0
-        if cost > budget:
+        if cost > limit:
             _LOG.warning("block %s[%d:+%d] alone needs %d bytes, over the %d-byte "
-                         "message limit", b.variable, b.offset, b.length, cost, budget)
+                         "message limit", b.variable, b.offset, b.length, cost, limit)
         current.append(b)
         used += cost
     if current:

@@ -253,6 +253,29 @@ class LiveClusterTest(unittest.TestCase):
             _, versions = small.pull("split/v", return_versions=True)
             np.testing.assert_array_equal(versions, np.ones(250))
 
+    def test_parts_in_flight(self):
+        values = np.random.default_rng(3).normal(size=1000).astype(np.float32)
+        self.client.create_variable("parts/v", initial=values)
+        # One 4-value block per part (part_bytes below one block), 3 parts of
+        # a push in flight per shard, each with its own seq.
+        with Client(self.cluster.addresses, part_bytes=16,
+                    parts_in_flight=3) as parted:
+            parted.register_variable("parts/v", [1000])
+            np.testing.assert_array_equal(parted.pull("parts/v"), values)
+            expected = values.copy()
+            for _ in range(3):
+                after = parted.push_pull({"parts/v": np.ones(1000)})["parts/v"]
+                expected -= np.float32(1)  # as the shard does, in float32
+                np.testing.assert_array_equal(after, expected)
+            parted.push({"parts/v": np.ones(1000)})
+            expected -= np.float32(1)
+            values_now, versions = parted.pull("parts/v", return_versions=True)
+            np.testing.assert_array_equal(values_now, expected)
+            np.testing.assert_array_equal(versions, np.full(250, 4))
+        for bad in ({"part_bytes": 0}, {"parts_in_flight": 0}):
+            with self.subTest(**bad), self.assertRaises(ValueError):
+                Client(self.cluster.addresses, **bad)
+
     def test_half_precision_on_the_wire(self):
         values = np.random.default_rng(2).normal(size=37).astype(np.float32)
         self.client.create_variable("half/v", initial=values)
