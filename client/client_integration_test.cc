@@ -41,8 +41,8 @@ class ClientIntegrationTest : public ::testing::TestWithParam<uint32_t> {
     }
   }
 
-  std::unique_ptr<Client> Connect() {
-    ClientOptions options;
+  // A client of the cluster with `options` (addresses and retry pace set).
+  std::unique_ptr<Client> Connect(ClientOptions options = {}) {
     for (const auto& server : servers_) {
       options.addresses.push_back(server->address());
     }
@@ -190,36 +190,44 @@ TEST_P(ClientIntegrationTest, ConcurrentWorkersLoseNoUpdate) {
   }
 }
 
+// In sync mode, with whole calls and with calls cut into parts that go out
+// together (one 3-value block per part, 2 in flight per shard).
 TEST_P(ClientIntegrationTest, SyncWorkersSeeTheMeanAfterEachStep) {
-  constexpr int kWorkers = 3;
-  StartCluster(Consistency::kSync, kWorkers);
-  constexpr size_t kSize = 8;
-  const std::vector<float> initial(kSize, 10.0f);
-  std::vector<std::thread> workers;
-  std::vector<std::vector<std::vector<float>>> seen(kWorkers);
-  for (int w = 0; w < kWorkers; ++w) {
-    workers.emplace_back([&, w] {
-      auto client = Connect();
-      ASSERT_NE(client, nullptr);
-      ASSERT_TRUE(client->CreateVariable("w", {kSize}, initial).ok());
-      for (uint64_t step = 0; step < 3; ++step) {
-        // Worker w pushes w + 1 everywhere: the mean is 2.
-        const std::vector<float> gradient(kSize, w + 1.0f);
-        std::vector<float> values(kSize);
-        PushOptions options;
-        options.step = step;
-        ASSERT_TRUE(client->PushPull("w", gradient, values, options).ok());
-        seen[w].push_back(values);
+  ClientOptions in_parts;
+  in_parts.part_bytes = 16;
+  in_parts.parts_in_flight = 2;
+  for (const ClientOptions& client_options : {ClientOptions(), in_parts}) {
+    SCOPED_TRACE(absl::StrCat("part_bytes ", client_options.part_bytes));
+    constexpr int kWorkers = 3;
+    StartCluster(Consistency::kSync, kWorkers);
+    constexpr size_t kSize = 10 * kBlockSize + 1;
+    const std::vector<float> initial(kSize, 10.0f);
+    std::vector<std::thread> workers;
+    std::vector<std::vector<std::vector<float>>> seen(kWorkers);
+    for (int w = 0; w < kWorkers; ++w) {
+      workers.emplace_back([&, w] {
+        auto client = Connect(client_options);
+        ASSERT_NE(client, nullptr);
+        ASSERT_TRUE(client->CreateVariable("w", {kSize}, initial).ok());
+        for (uint64_t step = 0; step < 3; ++step) {
+          // Worker w pushes w + 1 everywhere: the mean is 2.
+          const std::vector<float> gradient(kSize, w + 1.0f);
+          std::vector<float> values(kSize);
+          PushOptions options;
+          options.step = step;
+          ASSERT_TRUE(client->PushPull("w", gradient, values, options).ok());
+          seen[w].push_back(values);
+        }
+      });
+    }
+    for (auto& worker : workers) worker.join();
+    for (int w = 0; w < kWorkers; ++w) {
+      ASSERT_EQ(seen[w].size(), 3u);
+      for (int step = 0; step < 3; ++step) {
+        EXPECT_EQ(seen[w][step],
+                  std::vector<float>(kSize, 10.0f - 2 * (step + 1)))
+            << "worker " << w << " step " << step;
       }
-    });
-  }
-  for (auto& worker : workers) worker.join();
-  for (int w = 0; w < kWorkers; ++w) {
-    ASSERT_EQ(seen[w].size(), 3u);
-    for (int step = 0; step < 3; ++step) {
-      EXPECT_EQ(seen[w][step],
-                std::vector<float>(kSize, 10.0f - 2 * (step + 1)))
-          << "worker " << w << " step " << step;
     }
   }
 }

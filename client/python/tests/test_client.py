@@ -303,18 +303,28 @@ class SyncTest(unittest.TestCase):
     """Two workers on a sync cluster: each step applies their mean gradient."""
 
     def test_two_workers_average(self):
+        self._two_workers_average()
+
+    def test_two_workers_average_in_parts(self):
+        # 40 values in blocks of 4, one block per request, 2 in flight: each
+        # shard's share of a step arrives as several requests at once.
+        self._two_workers_average(part_bytes=16, parts_in_flight=2)
+
+    def _two_workers_average(self, **client_args: int) -> None:
+        size = 40
         with LocalCluster(2, block_size=4, consistency="sync", num_workers=2,
                           optimizer="sgd {} learning_rate: 1") as cluster:
-            clients = [Client(cluster.addresses, worker_id=f"w{i}") for i in range(2)]
+            clients = [Client(cluster.addresses, worker_id=f"w{i}", **client_args)
+                       for i in range(2)]
             self.assertTrue(clients[0].sync)
             for c in clients:
-                c.create_variable("s/v", initial=np.zeros(10, np.float32))
+                c.create_variable("s/v", initial=np.zeros(size, np.float32))
             results = {}
 
             def work(i: int) -> None:
                 out = []
                 for step in range(3):
-                    grad = np.full(10, float(i + 1) * (step + 1), np.float32)
+                    grad = np.full(size, float(i + 1) * (step + 1), np.float32)
                     out.append(clients[i].push_pull({"s/v": grad}, step=step,
                                                     loss=float(i))["s/v"])
                 results[i] = out
@@ -327,10 +337,11 @@ class SyncTest(unittest.TestCase):
             # Mean gradient per step: 1.5 * (step + 1); values -1.5, -4.5, -9.
             for i in range(2):
                 for step, expected in enumerate([-1.5, -4.5, -9.0]):
-                    np.testing.assert_array_equal(results[i][step], np.full(10, expected))
+                    np.testing.assert_array_equal(results[i][step],
+                                                  np.full(size, expected))
             # A step that was applied already is refused, never applied late.
             with self.assertRaises(StaleStepError) as caught:
-                clients[0].push({"s/v": np.ones(10)}, step=1)
+                clients[0].push({"s/v": np.ones(size)}, step=1)
             self.assertIn("already applied", caught.exception.details)
             for c in clients:
                 c.close()
