@@ -68,7 +68,8 @@ int Fail(const std::string& message) {
 // heap, so each call of a few MiB would fault in new zeroed pages, which
 // runs at a fraction of memcpy speed. What stays resident: up to
 // kKeepFreeBytes of freed memory per arena, and one arena per core rather
-// than glibc's eight (gRPC's threads would otherwise each keep their own).
+// than glibc's eight per core (gRPC's threads would otherwise each keep
+// their own).
 void KeepMessageBuffers() {
   constexpr int kMaxMmapThreshold = 32 << 20;  // glibc's upper limit
   constexpr int kKeepFreeBytes = 64 << 20;
