@@ -280,15 +280,13 @@ void EncodeValues(v1::DType dtype, std::span<const float> values,
   }
   // Encoded through a small buffer that stays in L1 and appended, so the
   // output is written once (resize would zero it first).
-  void (*encode)(const float*, char*, size_t) =
-      dtype == v1::BFLOAT16 ? EncodeBFloat16Fast : EncodeFloat16Fast;
   constexpr size_t kChunk = 4096;
   alignas(64) char chunk[kChunk * 2];
   out->clear();
   out->reserve(values.size() * 2);
   for (size_t i = 0; i < values.size(); i += kChunk) {
     const size_t n = std::min(kChunk, values.size() - i);
-    encode(values.data() + i, chunk, n);
+    EncodeValuesTo(dtype, values.subspan(i, n), chunk);
     out->append(chunk, n * 2);
   }
 }
