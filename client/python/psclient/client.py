@@ -393,8 +393,7 @@ class Client:
             for shard, _, offset, length in self._plan.blocks(n, outputs[n].size):
                 per_shard[shard].append(_Block(n, offset, length))
         calls = []
-        limit = self._max_bytes - _REQUEST_OVERHEAD
-        budget = max(1, self._part_bytes - _REQUEST_OVERHEAD)
+        budget, limit = self._part_budget()
         for shard, blocks in enumerate(per_shard):
             for chunk in _chunks(_split_ranges(blocks, limit, dtype.itemsize),
                                  budget, dtype.itemsize, limit):
@@ -453,6 +452,11 @@ class Client:
 
     # -------------------------------------------------------------- internals
 
+    def _part_budget(self) -> Tuple[int, int]:
+        """Bytes of slices per request: (a part's, a message's limit)."""
+        return (max(1, self._part_bytes - _REQUEST_OVERHEAD),
+                self._max_bytes - _REQUEST_OVERHEAD)
+
     def _size(self, name: str) -> int:
         shape = self.shape(name)
         return int(np.prod(shape, dtype=np.int64)) if shape else 1
@@ -476,8 +480,7 @@ class Client:
                 per_shard[shard].append(_Block(name, offset, length))
         # Both the request (gradients) and the answer (values) must fit.
         width = max(dtype.itemsize, pull_dtype.itemsize if method == "PushPull" else 0)
-        limit = self._max_bytes - _REQUEST_OVERHEAD
-        budget = max(1, self._part_bytes - _REQUEST_OVERHEAD)
+        budget, limit = self._part_budget()
         lanes: List[List[List[_Block]]] = [
             _chunks(blocks, budget, width, limit) for blocks in per_shard
         ]
