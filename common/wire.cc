@@ -242,18 +242,26 @@ absl::Status DecodeValues(v1::DType dtype, std::string_view data,
   return DecodeValues(dtype, data, out, nullptr);
 }
 
-absl::Status DecodeValues(v1::DType dtype, std::string_view data,
-                          std::span<float> out, bool* all_finite) {
+absl::Status CheckEncodedSize(v1::DType dtype, size_t bytes, size_t values) {
   if (!v1::DType_IsValid(dtype)) {
     return absl::InvalidArgumentError(
         absl::StrCat("unknown dtype ", static_cast<int>(dtype),
                      "; use FLOAT32, BFLOAT16 or FLOAT16"));
   }
   const size_t width = BytesPerValue(dtype);
-  if (data.size() != out.size() * width) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "data holds ", data.size(), " bytes but length ", out.size(), " of ",
-        v1::DType_Name(dtype), " needs ", out.size() * width));
+  if (bytes != values * width) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("data holds ", bytes, " bytes but length ", values, " of ",
+                     v1::DType_Name(dtype), " needs ", values * width));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status DecodeValues(v1::DType dtype, std::string_view data,
+                          std::span<float> out, bool* all_finite) {
+  if (absl::Status status = CheckEncodedSize(dtype, data.size(), out.size());
+      !status.ok()) {
+    return status;
   }
   switch (dtype) {
     case v1::BFLOAT16:

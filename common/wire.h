@@ -18,6 +18,10 @@ namespace ps {
 // 4 for FLOAT32, 2 for BFLOAT16 and FLOAT16.
 size_t BytesPerValue(v1::DType dtype);
 
+// OK when `dtype` is known and `bytes` bytes hold exactly `values` values
+// of it; else INVALID_ARGUMENT saying what is wrong.
+absl::Status CheckEncodedSize(v1::DType dtype, size_t bytes, size_t values);
+
 // Decodes out.size() values of `dtype` from `data`.
 // INVALID_ARGUMENT if data does not hold exactly that many whole values or
 // the dtype is unknown; `out` is then unspecified.

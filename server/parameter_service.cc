@@ -1,7 +1,6 @@
 #include "server/parameter_service.h"
 
 #include <grpcpp/support/proto_buffer_reader.h>
-#include <grpcpp/support/slice.h>
 
 #include <atomic>
 #include <memory>
@@ -9,65 +8,18 @@
 #include <utility>
 #include <vector>
 
+#include "common/slice_buffers.h"
 #include "common/status.h"
 
 namespace ps {
 namespace {
 
-void AppendVarint(uint64_t value, std::string& out) {
-  while (value >= 0x80) {
-    out.push_back(static_cast<char>(value | 0x80));
-    value >>= 7;
-  }
-  out.push_back(static_cast<char>(value));
-}
-
-size_t VarintSize(uint64_t value) {
-  size_t size = 1;
-  while (value >= 0x80) {
-    value >>= 7;
-    ++size;
-  }
-  return size;
-}
-
-// Serializes `answer` as a PullResponse whose values' data are sent from the
-// strings they were encoded into (their ownership moves to the buffer);
-// only the small headers are copied. Returns the bytes it holds.
-size_t ToByteBuffer(v1::PullResponse& answer, grpc::ByteBuffer* out) {
-  constexpr char kValuesTag = (1 << 3) | 2;  // PullResponse.values
-  constexpr char kDataTag = (5 << 3) | 2;    // Slice.data
-  std::vector<grpc::Slice> slices;
-  std::string header;
-  size_t total = 0;
-  for (v1::Slice& slice : *answer.mutable_values()) {
-    // Null when the data was never set.
-    std::unique_ptr<std::string> data(slice.release_data());
-    const size_t data_size = data == nullptr ? 0 : data->size();
-    const size_t rest = slice.ByteSizeLong();  // without data
-    const size_t data_field =
-        data_size == 0 ? 0 : 1 + VarintSize(data_size) + data_size;
-    header.push_back(kValuesTag);
-    AppendVarint(rest + data_field, header);
-    slice.AppendToString(&header);
-    if (data_size == 0) continue;
-    header.push_back(kDataTag);
-    AppendVarint(data_size, header);
-    total += header.size() + data_size;
-    slices.emplace_back(header.data(), header.size());
-    header.clear();
-    std::string* owned = data.release();
-    slices.emplace_back(
-        owned->data(), data_size,
-        [](void* string) { delete static_cast<std::string*>(string); }, owned);
-  }
-  if (!header.empty()) {
-    total += header.size();
-    slices.emplace_back(header.data(), header.size());
-  }
-  grpc::ByteBuffer buffer(slices.data(), slices.size());
-  out->Swap(&buffer);
-  return total;
+// Parses a request as gRPC's generated handlers do.
+bool ParseRequest(const grpc::ByteBuffer& request,
+                  google::protobuf::MessageLite* message) {
+  grpc::ByteBuffer bytes(request);  // shares the slices
+  grpc::ProtoBufferReader reader(&bytes);
+  return reader.status().ok() && message->ParseFromZeroCopyStream(&reader);
 }
 
 // What a push's completion and its reactor share: whichever of the two
@@ -143,15 +95,23 @@ grpc::ServerUnaryReactor* ParameterServiceImpl::CreateVariable(
 }
 
 grpc::ServerUnaryReactor* ParameterServiceImpl::Pull(
-    grpc::CallbackServerContext* context, const v1::PullRequest* request,
-    v1::PullResponse* response) {
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
+  // The request is small: parsed as gRPC's generated handler would.
+  v1::PullRequest pull;
+  if (!ParseRequest(*request, &pull)) {
+    return FinishNow(context, absl::InvalidArgumentError(
+                                  "the request is not a ps.v1.PullRequest "
+                                  "(cannot parse it)"));
+  }
   if (auto who = auth_->Check(*context, Role::kWorker); !who.ok()) {
     return FinishNow(context, who.status());
   }
-  absl::Status status = store_->Pull(*request, response);
+  v1::PullResponse answer;
+  absl::Status status = store_->Pull(pull, &answer);
   if (status.ok()) {
-    store_->stats().RecordPull(request->ByteSizeLong(),
-                               response->ByteSizeLong());
+    const size_t bytes_out = ToByteBuffer(answer, response);
+    store_->stats().RecordPull(request->Length(), bytes_out);
   }
   return FinishNow(context, status);
 }
@@ -167,12 +127,7 @@ grpc::ServerUnaryReactor* ParameterServiceImpl::PushPull(
     grpc::ByteBuffer* response) {
   // What gRPC's generated handler would do: parse into a fresh message.
   v1::PushRequest push;
-  bool parsed;
-  {
-    grpc::ByteBuffer bytes(*request);  // shares the slices
-    grpc::ProtoBufferReader reader(&bytes);
-    parsed = reader.status().ok() && push.ParseFromZeroCopyStream(&reader);
-  }
+  const bool parsed = ParseRequest(*request, &push);
   // The received bytes are not read again: release them now rather than
   // when the answer has been sent, so a call holds one copy of its payload.
   // The request is this handler's (gRPC only destroys it when done).

@@ -13,11 +13,12 @@
 
 namespace ps {
 
-// PushPull is served raw: its answer is sent from the buffers the values
-// were encoded into, without a serialization copy.
+// Pull and PushPull are served raw: their answers are sent from the
+// buffers the values were encoded into, without a serialization copy.
 class ParameterServiceImpl final
-    : public v1::ParameterService::WithRawCallbackMethod_PushPull<
-          v1::ParameterService::CallbackService> {
+    : public v1::ParameterService::WithRawCallbackMethod_Pull<
+          v1::ParameterService::WithRawCallbackMethod_PushPull<
+              v1::ParameterService::CallbackService>> {
  public:
   // REQUIRES: store and auth outlive the service.
   ParameterServiceImpl(VariableStore* store, const Authenticator* auth,
@@ -35,9 +36,10 @@ class ParameterServiceImpl final
   grpc::ServerUnaryReactor* Push(grpc::CallbackServerContext* context,
                                  const v1::PushRequest* request,
                                  v1::PushResponse* response) override;
+  // A PullRequest in, a PullResponse out.
   grpc::ServerUnaryReactor* Pull(grpc::CallbackServerContext* context,
-                                 const v1::PullRequest* request,
-                                 v1::PullResponse* response) override;
+                                 const grpc::ByteBuffer* request,
+                                 grpc::ByteBuffer* response) override;
   // A PushRequest in, a PullResponse out.
   grpc::ServerUnaryReactor* PushPull(grpc::CallbackServerContext* context,
                                      const grpc::ByteBuffer* request,
