@@ -1,6 +1,7 @@
 #include "client/client.h"
 
 #include <grpcpp/alarm.h>
+#include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 
 #include <algorithm>
@@ -19,6 +20,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
 #include "client/request_split.h"
+#include "common/slice_buffers.h"
 #include "common/status.h"
 #include "proto/ps/v1/ps.grpc.pb.h"
 #include "spdlog/spdlog.h"
@@ -32,8 +34,6 @@ using client_internal::Part;
 using client_internal::PullItem;
 using client_internal::PushItem;
 using client_internal::ShardParts;
-using Stub = v1::ParameterService::Stub;
-using AsyncStub = v1::ParameterService::StubInterface::async_interface;
 using Outputs = std::shared_ptr<const std::vector<std::span<float>>>;
 
 bool Retryable(const grpc::Status& status) {
@@ -115,33 +115,94 @@ std::string RandomWorkerId() {
       "worker-", absl::Hex(absl::Uniform<uint64_t>(gen), absl::kZeroPad16));
 }
 
+// One channel to a shard, with a stub for each kind of call: the generated
+// one, and a generic one for the calls whose messages are mostly slice data
+// (Push, Pull, PushPull), which go as raw bytes: gradients are sent from the
+// strings they were encoded into, and answers decoded from where they were
+// received, without protobuf's serialization and parse copies (see
+// common/slice_buffers.h).
+struct ShardStub {
+  std::unique_ptr<v1::ParameterService::Stub> typed;
+  std::unique_ptr<grpc::GenericStub> raw;
+};
+
+// The methods of ParameterService in ps.proto, as gRPC names them.
+constexpr char kPushMethod[] = "/ps.v1.ParameterService/Push";
+constexpr char kPullMethod[] = "/ps.v1.ParameterService/Pull";
+constexpr char kPushPullMethod[] = "/ps.v1.ParameterService/PushPull";
+
+// A push request as it goes on the wire: the request without its gradients'
+// data, and its serialized bytes, which hold the data (every attempt sends
+// the same bytes).
+struct EncodedPush {
+  v1::PushRequest head;
+  grpc::ByteBuffer bytes;
+};
+
+EncodedPush EncodePush(v1::PushRequest request) {
+  EncodedPush encoded;
+  encoded.head = std::move(request);
+  ToByteBuffer(encoded.head, &encoded.bytes);
+  return encoded;
+}
+
+// Parses a raw answer into *response when the call succeeded.
+grpc::Status ReadAnswer(grpc::Status status, const grpc::ByteBuffer& answer,
+                        ReceivedSlices* response) {
+  if (status.ok() && !ReadPullResponse(answer, response)) {
+    return grpc::Status(grpc::StatusCode::INTERNAL,
+                        "the shard's answer is not a ps.v1.PullResponse");
+  }
+  return status;
+}
+
 // The stub methods a ShardCall can run, by request and response type.
-void CallGetClusterInfo(AsyncStub* stub, grpc::ClientContext* context,
+void CallGetClusterInfo(ShardStub* stub, grpc::ClientContext* context,
                         const v1::GetClusterInfoRequest* request,
                         v1::ClusterInfo* response,
                         std::function<void(grpc::Status)> done) {
-  stub->GetClusterInfo(context, request, response, std::move(done));
+  stub->typed->async()->GetClusterInfo(context, request, response,
+                                       std::move(done));
 }
-void CallCreateVariable(AsyncStub* stub, grpc::ClientContext* context,
+void CallCreateVariable(ShardStub* stub, grpc::ClientContext* context,
                         const v1::CreateVariableRequest* request,
                         v1::CreateVariableResponse* response,
                         std::function<void(grpc::Status)> done) {
-  stub->CreateVariable(context, request, response, std::move(done));
+  stub->typed->async()->CreateVariable(context, request, response,
+                                       std::move(done));
 }
-void CallPush(AsyncStub* stub, grpc::ClientContext* context,
-              const v1::PushRequest* request, v1::PushResponse* response,
+// The answer (an empty PushResponse) is not read.
+void CallPush(ShardStub* stub, grpc::ClientContext* context,
+              const EncodedPush* request, grpc::ByteBuffer* response,
               std::function<void(grpc::Status)> done) {
-  stub->Push(context, request, response, std::move(done));
+  stub->raw->UnaryCall(context, kPushMethod, grpc::StubOptions(),
+                       &request->bytes, response, std::move(done));
 }
-void CallPull(AsyncStub* stub, grpc::ClientContext* context,
-              const v1::PullRequest* request, v1::PullResponse* response,
+void CallPull(ShardStub* stub, grpc::ClientContext* context,
+              const v1::PullRequest* request, ReceivedSlices* response,
               std::function<void(grpc::Status)> done) {
-  stub->Pull(context, request, response, std::move(done));
+  // The request is small: serialized as protobuf would.
+  auto buffers =
+      std::make_shared<std::pair<grpc::ByteBuffer, grpc::ByteBuffer>>();
+  grpc::Slice bytes(request->SerializeAsString());
+  buffers->first = grpc::ByteBuffer(&bytes, 1);
+  stub->raw->UnaryCall(
+      context, kPullMethod, grpc::StubOptions(), &buffers->first,
+      &buffers->second,
+      [buffers, response, done = std::move(done)](grpc::Status status) {
+        done(ReadAnswer(std::move(status), buffers->second, response));
+      });
 }
-void CallPushPull(AsyncStub* stub, grpc::ClientContext* context,
-                  const v1::PushRequest* request, v1::PullResponse* response,
+void CallPushPull(ShardStub* stub, grpc::ClientContext* context,
+                  const EncodedPush* request, ReceivedSlices* response,
                   std::function<void(grpc::Status)> done) {
-  stub->PushPull(context, request, response, std::move(done));
+  auto answer = std::make_shared<grpc::ByteBuffer>();
+  stub->raw->UnaryCall(
+      context, kPushPullMethod, grpc::StubOptions(), &request->bytes,
+      answer.get(),
+      [answer, response, done = std::move(done)](grpc::Status status) {
+        done(ReadAnswer(std::move(status), *answer, response));
+      });
 }
 
 // Sends one shard's pushes in the order they were issued, numbering each
@@ -211,14 +272,13 @@ class PushLane {
 struct Shard {
   std::string address;
   std::optional<uint32_t> index;  // known once connected
-  std::vector<std::unique_ptr<Stub>> stubs;
+  std::vector<ShardStub> stubs;   // one per channel
   std::atomic<size_t> next_stub{0};
   std::unique_ptr<PushLane> lane;
 
-  Stub* stub() {
-    return stubs[next_stub.fetch_add(1, std::memory_order_relaxed) %
-                 stubs.size()]
-        .get();
+  ShardStub* stub() {
+    return &stubs[next_stub.fetch_add(1, std::memory_order_relaxed) %
+                  stubs.size()];
   }
   std::string Name() const {
     return index.has_value()
@@ -325,7 +385,7 @@ namespace {
 template <typename Request, typename Response>
 class ShardCall {
  public:
-  using Method = void (*)(AsyncStub*, grpc::ClientContext*, const Request*,
+  using Method = void (*)(ShardStub*, grpc::ClientContext*, const Request*,
                           Response*, std::function<void(grpc::Status)>);
   using Done =
       absl::AnyInvocable<void(const grpc::Status&, const Request&, Response&)>;
@@ -352,7 +412,7 @@ class ShardCall {
     context_ = std::make_unique<grpc::ClientContext>();
     core_->PrepareContext(context_.get());
     response_.Clear();
-    method_(core_->shards[shard_]->stub()->async(), context_.get(), &request_,
+    method_(core_->shards[shard_]->stub(), context_.get(), &request_,
             &response_,
             [this](grpc::Status status) { OnDone(std::move(status)); });
   }
@@ -572,26 +632,27 @@ void ClientCore::StartPush(std::vector<PushItem> items, Outputs outputs,
       sends.push_back([this, fanout, s, part = std::move(part), outputs,
                        pull_dtype](uint64_t seq) mutable {
         part.request.set_seq(seq);
+        EncodedPush request = EncodePush(std::move(part.request));
         if (outputs == nullptr) {
-          ShardCall<v1::PushRequest, v1::PushResponse>::Start(
-              this, s, std::move(part.request), &CallPush,
-              [this, fanout, s](const grpc::Status& status,
-                                const v1::PushRequest&, v1::PushResponse&) {
+          ShardCall<EncodedPush, grpc::ByteBuffer>::Start(
+              this, s, std::move(request), &CallPush,
+              [this, fanout, s](const grpc::Status& status, const EncodedPush&,
+                                grpc::ByteBuffer&) {
                 shards[s]->lane->Release();
                 fanout->Finish(s, FromGrpcStatus(status));
               });
           return;
         }
-        ShardCall<v1::PushRequest, v1::PullResponse>::Start(
-            this, s, std::move(part.request), &CallPushPull,
+        ShardCall<EncodedPush, ReceivedSlices>::Start(
+            this, s, std::move(request), &CallPushPull,
             [this, fanout, s, items = std::move(part.items), outputs,
-             pull_dtype](const grpc::Status& status,
-                         const v1::PushRequest& request,
-                         v1::PullResponse& response) {
+             pull_dtype](const grpc::Status& status, const EncodedPush& request,
+                         ReceivedSlices& response) {
               absl::Status result = FromGrpcStatus(status);
               if (result.ok()) {
-                result = DecodeAnswer(request.gradients(), items, pull_dtype,
-                                      response.values(), *outputs);
+                result = DecodeAnswer(request.head.gradients(), items,
+                                      pull_dtype, response.message.values(),
+                                      response.data, *outputs);
               }
               shards[s]->lane->Release();
               fanout->Finish(s, std::move(result));
@@ -612,15 +673,16 @@ void ClientCore::StartPull(std::vector<PullItem> items, Outputs outputs,
   const v1::DType dtype = pull_options.dtype;
   for (size_t s = 0; s < parts->size(); ++s) {
     for (Part<v1::PullRequest>& part : (*parts)[s]) {
-      ShardCall<v1::PullRequest, v1::PullResponse>::Start(
+      ShardCall<v1::PullRequest, ReceivedSlices>::Start(
           this, s, std::move(part.request), &CallPull,
           [fanout, s, items = std::move(part.items), outputs, dtype](
               const grpc::Status& status, const v1::PullRequest& request,
-              v1::PullResponse& response) {
+              ReceivedSlices& response) {
             absl::Status result = FromGrpcStatus(status);
             if (result.ok()) {
               result = DecodeAnswer(request.slices(), items, dtype,
-                                    response.values(), *outputs);
+                                    response.message.values(), response.data,
+                                    *outputs);
             }
             fanout->Finish(s, std::move(result));
           });
@@ -664,8 +726,10 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(
     auto shard = std::make_unique<Shard>();
     shard->address = address;
     for (int c = 0; c < options.channels_per_shard; ++c) {
-      shard->stubs.push_back(v1::ParameterService::NewStub(
-          grpc::CreateCustomChannel(address, credentials, args)));
+      std::shared_ptr<grpc::Channel> channel =
+          grpc::CreateCustomChannel(address, credentials, args);
+      shard->stubs.push_back({v1::ParameterService::NewStub(channel),
+                              std::make_unique<grpc::GenericStub>(channel)});
     }
     shard->lane =
         std::make_unique<PushLane>(first_seq, options.parts_in_flight);

@@ -244,7 +244,12 @@ absl::Status DecodeAnswer(
     const google::protobuf::RepeatedPtrField<v1::Slice>& asked,
     std::span<const size_t> items, v1::DType dtype,
     const google::protobuf::RepeatedPtrField<v1::Slice>& answer,
+    std::span<const ScatteredBytes> data,
     std::span<const std::span<float>> outputs) {
+  if (!data.empty() && data.size() != static_cast<size_t>(answer.size())) {
+    return absl::InternalError(absl::StrCat(
+        "answer holds ", answer.size(), " slices but ", data.size(), " data"));
+  }
   if (answer.size() != asked.size()) {
     return absl::InternalError(absl::StrCat("answer holds ", answer.size(),
                                             " slices for ", asked.size(),
@@ -293,8 +298,10 @@ absl::Status DecodeAnswer(
       return absl::InternalError(absl::StrCat("slice ", DescribeSlice(want),
                                               " lies outside the output"));
     }
-    absl::Status decoded = DecodeValues(
-        dtype, got.data(), out.subspan(want.offset(), want.length()));
+    std::span<float> into = out.subspan(want.offset(), want.length());
+    absl::Status decoded =
+        data.empty() ? DecodeValues(dtype, got.data(), into)
+                     : DecodeValues(dtype, data[static_cast<size_t>(j)], into);
     if (!decoded.ok()) {
       return absl::InternalError(absl::StrCat(
           "answer slice ", DescribeSlice(got), ": ", decoded.message()));

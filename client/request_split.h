@@ -14,6 +14,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "common/partition.h"
+#include "common/slice_buffers.h"
 #include "google/protobuf/repeated_field.h"
 #include "proto/ps/v1/ps.pb.h"
 
@@ -83,12 +84,15 @@ absl::StatusOr<std::vector<v1::CreateVariableRequest>> SplitCreate(
 
 // Checks that `answer` holds exactly one slice for each slice in `asked`
 // (same variable, offset and length; dtype `dtype`), in any order, and
-// decodes each into outputs[items[i]] at its offset.
+// decodes each into outputs[items[i]] at its offset. data[j] holds the
+// bytes of answer[j].data (see ReadPullResponse); when `data` is empty they
+// are read from `answer`.
 // INTERNAL when the answer does not match or its data cannot be decoded.
 absl::Status DecodeAnswer(
     const google::protobuf::RepeatedPtrField<v1::Slice>& asked,
     std::span<const size_t> items, v1::DType dtype,
     const google::protobuf::RepeatedPtrField<v1::Slice>& answer,
+    std::span<const ScatteredBytes> data,
     std::span<const std::span<float>> outputs);
 
 // Number of values of a tensor with `shape` (1 for no dimensions), or

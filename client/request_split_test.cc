@@ -277,7 +277,8 @@ class DecodeAnswerTest : public ::testing::Test {
 
   absl::Status Decode(const v1::PullResponse& answer) {
     const std::span<float> outputs[] = {std::span<float>(out_)};
-    return DecodeAnswer(asked_, items_, v1::FLOAT32, answer.values(), outputs);
+    return DecodeAnswer(asked_, items_, v1::FLOAT32, answer.values(), {},
+                        outputs);
   }
 
   google::protobuf::RepeatedPtrField<v1::Slice> asked_;
