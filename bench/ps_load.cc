@@ -28,7 +28,9 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iostream>
+#include <iterator>
 #include <memory>
 #include <optional>
 #include <string>
@@ -264,6 +266,25 @@ Memory ReadMemory(pid_t pid) {
   return memory;
 }
 
+// CPU seconds a process has used (user + system, all threads).
+double ReadCpuSeconds(pid_t pid) {
+  std::ifstream stat(absl::StrCat("/proc/", pid, "/stat"));
+  std::string text((std::istreambuf_iterator<char>(stat)),
+                   std::istreambuf_iterator<char>());
+  // The command name (field 2) may hold spaces; fields 14 and 15 (utime,
+  // stime) count from the ')' that ends it: fields 3.. follow.
+  const size_t close = text.rfind(')');
+  if (close == std::string::npos) return 0;
+  std::vector<absl::string_view> fields = absl::StrSplit(
+      absl::string_view(text).substr(close + 1), ' ', absl::SkipEmpty());
+  uint64_t utime = 0, stime = 0;
+  if (fields.size() < 13 || !absl::SimpleAtoi(fields[11], &utime) ||
+      !absl::SimpleAtoi(fields[12], &stime)) {
+    return 0;
+  }
+  return static_cast<double>(utime + stime) / sysconf(_SC_CLK_TCK);
+}
+
 // --- the load ----------------------------------------------------------------
 
 enum class Op { kPush, kPull, kPushPull };
@@ -274,7 +295,12 @@ struct RunResult {
   uint64_t wire_bytes = 0;  // payload: request + answer values
   double p50_us = 0;
   double p99_us = 0;
+  double server_cpu_s = 0;  // the servers' CPU time over the measured calls
   double gbps() const { return wire_bytes / seconds / 1e9; }
+  // Server CPU seconds per GB of payload.
+  double cpu_s_per_gb() const {
+    return wire_bytes == 0 ? 0 : server_cpu_s / (wire_bytes / 1e9);
+  }
   double calls_per_s() const { return calls / seconds; }
 };
 
@@ -315,8 +341,10 @@ absl::StatusOr<std::vector<std::unique_ptr<ps::Client>>> Connect(
   return clients;
 }
 
+// `server_cpu` reads the servers' CPU seconds so far (0 when unknown).
 absl::StatusOr<RunResult> RunLoad(
-    std::vector<std::unique_ptr<ps::Client>>& clients, const Load& load) {
+    std::vector<std::unique_ptr<ps::Client>>& clients, const Load& load,
+    const std::function<double()>& server_cpu) {
   const size_t width = load.dtype == ps::v1::FLOAT32 ? 4 : 2;
   uint64_t bytes_per_call = 0;
   switch (load.op) {
@@ -373,12 +401,14 @@ absl::StatusOr<RunResult> RunLoad(
   absl::SleepFor(absl::Seconds(load.warmup));
   phase = 1;
   const absl::Time start = absl::Now();
+  const double cpu_start = server_cpu();
   absl::SleepFor(absl::Seconds(load.seconds));
   // Calls that end after this point are counted too; the time runs until
   // the last one ends, so throughput stays exact.
   phase = 2;
   for (std::thread& t : threads) t.join();
   const double elapsed = absl::ToDoubleSeconds(absl::Now() - start);
+  const double cpu_end = server_cpu();
   for (const std::string& e : errors) {
     if (!e.empty()) {
       return absl::UnknownError(absl::StrCat("a call failed: ", e));
@@ -388,6 +418,7 @@ absl::StatusOr<RunResult> RunLoad(
   for (const auto& l : latencies) all.insert(all.end(), l.begin(), l.end());
   RunResult result;
   result.seconds = elapsed;
+  result.server_cpu_s = cpu_end - cpu_start;
   result.calls = all.size();
   result.wire_bytes = result.calls * bytes_per_call;
   if (!all.empty()) {
@@ -407,12 +438,14 @@ double Median(std::vector<double> v) {
 
 struct Summary {
   double gbps = 0, calls_per_s = 0, values_per_s = 0, p50_us = 0, p99_us = 0;
+  double cpu_s_per_gb = 0;
 };
 
 Summary Summarize(const std::vector<RunResult>& runs, uint64_t values, Op op) {
-  std::vector<double> gbps, calls, p50, p99;
+  std::vector<double> gbps, calls, p50, p99, cpu;
   for (const RunResult& r : runs) {
     gbps.push_back(r.gbps());
+    cpu.push_back(r.cpu_s_per_gb());
     calls.push_back(r.calls_per_s());
     p50.push_back(r.p50_us);
     p99.push_back(r.p99_us);
@@ -424,6 +457,7 @@ Summary Summarize(const std::vector<RunResult>& runs, uint64_t values, Op op) {
   s.values_per_s = s.calls_per_s * values;
   s.p50_us = Median(p50);
   s.p99_us = Median(p99);
+  s.cpu_s_per_gb = Median(cpu);
   (void)op;
   return s;
 }
@@ -587,12 +621,22 @@ int main(int argc, char** argv) {
     echo_clients = *std::move(connected);
   }
 
+  auto cpu_of = [](const std::vector<std::unique_ptr<Child>>& children) {
+    return [&children] {
+      double seconds = 0;
+      for (const auto& child : children) seconds += ReadCpuSeconds(child->pid);
+      return seconds;
+    };
+  };
+  const std::function<double()> ours_cpu = cpu_of(ours_children);
+  const std::function<double()> echo_cpu = cpu_of(echo_children);
+
   std::vector<RunResult> ours_runs, echo_runs;
   std::vector<uint64_t> rss_after_run;
   uint64_t peak = 0;
   for (int r = 0; r < runs; ++r) {
     // Returning (not exiting) on failure stops the children.
-    absl::StatusOr<RunResult> ours_run = RunLoad(*ours_clients, load);
+    absl::StatusOr<RunResult> ours_run = RunLoad(*ours_clients, load, ours_cpu);
     if (!ours_run.ok()) return Fail(ours_run.status().message());
     ours_runs.push_back(*ours_run);
     uint64_t rss = 0;
@@ -604,7 +648,8 @@ int main(int argc, char** argv) {
     }
     rss_after_run.push_back(rss);
     if (echo) {
-      absl::StatusOr<RunResult> echo_run = RunLoad(echo_clients, load);
+      absl::StatusOr<RunResult> echo_run =
+          RunLoad(echo_clients, load, echo_cpu);
       if (!echo_run.ok()) return Fail(echo_run.status().message());
       echo_runs.push_back(*echo_run);
     }
@@ -614,6 +659,11 @@ int main(int argc, char** argv) {
   const Summary echo_summary = Summarize(echo_runs, load.values, load.op);
   const double ratio = echo ? ours.gbps / echo_summary.gbps : 0;
   const double p50_ratio = echo ? ours.p50_us / echo_summary.p50_us : 0;
+  // Server CPU per byte: ours over echo (with --servers, ours is unknown).
+  const bool have_cpu = !ours_children.empty() && echo;
+  const double cpu_ratio = have_cpu && echo_summary.cpu_s_per_gb > 0
+                               ? ours.cpu_s_per_gb / echo_summary.cpu_s_per_gb
+                               : 0;
   const uint64_t state_bytes = load.values * 4 * (1 + StateSlots(*optimizer));
   const double mib = 1 << 20;
   const bool have_rss = !ours_children.empty();
@@ -624,13 +674,15 @@ int main(int argc, char** argv) {
 
   if (absl::GetFlag(FLAGS_markdown_row)) {
     // | op | size | dtype | W | ours GB/s | echo GB/s | ratio | ours calls/s |
-    // ours p50 us | echo p50 us | p50 ratio | ours p99 us | RSS-state MiB |
+    // ours p50 us | echo p50 us | p50 ratio | ours p99 us |
+    // server CPU s/GB ours | echo | ratio | RSS-state MiB |
     std::cout << absl::StrFormat(
                      "| %s | %s | %s | %d | %.2f | %.2f | %.2f | %.0f | %.0f | "
-                     "%.0f | %.2f | %.0f | %s |",
+                     "%.0f | %.2f | %.0f | %.3f | %.3f | %.2f | %s |",
                      op, SizeName(*bytes), dtype, load.workers, ours.gbps,
                      echo_summary.gbps, ratio, ours.calls_per_s, ours.p50_us,
                      echo_summary.p50_us, p50_ratio, ours.p99_us,
+                     ours.cpu_s_per_gb, echo_summary.cpu_s_per_gb, cpu_ratio,
                      have_rss ? absl::StrFormat("%.0f / %.0f", rss_delta / mib,
                                                 state_bytes / mib)
                               : std::string("-"))
@@ -661,6 +713,11 @@ int main(int argc, char** argv) {
     std::cout << absl::StrFormat(
         "ratio  %9.2f (throughput, ours/echo); p50 %.2f (ours/echo)\n", ratio,
         p50_ratio);
+  }
+  if (have_cpu) {
+    std::cout << absl::StrFormat(
+        "server CPU per GB of payload: ours %.3f s, echo %.3f s, ratio %.2f\n",
+        ours.cpu_s_per_gb, echo_summary.cpu_s_per_gb, cpu_ratio);
   }
   if (have_rss) {
     std::cout << absl::StrFormat(

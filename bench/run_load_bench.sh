@@ -38,8 +38,8 @@ echo "PushPull through ps::Client, 1 shard, Adam, medians of $runs runs of" \
 echo
 echo "| op | size (fp32) | wire | workers | ours GB/s | echo GB/s | ratio |" \
   "ours calls/s | ours p50 µs | echo p50 µs | p50 ratio | ours p99 µs |" \
-  "server RSS / state MiB |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+  "ours CPU s/GB | echo CPU s/GB | CPU ratio | server RSS / state MiB |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 for size in $sizes; do
   for w in $workers; do
     load --value_bytes="$size" --workers="$w" --dtype=fp32 "${@}"
