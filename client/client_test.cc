@@ -509,6 +509,72 @@ TEST_F(ClientTest, RefusesAnAnswerThatDoesNotMatchTheRequest) {
   EXPECT_THAT(status.message(), HasSubstr("shard 0"));
 }
 
+// A shard whose Pull and PushPull answers are bytes that no PullResponse
+// parses to (a field whose length runs past the end).
+class GarbageAnswers final
+    : public v1::ParameterService::WithRawCallbackMethod_Pull<
+          v1::ParameterService::WithRawCallbackMethod_PushPull<
+              v1::ParameterService::CallbackService>> {
+ public:
+  grpc::ServerUnaryReactor* GetClusterInfo(grpc::CallbackServerContext* context,
+                                           const v1::GetClusterInfoRequest*,
+                                           v1::ClusterInfo* response) override {
+    response->set_num_shards(1);
+    response->set_block_size(4);
+    response->set_consistency("async");
+    return Finish(context);
+  }
+  grpc::ServerUnaryReactor* Pull(grpc::CallbackServerContext* context,
+                                 const grpc::ByteBuffer*,
+                                 grpc::ByteBuffer* response) override {
+    return Answer(context, response);
+  }
+  grpc::ServerUnaryReactor* PushPull(grpc::CallbackServerContext* context,
+                                     const grpc::ByteBuffer*,
+                                     grpc::ByteBuffer* response) override {
+    return Answer(context, response);
+  }
+
+ private:
+  static grpc::ServerUnaryReactor* Finish(
+      grpc::CallbackServerContext* context) {
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    reactor->Finish(grpc::Status::OK);
+    return reactor;
+  }
+  static grpc::ServerUnaryReactor* Answer(grpc::CallbackServerContext* context,
+                                          grpc::ByteBuffer* response) {
+    grpc::Slice bytes(std::string("\x0a\x64abc", 5));
+    *response = grpc::ByteBuffer(&bytes, 1);
+    return Finish(context);
+  }
+};
+
+TEST(ClientRawAnswerTest, AnAnswerThatDoesNotParseIsInternal) {
+  GarbageAnswers service;
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(),
+                           &port);
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  ASSERT_NE(server, nullptr);
+  ClientOptions options;
+  options.addresses = {absl::StrCat("127.0.0.1:", port)};
+  absl::StatusOr<std::unique_ptr<Client>> client = Client::Connect(options);
+  ASSERT_TRUE(client.ok()) << client.status();
+  std::vector<float> values(8);
+  const std::vector<float> gradient(8, 1.0f);
+  for (const absl::Status& status :
+       {(*client)->Pull("w", values),
+        (*client)->PushPull("w", gradient, values)}) {
+    EXPECT_EQ(status.code(), absl::StatusCode::kInternal) << status;
+    EXPECT_THAT(status.message(), HasSubstr("not a ps.v1.PullResponse"));
+  }
+  client->reset();
+  server->Shutdown();
+}
+
 TEST_F(ClientTest, EncodesBfloat16AndFloat16BothWays) {
   StartCluster(2, 4);
   auto client = Connect(Options());
