@@ -16,6 +16,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/synchronization/mutex.h"
 #include "common/cli.h"
 #include "common/optimizer_config.h"
 #include "server/server.h"
@@ -87,6 +88,10 @@ int main(int argc, char** argv) {
       "Example: ps_server --num_shards=2 --shard_index=0 --port=50051");
   ps::ParseCommandLineWithHelp(argc, argv);
   KeepMessageBuffers();
+  // Abseil's mutex deadlock detection, on in Debian's build, adds every
+  // lock acquisition made while holding another lock to one global graph:
+  // a debugging aid that the tests keep and the server does without.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   spdlog::set_default_logger(spdlog::stderr_color_mt("ps_server"));
 
   ps::ServerOptions options;
