@@ -1,14 +1,10 @@
 #include "tests/durability/shard_process.h"
 
 #include <arpa/inet.h>
-#include <fcntl.h>
 #include <netinet/in.h>
-#include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -70,8 +66,7 @@ std::string ReadFileOrEmpty(const std::string& path) {
 
 std::unique_ptr<ShardProcess> ShardProcess::Spawn(
     const ShardFlags& flags, int port, const std::string& stderr_path) {
-  std::vector<std::string> storage = {
-      kBinary,
+  std::vector<std::string> args = {
       "--host=127.0.0.1",
       absl::StrCat("--port=", port),
       absl::StrCat("--shard_index=", flags.shard_index),
@@ -82,101 +77,23 @@ std::unique_ptr<ShardProcess> ShardProcess::Spawn(
       absl::StrCat("--checkpoint_interval_s=", flags.checkpoint_interval_s),
   };
   if (!flags.checkpoint_dir.empty()) {
-    storage.push_back(absl::StrCat("--checkpoint_dir=", flags.checkpoint_dir));
+    args.push_back(absl::StrCat("--checkpoint_dir=", flags.checkpoint_dir));
   }
-  storage.insert(storage.end(), flags.extra.begin(), flags.extra.end());
-  std::vector<char*> argv;
-  for (std::string& arg : storage) argv.push_back(arg.data());
-  argv.push_back(nullptr);
-
-  int out[2];
-  if (::pipe2(out, O_CLOEXEC) != 0) return nullptr;
-  const int err = ::open(stderr_path.c_str(),
-                         O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (err < 0) {
-    ::close(out[0]);
-    ::close(out[1]);
-    return nullptr;
-  }
-  // Only async-signal-safe calls between fork and exec.
-  const pid_t parent = ::getpid();
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (::getppid() != parent) ::_exit(127);
-    ::dup2(out[1], STDOUT_FILENO);
-    ::dup2(err, STDERR_FILENO);
-    ::execv(kBinary, argv.data());
-    ::_exit(127);
-  }
-  ::close(out[1]);
-  ::close(err);
-  if (pid < 0) {
-    ::close(out[0]);
-    return nullptr;
-  }
+  args.insert(args.end(), flags.extra.begin(), flags.extra.end());
+  auto child = testutil::ChildProcess::Start(
+      kBinary, args, testutil::StderrTo::File(stderr_path));
+  if (child == nullptr) return nullptr;
   return std::unique_ptr<ShardProcess>(
-      new ShardProcess(pid, out[0], stderr_path));
-}
-
-ShardProcess::~ShardProcess() {
-  Kill();
-  ::close(stdout_);
+      new ShardProcess(std::move(child), stderr_path));
 }
 
 std::optional<std::string> ShardProcess::WaitListening(
     Clock::duration timeout) {
-  const auto deadline = Clock::now() + timeout;
-  while (true) {
-    const size_t newline = buffer_.find('\n');
-    if (newline != std::string::npos) {
-      std::string line = buffer_.substr(0, newline);
-      buffer_.erase(0, newline + 1);
-      if (!absl::StartsWith(line, kListening)) return std::nullopt;
-      return line.substr(kListening.size());
-    }
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-        deadline - Clock::now());
-    if (left.count() <= 0) return std::nullopt;
-    pollfd poll_fd{stdout_, POLLIN, 0};
-    const int ready = ::poll(&poll_fd, 1, static_cast<int>(left.count()));
-    if (ready < 0 && errno == EINTR) continue;
-    if (ready <= 0) return std::nullopt;
-    char chunk[4096];
-    const ssize_t n = ::read(stdout_, chunk, sizeof(chunk));
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return std::nullopt;
-    buffer_.append(chunk, static_cast<size_t>(n));
+  std::optional<std::string> line = child_->ReadLine(timeout);
+  if (!line.has_value() || !absl::StartsWith(*line, kListening)) {
+    return std::nullopt;
   }
-}
-
-void ShardProcess::Kill() {
-  if (exited_) return;
-  ::kill(pid_, SIGKILL);
-  int status = 0;
-  while (::waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
-  }
-  exited_ = true;
-}
-
-void ShardProcess::Signal(int signal_number) {
-  if (!exited_) ::kill(pid_, signal_number);
-}
-
-std::optional<int> ShardProcess::WaitForExit(Clock::duration timeout) {
-  const auto deadline = Clock::now() + timeout;
-  while (true) {
-    int status = 0;
-    const pid_t done = ::waitpid(pid_, &status, WNOHANG);
-    if (done == pid_) {
-      exited_ = true;
-      return status;
-    }
-    if (done < 0 && errno != EINTR) return std::nullopt;
-    if (Clock::now() >= deadline) return std::nullopt;
-    // There is no descriptor to wait on for a child's exit.
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
+  return line->substr(kListening.size());
 }
 
 ProcessCluster::ProcessCluster(std::string root, uint32_t num_shards,

@@ -18,12 +18,14 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "common/partition.h"
 #include "proto/ps/v1/ps.grpc.pb.h"
+#include "tests/testing/child_process.h"
 
 namespace ps::durability {
 
@@ -60,9 +62,10 @@ struct ShardFlags {
   std::vector<std::string> extra;
 };
 
-// One ps_server child process. stdout is a pipe (its first line names the
-// address); stderr goes to a file. The destructor SIGKILLs it if it still
-// runs; it also dies with the test process (PR_SET_PDEATHSIG).
+// One ps_server child process (a ChildProcess with the shard's flags). stdout
+// is a pipe (its first line names the address); stderr goes to a file. The
+// destructor SIGKILLs it if it still runs; it also dies with the test process
+// (PR_SET_PDEATHSIG).
 class ShardProcess {
  public:
   // Spawns ps_server with `flags` and --port=`port` (0: the server picks).
@@ -70,35 +73,35 @@ class ShardProcess {
   static std::unique_ptr<ShardProcess> Spawn(const ShardFlags& flags, int port,
                                              const std::string& stderr_path);
 
-  ~ShardProcess();
   ShardProcess(const ShardProcess&) = delete;
   ShardProcess& operator=(const ShardProcess&) = delete;
 
   // Waits for "listening on HOST:PORT" and returns HOST:PORT; nullopt when
-  // stdout closed (the process failed to start) or at the timeout.
+  // the first line says something else, when stdout closed (the process
+  // failed to start) or at the timeout.
   std::optional<std::string> WaitListening(Clock::duration timeout);
 
   // Sends SIGKILL and reaps the process.
-  void Kill();
+  void Kill() { child_->Kill(); }
   // Sends `signal_number`.
-  void Signal(int signal_number);
+  void Signal(int signal_number) { child_->Signal(signal_number); }
   // The wait status once it has exited; nullopt at the timeout.
-  std::optional<int> WaitForExit(Clock::duration timeout);
+  std::optional<int> WaitForExit(Clock::duration timeout) {
+    return child_->WaitForExit(timeout);
+  }
 
-  bool running() const { return !exited_; }
-  pid_t pid() const { return pid_; }
+  bool running() const { return child_->running(); }
+  pid_t pid() const { return child_->pid(); }
   const std::string& stderr_path() const { return stderr_path_; }
   std::string StderrText() const { return ReadFileOrEmpty(stderr_path_); }
 
  private:
-  ShardProcess(pid_t pid, int stdout_fd, std::string stderr_path)
-      : pid_(pid), stdout_(stdout_fd), stderr_path_(std::move(stderr_path)) {}
+  ShardProcess(std::unique_ptr<testutil::ChildProcess> child,
+               std::string stderr_path)
+      : child_(std::move(child)), stderr_path_(std::move(stderr_path)) {}
 
-  const pid_t pid_;
-  const int stdout_;
+  const std::unique_ptr<testutil::ChildProcess> child_;
   const std::string stderr_path_;
-  std::string buffer_;
-  bool exited_ = false;
 };
 
 // The values and per-block versions of a range of blocks.

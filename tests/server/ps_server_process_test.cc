@@ -1,17 +1,12 @@
 // The ps_server binary as real child processes: flags, the "listening on"
 // line, serving a 2-shard cluster, and graceful exit on signals.
-#include <fcntl.h>
 #include <gmock/gmock.h>
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
-#include <poll.h>
 #include <signal.h>
-#include <sys/prctl.h>
 #include <sys/wait.h>
-#include <unistd.h>
 
-#include <cerrno>
 #include <chrono>
 #include <future>
 #include <memory>
@@ -22,15 +17,18 @@
 #include <vector>
 
 #include "tests/server/raw_cluster.h"
+#include "tests/testing/child_process.h"
 
 namespace ps {
 namespace {
 
+using ::ps::testutil::ChildProcess;
 using ::ps::testutil::FinishedCalls;
 using ::ps::testutil::Iota;
 using ::ps::testutil::MakeContext;
 using ::ps::testutil::RawCluster;
 using ::ps::testutil::Snapshot;
+using ::ps::testutil::StderrTo;
 using ::testing::ElementsAreArray;
 using ::testing::HasSubstr;
 using Clock = std::chrono::steady_clock;
@@ -39,144 +37,22 @@ constexpr char kBinary[] = PS_SERVER_BINARY;
 constexpr auto kStartTimeout = std::chrono::seconds(20);
 constexpr auto kExitTimeout = std::chrono::seconds(15);
 
-// A child process with its stdout and stderr on pipes. The destructor kills
-// it if it still runs, and the child dies with the test process.
-class Child {
- public:
-  // Starts kBinary with `args` (argv[1..]).
-  static std::unique_ptr<Child> Start(const std::vector<std::string>& args) {
-    int out[2], err[2];
-    if (pipe2(out, O_CLOEXEC) != 0) return nullptr;
-    if (pipe2(err, O_CLOEXEC) != 0) {
-      close(out[0]);
-      close(out[1]);
-      return nullptr;
-    }
-    // Everything the child needs is built before fork: between fork and
-    // exec only async-signal-safe calls are allowed.
-    std::vector<std::string> storage = {kBinary};
-    storage.insert(storage.end(), args.begin(), args.end());
-    std::vector<char*> argv;
-    for (std::string& arg : storage) argv.push_back(arg.data());
-    argv.push_back(nullptr);
-    const pid_t parent = getpid();
-    const pid_t pid = fork();
-    if (pid == 0) {
-      prctl(PR_SET_PDEATHSIG, SIGKILL);
-      if (getppid() != parent) _exit(127);
-      dup2(out[1], STDOUT_FILENO);
-      dup2(err[1], STDERR_FILENO);
-      execv(kBinary, argv.data());
-      _exit(127);
-    }
-    close(out[1]);
-    close(err[1]);
-    if (pid < 0) {
-      close(out[0]);
-      close(err[0]);
-      return nullptr;
-    }
-    return std::unique_ptr<Child>(new Child(pid, out[0], err[0]));
-  }
-
-  ~Child() {
-    if (!exited_) {
-      kill(pid_, SIGKILL);
-      int status;
-      waitpid(pid_, &status, 0);
-    }
-    close(stdout_);
-    close(stderr_);
-  }
-
-  // The next line of stdout (without '\n'), or nullopt at EOF or timeout.
-  std::optional<std::string> ReadLine(Clock::duration timeout) {
-    const auto deadline = Clock::now() + timeout;
-    while (true) {
-      const size_t newline = out_buffer_.find('\n');
-      if (newline != std::string::npos) {
-        std::string line = out_buffer_.substr(0, newline);
-        out_buffer_.erase(0, newline + 1);
-        return line;
-      }
-      if (!ReadSome(stdout_, out_buffer_, deadline)) return std::nullopt;
-    }
-  }
-
-  // Everything on stderr until it closes (or the timeout).
-  std::string ReadAllStderr(Clock::duration timeout) {
-    const auto deadline = Clock::now() + timeout;
-    while (ReadSome(stderr_, err_buffer_, deadline)) {
-    }
-    return err_buffer_;
-  }
-  // Everything on stdout not yet read as a line, until it closes.
-  std::string ReadAllStdout(Clock::duration timeout) {
-    const auto deadline = Clock::now() + timeout;
-    while (ReadSome(stdout_, out_buffer_, deadline)) {
-    }
-    return out_buffer_;
-  }
-
-  void Signal(int signal_number) { kill(pid_, signal_number); }
-
-  // The wait status once the child has exited, or nullopt at the timeout.
-  std::optional<int> WaitForExit(Clock::duration timeout) {
-    const auto deadline = Clock::now() + timeout;
-    while (true) {
-      int status = 0;
-      const pid_t done = waitpid(pid_, &status, WNOHANG);
-      if (done == pid_) {
-        exited_ = true;
-        return status;
-      }
-      if (done < 0 && errno != EINTR) return std::nullopt;
-      if (Clock::now() >= deadline) return std::nullopt;
-      // Polling: there is no descriptor to wait on for a child's exit.
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
-  }
-
- private:
-  Child(pid_t pid, int out, int err) : pid_(pid), stdout_(out), stderr_(err) {}
-
-  // Appends what `fd` has to `buffer`, waiting until `deadline`; false at
-  // EOF, error or timeout.
-  static bool ReadSome(int fd, std::string& buffer,
-                       Clock::time_point deadline) {
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-        deadline - Clock::now());
-    if (left.count() <= 0) return false;
-    pollfd p = {.fd = fd, .events = POLLIN, .revents = 0};
-    const int ready = poll(&p, 1, static_cast<int>(left.count()));
-    if (ready < 0 && errno == EINTR) return true;
-    if (ready <= 0) return false;
-    char chunk[4096];
-    const ssize_t n = read(fd, chunk, sizeof(chunk));
-    if (n < 0 && errno == EINTR) return true;
-    if (n <= 0) return false;
-    buffer.append(chunk, static_cast<size_t>(n));
-    return true;
-  }
-
-  const pid_t pid_;
-  const int stdout_;
-  const int stderr_;
-  bool exited_ = false;
-  std::string out_buffer_;
-  std::string err_buffer_;
-};
+// Starts kBinary with `args` (argv[1..]), its stdout and stderr on pipes.
+std::unique_ptr<ChildProcess> StartServer(
+    const std::vector<std::string>& args) {
+  return ChildProcess::Start(kBinary, args, StderrTo::Pipe());
+}
 
 // A started shard and the address it printed.
 struct Shard {
-  std::unique_ptr<Child> child;
+  std::unique_ptr<ChildProcess> child;
   std::string address;
 };
 
 // Starts ps_server with `args` and reads its "listening on" line.
 Shard StartShard(const std::vector<std::string>& args) {
   Shard shard;
-  shard.child = Child::Start(args);
+  shard.child = StartServer(args);
   EXPECT_NE(shard.child, nullptr) << "cannot start " << kBinary;
   if (shard.child == nullptr) return shard;
   std::optional<std::string> line = shard.child->ReadLine(kStartTimeout);
@@ -196,7 +72,7 @@ Shard StartShard(const std::vector<std::string>& args) {
 }
 
 // Sends `signal_number` and expects exit status 0 within kExitTimeout.
-void ExpectCleanExit(Child& child, int signal_number) {
+void ExpectCleanExit(ChildProcess& child, int signal_number) {
   child.Signal(signal_number);
   std::optional<int> status = child.WaitForExit(kExitTimeout);
   ASSERT_TRUE(status.has_value()) << "still running after the signal";
@@ -399,7 +275,7 @@ TEST(PsServerProcessTest, BadFlagCombinationsExitWithOneLine) {
     SCOPED_TRACE(c.what);
     std::vector<std::string> args = {"--port=0"};
     args.insert(args.end(), c.args.begin(), c.args.end());
-    std::unique_ptr<Child> child = Child::Start(args);
+    std::unique_ptr<ChildProcess> child = StartServer(args);
     ASSERT_NE(child, nullptr);
     const std::string err = child->ReadAllStderr(kExitTimeout);
     const std::string out = child->ReadAllStdout(std::chrono::seconds(5));
@@ -414,7 +290,7 @@ TEST(PsServerProcessTest, BadFlagCombinationsExitWithOneLine) {
 }
 
 TEST(PsServerProcessTest, HelpListsEveryFlagAndExitsZero) {
-  std::unique_ptr<Child> child = Child::Start({"--help"});
+  std::unique_ptr<ChildProcess> child = StartServer({"--help"});
   ASSERT_NE(child, nullptr);
   const std::string out = child->ReadAllStdout(kExitTimeout);
   std::optional<int> status = child->WaitForExit(kExitTimeout);
