@@ -87,10 +87,11 @@ def worker_main(worker: int, num_workers: int, build_dir: str,
         import torch
         import torch.nn.functional as F
 
-        from psclient import Client
+        from psclient import Client, tune_malloc
         from psclient.torch import RemoteOptimizer
 
         torch.set_num_threads(1)
+        tune_malloc()  # keep the buffers of every call for reuse
         x, y, x_test, y_test = load_data(num_workers, worker)
         reports.put(("ready", worker))
         while True:
