@@ -15,7 +15,6 @@
 //   ps_load --servers=127.0.0.1:7000,127.0.0.1:7001 --op=pull
 #include <fcntl.h>
 #include <grpcpp/grpcpp.h>
-#include <malloc.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
 #include <sys/wait.h>
@@ -83,19 +82,14 @@ ABSL_FLAG(bool, echo, true, "also measure the echo server");
 ABSL_FLAG(bool, markdown_row, false,
           "print one markdown table row instead of the report");
 ABSL_FLAG(bool, server_logs, false, "let the children's stderr through");
+ABSL_FLAG(bool, tune_malloc, true,
+          "call ps::TuneMalloc() in this (the clients') process");
 ABSL_FLAG(bool, serve_echo, false,
           "internal: serve the echo ParameterService and print 'listening on "
           "HOST:PORT'");
 ABSL_FLAG(uint32_t, shard_index, 0, "internal (--serve_echo): shard index");
 
 namespace {
-
-// As ps_server does (see KeepMessageBuffers there): keep freed message
-// buffers in the heap rather than mapping fresh pages for every call.
-void KeepLargeAllocations() {
-  mallopt(M_MMAP_THRESHOLD, 32 << 20);
-  mallopt(M_TRIM_THRESHOLD, 256 << 20);
-}
 
 // --- the echo server ---------------------------------------------------------
 
@@ -156,7 +150,7 @@ class EchoService final : public ps::v1::ParameterService::CallbackService {
 };
 
 int ServeEcho() {
-  KeepLargeAllocations();
+  ps::TuneMalloc();  // as ps_server keeps its message buffers
   ps::v1::ClusterInfo info;
   info.set_shard_index(absl::GetFlag(FLAGS_shard_index));
   info.set_num_shards(absl::GetFlag(FLAGS_shards));
@@ -536,7 +530,7 @@ int main(int argc, char** argv) {
   ps::ParseCommandLineWithHelp(argc, argv);
   if (absl::GetFlag(FLAGS_serve_echo)) return ServeEcho();
   spdlog::set_level(spdlog::level::warn);
-  KeepLargeAllocations();
+  if (absl::GetFlag(FLAGS_tune_malloc)) ps::TuneMalloc();
 
   Load load;
   const std::string op = absl::GetFlag(FLAGS_op);
