@@ -104,6 +104,7 @@ int main(int argc, char** argv) {
       "Trains softmax regression through the parameter server.");
   ps::ParseCommandLineWithHelp(argc, argv);
   spdlog::set_default_logger(spdlog::stderr_color_mt("train_linear"));
+  ps::TuneMalloc();  // reuse the large buffers of every call
 
   auto optimizer = ps::ParseOptimizerConfig(absl::GetFlag(FLAGS_optimizer));
   if (!optimizer.ok()) {
