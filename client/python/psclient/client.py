@@ -26,9 +26,9 @@ from typing import (Any, Callable, Dict, Iterable, List, Mapping, Optional,
 
 import grpc
 import numpy as np
-from google.protobuf import text_format
+from google.protobuf import message, text_format
 
-from psclient import encoding
+from psclient import encoding, wire
 from psclient._stubs import ps_pb2, ps_pb2_grpc
 from psclient.encoding import DType
 from psclient.partition import PartitionPlan
@@ -126,12 +126,18 @@ def parse_optimizer(config: OptimizerLike) -> Optional["ps_pb2.OptimizerConfig"]
 
 @dataclasses.dataclass
 class _Call:
-    """One request to one shard, retried as a unit."""
+    """One request to one shard, retried as a unit.
+
+    With ``payload`` the request goes as those raw bytes (``request`` then
+    describes it without the data) and a Pull or PushPull answer is read
+    with :func:`psclient.wire.read_pull_response`.
+    """
 
     shard: int
     method: str
     request: Any
     attempts: int = 0
+    payload: Optional[bytes] = None
 
 
 @dataclasses.dataclass
@@ -232,6 +238,9 @@ class Client:
         self._addresses = addresses
         self._channels = channels
         self._stubs = [ps_pb2_grpc.ParameterServiceStub(c) for c in channels]
+        # Bytes in, bytes out: the calls whose messages are mostly values.
+        self._raw = [{m: c.unary_unary(f"/ps.v1.ParameterService/{m}")
+                      for m in ("Push", "Pull", "PushPull")} for c in channels]
         try:
             infos = self._call_all([
                 _Call(i, "GetClusterInfo", ps_pb2.GetClusterInfoRequest())
@@ -245,6 +254,7 @@ class Client:
         self._addresses = [addresses[i] for i in order]
         self._channels = [channels[i] for i in order]
         self._stubs = [self._stubs[i] for i in order]
+        self._raw = [self._raw[i] for i in order]
         self._info = infos[order[0]]
         self._plan = PartitionPlan(self._info.num_shards, self._info.block_size)
         # Seqs start at the clock so that a worker restarted with the same id
@@ -401,9 +411,10 @@ class Client:
                 for b in chunk:
                     request.slices.add(variable=b.variable, offset=b.offset,
                                        length=b.length)
-                calls.append(_Call(shard, "Pull", request))
+                calls.append(_Call(shard, "Pull", request,
+                                   payload=request.SerializeToString()))
         for call, answer in zip(calls, self._call_all(calls)):
-            self._scatter(call, call.request.slices, answer.values, outputs, versions)
+            self._scatter(call, call.request.slices, answer, outputs, versions)
         shaped = {n: outputs[n].reshape(self.shape(n)) for n in name_list}
         result: Any = shaped[name_list[0]] if single else shaped
         if return_versions:
@@ -503,17 +514,20 @@ class Client:
                         self._next_seq[shard] += 1
                         if loss is not None:
                             request.loss = float(loss)
+                        gradients = []
                         for b in part:
-                            request.gradients.add(
-                                variable=b.variable, offset=b.offset, length=b.length,
-                                dtype=int(dtype),
-                                data=encoding.encode(
-                                    flats[b.variable][b.offset:b.offset + b.length], dtype))
-                        calls.append(_Call(shard, method, request))
+                            header = ps_pb2.Slice(variable=b.variable, offset=b.offset,
+                                                  length=b.length, dtype=int(dtype))
+                            values = flats[b.variable][b.offset:b.offset + b.length]
+                            gradients.append((header, encoding.encode_view(values, dtype)))
+                        payload = wire.push_request_bytes(request, gradients)
+                        # The gradients' headers, to check the answer against.
+                        request.gradients.extend(header for header, _ in gradients)
+                        calls.append(_Call(shard, method, request, payload=payload))
                 answers = self._call_all(calls)
                 if method == "PushPull":
                     for call, answer in zip(calls, answers):
-                        self._scatter(call, call.request.gradients, answer.values,
+                        self._scatter(call, call.request.gradients, answer,
                                       outputs, versions)
         if method != "PushPull":
             return None
@@ -534,11 +548,20 @@ class Client:
                     f"answered {value.variable}[{value.offset}:+{value.length}] "
                     f"for {want.variable}[{want.offset}:+{want.length}]", address)
             try:
-                data = encoding.decode(value.data, value.length, DType(value.dtype))
+                encoding.decode_into(
+                    value.data, DType(value.dtype),
+                    outputs[value.variable][value.offset:value.offset + value.length])
             except ValueError as e:
                 raise PsError(grpc.StatusCode.INTERNAL, str(e), address) from e
-            outputs[value.variable][value.offset:value.offset + value.length] = data
             versions[value.variable][value.offset // self._plan.block_size] = value.version
+
+    def _read_answer(self, answer: bytes, call: _Call) -> Sequence[Any]:
+        try:
+            return wire.read_pull_response(answer)
+        except message.DecodeError as e:
+            raise PsError(grpc.StatusCode.INTERNAL,
+                          f"the shard's answer is not a ps.v1.PullResponse: {e}",
+                          self._addresses[call.shard]) from e
 
     def _call_all(self, calls: List[_Call]) -> List[Any]:
         """Runs every call in parallel, retrying UNAVAILABLE and DEADLINE_EXCEEDED.
@@ -554,9 +577,14 @@ class Client:
             for i in pending:
                 call = calls[i]
                 call.attempts += 1
-                stub_method: Callable[..., Any] = getattr(self._stubs[call.shard], call.method)
+                if call.payload is not None:
+                    stub_method: Callable[..., Any] = self._raw[call.shard][call.method]
+                    message = call.payload
+                else:
+                    stub_method = getattr(self._stubs[call.shard], call.method)
+                    message = call.request
                 futures.append((i, stub_method.future(
-                    call.request, timeout=self._timeout, metadata=self._metadata)))
+                    message, timeout=self._timeout, metadata=self._metadata)))
             failed: List[int] = []
             fatal: Optional[PsError] = None
             for i, future in futures:
@@ -572,6 +600,13 @@ class Client:
                                      calls[i].attempts, error.details)
                     elif fatal is None:
                         fatal = error
+                    continue
+                if calls[i].payload is not None and calls[i].method != "Push":
+                    try:
+                        answers[i] = self._read_answer(answers[i], calls[i])
+                    except PsError as error:
+                        if fatal is None:
+                            fatal = error
             if fatal is not None:
                 raise fatal
             pending = failed

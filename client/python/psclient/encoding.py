@@ -71,6 +71,35 @@ def encode(values: np.ndarray, dtype: DType = DType.FLOAT32) -> bytes:
     raise ValueError(f"unknown dtype {dtype!r}")
 
 
+def encode_view(values: np.ndarray, dtype: DType = DType.FLOAT32) -> np.ndarray:
+    """``values`` as wire bytes, in an array: for float32, the values
+    themselves when they are little-endian and contiguous (no copy)."""
+    if dtype == DType.FLOAT32:
+        return np.ascontiguousarray(values, dtype=_LE_F32).reshape(-1)
+    return np.frombuffer(encode(values, dtype), dtype=np.uint8)
+
+
+def decode_into(data: "bytes | memoryview", dtype: DType, out: np.ndarray) -> None:
+    """Writes the ``out.size`` values of wire bytes ``data`` into ``out``
+    (float32), converting once.
+
+    Raises ValueError when ``data`` does not hold exactly that many values.
+    """
+    dtype = DType(dtype)
+    if len(data) != out.size * dtype.itemsize:
+        raise ValueError(
+            f"data holds {len(data)} bytes but {out.size} values of "
+            f"{dtype.name} need {out.size * dtype.itemsize}")
+    if dtype == DType.FLOAT32:
+        out[...] = np.frombuffer(data, dtype=_LE_F32)
+        return
+    bits = np.frombuffer(data, dtype=_LE_U16)
+    if dtype == DType.BFLOAT16:
+        out[...] = bfloat16_bits_to_float32(bits)
+    else:
+        out[...] = bits.astype(np.uint16).view(np.float16)
+
+
 def decode(data: bytes, length: int, dtype: DType = DType.FLOAT32) -> np.ndarray:
     """``length`` float32 values from wire bytes of ``dtype``.
 
