@@ -160,6 +160,26 @@ class RetryTest(unittest.TestCase):
                 client.push_pull({"v": np.ones(3)})
         self.assertEqual(len(shard.attempts), 1)
 
+    def test_an_answer_that_does_not_parse_is_internal(self):
+        server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=4))
+        # Bytes that no PullResponse parses to (a field running past the end),
+        # for PushPull; the rest of the service as a shard answers it.
+        garbage = grpc.unary_unary_rpc_method_handler(
+            lambda request, context: b"\x0a\x64abc")
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            "ps.v1.ParameterService", {"PushPull": garbage}),))
+        ps_pb2_grpc.add_ParameterServiceServicer_to_server(
+            FlakyShard(0, grpc.StatusCode.OK), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        server.start()
+        self.addCleanup(server.stop, None)
+        with Client([f"127.0.0.1:{port}"], retry=FAST_RETRY) as client:
+            client.create_variable("v", shape=[3])
+            with self.assertRaises(PsError) as caught:
+                client.push_pull({"v": np.ones(3)})
+        self.assertEqual(caught.exception.code, grpc.StatusCode.INTERNAL)
+        self.assertIn("not a ps.v1.PullResponse", caught.exception.details)
+
     def test_unreachable_shard(self):
         with self.assertRaises(PsError) as caught, \
                 self.assertLogs("psclient.client", "WARNING"):
