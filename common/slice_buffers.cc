@@ -71,8 +71,8 @@ absl::Status DecodeValues(v1::DType dtype, const ScatteredBytes& data,
                                    out.size_bytes()));
     return absl::OkStatus();
   }
-  // 16-bit values are widened piece by piece; one that straddles two pieces
-  // goes through a small buffer.
+  // 16-bit values are widened a chunk at a time, in place where the chunk
+  // lies in one piece, else from a copy in a small buffer.
   constexpr size_t kChunk = 4096;
   alignas(64) char buffer[2 * kChunk];
   for (size_t done = 0; done < out.size();) {
