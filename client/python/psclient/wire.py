@@ -24,7 +24,8 @@ _VALUES_TAG = (1 << 3) | _LEN  # PullResponse.values
 _DATA_TAG = (5 << 3) | _LEN  # Slice.data
 
 
-def _varint(value: int) -> bytes:
+def varint(value: int) -> bytes:
+    """``value`` (>= 0) as a protobuf varint."""
     out = bytearray()
     while value >= 0x80:
         out.append((value & 0x7F) | 0x80)
@@ -42,9 +43,9 @@ def push_request_bytes(head: "ps_pb2.PushRequest",
     for header, data in gradients:
         data = memoryview(data).cast("B")
         slice_bytes = header.SerializeToString()
-        data_field = bytes([_DATA_TAG]) + _varint(len(data)) if len(data) else b""
+        data_field = bytes([_DATA_TAG]) + varint(len(data)) if len(data) else b""
         parts.append(bytes([_GRADIENTS_TAG])
-                     + _varint(len(slice_bytes) + len(data_field) + len(data)))
+                     + varint(len(slice_bytes) + len(data_field) + len(data)))
         parts.append(slice_bytes)
         if len(data):
             parts.append(data_field)

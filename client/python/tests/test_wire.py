@@ -13,13 +13,7 @@ from psclient import ps_pb2, wire
 from psclient.encoding import DType, decode, decode_into, encode, encode_view
 
 
-def varint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
+varint = wire.varint
 
 
 def tag(field: int, wire_type: int) -> bytes:
