@@ -579,12 +579,12 @@ class Client:
                 call.attempts += 1
                 if call.payload is not None:
                     stub_method: Callable[..., Any] = self._raw[call.shard][call.method]
-                    message = call.payload
+                    outgoing = call.payload
                 else:
                     stub_method = getattr(self._stubs[call.shard], call.method)
-                    message = call.request
+                    outgoing = call.request
                 futures.append((i, stub_method.future(
-                    message, timeout=self._timeout, metadata=self._metadata)))
+                    outgoing, timeout=self._timeout, metadata=self._metadata)))
             failed: List[int] = []
             fatal: Optional[PsError] = None
             for i, future in futures:
