@@ -4,10 +4,6 @@
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 
-#if defined(__GLIBC__)
-#include <malloc.h>
-#endif
-
 #include <algorithm>
 #include <atomic>
 #include <climits>
@@ -964,19 +960,6 @@ std::future<absl::Status> Client::PushPullAsync(std::string_view name,
                                                 const PushOptions& options) {
   const NamedUpdate item{name, gradient, values};
   return PushPullAsync(std::span<const NamedUpdate>(&item, 1), options);
-}
-
-bool TuneMalloc(size_t keep_free_bytes) {
-#if defined(__GLIBC__)
-  constexpr int kMaxMmapThreshold = 32 << 20;  // glibc's upper limit
-  const int keep = static_cast<int>(
-      std::min<size_t>(keep_free_bytes, static_cast<size_t>(INT_MAX)));
-  return mallopt(M_MMAP_THRESHOLD, kMaxMmapThreshold) == 1 &&
-         mallopt(M_TRIM_THRESHOLD, keep) == 1;
-#else
-  (void)keep_free_bytes;
-  return false;
-#endif
 }
 
 }  // namespace ps

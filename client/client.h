@@ -33,6 +33,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "common/partition.h"
+#include "common/tune_malloc.h"  // ps::TuneMalloc: call it at start-up
 #include "proto/ps/v1/ps.pb.h"
 
 namespace ps {
@@ -262,15 +263,6 @@ class Client {
 
   std::unique_ptr<client_internal::ClientCore> core_;
 };
-
-// Keeps the large buffers of every call in the heap for reuse: glibc serves
-// allocations up to 32 MiB from the heap instead of mapping fresh pages for
-// each (and unmapping them on free), and keeps up to `keep_free_bytes` of
-// freed memory instead of returning it. With glibc's defaults every call of
-// a few MiB faults in new zeroed pages. It changes the allocator of the
-// whole process, so the Client never does it on its own: call it once at
-// start-up. Returns false where the C library is not glibc (nothing changed).
-bool TuneMalloc(size_t keep_free_bytes = size_t{256} << 20);
 
 }  // namespace ps
 

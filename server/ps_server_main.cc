@@ -19,6 +19,7 @@
 #include "absl/synchronization/mutex.h"
 #include "common/cli.h"
 #include "common/optimizer_config.h"
+#include "common/tune_malloc.h"
 #include "server/server.h"
 
 ABSL_FLAG(std::string, host, "127.0.0.1",
@@ -63,19 +64,15 @@ int Fail(const std::string& message) {
   return 2;
 }
 
-// Keeps freed message buffers in the heap for the next call, within bounds.
-// By default glibc maps large allocations (above a threshold that adapts up
-// to 32 MiB) fresh from the kernel and trims freed memory at the top of the
-// heap, so each call of a few MiB would fault in new zeroed pages, which
-// runs at a fraction of memcpy speed. What stays resident: up to
+// Keeps freed message buffers in the heap for the next call (see
+// ps::TuneMalloc: otherwise each call of a few MiB faults in new zeroed
+// pages, at a fraction of memcpy speed), within bounds: up to
 // kKeepFreeBytes of freed memory per arena, and one arena per core rather
 // than glibc's eight per core (gRPC's threads would otherwise each keep
 // their own).
 void KeepMessageBuffers() {
-  constexpr int kMaxMmapThreshold = 32 << 20;  // glibc's upper limit
-  constexpr int kKeepFreeBytes = 64 << 20;
-  mallopt(M_MMAP_THRESHOLD, kMaxMmapThreshold);
-  mallopt(M_TRIM_THRESHOLD, kKeepFreeBytes);
+  constexpr size_t kKeepFreeBytes = 64 << 20;
+  ps::TuneMalloc(kKeepFreeBytes);
   mallopt(M_ARENA_MAX,
           static_cast<int>(std::max(2u, std::thread::hardware_concurrency())));
 }

@@ -1,5 +1,7 @@
 // ps::TuneMalloc keeps freed call-sized buffers in the heap: allocating them
 // again faults in no new pages, where glibc's defaults do.
+#include "common/tune_malloc.h"
+
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -9,7 +11,6 @@
 #include <memory>
 #include <vector>
 
-#include "client/client.h"
 #include "gtest/gtest.h"
 
 namespace ps {

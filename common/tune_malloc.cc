@@ -1,0 +1,25 @@
+#include "common/tune_malloc.h"
+
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
+#include <algorithm>
+#include <climits>
+
+namespace ps {
+
+bool TuneMalloc(size_t keep_free_bytes) {
+#if defined(__GLIBC__)
+  constexpr int kMaxMmapThreshold = 32 << 20;  // glibc's upper limit
+  const int keep = static_cast<int>(
+      std::min<size_t>(keep_free_bytes, static_cast<size_t>(INT_MAX)));
+  return mallopt(M_MMAP_THRESHOLD, kMaxMmapThreshold) == 1 &&
+         mallopt(M_TRIM_THRESHOLD, keep) == 1;
+#else
+  (void)keep_free_bytes;
+  return false;
+#endif
+}
+
+}  // namespace ps
