@@ -131,14 +131,18 @@ constexpr char kPushMethod[] = "/ps.v1.ParameterService/Push";
 constexpr char kPullMethod[] = "/ps.v1.ParameterService/Pull";
 constexpr char kPushPullMethod[] = "/ps.v1.ParameterService/PushPull";
 
-// A push request as it goes on the wire: the request without its gradients'
-// data, and its serialized bytes, which hold the data (every attempt sends
-// the same bytes).
-struct EncodedPush {
-  v1::PushRequest head;
+// A request as it goes on the wire: the message (a push's without its
+// gradients' data) and its serialized bytes, made once and sent by every
+// attempt.
+template <typename Message>
+struct Encoded {
+  Message head;
   grpc::ByteBuffer bytes;
 };
+using EncodedPush = Encoded<v1::PushRequest>;
+using EncodedPull = Encoded<v1::PullRequest>;
 
+// The gradients' data go from the strings they were encoded into.
 EncodedPush EncodePush(v1::PushRequest request) {
   EncodedPush encoded;
   encoded.head = std::move(request);
@@ -146,14 +150,33 @@ EncodedPush EncodePush(v1::PushRequest request) {
   return encoded;
 }
 
-// Parses a raw answer into *response when the call succeeded.
-grpc::Status ReadAnswer(grpc::Status status, const grpc::ByteBuffer& answer,
-                        ReceivedSlices* response) {
-  if (status.ok() && !ReadPullResponse(answer, response)) {
-    return grpc::Status(grpc::StatusCode::INTERNAL,
-                        "the shard's answer is not a ps.v1.PullResponse");
-  }
-  return status;
+// A pull request is small: serialized as protobuf would.
+EncodedPull EncodePull(v1::PullRequest request) {
+  EncodedPull encoded;
+  encoded.head = std::move(request);
+  grpc::Slice bytes(encoded.head.SerializeAsString());
+  encoded.bytes = grpc::ByteBuffer(&bytes, 1);
+  return encoded;
+}
+
+// Runs `method` with the request's bytes and reads its answer, a
+// PullResponse, into *response (INTERNAL when it does not parse).
+template <typename Message>
+void CallForSlices(ShardStub* stub, grpc::ClientContext* context,
+                   const char* method, const Encoded<Message>* request,
+                   ReceivedSlices* response,
+                   std::function<void(grpc::Status)> done) {
+  auto answer = std::make_shared<grpc::ByteBuffer>();
+  stub->raw->UnaryCall(
+      context, method, grpc::StubOptions(), &request->bytes, answer.get(),
+      [answer, response, done = std::move(done)](grpc::Status status) {
+        if (status.ok() && !ReadPullResponse(*answer, response)) {
+          status =
+              grpc::Status(grpc::StatusCode::INTERNAL,
+                           "the shard's answer is not a ps.v1.PullResponse");
+        }
+        done(std::move(status));
+      });
 }
 
 // The stub methods a ShardCall can run, by request and response type.
@@ -179,30 +202,15 @@ void CallPush(ShardStub* stub, grpc::ClientContext* context,
                        &request->bytes, response, std::move(done));
 }
 void CallPull(ShardStub* stub, grpc::ClientContext* context,
-              const v1::PullRequest* request, ReceivedSlices* response,
+              const EncodedPull* request, ReceivedSlices* response,
               std::function<void(grpc::Status)> done) {
-  // The request is small: serialized as protobuf would.
-  auto buffers =
-      std::make_shared<std::pair<grpc::ByteBuffer, grpc::ByteBuffer>>();
-  grpc::Slice bytes(request->SerializeAsString());
-  buffers->first = grpc::ByteBuffer(&bytes, 1);
-  stub->raw->UnaryCall(
-      context, kPullMethod, grpc::StubOptions(), &buffers->first,
-      &buffers->second,
-      [buffers, response, done = std::move(done)](grpc::Status status) {
-        done(ReadAnswer(std::move(status), buffers->second, response));
-      });
+  CallForSlices(stub, context, kPullMethod, request, response, std::move(done));
 }
 void CallPushPull(ShardStub* stub, grpc::ClientContext* context,
                   const EncodedPush* request, ReceivedSlices* response,
                   std::function<void(grpc::Status)> done) {
-  auto answer = std::make_shared<grpc::ByteBuffer>();
-  stub->raw->UnaryCall(
-      context, kPushPullMethod, grpc::StubOptions(), &request->bytes,
-      answer.get(),
-      [answer, response, done = std::move(done)](grpc::Status status) {
-        done(ReadAnswer(std::move(status), *answer, response));
-      });
+  CallForSlices(stub, context, kPushPullMethod, request, response,
+                std::move(done));
 }
 
 // Sends one shard's pushes in the order they were issued, numbering each
@@ -673,14 +681,14 @@ void ClientCore::StartPull(std::vector<PullItem> items, Outputs outputs,
   const v1::DType dtype = pull_options.dtype;
   for (size_t s = 0; s < parts->size(); ++s) {
     for (Part<v1::PullRequest>& part : (*parts)[s]) {
-      ShardCall<v1::PullRequest, ReceivedSlices>::Start(
-          this, s, std::move(part.request), &CallPull,
+      ShardCall<EncodedPull, ReceivedSlices>::Start(
+          this, s, EncodePull(std::move(part.request)), &CallPull,
           [fanout, s, items = std::move(part.items), outputs, dtype](
-              const grpc::Status& status, const v1::PullRequest& request,
+              const grpc::Status& status, const EncodedPull& request,
               ReceivedSlices& response) {
             absl::Status result = FromGrpcStatus(status);
             if (result.ok()) {
-              result = DecodeAnswer(request.slices(), items, dtype,
+              result = DecodeAnswer(request.head.slices(), items, dtype,
                                     response.message.values(), response.data,
                                     *outputs);
             }
