@@ -134,7 +134,6 @@ class Reader {
     SkipEmptyPieces();
   }
 
-  size_t position() const { return position_; }
   bool AtLimit() const { return position_ == limit_; }
 
   // Limits reading to the next `size` bytes; returns the previous limit, or
@@ -176,31 +175,29 @@ class Reader {
 
   // Hands the next `size` bytes to `out` as they lie in the pieces.
   bool Read(size_t size, ScatteredBytes* out) {
-    if (size > limit_ - position_) return false;
-    while (size > 0) {
-      std::string_view rest = pieces_[piece_].substr(within_);
-      const size_t n = std::min(size, rest.size());
-      out->Append(rest.substr(0, n));
-      Advance(n);
-      size -= n;
-    }
-    return true;
+    return Take(size, [out](std::string_view run) { out->Append(run); });
   }
 
   // Appends the next `size` bytes to `out`.
   bool CopyTo(size_t size, std::string& out) {
+    return Take(size, [&out](std::string_view run) { out.append(run); });
+  }
+
+ private:
+  // Passes the next `size` bytes to `take`, one run per piece they span.
+  template <typename Consumer>
+  bool Take(size_t size, Consumer take) {
     if (size > limit_ - position_) return false;
     while (size > 0) {
       std::string_view rest = pieces_[piece_].substr(within_);
       const size_t n = std::min(size, rest.size());
-      out.append(rest.substr(0, n));
+      take(rest.substr(0, n));
       Advance(n);
       size -= n;
     }
     return true;
   }
 
- private:
   bool ReadByte(uint8_t* byte) {
     if (position_ == limit_) return false;
     *byte = static_cast<uint8_t>(pieces_[piece_][within_]);
