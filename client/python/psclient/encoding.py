@@ -105,14 +105,6 @@ def decode(data: bytes, length: int, dtype: DType = DType.FLOAT32) -> np.ndarray
 
     Raises ValueError when ``data`` does not hold exactly ``length`` values.
     """
-    dtype = DType(dtype)
-    if len(data) != length * dtype.itemsize:
-        raise ValueError(
-            f"data holds {len(data)} bytes but {length} values of "
-            f"{dtype.name} need {length * dtype.itemsize}")
-    if dtype == DType.FLOAT32:
-        return np.frombuffer(data, dtype=_LE_F32).astype(np.float32)
-    bits = np.frombuffer(data, dtype=_LE_U16)
-    if dtype == DType.BFLOAT16:
-        return bfloat16_bits_to_float32(bits)
-    return bits.astype(np.uint16).view(np.float16).astype(np.float32)
+    out = np.empty(length, dtype=np.float32)
+    decode_into(data, dtype, out)
+    return out
