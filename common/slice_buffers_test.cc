@@ -722,6 +722,41 @@ bool HasSliceAt(const std::vector<grpc::Slice>& slices, const char* data,
       });
 }
 
+// Serializes `message` with ToByteBuffer into *buffer and checks that the
+// bytes parse back to it, that the message keeps everything but its slices'
+// data (`slices` returns them), and that each data went into the buffer as
+// it was, not copied.
+template <typename Message, typename Slices>
+void ExpectSerializedWithoutCopies(Message& message, Slices slices,
+                                   grpc::ByteBuffer* buffer) {
+  const Message original = message;
+  std::vector<std::string_view> data;  // where each data lies now
+  for (const v1::Slice& slice : *slices(message)) data.push_back(slice.data());
+
+  const size_t size = ToByteBuffer(message, buffer);
+  std::vector<grpc::Slice> pieces;
+  const std::string bytes = Dumped(*buffer, &pieces);
+  EXPECT_EQ(size, bytes.size());
+  EXPECT_EQ(size, buffer->Length());
+  EXPECT_EQ(size, original.ByteSizeLong());
+
+  Message parsed;
+  ASSERT_TRUE(parsed.ParseFromString(bytes));
+  EXPECT_TRUE(MessageDifferencer::Equals(parsed, original))
+      << parsed.ShortDebugString();
+
+  Message without_data = original;
+  for (v1::Slice& slice : *slices(without_data)) slice.clear_data();
+  EXPECT_TRUE(MessageDifferencer::Equals(message, without_data))
+      << message.ShortDebugString();
+
+  for (size_t i = 0; i < data.size(); ++i) {
+    if (data[i].empty()) continue;
+    EXPECT_TRUE(HasSliceAt(pieces, data[i].data(), data[i].size()))
+        << "slice " << i;
+  }
+}
+
 // Slices of many kinds: with data (small, ~100 KiB, of every dtype),
 // without data, without any field.
 void AddSlices(google::protobuf::RepeatedPtrField<v1::Slice>* slices) {
@@ -756,36 +791,11 @@ TEST(ToByteBufferTest, PullResponseSerializesWithoutCopyingData) {
   v1::PullResponse response;
   AddSlices(response.mutable_values());
   const v1::PullResponse original = response;
-  std::vector<const char*> data;
-  for (const v1::Slice& value : response.values()) {
-    data.push_back(value.data().data());
-  }
-
+  const char* large = response.values(0).data().data();
   grpc::ByteBuffer buffer;
-  const size_t size = ToByteBuffer(response, &buffer);
-  std::vector<grpc::Slice> slices;
-  const std::string bytes = Dumped(buffer, &slices);
-  EXPECT_EQ(size, bytes.size());
-  EXPECT_EQ(size, buffer.Length());
-  EXPECT_EQ(size, original.ByteSizeLong());
-
-  v1::PullResponse parsed;
-  ASSERT_TRUE(parsed.ParseFromString(bytes));
-  EXPECT_TRUE(MessageDifferencer::Equals(parsed, original))
-      << parsed.ShortDebugString();
-
-  // The message keeps its values without their data.
-  v1::PullResponse without_data = original;
-  for (v1::Slice& value : *without_data.mutable_values()) value.clear_data();
-  EXPECT_TRUE(MessageDifferencer::Equals(response, without_data))
-      << response.ShortDebugString();
-
-  // Each data string went into the buffer as it was.
-  for (int i = 0; i < original.values_size(); ++i) {
-    const size_t data_size = original.values(i).data().size();
-    if (data_size == 0) continue;
-    EXPECT_TRUE(HasSliceAt(slices, data[i], data_size)) << "value " << i;
-  }
+  ExpectSerializedWithoutCopies(
+      response, [](v1::PullResponse& m) { return m.mutable_values(); },
+      &buffer);
 
   // And the buffer reads back with the data still there.
   ReceivedSlices received;
@@ -794,7 +804,7 @@ TEST(ToByteBufferTest, PullResponseSerializesWithoutCopyingData) {
   EXPECT_THAT(received.owned, IsEmpty());
   ASSERT_EQ(received.data.size(), original.values_size());
   ASSERT_EQ(received.data[0].pieces().size(), 1);
-  EXPECT_EQ(received.data[0].pieces()[0].data(), data[0]);
+  EXPECT_EQ(received.data[0].pieces()[0].data(), large);
   EXPECT_EQ(received.data[0].size(), 100 * 1024);
 }
 
@@ -845,13 +855,9 @@ TEST(ToByteBufferTest, PullResponseWithoutData) {
   }
   const v1::PullResponse original = response;
   grpc::ByteBuffer buffer;
-  const size_t size = ToByteBuffer(response, &buffer);
-  std::vector<grpc::Slice> slices;
-  const std::string bytes = Dumped(buffer, &slices);
-  EXPECT_EQ(size, bytes.size());
-  v1::PullResponse parsed;
-  ASSERT_TRUE(parsed.ParseFromString(bytes));
-  EXPECT_TRUE(MessageDifferencer::Equals(parsed, original));
+  ExpectSerializedWithoutCopies(
+      response, [](v1::PullResponse& m) { return m.mutable_values(); },
+      &buffer);
   EXPECT_TRUE(MessageDifferencer::Equals(response, original));
 }
 
@@ -868,40 +874,13 @@ v1::PushRequest RealisticRequest() {
 
 TEST(ToByteBufferTest, PushRequestSerializesWithoutCopyingData) {
   v1::PushRequest request = RealisticRequest();
-  const v1::PushRequest original = request;
-  std::vector<const char*> data;
-  for (const v1::Slice& gradient : request.gradients()) {
-    data.push_back(gradient.data().data());
-  }
-
   grpc::ByteBuffer buffer;
-  const size_t size = ToByteBuffer(request, &buffer);
-  std::vector<grpc::Slice> slices;
-  const std::string bytes = Dumped(buffer, &slices);
-  EXPECT_EQ(size, bytes.size());
-  EXPECT_EQ(size, buffer.Length());
-  EXPECT_EQ(size, original.ByteSizeLong());
-
-  v1::PushRequest parsed;
-  ASSERT_TRUE(parsed.ParseFromString(bytes));
-  EXPECT_TRUE(MessageDifferencer::Equals(parsed, original))
-      << parsed.ShortDebugString();
-
-  // The request keeps its other fields and its gradients without data.
-  v1::PushRequest without_data = original;
-  for (v1::Slice& gradient : *without_data.mutable_gradients()) {
-    gradient.clear_data();
-  }
-  EXPECT_TRUE(MessageDifferencer::Equals(request, without_data))
-      << request.ShortDebugString();
+  ExpectSerializedWithoutCopies(
+      request, [](v1::PushRequest& m) { return m.mutable_gradients(); },
+      &buffer);
+  // The request keeps its other fields.
   EXPECT_EQ(request.worker_id(), "worker-3");
   EXPECT_TRUE(request.has_loss());
-
-  for (int i = 0; i < original.gradients_size(); ++i) {
-    const size_t data_size = original.gradients(i).data().size();
-    if (data_size == 0) continue;
-    EXPECT_TRUE(HasSliceAt(slices, data[i], data_size)) << "gradient " << i;
-  }
 }
 
 TEST(ToByteBufferTest, PushRequestWithoutGradients) {
@@ -909,11 +888,11 @@ TEST(ToByteBufferTest, PushRequestWithoutGradients) {
   request.clear_gradients();
   const v1::PushRequest original = request;
   grpc::ByteBuffer buffer;
-  const size_t size = ToByteBuffer(request, &buffer);
+  ExpectSerializedWithoutCopies(
+      request, [](v1::PushRequest& m) { return m.mutable_gradients(); },
+      &buffer);
   std::vector<grpc::Slice> slices;
-  const std::string bytes = Dumped(buffer, &slices);
-  EXPECT_EQ(size, bytes.size());
-  EXPECT_EQ(bytes, original.SerializeAsString());
+  EXPECT_EQ(Dumped(buffer, &slices), original.SerializeAsString());
   EXPECT_TRUE(MessageDifferencer::Equals(request, original));
 
   v1::PushRequest empty;
