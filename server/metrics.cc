@@ -94,6 +94,14 @@ std::string FormatPrometheus(const v1::Stats& stats) {
   Metric(out, "ps_uptime_seconds", "gauge", "Seconds since the shard started.");
   absl::StrAppend(&out, "ps_uptime_seconds{", shard, "} ", stats.uptime_s(),
                   "\n");
+  Metric(out, "ps_state_bytes", "gauge",
+         "Bytes of values and optimizer state the variables may hold.");
+  absl::StrAppend(&out, "ps_state_bytes{", shard, "} ", stats.state_bytes(),
+                  "\n");
+  Metric(out, "ps_memory_limit_bytes", "gauge",
+         "The shard's limit on ps_state_bytes; 0 = none.");
+  absl::StrAppend(&out, "ps_memory_limit_bytes{", shard, "} ",
+                  stats.memory_limit_bytes(), "\n");
   Metric(out, "ps_config_version", "gauge",
          "Optimizer config version; one more per change.");
   absl::StrAppend(&out, "ps_config_version{", shard, "} ",

@@ -20,6 +20,7 @@
 #include "common/cli.h"
 #include "common/optimizer_config.h"
 #include "common/tune_malloc.h"
+#include "server/memory_limit.h"
 #include "server/server.h"
 
 ABSL_FLAG(std::string, host, "127.0.0.1",
@@ -56,6 +57,15 @@ ABSL_FLAG(int, checkpoint_interval_s, 0,
 ABSL_FLAG(int, checkpoint_keep, 3, "complete checkpoints to keep");
 ABSL_FLAG(int, metrics_port, -1,
           "serve Prometheus /metrics on this port; 0 picks one, -1 is off");
+ABSL_FLAG(int64_t, memory_limit_mb, 0,
+          "the most values and optimizer state this shard holds, MiB; a "
+          "variable or optimizer change past it is refused. 0 = 80% of the "
+          "memory this process may use (its cgroup's limit, or the "
+          "machine's); -1 = no limit");
+ABSL_FLAG(int, malloc_arenas, 0,
+          "glibc malloc arenas; 0 = one per 4 cores, at least one. Each "
+          "arena keeps its own freed message buffers resident; more arenas "
+          "let more threads allocate at once");
 
 namespace {
 
@@ -67,14 +77,18 @@ int Fail(const std::string& message) {
 // Keeps freed message buffers in the heap for the next call (see
 // ps::TuneMalloc: otherwise each call of a few MiB faults in new zeroed
 // pages, at a fraction of memcpy speed), within bounds: up to
-// kKeepFreeBytes of freed memory per arena, and one arena per core rather
-// than glibc's eight per core (gRPC's threads would otherwise each keep
-// their own).
-void KeepMessageBuffers() {
+// kKeepFreeBytes of freed memory per arena, and `arenas` arenas rather than
+// glibc's eight per core (gRPC's threads would otherwise each keep their
+// own). With 0, one per 4 cores: on 2 cores one arena held 20-30 MiB less
+// than two at 40 MiB calls, for the same CPU per byte (bench/README.md).
+void KeepMessageBuffers(int arenas) {
   constexpr size_t kKeepFreeBytes = 64 << 20;
   ps::TuneMalloc(kKeepFreeBytes);
-  mallopt(M_ARENA_MAX,
-          static_cast<int>(std::max(2u, std::thread::hardware_concurrency())));
+  if (arenas == 0) {
+    arenas =
+        static_cast<int>(std::max(1u, std::thread::hardware_concurrency() / 4));
+  }
+  mallopt(M_ARENA_MAX, arenas);
 }
 
 }  // namespace
@@ -84,7 +98,12 @@ int main(int argc, char** argv) {
       "One shard of the parameter server.\n"
       "Example: ps_server --num_shards=2 --shard_index=0 --port=50051");
   ps::ParseCommandLineWithHelp(argc, argv);
-  KeepMessageBuffers();
+  const int arenas = absl::GetFlag(FLAGS_malloc_arenas);
+  if (arenas < 0) {
+    return Fail("--malloc_arenas must be 0 (one per 4 cores) or more, not " +
+                std::to_string(arenas));
+  }
+  KeepMessageBuffers(arenas);
   // Abseil's mutex deadlock detection, on in Debian's build, adds every
   // lock acquisition made while holding another lock to one global graph:
   // a debugging aid that the tests keep and the server does without.
@@ -108,6 +127,22 @@ int main(int argc, char** argv) {
   options.checkpoint_dir = absl::GetFlag(FLAGS_checkpoint_dir);
   options.checkpoint_interval_s = absl::GetFlag(FLAGS_checkpoint_interval_s);
   options.checkpoint_keep = absl::GetFlag(FLAGS_checkpoint_keep);
+  const int64_t memory_limit_mb = absl::GetFlag(FLAGS_memory_limit_mb);
+  if (memory_limit_mb < -1) {
+    return Fail(
+        "--memory_limit_mb must be -1 (no limit), 0 (80% of the "
+        "usable memory) or a size in MiB, not " +
+        std::to_string(memory_limit_mb));
+  }
+  std::string memory_limit_source = "--memory_limit_mb";
+  if (memory_limit_mb > 0) {
+    options.memory_limit_bytes = static_cast<uint64_t>(memory_limit_mb) << 20;
+  } else if (memory_limit_mb == 0) {
+    const uint64_t usable = ps::UsableMemoryBytes();
+    options.memory_limit_bytes = usable / 10 * 8;
+    memory_limit_source =
+        "80% of the " + std::to_string(usable >> 20) + " MiB it may use";
+  }
   const std::string consistency = absl::GetFlag(FLAGS_consistency);
   if (consistency == "sync") {
     options.consistency = ps::Consistency::kSync;
@@ -132,6 +167,12 @@ int main(int argc, char** argv) {
   auto server = ps::ParameterServer::Start(options);
   if (!server.ok()) return Fail(std::string(server.status().message()));
   std::cout << "listening on " << (*server)->address() << std::endl;
+  if (options.memory_limit_bytes == 0) {
+    spdlog::info("values and optimizer state: no limit");
+  } else {
+    spdlog::info("values and optimizer state: at most {} MiB ({})",
+                 options.memory_limit_bytes >> 20, memory_limit_source);
+  }
   if ((*server)->metrics_port() >= 0) {
     spdlog::info("serving /metrics on port {}", (*server)->metrics_port());
   }

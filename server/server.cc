@@ -306,6 +306,7 @@ absl::StatusOr<std::unique_ptr<ParameterServer>> ParameterServer::Start(
   store_options.shard_index = resolved.shard_index;
   store_options.num_shards = resolved.num_shards;
   store_options.block_size = resolved.block_size;
+  store_options.memory_limit_bytes = resolved.memory_limit_bytes;
   store_options.sync = resolved.consistency == Consistency::kSync;
   store_options.num_workers = resolved.num_workers;
   store_options.quorum = resolved.quorum;

@@ -38,6 +38,11 @@ struct ServerOptions {
   // The optimizer of every variable created without its own.
   v1::OptimizerConfig default_optimizer;  // empty = Adam with defaults
 
+  // The most bytes of values and optimizer state the shard holds; a
+  // variable or an optimizer change past it is refused with
+  // RESOURCE_EXHAUSTED. 0 = no limit (ps_server sets one by default).
+  uint64_t memory_limit_bytes = 0;
+
   // The largest message accepted or sent. Raising it lets a client send
   // larger pushes at the cost of memory per call.
   int max_message_mb = 256;

@@ -1,12 +1,14 @@
 #include "server/store.h"
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <limits>
 #include <new>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "common/optimizer_config.h"
 #include "common/status.h"
@@ -276,6 +278,7 @@ absl::StatusOr<bool> VariableStore::CreateVariable(
         OptimizerEntry{request.optimizer(), *std::move(settings)});
   }
 
+  absl::MutexLock memory_lock(&memory_mu_);
   if (auto existing = Find(name)) {
     if (existing->shape != shape) {
       return ShapeConflict(name, existing->shape, shape);
@@ -283,14 +286,35 @@ absl::StatusOr<bool> VariableStore::CreateVariable(
     return false;
   }
 
+  // This shard's blocks, and what they and their optimizer state will hold
+  // (counting stops once that is over the limit).
+  std::shared_ptr<const OptimizerEntry> entry = override_entry;
+  if (entry == nullptr) {
+    absl::ReaderMutexLock config_lock(&config_mu_);
+    entry = default_optimizer_;
+  }
+  MemoryCharge charge{.slots = optimizer::SlotsOf(entry->settings.rule)};
+  std::vector<uint64_t> local_blocks;
+  const uint64_t num_blocks = plan_.NumBlocks(size);
+  const uint64_t limit = options_.memory_limit_bytes;
+  for (uint64_t k = 0; k < num_blocks; ++k) {
+    if (plan_.ShardOf(name, k) != options_.shard_index) continue;
+    local_blocks.push_back(k);
+    charge.values += plan_.BlockRange(size, k).length;
+    if (limit != 0 && BytesOf(charge) > limit) break;
+  }
+  PS_RETURN_IF_ERROR(CheckMemory(
+      BytesOf(charge),
+      absl::StrCat("variable '", name, "' (", size, " values, ",
+                   std::string(optimizer::RuleName(entry->settings.rule)),
+                   ")")));
+
   auto variable = std::make_shared<Variable>();
   variable->name = name;
   variable->shape = shape;
   variable->size = size;
   try {
-    const uint64_t num_blocks = plan_.NumBlocks(size);
-    for (uint64_t k = 0; k < num_blocks; ++k) {
-      if (plan_.ShardOf(name, k) != options_.shard_index) continue;
+    for (uint64_t k : local_blocks) {
       auto block = std::make_unique<Block>(k, plan_.BlockRange(size, k));
       absl::MutexLock lock(&block->mu);
       block->values.assign(block->range.length, 0.0f);
@@ -337,7 +361,37 @@ absl::StatusOr<bool> VariableStore::CreateVariable(
     absl::MutexLock config_lock(&config_mu_);
     overrides_[name] = std::move(override_entry);
   }
+  charges_[name] = charge;
+  charged_bytes_ += BytesOf(charge);
   return true;
+}
+
+uint64_t VariableStore::BytesOf(const MemoryCharge& charge) const {
+  const uint64_t arrays =
+      1 + std::popcount(charge.slots) + (options_.sync ? 1 : 0);
+  return charge.values * arrays * sizeof(float);
+}
+
+absl::Status VariableStore::CheckMemory(uint64_t more,
+                                        absl::string_view what) const {
+  const uint64_t limit = options_.memory_limit_bytes;
+  if (limit == 0 || (charged_bytes_ <= limit && more <= limit - charged_bytes_))
+    return absl::OkStatus();
+  auto mib = [](uint64_t bytes) {
+    if (bytes < (1 << 20)) return absl::StrCat(bytes, " bytes");
+    return absl::StrFormat("%.1f MiB", static_cast<double>(bytes) / (1 << 20));
+  };
+  return absl::ResourceExhaustedError(absl::StrCat(
+      what, " needs ", mib(more), " more for values and optimizer state on ",
+      "shard ", options_.shard_index, ", which holds ", mib(charged_bytes_),
+      " of its limit of ", mib(limit),
+      "; add shards, choose a rule with less state, or raise ps_server's "
+      "--memory_limit_mb"));
+}
+
+uint64_t VariableStore::StateBytes() const {
+  absl::MutexLock lock(&memory_mu_);
+  return charged_bytes_;
 }
 
 absl::Status VariableStore::Pull(const v1::PullRequest& request,

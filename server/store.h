@@ -47,6 +47,10 @@ struct StoreOptions {
   uint32_t quorum = 0;
   // The optimizer of variables without their own; must be valid.
   v1::OptimizerConfig default_optimizer;
+  // The most bytes of values and optimizer state the shard may hold; 0 = no
+  // limit. A variable or an optimizer change that would take it past the
+  // limit is refused (RESOURCE_EXHAUSTED) before any memory is touched.
+  uint64_t memory_limit_bytes = 0;
 };
 
 // An optimizer config as given and as resolved; immutable once made.
@@ -188,7 +192,8 @@ class VariableStore {
   // values are given). Returns false when it exists with the same shape;
   // ALREADY_EXISTS for another shape; INVALID_ARGUMENT for a bad shape,
   // initial values or optimizer; FAILED_PRECONDITION for initial values of
-  // another shard's blocks.
+  // another shard's blocks; RESOURCE_EXHAUSTED when its values and the
+  // state of its rule would take the shard past memory_limit_bytes.
   absl::StatusOr<bool> CreateVariable(const v1::CreateVariableRequest& request);
 
   // Answers each requested range (inside one block of this shard) with its
@@ -229,8 +234,11 @@ class VariableStore {
   // affected block is locked while its state is adapted, as follows.
   //   reset_state: fresh state, the next update is step 1.
   //   same rule: all state is kept (a change of hyper-parameters).
-  //   another rule: slots that mean the same thing are kept, the rest start
-  //   at zero; the step count is kept. See docs/optimizers.md for the table.
+  //   another rule: slots that mean the same thing are kept, the rest are
+  //   freed and start at zero; the step count is kept. See
+  //   docs/optimizers.md for the table.
+  // RESOURCE_EXHAUSTED, changing nothing, when the state the new rule needs
+  // would take the shard past memory_limit_bytes.
   absl::StatusOr<ConfigChange> SetOptimizer(const std::string& variable,
                                             const v1::OptimizerConfig& config,
                                             bool reset_state);
@@ -240,6 +248,10 @@ class VariableStore {
 
   // The counters, and per variable its step and current learning rate.
   v1::Stats Stats() const;
+
+  // The bytes of values and optimizer state the shard's variables may hold
+  // under their rules, as counted against memory_limit_bytes.
+  uint64_t StateBytes() const;
 
   ServerStats& stats() { return stats_; }
 
@@ -272,6 +284,19 @@ class VariableStore {
   absl::StatusOr<Block*> CheckRange(const Variable& variable, uint64_t offset,
                                     uint64_t length, bool whole_block) const;
 
+  // What a variable may hold on this shard: its values and, for each state
+  // slot its rules may have left allocated, an array as long (see
+  // optimizer::SlotsOf), plus in sync mode the sum of a step's gradients.
+  struct MemoryCharge {
+    uint64_t values = 0;
+    optimizer::StateSlots slots = 0;
+  };
+  uint64_t BytesOf(const MemoryCharge& charge) const;
+  // OK when `more` bytes fit under the limit besides the charged ones; else
+  // RESOURCE_EXHAUSTED saying that `what` needs them.
+  absl::Status CheckMemory(uint64_t more, absl::string_view what) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(memory_mu_);
+
   void ApplyAsync(PreparedPush& push,
                   const std::shared_ptr<PushCompletion>& completion);
   void ApplySync(PreparedPush& push,
@@ -284,7 +309,16 @@ class VariableStore {
   absl::flat_hash_map<std::string, std::shared_ptr<Variable>> variables_
       ABSL_GUARDED_BY(variables_mu_);
 
-  // Lock order: block locks (in address order), then config_mu_.
+  // Held throughout CreateVariable and SetOptimizer, so that the charges
+  // follow every variable and rule change: creations and optimizer changes
+  // run one at a time (pushes and pulls do not take it).
+  mutable absl::Mutex memory_mu_;
+  absl::flat_hash_map<std::string, MemoryCharge> charges_
+      ABSL_GUARDED_BY(memory_mu_);
+  uint64_t charged_bytes_ ABSL_GUARDED_BY(memory_mu_) = 0;
+
+  // Lock order: memory_mu_, then block locks (in address order), then
+  // config_mu_.
   mutable absl::Mutex config_mu_;
   uint64_t config_version_ ABSL_GUARDED_BY(config_mu_) = 1;
   std::shared_ptr<const OptimizerEntry> default_optimizer_

@@ -17,6 +17,7 @@ using optimizer::EveParams;
 using optimizer::MomentumParams;
 using optimizer::RmsPropParams;
 using optimizer::RuleParams;
+using optimizer::StateSlots;
 
 template <typename T>
 bool Is(const RuleParams& rule) {
@@ -43,6 +44,19 @@ bool SharesSecondMoment(const RuleParams& a, const RuleParams& b) {
          (Is<AdagradParams>(a) && Is<AdagradParams>(b));
 }
 
+// Of the slots `held`, those a block keeps when its rule changes from
+// `from` to `to` (see SetOptimizer). Centered RMSProp's grad_avg and
+// AMSGrad's max_square_avg mean nothing to another rule.
+StateSlots KeptSlots(const RuleParams& from, const RuleParams& to,
+                     bool reset_state, StateSlots held) {
+  if (reset_state) return 0;
+  if (from.index() == to.index()) return held;
+  StateSlots kept = 0;
+  if (SharesFirstMoment(from, to)) kept |= optimizer::kMomentumSlot;
+  if (SharesSecondMoment(from, to)) kept |= optimizer::kSquareAvgSlot;
+  return held & kept;
+}
+
 // Adapts a block's state from rule `from` to rule `to` (see SetOptimizer).
 void AdaptState(const RuleParams& from, const RuleParams& to, bool reset_state,
                 BlockOptimizerState& state) {
@@ -51,10 +65,8 @@ void AdaptState(const RuleParams& from, const RuleParams& to, bool reset_state,
     return;
   }
   if (from.index() == to.index()) return;
-  if (!SharesFirstMoment(from, to)) state.momentum.clear();
-  if (!SharesSecondMoment(from, to)) state.square_avg.clear();
-  state.grad_avg.clear();        // centered RMSProp only
-  state.max_square_avg.clear();  // AMSGrad only
+  optimizer::ReleaseSlots(
+      KeptSlots(from, to, reset_state, optimizer::HeldSlots(state)), state);
   state.eve = optimizer::EveFeedbackState();
 }
 
@@ -84,6 +96,7 @@ absl::StatusOr<VariableStore::ConfigChange> VariableStore::SetOptimizer(
   auto entry = std::make_shared<const OptimizerEntry>(
       OptimizerEntry{std::move(stored), *std::move(settings)});
 
+  absl::MutexLock memory_lock(&memory_mu_);
   // The variables whose optimizer changes.
   std::vector<std::shared_ptr<Variable>> affected;
   if (!variable.empty()) {
@@ -108,27 +121,61 @@ absl::StatusOr<VariableStore::ConfigChange> VariableStore::SetOptimizer(
             [](const auto& a, const auto& b) { return a.second < b.second; });
   for (auto& [v, block] : blocks) block->mu.Lock();
   ConfigChange change;
+  absl::Status status;
   {
     absl::MutexLock lock(&config_mu_);
-    for (auto& [v, block] : blocks) {
+    // The rule each affected variable changes from; a default change
+    // leaves variables with their own optimizer alone.
+    absl::flat_hash_map<const Variable*, const RuleParams*> from;
+    for (const auto& v : affected) {
       auto it = overrides_.find(v->name);
       const bool has_override = it != overrides_.end();
-      // A default change leaves variables with their own optimizer alone.
       if (variable.empty() && has_override) continue;
-      const OptimizerEntry& old =
-          has_override ? *it->second : *default_optimizer_;
-      AdaptState(old.settings.rule, entry->settings.rule, reset_state,
-                 block->state);
+      from[v.get()] = has_override ? &it->second->settings.rule
+                                   : &default_optimizer_->settings.rule;
     }
-    if (variable.empty()) {
-      default_optimizer_ = entry;
-    } else {
-      overrides_[variable] = entry;
+    // Their memory under the new rule; nothing changes if it does not fit.
+    std::vector<std::pair<MemoryCharge*, MemoryCharge>> charges;
+    uint64_t before = 0, after = 0;
+    for (const auto& [v, rule] : from) {
+      MemoryCharge& charge = charges_[v->name];
+      MemoryCharge changed = charge;
+      changed.slots =
+          KeptSlots(*rule, entry->settings.rule, reset_state, charge.slots) |
+          optimizer::SlotsOf(entry->settings.rule);
+      before += BytesOf(charge);
+      after += BytesOf(changed);
+      charges.emplace_back(&charge, changed);
     }
-    change.previous_version = config_version_;
-    change.version = ++config_version_;
+    if (after > before) {
+      status = CheckMemory(
+          after - before,
+          absl::StrCat("changing the optimizer of ",
+                       variable.empty() ? "the variables without their own"
+                                        : absl::StrCat("'", variable, "'"),
+                       " to ",
+                       std::string(optimizer::RuleName(entry->settings.rule))));
+    }
+    if (status.ok()) {
+      for (auto& [v, block] : blocks) {
+        auto it = from.find(v);
+        if (it == from.end()) continue;
+        AdaptState(*it->second, entry->settings.rule, reset_state,
+                   block->state);
+      }
+      for (auto& [charge, changed] : charges) *charge = changed;
+      charged_bytes_ = charged_bytes_ - before + after;
+      if (variable.empty()) {
+        default_optimizer_ = entry;
+      } else {
+        overrides_[variable] = entry;
+      }
+      change.previous_version = config_version_;
+      change.version = ++config_version_;
+    }
   }
   for (auto& [v, block] : blocks) block->mu.Unlock();
+  if (!status.ok()) return status;
   return change;
 }
 
@@ -183,6 +230,8 @@ v1::Stats VariableStore::Stats() const {
         std::max<uint64_t>(step, 1)));
     v->set_rule(std::string(optimizer::RuleName(entry->settings.rule)));
   }
+  stats.set_state_bytes(StateBytes());
+  stats.set_memory_limit_bytes(options_.memory_limit_bytes);
   absl::ReaderMutexLock lock(&config_mu_);
   stats.set_config_version(config_version_);
   return stats;

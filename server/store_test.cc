@@ -30,6 +30,7 @@ using ::ps::testutil::Iota;
 using ::ps::testutil::MakeSlice;
 using ::ps::testutil::Minus;
 using ::ps::testutil::RangeSlice;
+using ::testing::AllOf;
 using ::testing::ElementsAreArray;
 using ::testing::HasSubstr;
 
@@ -1192,6 +1193,169 @@ TEST(StoreSyncTest, WorkerIdIsRequired) {
   CreateLocal(store, "w", {1, 1, 1, 1});
   ExpectRefused(store, PushRequest("", 1, {MakeSlice("w", 0, {1, 1, 1, 1})}),
                 absl::StatusCode::kInvalidArgument, "no worker id");
+}
+
+// ---------------------------------------------------------------- memory
+
+// What the store's variables hold now: values, state slots and sync sums.
+uint64_t HeldBytes(const VariableStore& store) {
+  uint64_t floats = 0;
+  for (const std::string& name : store.VariableNames()) {
+    for (const auto& [k, block] : store.Find(name)->blocks) {
+      absl::ReaderMutexLock lock(&block->mu);
+      const optimizer::BlockOptimizerState& state = block->state;
+      floats += block->values.size() + state.momentum.size() +
+                state.square_avg.size() + state.grad_avg.size() +
+                state.max_square_avg.size() + block->sync.sum.size();
+    }
+  }
+  return floats * sizeof(float);
+}
+
+// Pushes a gradient of ones to every block of `name` (async store).
+void PushOnes(VariableStore& store, const std::string& name, uint64_t seq) {
+  auto variable = store.Find(name);
+  ASSERT_NE(variable, nullptr);
+  std::vector<v1::Slice> gradients;
+  for (const auto& [k, block] : variable->blocks) {
+    gradients.push_back(MakeSlice(name, block->range.offset,
+                                  std::vector<float>(block->range.length, 1)));
+  }
+  v1::PushRequest request = PushRequest("w0", seq, gradients);
+  request.set_loss(1.0);  // for Eve
+  auto result = PushNow(store, request, /*with_values=*/false);
+  ASSERT_TRUE(result->status.ok()) << result->status;
+}
+
+v1::CreateVariableRequest CreateWithOptimizer(const std::string& name,
+                                              uint64_t size,
+                                              const std::string& optimizer) {
+  v1::CreateVariableRequest request = CreateRequest(name, {size});
+  *request.mutable_optimizer() = Optimizer(optimizer);
+  return request;
+}
+
+TEST(StoreMemoryTest, EachVariableIsChargedWhatItsRuleHolds) {
+  VariableStore store(AsyncOptions());
+  const std::pair<std::string, int> rules[] = {
+      {"sgd {}", 1},
+      {"momentum {}", 2},
+      {"adagrad {}", 2},
+      {"rmsprop {}", 2},
+      {"rmsprop { centered: true momentum: 0.9 }", 4},
+      {"adam {}", 3},
+      {"adam { amsgrad: true }", 4},
+      {"eve {}", 3},
+  };
+  uint64_t expected = 0;
+  int i = 0;
+  for (const auto& [rule, arrays] : rules) {
+    SCOPED_TRACE(rule);
+    const std::string name = absl::StrCat("v", i++);
+    ASSERT_TRUE(store.CreateVariable(CreateWithOptimizer(name, 10, rule)).ok());
+    expected += 10 * arrays * sizeof(float);
+    EXPECT_EQ(store.StateBytes(), expected);
+    PushOnes(store, name, i);
+    EXPECT_EQ(HeldBytes(store), store.StateBytes());
+  }
+  EXPECT_EQ(store.Stats().state_bytes(), expected);
+  EXPECT_EQ(store.Stats().memory_limit_bytes(), 0u);
+
+  // Sync mode also holds the sum of a step's gradients.
+  VariableStore sync(SyncOptions(2, 2));
+  ASSERT_TRUE(sync.CreateVariable(CreateRequest("w", {10})).ok());
+  EXPECT_EQ(sync.StateBytes(), 10 * 2 * sizeof(float));  // SGD: values + sum
+}
+
+TEST(StoreMemoryTest, VariablesPastTheLimitAreRefusedAndChangeNothing) {
+  StoreOptions options = AsyncOptions(0, 1, 4, "adam {} learning_rate: 0.1");
+  options.memory_limit_bytes = 100 * 3 * sizeof(float);  // 100 values of Adam
+  VariableStore store(options);
+  ASSERT_TRUE(store.CreateVariable(CreateRequest("a", {6, 10})).ok());
+  EXPECT_EQ(store.StateBytes(), 60 * 3 * sizeof(float));
+
+  const absl::StatusOr<bool> refused =
+      store.CreateVariable(CreateRequest("b", {50}));
+  ASSERT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted)
+      << refused.status();
+  EXPECT_THAT(refused.status().message(),
+              AllOf(HasSubstr("'b'"), HasSubstr("adam"), HasSubstr("600"),
+                    HasSubstr("--memory_limit_mb")));
+  EXPECT_EQ(store.Find("b"), nullptr) << refused.status().message();
+  EXPECT_THAT(store.VariableNames(), ElementsAreArray({"a"}));
+  EXPECT_EQ(store.StateBytes(), 60 * 3 * sizeof(float));
+
+  // What is left still fits, exactly; then nothing more does.
+  ASSERT_TRUE(store.CreateVariable(CreateRequest("b", {40})).ok());
+  EXPECT_EQ(store.StateBytes(), options.memory_limit_bytes);
+  EXPECT_EQ(store.CreateVariable(CreateWithOptimizer("c", 1, "sgd {}"))
+                .status()
+                .code(),
+            absl::StatusCode::kResourceExhausted);
+  // Creating an existing variable again costs nothing.
+  EXPECT_TRUE(store.CreateVariable(CreateRequest("b", {40})).ok());
+  EXPECT_EQ(store.Stats().memory_limit_bytes(), options.memory_limit_bytes);
+
+  // A shape far beyond the machine is refused before anything is allocated.
+  const absl::StatusOr<bool> huge =
+      store.CreateVariable(CreateRequest("huge", {1ull << 20, 1ull << 17}));
+  EXPECT_EQ(huge.status().code(), absl::StatusCode::kResourceExhausted);
+}
+
+TEST(StoreMemoryTest, OptimizerChangesAreChargedAndRefusedPastTheLimit) {
+  StoreOptions options = AsyncOptions(0, 1, 4, "sgd {} learning_rate: 0.1");
+  options.memory_limit_bytes = 100 * 3 * sizeof(float);
+  VariableStore store(options);
+  ASSERT_TRUE(store.CreateVariable(CreateRequest("w", {100})).ok());
+  PushOnes(store, "w", 1);
+  const uint64_t version = store.GetOptimizer("w")->config_version();
+
+  // AMSGrad keeps three arrays besides the values: past the limit.
+  auto refused = store.SetOptimizer("w", Optimizer("adam { amsgrad: true }"),
+                                    /*reset_state=*/false);
+  ASSERT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted)
+      << refused.status();
+  EXPECT_THAT(refused.status().message(),
+              AllOf(HasSubstr("'w'"), HasSubstr("adam")));
+  EXPECT_EQ(store.GetOptimizer("w")->config_version(), version);
+  EXPECT_TRUE(store.GetOptimizer("w")->has_sgd());
+  EXPECT_EQ(store.StateBytes(), 100 * sizeof(float));
+
+  // Adam as the default fits exactly; its state is what is charged.
+  ASSERT_TRUE(store.SetOptimizer("", Optimizer("adam {}"), false).ok());
+  EXPECT_EQ(store.StateBytes(), options.memory_limit_bytes);
+  PushOnes(store, "w", 2);
+  EXPECT_EQ(HeldBytes(store), store.StateBytes());
+
+  // Back to SGD frees Adam's state; momentum then keeps its buffer into
+  // Adam's first moment, and Adam adds the second.
+  ASSERT_TRUE(store.SetOptimizer("w", Optimizer("sgd {}"), false).ok());
+  EXPECT_EQ(store.StateBytes(), 100 * sizeof(float));
+  EXPECT_EQ(HeldBytes(store), store.StateBytes());
+  ASSERT_TRUE(store.SetOptimizer("w", Optimizer("momentum {}"), false).ok());
+  PushOnes(store, "w", 3);
+  EXPECT_EQ(store.StateBytes(), 100 * 2 * sizeof(float));
+  ASSERT_TRUE(store.SetOptimizer("w", Optimizer("adam {}"), false).ok());
+  PushOnes(store, "w", 4);
+  EXPECT_EQ(store.StateBytes(), options.memory_limit_bytes);
+  EXPECT_EQ(HeldBytes(store), store.StateBytes());
+}
+
+TEST(StoreMemoryTest, SlotsKeptAcrossAChangeStayCharged) {
+  VariableStore store(AsyncOptions(0, 1, 4, "adam { amsgrad: true }"));
+  ASSERT_TRUE(store.CreateVariable(CreateRequest("w", {10})).ok());
+  PushOnes(store, "w", 1);
+  // Plain Adam is the same rule: AMSGrad's running max stays allocated.
+  ASSERT_TRUE(store.SetOptimizer("", Optimizer("adam {}"), false).ok());
+  EXPECT_EQ(store.StateBytes(), 10 * 4 * sizeof(float));
+  PushOnes(store, "w", 2);
+  EXPECT_EQ(HeldBytes(store), store.StateBytes());
+  // A reset frees everything; the next update allocates Adam's two slots.
+  ASSERT_TRUE(store.SetOptimizer("", Optimizer("adam {}"), true).ok());
+  EXPECT_EQ(store.StateBytes(), 10 * 3 * sizeof(float));
+  EXPECT_EQ(HeldBytes(store), 10 * sizeof(float));
+  PushOnes(store, "w", 3);
+  EXPECT_EQ(HeldBytes(store), store.StateBytes());
 }
 
 }  // namespace

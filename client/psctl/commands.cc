@@ -113,6 +113,10 @@ void PrintJson(const Output& output, const json& j) {
 
 std::string Number(double value) { return absl::StrFormat("%.6g", value); }
 
+std::string Mib(uint64_t bytes) {
+  return absl::StrFormat("%.1f", static_cast<double>(bytes) / (1 << 20));
+}
+
 std::string Shape(const v1::VariableInfo& info) {
   return absl::StrCat("[", absl::StrJoin(info.shape(), ","), "]");
 }
@@ -537,6 +541,8 @@ int StatsRound(const ShardSet& shards, const StatsOptions& options,
         s["update_latency_p99_us"] = st.update_latency_p99_us();
         s["uptime_s"] = st.uptime_s();
         s["config_version"] = st.config_version();
+        s["state_bytes"] = st.state_bytes();
+        s["memory_limit_bytes"] = st.memory_limit_bytes();
         s["variables"] = json::array();
         for (const v1::VariableStats& v : st.variables()) {
           s["variables"].push_back({{"name", v.name()},
@@ -563,13 +569,13 @@ int StatsRound(const ShardSet& shards, const StatsOptions& options,
     }
     Table table({"SHARD", "ADDRESS", "PUSHES", "PULLS", "UPDATES", "BYTES IN",
                  "BYTES OUT", "REFUSALS", "P50 US", "P90 US", "P99 US",
-                 "UPTIME S", "CONFIG VERSION"});
+                 "UPTIME S", "CONFIG VERSION", "STATE MIB / LIMIT"});
     Table variables({"VARIABLE", "SHARD", "STEP", "RULE", "LEARNING RATE"});
     for (int i = 0; i < shards.size(); ++i) {
       const std::string address = shards.shard(i).address;
       if (!stats[i].status.ok()) {
         table.AddRow({absl::StrCat(i), address, "-", "-", "-", "-", "-", "-",
-                      "-", "-", "-", "-", ErrorCell(stats[i].status)});
+                      "-", "-", "-", "-", "-", ErrorCell(stats[i].status)});
         continue;
       }
       const v1::Stats& st = stats[i].response;
@@ -586,7 +592,11 @@ int StatsRound(const ShardSet& shards, const StatsOptions& options,
                     Number(st.update_latency_p90_us()),
                     Number(st.update_latency_p99_us()),
                     absl::StrFormat("%.1f", st.uptime_s()),
-                    absl::StrCat(st.config_version())});
+                    absl::StrCat(st.config_version()),
+                    absl::StrCat(Mib(st.state_bytes()), " / ",
+                                 st.memory_limit_bytes() == 0
+                                     ? "none"
+                                     : Mib(st.memory_limit_bytes()))});
       for (const v1::VariableStats& v : st.variables()) {
         variables.AddRow({v.name(), absl::StrCat(i), absl::StrCat(v.step()),
                           v.rule(), Number(v.learning_rate())});

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 #include <type_traits>
+#include <variant>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "server/optimizer/adagrad.h"
@@ -162,7 +164,55 @@ struct RuleStep {
   }
 };
 
+// The slots of BlockOptimizerState with their bits.
+struct SlotRef {
+  StateSlots bit;
+  std::vector<float> BlockOptimizerState::*slot;
+};
+constexpr SlotRef kSlots[] = {
+    {kMomentumSlot, &BlockOptimizerState::momentum},
+    {kSquareAvgSlot, &BlockOptimizerState::square_avg},
+    {kGradAvgSlot, &BlockOptimizerState::grad_avg},
+    {kMaxSquareAvgSlot, &BlockOptimizerState::max_square_avg},
+};
+
 }  // namespace
+
+// Mirrors the EnsureSlot calls of RuleStep above (update_test checks that
+// an update allocates exactly these).
+StateSlots SlotsOf(const RuleParams& rule) {
+  struct Visitor {
+    StateSlots operator()(const SgdParams&) const { return 0; }
+    StateSlots operator()(const MomentumParams&) const { return kMomentumSlot; }
+    StateSlots operator()(const AdagradParams&) const { return kSquareAvgSlot; }
+    StateSlots operator()(const RmsPropParams& p) const {
+      return kSquareAvgSlot | (p.centered ? kGradAvgSlot : 0) |
+             (p.momentum > 0 ? kMomentumSlot : 0);
+    }
+    StateSlots operator()(const AdamParams& p) const {
+      return kMomentumSlot | kSquareAvgSlot |
+             (p.amsgrad ? kMaxSquareAvgSlot : 0);
+    }
+    StateSlots operator()(const EveParams&) const {
+      return kMomentumSlot | kSquareAvgSlot;
+    }
+  };
+  return std::visit(Visitor{}, rule);
+}
+
+StateSlots HeldSlots(const BlockOptimizerState& state) {
+  StateSlots held = 0;
+  for (const SlotRef& ref : kSlots) {
+    if (!(state.*ref.slot).empty()) held |= ref.bit;
+  }
+  return held;
+}
+
+void ReleaseSlots(StateSlots keep, BlockOptimizerState& state) {
+  for (const SlotRef& ref : kSlots) {
+    if (!(keep & ref.bit)) std::vector<float>().swap(state.*ref.slot);
+  }
+}
 
 absl::Status CheckUpdate(const OptimizerSettings& settings,
                          const BlockOptimizerState& state,

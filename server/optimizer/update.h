@@ -36,6 +36,24 @@ struct BlockOptimizerState {
   EveFeedbackState eve;
 };
 
+// A set of BlockOptimizerState's per-value slots, as bits.
+using StateSlots = uint8_t;
+inline constexpr StateSlots kMomentumSlot = 1;
+inline constexpr StateSlots kSquareAvgSlot = 2;
+inline constexpr StateSlots kGradAvgSlot = 4;
+inline constexpr StateSlots kMaxSquareAvgSlot = 8;
+
+// The slots ApplyUpdate allocates for `rule` (each as many values as the
+// block): what a block under that rule holds once it has been updated.
+StateSlots SlotsOf(const RuleParams& rule);
+
+// The slots that hold values.
+StateSlots HeldSlots(const BlockOptimizerState& state);
+
+// Frees the memory of every slot not in `keep`; a freed slot starts afresh
+// when a rule needs it again.
+void ReleaseSlots(StateSlots keep, BlockOptimizerState& state);
+
 // Refuses an update that the rule cannot take, before anything changes:
 // for Eve, a missing, non-finite or below-floor loss, or a first loss equal
 // to the floor (INVALID_ARGUMENT).

@@ -154,6 +154,53 @@ TEST(ApplyUpdateTest, AdvancesTheStepAndAllocatesOnlyTheSlotsItNeeds) {
   EXPECT_THAT(adam.grad_avg, IsEmpty());
 }
 
+// SlotsOf is what the store charges a variable's memory by, so it must name
+// exactly the slots an update allocates, for every rule and option.
+TEST(StateSlotsTest, SlotsOfIsWhatAnUpdateAllocates) {
+  const RuleParams rules[] = {
+      SgdParams{},
+      MomentumParams{},
+      MomentumParams{.momentum = 0.0},
+      AdagradParams{},
+      RmsPropParams{},
+      RmsPropParams{.centered = true},
+      RmsPropParams{.momentum = 0.9},
+      RmsPropParams{.momentum = 0.9, .centered = true},
+      AdamParams{},
+      AdamParams{.amsgrad = true},
+      AdamParams{.decoupled_weight_decay = true},
+      EveParams{},
+  };
+  for (const RuleParams& rule : rules) {
+    std::vector<float> values = kInitial;
+    BlockOptimizerState state;
+    ApplyUpdate(Settings(rule, 0.1), state, values, kGrad, 1.0);
+    EXPECT_EQ(HeldSlots(state), SlotsOf(rule))
+        << RuleName(rule) << " (rule " << rule.index() << ")";
+  }
+}
+
+TEST(StateSlotsTest, ReleaseSlotsFreesAllButTheKeptOnes) {
+  std::vector<float> values = kInitial;
+  BlockOptimizerState state;
+  ApplyUpdate(Settings(AdamParams{.amsgrad = true}, 0.1), state, values, kGrad,
+              std::nullopt);
+  const std::vector<float> m = state.momentum;
+  ASSERT_EQ(HeldSlots(state),
+            kMomentumSlot | kSquareAvgSlot | kMaxSquareAvgSlot);
+
+  ReleaseSlots(kMomentumSlot, state);
+  EXPECT_EQ(HeldSlots(state), kMomentumSlot);
+  EXPECT_EQ(state.momentum, m);
+  EXPECT_EQ(state.square_avg.capacity(), 0u);
+  EXPECT_EQ(state.max_square_avg.capacity(), 0u);
+  EXPECT_EQ(state.step, 1u);
+
+  ReleaseSlots(0, state);
+  EXPECT_EQ(HeldSlots(state), 0);
+  EXPECT_EQ(state.momentum.capacity(), 0u);
+}
+
 TEST(ApplyUpdateTest, ClipsTheGradientToClipNorm) {
   OptimizerSettings settings = Settings(SgdParams{}, 1.0);
   settings.clip_norm = 1.0;

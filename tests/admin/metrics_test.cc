@@ -191,7 +191,15 @@ TEST_F(MetricsTest, CountersRiseAndPerVariableLinesMatchGetStats) {
         Find(samples, "ps_variable_learning_rate", {{"variable", "w"}})->value,
         0.025);
     EXPECT_EQ(Find(samples, "ps_variable_step", {{"variable", "b"}})->value, 0);
+    // SGD keeps no state: the values alone, of this shard's blocks.
+    EXPECT_GT(stats.state_bytes(), 0u);
+    EXPECT_EQ(stats.state_bytes() % sizeof(float), 0u);
+    EXPECT_EQ(Find(samples, "ps_state_bytes", shard)->value,
+              stats.state_bytes());
+    EXPECT_EQ(Find(samples, "ps_memory_limit_bytes", shard)->value, 0);
   }
+  EXPECT_EQ(GetStats(0).state_bytes() + GetStats(1).state_bytes(),
+            (37 + 3) * sizeof(float));
   const std::vector<Sample> refused = Scrape(0);
   auto not_found = Find(refused, "ps_refusals_total", {{"code", "NOT_FOUND"}});
   ASSERT_TRUE(not_found);
@@ -202,9 +210,14 @@ TEST_F(MetricsTest, CountersRiseAndPerVariableLinesMatchGetStats) {
            *worker_, "", Config("adam {} learning_rate: 0.01"), false)) {
     ASSERT_TRUE(status.ok());
   }
+  EXPECT_EQ(GetStats(0).state_bytes() + GetStats(1).state_bytes(),
+            3 * (37 + 3) * sizeof(float));
   for (int s = 0; s < 2; ++s) {
     const std::vector<Sample> samples = Scrape(s);
     EXPECT_EQ(Find(samples, "ps_config_version")->value, 2);
+    // Adam's two moments count as soon as the rule changes.
+    EXPECT_EQ(Find(samples, "ps_state_bytes")->value,
+              GetStats(s).state_bytes());
     auto rate = Find(samples, "ps_variable_learning_rate", {{"variable", "w"}});
     EXPECT_EQ(rate->labels.at("rule"), "adam");
     EXPECT_DOUBLE_EQ(rate->value, 0.01);

@@ -269,6 +269,8 @@ TEST(PsServerProcessTest, BadFlagCombinationsExitWithOneLine) {
       {"zero shards", {"--num_shards=0"}},
       {"port out of range", {"--port=70000"}},
       {"zero max_message_mb", {"--max_message_mb=0"}},
+      {"negative malloc_arenas", {"--malloc_arenas=-1"}},
+      {"memory_limit_mb below -1", {"--memory_limit_mb=-2"}},
       {"unknown flag", {"--no_such_flag=1"}},
   };
   for (const BadFlags& c : cases) {
@@ -297,9 +299,10 @@ TEST(PsServerProcessTest, HelpListsEveryFlagAndExitsZero) {
   ASSERT_TRUE(status.has_value());
   ASSERT_TRUE(WIFEXITED(*status));
   EXPECT_EQ(WEXITSTATUS(*status), 0);
-  for (const char* flag : {"host", "port", "shard_index", "num_shards",
-                           "block_size", "consistency", "num_workers", "quorum",
-                           "optimizer", "max_message_mb"}) {
+  for (const char* flag :
+       {"host", "port", "shard_index", "num_shards", "block_size",
+        "consistency", "num_workers", "quorum", "optimizer", "max_message_mb",
+        "memory_limit_mb", "malloc_arenas"}) {
     const std::string name = std::string("--") + flag + " (";
     const size_t at = out.find(name);
     ASSERT_NE(at, std::string::npos) << flag << " missing from:\n" << out;

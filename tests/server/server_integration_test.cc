@@ -55,6 +55,7 @@ struct ClusterConfig {
   uint32_t quorum = 0;
   std::string optimizer = "sgd {} learning_rate: 1";
   int max_message_mb = 256;
+  uint64_t memory_limit_bytes = 0;
 };
 
 // `num_shards` shards of one cluster, each on its own loopback port.
@@ -75,6 +76,7 @@ class InProcessCluster {
       options.num_workers = config.num_workers;
       options.quorum = config.quorum;
       options.max_message_mb = config.max_message_mb;
+      options.memory_limit_bytes = config.memory_limit_bytes;
       if (optimizer.ok()) options.default_optimizer = *optimizer;
       auto server = ParameterServer::Start(options);
       EXPECT_TRUE(server.ok()) << server.status();
@@ -1113,6 +1115,26 @@ TEST(ServerRobustnessTest, MessageLargerThanTheLimitIsResourceExhausted) {
       << status.error_message();
   Snapshot now = raw.MustPullAll("w", 1000);
   EXPECT_EQ(now.values.size(), 1000u);
+}
+
+// A variable that would not fit in the shard's memory limit is refused
+// before the shard allocates it, instead of taking the process down.
+TEST(ServerRobustnessTest, VariableBeyondTheMemoryLimitIsResourceExhausted) {
+  InProcessCluster cluster(
+      {.num_shards = 1, .block_size = 1024, .memory_limit_bytes = 1 << 20});
+  ASSERT_TRUE(cluster.ok());
+  RawCluster& raw = cluster.raw();
+  // 2^37 values: 512 GiB of float32, far beyond any test machine.
+  for (const std::vector<uint64_t>& shape :
+       {std::vector<uint64_t>{300000}, {1ull << 19, 1ull << 18}}) {
+    grpc::Status status = raw.Create("big", shape, {});
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
+        << status.error_message();
+    EXPECT_THAT(status.error_message(),
+                AllOf(HasSubstr("'big'"), HasSubstr("--memory_limit_mb")));
+  }
+  ASSERT_TRUE(raw.Create("small", {1000}, {}).ok());
+  EXPECT_EQ(raw.MustPullAll("small", 1000).values.size(), 1000u);
 }
 
 }  // namespace
