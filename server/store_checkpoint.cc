@@ -110,6 +110,14 @@ absl::Status VariableStore::RestoreState(const storage::v1::ShardState& state) {
     return absl::DataLossError(absl::StrCat(
         "the default optimizer: ", default_settings.status().message()));
   }
+  // The default first: variables are created (and their memory counted)
+  // under the rule they had.
+  {
+    absl::MutexLock lock(&config_mu_);
+    default_optimizer_ = std::make_shared<const OptimizerEntry>(OptimizerEntry{
+        state.default_optimizer(), *std::move(default_settings)});
+    config_version_ = state.config_version();
+  }
   for (const storage::v1::VariableHeader& header : state.variables()) {
     v1::CreateVariableRequest create;
     create.set_name(header.name());
@@ -118,14 +126,14 @@ absl::Status VariableStore::RestoreState(const storage::v1::ShardState& state) {
       *create.mutable_optimizer() = header.optimizer();
     auto created = CreateVariable(create);
     if (!created.ok()) {
-      return absl::DataLossError(absl::StrCat(
-          "variable '", header.name(), "': ", created.status().message()));
+      const absl::StatusCode code =
+          created.status().code() == absl::StatusCode::kResourceExhausted
+              ? absl::StatusCode::kResourceExhausted
+              : absl::StatusCode::kDataLoss;
+      return absl::Status(code, absl::StrCat("variable '", header.name(), "': ",
+                                             created.status().message()));
     }
   }
-  absl::MutexLock lock(&config_mu_);
-  default_optimizer_ = std::make_shared<const OptimizerEntry>(
-      OptimizerEntry{state.default_optimizer(), *std::move(default_settings)});
-  config_version_ = state.config_version();
   return absl::OkStatus();
 }
 
@@ -145,38 +153,52 @@ absl::Status VariableStore::RestoreBlock(const BlockRecord& record) {
   const size_t n = block.range.length;
   const std::string what =
       absl::StrCat("block ", record.index(), " of '", record.variable(), "'");
-  absl::MutexLock lock(&block.mu);
-  if (record.values().size() != n * sizeof(float)) {
-    return absl::DataLossError(
-        absl::StrCat(what, " holds ", record.values().size(),
-                     " bytes of values, expected ", n * sizeof(float)));
+  optimizer::StateSlots held = 0;
+  {
+    absl::MutexLock lock(&block.mu);
+    if (record.values().size() != n * sizeof(float)) {
+      return absl::DataLossError(
+          absl::StrCat(what, " holds ", record.values().size(),
+                       " bytes of values, expected ", n * sizeof(float)));
+    }
+    PS_RETURN_IF_ERROR(GetFloats(record.values(), n, what, &block.values));
+    optimizer::BlockOptimizerState& state = block.state;
+    state.step = record.step();
+    PS_RETURN_IF_ERROR(GetFloats(record.momentum(), n, what, &state.momentum));
+    PS_RETURN_IF_ERROR(
+        GetFloats(record.square_avg(), n, what, &state.square_avg));
+    PS_RETURN_IF_ERROR(GetFloats(record.grad_avg(), n, what, &state.grad_avg));
+    PS_RETURN_IF_ERROR(
+        GetFloats(record.max_square_avg(), n, what, &state.max_square_avg));
+    state.eve.d = record.eve_d();
+    state.eve.f_hat = record.eve_f_hat();
+    state.eve.started = record.eve_started();
+    SyncSlot& sync = block.sync;
+    sync.started = record.sync_started();
+    sync.next_step = record.sync_next_step();
+    PS_RETURN_IF_ERROR(GetFloats(record.sync_sum(), n, what, &sync.sum));
+    sync.workers.clear();
+    for (const std::string& worker : record.sync_workers()) {
+      sync.workers.insert(worker);
+    }
+    sync.loss_sum = record.sync_loss_sum();
+    sync.losses = record.sync_losses();
+    block.applied.clear();
+    for (const auto& applied : record.applied()) {
+      block.applied[applied.worker_id()] =
+          SeqWindow(applied.highest(), applied.window());
+    }
+    held = optimizer::HeldSlots(state);
   }
-  PS_RETURN_IF_ERROR(GetFloats(record.values(), n, what, &block.values));
-  optimizer::BlockOptimizerState& state = block.state;
-  state.step = record.step();
-  PS_RETURN_IF_ERROR(GetFloats(record.momentum(), n, what, &state.momentum));
-  PS_RETURN_IF_ERROR(
-      GetFloats(record.square_avg(), n, what, &state.square_avg));
-  PS_RETURN_IF_ERROR(GetFloats(record.grad_avg(), n, what, &state.grad_avg));
-  PS_RETURN_IF_ERROR(
-      GetFloats(record.max_square_avg(), n, what, &state.max_square_avg));
-  state.eve.d = record.eve_d();
-  state.eve.f_hat = record.eve_f_hat();
-  state.eve.started = record.eve_started();
-  SyncSlot& sync = block.sync;
-  sync.started = record.sync_started();
-  sync.next_step = record.sync_next_step();
-  PS_RETURN_IF_ERROR(GetFloats(record.sync_sum(), n, what, &sync.sum));
-  sync.workers.clear();
-  for (const std::string& worker : record.sync_workers()) {
-    sync.workers.insert(worker);
-  }
-  sync.loss_sum = record.sync_loss_sum();
-  sync.losses = record.sync_losses();
-  block.applied.clear();
-  for (const auto& applied : record.applied()) {
-    block.applied[applied.worker_id()] =
-        SeqWindow(applied.highest(), applied.window());
+
+  // A slot kept across an earlier rule change (AMSGrad's running max after
+  // a switch to plain Adam) is counted as it was before the restart.
+  absl::MutexLock memory_lock(&memory_mu_);
+  MemoryCharge& charge = charges_[variable->name];
+  if ((held & ~charge.slots) != 0) {
+    charged_bytes_ -= BytesOf(charge);
+    charge.slots |= held;
+    charged_bytes_ += BytesOf(charge);
   }
   return absl::OkStatus();
 }

@@ -1358,5 +1358,29 @@ TEST(StoreMemoryTest, SlotsKeptAcrossAChangeStayCharged) {
   EXPECT_EQ(HeldBytes(store), store.StateBytes());
 }
 
+TEST(StoreMemoryTest, ARestoredStoreCountsWhatItsCheckpointHeld) {
+  VariableStore store(AsyncOptions(0, 1, 4, "sgd {}"));
+  ASSERT_TRUE(store.CreateVariable(CreateRequest("w", {10})).ok());
+  ASSERT_TRUE(store.CreateVariable(CreateWithOptimizer("s", 6, "sgd {}")).ok());
+  ASSERT_TRUE(
+      store.SetOptimizer("", Optimizer("adam { amsgrad: true }"), false).ok());
+  PushOnes(store, "w", 1);
+  // Plain Adam keeps AMSGrad's running max, which the restore must count.
+  ASSERT_TRUE(store.SetOptimizer("", Optimizer("adam {}"), false).ok());
+  ASSERT_EQ(store.StateBytes(), (10 * 4 + 6) * sizeof(float));
+
+  // Restarted with another default: the checkpoint's rules decide.
+  VariableStore restored(AsyncOptions(
+      0, 1, 4, "rmsprop { centered: true momentum: 0.9 } learning_rate: 0.1"));
+  ASSERT_TRUE(restored.RestoreState(store.SnapshotState()).ok());
+  ASSERT_TRUE(store
+                  .SnapshotBlocks([&](const storage::v1::BlockRecord& record) {
+                    return restored.RestoreBlock(record);
+                  })
+                  .ok());
+  EXPECT_EQ(restored.StateBytes(), store.StateBytes());
+  EXPECT_EQ(HeldBytes(restored), HeldBytes(store));
+}
+
 }  // namespace
 }  // namespace ps
