@@ -35,18 +35,22 @@ grpc::ServerUnaryReactor* AdminServiceImpl::SetOptimizer(
   const std::string target = request->variable().empty()
                                  ? "the default optimizer"
                                  : "variable '" + request->variable() + "'";
-  auto change = store_->SetOptimizer(request->variable(), request->config(),
-                                     request->reset_state());
+  auto change =
+      store_->SetOptimizer(request->variable(), request->config(),
+                           request->reset_state(), request->validate_only());
   if (!change.ok()) {
-    spdlog::warn("{} asked to set {} to '{}': refused: {}", *who, target,
+    spdlog::warn("{} asked to {} {} to '{}': refused: {}", *who,
+                 request->validate_only() ? "check setting" : "set", target,
                  OptimizerConfigToText(request->config()),
                  std::string(change.status().message()));
     return Finish(context, change.status());
   }
-  spdlog::info("{} set {} to '{}'{}; config version {} -> {}", *who, target,
-               OptimizerConfigToText(request->config()),
-               request->reset_state() ? " with fresh state" : "",
-               change->previous_version, change->version);
+  if (!request->validate_only()) {
+    spdlog::info("{} set {} to '{}'{}; config version {} -> {}", *who, target,
+                 OptimizerConfigToText(request->config()),
+                 request->reset_state() ? " with fresh state" : "",
+                 change->previous_version, change->version);
+  }
   response->set_config_version(change->version);
   response->set_previous_config_version(change->previous_version);
   return Finish(context, absl::OkStatus());

@@ -239,9 +239,11 @@ class VariableStore {
   //   docs/optimizers.md for the table.
   // RESOURCE_EXHAUSTED, changing nothing, when the state the new rule needs
   // would take the shard past memory_limit_bytes.
+  // `validate_only`: every check, no change (both versions are the current).
   absl::StatusOr<ConfigChange> SetOptimizer(const std::string& variable,
                                             const v1::OptimizerConfig& config,
-                                            bool reset_state);
+                                            bool reset_state,
+                                            bool validate_only = false);
 
   // Every variable with this shard's blocks, versions and optimizer.
   v1::ListVariablesResponse ListVariables() const;

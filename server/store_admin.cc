@@ -88,7 +88,7 @@ absl::StatusOr<v1::OptimizerConfig> VariableStore::GetOptimizer(
 
 absl::StatusOr<VariableStore::ConfigChange> VariableStore::SetOptimizer(
     const std::string& variable, const v1::OptimizerConfig& config,
-    bool reset_state) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    bool reset_state, bool validate_only) ABSL_NO_THREAD_SAFETY_ANALYSIS {
   v1::OptimizerConfig stored = config;
   stored.clear_config_version();
   auto settings = ResolveOptimizerConfig(stored);
@@ -156,7 +156,9 @@ absl::StatusOr<VariableStore::ConfigChange> VariableStore::SetOptimizer(
                        " to ",
                        std::string(optimizer::RuleName(entry->settings.rule))));
     }
-    if (status.ok()) {
+    if (status.ok() && validate_only) {
+      change.previous_version = change.version = config_version_;
+    } else if (status.ok()) {
       for (auto& [v, block] : blocks) {
         auto it = from.find(v);
         if (it == from.end()) continue;

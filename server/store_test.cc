@@ -1382,5 +1382,40 @@ TEST(StoreMemoryTest, ARestoredStoreCountsWhatItsCheckpointHeld) {
   EXPECT_EQ(HeldBytes(restored), HeldBytes(store));
 }
 
+TEST(StoreMemoryTest, ValidateOnlyChecksEverythingAndChangesNothing) {
+  StoreOptions options = AsyncOptions(0, 1, 4, "sgd {} learning_rate: 0.1");
+  options.memory_limit_bytes = 100 * 2 * sizeof(float);
+  VariableStore store(options);
+  ASSERT_TRUE(store.CreateVariable(CreateRequest("w", {100})).ok());
+  PushOnes(store, "w", 1);
+  const Snapshot before = PullAll(store, "w");
+
+  // Past the limit: the same refusal as the change itself would get.
+  auto check = store.SetOptimizer("", Optimizer("adam {}"), false,
+                                  /*validate_only=*/true);
+  auto real = store.SetOptimizer("", Optimizer("adam {}"), false);
+  ASSERT_EQ(check.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(check.status(), real.status());
+  EXPECT_EQ(store.SetOptimizer("nope", Optimizer("sgd {}"), false, true)
+                .status()
+                .code(),
+            absl::StatusCode::kNotFound);
+
+  // Within it: accepted, and still nothing changes.
+  auto fits = store.SetOptimizer("w", Optimizer("momentum {}"), true, true);
+  ASSERT_TRUE(fits.ok()) << fits.status();
+  EXPECT_EQ(fits->previous_version, 1u);
+  EXPECT_EQ(fits->version, 1u);
+  EXPECT_EQ(store.GetOptimizer("w")->config_version(), 1u);
+  EXPECT_TRUE(store.GetOptimizer("w")->has_sgd());
+  EXPECT_EQ(store.StateBytes(), 100 * sizeof(float));
+  PushOnes(store, "w", 2);  // SGD, from where it was
+  const Snapshot after = PullAll(store, "w");
+  EXPECT_THAT(after.versions, ::testing::Each(2u));
+  for (size_t i = 0; i < after.values.size(); ++i) {
+    EXPECT_FLOAT_EQ(after.values[i], before.values[i] - 0.1f);
+  }
+}
+
 }  // namespace
 }  // namespace ps

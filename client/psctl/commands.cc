@@ -400,6 +400,32 @@ int RunOptimizerGet(const ShardSet& shards, const std::string& variable,
       output);
 }
 
+// Reports a config change that some shard refused before any shard changed:
+// the error line, and with --json the shards' answers (sent: false).
+template <typename Response>
+int ReportNotSent(const ShardSet& shards, const ConfigChangeRequest& request,
+                  const std::vector<Answer<Response>>& answers,
+                  const std::string& stage, const Output& output) {
+  const int status = ReportFailures(
+      shards, answers,
+      absl::StrCat(request.command, ": ", stage, " (nothing was changed)"),
+      output);
+  if (status != kExitOk && output.json) {
+    json j;
+    j["command"] = request.command;
+    j["variable"] = request.variable;
+    j["sent"] = false;
+    j["shards"] = json::array();
+    for (int i = 0; i < shards.size(); ++i) {
+      j["shards"].push_back(ShardJson(shards.shard(i), answers[i].status));
+    }
+    j["failed_shards"] = FailedShards(Statuses(answers));
+    j["ok"] = false;
+    PrintJson(output, j);
+  }
+  return status;
+}
+
 int RunConfigChange(const ShardSet& shards, const ConfigChangeRequest& request,
                     const Output& output) {
   const std::string target =
@@ -414,24 +440,8 @@ int RunConfigChange(const ShardSet& shards, const ConfigChangeRequest& request,
       [&](const Shard& s, grpc::ClientContext* c, v1::OptimizerConfig* r) {
         return s.admin->GetOptimizer(c, get, r);
       });
-  if (ReportFailures(shards, current,
-                     absl::StrCat(request.command,
-                                  ": reading the optimizer in force (nothing "
-                                  "was changed)"),
-                     output) != kExitOk) {
-    if (output.json) {
-      json j;
-      j["command"] = request.command;
-      j["variable"] = request.variable;
-      j["sent"] = false;
-      j["shards"] = json::array();
-      for (int i = 0; i < shards.size(); ++i) {
-        j["shards"].push_back(ShardJson(shards.shard(i), current[i].status));
-      }
-      j["failed_shards"] = FailedShards(Statuses(current));
-      j["ok"] = false;
-      PrintJson(output, j);
-    }
+  if (ReportNotSent(shards, request, current, "reading the optimizer in force",
+                    output) != kExitOk) {
     return kExitShardFailed;
   }
 
@@ -456,19 +466,29 @@ int RunConfigChange(const ShardSet& shards, const ConfigChangeRequest& request,
     configs.push_back(*std::move(next));
   }
 
-  // 3. Every shard at once.
-  auto answers =
-      shards.ForEach<Answer<v1::SetOptimizerResponse>>([&](const Shard& shard) {
-        v1::SetOptimizerRequest set;
-        set.set_variable(request.variable);
-        *set.mutable_config() = configs[shard.index];
-        set.set_reset_state(request.reset_state);
-        Answer<v1::SetOptimizerResponse> answer;
-        auto context = shards.NewContext();
-        answer.status =
-            shard.admin->SetOptimizer(context.get(), set, &answer.response);
-        return answer;
-      });
+  // 3. Every shard checks the change (its variables, its memory limit)
+  //    without making it; 4. if all accept, every shard makes it at once.
+  //    A shard that refuses in 3 thus leaves every shard as it was.
+  auto set_all = [&](bool validate_only) {
+    return shards.ForEach<Answer<v1::SetOptimizerResponse>>(
+        [&](const Shard& shard) {
+          v1::SetOptimizerRequest set;
+          set.set_variable(request.variable);
+          *set.mutable_config() = configs[shard.index];
+          set.set_reset_state(request.reset_state);
+          set.set_validate_only(validate_only);
+          Answer<v1::SetOptimizerResponse> answer;
+          auto context = shards.NewContext();
+          answer.status =
+              shard.admin->SetOptimizer(context.get(), set, &answer.response);
+          return answer;
+        });
+  };
+  if (ReportNotSent(shards, request, set_all(/*validate_only=*/true),
+                    "checking the change on every shard", output) != kExitOk) {
+    return kExitShardFailed;
+  }
+  auto answers = set_all(/*validate_only=*/false);
 
   if (output.json) {
     json j;

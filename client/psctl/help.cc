@@ -26,7 +26,8 @@ Commands:
   help [COMMAND]          this text, or a command's help
 
 Every command calls all shards at once and shows each shard's answer. A
-change is validated here first, then sent to every shard.
+change is validated here first, then checked by every shard without being
+made (its variables, its memory limit), and made only when all accept.
 
 Global flags:
   --servers=HOST:PORT,...  the shards, in shard order (default 127.0.0.1:50051)

@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <nlohmann/json.hpp>
 
+#include "absl/strings/str_cat.h"
+#include "common/partition.h"
 #include "tests/admin/admin_test_util.h"
 
 namespace ps::testing {
@@ -362,6 +364,68 @@ TEST_F(PsctlTest, ShardDownIsNamedAndNothingIsChanged) {
   EXPECT_EQ(stats.exit_code, 1);
   EXPECT_TRUE(Contains(stats.out, "UNAVAILABLE") ||
               Contains(stats.out, "DEADLINE_EXCEEDED"));
+}
+
+// Each shard checks a change before any makes it: a rule whose state one
+// shard has no memory for leaves every shard as it was.
+TEST(PsctlMemoryTest, AChangeOneShardCannotHoldChangesNoShard) {
+  // "w": 5 blocks of 8 values (the last of 5), unevenly over 2 shards; the
+  // limit holds SGD everywhere and Adam only on the shard with fewer values.
+  const uint64_t kSize = 37, kBlock = 8;
+  const PartitionPlan plan(2, kBlock);
+  uint64_t share[2] = {0, 0};
+  for (uint64_t k = 0; k < plan.NumBlocks(kSize); ++k) {
+    share[plan.ShardOf("w", k)] += plan.BlockRange(kSize, k).length;
+  }
+  const int larger = share[1] > share[0] ? 1 : 0;
+  ASSERT_NE(share[0], share[1]);
+  ServerOptions options;
+  options.block_size = kBlock;
+  options.default_optimizer = Config("sgd {} learning_rate: 0.1");
+  options.memory_limit_bytes = 3 * sizeof(float) * share[larger] - 4;
+  auto shards = StartShards(2, options);
+  ASSERT_EQ(shards.size(), 2u);
+  RawWorker worker({shards[0]->address(), shards[1]->address()}, kBlock);
+  ASSERT_TRUE(worker.Create("w", std::vector<float>(kSize, 1.0f)).ok());
+
+  const std::vector<std::string> servers = {"--servers=" + ServerList(shards)};
+  auto psctl = [&](std::vector<std::string> args) {
+    args.insert(args.begin(), servers.begin(), servers.end());
+    return RunProcess(PSCTL_PATH, args, std::chrono::seconds(30));
+  };
+  ProcessResult refused = psctl({"optimizer", "set", "adam"});
+  EXPECT_EQ(refused.exit_code, 1);
+  EXPECT_TRUE(Contains(refused.err, "RESOURCE_EXHAUSTED")) << refused.err;
+  EXPECT_TRUE(Contains(refused.err, "nothing was changed")) << refused.err;
+  EXPECT_TRUE(Contains(refused.err, absl::StrCat(larger, " (") +
+                                        shards[larger]->address() + ")"));
+  EXPECT_FALSE(Contains(refused.err, absl::StrCat(1 - larger, " (") +
+                                         shards[1 - larger]->address() + ")"));
+  json j = json::parse(psctl({"--json", "optimizer", "set", "adam"}).out,
+                       nullptr, false);
+  ASSERT_FALSE(j.is_discarded());
+  EXPECT_FALSE(j["sent"]);
+  EXPECT_EQ(j["failed_shards"], json::array({larger}));
+  for (int s = 0; s < 2; ++s) {
+    v1::GetOptimizerRequest request;
+    v1::OptimizerConfig config;
+    ASSERT_TRUE(worker.admin(s)
+                    .GetOptimizer(MakeContext().get(), request, &config)
+                    .ok());
+    EXPECT_TRUE(config.has_sgd()) << "shard " << s;
+    EXPECT_EQ(config.config_version(), 1u) << "shard " << s;
+  }
+
+  // Momentum's one buffer fits on both: the change goes through.
+  ProcessResult momentum = psctl({"optimizer", "set", "momentum"});
+  EXPECT_EQ(momentum.exit_code, 0) << momentum.err;
+  json stats = json::parse(psctl({"--json", "stats"}).out, nullptr, false);
+  ASSERT_FALSE(stats.is_discarded());
+  for (int s = 0; s < 2; ++s) {
+    EXPECT_EQ(stats["shards"][s]["state_bytes"], 2 * sizeof(float) * share[s]);
+    EXPECT_EQ(stats["shards"][s]["memory_limit_bytes"],
+              options.memory_limit_bytes);
+  }
 }
 
 TEST_F(PsctlTest, StatsHumanJsonAndWatch) {
