@@ -1235,6 +1235,17 @@ v1::CreateVariableRequest CreateWithOptimizer(const std::string& name,
   return request;
 }
 
+// An SGD store whose limit holds `arrays` arrays of 100 values, with "w" of
+// 100 values, pushed once.
+std::unique_ptr<VariableStore> SgdStoreWithRoomFor(int arrays) {
+  StoreOptions options = AsyncOptions(0, 1, 4, "sgd {} learning_rate: 0.1");
+  options.memory_limit_bytes = 100 * arrays * sizeof(float);
+  auto store = std::make_unique<VariableStore>(options);
+  EXPECT_TRUE(store->CreateVariable(CreateRequest("w", {100})).ok());
+  PushOnes(*store, "w", 1);
+  return store;
+}
+
 TEST(StoreMemoryTest, EachVariableIsChargedWhatItsRuleHolds) {
   VariableStore store(AsyncOptions());
   const std::pair<std::string, int> rules[] = {
@@ -1303,11 +1314,9 @@ TEST(StoreMemoryTest, VariablesPastTheLimitAreRefusedAndChangeNothing) {
 }
 
 TEST(StoreMemoryTest, OptimizerChangesAreChargedAndRefusedPastTheLimit) {
-  StoreOptions options = AsyncOptions(0, 1, 4, "sgd {} learning_rate: 0.1");
-  options.memory_limit_bytes = 100 * 3 * sizeof(float);
-  VariableStore store(options);
-  ASSERT_TRUE(store.CreateVariable(CreateRequest("w", {100})).ok());
-  PushOnes(store, "w", 1);
+  auto owner = SgdStoreWithRoomFor(3);
+  VariableStore& store = *owner;
+  const StoreOptions& options = store.options();
   const uint64_t version = store.GetOptimizer("w")->config_version();
 
   // AMSGrad keeps three arrays besides the values: past the limit.
@@ -1383,11 +1392,8 @@ TEST(StoreMemoryTest, ARestoredStoreCountsWhatItsCheckpointHeld) {
 }
 
 TEST(StoreMemoryTest, ValidateOnlyChecksEverythingAndChangesNothing) {
-  StoreOptions options = AsyncOptions(0, 1, 4, "sgd {} learning_rate: 0.1");
-  options.memory_limit_bytes = 100 * 2 * sizeof(float);
-  VariableStore store(options);
-  ASSERT_TRUE(store.CreateVariable(CreateRequest("w", {100})).ok());
-  PushOnes(store, "w", 1);
+  auto owner = SgdStoreWithRoomFor(2);
+  VariableStore& store = *owner;
   const Snapshot before = PullAll(store, "w");
 
   // Past the limit: the same refusal as the change itself would get.
