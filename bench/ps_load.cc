@@ -13,11 +13,9 @@
 //
 //   ps_load --value_bytes=4MiB --workers=2 --runs=5
 //   ps_load --servers=127.0.0.1:7000,127.0.0.1:7001 --op=pull
-#include <fcntl.h>
 #include <grpcpp/grpcpp.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -45,6 +43,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "client/client.h"
+#include "common/child_process.h"
 #include "common/cli.h"
 #include "common/optimizer_config.h"
 #include "proto/ps/v1/ps.grpc.pb.h"
@@ -151,6 +150,12 @@ class EchoService final : public ps::v1::ParameterService::CallbackService {
 
 int ServeEcho() {
   ps::TuneMalloc();  // as ps_server keeps its message buffers
+  // Signals are taken by sigwait below; blocked before gRPC starts threads.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   ps::v1::ClusterInfo info;
   info.set_shard_index(absl::GetFlag(FLAGS_shard_index));
   info.set_num_shards(absl::GetFlag(FLAGS_shards));
@@ -171,70 +176,45 @@ int ServeEcho() {
     return 1;
   }
   std::cout << "listening on 127.0.0.1:" << port << std::endl;
-  // Runs until the parent closes stdin (or dies).
-  char c;
-  while (read(STDIN_FILENO, &c, 1) > 0) {
-  }
+  // Runs until SIGTERM or SIGINT (blocked in main before any thread
+  // started), or until the parent dies (PR_SET_PDEATHSIG).
+  int signal_number = 0;
+  sigwait(&signals, &signal_number);
   server->Shutdown(std::chrono::system_clock::now());
   return 0;
 }
 
 // --- child processes ---------------------------------------------------------
 
-// A server process: started with a pipe on stdin (closed to stop it) and one
-// on stdout (its first line is "listening on HOST:PORT").
+// A server process whose first line of stdout is "listening on HOST:PORT".
+// It gets SIGTERM when this goes (and SIGKILL if it does not exit).
 struct Child {
-  pid_t pid = -1;
-  int stdin_fd = -1;
+  std::unique_ptr<ps::ChildProcess> process;
   std::string address;
 
   ~Child() {
-    if (pid <= 0) return;
-    close(stdin_fd);
-    kill(pid, SIGTERM);
-    int status = 0;
-    waitpid(pid, &status, 0);
+    process->Signal(SIGTERM);
+    process->WaitForExit(std::chrono::seconds(10));
   }
+  pid_t pid() const { return process->pid(); }
 };
 
 std::unique_ptr<Child> StartChild(const std::vector<std::string>& argv) {
-  int in[2], out[2];
-  if (pipe(in) != 0 || pipe(out) != 0) return nullptr;
-  const pid_t pid = fork();
-  if (pid < 0) return nullptr;
-  if (pid == 0) {
-    dup2(in[0], STDIN_FILENO);
-    dup2(out[1], STDOUT_FILENO);
-    if (!absl::GetFlag(FLAGS_server_logs)) {
-      const int null = open("/dev/null", O_WRONLY);
-      dup2(null, STDERR_FILENO);
-    }
-    close(in[0]);
-    close(in[1]);
-    close(out[0]);
-    close(out[1]);
-    std::vector<char*> args;
-    for (const std::string& a : argv)
-      args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
-    execv(args[0], args.data());
-    _exit(127);
-  }
-  close(in[0]);
-  close(out[1]);
-  auto child = std::make_unique<Child>();
-  child->pid = pid;
-  child->stdin_fd = in[1];
-  std::string line;
-  char c;
-  while (read(out[0], &c, 1) == 1 && c != '\n') line.push_back(c);
-  close(out[0]);
+  auto process = ps::ChildProcess::Start(
+      argv[0], std::vector<std::string>(argv.begin() + 1, argv.end()),
+      absl::GetFlag(FLAGS_server_logs) ? ps::StderrTo::Inherit()
+                                       : ps::StderrTo::File("/dev/null"));
+  if (process == nullptr) return nullptr;
+  const std::string line =
+      process->ReadLine(std::chrono::seconds(30)).value_or("");
   constexpr absl::string_view kPrefix = "listening on ";
   if (!absl::StartsWith(line, kPrefix)) {
     std::cerr << "ps_load: " << argv[0] << " did not start: '" << line << "'"
               << std::endl;
     return nullptr;
   }
+  auto child = std::make_unique<Child>();
+  child->process = std::move(process);
   child->address = line.substr(kPrefix.size());
   return child;
 }
@@ -604,7 +584,7 @@ int main(int argc, char** argv) {
 
   uint64_t baseline = 0;
   for (const auto& child : ours_children)
-    baseline += ReadMemory(child->pid).rss;
+    baseline += ReadMemory(child->pid()).rss;
 
   auto ours_clients = Connect(ours_addresses, load, *optimizer);
   if (!ours_clients.ok()) return Fail(ours_clients.status().ToString());
@@ -618,7 +598,8 @@ int main(int argc, char** argv) {
   auto cpu_of = [](const std::vector<std::unique_ptr<Child>>& children) {
     return [&children] {
       double seconds = 0;
-      for (const auto& child : children) seconds += ReadCpuSeconds(child->pid);
+      for (const auto& child : children)
+        seconds += ReadCpuSeconds(child->pid());
       return seconds;
     };
   };
@@ -636,7 +617,7 @@ int main(int argc, char** argv) {
     uint64_t rss = 0;
     peak = 0;
     for (const auto& child : ours_children) {
-      const Memory m = ReadMemory(child->pid);
+      const Memory m = ReadMemory(child->pid());
       rss += m.rss;
       peak += m.peak;
     }

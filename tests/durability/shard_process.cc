@@ -80,8 +80,7 @@ std::unique_ptr<ShardProcess> ShardProcess::Spawn(
     args.push_back(absl::StrCat("--checkpoint_dir=", flags.checkpoint_dir));
   }
   args.insert(args.end(), flags.extra.begin(), flags.extra.end());
-  auto child = testutil::ChildProcess::Start(
-      kBinary, args, testutil::StderrTo::File(stderr_path));
+  auto child = ChildProcess::Start(kBinary, args, StderrTo::File(stderr_path));
   if (child == nullptr) return nullptr;
   return std::unique_ptr<ShardProcess>(
       new ShardProcess(std::move(child), stderr_path));

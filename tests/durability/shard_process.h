@@ -23,9 +23,9 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "common/child_process.h"
 #include "common/partition.h"
 #include "proto/ps/v1/ps.grpc.pb.h"
-#include "tests/testing/child_process.h"
 
 namespace ps::durability {
 
@@ -96,11 +96,10 @@ class ShardProcess {
   std::string StderrText() const { return ReadFileOrEmpty(stderr_path_); }
 
  private:
-  ShardProcess(std::unique_ptr<testutil::ChildProcess> child,
-               std::string stderr_path)
+  ShardProcess(std::unique_ptr<ChildProcess> child, std::string stderr_path)
       : child_(std::move(child)), stderr_path_(std::move(stderr_path)) {}
 
-  const std::unique_ptr<testutil::ChildProcess> child_;
+  const std::unique_ptr<ChildProcess> child_;
   const std::string stderr_path_;
 };
 

@@ -16,19 +16,17 @@
 #include <thread>
 #include <vector>
 
+#include "common/child_process.h"
 #include "tests/server/raw_cluster.h"
-#include "tests/testing/child_process.h"
 
 namespace ps {
 namespace {
 
-using ::ps::testutil::ChildProcess;
 using ::ps::testutil::FinishedCalls;
 using ::ps::testutil::Iota;
 using ::ps::testutil::MakeContext;
 using ::ps::testutil::RawCluster;
 using ::ps::testutil::Snapshot;
-using ::ps::testutil::StderrTo;
 using ::testing::ElementsAreArray;
 using ::testing::HasSubstr;
 using Clock = std::chrono::steady_clock;

@@ -1,4 +1,4 @@
-#include "tests/testing/child_process.h"
+#include "common/child_process.h"
 
 #include <fcntl.h>
 #include <poll.h>
@@ -10,7 +10,7 @@
 #include <cerrno>
 #include <thread>
 
-namespace ps::testutil {
+namespace ps {
 namespace {
 
 using Clock = ChildProcess::Clock;
@@ -62,9 +62,12 @@ std::unique_ptr<ChildProcess> ChildProcess::Start(
 
   int out[2];
   if (::pipe2(out, O_CLOEXEC) != 0) return nullptr;
-  // err[0] is the parent's end (-1 for a file), err[1] the child's.
+  // err[0] is the parent's end (-1 for a file), err[1] the child's (-1 to
+  // leave stderr as it is).
   int err[2] = {-1, -1};
-  if (stderr_to.path.empty()) {
+  if (stderr_to.inherit) {
+    // Nothing to set up.
+  } else if (stderr_to.path.empty()) {
     if (::pipe2(err, O_CLOEXEC) != 0) {
       CloseBoth(out);
       return nullptr;
@@ -84,12 +87,12 @@ std::unique_ptr<ChildProcess> ChildProcess::Start(
     ::prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (::getppid() != parent) ::_exit(127);
     ::dup2(out[1], STDOUT_FILENO);
-    ::dup2(err[1], STDERR_FILENO);
+    if (err[1] >= 0) ::dup2(err[1], STDERR_FILENO);
     ::execv(argv[0], argv.data());
     ::_exit(127);
   }
   ::close(out[1]);
-  ::close(err[1]);
+  if (err[1] >= 0) ::close(err[1]);
   if (pid < 0) {
     ::close(out[0]);
     if (err[0] >= 0) ::close(err[0]);
@@ -159,4 +162,4 @@ std::optional<int> ChildProcess::WaitForExit(Clock::duration timeout) {
   }
 }
 
-}  // namespace ps::testutil
+}  // namespace ps

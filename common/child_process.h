@@ -1,6 +1,7 @@
-// Test helper: a program run as a child process, with its stdout on a pipe
-// read line by line, its stderr on a pipe or in a file, and signals, SIGKILL
-// and waiting for the exit with a timeout.
+// A program run as a child process (by the tests and bench/ps_load), with its
+// stdout on a pipe read line by line, its stderr on a pipe, in a file or
+// shared with this process, and signals, SIGKILL and waiting for the exit
+// with a timeout.
 //
 // Thread safety: a ChildProcess is used from one thread at a time. Start only
 // from a thread that outlives the child, such as the test's main thread: the
@@ -17,20 +18,26 @@
 #include <utility>
 #include <vector>
 
-namespace ps::testutil {
+namespace ps {
 
 // Where a child's stderr goes.
 struct StderrTo {
   // A pipe, read with ChildProcess::ReadAllStderr.
   static StderrTo Pipe() { return StderrTo(); }
   // The file at `path`, created or truncated at the start.
-  static StderrTo File(std::string path) { return StderrTo{std::move(path)}; }
+  static StderrTo File(std::string path) {
+    return StderrTo{.path = std::move(path)};
+  }
+  // This process's own stderr.
+  static StderrTo Inherit() { return StderrTo{.inherit = true}; }
 
-  // Empty: a pipe.
+  // Empty (and not inherit): a pipe.
   std::string path;
+  bool inherit = false;
 };
 
-// One child process. stdout is a pipe; stderr is a pipe or a file. The
+// One child process. stdout is a pipe; stderr is a pipe, a file or this
+// process's. The
 // destructor SIGKILLs and reaps it if it still runs; it also dies with the
 // test process.
 class ChildProcess {
@@ -85,6 +92,6 @@ class ChildProcess {
   std::optional<int> wait_status_;
 };
 
-}  // namespace ps::testutil
+}  // namespace ps
 
-#endif  // PS_TESTS_TESTING_CHILD_PROCESS_H_
+#endif  // PS_COMMON_CHILD_PROCESS_H_
