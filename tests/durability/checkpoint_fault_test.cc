@@ -82,6 +82,15 @@ std::vector<float> PatternGradient(size_t n) {
   return gradient;
 }
 
+// Creates "w" of `n` values on the running cluster; with `push`, pushes
+// PatternGradient(n) to it once.
+void CreateW(const ProcessCluster& cluster, size_t n, bool push = false) {
+  std::unique_ptr<Client> client = Connect(cluster);
+  ASSERT_NE(client, nullptr);
+  ASSERT_TRUE(client->CreateVariable("w", {n}).ok());
+  if (push) ASSERT_TRUE(client->Push("w", PatternGradient(n)).ok());
+}
+
 // The step that every block of `pulled` is at, checking that each value
 // matches it; fails the test and returns -1 when they disagree.
 int64_t UniformStep(const Values& pulled) {
@@ -114,11 +123,7 @@ TEST_F(CheckpointFaultTest, KillDuringCheckpointWritesAlwaysLeavesOneLoadable) {
   ProcessCluster& cluster = NewCluster(1, 65536);
   cluster.flags(0).checkpoint_keep = 2;
   ASSERT_TRUE(cluster.StartAll().ok());
-  {
-    std::unique_ptr<Client> client = Connect(cluster);
-    ASSERT_NE(client, nullptr);
-    ASSERT_TRUE(client->CreateVariable("w", {kN}).ok());
-  }
+  ASSERT_NO_FATAL_FAILURE(CreateW(cluster, kN));
   ASSERT_TRUE(cluster.Checkpoint(0).ok());
   const std::vector<float> gradient = PatternGradient(kN);
 
@@ -219,11 +224,7 @@ TEST_P(CorruptCheckpointTest, NewestIsSkippedAndThePreviousLoads) {
   constexpr size_t kN = 40;
   ProcessCluster& cluster = NewCluster(1, 16);
   ASSERT_TRUE(cluster.StartAll().ok());
-  {
-    std::unique_ptr<Client> client = Connect(cluster);
-    ASSERT_NE(client, nullptr);
-    ASSERT_TRUE(client->CreateVariable("w", {kN}).ok());
-  }
+  ASSERT_NO_FATAL_FAILURE(CreateW(cluster, kN));
   const std::vector<float> gradient = PatternGradient(kN);
   ASSERT_TRUE(cluster.PushShard(0, "w", gradient, "worker", 1).ok());
   auto previous = cluster.Checkpoint(0);
@@ -296,12 +297,7 @@ TEST_F(CheckpointFaultTest, CheckpointOfAnotherLayoutIsRefused) {
   constexpr size_t kN = 100;
   ProcessCluster& cluster = NewCluster(2, 16);
   ASSERT_TRUE(cluster.StartAll().ok());
-  {
-    std::unique_ptr<Client> client = Connect(cluster);
-    ASSERT_NE(client, nullptr);
-    ASSERT_TRUE(client->CreateVariable("w", {kN}).ok());
-    ASSERT_TRUE(client->Push("w", PatternGradient(kN)).ok());
-  }
+  ASSERT_NO_FATAL_FAILURE(CreateW(cluster, kN, /*push=*/true));
   ASSERT_TRUE(cluster.Checkpoint(0).ok());
   cluster.Kill(0);
 
@@ -353,11 +349,7 @@ TEST_F(CheckpointFaultTest, AllCheckpointsDamagedRefusesToStart) {
   constexpr size_t kN = 40;
   ProcessCluster& cluster = NewCluster(1, 16);
   ASSERT_TRUE(cluster.StartAll().ok());
-  {
-    std::unique_ptr<Client> client = Connect(cluster);
-    ASSERT_NE(client, nullptr);
-    ASSERT_TRUE(client->CreateVariable("w", {kN}).ok());
-  }
+  ASSERT_NO_FATAL_FAILURE(CreateW(cluster, kN));
   ASSERT_TRUE(cluster.PushShard(0, "w", PatternGradient(kN), "worker", 1).ok());
   auto only = cluster.Checkpoint(0);
   ASSERT_TRUE(only.ok()) << only.status();
