@@ -375,24 +375,23 @@ uint64_t VariableStore::BytesOf(const MemoryCharge& charge) const {
 absl::Status VariableStore::CheckMemory(uint64_t more,
                                         absl::string_view what) const {
   const uint64_t limit = options_.memory_limit_bytes;
-  if (limit == 0 || (charged_bytes_ <= limit && more <= limit - charged_bytes_))
+  const uint64_t charged = charged_bytes_;
+  if (limit == 0 || (charged <= limit && more <= limit - charged)) {
     return absl::OkStatus();
+  }
   auto mib = [](uint64_t bytes) {
     if (bytes < (1 << 20)) return absl::StrCat(bytes, " bytes");
     return absl::StrFormat("%.1f MiB", static_cast<double>(bytes) / (1 << 20));
   };
   return absl::ResourceExhaustedError(absl::StrCat(
       what, " needs ", mib(more), " more for values and optimizer state on ",
-      "shard ", options_.shard_index, ", which holds ", mib(charged_bytes_),
+      "shard ", options_.shard_index, ", which holds ", mib(charged),
       " of its limit of ", mib(limit),
       "; add shards, choose a rule with less state, or raise ps_server's "
       "--memory_limit_mb"));
 }
 
-uint64_t VariableStore::StateBytes() const {
-  absl::MutexLock lock(&memory_mu_);
-  return charged_bytes_;
-}
+uint64_t VariableStore::StateBytes() const { return charged_bytes_; }
 
 absl::Status VariableStore::Pull(const v1::PullRequest& request,
                                  v1::PullResponse* response) const {

@@ -317,7 +317,9 @@ class VariableStore {
   mutable absl::Mutex memory_mu_;
   absl::flat_hash_map<std::string, MemoryCharge> charges_
       ABSL_GUARDED_BY(memory_mu_);
-  uint64_t charged_bytes_ ABSL_GUARDED_BY(memory_mu_) = 0;
+  // Changed only under memory_mu_; read without it (Stats must not wait for
+  // the creation of a large variable).
+  std::atomic<uint64_t> charged_bytes_ = 0;
 
   // Lock order: memory_mu_, then block locks (in address order), then
   // config_mu_.

@@ -166,7 +166,7 @@ absl::StatusOr<VariableStore::ConfigChange> VariableStore::SetOptimizer(
                    block->state);
       }
       for (auto& [charge, changed] : charges) *charge = changed;
-      charged_bytes_ = charged_bytes_ - before + after;
+      charged_bytes_ += after - before;  // modulo 2^64 when it shrinks
       if (variable.empty()) {
         default_optimizer_ = entry;
       } else {
