@@ -149,7 +149,7 @@ class EchoService final : public ps::v1::ParameterService::CallbackService {
 };
 
 int ServeEcho() {
-  ps::TuneMalloc();  // as ps_server keeps its message buffers
+  ps::TuneServerMalloc();  // the allocator ps_server runs on
   // Signals are taken by sigwait below; blocked before gRPC starts threads.
   sigset_t signals;
   sigemptyset(&signals);

@@ -16,6 +16,15 @@ namespace ps {
 // is not glibc (nothing changed).
 bool TuneMalloc(size_t keep_free_bytes = size_t{256} << 20);
 
+// A server's allocator: TuneMalloc keeping at most 64 MiB of freed memory
+// per arena, and at most `arenas` malloc arenas (0: one per 4 cores, at
+// least one) instead of glibc's eight per core, each of which keeps its
+// own freed buffers resident. ps_server calls it, and so does the
+// benchmark's echo server, so that both run on the same allocator.
+// Returns false where the C library is not glibc (nothing changed).
+// REQUIRES: arenas >= 0.
+bool TuneServerMalloc(int arenas = 0);
+
 }  // namespace ps
 
 #endif  // PS_COMMON_TUNE_MALLOC_H_

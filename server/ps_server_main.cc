@@ -2,16 +2,13 @@
 //
 // Parses flags, starts the shard, prints "listening on HOST:PORT" as the
 // first line of stdout, and shuts down gracefully on SIGTERM or SIGINT.
-#include <malloc.h>
 #include <signal.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
-#include <algorithm>
 #include <cstdio>
 #include <iostream>
 #include <string>
-#include <thread>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
@@ -74,23 +71,6 @@ int Fail(const std::string& message) {
   return 2;
 }
 
-// Keeps freed message buffers in the heap for the next call (see
-// ps::TuneMalloc: otherwise each call of a few MiB faults in new zeroed
-// pages, at a fraction of memcpy speed), within bounds: up to
-// kKeepFreeBytes of freed memory per arena, and `arenas` arenas rather than
-// glibc's eight per core (gRPC's threads would otherwise each keep their
-// own). With 0, one per 4 cores: on 2 cores one arena held 20-30 MiB less
-// than two at 40 MiB calls, for the same CPU per byte (bench/README.md).
-void KeepMessageBuffers(int arenas) {
-  constexpr size_t kKeepFreeBytes = 64 << 20;
-  ps::TuneMalloc(kKeepFreeBytes);
-  if (arenas == 0) {
-    arenas =
-        static_cast<int>(std::max(1u, std::thread::hardware_concurrency() / 4));
-  }
-  mallopt(M_ARENA_MAX, arenas);
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -103,7 +83,10 @@ int main(int argc, char** argv) {
     return Fail("--malloc_arenas must be 0 (one per 4 cores) or more, not " +
                 std::to_string(arenas));
   }
-  KeepMessageBuffers(arenas);
+  // Freed message buffers stay in the heap for the next call, within
+  // bounds (on 2 cores one arena held 20-30 MiB less than two at 40 MiB
+  // calls, for the same CPU per byte: bench/README.md).
+  ps::TuneServerMalloc(arenas);
   // Abseil's mutex deadlock detection, on in Debian's build, adds every
   // lock acquisition made while holding another lock to one global graph:
   // a debugging aid that the tests keep and the server does without.
