@@ -12,6 +12,7 @@
 #include <atomic>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <thread>
@@ -34,31 +35,41 @@ void Churn() {
   }
 }
 
-// Minor page faults of a second Churn in a fresh child process (so that
-// the allocator starts from glibc's defaults), with or without TuneMalloc.
-long ChurnFaults(bool tuned) {
+// Runs `measure` in a forked child, whose allocator starts from glibc's
+// defaults (this process never tunes its own), and returns what it returns;
+// -1 when the child failed (a negative result counts as a failure too).
+long InFreshProcess(const std::function<long()>& measure) {
   int pipe_fds[2];
   if (pipe(pipe_fds) != 0) return -1;
   const pid_t pid = fork();
   if (pid == 0) {
-    if (tuned && !TuneMalloc()) _exit(2);
+    const long result = measure();
+    const bool written =
+        result >= 0 && write(pipe_fds[1], &result, sizeof result) ==
+                           static_cast<ssize_t>(sizeof result);
+    _exit(written ? 0 : 1);
+  }
+  close(pipe_fds[1]);
+  long result = -1;
+  if (read(pipe_fds[0], &result, sizeof result) != sizeof result) result = -1;
+  close(pipe_fds[0]);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? result : -1;
+}
+
+// Minor page faults of a second Churn in a fresh process, with or without
+// TuneMalloc.
+long ChurnFaults(bool tuned) {
+  return InFreshProcess([tuned]() -> long {
+    if (tuned && !TuneMalloc()) return -1;
     Churn();
     rusage before, after;
     getrusage(RUSAGE_SELF, &before);
     Churn();
     getrusage(RUSAGE_SELF, &after);
-    const long faults = after.ru_minflt - before.ru_minflt;
-    const bool written =
-        write(pipe_fds[1], &faults, sizeof faults) == sizeof faults;
-    _exit(written ? 0 : 1);
-  }
-  close(pipe_fds[1]);
-  long faults = -1;
-  if (read(pipe_fds[0], &faults, sizeof faults) != sizeof faults) faults = -1;
-  close(pipe_fds[0]);
-  int status = 0;
-  waitpid(pid, &status, 0);
-  return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? faults : -1;
+    return after.ru_minflt - before.ru_minflt;
+  });
 }
 
 TEST(TuneMallocTest, ReusedBuffersFaultInNoPages) {
@@ -71,14 +82,11 @@ TEST(TuneMallocTest, ReusedBuffersFaultInNoPages) {
 }
 
 // The malloc arenas in use after `threads` threads each allocated a few
-// buffers at once, in a fresh child process, with or without
+// buffers at once, in a fresh process, with or without
 // TuneServerMalloc(arenas): the number of <heap> entries malloc_info lists.
-int ArenasAfterThreads(int threads, std::optional<int> arenas) {
-  int pipe_fds[2];
-  if (pipe(pipe_fds) != 0) return -1;
-  const pid_t pid = fork();
-  if (pid == 0) {
-    if (arenas && !TuneServerMalloc(*arenas)) _exit(2);
+long ArenasAfterThreads(int threads, std::optional<int> arenas) {
+  return InFreshProcess([threads, arenas]() -> long {
+    if (arenas && !TuneServerMalloc(*arenas)) return -1;
     std::vector<std::thread> workers;
     std::atomic<int> holding = 0;
     for (int t = 0; t < threads; ++t) {
@@ -97,22 +105,13 @@ int ArenasAfterThreads(int threads, std::optional<int> arenas) {
     FILE* out = open_memstream(&text, &size);
     malloc_info(0, out);
     fclose(out);
-    int heaps = 0;
+    long heaps = 0;
     for (const char* at = text; (at = std::strstr(at, "<heap nr=")); ++at) {
       ++heaps;
     }
     free(text);
-    const bool written =
-        write(pipe_fds[1], &heaps, sizeof heaps) == sizeof heaps;
-    _exit(written ? 0 : 1);
-  }
-  close(pipe_fds[1]);
-  int heaps = -1;
-  if (read(pipe_fds[0], &heaps, sizeof heaps) != sizeof heaps) heaps = -1;
-  close(pipe_fds[0]);
-  int status = 0;
-  waitpid(pid, &status, 0);
-  return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? heaps : -1;
+    return heaps;
+  });
 }
 
 TEST(TuneServerMallocTest, BoundsTheArenas) {
