@@ -111,10 +111,11 @@ int main(int argc, char** argv) {
   options.checkpoint_interval_s = absl::GetFlag(FLAGS_checkpoint_interval_s);
   options.checkpoint_keep = absl::GetFlag(FLAGS_checkpoint_keep);
   const int64_t memory_limit_mb = absl::GetFlag(FLAGS_memory_limit_mb);
-  if (memory_limit_mb < -1) {
+  constexpr int64_t kMaxMemoryLimitMb = int64_t{1} << 40;  // 1 EiB
+  if (memory_limit_mb < -1 || memory_limit_mb > kMaxMemoryLimitMb) {
     return Fail(
         "--memory_limit_mb must be -1 (no limit), 0 (80% of the "
-        "usable memory) or a size in MiB, not " +
+        "usable memory) or a size in MiB up to 2^40, not " +
         std::to_string(memory_limit_mb));
   }
   std::string memory_limit_source = "--memory_limit_mb";
