@@ -176,8 +176,8 @@ int ServeEcho() {
     return 1;
   }
   std::cout << "listening on 127.0.0.1:" << port << std::endl;
-  // Runs until SIGTERM or SIGINT (blocked in main before any thread
-  // started), or until the parent dies (PR_SET_PDEATHSIG).
+  // Runs until SIGTERM or SIGINT (blocked above, before gRPC started its
+  // threads), or until the parent dies (PR_SET_PDEATHSIG).
   int signal_number = 0;
   sigwait(&signals, &signal_number);
   server->Shutdown(std::chrono::system_clock::now());
