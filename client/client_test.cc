@@ -544,7 +544,11 @@ class GarbageAnswers final
   }
   static grpc::ServerUnaryReactor* Answer(grpc::CallbackServerContext* context,
                                           grpc::ByteBuffer* response) {
-    grpc::Slice bytes(std::string("\x0a\x64abc", 5));
+    // Field 1 of 100 bytes, of which 3 came: a truncated message.
+    grpc::Slice bytes(
+        std::string("\x0a\x64"
+                    "abc",
+                    5));
     *response = grpc::ByteBuffer(&bytes, 1);
     return Finish(context);
   }

@@ -26,10 +26,10 @@ struct StderrTo {
   static StderrTo Pipe() { return StderrTo(); }
   // The file at `path`, created or truncated at the start.
   static StderrTo File(std::string path) {
-    return StderrTo{.path = std::move(path)};
+    return StderrTo{.path = std::move(path), .inherit = false};
   }
   // This process's own stderr.
-  static StderrTo Inherit() { return StderrTo{.inherit = true}; }
+  static StderrTo Inherit() { return StderrTo{.path = "", .inherit = true}; }
 
   // Empty (and not inherit): a pipe.
   std::string path;

@@ -6,7 +6,6 @@
 
 #include <algorithm>
 #include <climits>
-#include <thread>
 
 namespace ps {
 
@@ -26,10 +25,6 @@ bool TuneMalloc(size_t keep_free_bytes) {
 bool TuneServerMalloc(int arenas) {
 #if defined(__GLIBC__)
   constexpr size_t kKeepFreeBytes = 64 << 20;
-  if (arenas == 0) {
-    arenas =
-        static_cast<int>(std::max(1u, std::thread::hardware_concurrency() / 4));
-  }
   return TuneMalloc(kKeepFreeBytes) && mallopt(M_ARENA_MAX, arenas) == 1;
 #else
   (void)arenas;

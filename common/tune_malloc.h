@@ -17,13 +17,14 @@ namespace ps {
 bool TuneMalloc(size_t keep_free_bytes = size_t{256} << 20);
 
 // A server's allocator: TuneMalloc keeping at most 64 MiB of freed memory
-// per arena, and at most `arenas` malloc arenas (0: one per 4 cores, at
-// least one) instead of glibc's eight per core, each of which keeps its
-// own freed buffers resident. ps_server calls it, and so does the
-// benchmark's echo server, so that both run on the same allocator.
-// Returns false where the C library is not glibc (nothing changed).
-// REQUIRES: arenas >= 0.
-bool TuneServerMalloc(int arenas = 0);
+// per arena, and at most `arenas` malloc arenas instead of glibc's eight
+// per core, each of which keeps its own freed buffers resident. One arena
+// measured best on 2 and on 16 cores (bench/README.md). ps_server calls
+// it, and so does the benchmark's echo server, so that both run on the
+// same allocator. Returns false where the C library is not glibc (nothing
+// changed).
+// REQUIRES: arenas >= 1.
+bool TuneServerMalloc(int arenas = 1);
 
 }  // namespace ps
 

@@ -59,10 +59,10 @@ ABSL_FLAG(int64_t, memory_limit_mb, 0,
           "variable or optimizer change past it is refused. 0 = 80% of the "
           "memory this process may use (its cgroup's limit, or the "
           "machine's); -1 = no limit");
-ABSL_FLAG(int, malloc_arenas, 0,
-          "glibc malloc arenas; 0 = one per 4 cores, at least one. Each "
-          "arena keeps its own freed message buffers resident; more arenas "
-          "let more threads allocate at once");
+ABSL_FLAG(int, malloc_arenas, 1,
+          "glibc malloc arenas. Each keeps its own freed message buffers "
+          "resident; more let more threads allocate at once (one measured "
+          "best on 2 and on 16 cores)");
 
 namespace {
 
@@ -79,13 +79,14 @@ int main(int argc, char** argv) {
       "Example: ps_server --num_shards=2 --shard_index=0 --port=50051");
   ps::ParseCommandLineWithHelp(argc, argv);
   const int arenas = absl::GetFlag(FLAGS_malloc_arenas);
-  if (arenas < 0) {
-    return Fail("--malloc_arenas must be 0 (one per 4 cores) or more, not " +
+  if (arenas < 1) {
+    return Fail("--malloc_arenas must be 1 or more, not " +
                 std::to_string(arenas));
   }
   // Freed message buffers stay in the heap for the next call, within
-  // bounds (on 2 cores one arena held 20-30 MiB less than two at 40 MiB
-  // calls, for the same CPU per byte: bench/README.md).
+  // bounds (one arena held 20-30 MiB less than two at 40 MiB calls on 2
+  // cores, and a half to a sixth of 4 or 16 arenas on 16 cores, for the
+  // same or less CPU per byte: bench/README.md).
   ps::TuneServerMalloc(arenas);
   // Abseil's mutex deadlock detection, on in Debian's build, adds every
   // lock acquisition made while holding another lock to one global graph:

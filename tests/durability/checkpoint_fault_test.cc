@@ -88,7 +88,9 @@ void CreateW(const ProcessCluster& cluster, size_t n, bool push = false) {
   std::unique_ptr<Client> client = Connect(cluster);
   ASSERT_NE(client, nullptr);
   ASSERT_TRUE(client->CreateVariable("w", {n}).ok());
-  if (push) ASSERT_TRUE(client->Push("w", PatternGradient(n)).ok());
+  if (push) {
+    ASSERT_TRUE(client->Push("w", PatternGradient(n)).ok());
+  }
 }
 
 // The step that every block of `pulled` is at, checking that each value

@@ -267,7 +267,7 @@ TEST(PsServerProcessTest, BadFlagCombinationsExitWithOneLine) {
       {"zero shards", {"--num_shards=0"}},
       {"port out of range", {"--port=70000"}},
       {"zero max_message_mb", {"--max_message_mb=0"}},
-      {"negative malloc_arenas", {"--malloc_arenas=-1"}},
+      {"zero malloc_arenas", {"--malloc_arenas=0"}},
       {"memory_limit_mb below -1", {"--memory_limit_mb=-2"}},
       {"memory_limit_mb beyond 2^40", {"--memory_limit_mb=1099511627777"}},
       {"unknown flag", {"--no_such_flag=1"}},
