@@ -62,10 +62,15 @@ class HttpMetricsServer final : public MetricsServer {
 std::string FormatPrometheus(const v1::Stats& stats) {
   const std::string shard = absl::StrCat("shard=\"", stats.shard_index(), "\"");
   std::string out;
+  // One sample of a shard-wide metric of `type` (counter or gauge).
+  auto shard_metric = [&](absl::string_view name, absl::string_view type,
+                          absl::string_view help, const absl::AlphaNum& value) {
+    Metric(out, name, type, help);
+    absl::StrAppend(&out, name, "{", shard, "} ", value, "\n");
+  };
   auto counter = [&](absl::string_view name, absl::string_view help,
                      uint64_t value) {
-    Metric(out, name, "counter", help);
-    absl::StrAppend(&out, name, "{", shard, "} ", value, "\n");
+    shard_metric(name, "counter", help, value);
   };
   counter("ps_pushes_total", "Pushes applied or acknowledged.", stats.pushes());
   counter("ps_pulls_total", "Pulls answered.", stats.pulls());
@@ -91,21 +96,17 @@ std::string FormatPrometheus(const v1::Stats& stats) {
                     ",quantile=\"", q, "\"} ", value, "\n");
   }
 
-  Metric(out, "ps_uptime_seconds", "gauge", "Seconds since the shard started.");
-  absl::StrAppend(&out, "ps_uptime_seconds{", shard, "} ", stats.uptime_s(),
-                  "\n");
-  Metric(out, "ps_state_bytes", "gauge",
-         "Bytes of values and optimizer state the variables may hold.");
-  absl::StrAppend(&out, "ps_state_bytes{", shard, "} ", stats.state_bytes(),
-                  "\n");
-  Metric(out, "ps_memory_limit_bytes", "gauge",
-         "The shard's limit on ps_state_bytes; 0 = none.");
-  absl::StrAppend(&out, "ps_memory_limit_bytes{", shard, "} ",
-                  stats.memory_limit_bytes(), "\n");
-  Metric(out, "ps_config_version", "gauge",
-         "Optimizer config version; one more per change.");
-  absl::StrAppend(&out, "ps_config_version{", shard, "} ",
-                  stats.config_version(), "\n");
+  shard_metric("ps_uptime_seconds", "gauge", "Seconds since the shard started.",
+               stats.uptime_s());
+  shard_metric("ps_state_bytes", "gauge",
+               "Bytes of values and optimizer state the variables may hold.",
+               stats.state_bytes());
+  shard_metric("ps_memory_limit_bytes", "gauge",
+               "The shard's limit on ps_state_bytes; 0 = none.",
+               stats.memory_limit_bytes());
+  shard_metric("ps_config_version", "gauge",
+               "Optimizer config version; one more per change.",
+               stats.config_version());
 
   Metric(out, "ps_variable_step", "gauge",
          "Highest step among the shard's blocks of a variable.");
