@@ -16,7 +16,9 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import logging
+import queue
 import random
 import threading
 import time
@@ -498,37 +500,37 @@ class Client:
         outputs = {n: np.empty(f.size, dtype=np.float32) for n, f in flats.items()}
         versions = {n: np.zeros(self._plan.num_blocks(f.size), dtype=np.int64)
                     for n, f in flats.items()}
+        def part_maker(shard: int, part: List[_Block]) -> Callable[[], _Call]:
+            def make() -> _Call:
+                request = ps_pb2.PushRequest(
+                    worker_id=self._worker_id, seq=self._next_seq[shard],
+                    step=int(step), pull_dtype=int(pull_dtype))
+                self._next_seq[shard] += 1
+                if loss is not None:
+                    request.loss = float(loss)
+                gradients = []
+                for b in part:
+                    header = ps_pb2.Slice(variable=b.variable, offset=b.offset,
+                                          length=b.length, dtype=int(dtype))
+                    values = flats[b.variable][b.offset:b.offset + b.length]
+                    gradients.append((header, encoding.encode_view(values, dtype)))
+                payload = wire.push_request_bytes(request, gradients)
+                # The gradients' headers, to check the answer against.
+                request.gradients.extend(header for header, _ in gradients)
+                return _Call(shard, method, request, payload=payload)
+            return make
+
+        def scatter(call: _Call, answer: Any) -> None:
+            if method == "PushPull":
+                self._scatter(call, call.request.gradients, answer, outputs, versions)
+
         with self._push_lock:
-            # Round r sends requests [r * k, (r + 1) * k) of every shard in
-            # parallel (k = parts_in_flight), each with its own seq; they
-            # cover different blocks. The lock keeps pushes in order.
-            k = self._parts_in_flight
-            rounds = max(((len(lane) + k - 1) // k for lane in lanes), default=0)
-            for r in range(rounds):
-                calls = []
-                for shard, lane in enumerate(lanes):
-                    for part in lane[r * k:(r + 1) * k]:
-                        request = ps_pb2.PushRequest(
-                            worker_id=self._worker_id, seq=self._next_seq[shard],
-                            step=int(step), pull_dtype=int(pull_dtype))
-                        self._next_seq[shard] += 1
-                        if loss is not None:
-                            request.loss = float(loss)
-                        gradients = []
-                        for b in part:
-                            header = ps_pb2.Slice(variable=b.variable, offset=b.offset,
-                                                  length=b.length, dtype=int(dtype))
-                            values = flats[b.variable][b.offset:b.offset + b.length]
-                            gradients.append((header, encoding.encode_view(values, dtype)))
-                        payload = wire.push_request_bytes(request, gradients)
-                        # The gradients' headers, to check the answer against.
-                        request.gradients.extend(header for header, _ in gradients)
-                        calls.append(_Call(shard, method, request, payload=payload))
-                answers = self._call_all(calls)
-                if method == "PushPull":
-                    for call, answer in zip(calls, answers):
-                        self._scatter(call, call.request.gradients, answer,
-                                      outputs, versions)
+            # Up to parts_in_flight requests per shard, each numbered (seq)
+            # and encoded when it is sent; they cover different blocks. The
+            # lock keeps pushes in order.
+            self._run([[part_maker(shard, part) for part in lane]
+                       for shard, lane in enumerate(lanes)],
+                      self._parts_in_flight, scatter)
         if method != "PushPull":
             return None
         shaped = {n: outputs[n].reshape(self.shape(n)) for n in flats}
@@ -564,56 +566,106 @@ class Client:
                           self._addresses[call.shard]) from e
 
     def _call_all(self, calls: List[_Call]) -> List[Any]:
-        """Runs every call in parallel, retrying UNAVAILABLE and DEADLINE_EXCEEDED.
+        """Runs every call at once; returns the answers in the order of ``calls``.
 
-        Returns the answers in the order of ``calls``; raises the first
-        non-retryable error once every call in flight has finished.
+        Errors as :meth:`_run`.
         """
         answers: List[Any] = [None] * len(calls)
-        pending = list(range(len(calls)))
-        retry = 0
-        while pending:
-            futures = []
-            for i in pending:
-                call = calls[i]
-                call.attempts += 1
-                if call.payload is not None:
-                    stub_method: Callable[..., Any] = self._raw[call.shard][call.method]
-                    outgoing = call.payload
-                else:
-                    stub_method = getattr(self._stubs[call.shard], call.method)
-                    outgoing = call.request
-                futures.append((i, stub_method.future(
-                    outgoing, timeout=self._timeout, metadata=self._metadata)))
-            failed: List[int] = []
-            fatal: Optional[PsError] = None
-            for i, future in futures:
-                try:
-                    answers[i] = future.result()
-                except grpc.RpcError as e:
-                    error = _to_error(e, self._addresses[calls[i].shard])
-                    if (error.code in _RETRYABLE
-                            and calls[i].attempts < self._retry.max_attempts):
-                        failed.append(i)
-                        _LOG.warning("%s to %s failed (attempt %d): %s; retrying",
-                                     calls[i].method, error.address,
-                                     calls[i].attempts, error.details)
-                    elif fatal is None:
-                        fatal = error
-                    continue
-                if calls[i].payload is not None and calls[i].method != "Push":
-                    try:
-                        answers[i] = self._read_answer(answers[i], calls[i])
-                    except PsError as error:
-                        if fatal is None:
-                            fatal = error
-            if fatal is not None:
-                raise fatal
-            pending = failed
-            if pending:
-                retry += 1
-                time.sleep(self._retry.backoff(retry, self._rng))
+        order = {id(call): i for i, call in enumerate(calls)}
+
+        def keep(call: _Call, answer: Any) -> None:
+            answers[order[id(call)]] = answer
+
+        self._run([[(lambda c=c: c) for c in calls]], max(1, len(calls)), keep)
         return answers
+
+    def _run(self, lanes: Sequence[Sequence[Callable[[], _Call]]], window: int,
+             on_answer: Callable[[_Call, Any], None]) -> None:
+        """Sends each lane's calls in order, up to ``window`` of a lane at once.
+
+        A lane's next call is made (``lanes[l][i]()``: numbered and encoded)
+        when one of its calls in flight ends, so a slow request does not hold
+        back the others. UNAVAILABLE and DEADLINE_EXCEEDED are retried with
+        the same request after the policy's backoff, still counting against
+        the window. ``on_answer`` gets each answer (a Pull or PushPull sent
+        as raw bytes: its read slices) as it arrives. After the first other
+        error no new call or retry starts; the error is raised once every
+        call in flight has ended.
+        """
+        ended: "queue.SimpleQueue[Tuple[_Call, grpc.Future]]" = queue.SimpleQueue()
+        sent = [0] * len(lanes)
+        in_flight = [0] * len(lanes)
+        lane_of: Dict[int, int] = {}
+        retries: List[Tuple[float, int, _Call]] = []  # a heap, by due time
+        fatal: Optional[PsError] = None
+
+        def attempt(call: _Call) -> None:
+            call.attempts += 1
+            if call.payload is not None:
+                stub_method: Callable[..., Any] = self._raw[call.shard][call.method]
+                outgoing = call.payload
+            else:
+                stub_method = getattr(self._stubs[call.shard], call.method)
+                outgoing = call.request
+            future = stub_method.future(outgoing, timeout=self._timeout,
+                                        metadata=self._metadata)
+            future.add_done_callback(lambda f: ended.put((call, f)))
+
+        def fill(lane: int) -> None:
+            while (fatal is None and in_flight[lane] < window
+                   and sent[lane] < len(lanes[lane])):
+                call = lanes[lane][sent[lane]]()
+                sent[lane] += 1
+                in_flight[lane] += 1
+                lane_of[id(call)] = lane
+                attempt(call)
+
+        for lane in range(len(lanes)):
+            fill(lane)
+        while any(in_flight):
+            while retries and (fatal is not None
+                               or retries[0][0] <= time.monotonic()):
+                call = heapq.heappop(retries)[2]
+                if fatal is None:
+                    attempt(call)
+                else:  # the whole run fails: no more attempts
+                    in_flight[lane_of.pop(id(call))] -= 1
+            if not any(in_flight):
+                break
+            wait = None
+            if retries:
+                wait = max(0.0, retries[0][0] - time.monotonic())
+            try:
+                call, future = ended.get(timeout=wait)
+            except queue.Empty:
+                continue
+            lane = lane_of[id(call)]
+            try:
+                answer = future.result()
+                if call.payload is not None and call.method != "Push":
+                    answer = self._read_answer(answer, call)
+                on_answer(call, answer)
+            except grpc.RpcError as e:
+                error = _to_error(e, self._addresses[call.shard])
+                if (error.code in _RETRYABLE
+                        and call.attempts < self._retry.max_attempts):
+                    _LOG.warning("%s to %s failed (attempt %d): %s; retrying",
+                                 call.method, error.address, call.attempts,
+                                 error.details)
+                    due = time.monotonic() + self._retry.backoff(call.attempts,
+                                                                self._rng)
+                    heapq.heappush(retries, (due, id(call), call))
+                    continue
+                if fatal is None:
+                    fatal = error
+            except PsError as error:
+                if fatal is None:
+                    fatal = error
+            in_flight[lane] -= 1
+            del lane_of[id(call)]
+            fill(lane)
+        if fatal is not None:
+            raise fatal
 
 
 def check_cluster(infos: Sequence["ps_pb2.ClusterInfo"],

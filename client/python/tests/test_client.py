@@ -105,6 +105,90 @@ class FlakyShard(ps_pb2_grpc.ParameterServiceServicer):
         return answer
 
 
+class HeldPartShard(ps_pb2_grpc.ParameterServiceServicer):
+    """A one-shard cluster (blocks of 4 values) that holds the PushPull of
+    block 0 until every other block has been answered (or 10 s), fails the
+    first attempt at block 1 with UNAVAILABLE, and records what it sees."""
+
+    def __init__(self, blocks: int):
+        self.blocks = blocks
+        self.lock = threading.Lock()
+        self.others_done = threading.Event()
+        self.attempts: List[ps_pb2.PushRequest] = []
+        self.answered: set = set()
+        self.answered_while_held = -1
+        self.in_flight = 0
+        self.most_in_flight = 0
+
+    def GetClusterInfo(self, request, context):
+        return info(0, shards=1, block=4)
+
+    def CreateVariable(self, request, context):
+        return ps_pb2.CreateVariableResponse(created=True)
+
+    def PushPull(self, request, context):
+        block = request.gradients[0].offset // 4
+        with self.lock:
+            self.attempts.append(request)
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+            fail = block == 1 and sum(
+                a.gradients[0].offset == 4 for a in self.attempts) == 1
+        try:
+            if fail:
+                context.abort(grpc.StatusCode.UNAVAILABLE, "try again")
+            if block == 0:
+                self.others_done.wait(10)
+                with self.lock:
+                    self.answered_while_held = len(self.answered)
+            answer = ps_pb2.PullResponse()
+            for g in request.gradients:
+                # The gradient back, negated, as the new values.
+                values = -decode(g.data, g.length, DType(g.dtype))
+                answer.values.add(variable=g.variable, offset=g.offset,
+                                  length=g.length, dtype=request.pull_dtype,
+                                  version=request.seq,
+                                  data=encode(values, DType(request.pull_dtype)))
+            with self.lock:
+                self.answered.add(block)
+                if len(self.answered - {0}) == self.blocks - 1:
+                    self.others_done.set()
+            return answer
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+
+class PartsWindowTest(unittest.TestCase):
+
+    def test_a_slow_part_does_not_hold_back_the_others(self):
+        shard = HeldPartShard(blocks=6)
+        server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=8))
+        ps_pb2_grpc.add_ParameterServiceServicer_to_server(shard, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        server.start()
+        self.addCleanup(server.stop, None)
+        # One block per part (part_bytes below one block), 2 parts in flight.
+        with Client([f"127.0.0.1:{port}"], retry=FAST_RETRY, part_bytes=16,
+                    parts_in_flight=2) as client, \
+                self.assertLogs("psclient.client", "WARNING"):
+            client.create_variable("v", shape=[24])
+            gradient = np.arange(24, dtype=np.float32)
+            after = client.push_pull({"v": gradient})["v"]
+        np.testing.assert_array_equal(after, -gradient)
+        # While block 0 was held, the other five parts went through one
+        # after another in the window's second place (a retry included).
+        self.assertEqual(shard.answered_while_held, 5)
+        self.assertEqual(shard.most_in_flight, 2)
+        seqs = {}
+        for a in shard.attempts:
+            seqs.setdefault(a.gradients[0].offset // 4, set()).add(a.seq)
+        self.assertEqual(len(shard.attempts), 7)
+        self.assertTrue(all(len(s) == 1 for s in seqs.values()))  # retry: same seq
+        numbered = sorted(next(iter(seqs[b])) for b in range(6))
+        self.assertEqual(numbered, list(range(numbered[0], numbered[0] + 6)))
+
+
 class RetryTest(unittest.TestCase):
 
     def start(self, shard: FlakyShard) -> str:
