@@ -54,6 +54,9 @@ ABSL_FLAG(std::string, servers, "",
 ABSL_FLAG(std::string, ps_server, "",
           "the ps_server binary; empty = server/ps_server next to this "
           "binary's folder");
+ABSL_FLAG(std::string, server_flags, "",
+          "more flags for the ps_server children, space-separated (e.g. "
+          "\"--update_threads=1\")");
 ABSL_FLAG(uint32_t, shards, 1, "shards to start (of ps_server and of echo)");
 ABSL_FLAG(int, workers, 1, "worker threads, one call in flight each");
 ABSL_FLAG(std::string, op, "pushpull", "push, pull or pushpull");
@@ -555,10 +558,15 @@ int main(int argc, char** argv) {
   std::vector<std::string> ours_addresses, echo_addresses;
   if (absl::GetFlag(FLAGS_servers).empty()) {
     for (uint32_t s = 0; s < shards; ++s) {
-      auto child = StartChild(
-          {ServerBinary(), absl::StrCat("--num_shards=", shards),
-           absl::StrCat("--shard_index=", s), "--block_size=" + block_size,
-           "--max_message_mb=" + max_mb});
+      std::vector<std::string> args = {
+          ServerBinary(), absl::StrCat("--num_shards=", shards),
+          absl::StrCat("--shard_index=", s), "--block_size=" + block_size,
+          "--max_message_mb=" + max_mb};
+      for (absl::string_view flag : absl::StrSplit(
+               absl::GetFlag(FLAGS_server_flags), ' ', absl::SkipEmpty())) {
+        args.emplace_back(flag);
+      }
+      auto child = StartChild(args);
       if (child == nullptr) return Fail("cannot start ps_server");
       ours_addresses.push_back(child->address);
       ours_children.push_back(std::move(child));

@@ -2,13 +2,16 @@
 //
 // Parses flags, starts the shard, prints "listening on HOST:PORT" as the
 // first line of stdout, and shuts down gracefully on SIGTERM or SIGINT.
+#include <sched.h>
 #include <signal.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <iostream>
 #include <string>
+#include <thread>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
@@ -59,6 +62,11 @@ ABSL_FLAG(int64_t, memory_limit_mb, 0,
           "variable or optimizer change past it is refused. 0 = 80% of the "
           "memory this process may use (its cgroup's limit, or the "
           "machine's); -1 = no limit");
+ABSL_FLAG(int, update_threads, 0,
+          "threads one large block's update may run on at once: its own and "
+          "helpers, which take part only while they are free. 0 = the "
+          "cores this process may run on (its CPU affinity), at most 8; "
+          "1 = no helpers");
 ABSL_FLAG(int, malloc_arenas, 1,
           "glibc malloc arenas. Each keeps its own freed message buffers "
           "resident; more let more threads allocate at once (one measured "
@@ -69,6 +77,13 @@ namespace {
 int Fail(const std::string& message) {
   std::cerr << "ps_server: " << message << std::endl;
   return 2;
+}
+
+// The cores this process may run on.
+int UsableCores() {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) return CPU_COUNT(&set);
+  return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
 }
 
 }  // namespace
@@ -103,6 +118,16 @@ int main(int argc, char** argv) {
   options.num_workers = absl::GetFlag(FLAGS_num_workers);
   options.quorum = absl::GetFlag(FLAGS_quorum);
   options.max_message_mb = absl::GetFlag(FLAGS_max_message_mb);
+  options.update_threads = absl::GetFlag(FLAGS_update_threads);
+  if (options.update_threads < 0 ||
+      options.update_threads > ps::kMaxUpdateThreads) {
+    return Fail("--update_threads must be 0 (the cores, at most 8) or 1.." +
+                std::to_string(ps::kMaxUpdateThreads) + ", not " +
+                std::to_string(options.update_threads));
+  }
+  if (options.update_threads == 0) {
+    options.update_threads = std::min(UsableCores(), 8);
+  }
   options.worker_tokens_file = absl::GetFlag(FLAGS_worker_tokens_file);
   options.admin_tokens_file = absl::GetFlag(FLAGS_admin_tokens_file);
   options.tls_cert_file = absl::GetFlag(FLAGS_tls_cert_file);

@@ -108,6 +108,12 @@ absl::Status CheckOptions(const ServerOptions& options) {
     return absl::InvalidArgumentError(
         absl::StrCat("--port=", options.port, " must be in 0..65535"));
   }
+  if (options.update_threads < 1 ||
+      options.update_threads > kMaxUpdateThreads) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--update_threads=", options.update_threads,
+                     " must be in 1..", kMaxUpdateThreads));
+  }
   if (options.max_message_mb < 1 || options.max_message_mb > 2047) {
     return absl::InvalidArgumentError(absl::StrCat(
         "--max_message_mb=", options.max_message_mb, " must be in 1..2047"));
@@ -307,6 +313,7 @@ absl::StatusOr<std::unique_ptr<ParameterServer>> ParameterServer::Start(
   store_options.num_shards = resolved.num_shards;
   store_options.block_size = resolved.block_size;
   store_options.memory_limit_bytes = resolved.memory_limit_bytes;
+  store_options.update_threads = resolved.update_threads;
   store_options.sync = resolved.consistency == Consistency::kSync;
   store_options.num_workers = resolved.num_workers;
   store_options.quorum = resolved.quorum;

@@ -16,6 +16,9 @@ namespace ps {
 
 enum class Consistency { kAsync, kSync };
 
+// The most threads one block's update may use (ServerOptions::update_threads).
+inline constexpr int kMaxUpdateThreads = 64;
+
 struct ServerOptions {
   // Address to listen on. Keep loopback unless the shard must be reached
   // from other machines.
@@ -42,6 +45,10 @@ struct ServerOptions {
   // variable or an optimizer change past it is refused with
   // RESOURCE_EXHAUSTED. 0 = no limit (ps_server sets one by default).
   uint64_t memory_limit_bytes = 0;
+
+  // Threads one large block's update may run on at once (StoreOptions);
+  // 1..kMaxUpdateThreads.
+  int update_threads = 1;
 
   // The largest message accepted or sent. Raising it lets a client send
   // larger pushes at the cost of memory per call.

@@ -189,7 +189,9 @@ void PushCompletion::PartDone(absl::Status status) {
 }
 
 VariableStore::VariableStore(const StoreOptions& options)
-    : options_(options), plan_(options.num_shards, options.block_size) {
+    : options_(options),
+      plan_(options.num_shards, options.block_size),
+      helpers_(options.update_threads - 1) {
   auto entry = std::make_shared<OptimizerEntry>();
   entry->config = options.default_optimizer;
   entry->settings = *ResolveOptimizerConfig(options.default_optimizer);
@@ -543,7 +545,7 @@ void VariableStore::ApplyAsync(
           if (answer != nullptr) sink.emplace(encode);
           if (part.half.empty()) {
             optimizer::ApplyUpdate(entry->settings, block.state, block.values,
-                                   part.gradient, push.loss, sink);
+                                   part.gradient, push.loss, sink, &helpers_);
           } else {
             optimizer::ApplyUpdate(
                 entry->settings, block.state, block.values,
@@ -551,7 +553,7 @@ void VariableStore::ApplyAsync(
                   WidenHalf(part.half_dtype, part.half.data() + 2 * offset,
                             out);
                 },
-                push.loss, sink);
+                push.loss, sink, &helpers_);
           }
           answered = answer != nullptr;
           stats_.RecordUpdate(absl::Now() - start);
@@ -665,7 +667,7 @@ void VariableStore::ApplySync(PreparedPush& push,
       if (status.ok()) {
         const absl::Time start = absl::Now();
         optimizer::ApplyUpdate(entry->settings, block.state, block.values,
-                               sync.sum, loss);
+                               sync.sum, loss, std::nullopt, &helpers_);
         stats_.RecordUpdate(absl::Now() - start);
       }
       for (auto& [waiter, index] : sync.waiters) {

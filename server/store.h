@@ -29,6 +29,7 @@
 #include "common/partition.h"
 #include "proto/ps/storage/v1/checkpoint.pb.h"
 #include "proto/ps/v1/ps.pb.h"
+#include "server/optimizer/helper_threads.h"
 #include "server/optimizer/settings.h"
 #include "server/optimizer/update.h"
 #include "server/seq_window.h"
@@ -51,6 +52,10 @@ struct StoreOptions {
   // limit. A variable or an optimizer change that would take it past the
   // limit is refused (RESOURCE_EXHAUSTED) before any memory is touched.
   uint64_t memory_limit_bytes = 0;
+  // Threads one block's update may run on at once: its own and
+  // update_threads - 1 helpers shared by every update of the shard (see
+  // server/optimizer/helper_threads.h). 1 = each update on its own thread.
+  int update_threads = 1;
 };
 
 // An optimizer config as given and as resolved; immutable once made.
@@ -331,6 +336,7 @@ class VariableStore {
       overrides_ ABSL_GUARDED_BY(config_mu_);
 
   ServerStats stats_;
+  optimizer::HelperThreads helpers_;
 };
 
 }  // namespace ps

@@ -10,6 +10,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -569,70 +570,76 @@ TEST(StorePushTest, GradientsInHalfPrecisionAreWidened) {
 // Blocks larger than the update's chunk: a 16-bit gradient is widened
 // chunk by chunk during the update, and PushPull's answer is written chunk by
 // chunk over the request's own gradient bytes (handed over as the service
-// does). Every value lands where it belongs.
+// does). Every value lands where it belongs, also when helper threads
+// (update_threads 2) share a block's chunks out.
 TEST(StorePushTest, LargeHalfPrecisionBlocksAreUpdatedChunkByChunk) {
-  const size_t block = 2 * optimizer::kSinkChunk + 123;
-  for (v1::DType dtype : {v1::BFLOAT16, v1::FLOAT16}) {
-    for (bool answered : {false, true}) {
-      VariableStore store(AsyncOptions(0, 1, block));
-      const std::vector<float> initial = Iota(2 * block);
-      CreateLocal(store, "w", initial);
-      std::vector<float> g(2 * block);
-      for (size_t i = 0; i < g.size(); ++i) {
-        g[i] = std::sin(0.01f * static_cast<float>(i));
-      }
-      v1::PushRequest request = PushRequest("w0", 1, {});
-      request.set_pull_dtype(dtype);
-      for (size_t k = 0; k < 2; ++k) {
-        v1::Slice* slice = request.add_gradients();
-        slice->set_variable("w");
-        slice->set_offset(k * block);
-        slice->set_length(block);
-        slice->set_dtype(dtype);
-        slice->set_data(Encode(std::vector<float>(g.begin() + k * block,
-                                                  g.begin() + (k + 1) * block),
-                               dtype));
-      }
-      std::vector<float> widened(g.size());
-      for (size_t k = 0; k < 2; ++k) {
-        ASSERT_TRUE(
-            DecodeValues(dtype, request.gradients(k).data(),
-                         std::span<float>(widened).subspan(k * block, block))
-                .ok());
-      }
-      const std::vector<float> expected = Minus(initial, widened);
+  const size_t block = 2 * optimizer::kParallelValues + 123;
+  for (auto [dtype, answered, threads] : {std::tuple{v1::BFLOAT16, false, 1},
+                                          {v1::BFLOAT16, true, 1},
+                                          {v1::FLOAT16, false, 1},
+                                          {v1::FLOAT16, true, 1},
+                                          {v1::BFLOAT16, true, 2},
+                                          {v1::FLOAT16, true, 2},
+                                          {v1::FLOAT32, true, 2}}) {
+    StoreOptions options = AsyncOptions(0, 1, block);
+    options.update_threads = threads;
+    VariableStore store(options);
+    const std::vector<float> initial = Iota(2 * block);
+    CreateLocal(store, "w", initial);
+    std::vector<float> g(2 * block);
+    for (size_t i = 0; i < g.size(); ++i) {
+      g[i] = std::sin(0.01f * static_cast<float>(i));
+    }
+    v1::PushRequest request = PushRequest("w0", 1, {});
+    request.set_pull_dtype(dtype);
+    for (size_t k = 0; k < 2; ++k) {
+      v1::Slice* slice = request.add_gradients();
+      slice->set_variable("w");
+      slice->set_offset(k * block);
+      slice->set_length(block);
+      slice->set_dtype(dtype);
+      slice->set_data(Encode(std::vector<float>(g.begin() + k * block,
+                                                g.begin() + (k + 1) * block),
+                             dtype));
+    }
+    std::vector<float> widened(g.size());
+    for (size_t k = 0; k < 2; ++k) {
+      ASSERT_TRUE(
+          DecodeValues(dtype, request.gradients(k).data(),
+                       std::span<float>(widened).subspan(k * block, block))
+              .ok());
+    }
+    const std::vector<float> expected = Minus(initial, widened);
 
-      auto result = std::make_shared<PushResult>();
-      absl::StatusOr<PreparedPush> prepared = store.PreparePush(request);
-      ASSERT_TRUE(prepared.ok()) << prepared.status();
-      auto completion = std::make_shared<PushCompletion>(
-          2, answered, dtype,
-          [result](absl::Status status, v1::PullResponse a) {
-            result->status = std::move(status);
-            result->answer = std::move(a);
-            result->done.Notify();
-          });
-      if (answered) {
-        for (int k = 0; k < 2; ++k) {
-          completion->ReuseBuffer(
-              k, std::move(*request.mutable_gradients(k)->mutable_data()));
-        }
+    auto result = std::make_shared<PushResult>();
+    absl::StatusOr<PreparedPush> prepared = store.PreparePush(request);
+    ASSERT_TRUE(prepared.ok()) << prepared.status();
+    auto completion = std::make_shared<PushCompletion>(
+        2, answered, dtype, [result](absl::Status status, v1::PullResponse a) {
+          result->status = std::move(status);
+          result->answer = std::move(a);
+          result->done.Notify();
+        });
+    if (answered) {
+      for (int k = 0; k < 2; ++k) {
+        completion->ReuseBuffer(
+            k, std::move(*request.mutable_gradients(k)->mutable_data()));
       }
-      store.ApplyPush(*std::move(prepared), std::move(completion));
-      ASSERT_TRUE(result->done.HasBeenNotified());
-      ASSERT_TRUE(result->status.ok()) << result->status;
-      EXPECT_EQ(PullAll(store, "w").values, expected)
-          << v1::DType_Name(dtype) << " answered " << answered;
-      if (answered) {
-        ASSERT_EQ(result->answer.values_size(), 2);
-        for (size_t k = 0; k < 2; ++k) {
-          EXPECT_EQ(
-              result->answer.values(k).data(),
-              Encode(std::vector<float>(expected.begin() + k * block,
-                                        expected.begin() + (k + 1) * block),
-                     dtype))
-              << v1::DType_Name(dtype) << " block " << k;
-        }
+    }
+    store.ApplyPush(*std::move(prepared), std::move(completion));
+    ASSERT_TRUE(result->done.HasBeenNotified());
+    ASSERT_TRUE(result->status.ok()) << result->status;
+    EXPECT_EQ(PullAll(store, "w").values, expected)
+        << v1::DType_Name(dtype) << " answered " << answered << " threads "
+        << threads;
+    if (answered) {
+      ASSERT_EQ(result->answer.values_size(), 2);
+      for (size_t k = 0; k < 2; ++k) {
+        EXPECT_EQ(result->answer.values(k).data(),
+                  Encode(std::vector<float>(expected.begin() + k * block,
+                                            expected.begin() + (k + 1) * block),
+                         dtype))
+            << v1::DType_Name(dtype) << " block " << k;
       }
     }
   }

@@ -52,23 +52,44 @@ struct RuleStep {
   std::optional<double> loss;
   std::optional<UpdatedValuesSink> sink;
   std::optional<GradientWidener> widen;  // set: `grad` is unused
+  HelperThreads* helpers;                // may be null
 
   // Runs apply(offset, length, gradient of the chunk) over the block: at
-  // once, or, with a sink or a widener, chunk by chunk (whole kernel chunks,
-  // so every value takes the same code path as at once), widening each
-  // chunk's gradient first and handing its new values to the sink after.
+  // once, or, with a sink, a widener or helpers, chunk by chunk (whole
+  // kernel chunks, so every value takes the same code path as at once),
+  // widening each chunk's gradient first and handing its new values to the
+  // sink after. With helpers, a large block's ranges of kParallelValues run
+  // as their tasks.
   template <typename Apply>
   void Run(Apply apply) {
     const Eigen::Index n = var.size();
-    if (!sink.has_value() && !widen.has_value()) {
+    const auto range = static_cast<Eigen::Index>(kParallelValues);
+    const bool parallel =
+        helpers != nullptr && helpers->helpers() > 0 && n >= 2 * range;
+    if (!sink.has_value() && !widen.has_value() && !parallel) {
       apply(0, n, grad);
       return;
     }
+    if (!parallel) {
+      RunChunks(apply, 0, n);
+      return;
+    }
+    const auto ranges = static_cast<size_t>((n + range - 1) / range);
+    helpers->Run(ranges, [&](size_t i) {
+      const auto begin = static_cast<Eigen::Index>(i) * range;
+      RunChunks(apply, begin, std::min(n, begin + range));
+    });
+  }
+
+  // Run's chunk loop over [begin, end), which starts at a chunk boundary.
+  template <typename Apply>
+  void RunChunks(Apply& apply, Eigen::Index begin, Eigen::Index end) {
     static_assert(kSinkChunk % kChunk == 0);
+    static_assert(kParallelValues % kSinkChunk == 0);
     const auto chunk = static_cast<Eigen::Index>(kSinkChunk);
     alignas(64) float widened[kSinkChunk];
-    for (Eigen::Index offset = 0; offset < n; offset += chunk) {
-      const Eigen::Index length = std::min(chunk, n - offset);
+    for (Eigen::Index offset = begin; offset < end; offset += chunk) {
+      const Eigen::Index length = std::min(chunk, end - offset);
       if (widen.has_value()) {
         (*widen)(static_cast<size_t>(offset),
                  std::span<float>(widened, static_cast<size_t>(length)));
@@ -256,7 +277,8 @@ float ClipFactorOf(double sum_of_squares, double clip_norm) {
 void Update(const OptimizerSettings& settings, BlockOptimizerState& state,
             std::span<float> values, float clip_factor,
             std::span<const float> grad, std::optional<GradientWidener> widen,
-            std::optional<double> loss, std::optional<UpdatedValuesSink> sink) {
+            std::optional<double> loss, std::optional<UpdatedValuesSink> sink,
+            HelperThreads* helpers) {
   GradientTransform transform;
   transform.scale = clip_factor;
   transform.weight_decay = static_cast<float>(settings.weight_decay);
@@ -272,6 +294,7 @@ void Update(const OptimizerSettings& settings, BlockOptimizerState& state,
       .loss = loss,
       .sink = sink,
       .widen = widen,
+      .helpers = helpers,
   };
   std::visit(step, settings.rule);
 }
@@ -287,18 +310,21 @@ float ClipFactor(std::span<const float> grad, double clip_norm) {
 void ApplyUpdate(const OptimizerSettings& settings, BlockOptimizerState& state,
                  std::span<float> values, std::span<const float> grad,
                  std::optional<double> loss,
-                 std::optional<UpdatedValuesSink> sink) {
+                 std::optional<UpdatedValuesSink> sink,
+                 HelperThreads* helpers) {
   ++state.step;
   const float clip_factor = settings.clip_norm.has_value()
                                 ? ClipFactor(grad, *settings.clip_norm)
                                 : 1.0f;
-  Update(settings, state, values, clip_factor, grad, std::nullopt, loss, sink);
+  Update(settings, state, values, clip_factor, grad, std::nullopt, loss, sink,
+         helpers);
 }
 
 void ApplyUpdate(const OptimizerSettings& settings, BlockOptimizerState& state,
                  std::span<float> values, GradientWidener widen,
                  std::optional<double> loss,
-                 std::optional<UpdatedValuesSink> sink) {
+                 std::optional<UpdatedValuesSink> sink,
+                 HelperThreads* helpers) {
   ++state.step;
   float clip_factor = 1.0f;
   if (settings.clip_norm.has_value()) {
@@ -313,7 +339,7 @@ void ApplyUpdate(const OptimizerSettings& settings, BlockOptimizerState& state,
     }
     clip_factor = ClipFactorOf(sum, *settings.clip_norm);
   }
-  Update(settings, state, values, clip_factor, {}, widen, loss, sink);
+  Update(settings, state, values, clip_factor, {}, widen, loss, sink, helpers);
 }
 
 }  // namespace ps::optimizer

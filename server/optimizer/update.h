@@ -15,6 +15,7 @@
 #include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "server/optimizer/eve.h"
+#include "server/optimizer/helper_threads.h"
 #include "server/optimizer/settings.h"
 
 namespace ps::optimizer {
@@ -63,12 +64,15 @@ absl::Status CheckUpdate(const OptimizerSettings& settings,
 
 // Receives the block's values after an update in consecutive chunks
 // (offset into the block, the chunk's values), each as soon as the update
-// has written it, while it is still in cache.
+// has written it, while it is still in cache. With helper threads, ranges
+// of chunks run on several threads at once: each chunk comes once, in order
+// within its range.
 using UpdatedValuesSink =
     absl::FunctionRef<void(size_t offset, std::span<const float> values)>;
 
 // Writes gradient values [offset, offset + out.size()) of a block as
-// float32 into `out`, e.g. widened from a 16-bit encoding.
+// float32 into `out`, e.g. widened from a 16-bit encoding. Called from
+// several threads at once for different chunks when the update has helpers.
 using GradientWidener =
     absl::FunctionRef<void(size_t offset, std::span<float> out)>;
 
@@ -76,16 +80,24 @@ using GradientWidener =
 // shorter).
 inline constexpr size_t kSinkChunk = 4096;
 
+// With helper threads, a block of at least kParallelValues values is
+// updated in ranges of kParallelValues (whole chunks), run at once: about
+// 25 us of Adam each, well above the cost of handing one out.
+inline constexpr size_t kParallelValues = 8 * kSinkChunk;
+
 // Clips the gradient (per block), adds weight decay, runs the rule and
 // advances state.step. With a sink, the rule runs chunk by chunk and each
 // chunk of new values goes to the sink; the numbers are the same. The sink
 // may overwrite the gradient of the chunks it has received (not later ones).
+// With `helpers`, a large block's ranges of chunks run on the helpers that
+// are free as well as on the calling thread; the numbers are the same.
 // REQUIRES: CheckUpdate returned OK; values.size() == grad.size(); every
 // gradient value is finite.
 void ApplyUpdate(const OptimizerSettings& settings, BlockOptimizerState& state,
                  std::span<float> values, std::span<const float> grad,
                  std::optional<double> loss,
-                 std::optional<UpdatedValuesSink> sink = std::nullopt);
+                 std::optional<UpdatedValuesSink> sink = std::nullopt,
+                 HelperThreads* helpers = nullptr);
 
 // The same with a gradient that `widen` produces chunk by chunk (into a
 // buffer on the stack) instead of a float32 array: no block-sized copy of
@@ -95,7 +107,8 @@ void ApplyUpdate(const OptimizerSettings& settings, BlockOptimizerState& state,
 void ApplyUpdate(const OptimizerSettings& settings, BlockOptimizerState& state,
                  std::span<float> values, GradientWidener widen,
                  std::optional<double> loss,
-                 std::optional<UpdatedValuesSink> sink = std::nullopt);
+                 std::optional<UpdatedValuesSink> sink = std::nullopt,
+                 HelperThreads* helpers = nullptr);
 
 // The factor torch's clip_grad_norm_ would scale this gradient by:
 // min(1, clip_norm / (||g||_2 + 1e-6)), in float32 as torch computes it.

@@ -426,6 +426,56 @@ TEST_P(ChunkedBlockTest, AWidenedGradientChangesNoNumber) {
   }
 }
 
+// With helper threads, a large block's ranges run at once and give exactly
+// the numbers of the update on one thread, with and without a sink and a
+// widener; every value reaches the sink once.
+TEST_P(ChunkedBlockTest, HelpersChangeNoNumber) {
+  HelperThreads helpers(2);
+  const size_t n = 3 * kParallelValues + kSinkChunk + 37;
+  std::vector<float> initial(n), grad(n);
+  for (size_t i = 0; i < n; ++i) {
+    initial[i] = std::sin(0.37f * static_cast<float>(i));
+    grad[i] = std::cos(0.11f * static_cast<float>(i) + 0.5f);
+  }
+  for (int form = 0; form < 3; ++form) {  // plain, sink, widener and sink
+    OptimizerSettings settings = Settings(GetParam(), 0.01);
+    settings.weight_decay = 0.01;
+    settings.clip_norm = 50.0;
+    std::vector<float> alone = initial, helped = initial;
+    BlockOptimizerState alone_state, helped_state;
+    for (int t = 0; t < 3; ++t) {
+      const double loss = 2.0 + t;
+      ApplyUpdate(settings, alone_state, alone, grad, loss);
+      std::vector<int> sunk(n);
+      auto sink = [&](size_t offset, std::span<const float> chunk) {
+        for (size_t i = 0; i < chunk.size(); ++i) ++sunk[offset + i];
+      };
+      auto widen = [&](size_t offset, std::span<float> out) {
+        std::copy_n(grad.begin() + offset, out.size(), out.begin());
+      };
+      if (form == 0) {
+        ApplyUpdate(settings, helped_state, helped, grad, loss, std::nullopt,
+                    &helpers);
+      } else if (form == 1) {
+        ApplyUpdate(settings, helped_state, helped, grad, loss, sink, &helpers);
+      } else {
+        ApplyUpdate(settings, helped_state, helped, widen, loss, sink,
+                    &helpers);
+      }
+      ASSERT_EQ(0, std::memcmp(alone.data(), helped.data(), n * sizeof(float)))
+          << "form " << form << " step " << t;
+      EXPECT_EQ(alone_state.step, helped_state.step);
+      EXPECT_EQ(alone_state.momentum, helped_state.momentum);
+      EXPECT_EQ(alone_state.square_avg, helped_state.square_avg);
+      EXPECT_EQ(alone_state.grad_avg, helped_state.grad_avg);
+      EXPECT_EQ(alone_state.max_square_avg, helped_state.max_square_avg);
+      if (form > 0) {
+        EXPECT_EQ(sunk, std::vector<int>(n, 1)) << "form " << form;
+      }
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(
     AllRules, ChunkedBlockTest,
     ::testing::Values(SgdParams{}, MomentumParams{.nesterov = true},

@@ -268,6 +268,8 @@ TEST(PsServerProcessTest, BadFlagCombinationsExitWithOneLine) {
       {"port out of range", {"--port=70000"}},
       {"zero max_message_mb", {"--max_message_mb=0"}},
       {"zero malloc_arenas", {"--malloc_arenas=0"}},
+      {"negative update_threads", {"--update_threads=-1"}},
+      {"update_threads above 64", {"--update_threads=65"}},
       {"memory_limit_mb below -1", {"--memory_limit_mb=-2"}},
       {"memory_limit_mb beyond 2^40", {"--memory_limit_mb=1099511627777"}},
       {"unknown flag", {"--no_such_flag=1"}},

@@ -1,0 +1,80 @@
+#include "server/optimizer/helper_threads.h"
+
+#include <algorithm>
+
+namespace ps::optimizer {
+
+struct HelperThreads::Job {
+  Job(size_t count, absl::FunctionRef<void(size_t)> task)
+      : count(count), task(task) {}
+
+  // Runs tasks until none is left to claim.
+  void Work() {
+    for (size_t i;
+         (i = next.fetch_add(1, std::memory_order_relaxed)) < count;) {
+      task(i);
+    }
+  }
+  bool Open() const { return next.load(std::memory_order_relaxed) < count; }
+
+  const size_t count;
+  const absl::FunctionRef<void(size_t)> task;
+  std::atomic<size_t> next{0};
+  // Helpers working on the job; guarded by HelperThreads::mu_, which
+  // outlives the job (the Run that owns it waits for 0 under mu_).
+  int attached = 0;
+};
+
+HelperThreads::HelperThreads(int helpers) {
+  threads_.reserve(static_cast<size_t>(std::max(helpers, 0)));
+  for (int i = 0; i < helpers; ++i) threads_.emplace_back([this] { Loop(); });
+}
+
+HelperThreads::~HelperThreads() {
+  {
+    absl::MutexLock lock(&mu_);
+    stop_ = true;
+  }
+  for (std::thread& thread : threads_) thread.join();
+}
+
+void HelperThreads::Run(size_t count, absl::FunctionRef<void(size_t)> task) {
+  if (threads_.empty() || count < 2) {
+    for (size_t i = 0; i < count; ++i) task(i);
+    return;
+  }
+  Job job(count, task);
+  {
+    absl::MutexLock lock(&mu_);
+    jobs_.push_back(&job);  // wakes the helpers waiting in Loop
+  }
+  job.Work();
+  absl::MutexLock lock(&mu_);
+  jobs_.erase(std::find(jobs_.begin(), jobs_.end(), &job));
+  // Every task has been claimed; wait for the helpers still running one.
+  mu_.Await(absl::Condition(
+      +[](Job* j) { return j->attached == 0; }, &job));
+}
+
+bool HelperThreads::HasOpenJobOrStop() const {
+  return stop_ || std::any_of(jobs_.begin(), jobs_.end(),
+                              [](const Job* job) { return job->Open(); });
+}
+
+void HelperThreads::Loop() {
+  mu_.Lock();
+  while (true) {
+    mu_.Await(absl::Condition(this, &HelperThreads::HasOpenJobOrStop));
+    if (stop_) break;
+    Job* job = *std::find_if(jobs_.begin(), jobs_.end(),
+                             [](const Job* j) { return j->Open(); });
+    ++job->attached;
+    mu_.Unlock();
+    job->Work();
+    mu_.Lock();
+    --job->attached;
+  }
+  mu_.Unlock();
+}
+
+}  // namespace ps::optimizer
