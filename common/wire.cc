@@ -2,8 +2,10 @@
 
 #include <Eigen/Core>
 #include <algorithm>
+#include <atomic>
 #include <bit>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 
 #if defined(__x86_64__)
@@ -97,11 +99,83 @@ __attribute__((target("avx,f16c"))) void EncodeFloat16(const float* values,
 
 // AVX-512 (BW for the 16-bit packing): 16 values per step, the same bit
 // operations and F16C rounding as above.
-bool HasAvx512() {
+bool CpuHasAvx512() {
   static const bool has = __builtin_cpu_supports("avx512f") &&
                           __builtin_cpu_supports("avx512bw") &&
                           __builtin_cpu_supports("avx512vl");
   return has;
+}
+
+// The widest instructions in use: the CPU's, or fewer when a test asks.
+std::atomic<wire_internal::Simd> simd_limit{wire_internal::Simd::kAvx512};
+
+wire_internal::Simd Level() {
+  return std::min(wire_internal::BestSimd(),
+                  simd_limit.load(std::memory_order_relaxed));
+}
+bool HasAvx512() { return Level() >= wire_internal::Simd::kAvx512; }
+bool HasAvx2() { return Level() >= wire_internal::Simd::kAvx2; }
+
+// AVX2 (CPUs without AVX-512, such as AMD's before Zen 4): the same bit
+// operations as the portable loops, which the compiler vectorizes only
+// for SSE2, on 256-bit lanes.
+__attribute__((target("avx2"))) bool DecodeBFloat16Avx2(const char* in,
+                                                        float* out, size_t n) {
+  // Also tells whether every value is finite (exponent bits not all ones).
+  const __m256i exponent = _mm256_set1_epi16(0x7f80);
+  __m256i bad = _mm256_setzero_si256();
+  size_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m256i half =
+        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(in + 2 * i));
+    bad = _mm256_or_si256(
+        bad, _mm256_cmpeq_epi16(_mm256_and_si256(half, exponent), exponent));
+    _mm256_storeu_si256(
+        reinterpret_cast<__m256i*>(out + i),
+        _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm256_castsi256_si128(half)),
+                          16));
+    _mm256_storeu_si256(
+        reinterpret_cast<__m256i*>(out + i + 8),
+        _mm256_slli_epi32(
+            _mm256_cvtepu16_epi32(_mm256_extracti128_si256(half, 1)), 16));
+  }
+  DecodeBFloat16(in + 2 * i, out + i, n - i);
+  return _mm256_testz_si256(bad, bad) &&
+         AllFinite(std::span<const float>(out + i, n - i));
+}
+
+// EncodeBFloat16's rounding of 8 values in their float32 lanes; the result
+// in the low halves.
+__attribute__((target("avx2"))) inline __m256i RoundBFloat16Avx2(__m256i bits) {
+  const __m256i lsb =
+      _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
+  const __m256i rounded =
+      _mm256_add_epi32(_mm256_add_epi32(bits, _mm256_set1_epi32(0x7fff)), lsb);
+  // Signed compare: both sides are below 2^31.
+  const __m256i is_nan =
+      _mm256_cmpgt_epi32(_mm256_and_si256(bits, _mm256_set1_epi32(0x7fffffff)),
+                         _mm256_set1_epi32(0x7f800000));
+  const __m256i nan =
+      _mm256_or_si256(_mm256_and_si256(bits, _mm256_set1_epi32(INT32_MIN)),
+                      _mm256_set1_epi32(0x7fc00000));
+  return _mm256_srli_epi32(_mm256_blendv_epi8(rounded, nan, is_nan), 16);
+}
+
+__attribute__((target("avx2"))) void EncodeBFloat16Avx2(const float* values,
+                                                        char* out, size_t n) {
+  size_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m256i a = RoundBFloat16Avx2(
+        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(values + i)));
+    const __m256i b = RoundBFloat16Avx2(
+        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(values + i + 8)));
+    // packus works within 128-bit lanes (a0-3 b0-3 | a4-7 b4-7): put the
+    // quarters back in order.
+    _mm256_storeu_si256(
+        reinterpret_cast<__m256i*>(out + 2 * i),
+        _mm256_permute4x64_epi64(_mm256_packus_epi32(a, b), 0xd8));
+  }
+  EncodeBFloat16(values + i, out + 2 * i, n - i);
 }
 
 __attribute__((target("avx512f,avx512bw,avx512vl"))) bool DecodeBFloat16Avx512(
@@ -185,8 +259,9 @@ EncodeFloat16Avx512(const float* values, char* out, size_t n) {
 
 // Sets *finite (when given) to whether every decoded value is finite.
 void DecodeBFloat16Fast(const char* in, float* out, size_t n, bool* finite) {
-  if (HasAvx512()) {
-    const bool all = DecodeBFloat16Avx512(in, out, n);
+  if (HasAvx512() || HasAvx2()) {
+    const bool all = HasAvx512() ? DecodeBFloat16Avx512(in, out, n)
+                                 : DecodeBFloat16Avx2(in, out, n);
     if (finite != nullptr) *finite = all;
     return;
   }
@@ -195,6 +270,7 @@ void DecodeBFloat16Fast(const char* in, float* out, size_t n, bool* finite) {
 }
 void EncodeBFloat16Fast(const float* values, char* out, size_t n) {
   if (HasAvx512()) return EncodeBFloat16Avx512(values, out, n);
+  if (HasAvx2()) return EncodeBFloat16Avx2(values, out, n);
   EncodeBFloat16(values, out, n);
 }
 void DecodeFloat16Fast(const char* in, float* out, size_t n, bool* finite) {
@@ -203,12 +279,17 @@ void DecodeFloat16Fast(const char* in, float* out, size_t n, bool* finite) {
     if (finite != nullptr) *finite = all;
     return;
   }
-  DecodeFloat16(in, out, n);
+  if (HasAvx2()) {
+    DecodeFloat16(in, out, n);
+  } else {
+    DecodeHalf<Eigen::half>(in, out, n);
+  }
   if (finite != nullptr) *finite = AllFinite(std::span<const float>(out, n));
 }
 void EncodeFloat16Fast(const float* values, char* out, size_t n) {
   if (HasAvx512() && HasF16c()) return EncodeFloat16Avx512(values, out, n);
-  EncodeFloat16(values, out, n);
+  if (HasAvx2()) return EncodeFloat16(values, out, n);
+  EncodeHalf<Eigen::half>(values, out, n);
 }
 #else
 void DecodeFloat16(const char* in, float* out, size_t n) {
@@ -307,17 +388,50 @@ void WidenHalf(v1::DType dtype, const char* data, std::span<float> out) {
   }
 }
 
-bool AllFiniteHalf(v1::DType dtype, std::string_view data) {
-  // NaN or infinite: the exponent bits all ones.
-  const uint16_t exponent = dtype == v1::BFLOAT16 ? 0x7f80 : 0x7c00;
+namespace {
+
+// AllFiniteHalf's loop from value `i` on.
+bool AllFiniteHalfPortable(uint16_t exponent, std::string_view data, size_t i) {
   const size_t n = data.size() / 2;
   uint16_t bad = 0;
-  for (size_t i = 0; i < n; ++i) {
+  for (; i < n; ++i) {
     uint16_t bits;
     std::memcpy(&bits, data.data() + 2 * i, 2);
     bad |= static_cast<uint16_t>((bits & exponent) == exponent);
   }
   return bad == 0;
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx2"))) bool AllFiniteHalfAvx2(uint16_t exponent,
+                                                       std::string_view data) {
+  const __m256i bits = _mm256_set1_epi16(static_cast<int16_t>(exponent));
+  __m256i bad = _mm256_setzero_si256();
+  const size_t n = data.size() / 2;
+  size_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    const char* p = data.data() + 2 * i;
+    const __m256i a = _mm256_and_si256(
+        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)), bits);
+    const __m256i b = _mm256_and_si256(
+        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32)), bits);
+    bad = _mm256_or_si256(bad, _mm256_or_si256(_mm256_cmpeq_epi16(a, bits),
+                                               _mm256_cmpeq_epi16(b, bits)));
+  }
+  return _mm256_testz_si256(bad, bad) &&
+         AllFiniteHalfPortable(exponent, data, i);
+}
+#endif
+
+}  // namespace
+
+bool AllFiniteHalf(v1::DType dtype, std::string_view data) {
+  // NaN or infinite: the exponent bits all ones.
+  const uint16_t exponent = dtype == v1::BFLOAT16 ? 0x7f80 : 0x7c00;
+#if defined(__x86_64__)
+  if (HasAvx2()) return AllFiniteHalfAvx2(exponent, data);
+#endif
+  return AllFiniteHalfPortable(exponent, data, 0);
 }
 
 void EncodeValuesTo(v1::DType dtype, std::span<const float> values, char* out) {
@@ -357,6 +471,30 @@ __attribute__((target("avx512f"))) inline __mmask16 NonFinite16(
   return _mm512_cmpeq_epi32_mask(bits, exponent);
 }
 
+// The lanes of values[0, 8) whose exponent bits are all ones, set.
+__attribute__((target("avx2"))) inline __m256i NonFinite8(const float* values) {
+  const __m256i exponent = _mm256_set1_epi32(kExponentBits);
+  const __m256i bits = _mm256_and_si256(
+      _mm256_loadu_si256(reinterpret_cast<const __m256i*>(values)), exponent);
+  return _mm256_cmpeq_epi32(bits, exponent);
+}
+
+// 32 values a step in four 256-bit lanes.
+__attribute__((target("avx2"))) bool AllFiniteAvx2(const float* values,
+                                                   size_t n) {
+  __m256i bad = _mm256_setzero_si256();
+  size_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    bad = _mm256_or_si256(
+        bad, _mm256_or_si256(_mm256_or_si256(NonFinite8(values + i),
+                                             NonFinite8(values + i + 8)),
+                             _mm256_or_si256(NonFinite8(values + i + 16),
+                                             NonFinite8(values + i + 24))));
+  }
+  for (; i + 8 <= n; i += 8) bad = _mm256_or_si256(bad, NonFinite8(values + i));
+  return _mm256_testz_si256(bad, bad) && AllFinitePortable(values + i, n - i);
+}
+
 // 64 values a step in four independent 512-bit lanes: about twice the
 // portable loop's rate on a block in cache.
 __attribute__((target("avx512f"))) bool AllFiniteAvx512(const float* values,
@@ -374,8 +512,34 @@ __attribute__((target("avx512f"))) bool AllFiniteAvx512(const float* values,
 }  // namespace
 
 bool AllFinite(std::span<const float> values) {
+#if defined(__x86_64__)
   if (HasAvx512()) return AllFiniteAvx512(values.data(), values.size());
+  if (HasAvx2()) return AllFiniteAvx2(values.data(), values.size());
+#endif
   return AllFinitePortable(values.data(), values.size());
 }
+
+namespace wire_internal {
+
+Simd BestSimd() {
+#if defined(__x86_64__)
+  static const Simd best = CpuHasAvx512()                   ? Simd::kAvx512
+                           : __builtin_cpu_supports("avx2") ? Simd::kAvx2
+                                                            : Simd::kPortable;
+  return best;
+#else
+  return Simd::kPortable;
+#endif
+}
+
+void SetSimdForTesting(Simd simd) {
+#if defined(__x86_64__)
+  simd_limit.store(simd, std::memory_order_relaxed);
+#else
+  (void)simd;
+#endif
+}
+
+}  // namespace wire_internal
 
 }  // namespace ps

@@ -54,6 +54,20 @@ bool AllFiniteHalf(v1::DType dtype, std::string_view data);
 // True when no value is NaN or infinite.
 bool AllFinite(std::span<const float> values);
 
+namespace wire_internal {
+
+// The vector instructions the conversions and checks above run on. Every
+// level gives the same bytes and answers; wider ones are faster.
+enum class Simd { kPortable, kAvx2, kAvx512 };
+
+// The widest level this CPU runs (kPortable off x86-64).
+Simd BestSimd();
+// Limits the level in use to `simd` (kAvx512: no limit), so that tests can
+// check every level the CPU runs against the others.
+void SetSimdForTesting(Simd simd);
+
+}  // namespace wire_internal
+
 }  // namespace ps
 
 #endif  // PS_COMMON_WIRE_H_

@@ -37,6 +37,22 @@ std::vector<float> Decode(v1::DType dtype, const std::string& data, size_t n) {
   return out;
 }
 
+// Runs `check` at every level of vector instructions this CPU runs
+// (wire_internal::Simd): each must give the same bytes and answers.
+template <typename Check>
+void AtEverySimdLevel(Check check) {
+  using wire_internal::Simd;
+  for (Simd simd : {Simd::kPortable, Simd::kAvx2, Simd::kAvx512}) {
+    if (simd > wire_internal::BestSimd()) break;
+    SCOPED_TRACE(simd == Simd::kPortable ? "portable"
+                 : simd == Simd::kAvx2   ? "AVX2"
+                                         : "AVX-512");
+    wire_internal::SetSimdForTesting(simd);
+    check();
+  }
+  wire_internal::SetSimdForTesting(Simd::kAvx512);
+}
+
 TEST(WireTest, BytesPerValue) {
   EXPECT_EQ(BytesPerValue(v1::FLOAT32), 4u);
   EXPECT_EQ(BytesPerValue(v1::BFLOAT16), 2u);
@@ -80,20 +96,22 @@ TEST(WireTest, BFloat16KnownPatternsAndRoundTrip) {
 }
 
 TEST(WireTest, BFloat16RoundsToNearestEven) {
-  const std::vector<float> values = {
-      1.0f + 0x1p-8f,             // halfway, even below: 1
-      1.0f + 0x1p-7f + 0x1p-8f,   // halfway, even above: 1 + 2^-6
-      1.0f + 0x1p-8f + 0x1p-20f,  // above halfway: up
-      3.14159265f,
-  };
-  std::string data;
-  EncodeValues(v1::BFLOAT16, values, &data);
-  EXPECT_THAT(Bits16(data),
-              ::testing::ElementsAre(0x3f80, 0x3f82, 0x3f81, 0x4049));
-  const std::vector<float> back = Decode(v1::BFLOAT16, data, values.size());
-  EXPECT_EQ(back[0], 1.0f);
-  EXPECT_EQ(back[1], 1.015625f);
-  EXPECT_EQ(back[3], 3.140625f);
+  AtEverySimdLevel([&] {
+    const std::vector<float> values = {
+        1.0f + 0x1p-8f,             // halfway, even below: 1
+        1.0f + 0x1p-7f + 0x1p-8f,   // halfway, even above: 1 + 2^-6
+        1.0f + 0x1p-8f + 0x1p-20f,  // above halfway: up
+        3.14159265f,
+    };
+    std::string data;
+    EncodeValues(v1::BFLOAT16, values, &data);
+    EXPECT_THAT(Bits16(data),
+                ::testing::ElementsAre(0x3f80, 0x3f82, 0x3f81, 0x4049));
+    const std::vector<float> back = Decode(v1::BFLOAT16, data, values.size());
+    EXPECT_EQ(back[0], 1.0f);
+    EXPECT_EQ(back[1], 1.015625f);
+    EXPECT_EQ(back[3], 3.140625f);
+  });
 }
 
 TEST(WireTest, Float16KnownPatternsAndRoundTrip) {
@@ -109,15 +127,17 @@ TEST(WireTest, Float16KnownPatternsAndRoundTrip) {
 }
 
 TEST(WireTest, Float16RoundsAndOverflowsToInfinity) {
-  const std::vector<float> values = {1.0f + 0x1p-11f,  // halfway: 1
-                                     0.1f, 70000.0f, -1e9f};
-  std::string data;
-  EncodeValues(v1::FLOAT16, values, &data);
-  EXPECT_THAT(Bits16(data),
-              ::testing::ElementsAre(0x3c00, 0x2e66, 0x7c00, 0xfc00));
-  const std::vector<float> back = Decode(v1::FLOAT16, data, values.size());
-  EXPECT_NEAR(back[1], 0.1f, 0.1f * 0x1p-11f);
-  EXPECT_TRUE(std::isinf(back[2]));
+  AtEverySimdLevel([&] {
+    const std::vector<float> values = {1.0f + 0x1p-11f,  // halfway: 1
+                                       0.1f, 70000.0f, -1e9f};
+    std::string data;
+    EncodeValues(v1::FLOAT16, values, &data);
+    EXPECT_THAT(Bits16(data),
+                ::testing::ElementsAre(0x3c00, 0x2e66, 0x7c00, 0xfc00));
+    const std::vector<float> back = Decode(v1::FLOAT16, data, values.size());
+    EXPECT_NEAR(back[1], 0.1f, 0.1f * 0x1p-11f);
+    EXPECT_TRUE(std::isinf(back[2]));
+  });
 }
 
 TEST(WireTest, EmptyRoundTrip) {
@@ -168,71 +188,78 @@ TEST(WireTest, EncodeFallsBackToFloat32ForAnUnknownDtype) {
 
 // EncodeValuesTo writes exactly the bytes EncodeValues makes, and no more.
 TEST(WireTest, EncodeValuesToWritesWhatEncodeValuesMakes) {
-  std::vector<float> values;
-  for (int i = 0; i < 1000; ++i) values.push_back(std::sin(i * 0.7f) * 1e3f);
-  values[5] = std::numeric_limits<float>::infinity();
-  values[77] = std::nanf("");
-  values[600] = 65520.0f;  // overflows float16
-  for (v1::DType dtype :
-       {v1::FLOAT32, v1::BFLOAT16, v1::FLOAT16, static_cast<v1::DType>(99)}) {
-    std::string want;
-    EncodeValues(dtype, values, &want);
-    std::string got(want.size() + 8, '\x5a');
-    EncodeValuesTo(dtype, values, got.data());
-    EXPECT_EQ(got.substr(0, want.size()), want) << dtype;
-    EXPECT_EQ(got.substr(want.size()), std::string(8, '\x5a')) << dtype;
-  }
+  AtEverySimdLevel([&] {
+    std::vector<float> values;
+    for (int i = 0; i < 1000; ++i) values.push_back(std::sin(i * 0.7f) * 1e3f);
+    values[5] = std::numeric_limits<float>::infinity();
+    values[77] = std::nanf("");
+    values[600] = 65520.0f;  // overflows float16
+    for (v1::DType dtype :
+         {v1::FLOAT32, v1::BFLOAT16, v1::FLOAT16, static_cast<v1::DType>(99)}) {
+      std::string want;
+      EncodeValues(dtype, values, &want);
+      std::string got(want.size() + 8, '\x5a');
+      EncodeValuesTo(dtype, values, got.data());
+      EXPECT_EQ(got.substr(0, want.size()), want) << dtype;
+      EXPECT_EQ(got.substr(want.size()), std::string(8, '\x5a')) << dtype;
+    }
+  });
 }
 
 TEST(WireTest, WidenHalfAndAllFiniteHalfAgreeWithDecodeValues) {
-  std::vector<float> values;
-  for (int i = 0; i < 300; ++i) values.push_back(std::sin(i * 0.3f) * 100.0f);
-  for (v1::DType dtype : {v1::BFLOAT16, v1::FLOAT16}) {
-    std::string data;
-    EncodeValues(dtype, values, &data);
-    std::vector<float> want(values.size()), got(values.size());
-    ASSERT_TRUE(DecodeValues(dtype, data, want).ok());
-    WidenHalf(dtype, data.data(), got);
-    EXPECT_EQ(got, want);
-    EXPECT_TRUE(AllFiniteHalf(dtype, data));
-    for (float bad : {std::numeric_limits<float>::infinity(),
-                      -std::numeric_limits<float>::infinity(), std::nanf("")}) {
-      for (size_t i : {size_t{0}, size_t{17}, values.size() - 1}) {
-        std::vector<float> with_bad = values;
-        with_bad[i] = bad;
-        std::string encoded;
-        EncodeValues(dtype, with_bad, &encoded);
-        EXPECT_FALSE(AllFiniteHalf(dtype, encoded)) << bad << " at " << i;
+  AtEverySimdLevel([&] {
+    std::vector<float> values;
+    for (int i = 0; i < 300; ++i) values.push_back(std::sin(i * 0.3f) * 100.0f);
+    for (v1::DType dtype : {v1::BFLOAT16, v1::FLOAT16}) {
+      std::string data;
+      EncodeValues(dtype, values, &data);
+      std::vector<float> want(values.size()), got(values.size());
+      ASSERT_TRUE(DecodeValues(dtype, data, want).ok());
+      WidenHalf(dtype, data.data(), got);
+      EXPECT_EQ(got, want);
+      EXPECT_TRUE(AllFiniteHalf(dtype, data));
+      for (float bad :
+           {std::numeric_limits<float>::infinity(),
+            -std::numeric_limits<float>::infinity(), std::nanf("")}) {
+        for (size_t i : {size_t{0}, size_t{17}, values.size() - 1}) {
+          std::vector<float> with_bad = values;
+          with_bad[i] = bad;
+          std::string encoded;
+          EncodeValues(dtype, with_bad, &encoded);
+          EXPECT_FALSE(AllFiniteHalf(dtype, encoded)) << bad << " at " << i;
+        }
       }
     }
-  }
-  // 65520 is finite as float32 but overflows float16 to infinity.
-  std::string big;
-  EncodeValues(v1::FLOAT16, std::vector<float>{65520.0f}, &big);
-  EXPECT_FALSE(AllFiniteHalf(v1::FLOAT16, big));
-  EncodeValues(v1::BFLOAT16, std::vector<float>{65520.0f}, &big);
-  EXPECT_TRUE(AllFiniteHalf(v1::BFLOAT16, big));
+    // 65520 is finite as float32 but overflows float16 to infinity.
+    std::string big;
+    EncodeValues(v1::FLOAT16, std::vector<float>{65520.0f}, &big);
+    EXPECT_FALSE(AllFiniteHalf(v1::FLOAT16, big));
+    EncodeValues(v1::BFLOAT16, std::vector<float>{65520.0f}, &big);
+    EXPECT_TRUE(AllFiniteHalf(v1::BFLOAT16, big));
+  });
 }
 
 TEST(WireTest, AllFinite) {
-  EXPECT_TRUE(AllFinite({}));
-  const std::vector<float> ok = {0.0f, -1e38f, 1e-45f};
-  EXPECT_TRUE(AllFinite(ok));
-  // Every position of lengths that end in each part of the SIMD loops
-  // (64-value steps, 16-value steps, the scalar tail).
-  for (float bad : {std::numeric_limits<float>::infinity(),
-                    -std::numeric_limits<float>::infinity(), std::nanf(""),
-                    -std::nanf("")}) {
-    for (size_t n : {1, 37, 64, 100, 143}) {
-      std::vector<float> values(n, 1.0f);
-      EXPECT_TRUE(AllFinite(values));
-      for (size_t i = 0; i < n; ++i) {
-        values[i] = bad;
-        EXPECT_FALSE(AllFinite(values)) << bad << " at " << i << " of " << n;
-        values[i] = 1.0f;
+  AtEverySimdLevel([&] {
+    EXPECT_TRUE(AllFinite({}));
+    const std::vector<float> ok = {0.0f, -1e38f, 1e-45f};
+    EXPECT_TRUE(AllFinite(ok));
+    // Every position of lengths that end in each part of the SIMD loops
+    // (64-value steps, 16-value steps, the scalar tail).
+    for (float bad : {std::numeric_limits<float>::infinity(),
+                      -std::numeric_limits<float>::infinity(), std::nanf(""),
+                      -std::nanf("")}) {
+      for (size_t n : {1, 37, 64, 100, 143}) {
+        std::vector<float> values(n, 1.0f);
+        EXPECT_TRUE(AllFinite(values));
+        for (size_t i = 0; i < n; ++i) {
+          values[i] = bad;
+          EXPECT_FALSE(AllFinite(values)) << bad << " at " << i << " of " << n;
+          values[i] = 1.0f;
+        }
       }
     }
-  }
+  });
 }
 
 }  // namespace
@@ -240,47 +267,49 @@ TEST(WireTest, AllFinite) {
 // overflow to infinity, subnormals, NaN) on a sweep of float32 bit patterns,
 // and decode every 16-bit pattern as Eigen does.
 TEST(WireTest, HalfEncodingsMatchEigenOnASweep) {
-  std::vector<float> values;
-  for (uint64_t bits = 0; bits < (uint64_t{1} << 32); bits += 65521) {
-    values.push_back(std::bit_cast<float>(static_cast<uint32_t>(bits)));
-  }
-  std::string bf16, fp16;
-  EncodeValues(v1::BFLOAT16, values, &bf16);
-  EncodeValues(v1::FLOAT16, values, &fp16);
-  const std::vector<uint16_t> bf16_bits = Bits16(bf16);
-  const std::vector<uint16_t> fp16_bits = Bits16(fp16);
-  for (size_t i = 0; i < values.size(); ++i) {
-    ASSERT_EQ(bf16_bits[i], Eigen::numext::bit_cast<uint16_t>(
-                                static_cast<Eigen::bfloat16>(values[i])))
-        << values[i];
-    ASSERT_EQ(fp16_bits[i], Eigen::numext::bit_cast<uint16_t>(
-                                static_cast<Eigen::half>(values[i])))
-        << values[i];
-  }
-  std::string every(2 * 65536, '\0');
-  for (uint32_t b = 0; b < 65536; ++b) {
-    every[2 * b] = static_cast<char>(b & 0xff);
-    every[2 * b + 1] = static_cast<char>(b >> 8);
-  }
-  const std::vector<float> from_bf16 = Decode(v1::BFLOAT16, every, 65536);
-  const std::vector<float> from_fp16 = Decode(v1::FLOAT16, every, 65536);
-  for (uint32_t b = 0; b < 65536; ++b) {
-    const uint16_t bits = static_cast<uint16_t>(b);
-    const float bf =
-        static_cast<float>(Eigen::numext::bit_cast<Eigen::bfloat16>(bits));
-    const float hf =
-        static_cast<float>(Eigen::numext::bit_cast<Eigen::half>(bits));
-    ASSERT_EQ(std::bit_cast<uint32_t>(from_bf16[b]),
-              std::bit_cast<uint32_t>(bf))
-        << b;
-    if (std::isnan(hf)) {
-      ASSERT_TRUE(std::isnan(from_fp16[b])) << b;
-    } else {
-      ASSERT_EQ(std::bit_cast<uint32_t>(from_fp16[b]),
-                std::bit_cast<uint32_t>(hf))
-          << b;
+  AtEverySimdLevel([&] {
+    std::vector<float> values;
+    for (uint64_t bits = 0; bits < (uint64_t{1} << 32); bits += 65521) {
+      values.push_back(std::bit_cast<float>(static_cast<uint32_t>(bits)));
     }
-  }
+    std::string bf16, fp16;
+    EncodeValues(v1::BFLOAT16, values, &bf16);
+    EncodeValues(v1::FLOAT16, values, &fp16);
+    const std::vector<uint16_t> bf16_bits = Bits16(bf16);
+    const std::vector<uint16_t> fp16_bits = Bits16(fp16);
+    for (size_t i = 0; i < values.size(); ++i) {
+      ASSERT_EQ(bf16_bits[i], Eigen::numext::bit_cast<uint16_t>(
+                                  static_cast<Eigen::bfloat16>(values[i])))
+          << values[i];
+      ASSERT_EQ(fp16_bits[i], Eigen::numext::bit_cast<uint16_t>(
+                                  static_cast<Eigen::half>(values[i])))
+          << values[i];
+    }
+    std::string every(2 * 65536, '\0');
+    for (uint32_t b = 0; b < 65536; ++b) {
+      every[2 * b] = static_cast<char>(b & 0xff);
+      every[2 * b + 1] = static_cast<char>(b >> 8);
+    }
+    const std::vector<float> from_bf16 = Decode(v1::BFLOAT16, every, 65536);
+    const std::vector<float> from_fp16 = Decode(v1::FLOAT16, every, 65536);
+    for (uint32_t b = 0; b < 65536; ++b) {
+      const uint16_t bits = static_cast<uint16_t>(b);
+      const float bf =
+          static_cast<float>(Eigen::numext::bit_cast<Eigen::bfloat16>(bits));
+      const float hf =
+          static_cast<float>(Eigen::numext::bit_cast<Eigen::half>(bits));
+      ASSERT_EQ(std::bit_cast<uint32_t>(from_bf16[b]),
+                std::bit_cast<uint32_t>(bf))
+          << b;
+      if (std::isnan(hf)) {
+        ASSERT_TRUE(std::isnan(from_fp16[b])) << b;
+      } else {
+        ASSERT_EQ(std::bit_cast<uint32_t>(from_fp16[b]),
+                  std::bit_cast<uint32_t>(hf))
+            << b;
+      }
+    }
+  });
 }
 
 }  // namespace ps
