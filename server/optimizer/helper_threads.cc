@@ -66,8 +66,12 @@ void HelperThreads::Loop() {
   while (true) {
     mu_.Await(absl::Condition(this, &HelperThreads::HasOpenJobOrStop));
     if (stop_) break;
-    Job* job = *std::find_if(jobs_.begin(), jobs_.end(),
+    // The callers claim tasks without the lock: the job seen open may have
+    // been emptied since.
+    auto open = std::find_if(jobs_.begin(), jobs_.end(),
                              [](const Job* j) { return j->Open(); });
+    if (open == jobs_.end()) continue;
+    Job* job = *open;
     ++job->attached;
     mu_.Unlock();
     job->Work();

@@ -75,5 +75,22 @@ TEST(HelperThreadsTest, ManyCallersAtOnceEachGetEveryTaskRunOnce) {
   }
 }
 
+// Short jobs, one after another: a helper woken for a job often finds its
+// tasks already claimed, and the job gone, and must go back to waiting.
+TEST(HelperThreadsTest, HelpersWokenForJobsAlreadyDoneWaitAgain) {
+  HelperThreads pool(2);
+  std::vector<std::thread> callers;
+  std::atomic<int> runs = 0;
+  for (int c = 0; c < 2; ++c) {
+    callers.emplace_back([&] {
+      for (int round = 0; round < 20000; ++round) {
+        pool.Run(2, [&](size_t) { runs.fetch_add(1); });
+      }
+    });
+  }
+  for (std::thread& t : callers) t.join();
+  EXPECT_EQ(runs.load(), 2 * 20000 * 2);
+}
+
 }  // namespace
 }  // namespace ps::optimizer
