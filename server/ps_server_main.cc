@@ -21,6 +21,8 @@
 #include "common/optimizer_config.h"
 #include "common/tune_malloc.h"
 #include "server/memory_limit.h"
+#include "server/optimizer/adam.h"
+#include "server/optimizer/update.h"
 #include "server/server.h"
 
 ABSL_FLAG(std::string, host, "127.0.0.1",
@@ -183,6 +185,13 @@ int main(int argc, char** argv) {
     spdlog::info("values and optimizer state: at most {} MiB ({})",
                  options.memory_limit_bytes >> 20, memory_limit_source);
   }
+  spdlog::info(
+      "updates: a block of {} values or more on up to {} thread(s) "
+      "(--update_threads); Adam and Eve on {}",
+      2 * ps::optimizer::kParallelValues, options.update_threads,
+      ps::optimizer::BestAdamSimd() == ps::optimizer::AdamSimd::kAvx
+          ? "AVX"
+          : "the build's baseline instructions");
   if ((*server)->metrics_port() >= 0) {
     spdlog::info("serving /metrics on port {}", (*server)->metrics_port());
   }
