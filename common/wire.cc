@@ -259,14 +259,17 @@ EncodeFloat16Avx512(const float* values, char* out, size_t n) {
 
 // Sets *finite (when given) to whether every decoded value is finite.
 void DecodeBFloat16Fast(const char* in, float* out, size_t n, bool* finite) {
-  if (HasAvx512() || HasAvx2()) {
-    const bool all = HasAvx512() ? DecodeBFloat16Avx512(in, out, n)
-                                 : DecodeBFloat16Avx2(in, out, n);
-    if (finite != nullptr) *finite = all;
-    return;
+  bool all;
+  if (HasAvx512()) {
+    all = DecodeBFloat16Avx512(in, out, n);
+  } else if (HasAvx2()) {
+    all = DecodeBFloat16Avx2(in, out, n);
+  } else {
+    DecodeBFloat16(in, out, n);
+    if (finite == nullptr) return;
+    all = AllFinite(std::span<const float>(out, n));
   }
-  DecodeBFloat16(in, out, n);
-  if (finite != nullptr) *finite = AllFinite(std::span<const float>(out, n));
+  if (finite != nullptr) *finite = all;
 }
 void EncodeBFloat16Fast(const float* values, char* out, size_t n) {
   if (HasAvx512()) return EncodeBFloat16Avx512(values, out, n);

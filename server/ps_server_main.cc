@@ -188,7 +188,7 @@ int main(int argc, char** argv) {
   spdlog::info(
       "updates: a block of {} values or more on up to {} thread(s) "
       "(--update_threads); Adam and Eve on {}",
-      2 * ps::optimizer::kParallelValues, options.update_threads,
+      ps::optimizer::kParallelMinValues, options.update_threads,
       ps::optimizer::BestAdamSimd() == ps::optimizer::AdamSimd::kAvx
           ? "AVX"
           : "the build's baseline instructions");

@@ -64,8 +64,8 @@ struct RuleStep {
   void Run(Apply apply) {
     const Eigen::Index n = var.size();
     const auto range = static_cast<Eigen::Index>(kParallelValues);
-    const bool parallel =
-        helpers != nullptr && helpers->helpers() > 0 && n >= 2 * range;
+    const bool parallel = helpers != nullptr && helpers->helpers() > 0 &&
+                          n >= static_cast<Eigen::Index>(kParallelMinValues);
     if (!sink.has_value() && !widen.has_value() && !parallel) {
       apply(0, n, grad);
       return;

@@ -80,10 +80,11 @@ using GradientWidener =
 // shorter).
 inline constexpr size_t kSinkChunk = 4096;
 
-// With helper threads, a block of at least kParallelValues values is
-// updated in ranges of kParallelValues (whole chunks), run at once: about
-// 25 us of Adam each, well above the cost of handing one out.
+// With helper threads, a block of at least kParallelMinValues values (two
+// ranges or more) is updated in ranges of kParallelValues (whole chunks), run
+// at once: about 25 us of Adam each, well above the cost of handing one out.
 inline constexpr size_t kParallelValues = 8 * kSinkChunk;
+inline constexpr size_t kParallelMinValues = 2 * kParallelValues;
 
 // Clips the gradient (per block), adds weight decay, runs the rule and
 // advances state.step. With a sink, the rule runs chunk by chunk and each
