@@ -336,6 +336,9 @@ absl::StatusOr<std::string> Checkpointer::LoadNewest() {
     input.SetCloseOnDelete(true);
     storage::v1::BlockRecord block;
     while (true) {
+      // A delimited parse merges into the message: start each record empty,
+      // or it would inherit the fields of the one before.
+      block.Clear();
       bool clean_eof = false;
       if (!google::protobuf::util::ParseDelimitedFromZeroCopyStream(
               &block, &input, &clean_eof)) {

@@ -20,6 +20,7 @@
 #include "common/wire.h"
 #include "server/optimizer/update.h"
 #include "tests/server/messages.h"
+#include "tests/server/store_driver.h"
 
 namespace ps {
 namespace {
@@ -30,7 +31,11 @@ using ::ps::testutil::Encode;
 using ::ps::testutil::Iota;
 using ::ps::testutil::MakeSlice;
 using ::ps::testutil::Minus;
+using ::ps::testutil::PushNow;
+using ::ps::testutil::PushRequest;
+using ::ps::testutil::PushResult;
 using ::ps::testutil::RangeSlice;
+using ::ps::testutil::StartPush;
 using ::testing::AllOf;
 using ::testing::ElementsAreArray;
 using ::testing::HasSubstr;
@@ -119,61 +124,6 @@ Snapshot PullAll(const VariableStore& store, const std::string& name) {
     snapshot.versions.push_back(slice.version());
   }
   return snapshot;
-}
-
-// The outcome of one push through PreparePush and ApplyPush.
-struct PushResult {
-  absl::Notification done;
-  absl::Status status;
-  v1::PullResponse answer;
-  int calls = 0;  // how often the completion reported
-
-  bool WaitFor(absl::Duration timeout = absl::Seconds(10)) {
-    return done.WaitForNotificationWithTimeout(timeout);
-  }
-};
-
-std::shared_ptr<PushResult> StartPush(VariableStore& store,
-                                      const v1::PushRequest& request,
-                                      bool with_values = true) {
-  auto result = std::make_shared<PushResult>();
-  absl::StatusOr<PreparedPush> prepared = store.PreparePush(request);
-  if (!prepared.ok()) {
-    result->status = prepared.status();
-    result->done.Notify();
-    return result;
-  }
-  auto completion = std::make_shared<PushCompletion>(
-      prepared->parts.size(), with_values, request.pull_dtype(),
-      [result](absl::Status status, v1::PullResponse answer) {
-        result->status = std::move(status);
-        result->answer = std::move(answer);
-        ++result->calls;
-        result->done.Notify();
-      });
-  store.ApplyPush(*std::move(prepared), std::move(completion));
-  return result;
-}
-
-// A push that must finish without waiting for others (async, or a refusal).
-std::shared_ptr<PushResult> PushNow(VariableStore& store,
-                                    const v1::PushRequest& request,
-                                    bool with_values = true) {
-  auto result = StartPush(store, request, with_values);
-  EXPECT_TRUE(result->done.HasBeenNotified())
-      << "the push did not finish at once";
-  return result;
-}
-
-v1::PushRequest PushRequest(const std::string& worker, uint64_t seq,
-                            std::vector<v1::Slice> gradients,
-                            uint64_t step = 0) {
-  v1::PushRequest request;
-  request.set_worker_id(worker);
-  request.set_seq(seq);
-  request.set_step(step);
-  for (v1::Slice& slice : gradients) *request.add_gradients() = slice;
-  return request;
 }
 
 // Pulls the single range `slice`; the values it answers are dropped.

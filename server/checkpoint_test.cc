@@ -1,0 +1,262 @@
+#include "server/checkpoint.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <map>
+#include <string>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/optimizer_config.h"
+#include "tests/server/messages.h"
+#include "tests/server/store_driver.h"
+
+namespace ps {
+namespace {
+
+namespace fs = std::filesystem;
+using ::ps::testutil::CreateRequest;
+using ::ps::testutil::MakeSlice;
+using ::ps::testutil::PushNow;
+using ::ps::testutil::PushRequest;
+using ::ps::testutil::StartPush;
+
+v1::OptimizerConfig Optimizer(const std::string& text) {
+  auto config = ParseOptimizerConfig(text);
+  EXPECT_TRUE(config.ok()) << config.status();
+  return config.ok() ? *config : v1::OptimizerConfig();
+}
+
+StoreOptions Options(const std::string& optimizer, bool sync = false) {
+  StoreOptions options;
+  options.block_size = 4;
+  options.default_optimizer = Optimizer(optimizer);
+  options.sync = sync;
+  options.num_workers = sync ? 2 : 0;
+  options.quorum = options.num_workers;
+  return options;
+}
+
+// Everything one block holds, for exact comparison.
+struct BlockDump {
+  std::vector<float> values;
+  uint64_t step = 0;
+  std::vector<float> momentum, square_avg, grad_avg, max_square_avg;
+  double eve_d = 0, eve_f_hat = 0;
+  bool eve_started = false;
+  bool sync_started = false;
+  uint64_t sync_next_step = 0;
+  std::vector<float> sync_sum;
+  std::vector<std::string> sync_workers;
+  double sync_loss_sum = 0;
+  uint32_t sync_losses = 0;
+  std::vector<std::tuple<std::string, uint64_t, uint64_t>> applied;
+
+  auto Tie() const {
+    return std::tie(values, step, momentum, square_avg, grad_avg,
+                    max_square_avg, eve_d, eve_f_hat, eve_started, sync_started,
+                    sync_next_step, sync_sum, sync_workers, sync_loss_sum,
+                    sync_losses, applied);
+  }
+  bool operator==(const BlockDump& other) const { return Tie() == other.Tie(); }
+  friend std::ostream& operator<<(std::ostream& os, const BlockDump& b) {
+    return os << "{values [" << absl::StrJoin(b.values, ",") << "] step "
+              << b.step << " slots " << b.momentum.size() << "/"
+              << b.square_avg.size() << "/" << b.grad_avg.size() << "/"
+              << b.max_square_avg.size() << " sync " << b.sync_started << "@"
+              << b.sync_next_step << " sum " << b.sync_sum.size() << " workers "
+              << b.sync_workers.size() << " applied " << b.applied.size()
+              << "}";
+  }
+};
+
+// (variable, block index) -> what the block holds, plus each variable's
+// optimizer as ListVariables reports it.
+struct StoreDump {
+  std::map<std::pair<std::string, uint64_t>, BlockDump> blocks;
+  std::map<std::string, std::string> optimizers;
+};
+
+StoreDump Dump(const VariableStore& store) {
+  StoreDump dump;
+  for (const std::string& name : store.VariableNames()) {
+    auto variable = store.Find(name);
+    for (const auto& [k, block] : variable->blocks) {
+      absl::ReaderMutexLock lock(&block->mu);
+      BlockDump& b = dump.blocks[{name, k}];
+      b.values = block->values;
+      const optimizer::BlockOptimizerState& state = block->state;
+      b.step = state.step;
+      b.momentum = state.momentum;
+      b.square_avg = state.square_avg;
+      b.grad_avg = state.grad_avg;
+      b.max_square_avg = state.max_square_avg;
+      b.eve_d = state.eve.d;
+      b.eve_f_hat = state.eve.f_hat;
+      b.eve_started = state.eve.started;
+      b.sync_started = block->sync.started;
+      b.sync_next_step = block->sync.next_step;
+      b.sync_sum = block->sync.sum;
+      b.sync_workers.assign(block->sync.workers.begin(),
+                            block->sync.workers.end());
+      std::sort(b.sync_workers.begin(), b.sync_workers.end());
+      b.sync_loss_sum = block->sync.loss_sum;
+      b.sync_losses = block->sync.losses;
+      for (const auto& [worker, window] : block->applied) {
+        b.applied.emplace_back(worker, window.highest(), window.window());
+      }
+      std::sort(b.applied.begin(), b.applied.end());
+    }
+  }
+  const v1::ListVariablesResponse listed = store.ListVariables();
+  for (const v1::VariableInfo& info : listed.variables()) {
+    dump.optimizers[info.name()] =
+        absl::StrCat(info.optimizer_override() ? "own " : "default ",
+                     OptimizerConfigToText(info.optimizer()));
+  }
+  return dump;
+}
+
+// Pushes `gradient` (the same to every block) to every block of `name`.
+void PushAll(VariableStore& store, const std::string& name,
+             const std::string& worker, uint64_t seq, float gradient) {
+  auto variable = store.Find(name);
+  ASSERT_NE(variable, nullptr);
+  std::vector<v1::Slice> slices;
+  for (const auto& [k, block] : variable->blocks) {
+    slices.push_back(MakeSlice(
+        name, block->range.offset,
+        std::vector<float>(block->range.length, gradient + 0.25f * k)));
+  }
+  v1::PushRequest request = PushRequest(worker, seq, slices);
+  request.set_loss(2.0);
+  auto result = PushNow(store, request, /*with_values=*/false);
+  ASSERT_TRUE(result->status.ok()) << result->status;
+}
+
+class CheckpointRoundTripTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::path(::testing::TempDir()) /
+           absl::StrCat(
+               "checkpoint_test_",
+               ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  // Writes a checkpoint of `store`, loads it into a fresh store made with
+  // `options`, and returns that store.
+  std::unique_ptr<VariableStore> RoundTrip(VariableStore& store,
+                                           const StoreOptions& options) {
+    Checkpointer writer({dir_.string(), 3}, &store);
+    auto written = writer.Write();
+    EXPECT_TRUE(written.ok()) << written.status();
+    auto restored = std::make_unique<VariableStore>(options);
+    Checkpointer reader({dir_.string(), 3}, restored.get());
+    auto loaded = reader.LoadNewest();
+    EXPECT_TRUE(loaded.ok()) << loaded.status();
+    return restored;
+  }
+
+  fs::path dir_;
+};
+
+// Blocks are read one after another; each must come back as it was written,
+// whatever the block before it held (another rule's slots, another size, an
+// Eve feedback, an exactly-once record).
+TEST_F(CheckpointRoundTripTest, MixedRulesSizesAndUnpushedVariables) {
+  const StoreOptions options = Options("adam {} learning_rate: 0.1");
+  VariableStore store(options);
+  // Created in an order whose names sort differently, each with its own
+  // shape; "c" and "f" are never pushed.
+  auto create = [&](const std::string& name, uint64_t size,
+                    const std::string& optimizer) {
+    v1::CreateVariableRequest request = CreateRequest(name, {size});
+    if (!optimizer.empty()) *request.mutable_optimizer() = Optimizer(optimizer);
+    auto created = store.CreateVariable(request);
+    ASSERT_TRUE(created.ok()) << created.status();
+  };
+  create("a", 10, "adam { amsgrad: true }");
+  create("b", 6, "sgd {}");
+  create("c", 7, "");
+  create("d", 12, "rmsprop { centered: true momentum: 0.9 }");
+  create("e", 4, "eve {}");
+  create("f", 9, "momentum {}");
+  create("g", 8, "");
+  PushAll(store, "a", "w1", 1, 0.5f);
+  PushAll(store, "a", "w1", 2, -0.5f);
+  PushAll(store, "b", "", 0, 1.0f);
+  PushAll(store, "d", "w2", 7, 0.3f);
+  PushAll(store, "e", "w1", 3, 0.7f);
+  PushAll(store, "g", "w3", 1, 0.1f);
+
+  auto restored = RoundTrip(store, options);
+  const StoreDump before = Dump(store);
+  const StoreDump after = Dump(*restored);
+  EXPECT_EQ(after.optimizers, before.optimizers);
+  ASSERT_EQ(after.blocks.size(), before.blocks.size());
+  for (const auto& [key, block] : before.blocks) {
+    EXPECT_EQ(after.blocks.at(key), block)
+        << "block " << key.second << " of '" << key.first << "'";
+  }
+  EXPECT_EQ(restored->StateBytes(), store.StateBytes());
+
+  // Training goes on from the same state on both.
+  PushAll(store, "c", "w1", 4, 1.0f);
+  PushAll(*restored, "c", "w1", 4, 1.0f);
+  PushAll(store, "b", "w3", 2, 1.0f);
+  PushAll(*restored, "b", "w3", 2, 1.0f);
+  EXPECT_EQ(Dump(*restored).blocks, Dump(store).blocks);
+}
+
+// A step being collected in sync mode comes back for its own blocks only.
+TEST_F(CheckpointRoundTripTest, SyncStepMidwayAndExactlyOnceRecords) {
+  const StoreOptions options = Options("sgd {} learning_rate: 1", true);
+  VariableStore store(options);
+  ASSERT_TRUE(store.CreateVariable(CreateRequest("a", {8})).ok());
+  ASSERT_TRUE(store.CreateVariable(CreateRequest("b", {8})).ok());
+  // Step 0 of "a" has one of its two pushes; "b" has none.
+  auto waiting =
+      StartPush(store, PushRequest("w1", 5,
+                                   {MakeSlice("a", 0, {1, 2, 3, 4}),
+                                    MakeSlice("a", 4, {5, 6, 7, 8})}));
+  ASSERT_FALSE(waiting->done.HasBeenNotified());
+
+  auto restored = RoundTrip(store, options);
+  EXPECT_EQ(Dump(*restored).blocks, Dump(store).blocks);
+
+  // On the restored store, w1's seq 5 is a repeat for "a" only: "b" applies
+  // it, and w2's push completes "a"'s step with the mean of both.
+  auto b_push =
+      StartPush(*restored, PushRequest("w1", 5,
+                                       {MakeSlice("b", 0, {1, 1, 1, 1}),
+                                        MakeSlice("b", 4, {1, 1, 1, 1})}));
+  auto b_other =
+      StartPush(*restored, PushRequest("w2", 1,
+                                       {MakeSlice("b", 0, {1, 1, 1, 1}),
+                                        MakeSlice("b", 4, {1, 1, 1, 1})}));
+  ASSERT_TRUE(b_other->WaitFor());
+  EXPECT_TRUE(b_push->WaitFor());
+  EXPECT_TRUE(b_push->status.ok()) << b_push->status;
+  auto a_other =
+      StartPush(*restored, PushRequest("w2", 2,
+                                       {MakeSlice("a", 0, {3, 2, 1, 0}),
+                                        MakeSlice("a", 4, {3, 2, 1, 0})}));
+  ASSERT_TRUE(a_other->WaitFor());
+  ASSERT_TRUE(a_other->status.ok()) << a_other->status;
+  const StoreDump after = Dump(*restored);
+  EXPECT_THAT(after.blocks.at({"a", 0}).values,
+              ::testing::ElementsAre(-2, -2, -2, -2));
+  EXPECT_THAT(after.blocks.at({"b", 1}).values,
+              ::testing::ElementsAre(-1, -1, -1, -1));
+  EXPECT_EQ(after.blocks.at({"b", 0}).step, 1u);
+}
+
+}  // namespace
+}  // namespace ps
