@@ -7,92 +7,101 @@
 
 namespace ps {
 
-grpc::ServerUnaryReactor* AdminServiceImpl::Finish(
-    grpc::CallbackServerContext* context, const absl::Status& status) {
-  if (!status.ok()) store_->stats().RecordRefusal(status.code());
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  reactor->Finish(ToGrpcStatus(status));
-  return reactor;
-}
-
 grpc::ServerUnaryReactor* AdminServiceImpl::GetOptimizer(
-    grpc::CallbackServerContext* context,
-    const v1::GetOptimizerRequest* request, v1::OptimizerConfig* response) {
-  if (auto who = auth_->Check(*context, Role::kAdmin); !who.ok()) {
-    return Finish(context, who.status());
-  }
-  auto config = store_->GetOptimizer(request->variable());
-  if (config.ok()) *response = *std::move(config);
-  return Finish(context, config.status());
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
+  return gate_->Serve<v1::GetOptimizerRequest, v1::OptimizerConfig>(
+      context, Role::kAdmin, request, response,
+      [&](const std::string&, const v1::GetOptimizerRequest& get,
+          v1::OptimizerConfig* answer) {
+        auto config = store_->GetOptimizer(get.variable());
+        if (config.ok()) *answer = *std::move(config);
+        return config.status();
+      });
 }
 
 grpc::ServerUnaryReactor* AdminServiceImpl::SetOptimizer(
-    grpc::CallbackServerContext* context,
-    const v1::SetOptimizerRequest* request,
-    v1::SetOptimizerResponse* response) {
-  auto who = auth_->Check(*context, Role::kAdmin);
-  if (!who.ok()) return Finish(context, who.status());
-  const std::string target = request->variable().empty()
-                                 ? "the default optimizer"
-                                 : "variable '" + request->variable() + "'";
-  auto change =
-      store_->SetOptimizer(request->variable(), request->config(),
-                           request->reset_state(), request->validate_only());
-  if (!change.ok()) {
-    spdlog::warn("{} asked to {} {} to '{}': refused: {}", *who,
-                 request->validate_only() ? "check setting" : "set", target,
-                 OptimizerConfigToText(request->config()),
-                 std::string(change.status().message()));
-    return Finish(context, change.status());
-  }
-  if (!request->validate_only()) {
-    spdlog::info("{} set {} to '{}'{}; config version {} -> {}", *who, target,
-                 OptimizerConfigToText(request->config()),
-                 request->reset_state() ? " with fresh state" : "",
-                 change->previous_version, change->version);
-  }
-  response->set_config_version(change->version);
-  response->set_previous_config_version(change->previous_version);
-  return Finish(context, absl::OkStatus());
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
+  return gate_->Serve<v1::SetOptimizerRequest, v1::SetOptimizerResponse>(
+      context, Role::kAdmin, request, response,
+      [&](const std::string& caller, const v1::SetOptimizerRequest& set,
+          v1::SetOptimizerResponse* answer) {
+        const std::string target = set.variable().empty()
+                                       ? "the default optimizer"
+                                       : "variable '" + set.variable() + "'";
+        auto change =
+            store_->SetOptimizer(set.variable(), set.config(),
+                                 set.reset_state(), set.validate_only());
+        if (!change.ok()) {
+          spdlog::warn("{} asked to {} {} to '{}': refused: {}", caller,
+                       set.validate_only() ? "check setting" : "set", target,
+                       OptimizerConfigToText(set.config()),
+                       std::string(change.status().message()));
+          return change.status();
+        }
+        if (!set.validate_only()) {
+          spdlog::info("{} set {} to '{}'{}; config version {} -> {}", caller,
+                       target, OptimizerConfigToText(set.config()),
+                       set.reset_state() ? " with fresh state" : "",
+                       change->previous_version, change->version);
+        }
+        answer->set_config_version(change->version);
+        answer->set_previous_config_version(change->previous_version);
+        return absl::OkStatus();
+      });
 }
 
 grpc::ServerUnaryReactor* AdminServiceImpl::ListVariables(
-    grpc::CallbackServerContext* context, const v1::ListVariablesRequest*,
-    v1::ListVariablesResponse* response) {
-  if (auto who = auth_->Check(*context, Role::kAdmin); !who.ok()) {
-    return Finish(context, who.status());
-  }
-  *response = store_->ListVariables();
-  return Finish(context, absl::OkStatus());
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
+  return gate_->Serve<v1::ListVariablesRequest, v1::ListVariablesResponse>(
+      context, Role::kAdmin, request, response,
+      [&](const std::string&, const v1::ListVariablesRequest&,
+          v1::ListVariablesResponse* answer) {
+        *answer = store_->ListVariables();
+        return absl::OkStatus();
+      });
 }
 
 grpc::ServerUnaryReactor* AdminServiceImpl::GetStats(
-    grpc::CallbackServerContext* context, const v1::GetStatsRequest*,
-    v1::Stats* response) {
-  if (auto who = auth_->Check(*context, Role::kAdmin); !who.ok()) {
-    return Finish(context, who.status());
-  }
-  *response = store_->Stats();
-  return Finish(context, absl::OkStatus());
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
+  return gate_->Serve<v1::GetStatsRequest, v1::Stats>(
+      context, Role::kAdmin, request, response,
+      [&](const std::string&, const v1::GetStatsRequest&, v1::Stats* answer) {
+        *answer = store_->Stats();
+        return absl::OkStatus();
+      });
 }
 
 grpc::ServerUnaryReactor* AdminServiceImpl::Checkpoint(
-    grpc::CallbackServerContext* context, const v1::CheckpointRequest*,
-    v1::CheckpointResponse* response) {
-  auto who = auth_->Check(*context, Role::kAdmin);
-  if (!who.ok()) return Finish(context, who.status());
-  if (!checkpoint_) {
-    return Finish(context,
-                  absl::FailedPreconditionError(
-                      "this shard has no checkpoint folder; start it with "
-                      "--checkpoint_dir"));
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  v1::CheckpointRequest checkpoint;
+  absl::StatusOr<std::string> caller =
+      gate_->Admit(*context, Role::kAdmin, *request, &checkpoint);
+  if (!caller.ok()) {
+    gate_->Finish(reactor, caller.status());
+    return reactor;
   }
-  auto written = checkpoint_();
-  if (!written.ok()) return Finish(context, written.status());
-  spdlog::info("{} asked for a checkpoint: {} ({} bytes, {:.3f} s)", *who,
-               written->path(), written->bytes(), written->seconds());
-  *response = *std::move(written);
-  return Finish(context, absl::OkStatus());
+  if (!checkpoint_) {
+    gate_->Finish(reactor, absl::FailedPreconditionError(
+                               "this shard has no checkpoint folder; start "
+                               "it with --checkpoint_dir"));
+    return reactor;
+  }
+  checkpoint_([this, reactor, response, who = *std::move(caller)](
+                  absl::StatusOr<v1::CheckpointResponse> written) {
+    if (written.ok()) {
+      spdlog::info("{} asked for a checkpoint: {} ({} bytes, {:.3f} s)", who,
+                   written->path(), written->bytes(), written->seconds());
+      SerializeAnswer(*written, response);
+    }
+    gate_->Finish(reactor, written.status());
+  });
+  return reactor;
 }
 
 }  // namespace ps

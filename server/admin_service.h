@@ -1,5 +1,8 @@
 // AdminService: the operator's view of one shard and its optimizer controls.
 //
+// Every method is served raw and enters through the RpcGate (server/rpc.h):
+// an admin token is checked, then the request is parsed.
+//
 // Thread safety: gRPC calls every method concurrently; the store does the
 // locking.
 #ifndef PS_SERVER_ADMIN_SERVICE_H_
@@ -7,50 +10,58 @@
 
 #include <functional>
 
+#include "absl/functional/any_invocable.h"
 #include "proto/ps/v1/ps.grpc.pb.h"
-#include "server/auth.h"
+#include "server/rpc.h"
 #include "server/store.h"
 
 namespace ps {
 
-class AdminServiceImpl final : public v1::AdminService::CallbackService {
+using RawAdminService = v1::AdminService::WithRawCallbackMethod_GetOptimizer<
+    v1::AdminService::WithRawCallbackMethod_SetOptimizer<
+        v1::AdminService::WithRawCallbackMethod_ListVariables<
+            v1::AdminService::WithRawCallbackMethod_GetStats<
+                v1::AdminService::WithRawCallbackMethod_Checkpoint<
+                    v1::AdminService::Service>>>>>;
+
+class AdminServiceImpl final : public RawAdminService {
  public:
-  // Writes a checkpoint and answers with where and how big; set by the
-  // server when it has a checkpoint folder.
-  using CheckpointFn = std::function<absl::StatusOr<v1::CheckpointResponse>()>;
+  using CheckpointDone =
+      absl::AnyInvocable<void(absl::StatusOr<v1::CheckpointResponse>)>;
+  // Writes a checkpoint off the calling thread and calls `done` with where
+  // and how big; set by the server when it has a checkpoint folder.
+  using CheckpointFn = std::function<void(CheckpointDone done)>;
 
-  // REQUIRES: store and auth outlive the service.
-  AdminServiceImpl(VariableStore* store, const Authenticator* auth,
+  // REQUIRES: store and gate outlive the service.
+  AdminServiceImpl(VariableStore* store, const RpcGate* gate,
                    CheckpointFn checkpoint)
-      : store_(store), auth_(auth), checkpoint_(std::move(checkpoint)) {}
+      : store_(store), gate_(gate), checkpoint_(std::move(checkpoint)) {}
 
-  grpc::ServerUnaryReactor* GetOptimizer(
-      grpc::CallbackServerContext* context,
-      const v1::GetOptimizerRequest* request,
-      v1::OptimizerConfig* response) override;
-  grpc::ServerUnaryReactor* SetOptimizer(
-      grpc::CallbackServerContext* context,
-      const v1::SetOptimizerRequest* request,
-      v1::SetOptimizerResponse* response) override;
-  grpc::ServerUnaryReactor* ListVariables(
-      grpc::CallbackServerContext* context,
-      const v1::ListVariablesRequest* request,
-      v1::ListVariablesResponse* response) override;
+  // GetOptimizerRequest -> OptimizerConfig.
+  grpc::ServerUnaryReactor* GetOptimizer(grpc::CallbackServerContext* context,
+                                         const grpc::ByteBuffer* request,
+                                         grpc::ByteBuffer* response) override;
+  // SetOptimizerRequest -> SetOptimizerResponse.
+  grpc::ServerUnaryReactor* SetOptimizer(grpc::CallbackServerContext* context,
+                                         const grpc::ByteBuffer* request,
+                                         grpc::ByteBuffer* response) override;
+  // ListVariablesRequest -> ListVariablesResponse.
+  grpc::ServerUnaryReactor* ListVariables(grpc::CallbackServerContext* context,
+                                          const grpc::ByteBuffer* request,
+                                          grpc::ByteBuffer* response) override;
+  // GetStatsRequest -> Stats.
   grpc::ServerUnaryReactor* GetStats(grpc::CallbackServerContext* context,
-                                     const v1::GetStatsRequest* request,
-                                     v1::Stats* response) override;
-  grpc::ServerUnaryReactor* Checkpoint(
-      grpc::CallbackServerContext* context,
-      const v1::CheckpointRequest* request,
-      v1::CheckpointResponse* response) override;
+                                     const grpc::ByteBuffer* request,
+                                     grpc::ByteBuffer* response) override;
+  // CheckpointRequest -> CheckpointResponse; answered when the checkpoint
+  // is written, which happens off gRPC's callback threads.
+  grpc::ServerUnaryReactor* Checkpoint(grpc::CallbackServerContext* context,
+                                       const grpc::ByteBuffer* request,
+                                       grpc::ByteBuffer* response) override;
 
  private:
-  // Finishes the call with `status`, counting a refusal.
-  grpc::ServerUnaryReactor* Finish(grpc::CallbackServerContext* context,
-                                   const absl::Status& status);
-
   VariableStore* const store_;
-  const Authenticator* const auth_;
+  const RpcGate* const gate_;
   const CheckpointFn checkpoint_;
 };
 

@@ -20,6 +20,7 @@
 #include "server/checkpoint.h"
 #include "server/metrics.h"
 #include "server/parameter_service.h"
+#include "server/rpc.h"
 #include "server/store.h"
 
 namespace ps {
@@ -144,24 +145,113 @@ absl::Status CheckOptions(const ServerOptions& options) {
   return absl::OkStatus();
 }
 
+// Runs checkpoints one at a time on a thread of its own, off gRPC's
+// callback threads: those asked for (AdminService.Checkpoint) in order, and
+// one every `interval` when it is positive.
+class CheckpointThread {
+ public:
+  using Done = AdminServiceImpl::CheckpointDone;
+
+  // REQUIRES: checkpointer outlives the thread.
+  CheckpointThread(Checkpointer* checkpointer, absl::Duration interval)
+      : checkpointer_(checkpointer),
+        interval_(interval),
+        thread_([this] { Run(); }) {}
+
+  ~CheckpointThread() { Stop(); }
+
+  // Queues a checkpoint; `done` runs on this thread once it is written (or
+  // with UNAVAILABLE when the thread stops first).
+  void Request(Done done) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (!stopping_) {
+        requests_.push_back(std::move(done));
+        return;
+      }
+    }
+    done(absl::UnavailableError("the shard is shutting down"));
+  }
+
+  // Finishes the checkpoint being written, refuses the queued ones and
+  // joins the thread.
+  void Stop() {
+    {
+      absl::MutexLock lock(&mu_);
+      stopping_ = true;
+    }
+    if (thread_.joinable()) thread_.join();
+  }
+
+ private:
+  void Run() {
+    absl::Time next_periodic = absl::Now() + interval_;
+    while (true) {
+      std::vector<Done> asked;
+      bool stopping = false;
+      {
+        absl::MutexLock lock(&mu_);
+        auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+          return stopping_ || !requests_.empty();
+        };
+        if (interval_ > absl::ZeroDuration()) {
+          mu_.AwaitWithDeadline(absl::Condition(&ready), next_periodic);
+        } else {
+          mu_.Await(absl::Condition(&ready));
+        }
+        asked.swap(requests_);
+        stopping = stopping_;
+      }
+      if (stopping) {
+        for (Done& done : asked) {
+          done(absl::UnavailableError("the shard is shutting down"));
+        }
+        return;
+      }
+      if (asked.empty()) {
+        next_periodic = absl::Now() + interval_;
+        auto written = checkpointer_->Write();
+        if (written.ok()) {
+          spdlog::info("checkpoint {} ({} bytes, {:.3f} s)", written->path(),
+                       written->bytes(), written->seconds());
+        } else {
+          spdlog::error("checkpoint failed: {}",
+                        std::string(written.status().message()));
+        }
+        continue;
+      }
+      for (Done& done : asked) done(checkpointer_->Write());
+    }
+  }
+
+  Checkpointer* const checkpointer_;
+  const absl::Duration interval_;
+  absl::Mutex mu_;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::vector<Done> requests_ ABSL_GUARDED_BY(mu_);
+  std::thread thread_;
+};
+
 class ServerImpl final : public ParameterServer {
  public:
   ServerImpl(const StoreOptions& store_options, Authenticator auth,
              v1::ClusterInfo info, const ServerOptions& options)
       : store_(store_options),
         auth_(std::move(auth)),
+        gate_(&auth_, &store_.stats()),
         checkpointer_(options.checkpoint_dir.empty()
                           ? nullptr
                           : std::make_unique<Checkpointer>(
                                 CheckpointOptions{options.checkpoint_dir,
                                                   options.checkpoint_keep},
                                 &store_)),
-        service_(&store_, &auth_, std::move(info)),
+        service_(&store_, &gate_, std::move(info)),
         admin_(
-            &store_, &auth_,
+            &store_, &gate_,
             checkpointer_ == nullptr
                 ? AdminServiceImpl::CheckpointFn()
-                : [this] { return checkpointer_->Write(); }),
+                : [this](AdminServiceImpl::CheckpointDone
+                             done) { checkpoints_->Request(std::move(done)); }),
         host_(options.host),
         checkpoint_interval_(absl::Seconds(options.checkpoint_interval_s)) {}
 
@@ -180,6 +270,8 @@ class ServerImpl final : public ParameterServer {
       } else {
         spdlog::info("loaded checkpoint {}", loaded);
       }
+      checkpoints_ = std::make_unique<CheckpointThread>(checkpointer_.get(),
+                                                        checkpoint_interval_);
     }
     grpc::EnableDefaultHealthCheckService(true);
     grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -206,10 +298,6 @@ class ServerImpl final : public ParameterServer {
       PS_ASSIGN_OR_RETURN(
           metrics_, MetricsServer::Start(&store_, host_, options.metrics_port));
     }
-    if (checkpointer_ != nullptr &&
-        checkpoint_interval_ > absl::ZeroDuration()) {
-      periodic_ = std::thread([this] { CheckpointPeriodically(); });
-    }
     server_->GetHealthCheckService()->SetServingStatus(true);
     return absl::OkStatus();
   }
@@ -235,8 +323,7 @@ class ServerImpl final : public ParameterServer {
     if (shut_down_ || server_ == nullptr) return;
     shut_down_ = true;
     server_->GetHealthCheckService()->SetServingStatus(false);
-    stop_.Notify();
-    if (periodic_.joinable()) periodic_.join();
+    if (checkpoints_ != nullptr) checkpoints_->Stop();
     // Let the calls in flight finish (a sync push may wait for its step),
     // then close every connection at once.
     const absl::Time deadline = absl::Now() + kShutdownGrace;
@@ -263,29 +350,16 @@ class ServerImpl final : public ParameterServer {
   }
 
  private:
-  void CheckpointPeriodically() {
-    while (!stop_.WaitForNotificationWithTimeout(checkpoint_interval_)) {
-      auto written = checkpointer_->Write();
-      if (written.ok()) {
-        spdlog::info("checkpoint {} ({} bytes, {:.3f} s)", written->path(),
-                     written->bytes(), written->seconds());
-      } else {
-        spdlog::error("checkpoint failed: {}",
-                      std::string(written.status().message()));
-      }
-    }
-  }
-
   VariableStore store_;
   Authenticator auth_;
+  RpcGate gate_;
   std::unique_ptr<Checkpointer> checkpointer_;
+  std::unique_ptr<CheckpointThread> checkpoints_;
   ParameterServiceImpl service_;
   AdminServiceImpl admin_;
   std::string host_;
   std::unique_ptr<MetricsServer> metrics_;
   const absl::Duration checkpoint_interval_;
-  absl::Notification stop_;
-  std::thread periodic_;
   int port_ = 0;
   std::unique_ptr<grpc::Server> server_;
   std::atomic<int64_t> in_flight_{0};

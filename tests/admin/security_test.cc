@@ -1,10 +1,17 @@
 // Tokens and TLS: who may call what, and with which code a refusal comes.
+#include <gmock/gmock.h>
+#include <grpcpp/generic/generic_stub.h>
 #include <gtest/gtest.h>
 
 #include <cstdlib>
 #include <fstream>
+#include <future>
 #include <sstream>
+#include <string>
+#include <utility>
+#include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "common/optimizer_config.h"
 #include "proto/grpc/health/v1/health.grpc.pb.h"
 #include "tests/admin/admin_test_util.h"
@@ -134,6 +141,77 @@ TEST_F(TokenTest, AdminTokenMayUseBothServices) {
                              v1::GetStatsRequest(), &stats)
                   .ok());
   EXPECT_GE(stats.refusals().at("UNAUTHENTICATED"), 1u);
+}
+
+// Calls `method` ("/package.Service/Method") with raw request bytes.
+grpc::Status RawCall(const std::shared_ptr<grpc::Channel>& channel,
+                     const std::string& method, const std::string& bytes,
+                     const std::string& token) {
+  grpc::GenericStub stub(channel);
+  auto context = MakeContext(token);
+  grpc::Slice slice(bytes);
+  grpc::ByteBuffer request(&slice, 1);
+  grpc::ByteBuffer response;
+  std::promise<grpc::Status> done;
+  stub.UnaryCall(context.get(), method, grpc::StubOptions(), &request,
+                 &response,
+                 [&](grpc::Status status) { done.set_value(status); });
+  return done.get_future().get();
+}
+
+// Every method of every service of the contract, from its descriptors: a
+// method (or service) added later is covered without editing this list.
+std::vector<std::pair<std::string, bool>> EveryMethod() {
+  std::vector<std::pair<std::string, bool>> methods;  // (path, admin only)
+  const google::protobuf::FileDescriptor* file =
+      v1::PushRequest::descriptor()->file();
+  for (int s = 0; s < file->service_count(); ++s) {
+    const google::protobuf::ServiceDescriptor* service = file->service(s);
+    for (int i = 0; i < service->method_count(); ++i) {
+      methods.emplace_back(absl::StrCat("/", service->full_name(), "/",
+                                        service->method(i)->name()),
+                           service->name() == "AdminService");
+    }
+  }
+  return methods;
+}
+
+TEST_F(TokenTest, EveryMethodRefusesCallersWithoutTheRightToken) {
+  const auto methods = EveryMethod();
+  ASSERT_GE(methods.size(), 10u);
+  for (const auto& [method, admin_only] : methods) {
+    // The empty message is a valid request of every method.
+    EXPECT_EQ(RawCall(channel_, method, "", "").error_code(),
+              grpc::StatusCode::UNAUTHENTICATED)
+        << method;
+    EXPECT_EQ(RawCall(channel_, method, "", "not-a-token").error_code(),
+              grpc::StatusCode::UNAUTHENTICATED)
+        << method;
+    if (admin_only) {
+      EXPECT_EQ(RawCall(channel_, method, "", kWorkerToken).error_code(),
+                grpc::StatusCode::PERMISSION_DENIED)
+          << method;
+    }
+  }
+}
+
+TEST_F(TokenTest, EveryMethodAnswersUnreadableRequestsWithInvalidArgument) {
+  // Field 1, length-delimited, with a length that never ends; then bytes
+  // that claim more than there is.
+  const std::string garbage[] = {std::string("\x0a\xff\xff\xff\xff\xff\xff"
+                                             "\xff\xff\xff\xff\x01"),
+                                 std::string("\x0a\x7f\x01\x02")};
+  for (const auto& [method, admin_only] : EveryMethod()) {
+    for (const std::string& bytes : garbage) {
+      const grpc::Status status = RawCall(channel_, method, bytes, kAdminToken);
+      EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
+          << method << ": " << status.error_message();
+      EXPECT_THAT(status.error_message(), ::testing::HasSubstr("cannot parse"))
+          << method;
+    }
+  }
+  // Nothing was changed, and the shard still serves.
+  EXPECT_EQ(ClusterInfo(kWorkerToken), grpc::StatusCode::OK);
 }
 
 TEST_F(TokenTest, HealthCheckNeedsNoToken) {
