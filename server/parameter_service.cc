@@ -132,7 +132,8 @@ grpc::ServerUnaryReactor* ParameterServiceImpl::ServePush(
     call->Finish(caller.status(), v1::PullResponse());
     return reactor;
   }
-  absl::StatusOr<PreparedPush> prepared = store_->PreparePush(push);
+  absl::StatusOr<PreparedPush> prepared =
+      store_->PreparePush(push, answer_values);
   if (!prepared.ok()) {
     call->Finish(prepared.status(), v1::PullResponse());
     return reactor;

@@ -260,6 +260,50 @@ absl::StatusOr<Block*> VariableStore::CheckRange(const Variable& variable,
   return variable.blocks.at(k).get();
 }
 
+uint64_t VariableStore::AnswerBytes(const std::string& variable,
+                                    uint64_t length, v1::DType dtype) {
+  // A slice's fields besides its data: tags, lengths, offset, length,
+  // dtype and version take at most 40 bytes.
+  constexpr uint64_t kSliceOverhead = 40;
+  const uint64_t width = v1::DType_IsValid(dtype) ? BytesPerValue(dtype) : 4;
+  // Lengths were checked against the variable (at most 2^38 values).
+  return variable.size() + kSliceOverhead +
+         std::min(length, kMaxVariableSize) * width;
+}
+
+absl::Status VariableStore::CheckAnswerSize(uint64_t bytes, int slices) const {
+  const uint64_t limit = options_.max_answer_bytes;
+  if (limit == 0 || bytes <= limit) return absl::OkStatus();
+  return absl::ResourceExhaustedError(absl::StrCat(
+      "the answer to these ", slices, " slices would hold ", bytes,
+      " bytes, more than the largest message of ", limit,
+      " bytes (ps_server --max_message_mb); ask for fewer values per call"));
+}
+
+absl::Status VariableStore::CheckDisjoint(
+    const google::protobuf::RepeatedPtrField<v1::Slice>& slices,
+    absl::string_view what) {
+  // Ranges of one variable, sorted; neighbours must not meet.
+  std::vector<std::tuple<absl::string_view, uint64_t, uint64_t>> ranges;
+  ranges.reserve(slices.size());
+  for (const v1::Slice& slice : slices) {
+    ranges.emplace_back(slice.variable(), slice.offset(),
+                        slice.offset() + slice.length());
+  }
+  std::sort(ranges.begin(), ranges.end());
+  for (size_t i = 1; i < ranges.size(); ++i) {
+    const auto& [name, begin, end] = ranges[i];
+    const auto& [previous, previous_begin, previous_end] = ranges[i - 1];
+    if (name == previous && begin < previous_end) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "the ", what, " names values [", begin, ", ", end, ") of '",
+          std::string(name), "' more than once (they overlap [", previous_begin,
+          ", ", previous_end, ")); ask for each value once per call"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<bool> VariableStore::CreateVariable(
     const v1::CreateVariableRequest& request) {
   const std::string& name = request.name();
@@ -404,6 +448,7 @@ absl::Status VariableStore::Pull(const v1::PullRequest& request,
   }
   std::vector<std::pair<std::shared_ptr<Variable>, Block*>> targets;
   targets.reserve(request.slices_size());
+  uint64_t answer_bytes = 0;
   for (const v1::Slice& slice : request.slices()) {
     auto variable = Find(slice.variable());
     if (variable == nullptr) {
@@ -413,7 +458,11 @@ absl::Status VariableStore::Pull(const v1::PullRequest& request,
     PS_ASSIGN_OR_RETURN(Block * block, CheckRange(*variable, slice.offset(),
                                                   slice.length(), false));
     targets.emplace_back(std::move(variable), block);
+    answer_bytes +=
+        AnswerBytes(slice.variable(), slice.length(), request.dtype());
   }
+  PS_RETURN_IF_ERROR(CheckDisjoint(request.slices(), "pull"));
+  PS_RETURN_IF_ERROR(CheckAnswerSize(answer_bytes, request.slices_size()));
   response->mutable_values()->Reserve(request.slices_size());
   for (int i = 0; i < request.slices_size(); ++i) {
     const v1::Slice& asked = request.slices(i);
@@ -435,7 +484,7 @@ absl::Status VariableStore::Pull(const v1::PullRequest& request,
 }
 
 absl::StatusOr<PreparedPush> VariableStore::PreparePush(
-    const v1::PushRequest& request) const {
+    const v1::PushRequest& request, bool answered) const {
   if (!v1::DType_IsValid(request.pull_dtype())) {
     return absl::InvalidArgumentError(absl::StrCat(
         "unknown pull_dtype ", static_cast<int>(request.pull_dtype()),
@@ -456,6 +505,7 @@ absl::StatusOr<PreparedPush> VariableStore::PreparePush(
   if (request.has_loss()) push.loss = request.loss();
   push.parts.reserve(request.gradients_size());
   absl::flat_hash_set<const Block*> seen;
+  uint64_t answer_bytes = 0;
   for (const v1::Slice& slice : request.gradients()) {
     PreparedPush::Part part;
     part.variable = Find(slice.variable());
@@ -483,7 +533,12 @@ absl::StatusOr<PreparedPush> VariableStore::PreparePush(
             "push to '", slice.variable(), "': ", check.message()));
       }
     }
+    answer_bytes +=
+        AnswerBytes(slice.variable(), slice.length(), request.pull_dtype());
     push.parts.push_back(std::move(part));
+  }
+  if (answered) {
+    PS_RETURN_IF_ERROR(CheckAnswerSize(answer_bytes, request.gradients_size()));
   }
   return push;
 }

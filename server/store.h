@@ -56,6 +56,10 @@ struct StoreOptions {
   // update_threads - 1 helpers shared by every update of the shard (see
   // server/optimizer/helper_threads.h). 1 = each update on its own thread.
   int update_threads = 1;
+  // The largest answer a Pull or PushPull may build, in bytes (gRPC's send
+  // limit); 0 = none. A request whose answer would be larger is refused
+  // (RESOURCE_EXHAUSTED) before any of it is built.
+  uint64_t max_answer_bytes = 0;
 };
 
 // An optimizer config as given and as resolved; immutable once made.
@@ -202,15 +206,18 @@ class VariableStore {
   absl::StatusOr<bool> CreateVariable(const v1::CreateVariableRequest& request);
 
   // Answers each requested range (inside one block of this shard) with its
-  // values and the block's version. Checks every slice before answering.
+  // values and the block's version. Checks every slice before answering:
+  // INVALID_ARGUMENT for ranges that repeat or overlap one another,
+  // RESOURCE_EXHAUSTED when the answer would exceed max_answer_bytes.
   absl::Status Pull(const v1::PullRequest& request,
                     v1::PullResponse* response) const;
 
-  // Checks a push and decodes its gradients; changes nothing.
+  // Checks a push and decodes its gradients; changes nothing. `answered`:
+  // the push is a PushPull, whose answer must fit in max_answer_bytes.
   // REQUIRES: `request` outlives ApplyPush of the result (float32 gradients
   // are not copied).
-  absl::StatusOr<PreparedPush> PreparePush(
-      const v1::PushRequest& request) const;
+  absl::StatusOr<PreparedPush> PreparePush(const v1::PushRequest& request,
+                                           bool answered = false) const;
 
   // Applies a prepared push (async: now; sync: once its step has its
   // quorum), or acknowledges a repeated (worker_id, seq) without applying it.
@@ -290,6 +297,17 @@ class VariableStore {
   // shard's ownership; returns the block. `whole_block` for gradients.
   absl::StatusOr<Block*> CheckRange(const Variable& variable, uint64_t offset,
                                     uint64_t length, bool whole_block) const;
+
+  // The bytes a slice of `length` values of `variable` takes in an answer
+  // in `dtype`, an upper bound.
+  static uint64_t AnswerBytes(const std::string& variable, uint64_t length,
+                              v1::DType dtype);
+  // RESOURCE_EXHAUSTED when an answer of `bytes` exceeds max_answer_bytes.
+  absl::Status CheckAnswerSize(uint64_t bytes, int slices) const;
+  // INVALID_ARGUMENT when two of the slices name a value in common.
+  static absl::Status CheckDisjoint(
+      const google::protobuf::RepeatedPtrField<v1::Slice>& slices,
+      absl::string_view what);
 
   // What a variable may hold on this shard: its values and, for each state
   // slot its rules may have left allocated, an array as long (see

@@ -310,13 +310,13 @@ TEST(StorePullTest, RangesInsideBlocks) {
   v1::PullRequest request;
   *request.add_slices() = RangeSlice("w", 1, 2);
   *request.add_slices() = RangeSlice("w", 4, 4);
-  *request.add_slices() = RangeSlice("w", 9, 1);
+  *request.add_slices() = RangeSlice("w", 3, 1);
   *request.add_slices() = RangeSlice("w", 8, 2);
   v1::PullResponse response;
   ASSERT_TRUE(store.Pull(request, &response).ok());
   ASSERT_EQ(response.values_size(), 4);
   const std::vector<std::vector<float>> expected = {
-      {2, 3}, {5, 6, 7, 8}, {10}, {9, 10}};
+      {2, 3}, {5, 6, 7, 8}, {4}, {9, 10}};
   for (int i = 0; i < 4; ++i) {
     const v1::Slice& slice = response.values(i);
     EXPECT_EQ(slice.variable(), "w");
@@ -417,6 +417,67 @@ TEST(StorePullTest, AnotherShardsBlockIsFailedPrecondition) {
     }
   }
   EXPECT_EQ(foreign_blocks, 2);  // three blocks over three shards
+}
+
+TEST(StorePullTest, RepeatedOrOverlappingRangesAreRefused) {
+  VariableStore store(AsyncOptions());
+  CreateLocal(store, "w", Iota(12));
+  CreateLocal(store, "v", Iota(4));
+  const std::vector<std::vector<v1::Slice>> refused = {
+      {RangeSlice("w", 0, 4), RangeSlice("w", 0, 4)},
+      {RangeSlice("w", 4, 3), RangeSlice("v", 0, 4), RangeSlice("w", 6, 2)},
+      {RangeSlice("w", 9, 1), RangeSlice("w", 8, 4)},
+  };
+  for (const auto& slices : refused) {
+    v1::PullRequest request;
+    for (const v1::Slice& slice : slices) *request.add_slices() = slice;
+    v1::PullResponse response;
+    absl::Status status = store.Pull(request, &response);
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+    EXPECT_THAT(status.message(), HasSubstr("more than once"));
+    EXPECT_EQ(response.values_size(), 0);
+  }
+  // Touching ranges, and the same offsets of another variable, are fine.
+  v1::PullRequest request;
+  *request.add_slices() = RangeSlice("w", 4, 2);
+  *request.add_slices() = RangeSlice("w", 6, 2);
+  *request.add_slices() = RangeSlice("v", 0, 4);
+  *request.add_slices() = RangeSlice("w", 0, 4);
+  v1::PullResponse response;
+  ASSERT_TRUE(store.Pull(request, &response).ok());
+  EXPECT_EQ(response.values_size(), 4);
+}
+
+// One small request naming a block thousands of times once built an answer
+// of gigabytes before any size check; now it is refused before any of it.
+TEST(StorePullTest, AnswersLargerThanAMessageAreRefusedBeforeBuilding) {
+  StoreOptions options = AsyncOptions(0, 1, 1024);
+  options.max_answer_bytes = 64 << 10;
+  VariableStore store(options);
+  CreateLocal(store, "w", std::vector<float>(1 << 16, 1.0f));
+  v1::PullRequest request;
+  for (uint64_t k = 0; k < 16; ++k) {
+    *request.add_slices() = RangeSlice("w", k * 1024, 1024);
+  }
+  v1::PullResponse response;
+  absl::Status status = store.Pull(request, &response);
+  EXPECT_EQ(status.code(), absl::StatusCode::kResourceExhausted) << status;
+  EXPECT_THAT(status.message(), HasSubstr("max_message_mb"));
+  EXPECT_EQ(response.values_size(), 0);
+  // In bf16 it is half as large, and fits.
+  request.set_dtype(v1::BFLOAT16);
+  EXPECT_TRUE(store.Pull(request, &response).ok());
+  // PushPull's answer is bounded the same way; a plain push is not.
+  std::vector<v1::Slice> gradients;
+  for (uint64_t k = 0; k < 16; ++k) {
+    gradients.push_back(
+        MakeSlice("w", k * 1024, std::vector<float>(1024, 0.0f)));
+  }
+  EXPECT_EQ(
+      StartPush(store, PushRequest("w0", 1, gradients), true)->status.code(),
+      absl::StatusCode::kResourceExhausted);
+  EXPECT_TRUE(
+      StartPush(store, PushRequest("w0", 1, gradients), false)->status.ok());
 }
 
 TEST(StorePullTest, UnknownVariableIsNotFound) {
@@ -562,7 +623,8 @@ TEST(StorePushTest, LargeHalfPrecisionBlocksAreUpdatedChunkByChunk) {
     const std::vector<float> expected = Minus(initial, widened);
 
     auto result = std::make_shared<PushResult>();
-    absl::StatusOr<PreparedPush> prepared = store.PreparePush(request);
+    absl::StatusOr<PreparedPush> prepared =
+        store.PreparePush(request, answered);
     ASSERT_TRUE(prepared.ok()) << prepared.status();
     auto completion = std::make_shared<PushCompletion>(
         2, answered, dtype, [result](absl::Status status, v1::PullResponse a) {

@@ -33,7 +33,8 @@ inline std::shared_ptr<PushResult> StartPush(VariableStore& store,
                                              const v1::PushRequest& request,
                                              bool with_values = true) {
   auto result = std::make_shared<PushResult>();
-  absl::StatusOr<PreparedPush> prepared = store.PreparePush(request);
+  absl::StatusOr<PreparedPush> prepared =
+      store.PreparePush(request, with_values);
   if (!prepared.ok()) {
     result->status = prepared.status();
     result->done.Notify();
