@@ -416,21 +416,30 @@ TEST_P(ServerRoutingTest, PullsOfRangesInsideBlocks) {
   const std::vector<float> initial = Iota(v.size, -3.0f);
   ASSERT_TRUE(raw.Create(v.name, v.shape, initial).ok());
   const PartitionPlan& plan = raw.plan();
-  // Every sub-range of every block, several per request.
+  // Every sub-range of every block, one of each block per request (the
+  // ranges of one request must not overlap).
+  std::vector<std::pair<uint32_t, v1::PullRequest>> requests;
   for (uint32_t shard = 0; shard < raw.num_shards(); ++shard) {
-    v1::PullRequest request;
+    std::vector<v1::PullRequest> of_shard;
     for (uint64_t k = 0; k < plan.NumBlocks(v.size); ++k) {
       if (plan.ShardOf(v.name, k) != shard) continue;
       const FlatRange range = plan.BlockRange(v.size, k);
+      size_t j = 0;
       for (uint64_t begin = range.offset; begin < range.offset + range.length;
            ++begin) {
         for (uint64_t end = begin + 1; end <= range.offset + range.length;
-             ++end) {
-          *request.add_slices() = RangeSlice(v.name, begin, end - begin);
+             ++end, ++j) {
+          if (j == of_shard.size()) of_shard.emplace_back();
+          *of_shard[j].add_slices() = RangeSlice(v.name, begin, end - begin);
         }
       }
     }
-    if (request.slices_size() == 0) continue;
+    for (v1::PullRequest& request : of_shard) {
+      requests.emplace_back(shard, std::move(request));
+    }
+  }
+  ASSERT_FALSE(requests.empty());
+  for (const auto& [shard, request] : requests) {
     v1::PullResponse response;
     grpc::Status status =
         raw.stub(shard).Pull(MakeContext().get(), request, &response);
