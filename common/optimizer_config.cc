@@ -4,6 +4,7 @@
 #include <google/protobuf/text_format.h>
 
 #include <cmath>
+#include <limits>
 
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
@@ -14,17 +15,35 @@ namespace {
 using optimizer::OptimizerSettings;
 
 // Each check is written so that NaN fails it.
+//
+// The kernels compute in float32: a hyper-parameter must survive the
+// conversion, finite and, where it must be positive, a normal float (a
+// smaller one rounds to zero or loses its precision, and an eps of 1e-50
+// would divide by zero).
+constexpr double kFloatMax = std::numeric_limits<float>::max();
+constexpr double kFloatMin = std::numeric_limits<float>::min();
 
 absl::Status RequireAtLeast(absl::string_view field, double value, double low) {
-  if (value >= low && std::isfinite(value)) return absl::OkStatus();
+  if (value >= low && value <= kFloatMax) return absl::OkStatus();
   return absl::InvalidArgumentError(
-      absl::StrCat(field, " = ", value, " must be a finite number >= ", low));
+      absl::StrCat(field, " = ", value, " must be a number >= ", low,
+                   " and at most float32's largest, ", kFloatMax));
 }
 
 absl::Status RequirePositive(absl::string_view field, double value) {
-  if (value > 0 && std::isfinite(value)) return absl::OkStatus();
+  if (value >= kFloatMin && value <= kFloatMax) return absl::OkStatus();
   return absl::InvalidArgumentError(
-      absl::StrCat(field, " = ", value, " must be a finite number > 0"));
+      absl::StrCat(field, " = ", value,
+                   " must be a number > 0 within float32's normal range [",
+                   kFloatMin, ", ", kFloatMax, "]"));
+}
+
+// [lo, hi] with both ends in.
+absl::Status RequireBetween(absl::string_view field, double value, double lo,
+                            double hi, absl::string_view why = "") {
+  if (value >= lo && value <= hi) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(
+      field, " = ", value, " must be in [", lo, ", ", hi, "]", why));
 }
 
 // [0, 1): betas, alpha and smoothing factors.
@@ -45,11 +64,11 @@ absl::StatusOr<optimizer::RuleParams> ResolveRule(
       if (m.has_momentum()) p.momentum = m.momentum();
       if (m.has_dampening()) p.dampening = m.dampening();
       p.nesterov = m.nesterov();
-      PS_RETURN_IF_ERROR(RequireAtLeast("momentum.momentum", p.momentum, 0));
-      if (!(p.dampening >= 0 && p.dampening <= 1)) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "momentum.dampening = ", p.dampening, " must be in [0, 1]"));
-      }
+      PS_RETURN_IF_ERROR(
+          RequireBetween("momentum.momentum", p.momentum, 0, 1,
+                         " (above 1 the buffer grows without bound)"));
+      PS_RETURN_IF_ERROR(
+          RequireBetween("momentum.dampening", p.dampening, 0, 1));
       if (p.nesterov && (p.momentum <= 0 || p.dampening != 0)) {
         return absl::InvalidArgumentError(
             absl::StrCat("momentum.nesterov needs momentum.momentum > 0 and "
@@ -81,7 +100,9 @@ absl::StatusOr<optimizer::RuleParams> ResolveRule(
       p.centered = r.centered();
       PS_RETURN_IF_ERROR(RequireFraction("rmsprop.alpha", p.alpha));
       PS_RETURN_IF_ERROR(RequirePositive("rmsprop.eps", p.eps));
-      PS_RETURN_IF_ERROR(RequireAtLeast("rmsprop.momentum", p.momentum, 0));
+      PS_RETURN_IF_ERROR(
+          RequireBetween("rmsprop.momentum", p.momentum, 0, 1,
+                         " (above 1 the buffer grows without bound)"));
       return p;
     }
     case v1::OptimizerConfig::kAdam: {
@@ -117,10 +138,8 @@ absl::StatusOr<optimizer::RuleParams> ResolveRule(
             "eve.k = ", p.k, " must be below eve.big_k = ", p.big_k));
       }
       PS_RETURN_IF_ERROR(RequirePositive("eve.eps", p.eps));
-      if (!std::isfinite(p.loss_floor)) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("eve.loss_floor = ", p.loss_floor, " must be finite"));
-      }
+      PS_RETURN_IF_ERROR(RequireBetween("eve.loss_floor", p.loss_floor,
+                                        -kFloatMax, kFloatMax));
       return p;
     }
     case v1::OptimizerConfig::RULE_NOT_SET:
@@ -129,6 +148,16 @@ absl::StatusOr<optimizer::RuleParams> ResolveRule(
   return absl::InvalidArgumentError(
       "the optimizer config names no rule: set one of sgd, momentum, adagrad, "
       "rmsprop, adam, eve");
+}
+
+// A schedule's factor: (0, 1]. A growing rate would overflow float32 after
+// enough steps; warm-up is what warmup_steps is for.
+absl::Status RequireDecay(absl::string_view field, double gamma) {
+  if (gamma > 0 && gamma <= 1) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(
+      field, " = ", gamma,
+      " must be in (0, 1]: a schedule lowers the rate (a factor above 1 "
+      "would grow it past float32's range; use warmup_steps to ramp up)"));
 }
 
 absl::StatusOr<optimizer::Schedule> ResolveSchedule(
@@ -144,14 +173,13 @@ absl::StatusOr<optimizer::Schedule> ResolveSchedule(
         return absl::InvalidArgumentError(
             "schedule.step.step_size must be > 0");
       }
-      PS_RETURN_IF_ERROR(
-          RequirePositive("schedule.step.gamma", schedule.gamma));
+      PS_RETURN_IF_ERROR(RequireDecay("schedule.step.gamma", schedule.gamma));
       break;
     case v1::LearningRateSchedule::kExponential:
       schedule.kind = optimizer::Schedule::Kind::kExponential;
       schedule.gamma = s.exponential().gamma();
       PS_RETURN_IF_ERROR(
-          RequirePositive("schedule.exponential.gamma", schedule.gamma));
+          RequireDecay("schedule.exponential.gamma", schedule.gamma));
       break;
     case v1::LearningRateSchedule::kCosine:
       schedule.kind = optimizer::Schedule::Kind::kCosine;
@@ -188,6 +216,15 @@ absl::StatusOr<OptimizerSettings> ResolveOptimizerConfig(
     settings.clip_norm = config.clip_norm();
   }
   PS_ASSIGN_OR_RETURN(settings.schedule, ResolveSchedule(config.schedule()));
+  if (const auto* adam = std::get_if<optimizer::AdamParams>(&settings.rule);
+      adam != nullptr && adam->decoupled_weight_decay &&
+      !(settings.learning_rate * settings.weight_decay < 1)) {
+    // Values are multiplied by 1 - lr * weight_decay each step.
+    return absl::InvalidArgumentError(absl::StrCat(
+        "AdamW needs learning_rate x weight_decay < 1 (each step multiplies "
+        "the values by 1 - their product); got ",
+        settings.learning_rate, " x ", settings.weight_decay));
+  }
   return settings;
 }
 

@@ -121,6 +121,35 @@ INSTANTIATE_TEST_SUITE_P(
         Refusal{"eve { big_k: 0 }", "eve.big_k"},
         Refusal{"eve { loss_floor: inf }", "eve.loss_floor"}));
 
+// Values that pass in double precision but not once the kernels take them
+// as float32: they would turn values into Inf or NaN.
+INSTANTIATE_TEST_SUITE_P(
+    Float32Range, RefusalTest,
+    ::testing::Values(
+        Refusal{"sgd {} learning_rate: 1e39", "learning_rate"},
+        Refusal{"adam { eps: 1e-50 }", "adam.eps"},
+        Refusal{"adam { eps: 1e-39 }", "float32's normal range"},
+        Refusal{"adagrad { eps: 1e-45 }", "adagrad.eps"},
+        Refusal{"rmsprop { eps: 1e-40 }", "rmsprop.eps"},
+        Refusal{"eve { eps: 1e-300 }", "eve.eps"},
+        Refusal{"sgd {} weight_decay: 1e300", "weight_decay"},
+        Refusal{"sgd {} clip_norm: 1e-40", "clip_norm"},
+        Refusal{"adagrad { initial_accumulator_value: 1e39 }",
+                "adagrad.initial_accumulator_value"},
+        Refusal{"eve { loss_floor: -1e39 }", "eve.loss_floor"},
+        Refusal{"eve { big_k: 1e40 }", "eve.big_k"},
+        // Rates that grow without bound, and buffers that do.
+        Refusal{"sgd {} schedule { step { step_size: 1 gamma: 2 } }",
+                "schedule.step.gamma"},
+        Refusal{"sgd {} schedule { exponential { gamma: 1.01 } }",
+                "schedule.exponential.gamma"},
+        Refusal{"momentum { momentum: 1.5 }", "momentum.momentum"},
+        Refusal{"rmsprop { momentum: 2 }", "rmsprop.momentum"},
+        // AdamW multiplies values by 1 - lr * weight_decay each step.
+        Refusal{"adam { decoupled_weight_decay: true } learning_rate: 10 "
+                "weight_decay: 0.1",
+                "learning_rate x weight_decay < 1"}));
+
 TEST(OptimizerConfigTest, AcceptsTheEdgesOfEachRange) {
   for (const char* text : {
            "sgd {} learning_rate: 0",
@@ -133,7 +162,15 @@ TEST(OptimizerConfigTest, AcceptsTheEdgesOfEachRange) {
            "eve { k: 0 big_k: 0.5 beta3: 0 loss_floor: -100 }",
            "adagrad { initial_accumulator_value: 0 lr_decay: 0 }",
            "sgd {} clip_norm: 1e-9",
-           "sgd {} schedule { step { step_size: 1 gamma: 2 } }",
+           "sgd {} schedule { step { step_size: 1 gamma: 1 } }",
+           "sgd {} schedule { exponential { gamma: 1 } }",
+           "momentum { momentum: 1 }",
+           "rmsprop { momentum: 1 }",
+           "sgd {} learning_rate: 3e38 weight_decay: 3e38",
+           "adam { eps: 1.2e-38 }",
+           "adam { decoupled_weight_decay: true } learning_rate: 1 "
+           "weight_decay: 0.999",
+           "adam {} learning_rate: 10 weight_decay: 0.1",
            "sgd {} schedule { cosine { t_max: 1 eta_min: 0 } }",
            "sgd {} schedule { warmup_steps: 0 }",
        }) {

@@ -104,6 +104,10 @@ std::string FormatPrometheus(const v1::Stats& stats) {
   shard_metric("ps_memory_limit_bytes", "gauge",
                "The shard's limit on ps_state_bytes; 0 = none.",
                stats.memory_limit_bytes());
+  shard_metric("ps_diverged_blocks", "gauge",
+               "Blocks whose values an update left not finite; they take no "
+               "more pushes.",
+               stats.diverged_blocks());
   shard_metric("ps_config_version", "gauge",
                "Optimizer config version; one more per change.",
                stats.config_version());

@@ -13,6 +13,7 @@
 #include "common/optimizer_config.h"
 #include "common/status.h"
 #include "common/wire.h"
+#include "spdlog/spdlog.h"
 
 namespace ps {
 namespace {
@@ -127,6 +128,28 @@ absl::Status ViewGradient(const v1::Slice& slice, bool widen_later,
 }
 
 }  // namespace
+
+LockedBlocks::LockedBlocks(std::vector<Block*> blocks)
+    ABSL_NO_THREAD_SAFETY_ANALYSIS : blocks_(std::move(blocks)) {
+  std::sort(blocks_.begin(), blocks_.end());
+  blocks_.erase(std::unique(blocks_.begin(), blocks_.end()), blocks_.end());
+  for (Block* block : blocks_) block->mu.Lock();
+  held_ = true;
+}
+
+LockedBlocks::LockedBlocks(const PreparedPush& push)
+    : LockedBlocks([&push] {
+        std::vector<Block*> blocks;
+        blocks.reserve(push.parts.size());
+        for (const auto& part : push.parts) blocks.push_back(part.block);
+        return blocks;
+      }()) {}
+
+void LockedBlocks::Unlock() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  if (!held_) return;
+  held_ = false;
+  for (Block* block : blocks_) block->mu.Unlock();
+}
 
 PushCompletion::PushCompletion(size_t parts, bool with_values, v1::DType dtype,
                                DoneCallback on_done)
@@ -523,8 +546,10 @@ absl::StatusOr<PreparedPush> VariableStore::PreparePush(
     }
     // Sync mode sums the widened gradients, so it widens them here.
     PS_RETURN_IF_ERROR(ViewGradient(slice, !options_.sync, part));
-    auto entry = OptimizerFor(slice.variable());
-    {
+    if (options_.sync) {
+      // Each worker's loss must suit the rule on its own (their mean is what
+      // the step uses); async pushes are checked where they are applied.
+      auto entry = OptimizerFor(slice.variable());
       absl::ReaderMutexLock lock(&part.block->mu);
       absl::Status check =
           optimizer::CheckUpdate(entry->settings, part.block->state, push.loss);
@@ -559,6 +584,30 @@ void MarkApplied(const PreparedPush& push, Block& block)
   block.applied[push.worker_id].Mark(push.seq);
 }
 
+// FAILED_PRECONDITION when the block's values are no longer finite.
+absl::Status CheckBlockUpdatable(const Variable& variable, const Block& block)
+    ABSL_SHARED_LOCKS_REQUIRED(block.mu) {
+  if (!block.diverged) return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrCat(
+      "block ", block.index, " of '", variable.name,
+      "' holds values that are not finite since its update at step ",
+      block.diverged_at,
+      " (the training diverged: lower the learning rate); it takes no more "
+      "pushes until it is restored from a checkpoint or set again"));
+}
+
+// Records that an update left values that are not finite in the block.
+void MarkDiverged(const Variable& variable, Block& block)
+    ABSL_EXCLUSIVE_LOCKS_REQUIRED(block.mu) {
+  if (block.diverged) return;
+  block.diverged = true;
+  block.diverged_at = block.state.step;
+  spdlog::error(
+      "block {} of '{}': its update at step {} left values that are not "
+      "finite; the block takes no more pushes",
+      block.index, variable.name, block.state.step);
+}
+
 }  // namespace
 
 void VariableStore::ApplyPush(PreparedPush push,
@@ -572,69 +621,86 @@ void VariableStore::ApplyPush(PreparedPush push,
 }
 
 void VariableStore::ApplyAsync(
-    PreparedPush& push, const std::shared_ptr<PushCompletion>& completion) {
-  for (size_t i = 0; i < push.parts.size(); ++i) {
-    PreparedPush::Part& part = push.parts[i];
-    Block& block = *part.block;
-    absl::Status status;
-    {
-      absl::MutexLock lock(&block.mu);
-      bool answered = false;
-      if (!AlreadyApplied(push, block)) {
-        // Read under the block lock: a config change lands between updates.
-        auto entry = OptimizerFor(part.variable->name);
-        status =
-            optimizer::CheckUpdate(entry->settings, block.state, push.loss);
-        if (status.ok()) {
-          const absl::Time start = absl::Now();
-          // The answer is encoded chunk by chunk as the update writes the
-          // values (often over the gradient just consumed), not in a second
-          // pass over the block.
-          char* answer = completion->WritableAnswer(i, block.values.size());
-          const v1::DType dtype = completion->dtype();
-          const size_t width = BytesPerValue(dtype);
-          auto encode = [&](size_t offset, std::span<const float> values) {
-            EncodeValuesTo(dtype, values, answer + offset * width);
-          };
-          std::optional<optimizer::UpdatedValuesSink> sink;
-          if (answer != nullptr) sink.emplace(encode);
-          if (part.half.empty()) {
-            optimizer::ApplyUpdate(entry->settings, block.state, block.values,
-                                   part.gradient, push.loss, sink, &helpers_);
-          } else {
-            optimizer::ApplyUpdate(
-                entry->settings, block.state, block.values,
-                [&](size_t offset, std::span<float> out) {
-                  WidenHalf(part.half_dtype, part.half.data() + 2 * offset,
-                            out);
-                },
-                push.loss, sink, &helpers_);
-          }
-          answered = answer != nullptr;
-          stats_.RecordUpdate(absl::Now() - start);
-          MarkApplied(push, block);
-        }
+    PreparedPush& push, const std::shared_ptr<PushCompletion>& completion)
+    ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  LockedBlocks locked(push);
+  // Check every part before changing any, under the locks: an optimizer
+  // change cannot land between two of them, so a push is all or nothing.
+  const size_t n = push.parts.size();
+  std::vector<bool> duplicate(n);
+  std::vector<std::shared_ptr<const OptimizerEntry>> entries(n);
+  absl::Status refusal;
+  for (size_t i = 0; i < n && refusal.ok(); ++i) {
+    const PreparedPush::Part& part = push.parts[i];
+    duplicate[i] = AlreadyApplied(push, *part.block);
+    if (duplicate[i]) continue;
+    refusal = CheckBlockUpdatable(*part.variable, *part.block);
+    if (!refusal.ok()) break;
+    entries[i] = OptimizerFor(part.variable->name);
+    absl::Status check = optimizer::CheckUpdate(entries[i]->settings,
+                                                part.block->state, push.loss);
+    if (!check.ok()) {
+      refusal = absl::InvalidArgumentError(absl::StrCat(
+          "push to '", part.variable->name, "': ", check.message()));
+    }
+  }
+  std::vector<absl::Status> statuses(n);
+  if (!refusal.ok()) {
+    statuses[0] = std::move(refusal);
+  } else {
+    for (size_t i = 0; i < n; ++i) {
+      PreparedPush::Part& part = push.parts[i];
+      Block& block = *part.block;
+      if (duplicate[i]) {
+        completion->Fill(i, *part.variable, block);
+        continue;
       }
-      if (answered) {
+      // The answer is encoded chunk by chunk as the update writes the values
+      // (often over the gradient just consumed), not in a second pass over
+      // the block; each chunk is checked for values that are not finite
+      // while it is in cache.
+      char* answer = completion->WritableAnswer(i, block.values.size());
+      const v1::DType dtype = completion->dtype();
+      const size_t width = BytesPerValue(dtype);
+      std::atomic<bool> finite = true;  // chunks may come from helpers
+      auto sink = [&](size_t offset, std::span<const float> values) {
+        if (!AllFinite(values)) finite.store(false, std::memory_order_relaxed);
+        if (answer != nullptr) {
+          EncodeValuesTo(dtype, values, answer + offset * width);
+        }
+      };
+      const absl::Time start = absl::Now();
+      const optimizer::OptimizerSettings& settings = entries[i]->settings;
+      if (part.half.empty()) {
+        optimizer::ApplyUpdate(settings, block.state, block.values,
+                               part.gradient, push.loss, sink, &helpers_);
+      } else {
+        optimizer::ApplyUpdate(
+            settings, block.state, block.values,
+            [&](size_t offset, std::span<float> out) {
+              WidenHalf(part.half_dtype, part.half.data() + 2 * offset, out);
+            },
+            push.loss, sink, &helpers_);
+      }
+      stats_.RecordUpdate(absl::Now() - start);
+      MarkApplied(push, block);
+      if (!finite.load()) MarkDiverged(*part.variable, block);
+      if (answer != nullptr) {
         completion->FillWritten(i, *part.variable, block);
       } else {
         completion->Fill(i, *part.variable, block);
       }
     }
-    completion->PartDone(std::move(status));
   }
+  locked.Unlock();
+  for (absl::Status& status : statuses) completion->PartDone(std::move(status));
 }
 
 void VariableStore::ApplySync(PreparedPush& push,
                               const std::shared_ptr<PushCompletion>& completion)
     ABSL_NO_THREAD_SAFETY_ANALYSIS {
-  // Lock every block of the push, in address order so that two pushes never
-  // wait on each other, and check all of them before changing any.
-  std::vector<Block*> order;
-  order.reserve(push.parts.size());
-  for (auto& part : push.parts) order.push_back(part.block);
-  std::sort(order.begin(), order.end());
-  for (Block* block : order) block->mu.Lock();
+  // Lock every block of the push and check all of them before changing any.
+  LockedBlocks locked(push);
 
   // A repeated (worker_id, seq) is acknowledged again, never refused.
   std::vector<bool> duplicate(push.parts.size());
@@ -646,7 +712,10 @@ void VariableStore::ApplySync(PreparedPush& push,
   for (size_t i = 0; i < push.parts.size(); ++i) {
     PreparedPush::Part& part = push.parts[i];
     SyncSlot& sync = part.block->sync;
-    if (!sync.started || duplicate[i]) continue;
+    if (duplicate[i]) continue;
+    refusal = CheckBlockUpdatable(*part.variable, *part.block);
+    if (!refusal.ok()) break;
+    if (!sync.started) continue;
     if (push.step < sync.next_step) {
       refusal = absl::AbortedError(absl::StrCat(
           "step ", push.step, " of '", part.variable->name, "' block ",
@@ -720,10 +789,17 @@ void VariableStore::ApplySync(PreparedPush& push,
       absl::Status status =
           optimizer::CheckUpdate(entry->settings, block.state, loss);
       if (status.ok()) {
+        std::atomic<bool> finite = true;  // chunks may come from helpers
+        auto check = [&](size_t, std::span<const float> values) {
+          if (!AllFinite(values)) {
+            finite.store(false, std::memory_order_relaxed);
+          }
+        };
         const absl::Time start = absl::Now();
         optimizer::ApplyUpdate(entry->settings, block.state, block.values,
-                               sync.sum, loss, std::nullopt, &helpers_);
+                               sync.sum, loss, check, &helpers_);
         stats_.RecordUpdate(absl::Now() - start);
+        if (!finite.load()) MarkDiverged(*part.variable, block);
       }
       for (auto& [waiter, index] : sync.waiters) {
         waiter->Fill(index, *part.variable, block);
@@ -737,7 +813,7 @@ void VariableStore::ApplySync(PreparedPush& push,
       ++sync.next_step;
     }
   }
-  for (Block* block : order) block->mu.Unlock();
+  locked.Unlock();
   for (auto& [waiter, status] : ready) waiter->PartDone(std::move(status));
 }
 

@@ -97,6 +97,10 @@ struct Block {
   // Kept per block so that it always matches the block's values, also in a
   // checkpoint.
   absl::flat_hash_map<std::string, SeqWindow> applied ABSL_GUARDED_BY(mu);
+  // An update left values that are not finite (at step diverged_at): the
+  // block takes no more pushes (see docs/optimizers.md).
+  bool diverged ABSL_GUARDED_BY(mu) = false;
+  uint64_t diverged_at ABSL_GUARDED_BY(mu) = 0;
 };
 
 // A variable's shape and this shard's blocks of it. The block map is fixed
@@ -127,6 +131,26 @@ struct PreparedPush {
   uint64_t step = 0;
   std::optional<double> loss;
   std::vector<Part> parts;
+};
+
+// Holds the locks of a set of blocks, taken in address order so that two
+// holders never wait on each other. (Opaque to the thread-safety analysis:
+// functions that use it say ABSL_NO_THREAD_SAFETY_ANALYSIS.)
+class LockedBlocks {
+ public:
+  explicit LockedBlocks(std::vector<Block*> blocks);
+  // The blocks of every part of `push`.
+  explicit LockedBlocks(const PreparedPush& push);
+  ~LockedBlocks() { Unlock(); }
+  LockedBlocks(const LockedBlocks&) = delete;
+  LockedBlocks& operator=(const LockedBlocks&) = delete;
+
+  // Releases every lock now (the destructor then does nothing).
+  void Unlock();
+
+ private:
+  std::vector<Block*> blocks_;  // sorted, without repeats
+  bool held_ = false;
 };
 
 // Collects a push's answer block by block and reports once, when every block
@@ -323,7 +347,8 @@ class VariableStore {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(memory_mu_);
 
   void ApplyAsync(PreparedPush& push,
-                  const std::shared_ptr<PushCompletion>& completion);
+                  const std::shared_ptr<PushCompletion>& completion)
+      ABSL_NO_THREAD_SAFETY_ANALYSIS;
   void ApplySync(PreparedPush& push,
                  const std::shared_ptr<PushCompletion>& completion);
 

@@ -219,9 +219,11 @@ v1::Stats VariableStore::Stats() const {
     auto variable = Find(name);
     if (variable == nullptr) continue;
     uint64_t step = 0;
+    uint64_t diverged = 0;
     for (const auto& [k, block] : variable->blocks) {
       absl::ReaderMutexLock lock(&block->mu);
       step = std::max(step, block->state.step);
+      diverged += block->diverged ? 1 : 0;
     }
     auto entry = OptimizerFor(name);
     v1::VariableStats* v = stats.add_variables();
@@ -231,6 +233,8 @@ v1::Stats VariableStore::Stats() const {
         entry->settings.learning_rate, entry->settings.schedule,
         std::max<uint64_t>(step, 1)));
     v->set_rule(std::string(optimizer::RuleName(entry->settings.rule)));
+    v->set_diverged_blocks(diverged);
+    stats.set_diverged_blocks(stats.diverged_blocks() + diverged);
   }
   stats.set_state_bytes(StateBytes());
   stats.set_memory_limit_bytes(options_.memory_limit_bytes);

@@ -4,6 +4,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/optimizer_config.h"
 #include "common/status.h"
+#include "common/wire.h"
 #include "server/store.h"
 
 namespace ps {
@@ -189,6 +190,8 @@ absl::Status VariableStore::RestoreBlock(const BlockRecord& record) {
           SeqWindow(applied.highest(), applied.window());
     }
     held = optimizer::HeldSlots(state);
+    block.diverged = !AllFinite(block.values);
+    block.diverged_at = block.diverged ? state.step : 0;
   }
 
   // A slot kept across an earlier rule change (AMSGrad's running max after

@@ -940,6 +940,42 @@ TEST(StoreBadPushTest, AnotherShardsBlockIsFailedPrecondition) {
   }
 }
 
+// An optimizer change that lands while a push is being applied cannot make
+// it apply to some blocks and be refused for others.
+TEST(StoreBadPushTest, APushIsAllOrNothingWhileTheRuleChanges) {
+  VariableStore store(AsyncOptions(0, 1, 4, "sgd {} learning_rate: 0.001"));
+  CreateLocal(store, "w", std::vector<float>(16, 1.0f));  // four blocks
+  std::atomic<bool> stop = false;
+  std::thread flipper([&] {
+    // Eve refuses a push without a loss; SGD takes it.
+    for (int i = 0; !stop.load(); ++i) {
+      ASSERT_TRUE(
+          store.SetOptimizer("", Optimizer(i % 2 ? "eve {}" : "sgd {}"), false)
+              .ok());
+    }
+  });
+  uint64_t applied = 0;
+  for (int i = 0; i < 2000; ++i) {
+    auto result = PushNow(store,
+                          PushRequest("", 0,
+                                      {MakeSlice("w", 0, {1, 1, 1, 1}),
+                                       MakeSlice("w", 4, {1, 1, 1, 1}),
+                                       MakeSlice("w", 8, {1, 1, 1, 1}),
+                                       MakeSlice("w", 12, {1, 1, 1, 1})}),
+                          /*with_values=*/false);
+    if (result->status.ok()) {
+      ++applied;
+    } else {
+      ASSERT_EQ(result->status.code(), absl::StatusCode::kInvalidArgument)
+          << result->status;
+    }
+  }
+  stop = true;
+  flipper.join();
+  const Snapshot after = PullAll(store, "w");
+  EXPECT_THAT(after.versions, ::testing::Each(applied));
+}
+
 TEST(StoreBadPushTest, EveNeedsAUsableLoss) {
   VariableStore store(AsyncOptions(0, 1, 4, "eve { loss_floor: 0.5 }"));
   CreateLocal(store, "w", {1, 2, 3, 4});
@@ -976,6 +1012,38 @@ TEST(StoreBadPushTest, EveNeedsAUsableLoss) {
 }
 
 // ------------------------------------------------------------------ sync
+
+// An update whose values overflow float32 (a diverged run) is applied as
+// torch would apply it; the block then refuses pushes, saying why, and the
+// shard counts it.
+TEST(StorePushTest, ABlockWhoseValuesOverflowTakesNoMorePushes) {
+  VariableStore store(AsyncOptions(0, 1, 4, "sgd {} learning_rate: 3e38"));
+  CreateLocal(store, "w", std::vector<float>(8, 0.0f));
+  auto first = PushNow(store, PushRequest("", 0,
+                                          {MakeSlice("w", 0, {1, 2, 0, 0}),
+                                           MakeSlice("w", 4, {0, 0, 0, 0})}));
+  ASSERT_TRUE(first->status.ok()) << first->status;
+  EXPECT_TRUE(std::isinf(Decode(first->answer.values(0))[1]));
+  EXPECT_EQ(store.Stats().diverged_blocks(), 1u);
+
+  auto next =
+      PushNow(store, PushRequest("", 0, {MakeSlice("w", 0, {0, 0, 0, 0})}));
+  EXPECT_EQ(next->status.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(next->status.message(),
+              AllOf(HasSubstr("block 0 of 'w'"), HasSubstr("not finite")));
+  // The other block trains on, and both can still be read.
+  EXPECT_TRUE(
+      PushNow(store, PushRequest("", 0, {MakeSlice("w", 4, {1, 1, 1, 1})}))
+          ->status.ok());
+  const Snapshot snapshot = PullAll(store, "w");
+  EXPECT_THAT(snapshot.versions, ElementsAreArray({1u, 2u}));
+  // A push naming both blocks is refused whole.
+  auto both = PushNow(store, PushRequest("", 0,
+                                         {MakeSlice("w", 4, {0, 0, 0, 0}),
+                                          MakeSlice("w", 0, {0, 0, 0, 0})}));
+  EXPECT_EQ(both->status.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(PullAll(store, "w").versions, ElementsAreArray({1u, 2u}));
+}
 
 TEST(StoreSyncTest, QuorumOfAllAppliesTheMeanOnce) {
   VariableStore store(SyncOptions(3, 3));
