@@ -41,9 +41,9 @@ class PsctlTest : public ::testing::Test {
         dir_.WriteFile("worker.token", std::string(kWorkerToken) + "\n");
     shards_ = StartShards(2, options);
     ASSERT_EQ(shards_.size(), 2u);
-    worker_ = std::make_unique<RawWorker>(
-        std::vector<std::string>{shards_[0]->address(), shards_[1]->address()},
-        8, kAdminToken);
+    auto worker = RawWorker::Connect(ServerAddresses(shards_), kAdminToken);
+    ASSERT_TRUE(worker.ok()) << worker.status();
+    worker_ = *std::move(worker);
     ASSERT_TRUE(worker_->Create("w", std::vector<float>(37, 1.0f)).ok());
     ASSERT_TRUE(worker_->Create("b", std::vector<float>(5, 0.0f)).ok());
     for (int t = 0; t < 3; ++t) {
@@ -385,7 +385,9 @@ TEST(PsctlMemoryTest, AChangeOneShardCannotHoldChangesNoShard) {
   options.memory_limit_bytes = 3 * sizeof(float) * share[larger] - 4;
   auto shards = StartShards(2, options);
   ASSERT_EQ(shards.size(), 2u);
-  RawWorker worker({shards[0]->address(), shards[1]->address()}, kBlock);
+  auto connected = RawWorker::Connect(ServerAddresses(shards));
+  ASSERT_TRUE(connected.ok()) << connected.status();
+  RawWorker& worker = **connected;
   ASSERT_TRUE(worker.Create("w", std::vector<float>(kSize, 1.0f)).ok());
 
   const std::vector<std::string> servers = {"--servers=" + ServerList(shards)};
