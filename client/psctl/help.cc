@@ -25,12 +25,19 @@ Commands:
   health                  grpc.health.v1 Check on every shard
   help [COMMAND]          this text, or a command's help
 
-Every command calls all shards at once and shows each shard's answer. A
-change is validated here first, then checked by every shard without being
-made (its variables, its memory limit), and made only when all accept.
+--servers lists every shard of one cluster once, in any order. Before any
+command but health and help sends anything else, psctl asks each server which
+shard it is (GetClusterInfo) and puts them in shard order; it refuses a list
+that is not the shards 0..S-1 of one cluster (another count, a shard twice, or
+servers that disagree on the number of shards, block size, consistency,
+workers or quorum). Every command calls all shards at once and shows each
+shard's answer. A change is validated here first, then checked by every shard
+without being made (its variables, its memory limit), and made only when all
+accept.
 
 Global flags:
-  --servers=HOST:PORT,...  the shards, in shard order (default 127.0.0.1:50051)
+  --servers=HOST:PORT,...  the shards, each once, in any order (default
+                           127.0.0.1:50051)
   --token_file=F           send the first token in F as
                            'authorization: Bearer <token>'
   --tls_ca_file=F          connect with TLS, trusting the PEM root CA in F
@@ -38,9 +45,9 @@ Global flags:
   --json                   print JSON for scripts instead of tables
 
 Exit status: 0 when every shard answered OK; 1 when a shard refused, failed
-or did not answer (the shards are named on stderr); 2 for bad usage (an
-unknown command, rule or flag, a bad value, or a config that fails
-validation; nothing is sent).
+or did not answer, or --servers is not one whole cluster (the shards are
+named on stderr); 2 for bad usage (an unknown command, rule or flag, a bad
+value or address, or a config that fails validation; nothing is sent).
 
 'psctl help COMMAND' or 'psctl COMMAND --help' shows a command's flags.
 )";
@@ -50,10 +57,10 @@ std::string CommandHelp(const std::string& command) {
   static const auto* texts = new std::map<std::string, std::string>{
       {"info", R"(Usage: psctl info
 
-Shows each shard's index, the number of shards and block size it was started
-with, its consistency mode, config version and default optimizer. Exits 1 if a
-shard does not answer or the shards disagree with each other or with the
---servers list.
+Shows what each server says it is (its shard index, the number of shards and
+block size it was started with, its consistency mode) with its config version
+and default optimizer, in shard order. Exits 1 if a shard does not answer, or
+if the servers are not the shards of one cluster, each listed once.
 )"},
       {"vars", R"(Usage: psctl vars
 
@@ -126,8 +133,10 @@ started without a checkpoint folder refuses (FAILED_PRECONDITION).
 )"},
       {"health", R"(Usage: psctl health
 
-Runs the standard grpc.health.v1 Check on every shard (it needs no token).
-Exits 1 unless every shard answers SERVING.
+Runs the standard grpc.health.v1 Check on every address of --servers (it needs
+no token, and --servers may name any shards, one alone included: the servers
+are not checked to be one whole cluster). Exits 1 unless every one answers
+SERVING.
 )"},
       {"help", R"(Usage: psctl help [COMMAND]
 

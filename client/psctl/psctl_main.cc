@@ -1,7 +1,8 @@
 // psctl: the operator's command line for a parameter server cluster.
 //
-// Parses flags, checks that every flag given belongs to the command, and
-// runs the command (client/psctl/commands.h). See `psctl --help`.
+// Parses flags, checks that every flag given belongs to the command, checks
+// that --servers is one whole cluster, and runs the command
+// (client/psctl/commands.h). See `psctl --help`.
 #include <algorithm>
 #include <cstdint>
 #include <functional>
@@ -20,6 +21,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "client/cluster_check.h"
 #include "client/psctl/cluster.h"
 #include "client/psctl/commands.h"
 #include "client/psctl/config_builder.h"
@@ -27,7 +29,7 @@
 
 // Global.
 ABSL_FLAG(std::string, servers, "127.0.0.1:50051",
-          "the shards' HOST:PORT, comma-separated, in shard order");
+          "the shards' HOST:PORT, comma-separated, each once, in any order");
 ABSL_FLAG(std::string, token_file, "",
           "file whose first token (first word of the first line that is not "
           "blank or a # comment) is sent as 'authorization: Bearer <token>'");
@@ -264,6 +266,49 @@ std::optional<int> CheckFlags(const std::set<std::string>& given,
   return std::nullopt;
 }
 
+// How a command uses the servers of --servers.
+enum class ClusterUse {
+  // Each address on its own, no token needed (health).
+  kAddresses,
+  // Shows what each server says it is, and says when they are not one
+  // cluster (info).
+  kInspect,
+  // Reads: the servers that answer must be shards of one cluster, each once.
+  kRead,
+  // Changes: every server must answer as shard 0..S-1 of one cluster, each
+  // once, before anything is sent.
+  kChange,
+};
+
+// Reads what the servers say they are and applies the command's rule.
+int RunOnCluster(ClusterUse use, const std::string& label,
+                 const std::function<int(const ps::psctl::ShardSet&,
+                                         const ps::psctl::Output&)>& run,
+                 ps::psctl::ShardSet& shards, const ps::psctl::Output& output) {
+  if (use == ClusterUse::kAddresses) return run(shards, output);
+  shards.ReadLayout();
+  switch (use) {
+    case ClusterUse::kInspect:
+      return run(shards, output);
+    case ClusterUse::kRead: {
+      if (!shards.layout_problem().ok()) {
+        return ps::psctl::RefuseLayout(shards, label, /*change=*/false, output);
+      }
+      const int status = run(shards, output);
+      if (status != kExitOk) return status;
+      return ps::psctl::ReportUnverified(shards, label, output);
+    }
+    case ClusterUse::kChange:
+      if (!shards.layout_problem().ok() || !shards.Unverified().empty()) {
+        return ps::psctl::RefuseLayout(shards, label, /*change=*/true, output);
+      }
+      return run(shards, output);
+    case ClusterUse::kAddresses:
+      break;
+  }
+  return run(shards, output);
+}
+
 std::optional<int> CheckArgs(const std::vector<std::string>& positional,
                              size_t expected, const std::string& command) {
   if (positional.size() > expected) {
@@ -314,6 +359,8 @@ int main(int argc, char** argv) {
   // The command's own arguments and flags.
   const std::vector<std::string>& args = scan.positional;
   std::function<int(const ps::psctl::ShardSet&, const ps::psctl::Output&)> run;
+  ClusterUse use = ClusterUse::kRead;
+  std::string label = command;
   if (command == "info" || command == "vars" || command == "checkpoint" ||
       command == "health") {
     if (auto e = CheckArgs(args, 1, command)) return *e;
@@ -322,6 +369,10 @@ int main(int argc, char** argv) {
           : command == "vars"       ? ps::psctl::RunVars
           : command == "checkpoint" ? ps::psctl::RunCheckpoint
                                     : ps::psctl::RunHealth;
+    use = command == "info"         ? ClusterUse::kInspect
+          : command == "vars"       ? ClusterUse::kRead
+          : command == "checkpoint" ? ClusterUse::kChange
+                                    : ClusterUse::kAddresses;
   } else if (command == "stats") {
     if (auto e = CheckArgs(args, 1, command)) return *e;
     if (auto e =
@@ -361,6 +412,8 @@ int main(int argc, char** argv) {
     }
     auto built = ps::psctl::BuildRuleConfig(rule, RuleValuesFromFlags());
     if (!built.ok()) return Usage(std::string(built.status().message()));
+    use = ClusterUse::kChange;
+    label = "optimizer set " + rule;
     ps::psctl::ConfigChangeRequest request;
     request.command = "optimizer set " + rule;
     request.variable = absl::GetFlag(FLAGS_var);
@@ -384,6 +437,7 @@ int main(int argc, char** argv) {
     if (!absl::SimpleAtod(args[2], &lr)) {
       return Usage(absl::StrCat("lr set: '", args[2], "' is not a number"));
     }
+    use = ClusterUse::kChange;
     ps::psctl::ConfigChangeRequest request;
     request.command = "lr set";
     request.variable = absl::GetFlag(FLAGS_var);
@@ -414,6 +468,8 @@ int main(int argc, char** argv) {
     }
     auto schedule = ps::psctl::BuildSchedule(kind, ScheduleValuesFromFlags());
     if (!schedule.ok()) return Usage(std::string(schedule.status().message()));
+    use = ClusterUse::kChange;
+    label = "schedule set " + kind;
     ps::psctl::ConfigChangeRequest request;
     request.command = "schedule set " + kind;
     request.variable = absl::GetFlag(FLAGS_var);
@@ -438,8 +494,10 @@ int main(int argc, char** argv) {
 
   // Connection settings.
   ps::psctl::ConnectOptions connect;
-  auto servers = ps::psctl::ParseServers(absl::GetFlag(FLAGS_servers));
-  if (!servers.ok()) return Usage(std::string(servers.status().message()));
+  auto servers = ps::ParseServerList(absl::GetFlag(FLAGS_servers));
+  if (!servers.ok()) {
+    return Usage(absl::StrCat("--servers: ", servers.status().message()));
+  }
   connect.servers = *std::move(servers);
   if (const std::string path = absl::GetFlag(FLAGS_token_file); !path.empty()) {
     auto token = ps::psctl::ReadTokenFile(path);
@@ -464,7 +522,7 @@ int main(int argc, char** argv) {
   output.json = absl::GetFlag(FLAGS_json);
   output.out = &std::cout;
   output.err = &std::cerr;
-  const int status = run(shards, output);
+  const int status = RunOnCluster(use, label, run, shards, output);
   std::cout.flush();
   return status;
 }
