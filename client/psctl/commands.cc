@@ -13,7 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
-#include "client/psctl/config_builder.h"
+#include "client/psctl/optimizer_flags.h"
 #include "client/psctl/table.h"
 #include "common/optimizer_config.h"
 
