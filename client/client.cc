@@ -19,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
+#include "client/cluster_check.h"
 #include "client/request_split.h"
 #include "common/slice_buffers.h"
 #include "common/status.h"
@@ -44,6 +45,11 @@ bool Retryable(const grpc::Status& status) {
 absl::Status ValidateOptions(const ClientOptions& options) {
   if (options.addresses.empty()) {
     return absl::InvalidArgumentError("ClientOptions::addresses is empty");
+  }
+  if (absl::Status addresses = CheckServerAddresses(options.addresses);
+      !addresses.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ClientOptions::addresses: ", addresses.message()));
   }
   const RetryPolicy& retry = options.retry;
   if (retry.max_attempts < 1) {
@@ -547,77 +553,6 @@ absl::Status CheckNames(std::span<const Named> items) {
   return absl::OkStatus();
 }
 
-// Checks the cluster described by infos[i] (from shards[i]) and returns the
-// order of the shards by shard index.
-absl::StatusOr<std::vector<size_t>> CheckCluster(
-    const std::vector<v1::ClusterInfo>& infos,
-    const std::vector<std::unique_ptr<Shard>>& shards) {
-  auto refuse = [](std::string_view what) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("not one cluster: ", std::string(what)));
-  };
-  auto disagree = [&](std::string_view field, auto value) -> absl::Status {
-    std::vector<std::string> says;
-    bool differs = false;
-    for (size_t i = 0; i < infos.size(); ++i) {
-      differs |= value(infos[i]) != value(infos[0]);
-      says.push_back(
-          absl::StrCat(shards[i]->address, " says ", value(infos[i])));
-    }
-    if (!differs) return absl::OkStatus();
-    return refuse(absl::StrCat("shards disagree on ", std::string(field), ": ",
-                               absl::StrJoin(says, ", ")));
-  };
-  PS_RETURN_IF_ERROR(disagree(
-      "num_shards", [](const v1::ClusterInfo& i) { return i.num_shards(); }));
-  PS_RETURN_IF_ERROR(disagree(
-      "block_size", [](const v1::ClusterInfo& i) { return i.block_size(); }));
-  PS_RETURN_IF_ERROR(disagree("consistency", [](const v1::ClusterInfo& i) {
-    return absl::StrCat("\"", i.consistency(), "\"");
-  }));
-  PS_RETURN_IF_ERROR(disagree(
-      "num_workers", [](const v1::ClusterInfo& i) { return i.num_workers(); }));
-  PS_RETURN_IF_ERROR(
-      disagree("quorum", [](const v1::ClusterInfo& i) { return i.quorum(); }));
-
-  const uint32_t num_shards = infos[0].num_shards();
-  if (num_shards == 0 || infos[0].block_size() == 0) {
-    return refuse(absl::StrCat("shards report num_shards = ", num_shards,
-                               " and block_size = ", infos[0].block_size()));
-  }
-  std::vector<std::string> addresses;
-  for (const auto& shard : shards) addresses.push_back(shard->address);
-  if (infos.size() != num_shards) {
-    return refuse(absl::StrCat(
-        infos.size(), " addresses given (", absl::StrJoin(addresses, ", "),
-        ") but the shards report num_shards = ", num_shards));
-  }
-  std::vector<std::vector<size_t>> holders(num_shards);
-  for (size_t i = 0; i < infos.size(); ++i) {
-    const uint32_t index = infos[i].shard_index();
-    if (index >= num_shards) {
-      return refuse(absl::StrCat(addresses[i], " reports shard_index ", index,
-                                 " of num_shards = ", num_shards));
-    }
-    holders[index].push_back(i);
-  }
-  std::vector<std::string> problems;
-  for (uint32_t index = 0; index < num_shards; ++index) {
-    if (holders[index].size() == 1) continue;
-    std::vector<std::string> names;
-    for (size_t i : holders[index]) names.push_back(addresses[i]);
-    problems.push_back(
-        holders[index].empty()
-            ? absl::StrCat("no address serves shard_index ", index)
-            : absl::StrCat("shard_index ", index, " is served by ",
-                           absl::StrJoin(names, " and ")));
-  }
-  if (!problems.empty()) return refuse(absl::StrJoin(problems, "; "));
-  std::vector<size_t> order;
-  for (const auto& h : holders) order.push_back(h[0]);
-  return order;
-}
-
 }  // namespace
 
 void ClientCore::StartPush(std::vector<PushItem> items, Outputs outputs,
@@ -762,7 +697,7 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(
   PS_RETURN_IF_ERROR(reached);
 
   PS_ASSIGN_OR_RETURN(std::vector<size_t> order,
-                      CheckCluster(infos, impl->shards));
+                      CheckCluster(options.addresses, infos));
   std::vector<std::unique_ptr<Shard>> ordered;
   for (uint32_t index = 0; index < order.size(); ++index) {
     ordered.push_back(std::move(impl->shards[order[index]]));

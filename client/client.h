@@ -67,7 +67,9 @@ struct RetryPolicy {
 
 struct ClientOptions {
   // "host:port" of every shard, one per shard, in any order. Connect puts
-  // them in shard-index order.
+  // them in shard-index order, and refuses (INVALID_ARGUMENT) an address
+  // that is not HOST:PORT with a port in 1..65535, or one listed twice
+  // (client/cluster_check.h).
   std::vector<std::string> addresses;
 
   // Sent as `authorization: Bearer <token>` with every call when non-empty.

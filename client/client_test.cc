@@ -147,6 +147,24 @@ TEST_F(ClientTest, ConnectRefusesBadOptions) {
   options.retry.jitter = 2;
   EXPECT_EQ(Client::Connect(options).status().code(),
             absl::StatusCode::kInvalidArgument);
+  // Addresses that are not HOST:PORT, or one listed twice: refused before
+  // anything is sent (a port above 65535 would wrap to another port).
+  options = Options();
+  options.retry.max_attempts = 1;
+  for (const auto& [addresses, message] :
+       std::vector<std::pair<std::vector<std::string>, std::string>>{
+           {{"127.0.0.1:70000"}, "above 65535"},
+           {{"127.0.0.1:0"}, "port 0"},
+           {{"127.0.0.1"}, "no port"},
+           {{"127.0.0.1:1", "127.0.0.1:1"}, "listed twice"}}) {
+    options.addresses = addresses;
+    absl::StatusOr<std::unique_ptr<Client>> client = Client::Connect(options);
+    ASSERT_FALSE(client.ok());
+    EXPECT_EQ(client.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(client.status().message(),
+                HasSubstr("ClientOptions::addresses: "));
+    EXPECT_THAT(client.status().message(), HasSubstr(message));
+  }
 }
 
 TEST_F(ClientTest, CreateSendsEachShardOnlyItsBlocks) {

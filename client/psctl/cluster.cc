@@ -1,32 +1,15 @@
 #include "client/psctl/cluster.h"
 
 #include <fstream>
+#include <optional>
 #include <sstream>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
+#include "client/cluster_check.h"
 
 namespace ps::psctl {
-
-absl::StatusOr<std::vector<std::string>> ParseServers(const std::string& text) {
-  std::vector<std::string> servers;
-  for (absl::string_view part : absl::StrSplit(text, ',')) {
-    const std::string address(absl::StripAsciiWhitespace(part));
-    if (address.empty()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "--servers='", text, "' has an empty entry; give HOST:PORT,..."));
-    }
-    const size_t colon = address.rfind(':');
-    if (colon == std::string::npos || colon + 1 == address.size()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("--servers: '", address, "' is not HOST:PORT"));
-    }
-    servers.push_back(address);
-  }
-  return servers;
-}
 
 absl::StatusOr<std::string> ReadWholeFile(const std::string& path) {
   std::ifstream file(path, std::ios::binary);
@@ -79,6 +62,51 @@ ShardSet::ShardSet(const ConnectOptions& options) : options_(options) {
     shard.health = grpc::health::v1::Health::NewStub(channel);
     shards_.push_back(std::move(shard));
   }
+}
+
+void ShardSet::ReadLayout() {
+  std::vector<ClusterInfoAnswer> answers =
+      ForEach<ClusterInfoAnswer>([this](const Shard& shard) {
+        ClusterInfoAnswer answer;
+        auto context = NewContext();
+        answer.status = shard.parameters->GetClusterInfo(
+            context.get(), v1::GetClusterInfoRequest(), &answer.info);
+        return answer;
+      });
+  std::vector<std::string> addresses;
+  std::vector<std::optional<v1::ClusterInfo>> infos;
+  for (size_t i = 0; i < shards_.size(); ++i) {
+    addresses.push_back(shards_[i].address);
+    if (answers[i].status.ok()) {
+      infos.push_back(answers[i].info);
+    } else {
+      infos.emplace_back();
+    }
+  }
+  layout_read_ = true;
+  absl::StatusOr<std::vector<size_t>> order = PlaceShards(addresses, infos);
+  if (!order.ok()) {
+    layout_problem_ = order.status();
+    cluster_infos_ = std::move(answers);
+    return;
+  }
+  layout_problem_ = absl::OkStatus();
+  std::vector<Shard> ordered;
+  cluster_infos_.clear();
+  for (size_t index = 0; index < order->size(); ++index) {
+    ordered.push_back(std::move(shards_[(*order)[index]]));
+    ordered.back().index = static_cast<int>(index);
+    cluster_infos_.push_back(std::move(answers[(*order)[index]]));
+  }
+  shards_ = std::move(ordered);
+}
+
+std::vector<int> ShardSet::Unverified() const {
+  std::vector<int> silent;
+  for (size_t i = 0; i < cluster_infos_.size(); ++i) {
+    if (!cluster_infos_[i].status.ok()) silent.push_back(static_cast<int>(i));
+  }
+  return silent;
 }
 
 std::unique_ptr<grpc::ClientContext> ShardSet::NewContext() const {

@@ -1,7 +1,8 @@
-// psctl's view of a cluster: one channel per shard and parallel calls.
+// psctl's view of a cluster: one channel per shard, parallel calls, and the
+// shards put in shard order from what they say they are.
 //
-// Thread safety: a ShardSet is immutable after Connect; its methods may be
-// called from any thread.
+// Thread safety: a ShardSet's const methods may be called from any thread;
+// ReadLayout may not run concurrently with any other method.
 #ifndef PS_CLIENT_PSCTL_CLUSTER_H_
 #define PS_CLIENT_PSCTL_CLUSTER_H_
 
@@ -14,6 +15,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "proto/grpc/health/v1/health.grpc.pb.h"
 #include "proto/ps/v1/ps.grpc.pb.h"
@@ -21,7 +23,8 @@
 namespace ps::psctl {
 
 struct ConnectOptions {
-  // "HOST:PORT" of each shard, in shard order.
+  // "HOST:PORT" of each shard, in any order (ReadLayout finds the order).
+  // REQUIRES: they pass ps::CheckServerAddresses.
   std::vector<std::string> servers;
   // Sent as `authorization: Bearer <token>` when not empty.
   std::string token;
@@ -32,10 +35,6 @@ struct ConnectOptions {
   std::chrono::milliseconds timeout{10000};
 };
 
-// Splits "a:1, b:2" into its addresses. INVALID_ARGUMENT for an empty list
-// or entry, or an entry without a port.
-absl::StatusOr<std::vector<std::string>> ParseServers(const std::string& text);
-
 // The first token in a token file: the first word of the first line that is
 // neither blank nor a '#' comment. INVALID_ARGUMENT when the file cannot be
 // read or holds none.
@@ -45,7 +44,8 @@ absl::StatusOr<std::string> ReadTokenFile(const std::string& path);
 // is empty.
 absl::StatusOr<std::string> ReadWholeFile(const std::string& path);
 
-// One shard: its position in --servers, its address and stubs.
+// One shard: its index (its position in --servers until ReadLayout has put
+// the shards in order), its address and stubs.
 struct Shard {
   int index = 0;
   std::string address;
@@ -54,10 +54,35 @@ struct Shard {
   std::unique_ptr<grpc::health::v1::Health::Stub> health;
 };
 
+// What one server answered to GetClusterInfo.
+struct ClusterInfoAnswer {
+  grpc::Status status;
+  v1::ClusterInfo info;
+};
+
 class ShardSet {
  public:
   // Makes a channel per shard; connecting happens on the first call.
   explicit ShardSet(const ConnectOptions& options);
+
+  // Asks every server for its ClusterInfo and checks the answers with
+  // ps::PlaceShards (client/cluster_check.h). When they fit one cluster, the
+  // shards are put in shard order (a server that did not answer takes a
+  // place no answer claimed); otherwise they stay in --servers order and
+  // layout_problem() says what is wrong.
+  void ReadLayout();
+  // Whether ReadLayout ran.
+  bool layout_read() const { return layout_read_; }
+  // Each shard's answer, in the order of the shards; empty before
+  // ReadLayout.
+  const std::vector<ClusterInfoAnswer>& cluster_infos() const {
+    return cluster_infos_;
+  }
+  // FAILED_PRECONDITION when the answers are not of one cluster with each
+  // shard listed once; OK otherwise (and before ReadLayout).
+  const absl::Status& layout_problem() const { return layout_problem_; }
+  // The shards whose server did not answer GetClusterInfo, by index.
+  std::vector<int> Unverified() const;
 
   int size() const { return static_cast<int>(shards_.size()); }
   const Shard& shard(int i) const { return shards_[i]; }
@@ -83,6 +108,9 @@ class ShardSet {
  private:
   ConnectOptions options_;
   std::vector<Shard> shards_;
+  bool layout_read_ = false;
+  std::vector<ClusterInfoAnswer> cluster_infos_;
+  absl::Status layout_problem_;
 };
 
 // "CODE: message" for a failed call, e.g. "UNAVAILABLE: failed to connect".

@@ -13,7 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
-#include "client/psctl/config_builder.h"
+#include "client/psctl/optimizer_flags.h"
 #include "client/psctl/table.h"
 #include "common/optimizer_config.h"
 
@@ -125,44 +125,36 @@ std::string ErrorCell(const grpc::Status& status) {
   return DescribeStatus(status);
 }
 
+// "--servers: not one cluster: ..." with what to do about it.
+std::string LayoutProblem(const absl::Status& problem) {
+  return absl::StrCat("--servers: ", problem.message(),
+                      "; list every shard of one cluster once, in any order");
+}
+
 }  // namespace
 
 int RunInfo(const ShardSet& shards, const Output& output) {
-  auto infos = CallAll<v1::ClusterInfo>(
-      shards, [](const Shard& s, grpc::ClientContext* c, v1::ClusterInfo* r) {
-        return s.parameters->GetClusterInfo(c, v1::GetClusterInfoRequest(), r);
-      });
+  std::vector<Answer<v1::ClusterInfo>> infos;
+  if (shards.layout_read()) {
+    for (const ClusterInfoAnswer& answer : shards.cluster_infos()) {
+      infos.push_back({answer.status, answer.info});
+    }
+  } else {
+    infos = CallAll<v1::ClusterInfo>(
+        shards, [](const Shard& s, grpc::ClientContext* c, v1::ClusterInfo* r) {
+          return s.parameters->GetClusterInfo(c, v1::GetClusterInfoRequest(),
+                                              r);
+        });
+  }
   auto configs = CallAll<v1::OptimizerConfig>(
       shards,
       [](const Shard& s, grpc::ClientContext* c, v1::OptimizerConfig* r) {
         return s.admin->GetOptimizer(c, v1::GetOptimizerRequest(), r);
       });
 
-  // What a healthy cluster agrees on.
   std::vector<std::string> problems;
-  const v1::ClusterInfo* first = nullptr;
-  for (int i = 0; i < shards.size(); ++i) {
-    if (!infos[i].status.ok()) continue;
-    const v1::ClusterInfo& info = infos[i].response;
-    if (info.shard_index() != static_cast<uint32_t>(i)) {
-      problems.push_back(absl::StrCat("shard ", ShardName(shards.shard(i)),
-                                      " says it is shard ", info.shard_index(),
-                                      "; list --servers in shard order"));
-    }
-    if (info.num_shards() != static_cast<uint32_t>(shards.size())) {
-      problems.push_back(absl::StrCat(
-          "shard ", ShardName(shards.shard(i)), " expects ", info.num_shards(),
-          " shards; --servers lists ", shards.size()));
-    }
-    if (first == nullptr) {
-      first = &info;
-    } else if (info.block_size() != first->block_size() ||
-               info.consistency() != first->consistency() ||
-               info.num_workers() != first->num_workers()) {
-      problems.push_back(absl::StrCat(
-          "shard ", ShardName(shards.shard(i)),
-          " disagrees with the others on block size, consistency or workers"));
-    }
+  if (!shards.layout_problem().ok()) {
+    problems.push_back(LayoutProblem(shards.layout_problem()));
   }
 
   if (output.json) {
@@ -735,6 +727,71 @@ int RunHealth(const ShardSet& shards, const Output& output) {
               << shards.size()
               << " shards not serving: " << absl::StrJoin(unhealthy, "; ")
               << "\n";
+  return kExitShardFailed;
+}
+
+int RefuseLayout(const ShardSet& shards, const std::string& command,
+                 bool change, const Output& output) {
+  const std::vector<ClusterInfoAnswer>& infos = shards.cluster_infos();
+  std::string problem;
+  if (!shards.layout_problem().ok()) {
+    problem = LayoutProblem(shards.layout_problem());
+  } else {
+    std::vector<std::string> failed;
+    for (int i : shards.Unverified()) {
+      failed.push_back(absl::StrCat(ShardName(shards.shard(i)), ": ",
+                                    DescribeStatus(infos[i].status)));
+    }
+    problem = absl::StrCat(
+        "cannot check that --servers is one whole cluster: GetClusterInfo "
+        "failed on ",
+        failed.size(), " of ", shards.size(),
+        " shards: ", absl::StrJoin(failed, "; "));
+  }
+  *output.err << "psctl: " << command << ": " << problem
+              << (change ? " (nothing was changed)" : "") << "\n";
+  if (output.json) {
+    json j;
+    j["command"] = command;
+    if (change) j["sent"] = false;
+    j["problems"] = std::vector<std::string>{problem};
+    j["shards"] = json::array();
+    std::vector<grpc::Status> statuses;
+    for (int i = 0; i < shards.size(); ++i) {
+      json s = ShardJson(shards.shard(i), infos[i].status);
+      if (infos[i].status.ok()) {
+        s["shard_index"] = infos[i].info.shard_index();
+        s["num_shards"] = infos[i].info.num_shards();
+        s["block_size"] = infos[i].info.block_size();
+        s["consistency"] = infos[i].info.consistency();
+        s["num_workers"] = infos[i].info.num_workers();
+        s["quorum"] = infos[i].info.quorum();
+      }
+      j["shards"].push_back(s);
+      statuses.push_back(infos[i].status);
+    }
+    j["failed_shards"] = FailedShards(statuses);
+    j["ok"] = false;
+    PrintJson(output, j);
+  }
+  return kExitShardFailed;
+}
+
+int ReportUnverified(const ShardSet& shards, const std::string& command,
+                     const Output& output) {
+  const std::vector<int> silent = shards.Unverified();
+  if (silent.empty()) return kExitOk;
+  std::vector<std::string> named;
+  for (int i : silent) {
+    named.push_back(
+        absl::StrCat(ShardName(shards.shard(i)), ": ",
+                     DescribeStatus(shards.cluster_infos()[i].status)));
+  }
+  *output.err << "psctl: " << command
+              << ": cannot check that --servers is one whole cluster: "
+                 "GetClusterInfo failed on "
+              << silent.size() << " of " << shards.size()
+              << " shards: " << absl::StrJoin(named, "; ") << "\n";
   return kExitShardFailed;
 }
 

@@ -32,7 +32,9 @@ struct Output {
   std::ostream* err = nullptr;  // problems, one line each
 };
 
-// GetClusterInfo and the default optimizer of every shard.
+// What each shard says it is (from ShardSet::ReadLayout, or asked here when
+// it has not run) and its default optimizer; exit 1 when a shard fails or
+// the layout has a problem.
 int RunInfo(const ShardSet& shards, const Output& output);
 
 // ListVariables of every shard, merged per variable.
@@ -77,6 +79,19 @@ int RunCheckpoint(const ShardSet& shards, const Output& output);
 
 // grpc.health.v1 Check on every shard; non-zero unless all are SERVING.
 int RunHealth(const ShardSet& shards, const Output& output);
+
+// Refuses to run `command` (e.g. "lr set") because the layout that
+// ShardSet::ReadLayout read has a problem or, for a `change`, a server did
+// not answer: one line on stderr (and with --json the shards' answers on
+// stdout). Returns kExitShardFailed.
+int RefuseLayout(const ShardSet& shards, const std::string& command,
+                 bool change, const Output& output);
+
+// After a read that succeeded: kExitOk when every server said which shard it
+// is; otherwise one line on stderr naming those that did not, and
+// kExitShardFailed.
+int ReportUnverified(const ShardSet& shards, const std::string& command,
+                     const Output& output);
 
 }  // namespace ps::psctl
 

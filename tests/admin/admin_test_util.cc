@@ -15,7 +15,10 @@
 #include <sstream>
 #include <thread>
 
+#include "absl/strings/str_cat.h"
+#include "client/cluster_check.h"
 #include "common/optimizer_config.h"
+#include "common/status.h"
 #include "common/wire.h"
 
 extern char** environ;
@@ -73,6 +76,13 @@ std::string ServerList(
   return list;
 }
 
+std::vector<std::string> ServerAddresses(
+    const std::vector<std::unique_ptr<ParameterServer>>& shards) {
+  std::vector<std::string> addresses;
+  for (const auto& shard : shards) addresses.push_back(shard->address());
+  return addresses;
+}
+
 std::shared_ptr<grpc::Channel> MakeChannel(const std::string& address,
                                            const std::string& root_pem) {
   if (root_pem.empty()) {
@@ -91,6 +101,29 @@ std::unique_ptr<grpc::ClientContext> MakeContext(const std::string& token) {
     context->AddMetadata("authorization", "Bearer " + token);
   }
   return context;
+}
+
+absl::StatusOr<std::unique_ptr<RawWorker>> RawWorker::Connect(
+    const std::vector<std::string>& addresses, const std::string& token) {
+  PS_RETURN_IF_ERROR(CheckServerAddresses(addresses));
+  std::vector<v1::ClusterInfo> infos(addresses.size());
+  for (size_t i = 0; i < addresses.size(); ++i) {
+    grpc::Status status =
+        v1::ParameterService::NewStub(MakeChannel(addresses[i]))
+            ->GetClusterInfo(MakeContext(token).get(),
+                             v1::GetClusterInfoRequest(), &infos[i]);
+    if (!status.ok()) {
+      return absl::Status(
+          FromGrpcStatus(status).code(),
+          absl::StrCat(addresses[i], ": ", status.error_message()));
+    }
+  }
+  PS_ASSIGN_OR_RETURN(std::vector<size_t> order,
+                      CheckCluster(addresses, infos));
+  std::vector<std::string> ordered;
+  for (size_t i : order) ordered.push_back(addresses[i]);
+  return std::make_unique<RawWorker>(ordered, infos[order[0]].block_size(),
+                                     token);
 }
 
 RawWorker::RawWorker(const std::vector<std::string>& addresses,

@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/statusor.h"
 #include "common/partition.h"
 #include "proto/ps/v1/ps.grpc.pb.h"
 #include "server/optimizer/settings.h"
@@ -49,6 +50,10 @@ std::vector<std::unique_ptr<ParameterServer>> StartShards(
 std::string ServerList(
     const std::vector<std::unique_ptr<ParameterServer>>& shards);
 
+// {addr0, addr1, ...}.
+std::vector<std::string> ServerAddresses(
+    const std::vector<std::unique_ptr<ParameterServer>>& shards);
+
 // A channel to `address`; TLS trusting `root_pem` when it is not empty.
 std::shared_ptr<grpc::Channel> MakeChannel(const std::string& address,
                                            const std::string& root_pem = "");
@@ -61,6 +66,14 @@ std::unique_ptr<grpc::ClientContext> MakeContext(const std::string& token = "");
 // to their owners (ps::PartitionPlan), pulls values and block versions.
 class RawWorker {
  public:
+  // Asks every address for its ClusterInfo (with `token`) and checks the
+  // answers as every client does (ps::CheckCluster, client/cluster_check.h):
+  // a worker over the shards in shard order, with the cluster's block size.
+  // `addresses` may be in any order. The first call's error, or the check's.
+  static absl::StatusOr<std::unique_ptr<RawWorker>> Connect(
+      const std::vector<std::string>& addresses, const std::string& token = "");
+
+  // `addresses[i]` is shard i; nothing is checked.
   RawWorker(const std::vector<std::string>& addresses, uint64_t block_size,
             std::string token = "");
 

@@ -88,9 +88,9 @@ class MetricsTest : public ::testing::Test {
     shards_ = StartShards(2, options);
     ASSERT_EQ(shards_.size(), 2u);
     for (const auto& shard : shards_) ASSERT_GT(shard->metrics_port(), 0);
-    worker_ = std::make_unique<RawWorker>(
-        std::vector<std::string>{shards_[0]->address(), shards_[1]->address()},
-        8);
+    auto worker = RawWorker::Connect(ServerAddresses(shards_));
+    ASSERT_TRUE(worker.ok()) << worker.status();
+    worker_ = *std::move(worker);
   }
 
   std::vector<Sample> Scrape(int shard) {

@@ -35,9 +35,10 @@ class OptimizerSwitchTest : public ::testing::Test {
     options.default_optimizer = Config(default_optimizer);
     shards_ = StartShards(2, options);
     ASSERT_EQ(shards_.size(), 2u);
-    worker_ = std::make_unique<RawWorker>(
-        std::vector<std::string>{shards_[0]->address(), shards_[1]->address()},
-        kBlockSize);
+    auto worker = RawWorker::Connect(ServerAddresses(shards_));
+    ASSERT_TRUE(worker.ok()) << worker.status();
+    worker_ = *std::move(worker);
+    ASSERT_EQ(worker_->plan().block_size(), kBlockSize);
     // The variable spreads over both shards.
     std::set<uint32_t> owners;
     for (uint64_t k = 0; k < worker_->plan().NumBlocks(kSize); ++k) {

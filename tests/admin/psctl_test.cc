@@ -41,9 +41,9 @@ class PsctlTest : public ::testing::Test {
         dir_.WriteFile("worker.token", std::string(kWorkerToken) + "\n");
     shards_ = StartShards(2, options);
     ASSERT_EQ(shards_.size(), 2u);
-    worker_ = std::make_unique<RawWorker>(
-        std::vector<std::string>{shards_[0]->address(), shards_[1]->address()},
-        8, kAdminToken);
+    auto worker = RawWorker::Connect(ServerAddresses(shards_), kAdminToken);
+    ASSERT_TRUE(worker.ok()) << worker.status();
+    worker_ = *std::move(worker);
     ASSERT_TRUE(worker_->Create("w", std::vector<float>(37, 1.0f)).ok());
     ASSERT_TRUE(worker_->Create("b", std::vector<float>(5, 0.0f)).ok());
     for (int t = 0; t < 3; ++t) {
@@ -181,13 +181,14 @@ TEST_F(PsctlTest, InfoVarsAndHealth) {
   }
   EXPECT_TRUE(j["ok"]);
 
-  // Listed in the wrong order: said so, and exit 1.
+  // Listed in another order: shown in shard order
+  // (PsctlServersTest.ServersMayBeListedInAnyOrder).
   ProcessResult swapped = RunProcess(
       PSCTL_PATH,
       {"--servers=" + shards_[1]->address() + "," + shards_[0]->address(),
        "--token_file=" + admin_token_file_, "info"});
-  EXPECT_EQ(swapped.exit_code, 1);
-  EXPECT_TRUE(Contains(swapped.err, "shard order"));
+  EXPECT_EQ(swapped.exit_code, 0) << swapped.err;
+  EXPECT_EQ(swapped.out, info.out);
 
   ProcessResult vars = Psctl({"vars"});
   ASSERT_EQ(vars.exit_code, 0) << vars.err;
@@ -366,6 +367,219 @@ TEST_F(PsctlTest, ShardDownIsNamedAndNothingIsChanged) {
               Contains(stats.out, "DEADLINE_EXCEEDED"));
 }
 
+// --servers must name every shard of one cluster once, in any order; else
+// psctl changes nothing and exits non-zero.
+class PsctlServersTest : public PsctlTest {
+ protected:
+  // psctl with `servers` as --servers, the admin token and `args`.
+  ProcessResult With(const std::string& servers,
+                     std::vector<std::string> args) {
+    args.insert(args.begin(),
+                {"--servers=" + servers, "--token_file=" + admin_token_file_,
+                 "--timeout_s=5"});
+    return RunProcess(PSCTL_PATH, args, std::chrono::seconds(30));
+  }
+
+  // Neither shard's default optimizer changed.
+  void ExpectUnchanged() {
+    for (int s = 0; s < 2; ++s) {
+      const v1::OptimizerConfig config = GetOptimizer(s, "");
+      EXPECT_EQ(config.config_version(), 1u) << "shard " << s;
+      EXPECT_EQ(config.learning_rate(), 0.1) << "shard " << s;
+    }
+  }
+
+  std::string Address(int shard) const { return shards_[shard]->address(); }
+  int Port(int shard) const { return shards_[shard]->port(); }
+};
+
+TEST_F(PsctlServersTest, ASubsetOfTheShardsChangesNothing) {
+  for (int s = 0; s < 2; ++s) {
+    SCOPED_TRACE(s);
+    ProcessResult lr = With(Address(s), {"lr", "set", "0.5"});
+    EXPECT_EQ(lr.exit_code, 1) << lr.err;
+    EXPECT_TRUE(Contains(lr.err, "num_shards = 2")) << lr.err;
+    EXPECT_TRUE(Contains(lr.err, "nothing was changed")) << lr.err;
+    EXPECT_TRUE(lr.out.empty()) << lr.out;
+    ExpectUnchanged();
+  }
+  json j = Json(With(Address(1), {"--json", "optimizer", "set", "adam"}));
+  EXPECT_FALSE(j["ok"]);
+  EXPECT_FALSE(j["sent"]);
+  ExpectUnchanged();
+  // Reading part of a cluster is refused too: it would show part of it.
+  for (const std::vector<std::string>& command :
+       std::vector<std::vector<std::string>>{{"vars"},
+                                             {"optimizer", "get"},
+                                             {"stats"},
+                                             {"checkpoint"},
+                                             {"info"}}) {
+    ProcessResult result = With(Address(0), command);
+    EXPECT_EQ(result.exit_code, 1) << command[0] << ": " << result.err;
+    EXPECT_TRUE(Contains(result.err, "num_shards = 2"))
+        << command[0] << ": " << result.err;
+  }
+}
+
+TEST_F(PsctlServersTest, AShardListedTwiceChangesNothing) {
+  // The same entry twice: refused before anything is sent.
+  for (const std::string& servers :
+       {Address(0) + "," + Address(0),
+        Address(0) + "," + Address(1) + "," + Address(0),
+        absl::StrCat("127.0.0.1:", Port(0), ",127.0.0.1:0", Port(0))}) {
+    SCOPED_TRACE(servers);
+    ProcessResult lr = With(servers, {"lr", "set", "0.5"});
+    EXPECT_EQ(lr.exit_code, 2) << lr.err;
+    EXPECT_TRUE(Contains(lr.err, "listed twice")) << lr.err;
+    EXPECT_EQ(Lines(lr.err), 1) << lr.err;
+    ExpectUnchanged();
+  }
+  // The same shard under two names: the shard says so.
+  ProcessResult lr =
+      With(absl::StrCat("localhost:", Port(0), ",127.0.0.1:", Port(0)),
+           {"lr", "set", "0.5"});
+  EXPECT_EQ(lr.exit_code, 1) << lr.err;
+  EXPECT_TRUE(Contains(lr.err, "shard_index 0 is served by")) << lr.err;
+  EXPECT_TRUE(Contains(lr.err, "no address serves shard_index 1")) << lr.err;
+  ExpectUnchanged();
+}
+
+TEST_F(PsctlServersTest, BadAddressesAreRefusedBeforeAnythingIsSent) {
+  const std::string other = "," + Address(1);
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      // 65536 more than shard 0's port: wraps to it when not refused.
+      {absl::StrCat("127.0.0.1:", Port(0) + 65536) + other, "65535"},
+      {absl::StrCat("127.0.0.1:", Port(0) + 4 * 65536) + other, "65535"},
+      {"127.0.0.1:0" + other, "port 0"},
+      {"127.0.0.1:99999999999999999999" + other, "65535"},
+      {absl::StrCat(":", Port(0)) + other, "no host"},
+      {"127.0.0.1:" + other, "no port"},
+      {"127.0.0.1" + other, "no port"},
+      {"127.0.0.1:http" + other, "not a number"},
+      {absl::StrCat("127.0.0.1:-", Port(0)) + other, "not a number"},
+      {absl::StrCat("::1:", Port(0)) + other, "in brackets"},
+      {Address(0) + ",," + Address(1), "empty entry"}};
+  for (const auto& [servers, message] : cases) {
+    SCOPED_TRACE(servers);
+    ProcessResult lr = With(servers, {"lr", "set", "0.5"});
+    EXPECT_EQ(lr.exit_code, 2) << lr.err;
+    EXPECT_TRUE(Contains(lr.err, message)) << lr.err;
+    EXPECT_TRUE(Contains(lr.err, "--servers")) << lr.err;
+    EXPECT_EQ(Lines(lr.err), 1) << lr.err;
+    EXPECT_TRUE(lr.out.empty()) << lr.out;
+    ExpectUnchanged();
+  }
+}
+
+// The config version of `address`'s default optimizer.
+uint64_t ConfigVersion(const std::string& address) {
+  v1::OptimizerConfig config;
+  grpc::Status status = v1::AdminService::NewStub(MakeChannel(address))
+                            ->GetOptimizer(MakeContext().get(),
+                                           v1::GetOptimizerRequest(), &config);
+  EXPECT_TRUE(status.ok()) << address << ": " << status.error_message();
+  return config.config_version();
+}
+
+TEST(PsctlClustersTest, ShardsOfTwoClustersChangeNothing) {
+  ServerOptions sync;
+  sync.block_size = 8;
+  sync.consistency = Consistency::kSync;
+  sync.num_workers = 2;
+  sync.quorum = 2;
+  // Cluster A, and a cluster B that differs from it in one setting.
+  struct Case {
+    std::string setting;
+    ServerOptions a, b;
+    int b_shards = 2;
+  };
+  std::vector<Case> cases(5);
+  cases[0].setting = "block_size";
+  cases[0].a.block_size = 8;
+  cases[0].b.block_size = 16;
+  cases[1].setting = "num_shards";
+  cases[1].b_shards = 3;
+  cases[2].setting = "consistency";
+  cases[2].b = sync;
+  cases[2].a.block_size = sync.block_size;
+  cases[3].setting = "num_workers";
+  cases[3].a = sync;
+  cases[3].b = sync;
+  cases[3].b.num_workers = 3;
+  cases[4].setting = "quorum";
+  cases[4].a = sync;
+  cases[4].b = sync;
+  cases[4].b.quorum = 1;
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.setting);
+    auto a = StartShards(2, c.a);
+    auto b = StartShards(c.b_shards, c.b);
+    ASSERT_EQ(a.size(), 2u);
+    ASSERT_EQ(b.size(), static_cast<size_t>(c.b_shards));
+    const std::string servers =
+        "--servers=" + a[0]->address() + "," + b[1]->address();
+    ProcessResult lr = RunProcess(PSCTL_PATH, {servers, "lr", "set", "0.5"});
+    EXPECT_EQ(lr.exit_code, 1) << lr.err;
+    EXPECT_TRUE(Contains(lr.err, "disagree on " + c.setting)) << lr.err;
+    EXPECT_TRUE(Contains(lr.err, "nothing was changed")) << lr.err;
+    for (const auto* shards : {&a, &b}) {
+      for (const auto& shard : *shards) {
+        EXPECT_EQ(ConfigVersion(shard->address()), 1u) << shard->address();
+      }
+    }
+    ProcessResult vars = RunProcess(PSCTL_PATH, {servers, "vars"});
+    EXPECT_EQ(vars.exit_code, 1) << vars.err;
+    EXPECT_TRUE(vars.out.empty()) << vars.out;
+    ProcessResult info = RunProcess(PSCTL_PATH, {servers, "info"});
+    EXPECT_EQ(info.exit_code, 1) << info.err;
+    EXPECT_TRUE(Contains(info.err, "disagree on " + c.setting)) << info.err;
+  }
+}
+
+TEST_F(PsctlServersTest, ServersMayBeListedInAnyOrder) {
+  const std::string swapped = Address(1) + "," + Address(0);
+  ProcessResult info = With(swapped, {"info"});
+  EXPECT_EQ(info.exit_code, 0) << info.err;
+  // Shown in shard order.
+  EXPECT_LT(info.out.find(Address(0)), info.out.find(Address(1))) << info.out;
+  json j = Json(With(swapped, {"--json", "info"}));
+  ASSERT_EQ(j["shards"].size(), 2u);
+  for (int s = 0; s < 2; ++s) {
+    EXPECT_EQ(j["shards"][s]["shard"], s);
+    EXPECT_EQ(j["shards"][s]["shard_index"], s);
+    EXPECT_EQ(j["shards"][s]["address"], Address(s));
+  }
+  EXPECT_TRUE(j["ok"]);
+
+  j = Json(With(swapped, {"--json", "lr", "set", "0.5"}));
+  EXPECT_TRUE(j["ok"]);
+  ASSERT_EQ(j["shards"].size(), 2u);
+  for (int s = 0; s < 2; ++s) {
+    EXPECT_EQ(j["shards"][s]["shard"], s);
+    EXPECT_EQ(j["shards"][s]["address"], Address(s));
+  }
+  for (int s = 0; s < 2; ++s) {
+    EXPECT_EQ(GetOptimizer(s, "").learning_rate(), 0.5);
+  }
+  j = Json(With(swapped, {"--json", "stats"}));
+  for (int s = 0; s < 2; ++s) {
+    EXPECT_EQ(j["shards"][s]["shard"], s);
+    EXPECT_EQ(j["shards"][s]["shard_index"], s);
+  }
+}
+
+TEST_F(PsctlServersTest, HealthProbesAnyAddressWithoutAToken) {
+  // As a container's health check does: one shard, no token.
+  ProcessResult health =
+      RunProcess(PSCTL_PATH, {"--servers=" + Address(1), "health"});
+  EXPECT_EQ(health.exit_code, 0) << health.err;
+  EXPECT_TRUE(Contains(health.out, "SERVING"));
+  ProcessResult twice = RunProcess(
+      PSCTL_PATH, {"--servers=" + Address(1) + "," + Address(1), "health"});
+  EXPECT_EQ(twice.exit_code, 2) << twice.err;
+  EXPECT_TRUE(Contains(twice.err, "listed twice")) << twice.err;
+}
+
 // Each shard checks a change before any makes it: a rule whose state one
 // shard has no memory for leaves every shard as it was.
 TEST(PsctlMemoryTest, AChangeOneShardCannotHoldChangesNoShard) {
@@ -385,7 +599,9 @@ TEST(PsctlMemoryTest, AChangeOneShardCannotHoldChangesNoShard) {
   options.memory_limit_bytes = 3 * sizeof(float) * share[larger] - 4;
   auto shards = StartShards(2, options);
   ASSERT_EQ(shards.size(), 2u);
-  RawWorker worker({shards[0]->address(), shards[1]->address()}, kBlock);
+  auto connected = RawWorker::Connect(ServerAddresses(shards));
+  ASSERT_TRUE(connected.ok()) << connected.status();
+  RawWorker& worker = **connected;
   ASSERT_TRUE(worker.Create("w", std::vector<float>(kSize, 1.0f)).ok());
 
   const std::vector<std::string> servers = {"--servers=" + ServerList(shards)};

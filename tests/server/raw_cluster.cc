@@ -5,12 +5,38 @@
 #include <algorithm>
 #include <utility>
 
+#include "absl/strings/str_cat.h"
+#include "client/cluster_check.h"
+#include "common/status.h"
+
 namespace ps::testutil {
 
 std::unique_ptr<grpc::ClientContext> MakeContext() {
   auto context = std::make_unique<grpc::ClientContext>();
   context->set_deadline(std::chrono::system_clock::now() + kCallTimeout);
   return context;
+}
+
+absl::StatusOr<std::unique_ptr<RawCluster>> RawCluster::Connect(
+    const std::vector<std::string>& addresses) {
+  PS_RETURN_IF_ERROR(CheckServerAddresses(addresses));
+  // Any block size will do to ask.
+  RawCluster asking(addresses, 1);
+  std::vector<v1::ClusterInfo> infos(addresses.size());
+  for (uint32_t i = 0; i < addresses.size(); ++i) {
+    grpc::Status status = asking.stub(i).GetClusterInfo(
+        MakeContext().get(), v1::GetClusterInfoRequest(), &infos[i]);
+    if (!status.ok()) {
+      return absl::Status(
+          FromGrpcStatus(status).code(),
+          absl::StrCat(addresses[i], ": ", status.error_message()));
+    }
+  }
+  PS_ASSIGN_OR_RETURN(std::vector<size_t> order,
+                      CheckCluster(addresses, infos));
+  std::vector<std::string> ordered;
+  for (size_t i : order) ordered.push_back(addresses[i]);
+  return std::make_unique<RawCluster>(ordered, infos[order[0]].block_size());
 }
 
 RawCluster::RawCluster(const std::vector<std::string>& addresses,

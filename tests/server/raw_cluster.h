@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/statusor.h"
 #include "common/partition.h"
 #include "proto/ps/v1/ps.grpc.pb.h"
 #include "tests/server/messages.h"
@@ -43,7 +44,14 @@ struct PushArgs {
 
 class RawCluster {
  public:
-  // `addresses[i]` is shard i.
+  // Asks every address for its ClusterInfo and checks the answers as every
+  // client does (ps::CheckCluster, client/cluster_check.h): the shards in
+  // shard order, with the cluster's block size. `addresses` may be in any
+  // order. The first call's error, or the check's.
+  static absl::StatusOr<std::unique_ptr<RawCluster>> Connect(
+      const std::vector<std::string>& addresses);
+
+  // `addresses[i]` is shard i; nothing is checked.
   RawCluster(const std::vector<std::string>& addresses, uint64_t block_size);
 
   size_t num_shards() const { return stubs_.size(); }

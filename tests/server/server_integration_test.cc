@@ -88,7 +88,7 @@ class InProcessCluster {
       servers_.push_back(*std::move(server));
     }
     addresses_ = addresses;
-    raw_ = std::make_unique<RawCluster>(addresses, config.block_size);
+    raw_ = NewClient();
   }
 
   ~InProcessCluster() {
@@ -101,9 +101,16 @@ class InProcessCluster {
   const std::vector<std::string>& addresses() const { return addresses_; }
   const ClusterConfig& config() const { return config_; }
 
-  // Another client's view: its own channels to the same shards.
+  // Another client's view: its own channels to the same shards, connected
+  // as every client connects.
   std::unique_ptr<RawCluster> NewClient() const {
-    return std::make_unique<RawCluster>(addresses_, config_.block_size);
+    auto client = RawCluster::Connect(addresses_);
+    EXPECT_TRUE(client.ok()) << client.status();
+    if (!client.ok()) {
+      return std::make_unique<RawCluster>(addresses_, config_.block_size);
+    }
+    EXPECT_EQ((*client)->plan().block_size(), config_.block_size);
+    return *std::move(client);
   }
 
  private:
