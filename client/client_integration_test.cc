@@ -19,11 +19,11 @@ class ClientIntegrationTest : public ::testing::TestWithParam<uint32_t> {
   void SetUp() override { StartCluster(Consistency::kAsync, 0); }
 
   void TearDown() override {
-    for (auto& server : servers_) server->Shutdown();
+    for (auto& server : servers_) server->Shutdown().IgnoreError();
   }
 
   void StartCluster(Consistency consistency, uint32_t num_workers) {
-    for (auto& server : servers_) server->Shutdown();
+    for (auto& server : servers_) server->Shutdown().IgnoreError();
     servers_.clear();
     for (uint32_t s = 0; s < GetParam(); ++s) {
       ServerOptions options;

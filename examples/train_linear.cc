@@ -216,6 +216,6 @@ int main(int argc, char** argv) {
                 first_loss, loss);
   }
   client->reset();
-  for (auto& shard : shards) shard->Shutdown();
+  for (auto& shard : shards) shard->Shutdown().IgnoreError();
   return 0;
 }

@@ -6,21 +6,25 @@
 // layout and each file's size and CRC-32, itself checksummed). It is written
 // as ckpt-<n>.tmp, every file and the folder fsynced, then renamed into place
 // and the parent folder fsynced: a crash at any moment leaves the previous
-// complete checkpoints as they were.
+// complete checkpoints as they were. Every file operation goes through an
+// Env (server/env.h), so tests can make the disk fail.
 //
 // Thread safety: Write and LoadNewest may be called from any thread; writes
 // are serialized. Training goes on during a write (see
-// VariableStore::SnapshotBlocks).
+// VariableStore::Snapshot).
 #ifndef PS_SERVER_CHECKPOINT_H_
 #define PS_SERVER_CHECKPOINT_H_
 
 #include <cstdint>
+#include <filesystem>
 #include <string>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "proto/ps/v1/ps.pb.h"
+#include "server/env.h"
 #include "server/store.h"
 
 namespace ps {
@@ -31,6 +35,8 @@ struct CheckpointOptions {
   // Complete checkpoints kept; older ones are deleted after each write.
   // More costs disk; fewer leaves fewer to fall back on if one is damaged.
   int keep = 3;
+  // The file system; null = the real one.
+  Env* env = nullptr;
 };
 
 class Checkpointer {
@@ -38,8 +44,17 @@ class Checkpointer {
   // REQUIRES: store outlives the checkpointer; options.keep >= 1.
   Checkpointer(CheckpointOptions options, VariableStore* store);
 
+  // Makes the folder ready before the shard serves: creates it, removes the
+  // unfinished checkpoints (ckpt-<n>.tmp) a crash left, and proves that it
+  // can be written by writing, fsyncing and removing a small file. An error
+  // (PERMISSION_DENIED for a read-only or foreign folder, RESOURCE_EXHAUSTED
+  // for a full disk) names the folder and the reason: a shard that could
+  // not checkpoint would lose every push at its next restart.
+  absl::Status Prepare() ABSL_LOCKS_EXCLUDED(mu_);
+
   // Writes a checkpoint and deletes those beyond `keep`. Answers with its
-  // path, the bytes written and the seconds it took.
+  // path, the bytes written and the seconds it took. On an error nothing
+  // is left that could be taken for a complete checkpoint.
   absl::StatusOr<v1::CheckpointResponse> Write() ABSL_LOCKS_EXCLUDED(mu_);
 
   // Loads the newest complete checkpoint into the store, which must hold no
@@ -52,7 +67,14 @@ class Checkpointer {
   absl::StatusOr<std::string> LoadNewest() ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
+  // Writes every file of a checkpoint into folder `tmp`, fsynced; returns
+  // the bytes written.
+  absl::StatusOr<uint64_t> WriteFolder(const std::filesystem::path& tmp,
+                                       absl::Time start)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
   const CheckpointOptions options_;
+  Env* const env_;
   VariableStore* const store_;
   absl::Mutex mu_;
   uint64_t next_number_ ABSL_GUARDED_BY(mu_) = 1;

@@ -3,16 +3,22 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <cerrno>
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <string>
+#include <thread>
 #include <tuple>
 #include <utility>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/optimizer_config.h"
+#include "tests/server/fault_env.h"
 #include "tests/server/messages.h"
 #include "tests/server/store_driver.h"
 
@@ -21,6 +27,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using ::ps::testutil::CreateRequest;
+using ::ps::testutil::FaultEnv;
 using ::ps::testutil::MakeSlice;
 using ::ps::testutil::PushNow;
 using ::ps::testutil::PushRequest;
@@ -256,6 +263,167 @@ TEST_F(CheckpointRoundTripTest, SyncStepMidwayAndExactlyOnceRecords) {
   EXPECT_THAT(after.blocks.at({"b", 1}).values,
               ::testing::ElementsAre(-1, -1, -1, -1));
   EXPECT_EQ(after.blocks.at({"b", 0}).step, 1u);
+}
+
+// Checkpoints taken while variables are created and rules change are each
+// one consistent cut: every one loads, with each variable whole.
+TEST_F(CheckpointRoundTripTest, CheckpointsDuringCreationsAndRuleChangesLoad) {
+  const StoreOptions options = Options("sgd {} learning_rate: 0.1");
+  VariableStore store(options);
+  std::atomic<bool> stop = false;
+  std::thread creator([&] {
+    for (int i = 0; i < 300 && !stop.load(); ++i) {
+      const std::string name = absl::StrCat("v", i);
+      ASSERT_TRUE(store.CreateVariable(CreateRequest(name, {9})).ok());
+      PushAll(store, name, "", 0, 1.0f);
+      ASSERT_TRUE(
+          store.SetOptimizer("", Optimizer(i % 2 ? "adam {}" : "sgd {}"), false)
+              .ok());
+    }
+  });
+  Checkpointer writer({dir_.string(), 2}, &store);
+  int loaded_variables = 0;
+  for (int i = 0; i < 40; ++i) {
+    auto written = writer.Write();
+    ASSERT_TRUE(written.ok()) << written.status();
+    VariableStore restored(options);
+    Checkpointer reader({dir_.string(), 2}, &restored);
+    auto loaded = reader.LoadNewest();
+    ASSERT_TRUE(loaded.ok()) << loaded.status();
+    for (const std::string& name : restored.VariableNames()) {
+      EXPECT_EQ(restored.Find(name)->blocks.size(), 3u) << name;
+    }
+    loaded_variables = static_cast<int>(restored.VariableNames().size());
+  }
+  stop = true;
+  creator.join();
+  EXPECT_GT(loaded_variables, 0);
+}
+
+// ------------------------------------------------------- a failing disk
+
+class CheckpointFaultTest : public CheckpointRoundTripTest {
+ protected:
+  // A store with two variables under different rules, pushed once.
+  void SetUp() override {
+    CheckpointRoundTripTest::SetUp();
+    store_ = std::make_unique<VariableStore>(options_);
+    ASSERT_TRUE(store_->CreateVariable(CreateRequest("a", {10})).ok());
+    v1::CreateVariableRequest b = CreateRequest("b", {6});
+    *b.mutable_optimizer() = Optimizer("momentum {}");
+    ASSERT_TRUE(store_->CreateVariable(b).ok());
+    Push();
+  }
+
+  void Push() {
+    ++seq_;
+    PushAll(*store_, "a", "w", seq_, 0.1f * static_cast<float>(seq_));
+    PushAll(*store_, "b", "w", seq_, -0.2f);
+  }
+
+  // What a fresh store loads from the folder.
+  StoreDump Loaded() {
+    VariableStore restored(options_);
+    Checkpointer reader({dir_.string(), 3}, &restored);
+    auto loaded = reader.LoadNewest();
+    EXPECT_TRUE(loaded.ok()) << loaded.status();
+    return Dump(restored);
+  }
+
+  std::vector<std::string> Entries() {
+    std::vector<std::string> names;
+    for (const auto& entry : fs::directory_iterator(dir_)) {
+      names.push_back(entry.path().filename().string());
+    }
+    std::sort(names.begin(), names.end());
+    return names;
+  }
+
+  const StoreOptions options_ = Options("adam {} learning_rate: 0.1");
+  std::unique_ptr<VariableStore> store_;
+  uint64_t seq_ = 0;
+  FaultEnv env_;
+};
+
+// Each file and folder operation of a checkpoint, failed in turn (a full
+// disk, an I/O error, a write cut short): the write reports the error, no
+// unfinished folder stays behind, and the folder loads the newest checkpoint
+// that was reported written, or the one that failed only once it was
+// complete (its folder's fsync after the rename).
+TEST_F(CheckpointFaultTest, EveryFailingOperationLeavesTheLastGoodCheckpoint) {
+  Checkpointer checkpointer({dir_.string(), 100, &env_}, store_.get());
+  ASSERT_TRUE(checkpointer.Prepare().ok());
+  env_.FailAt(-1, {});
+  ASSERT_TRUE(checkpointer.Write().ok());
+  const int operations = env_.seen();
+  ASSERT_GE(operations, 10);  // files, fsyncs, rename, folder fsyncs
+  StoreDump good = Dump(*store_);
+
+  const FaultEnv::Fault faults[] = {
+      {ENOSPC, false}, {EIO, false}, {ENOSPC, true}};
+  for (int i = 0; i < operations; ++i) {
+    for (const FaultEnv::Fault& fault : faults) {
+      SCOPED_TRACE(absl::StrCat("operation ", i, ", errno ", fault.error,
+                                fault.short_write ? ", short write" : ""));
+      Push();
+      const StoreDump attempted = Dump(*store_);
+      const size_t complete_before = Entries().size();
+      env_.FailAt(i, fault);
+      auto written = checkpointer.Write();
+      ASSERT_EQ(env_.failures(), 1);
+      ASSERT_FALSE(written.ok()) << "operation " << i << " failed unseen";
+      EXPECT_THAT(written.status().message(),
+                  ::testing::HasSubstr("injected failure"));
+      EXPECT_EQ(written.status().code(),
+                fault.error == ENOSPC ? absl::StatusCode::kResourceExhausted
+                                      : absl::StatusCode::kInternal);
+      for (const std::string& name : Entries()) {
+        EXPECT_FALSE(absl::EndsWith(name, ".tmp")) << name;
+      }
+      const StoreDump loaded = Loaded();
+      if (Entries().size() > complete_before) {
+        // Renamed into place, then its folder's fsync failed.
+        EXPECT_EQ(loaded.blocks, attempted.blocks);
+        good = attempted;
+      } else {
+        EXPECT_EQ(loaded.blocks, good.blocks);
+      }
+      env_.FailAt(-1, {});
+      ASSERT_TRUE(checkpointer.Write().ok());
+      good = attempted;
+    }
+  }
+}
+
+TEST_F(CheckpointFaultTest, PrepareRefusesAFolderItCannotWrite) {
+  for (FaultEnv::Op op : {FaultEnv::Op::kCreate, FaultEnv::Op::kSync,
+                          FaultEnv::Op::kMkdir, FaultEnv::Op::kSyncDir}) {
+    env_.Heal();
+    env_.FailAll(op, {EROFS});
+    Checkpointer checkpointer({dir_.string(), 3, &env_}, store_.get());
+    absl::Status status = checkpointer.Prepare();
+    EXPECT_EQ(status.code(), absl::StatusCode::kPermissionDenied) << status;
+    EXPECT_THAT(status.message(),
+                ::testing::AllOf(::testing::HasSubstr(dir_.string()),
+                                 ::testing::HasSubstr("--checkpoint_dir")));
+  }
+  env_.Heal();
+  env_.FailAll(FaultEnv::Op::kAppend, {ENOSPC});
+  Checkpointer full({dir_.string(), 3, &env_}, store_.get());
+  EXPECT_EQ(full.Prepare().code(), absl::StatusCode::kResourceExhausted);
+  // Nothing is left behind.
+  EXPECT_THAT(Entries(), ::testing::IsEmpty());
+}
+
+TEST_F(CheckpointFaultTest, PrepareRemovesWhatACrashLeftUnfinished) {
+  Checkpointer checkpointer({dir_.string(), 3}, store_.get());
+  ASSERT_TRUE(checkpointer.Prepare().ok());
+  ASSERT_TRUE(checkpointer.Write().ok());
+  fs::create_directories(dir_ / "ckpt-00000000000000000007.tmp");
+  std::ofstream(dir_ / "ckpt-00000000000000000007.tmp" / "blocks.bin")
+      << "half";
+  ASSERT_TRUE(checkpointer.Prepare().ok());
+  EXPECT_THAT(Entries(), ::testing::ElementsAre("ckpt-00000000000000000001"));
 }
 
 }  // namespace

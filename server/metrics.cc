@@ -79,6 +79,10 @@ std::string FormatPrometheus(const v1::Stats& stats) {
   counter("ps_bytes_out_total", "Answer bytes of answered calls.",
           stats.bytes_out());
   counter("ps_updates_total", "Block updates applied.", stats.updates());
+  counter("ps_checkpoints_total", "Checkpoints written.", stats.checkpoints());
+  counter("ps_checkpoint_failures_total",
+          "Checkpoints that failed (health is NOT_SERVING until one succeeds).",
+          stats.checkpoint_failures());
 
   Metric(out, "ps_refusals_total", "counter", "Calls refused, by gRPC code.");
   for (const auto& [code, count] : stats.refusals()) {

@@ -200,8 +200,12 @@ int main(int argc, char** argv) {
   sigwait(&signals, &signal_number);
   spdlog::info("signal {}: finishing calls in flight, then exiting",
                signal_number);
-  (*server)->Shutdown();
+  const absl::Status stopped = (*server)->Shutdown();
   (*server)->Wait();
+  if (!stopped.ok()) {
+    spdlog::error("{}", std::string(stopped.message()));
+    return 1;
+  }
   spdlog::info("stopped");
   return 0;
 }

@@ -152,10 +152,15 @@ class CheckpointThread {
  public:
   using Done = AdminServiceImpl::CheckpointDone;
 
+  // Called on this thread with the outcome of every checkpoint.
+  using Outcome = std::function<void(const absl::Status&)>;
+
   // REQUIRES: checkpointer outlives the thread.
-  CheckpointThread(Checkpointer* checkpointer, absl::Duration interval)
+  CheckpointThread(Checkpointer* checkpointer, absl::Duration interval,
+                   Outcome outcome)
       : checkpointer_(checkpointer),
         interval_(interval),
+        outcome_(std::move(outcome)),
         thread_([this] { Run(); }) {}
 
   ~CheckpointThread() { Stop(); }
@@ -214,18 +219,21 @@ class CheckpointThread {
         if (written.ok()) {
           spdlog::info("checkpoint {} ({} bytes, {:.3f} s)", written->path(),
                        written->bytes(), written->seconds());
-        } else {
-          spdlog::error("checkpoint failed: {}",
-                        std::string(written.status().message()));
         }
+        outcome_(written.status());
         continue;
       }
-      for (Done& done : asked) done(checkpointer_->Write());
+      for (Done& done : asked) {
+        auto written = checkpointer_->Write();
+        outcome_(written.status());
+        done(std::move(written));
+      }
     }
   }
 
   Checkpointer* const checkpointer_;
   const absl::Duration interval_;
+  const Outcome outcome_;
   absl::Mutex mu_;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<Done> requests_ ABSL_GUARDED_BY(mu_);
@@ -243,7 +251,8 @@ class ServerImpl final : public ParameterServer {
                           ? nullptr
                           : std::make_unique<Checkpointer>(
                                 CheckpointOptions{options.checkpoint_dir,
-                                                  options.checkpoint_keep},
+                                                  options.checkpoint_keep,
+                                                  options.env},
                                 &store_)),
         service_(&store_, &gate_, std::move(info)),
         admin_(
@@ -256,13 +265,14 @@ class ServerImpl final : public ParameterServer {
         checkpoint_interval_(absl::Seconds(options.checkpoint_interval_s)) {}
 
   ~ServerImpl() override {
-    Shutdown();
+    Shutdown().IgnoreError();
     Wait();
   }
 
   absl::Status Start(const ServerOptions& options) {
     PS_ASSIGN_OR_RETURN(auto credentials, Credentials(options));
     if (checkpointer_ != nullptr) {
+      PS_RETURN_IF_ERROR(checkpointer_->Prepare());
       PS_ASSIGN_OR_RETURN(std::string loaded, checkpointer_->LoadNewest());
       if (loaded.empty()) {
         spdlog::info("no checkpoint in {}; starting empty",
@@ -270,8 +280,9 @@ class ServerImpl final : public ParameterServer {
       } else {
         spdlog::info("loaded checkpoint {}", loaded);
       }
-      checkpoints_ = std::make_unique<CheckpointThread>(checkpointer_.get(),
-                                                        checkpoint_interval_);
+      checkpoints_ = std::make_unique<CheckpointThread>(
+          checkpointer_.get(), checkpoint_interval_,
+          [this](const absl::Status& status) { CheckpointDone(status); });
     }
     grpc::EnableDefaultHealthCheckService(true);
     grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -298,7 +309,11 @@ class ServerImpl final : public ParameterServer {
       PS_ASSIGN_OR_RETURN(
           metrics_, MetricsServer::Start(&store_, host_, options.metrics_port));
     }
-    server_->GetHealthCheckService()->SetServingStatus(true);
+    {
+      absl::MutexLock lock(&mu_);
+      started_ = true;
+      server_->GetHealthCheckService()->SetServingStatus(!checkpoint_failing_);
+    }
     return absl::OkStatus();
   }
 
@@ -318,11 +333,13 @@ class ServerImpl final : public ParameterServer {
     return metrics_ == nullptr ? -1 : metrics_->port();
   }
 
-  void Shutdown() override {
-    absl::MutexLock lock(&mu_);
-    if (shut_down_ || server_ == nullptr) return;
-    shut_down_ = true;
-    server_->GetHealthCheckService()->SetServingStatus(false);
+  absl::Status Shutdown() override {
+    {
+      absl::MutexLock lock(&mu_);
+      if (shut_down_ || server_ == nullptr) return absl::OkStatus();
+      shut_down_ = true;
+      server_->GetHealthCheckService()->SetServingStatus(false);
+    }
     if (checkpoints_ != nullptr) checkpoints_->Stop();
     // Let the calls in flight finish (a sync push may wait for its step),
     // then close every connection at once.
@@ -333,16 +350,20 @@ class ServerImpl final : public ParameterServer {
     }
     server_->Shutdown(std::chrono::system_clock::now());
     if (metrics_ != nullptr) metrics_->Stop();
-    if (checkpointer_ != nullptr) {
-      auto written = checkpointer_->Write();
-      if (written.ok()) {
-        spdlog::info("final checkpoint {} ({} bytes)", written->path(),
-                     written->bytes());
-      } else {
-        spdlog::error("final checkpoint failed: {}",
-                      std::string(written.status().message()));
-      }
+    if (checkpointer_ == nullptr) return absl::OkStatus();
+    auto written = checkpointer_->Write();
+    if (!written.ok()) {
+      // The pushes since the last complete checkpoint are lost with this
+      // process: say so, and let the caller exit with an error.
+      return absl::Status(
+          written.status().code(),
+          absl::StrCat("final checkpoint failed, so the pushes since the "
+                       "last complete one are lost: ",
+                       written.status().message()));
     }
+    spdlog::info("final checkpoint {} ({} bytes)", written->path(),
+                 written->bytes());
+    return absl::OkStatus();
   }
 
   void Wait() override {
@@ -350,6 +371,28 @@ class ServerImpl final : public ParameterServer {
   }
 
  private:
+  // Health answers NOT_SERVING while checkpoints fail (a shard that cannot
+  // checkpoint would lose every push since the last one at its next
+  // restart), and SERVING again once one succeeds.
+  void CheckpointDone(const absl::Status& status) {
+    store_.stats().RecordCheckpoint(status.ok());
+    if (!status.ok()) {
+      spdlog::error(
+          "checkpoint failed: {}; health says NOT_SERVING until one "
+          "succeeds",
+          std::string(status.message()));
+    }
+    absl::MutexLock lock(&mu_);
+    const bool was_failing = checkpoint_failing_;
+    checkpoint_failing_ = !status.ok();
+    if (was_failing && status.ok()) {
+      spdlog::info("checkpoints succeed again; health says SERVING");
+    }
+    if (started_ && !shut_down_) {
+      server_->GetHealthCheckService()->SetServingStatus(status.ok());
+    }
+  }
+
   VariableStore store_;
   Authenticator auth_;
   RpcGate gate_;
@@ -364,7 +407,9 @@ class ServerImpl final : public ParameterServer {
   std::unique_ptr<grpc::Server> server_;
   std::atomic<int64_t> in_flight_{0};
   absl::Mutex mu_;
+  bool started_ ABSL_GUARDED_BY(mu_) = false;
   bool shut_down_ ABSL_GUARDED_BY(mu_) = false;
+  bool checkpoint_failing_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 }  // namespace

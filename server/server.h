@@ -11,6 +11,7 @@
 
 #include "absl/status/statusor.h"
 #include "proto/ps/v1/ps.pb.h"
+#include "server/env.h"
 
 namespace ps {
 
@@ -75,6 +76,10 @@ struct ServerOptions {
   std::string checkpoint_dir;
   int checkpoint_interval_s = 0;
   int checkpoint_keep = 3;
+
+  // The file system checkpoints go through; null = the real one (tests put
+  // one here that fails). Must outlive the server.
+  Env* env = nullptr;
 };
 
 class ParameterServer {
@@ -93,8 +98,11 @@ class ParameterServer {
   // The /metrics port, or -1 when off.
   virtual int metrics_port() const = 0;
 
-  // Stops accepting calls, finishes those in flight and returns.
-  virtual void Shutdown() = 0;
+  // Stops accepting calls, finishes those in flight, writes the final
+  // checkpoint (with a checkpoint folder) and returns. An error when that
+  // checkpoint failed: the pushes since the last complete one are lost, and
+  // the process should exit with an error. Later calls return OK.
+  virtual absl::Status Shutdown() = 0;
   // Blocks until Shutdown has completed.
   virtual void Wait() = 0;
 };

@@ -52,6 +52,9 @@ void ServerStats::Fill(v1::Stats* stats) const {
   stats->set_bytes_in(bytes_in_.load(std::memory_order_relaxed));
   stats->set_bytes_out(bytes_out_.load(std::memory_order_relaxed));
   stats->set_updates(updates_.load(std::memory_order_relaxed));
+  stats->set_checkpoints(checkpoints_.load(std::memory_order_relaxed));
+  stats->set_checkpoint_failures(
+      checkpoint_failures_.load(std::memory_order_relaxed));
   for (size_t code = 1; code < refusals_.size(); ++code) {
     const uint64_t count = refusals_[code].load(std::memory_order_relaxed);
     if (count == 0) continue;

@@ -32,6 +32,11 @@ class ServerStats {
   void RecordRefusal(absl::StatusCode code);
   // One block update (the optimizer step) took `latency`.
   void RecordUpdate(absl::Duration latency);
+  // A checkpoint was written (`ok`) or failed.
+  void RecordCheckpoint(bool ok) {
+    (ok ? checkpoints_ : checkpoint_failures_)
+        .fetch_add(1, std::memory_order_relaxed);
+  }
 
   // Fills the counters, percentiles and uptime (not the per-variable part).
   void Fill(v1::Stats* stats) const;
@@ -56,6 +61,8 @@ class ServerStats {
   std::atomic<uint64_t> bytes_in_{0};
   std::atomic<uint64_t> bytes_out_{0};
   std::atomic<uint64_t> updates_{0};
+  std::atomic<uint64_t> checkpoints_{0};
+  std::atomic<uint64_t> checkpoint_failures_{0};
   std::array<std::atomic<uint64_t>, 17> refusals_{};  // by absl::StatusCode
   std::array<std::atomic<uint64_t>, kBuckets> latency_{};
 };

@@ -295,15 +295,20 @@ class VariableStore {
 
   // Checkpoints (server/checkpoint.h drives these).
 
-  // The shard-wide part: optimizer configs, config version, variables.
-  storage::v1::ShardState SnapshotState() const;
+  // A consistent cut of the shard: calls `state` once (optimizer configs,
+  // config version, variables), then `block` for each block of exactly
+  // those variables, with a copy of it (values, optimizer state, sync
+  // aggregation, exactly-once table) made under that block's lock. `block`
+  // runs with no block lock held, so pushes and pulls go on; variables are
+  // not created and optimizers do not change until it returns (those calls
+  // wait for it). Stops at the first error.
+  absl::Status Snapshot(
+      absl::FunctionRef<absl::Status(const storage::v1::ShardState&)> state,
+      absl::FunctionRef<absl::Status(const storage::v1::BlockRecord&)> block)
+      const ABSL_LOCKS_EXCLUDED(memory_mu_);
 
-  // Calls `write` with a copy of each block (values, optimizer state, sync
-  // aggregation, exactly-once table) made under that block's lock; `write`
-  // runs with no lock held, so training goes on. Stops at the first error.
-  absl::Status SnapshotBlocks(
-      absl::FunctionRef<absl::Status(const storage::v1::BlockRecord&)> write)
-      const;
+  // The number of blocks this shard holds (a restore must give each once).
+  uint64_t NumBlocks() const;
 
   // Restores the shard-wide part into a store that has no variables yet.
   absl::Status RestoreState(const storage::v1::ShardState& state);
@@ -361,7 +366,8 @@ class VariableStore {
 
   // Held throughout CreateVariable and SetOptimizer, so that the charges
   // follow every variable and rule change: creations and optimizer changes
-  // run one at a time (pushes and pulls do not take it).
+  // run one at a time (pushes and pulls do not take it). Snapshot holds it
+  // shared, so a checkpoint sees no creation or rule change half done.
   mutable absl::Mutex memory_mu_;
   absl::flat_hash_map<std::string, MemoryCharge> charges_
       ABSL_GUARDED_BY(memory_mu_);

@@ -1,4 +1,5 @@
 // VariableStore's checkpoint side: snapshots and restores of its state.
+#include <algorithm>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -37,39 +38,44 @@ absl::Status GetFloats(const std::string& bytes, size_t expected,
 
 }  // namespace
 
-storage::v1::ShardState VariableStore::SnapshotState() const {
+absl::Status VariableStore::Snapshot(
+    absl::FunctionRef<absl::Status(const storage::v1::ShardState&)> write_state,
+    absl::FunctionRef<absl::Status(const BlockRecord&)> write_block) const {
+  absl::ReaderMutexLock structure_lock(&memory_mu_);
+  std::vector<std::shared_ptr<Variable>> variables;
   storage::v1::ShardState state;
-  for (const std::string& name : VariableNames()) {
-    auto variable = Find(name);
-    if (variable == nullptr) continue;
-    storage::v1::VariableHeader* header = state.add_variables();
-    header->set_name(name);
-    for (uint64_t dim : variable->shape) header->add_shape(dim);
+  {
+    absl::ReaderMutexLock lock(&variables_mu_);
+    for (const auto& [name, variable] : variables_) {
+      variables.push_back(variable);
+    }
   }
-  absl::ReaderMutexLock lock(&config_mu_);
-  *state.mutable_default_optimizer() = default_optimizer_->config;
-  state.set_config_version(config_version_);
-  for (auto& header : *state.mutable_variables()) {
-    auto it = overrides_.find(header.name());
-    if (it == overrides_.end()) continue;
-    *header.mutable_optimizer() = it->second->config;
+  std::sort(variables.begin(), variables.end(),
+            [](const auto& a, const auto& b) { return a->name < b->name; });
+  {
+    absl::ReaderMutexLock lock(&config_mu_);
+    *state.mutable_default_optimizer() = default_optimizer_->config;
+    state.set_config_version(config_version_);
+    for (const auto& variable : variables) {
+      storage::v1::VariableHeader* header = state.add_variables();
+      header->set_name(variable->name);
+      for (uint64_t dim : variable->shape) header->add_shape(dim);
+      auto it = overrides_.find(variable->name);
+      if (it != overrides_.end())
+        *header->mutable_optimizer() = it->second->config;
+    }
   }
-  return state;
-}
+  PS_RETURN_IF_ERROR(write_state(state));
 
-absl::Status VariableStore::SnapshotBlocks(
-    absl::FunctionRef<absl::Status(const BlockRecord&)> write) const {
   BlockRecord record;
-  for (const std::string& name : VariableNames()) {
-    auto variable = Find(name);
-    if (variable == nullptr) continue;
+  for (const auto& variable : variables) {
     std::vector<uint64_t> indexes;
     for (const auto& [k, block] : variable->blocks) indexes.push_back(k);
     std::sort(indexes.begin(), indexes.end());
     for (uint64_t k : indexes) {
       const Block& block = *variable->blocks.at(k);
       record.Clear();
-      record.set_variable(name);
+      record.set_variable(variable->name);
       record.set_index(k);
       {
         absl::ReaderMutexLock lock(&block.mu);
@@ -99,10 +105,19 @@ absl::Status VariableStore::SnapshotBlocks(
           applied->set_window(window.window());
         }
       }
-      PS_RETURN_IF_ERROR(write(record));
+      PS_RETURN_IF_ERROR(write_block(record));
     }
   }
   return absl::OkStatus();
+}
+
+uint64_t VariableStore::NumBlocks() const {
+  absl::ReaderMutexLock lock(&variables_mu_);
+  uint64_t blocks = 0;
+  for (const auto& [name, variable] : variables_) {
+    blocks += variable->blocks.size();
+  }
+  return blocks;
 }
 
 absl::Status VariableStore::RestoreState(const storage::v1::ShardState& state) {

@@ -1468,11 +1468,14 @@ TEST(StoreMemoryTest, ARestoredStoreCountsWhatItsCheckpointHeld) {
   // Restarted with another default: the checkpoint's rules decide.
   VariableStore restored(AsyncOptions(
       0, 1, 4, "rmsprop { centered: true momentum: 0.9 } learning_rate: 0.1"));
-  ASSERT_TRUE(restored.RestoreState(store.SnapshotState()).ok());
   ASSERT_TRUE(store
-                  .SnapshotBlocks([&](const storage::v1::BlockRecord& record) {
-                    return restored.RestoreBlock(record);
-                  })
+                  .Snapshot(
+                      [&](const storage::v1::ShardState& state) {
+                        return restored.RestoreState(state);
+                      },
+                      [&](const storage::v1::BlockRecord& record) {
+                        return restored.RestoreBlock(record);
+                      })
                   .ok());
   EXPECT_EQ(restored.StateBytes(), store.StateBytes());
   EXPECT_EQ(HeldBytes(restored), HeldBytes(store));

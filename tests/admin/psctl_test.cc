@@ -349,7 +349,7 @@ TEST_F(PsctlTest, RefusedChangesExitNonZeroNamingTheShards) {
 }
 
 TEST_F(PsctlTest, ShardDownIsNamedAndNothingIsChanged) {
-  shards_[1]->Shutdown();
+  shards_[1]->Shutdown().IgnoreError();
   shards_[1]->Wait();
   ProcessResult lr = Psctl({"--timeout_s=2", "lr", "set", "0.5"});
   EXPECT_EQ(lr.exit_code, 1);

@@ -288,7 +288,7 @@ INSTANTIATE_TEST_SUITE_P(
                       DamageCase{Damage::kFlipState, "FlippedByteInState",
                                  "state.pb fails its checksum"},
                       DamageCase{Damage::kDropBlocks, "MissingBlocks",
-                                 "missing file"}),
+                                 "blocks.bin: No such file"}),
     [](const ::testing::TestParamInfo<DamageCase>& info) {
       return std::string(info.param.name);
     });
@@ -372,6 +372,46 @@ TEST_F(CheckpointFaultTest, AllCheckpointsDamagedRefusesToStart) {
               HasSubstr(absl::StrCat("skipping checkpoint ", only->path())));
   EXPECT_THAT(log, HasSubstr("can be loaded"));
   EXPECT_THAT(log, HasSubstr("move them aside"));
+}
+
+// A folder the shard cannot write stops it at start-up, before it takes a
+// push that its next restart would lose.
+TEST_F(CheckpointFaultTest, AFolderThatCannotBeWrittenStopsTheStart) {
+  ProcessCluster& cluster = NewCluster(1, 16);
+  // Under a regular file: no process can create it, root included.
+  const fs::path file = fs::path(root_) / "a-file";
+  std::ofstream(file) << "not a folder";
+  cluster.flags(0).checkpoint_dir = (file / "ckpt").string();
+  const std::string stderr_path =
+      (fs::path(root_) / "unwritable.stderr").string();
+  auto process = ShardProcess::Spawn(cluster.flags(0), 0, stderr_path);
+  ASSERT_NE(process, nullptr);
+  EXPECT_FALSE(process->WaitListening(kStartTimeout).has_value());
+  const std::optional<int> status = process->WaitForExit(kExitTimeout);
+  ASSERT_TRUE(status.has_value()) << "still running";
+  EXPECT_TRUE(WIFEXITED(*status) && WEXITSTATUS(*status) != 0) << *status;
+  EXPECT_THAT(
+      process->StderrText(),
+      HasSubstr(absl::StrCat("checkpoint folder ", (file / "ckpt").string(),
+                             " cannot be used")));
+}
+
+// SIGTERM whose final checkpoint fails (the folder went away, as a volume
+// can) exits non-zero, saying that pushes were lost.
+TEST_F(CheckpointFaultTest, AFailedFinalCheckpointExitsNonZero) {
+  constexpr size_t kN = 40;
+  ProcessCluster& cluster = NewCluster(1, 16);
+  ASSERT_TRUE(cluster.StartAll().ok());
+  ASSERT_NO_FATAL_FAILURE(CreateW(cluster, kN, /*push=*/true));
+  const fs::path dir = cluster.checkpoint_dir(0);
+  fs::remove_all(dir);
+  std::ofstream(dir) << "not a folder any more";
+  const std::optional<int> status = cluster.Terminate(0);
+  ASSERT_TRUE(status.has_value()) << "hung";
+  EXPECT_TRUE(WIFEXITED(*status) && WEXITSTATUS(*status) == 1) << *status;
+  EXPECT_THAT(cluster.LastStderr(0),
+              HasSubstr("final checkpoint failed, so the pushes since the "
+                        "last complete one are lost"));
 }
 
 }  // namespace

@@ -93,7 +93,7 @@ class InProcessCluster {
 
   ~InProcessCluster() {
     raw_.reset();
-    for (auto& server : servers_) server->Shutdown();
+    for (auto& server : servers_) server->Shutdown().IgnoreError();
   }
 
   bool ok() const { return servers_.size() == config_.num_shards; }
@@ -1013,7 +1013,7 @@ TEST(ServerShutdownTest, IsPromptWhenNothingIsInFlight) {
     RawCluster raw({(*server)->address()}, 4);
     call(raw);
     const auto start = std::chrono::steady_clock::now();
-    (*server)->Shutdown();
+    (*server)->Shutdown().IgnoreError();
     (*server)->Wait();
     const auto took = std::chrono::steady_clock::now() - start;
     EXPECT_LT(took, std::chrono::seconds(2))
