@@ -247,13 +247,13 @@ class ServerImpl final : public ParameterServer {
       : store_(store_options),
         auth_(std::move(auth)),
         gate_(&auth_, &store_.stats()),
-        checkpointer_(options.checkpoint_dir.empty()
-                          ? nullptr
-                          : std::make_unique<Checkpointer>(
-                                CheckpointOptions{options.checkpoint_dir,
-                                                  options.checkpoint_keep,
-                                                  options.env},
-                                &store_)),
+        checkpointer_(
+            options.checkpoint_dir.empty()
+                ? nullptr
+                : std::make_unique<Checkpointer>(
+                      CheckpointOptions{options.checkpoint_dir,
+                                        options.checkpoint_keep, options.env},
+                      &store_)),
         service_(&store_, &gate_, std::move(info)),
         admin_(
             &store_, &gate_,
