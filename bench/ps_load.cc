@@ -113,6 +113,12 @@ class EchoService final : public ps::v1::ParameterService::CallbackService {
     response->set_created(true);
     return Done(context);
   }
+  grpc::ServerUnaryReactor* OpenSession(
+      grpc::CallbackServerContext* context, const ps::v1::OpenSessionRequest*,
+      ps::v1::OpenSessionResponse* response) override {
+    response->set_epoch(1);
+    return Done(context);
+  }
   grpc::ServerUnaryReactor* Push(grpc::CallbackServerContext* context,
                                  const ps::v1::PushRequest*,
                                  ps::v1::PushResponse*) override {

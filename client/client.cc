@@ -193,6 +193,13 @@ void CallGetClusterInfo(ShardStub* stub, grpc::ClientContext* context,
   stub->typed->async()->GetClusterInfo(context, request, response,
                                        std::move(done));
 }
+void CallOpenSession(ShardStub* stub, grpc::ClientContext* context,
+                     const v1::OpenSessionRequest* request,
+                     v1::OpenSessionResponse* response,
+                     std::function<void(grpc::Status)> done) {
+  stub->typed->async()->OpenSession(context, request, response,
+                                    std::move(done));
+}
 void CallCreateVariable(ShardStub* stub, grpc::ClientContext* context,
                         const v1::CreateVariableRequest* request,
                         v1::CreateVariableResponse* response,
@@ -316,6 +323,10 @@ class ClientCore {
   std::optional<PartitionPlan> plan;
   std::vector<std::unique_ptr<Shard>> shards;  // by shard index once connected
   std::vector<std::string> addresses;          // by shard index
+  // The worker's session: the epoch every exactly-once push carries, and
+  // (sync) the step the shards collected when it opened.
+  uint64_t epoch = 0;
+  uint64_t sync_step = 0;
 
   // Calls (and shard calls) that have started and not ended.
   void CallStarted() {
@@ -560,6 +571,7 @@ void ClientCore::StartPush(std::vector<PushItem> items, Outputs outputs,
   const bool answered = outputs != nullptr;
   v1::PushRequest header;
   header.set_worker_id(worker_id);
+  header.set_epoch(epoch);
   header.set_step(push_options.step);
   if (push_options.loss.has_value()) header.set_loss(*push_options.loss);
   if (answered) header.set_pull_dtype(push_options.pull_dtype);
@@ -633,6 +645,72 @@ void ClientCore::StartPull(std::vector<PullItem> items, Outputs outputs,
   }
 }
 
+namespace {
+
+// Sends OpenSession(worker, epochs[s]) to every shard s with a wanted epoch
+// (nullopt: none) and collects the answers.
+absl::Status OpenOn(ClientCore* core,
+                    const std::vector<std::optional<uint64_t>>& epochs,
+                    std::vector<v1::OpenSessionResponse>& answers) {
+  size_t calls = 0;
+  for (const auto& epoch : epochs) calls += epoch.has_value() ? 1 : 0;
+  if (calls == 0) return absl::OkStatus();
+  auto [done, future] = MakePromise();
+  auto* fanout = new Fanout(core, calls, std::move(done));
+  for (size_t s = 0; s < epochs.size(); ++s) {
+    if (!epochs[s].has_value()) continue;
+    v1::OpenSessionRequest request;
+    request.set_worker_id(core->worker_id);
+    request.set_epoch(*epochs[s]);
+    ShardCall<v1::OpenSessionRequest, v1::OpenSessionResponse>::Start(
+        core, s, std::move(request), &CallOpenSession,
+        [fanout, s, &answers](const grpc::Status& status,
+                              const v1::OpenSessionRequest&,
+                              v1::OpenSessionResponse& answer) {
+          if (status.ok()) answers[s] = std::move(answer);
+          fanout->Finish(s, FromGrpcStatus(status));
+        });
+  }
+  const absl::Status status = future.get();
+  core->WaitIdle();
+  return status;
+}
+
+// Opens this worker's session on every shard: sets core->epoch and
+// core->sync_step.
+absl::Status OpenSession(ClientCore* core) {
+  const size_t n = core->shards.size();
+  // Each shard picks an epoch above all it knows for this worker; then the
+  // shards that picked less take the highest, so all hold the same one. A
+  // shard that answers ABORTED holds a newer session already (another
+  // process with this worker id opened one meanwhile): start over.
+  absl::Status status;
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    std::vector<v1::OpenSessionResponse> answers(n);
+    status = OpenOn(core, std::vector<std::optional<uint64_t>>(n, 0), answers);
+    if (!status.ok()) return status;
+    uint64_t epoch = 0;
+    uint64_t step = 0;
+    for (const auto& answer : answers) {
+      epoch = std::max(epoch, answer.epoch());
+      step = std::max(step, answer.sync_step());
+    }
+    std::vector<std::optional<uint64_t>> behind(n);
+    for (size_t s = 0; s < n; ++s) {
+      if (answers[s].epoch() != epoch) behind[s] = epoch;
+    }
+    status = OpenOn(core, behind, answers);
+    if (status.code() == absl::StatusCode::kAborted) continue;
+    if (!status.ok()) return status;
+    core->epoch = epoch;
+    core->sync_step = step;
+    return absl::OkStatus();
+  }
+  return status;
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<Client>> Client::Connect(
     const ClientOptions& options) {
   PS_RETURN_IF_ERROR(ValidateOptions(options));
@@ -661,10 +739,9 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(
               static_cast<int>(std::min<int64_t>(initial_ms, INT_MAX)));
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS,
               static_cast<int>(std::min<int64_t>(max_ms, INT_MAX)));
-  // Seqs start at the clock so that a worker restarted with the same id
-  // keeps numbering above what the shards have seen.
-  const uint64_t first_seq =
-      static_cast<uint64_t>(absl::ToUnixMicros(absl::Now()));
+  // Seqs count from 1 in each session: the session's epoch, not the seq,
+  // tells a restarted worker from a retry.
+  constexpr uint64_t first_seq = 1;
   for (const std::string& address : options.addresses) {
     auto shard = std::make_unique<Shard>();
     shard->address = address;
@@ -708,10 +785,11 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(
   impl->cluster_info = infos[order[0]];
   impl->plan.emplace(impl->cluster_info.num_shards(),
                      impl->cluster_info.block_size());
-  spdlog::debug("worker {} connected to {} shards, block_size {}, {}",
-                impl->worker_id, impl->shards.size(),
-                impl->cluster_info.block_size(),
-                impl->cluster_info.consistency());
+  PS_RETURN_IF_ERROR(OpenSession(impl.get()));
+  spdlog::debug(
+      "worker {} connected to {} shards, block_size {}, {}, session epoch {}",
+      impl->worker_id, impl->shards.size(), impl->cluster_info.block_size(),
+      impl->cluster_info.consistency(), impl->epoch);
   return std::unique_ptr<Client>(new Client(std::move(impl)));
 }
 
@@ -720,6 +798,10 @@ Client::Client(std::unique_ptr<ClientCore> core) : core_(std::move(core)) {}
 Client::~Client() { core_->WaitIdle(); }
 
 const std::string& Client::worker_id() const { return core_->worker_id; }
+
+uint64_t Client::session_epoch() const { return core_->epoch; }
+
+uint64_t Client::sync_step() const { return core_->sync_step; }
 
 const v1::ClusterInfo& Client::cluster_info() const {
   return core_->cluster_info;

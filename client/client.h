@@ -87,8 +87,9 @@ struct ClientOptions {
   RetryPolicy retry;
 
   // Identifies this worker to the server (exactly-once and sync steps). Must
-  // be unique among live workers; reusing it after a restart is safe. Empty:
-  // a random one.
+  // be unique among live workers; reusing it after a restart is safe: the
+  // new process opens a newer session, which fences the old one. Empty: a
+  // random one.
   std::string worker_id;
 
   // The largest request or answer this client sends or accepts. Must not
@@ -192,6 +193,15 @@ class Client {
   Client& operator=(const Client&) = delete;
 
   const std::string& worker_id() const;
+  // The epoch of this worker's session, opened on every shard by Connect
+  // (DESIGN.md, "Worker sessions"): its pushes are applied exactly once,
+  // and a later Client with the same worker_id fences this one (its pushes
+  // then fail with FAILED_PRECONDITION, "fenced").
+  uint64_t session_epoch() const;
+  // Sync mode: the step the shards were collecting when the session opened
+  // (the highest of any shard): where a worker starts or resumes. 0 in a
+  // new cluster.
+  uint64_t sync_step() const;
   // The cluster's settings, as every shard reported them (shard_index 0).
   const v1::ClusterInfo& cluster_info() const;
   // Where each block lives.

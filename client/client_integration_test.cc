@@ -192,6 +192,34 @@ TEST_P(ClientIntegrationTest, ConcurrentWorkersLoseNoUpdate) {
 
 // In sync mode, with whole calls and with calls cut into parts that go out
 // together (one 3-value block per part, 2 in flight per shard).
+// A worker restarted with the same worker_id (its seqs count from 1 again)
+// has every push applied, and the process it replaced is fenced: its
+// pushes fail rather than being acknowledged and dropped.
+TEST_P(ClientIntegrationTest, ARestartedWorkerFencesTheOldOneAndIsApplied) {
+  ClientOptions options;
+  options.worker_id = "trainer";
+  std::unique_ptr<Client> old = Connect(options);
+  ASSERT_NE(old, nullptr);
+  constexpr size_t kN = 10;
+  ASSERT_TRUE(old->CreateVariable("w", {kN}).ok());
+  const std::vector<float> ones(kN, 1.0f);
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(old->Push("w", ones).ok());
+
+  std::unique_ptr<Client> restarted = Connect(options);
+  ASSERT_NE(restarted, nullptr);
+  EXPECT_GT(restarted->session_epoch(), old->session_epoch());
+  for (int i = 0; i < 2; ++i) ASSERT_TRUE(restarted->Push("w", ones).ok());
+  std::vector<float> values(kN);
+  ASSERT_TRUE(restarted->Pull("w", values).ok());
+  EXPECT_THAT(values, ::testing::Each(-5.0f));
+
+  const absl::Status fenced = old->Push("w", ones);
+  EXPECT_EQ(fenced.code(), absl::StatusCode::kFailedPrecondition) << fenced;
+  EXPECT_THAT(fenced.message(), HasSubstr("fenced"));
+  ASSERT_TRUE(restarted->Pull("w", values).ok());
+  EXPECT_THAT(values, ::testing::Each(-5.0f));
+}
+
 TEST_P(ClientIntegrationTest, SyncWorkersSeeTheMeanAfterEachStep) {
   ClientOptions in_parts;
   in_parts.part_bytes = 16;

@@ -542,6 +542,12 @@ class GarbageAnswers final
     response->set_consistency("async");
     return Finish(context);
   }
+  grpc::ServerUnaryReactor* OpenSession(
+      grpc::CallbackServerContext* context, const v1::OpenSessionRequest*,
+      v1::OpenSessionResponse* response) override {
+    response->set_epoch(1);
+    return Finish(context);
+  }
   grpc::ServerUnaryReactor* Pull(grpc::CallbackServerContext* context,
                                  const grpc::ByteBuffer*,
                                  grpc::ByteBuffer* response) override {

@@ -80,6 +80,23 @@ void FakeShard::CheckOwned(const v1::Slice& slice, bool whole_block) {
   }
 }
 
+grpc::Status FakeShard::OpenSession(grpc::ServerContext*,
+                                    const v1::OpenSessionRequest* request,
+                                    v1::OpenSessionResponse* response) {
+  absl::MutexLock lock(&mu);
+  opens.push_back(*request);
+  uint64_t& epoch = epochs_[request->worker_id()];
+  if (request->epoch() == 0) {
+    ++epoch;
+  } else if (request->epoch() < epoch) {
+    return grpc::Status(grpc::StatusCode::ABORTED, "a newer session");
+  } else {
+    epoch = request->epoch();
+  }
+  response->set_epoch(epoch);
+  return grpc::Status::OK;
+}
+
 grpc::Status FakeShard::ApplyPush(grpc::ServerContext* context,
                                   const v1::PushRequest& request) {
   pushes.push_back(request);
@@ -93,14 +110,14 @@ grpc::Status FakeShard::ApplyPush(grpc::ServerContext* context,
     --unavailable_pushes;
     return grpc::Status(grpc::StatusCode::UNAVAILABLE, "try again");
   }
-  SeqWindow& seqs = applied_seqs_[request.worker_id()];
+  SeqWindow& seqs = applied_seqs_[{request.worker_id(), request.epoch()}];
   if (seqs.Seen(request.seq())) {
     return grpc::Status::OK;  // a repeat: acknowledged, not applied
   }
   for (const v1::Slice& slice : request.gradients()) {
     CheckOwned(slice, /*whole_block=*/true);
-    uint64_t& last =
-        block_seqs_[{request.worker_id(), slice.variable(), slice.offset()}];
+    uint64_t& last = block_seqs_[{request.worker_id(), request.epoch(),
+                                  slice.variable(), slice.offset()}];
     if (request.seq() < last) {
       violations.push_back(absl::StrCat(slice.variable(), "[", slice.offset(),
                                         "] got seq ", request.seq(), " after ",

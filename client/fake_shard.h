@@ -18,8 +18,8 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "common/partition.h"
+#include "common/seq_window.h"
 #include "proto/ps/v1/ps.grpc.pb.h"
-#include "server/seq_window.h"
 
 namespace ps::testing {
 
@@ -44,12 +44,17 @@ class FakeShard final : public v1::ParameterService::Service {
   grpc::Status PushPull(grpc::ServerContext* context,
                         const v1::PushRequest* request,
                         v1::PullResponse* response) override;
+  // Epochs from 1 up, one more for each open with epoch 0.
+  grpc::Status OpenSession(grpc::ServerContext* context,
+                           const v1::OpenSessionRequest* request,
+                           v1::OpenSessionResponse* response) override;
 
   // This shard's values of `variable` (all of them; only its blocks move).
   std::vector<float> Values(const std::string& variable);
 
   absl::Mutex mu;
   // Every request received, in arrival order (push attempts included).
+  std::vector<v1::OpenSessionRequest> opens ABSL_GUARDED_BY(mu);
   std::vector<v1::CreateVariableRequest> creates ABSL_GUARDED_BY(mu);
   std::vector<v1::PushRequest> pushes ABSL_GUARDED_BY(mu);
   std::vector<v1::PullRequest> pulls ABSL_GUARDED_BY(mu);
@@ -89,11 +94,14 @@ class FakeShard final : public v1::ParameterService::Service {
   const PartitionPlan plan_;
   std::map<std::string, std::vector<float>> values_ ABSL_GUARDED_BY(mu);
   std::map<std::string, std::vector<uint64_t>> shapes_ ABSL_GUARDED_BY(mu);
-  // Per worker: the seqs applied.
-  std::map<std::string, SeqWindow> applied_seqs_ ABSL_GUARDED_BY(mu);
-  // Per (worker, variable, offset): the last seq that block applied.
-  std::map<std::tuple<std::string, std::string, uint64_t>, uint64_t> block_seqs_
+  // Per (worker, epoch): the seqs applied.
+  std::map<std::pair<std::string, uint64_t>, SeqWindow> applied_seqs_
       ABSL_GUARDED_BY(mu);
+  // Per (worker, epoch, variable, offset): the last seq that block applied.
+  std::map<std::tuple<std::string, uint64_t, std::string, uint64_t>, uint64_t>
+      block_seqs_ ABSL_GUARDED_BY(mu);
+  // Per worker: its session epoch.
+  std::map<std::string, uint64_t> epochs_ ABSL_GUARDED_BY(mu);
 };
 
 // A FakeShard served on 127.0.0.1 at a free port.

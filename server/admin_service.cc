@@ -12,7 +12,7 @@ grpc::ServerUnaryReactor* AdminServiceImpl::GetOptimizer(
     grpc::ByteBuffer* response) {
   return gate_->Serve<v1::GetOptimizerRequest, v1::OptimizerConfig>(
       context, Role::kAdmin, request, response,
-      [&](const std::string&, const v1::GetOptimizerRequest& get,
+      [&](const Caller&, const v1::GetOptimizerRequest& get,
           v1::OptimizerConfig* answer) {
         auto config = store_->GetOptimizer(get.variable());
         if (config.ok()) *answer = *std::move(config);
@@ -25,7 +25,7 @@ grpc::ServerUnaryReactor* AdminServiceImpl::SetOptimizer(
     grpc::ByteBuffer* response) {
   return gate_->Serve<v1::SetOptimizerRequest, v1::SetOptimizerResponse>(
       context, Role::kAdmin, request, response,
-      [&](const std::string& caller, const v1::SetOptimizerRequest& set,
+      [&](const Caller& caller, const v1::SetOptimizerRequest& set,
           v1::SetOptimizerResponse* answer) {
         const std::string target = set.variable().empty()
                                        ? "the default optimizer"
@@ -34,15 +34,16 @@ grpc::ServerUnaryReactor* AdminServiceImpl::SetOptimizer(
             store_->SetOptimizer(set.variable(), set.config(),
                                  set.reset_state(), set.validate_only());
         if (!change.ok()) {
-          spdlog::warn("{} asked to {} {} to '{}': refused: {}", caller,
+          spdlog::warn("{} asked to {} {} to '{}': refused: {}", caller.label,
                        set.validate_only() ? "check setting" : "set", target,
                        OptimizerConfigToText(set.config()),
                        std::string(change.status().message()));
           return change.status();
         }
         if (!set.validate_only()) {
-          spdlog::info("{} set {} to '{}'{}; config version {} -> {}", caller,
-                       target, OptimizerConfigToText(set.config()),
+          spdlog::info("{} set {} to '{}'{}; config version {} -> {}",
+                       caller.label, target,
+                       OptimizerConfigToText(set.config()),
                        set.reset_state() ? " with fresh state" : "",
                        change->previous_version, change->version);
         }
@@ -57,7 +58,7 @@ grpc::ServerUnaryReactor* AdminServiceImpl::ListVariables(
     grpc::ByteBuffer* response) {
   return gate_->Serve<v1::ListVariablesRequest, v1::ListVariablesResponse>(
       context, Role::kAdmin, request, response,
-      [&](const std::string&, const v1::ListVariablesRequest&,
+      [&](const Caller&, const v1::ListVariablesRequest&,
           v1::ListVariablesResponse* answer) {
         *answer = store_->ListVariables();
         return absl::OkStatus();
@@ -69,7 +70,7 @@ grpc::ServerUnaryReactor* AdminServiceImpl::GetStats(
     grpc::ByteBuffer* response) {
   return gate_->Serve<v1::GetStatsRequest, v1::Stats>(
       context, Role::kAdmin, request, response,
-      [&](const std::string&, const v1::GetStatsRequest&, v1::Stats* answer) {
+      [&](const Caller&, const v1::GetStatsRequest&, v1::Stats* answer) {
         *answer = store_->Stats();
         return absl::OkStatus();
       });
@@ -80,7 +81,7 @@ grpc::ServerUnaryReactor* AdminServiceImpl::Checkpoint(
     grpc::ByteBuffer* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   v1::CheckpointRequest checkpoint;
-  absl::StatusOr<std::string> caller =
+  absl::StatusOr<Caller> caller =
       gate_->Admit(*context, Role::kAdmin, *request, &checkpoint);
   if (!caller.ok()) {
     gate_->Finish(reactor, caller.status());
@@ -92,7 +93,7 @@ grpc::ServerUnaryReactor* AdminServiceImpl::Checkpoint(
                                "it with --checkpoint_dir"));
     return reactor;
   }
-  checkpoint_([this, reactor, response, who = *std::move(caller)](
+  checkpoint_([this, reactor, response, who = caller->label](
                   absl::StatusOr<v1::CheckpointResponse> written) {
     if (written.ok()) {
       spdlog::info("{} asked for a checkpoint: {} ({} bytes, {:.3f} s)", who,

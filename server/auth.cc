@@ -1,12 +1,17 @@
 #include "server/auth.h"
 
+#include <fnmatch.h>
+
 #include <fstream>
 #include <sstream>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
+#include "absl/strings/strip.h"
 
 namespace ps {
 namespace {
@@ -26,7 +31,7 @@ bool ConstantTimeEquals(absl::string_view a, absl::string_view b) {
 }
 
 absl::Status ReadTokens(const std::string& path, Role role,
-                        std::vector<std::pair<std::string, std::string>>* out) {
+                        std::vector<std::pair<std::string, Caller>>* out) {
   std::ifstream file(path);
   if (!file) {
     return absl::InvalidArgumentError(
@@ -41,12 +46,31 @@ absl::Status ReadTokens(const std::string& path, Role role,
     if (text.empty() || text[0] == '#') continue;
     const size_t space = text.find_first_of(" \t");
     std::string secret(text.substr(0, space));
-    std::string label =
-        space == absl::string_view::npos
-            ? absl::StrCat(role == Role::kAdmin ? "admin" : "worker",
-                           " token on line ", line_number)
-            : std::string(absl::StripAsciiWhitespace(text.substr(space)));
-    out->emplace_back(std::move(secret), std::move(label));
+    Caller caller;
+    std::vector<absl::string_view> label;
+    if (space != absl::string_view::npos) {
+      for (absl::string_view word : absl::StrSplit(
+               text.substr(space), absl::ByAnyChar(" \t"), absl::SkipEmpty())) {
+        if (!absl::ConsumePrefix(&word, "workers=")) {
+          label.push_back(word);
+          continue;
+        }
+        for (absl::string_view pattern :
+             absl::StrSplit(word, ',', absl::SkipEmpty())) {
+          caller.workers.emplace_back(pattern);
+        }
+        if (caller.workers.empty()) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("token file ", path, " line ", line_number,
+                           ": workers= names no worker id pattern"));
+        }
+      }
+    }
+    caller.label = label.empty()
+                       ? absl::StrCat(role == Role::kAdmin ? "admin" : "worker",
+                                      " token on line ", line_number)
+                       : absl::StrJoin(label, " ");
+    out->emplace_back(std::move(secret), std::move(caller));
   }
   if (out->size() == before) {
     return absl::InvalidArgumentError(
@@ -64,20 +88,32 @@ absl::StatusOr<Authenticator> Authenticator::Load(
        // Admin first: a token listed in both files is an admin token.
        {std::pair{admin_file, Role::kAdmin}, {worker_file, Role::kWorker}}) {
     if (path.empty()) continue;
-    std::vector<std::pair<std::string, std::string>> read;
+    std::vector<std::pair<std::string, Caller>> read;
     if (absl::Status status = ReadTokens(path, role, &read); !status.ok()) {
       return status;
     }
-    for (auto& [secret, label] : read) {
-      auth.tokens_.push_back(Token{std::move(secret), std::move(label), role});
+    for (auto& [secret, caller] : read) {
+      auth.tokens_.push_back(Token{std::move(secret), std::move(caller), role});
     }
   }
   return auth;
 }
 
-absl::StatusOr<std::string> Authenticator::Check(
+absl::Status Caller::CheckWorker(const std::string& worker_id) const {
+  if (workers.empty()) return absl::OkStatus();
+  for (const std::string& pattern : workers) {
+    if (::fnmatch(pattern.c_str(), worker_id.c_str(), 0) == 0) {
+      return absl::OkStatus();
+    }
+  }
+  return absl::PermissionDeniedError(
+      absl::StrCat("token '", label, "' may push as workers ",
+                   absl::StrJoin(workers, ", "), ", not as '", worker_id, "'"));
+}
+
+absl::StatusOr<Caller> Authenticator::Check(
     const grpc::ServerContextBase& context, Role needed) const {
-  if (!enabled()) return std::string("anonymous");
+  if (!enabled()) return Caller{"anonymous", {}};
   const auto& metadata = context.client_metadata();
   auto it = metadata.find("authorization");
   if (it == metadata.end()) {
@@ -102,11 +138,11 @@ absl::StatusOr<std::string> Authenticator::Check(
   }
   if (needed == Role::kAdmin && match->role != Role::kAdmin) {
     return absl::PermissionDeniedError(
-        absl::StrCat("token '", match->label,
+        absl::StrCat("token '", match->caller.label,
                      "' is a worker token; AdminService needs an "
                      "admin token"));
   }
-  return match->label;
+  return match->caller;
 }
 
 }  // namespace ps

@@ -62,7 +62,7 @@ struct BlockDump {
   std::vector<std::string> sync_workers;
   double sync_loss_sum = 0;
   uint32_t sync_losses = 0;
-  std::vector<std::tuple<std::string, uint64_t, uint64_t>> applied;
+  std::vector<std::tuple<std::string, uint64_t, uint64_t, uint64_t>> applied;
 
   auto Tie() const {
     return std::tie(values, step, momentum, square_avg, grad_avg,
@@ -114,8 +114,9 @@ StoreDump Dump(const VariableStore& store) {
       std::sort(b.sync_workers.begin(), b.sync_workers.end());
       b.sync_loss_sum = block->sync.loss_sum;
       b.sync_losses = block->sync.losses;
-      for (const auto& [worker, window] : block->applied) {
-        b.applied.emplace_back(worker, window.highest(), window.window());
+      for (const auto& [worker, seqs] : block->applied) {
+        b.applied.emplace_back(worker, seqs.epoch, seqs.seqs.highest(),
+                               seqs.seqs.window());
       }
       std::sort(b.applied.begin(), b.applied.end());
     }
@@ -263,6 +264,38 @@ TEST_F(CheckpointRoundTripTest, SyncStepMidwayAndExactlyOnceRecords) {
   EXPECT_THAT(after.blocks.at({"b", 1}).values,
               ::testing::ElementsAre(-1, -1, -1, -1));
   EXPECT_EQ(after.blocks.at({"b", 0}).step, 1u);
+}
+
+// Sessions come back with the checkpoint: a worker's older session stays
+// fenced after a restart, and the sync step is where it was.
+TEST_F(CheckpointRoundTripTest, SessionsAndTheSyncStepComeBack) {
+  const StoreOptions options = Options("sgd {} learning_rate: 1", true);
+  VariableStore store(options);
+  ASSERT_TRUE(store.CreateVariable(CreateRequest("a", {4})).ok());
+  const uint64_t old_epoch = store.OpenSession("w1", 0)->epoch;
+  const uint64_t epoch = store.OpenSession("w1", 0)->epoch;
+  for (uint64_t step = 0; step < 2; ++step) {
+    auto p1 = StartPush(
+        store, PushRequest("w1", step + 1, {MakeSlice("a", 0, {1, 1, 1, 1})},
+                           step, epoch));
+    auto p2 = StartPush(
+        store,
+        PushRequest("w2", step + 1, {MakeSlice("a", 0, {1, 1, 1, 1})}, step));
+    ASSERT_TRUE(p1->WaitFor() && p2->WaitFor());
+  }
+  auto restored = RoundTrip(store, options);
+  EXPECT_EQ(restored->OpenSession("w1", old_epoch).status().code(),
+            absl::StatusCode::kAborted);
+  auto reopened = restored->OpenSession("w1", epoch);
+  ASSERT_TRUE(reopened.ok()) << reopened.status();
+  EXPECT_EQ(reopened->sync_step, 2u);
+  // A retry of w1's last push is still a repeat after the restart.
+  auto retry = StartPush(
+      *restored,
+      PushRequest("w1", 2, {MakeSlice("a", 0, {1, 1, 1, 1})}, 1, epoch));
+  ASSERT_TRUE(retry->WaitFor());
+  EXPECT_TRUE(retry->status.ok()) << retry->status;
+  EXPECT_EQ(Dump(*restored).blocks, Dump(store).blocks);
 }
 
 // Checkpoints taken while variables are created and rules change are each

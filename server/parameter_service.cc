@@ -62,7 +62,7 @@ grpc::ServerUnaryReactor* ParameterServiceImpl::GetClusterInfo(
     grpc::ByteBuffer* response) {
   return gate_->Serve<v1::GetClusterInfoRequest, v1::ClusterInfo>(
       context, Role::kWorker, request, response,
-      [&](const std::string&, const v1::GetClusterInfoRequest&,
+      [&](const Caller&, const v1::GetClusterInfoRequest&,
           v1::ClusterInfo* info) {
         *info = info_;
         return absl::OkStatus();
@@ -74,7 +74,7 @@ grpc::ServerUnaryReactor* ParameterServiceImpl::CreateVariable(
     grpc::ByteBuffer* response) {
   return gate_->Serve<v1::CreateVariableRequest, v1::CreateVariableResponse>(
       context, Role::kWorker, request, response,
-      [&](const std::string&, const v1::CreateVariableRequest& create,
+      [&](const Caller&, const v1::CreateVariableRequest& create,
           v1::CreateVariableResponse* answer) {
         absl::StatusOr<bool> created = store_->CreateVariable(create);
         if (created.ok()) answer->set_created(*created);
@@ -88,7 +88,7 @@ grpc::ServerUnaryReactor* ParameterServiceImpl::Pull(
   const size_t bytes_in = request->Length();
   return gate_->Serve<v1::PullRequest, v1::PullResponse>(
       context, Role::kWorker, request, response,
-      [&](const std::string&, const v1::PullRequest& pull,
+      [&](const Caller&, const v1::PullRequest& pull,
           v1::PullResponse* answer) {
         absl::Status status = store_->Pull(pull, answer);
         if (status.ok()) {
@@ -110,6 +110,23 @@ grpc::ServerUnaryReactor* ParameterServiceImpl::PushPull(
   return ServePush(context, request, response, /*answer_values=*/true);
 }
 
+grpc::ServerUnaryReactor* ParameterServiceImpl::OpenSession(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
+  return gate_->Serve<v1::OpenSessionRequest, v1::OpenSessionResponse>(
+      context, Role::kWorker, request, response,
+      [&](const Caller& caller, const v1::OpenSessionRequest& open,
+          v1::OpenSessionResponse* answer) {
+        PS_RETURN_IF_ERROR(caller.CheckWorker(open.worker_id()));
+        PS_ASSIGN_OR_RETURN(
+            VariableStore::Session session,
+            store_->OpenSession(open.worker_id(), open.epoch()));
+        answer->set_epoch(session.epoch);
+        answer->set_sync_step(session.sync_step);
+        return absl::OkStatus();
+      });
+}
+
 grpc::ServerUnaryReactor* ParameterServiceImpl::ServePush(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
     grpc::ByteBuffer* response, bool answer_values) {
@@ -122,14 +139,18 @@ grpc::ServerUnaryReactor* ParameterServiceImpl::ServePush(
   call->bytes_in = request->Length();
 
   v1::PushRequest push;
-  absl::StatusOr<std::string> caller =
+  absl::StatusOr<Caller> caller =
       gate_->Admit(*context, Role::kWorker, *request, &push);
   // The received bytes are not read again: release them now rather than
   // when the answer has been sent, so a call holds one copy of its payload.
   // The request is this handler's (gRPC only destroys it when done).
   const_cast<grpc::ByteBuffer*>(request)->Clear();
-  if (!caller.ok()) {
-    call->Finish(caller.status(), v1::PullResponse());
+  absl::Status admitted = caller.status();
+  if (admitted.ok() && !push.worker_id().empty()) {
+    admitted = caller->CheckWorker(push.worker_id());
+  }
+  if (!admitted.ok()) {
+    call->Finish(admitted, v1::PullResponse());
     return reactor;
   }
   absl::StatusOr<PreparedPush> prepared =

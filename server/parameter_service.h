@@ -23,7 +23,8 @@ using RawParameterService =
             v1::ParameterService::WithRawCallbackMethod_Push<
                 v1::ParameterService::WithRawCallbackMethod_Pull<
                     v1::ParameterService::WithRawCallbackMethod_PushPull<
-                        v1::ParameterService::Service>>>>>;
+                        v1::ParameterService::WithRawCallbackMethod_OpenSession<
+                            v1::ParameterService::Service>>>>>>;
 
 class ParameterServiceImpl final : public RawParameterService {
  public:
@@ -52,6 +53,10 @@ class ParameterServiceImpl final : public RawParameterService {
   grpc::ServerUnaryReactor* PushPull(grpc::CallbackServerContext* context,
                                      const grpc::ByteBuffer* request,
                                      grpc::ByteBuffer* response) override;
+  // OpenSessionRequest -> OpenSessionResponse.
+  grpc::ServerUnaryReactor* OpenSession(grpc::CallbackServerContext* context,
+                                        const grpc::ByteBuffer* request,
+                                        grpc::ByteBuffer* response) override;
 
  private:
   // Push and PushPull: `answer` is null for Push (its empty PushResponse is

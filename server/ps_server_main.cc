@@ -37,6 +37,9 @@ ABSL_FLAG(std::string, consistency, "async",
 ABSL_FLAG(uint32_t, num_workers, 0, "sync: workers that push each step");
 ABSL_FLAG(uint32_t, quorum, 0,
           "sync: pushes that complete a step; 0 = num_workers");
+ABSL_FLAG(uint64_t, max_workers, 1024,
+          "the most worker ids with a session on this shard (each costs a "
+          "record per block it pushes to); 0 = no limit");
 ABSL_FLAG(std::string, optimizer, "adam {}",
           "default optimizer, an OptimizerConfig in protobuf text format, "
           "e.g. 'momentum { nesterov: true } learning_rate: 0.1'");
@@ -119,6 +122,7 @@ int main(int argc, char** argv) {
   options.block_size = absl::GetFlag(FLAGS_block_size);
   options.num_workers = absl::GetFlag(FLAGS_num_workers);
   options.quorum = absl::GetFlag(FLAGS_quorum);
+  options.max_workers = absl::GetFlag(FLAGS_max_workers);
   options.max_message_mb = absl::GetFlag(FLAGS_max_message_mb);
   options.update_threads = absl::GetFlag(FLAGS_update_threads);
   if (options.update_threads < 0 ||

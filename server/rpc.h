@@ -45,14 +45,14 @@ class RpcGate {
       : auth_(auth), stats_(stats) {}
 
   // Authenticates the caller for `role`, then parses the request. Returns
-  // the caller's name (its token's label); UNAUTHENTICATED or
+  // the caller (its token's label and worker ids); UNAUTHENTICATED or
   // PERMISSION_DENIED; or INVALID_ARGUMENT naming the message when the
   // bytes are not a `Request`.
   template <typename Request>
-  absl::StatusOr<std::string> Admit(const grpc::CallbackServerContext& context,
-                                    Role role, const grpc::ByteBuffer& bytes,
-                                    Request* request) const {
-    absl::StatusOr<std::string> caller = auth_->Check(context, role);
+  absl::StatusOr<Caller> Admit(const grpc::CallbackServerContext& context,
+                               Role role, const grpc::ByteBuffer& bytes,
+                               Request* request) const {
+    absl::StatusOr<Caller> caller = auth_->Check(context, role);
     if (!caller.ok()) return caller.status();
     if (!ParseMessage(bytes, request)) {
       return absl::InvalidArgumentError(
@@ -78,7 +78,7 @@ class RpcGate {
                                   grpc::ByteBuffer* out, Handle handle) const {
     Request request;
     Response response;
-    absl::StatusOr<std::string> caller = Admit(*context, role, *in, &request);
+    absl::StatusOr<Caller> caller = Admit(*context, role, *in, &request);
     absl::Status status = caller.status();
     if (status.ok()) status = handle(*caller, request, &response);
     if (status.ok()) SerializeAnswer(response, out);

@@ -432,6 +432,7 @@ absl::StatusOr<std::unique_ptr<ParameterServer>> ParameterServer::Start(
   store_options.num_shards = resolved.num_shards;
   store_options.block_size = resolved.block_size;
   store_options.memory_limit_bytes = resolved.memory_limit_bytes;
+  store_options.max_workers = resolved.max_workers;
   store_options.max_answer_bytes =
       static_cast<uint64_t>(resolved.max_message_mb) << 20;
   store_options.update_threads = resolved.update_threads;

@@ -39,6 +39,11 @@ struct ServerOptions {
   uint32_t num_workers = 0;
   uint32_t quorum = 0;
 
+  // The most worker ids with a session (0 = no limit). Each costs a session
+  // record, and an exactly-once record in every block it pushed to; past
+  // it, OpenSession and pushes of new ids get RESOURCE_EXHAUSTED.
+  uint64_t max_workers = 1024;
+
   // The optimizer of every variable created without its own.
   v1::OptimizerConfig default_optimizer;  // empty = Adam with defaults
 

@@ -214,7 +214,8 @@ void PushCompletion::PartDone(absl::Status status) {
 VariableStore::VariableStore(const StoreOptions& options)
     : options_(options),
       plan_(options.num_shards, options.block_size),
-      helpers_(options.update_threads - 1) {
+      helpers_(options.update_threads - 1),
+      sessions_(options.shard_index, options.max_workers) {
   auto entry = std::make_shared<OptimizerEntry>();
   entry->config = options.default_optimizer;
   entry->settings = *ResolveOptimizerConfig(options.default_optimizer);
@@ -507,7 +508,7 @@ absl::Status VariableStore::Pull(const v1::PullRequest& request,
 }
 
 absl::StatusOr<PreparedPush> VariableStore::PreparePush(
-    const v1::PushRequest& request, bool answered) const {
+    const v1::PushRequest& request, bool answered) {
   if (!v1::DType_IsValid(request.pull_dtype())) {
     return absl::InvalidArgumentError(absl::StrCat(
         "unknown pull_dtype ", static_cast<int>(request.pull_dtype()),
@@ -523,6 +524,7 @@ absl::StatusOr<PreparedPush> VariableStore::PreparePush(
   }
   PreparedPush push;
   push.worker_id = request.worker_id();
+  push.epoch = request.epoch();
   push.seq = request.seq();
   push.step = request.step();
   if (request.has_loss()) push.loss = request.loss();
@@ -565,23 +567,63 @@ absl::StatusOr<PreparedPush> VariableStore::PreparePush(
   if (answered) {
     PS_RETURN_IF_ERROR(CheckAnswerSize(answer_bytes, request.gradients_size()));
   }
+  if (!push.worker_id.empty() && push.seq != 0) {
+    PS_RETURN_IF_ERROR(sessions_.Admit(
+        push.worker_id, push.epoch, push.seq,
+        static_cast<uint64_t>(absl::ToUnixMicros(absl::Now()))));
+  }
   return push;
+}
+
+absl::StatusOr<VariableStore::Session> VariableStore::OpenSession(
+    const std::string& worker, uint64_t epoch) {
+  Session session;
+  PS_ASSIGN_OR_RETURN(
+      session.epoch,
+      sessions_.Open(worker, epoch,
+                     static_cast<uint64_t>(absl::ToUnixMicros(absl::Now()))));
+  session.sync_step = sync_step_.load();
+  return session;
 }
 
 namespace {
 
+bool ExactlyOnce(const PreparedPush& push) {
+  return !push.worker_id.empty() && push.seq != 0;
+}
+
 // True when the push asks for exactly-once and `block` already applied it.
 bool AlreadyApplied(const PreparedPush& push, const Block& block)
     ABSL_SHARED_LOCKS_REQUIRED(block.mu) {
-  if (push.worker_id.empty() || push.seq == 0) return false;
+  if (!ExactlyOnce(push)) return false;
   auto it = block.applied.find(push.worker_id);
-  return it != block.applied.end() && it->second.Seen(push.seq);
+  return it != block.applied.end() && it->second.epoch == push.epoch &&
+         it->second.seqs.Seen(push.seq);
+}
+
+// FAILED_PRECONDITION when a push of a newer session of the worker reached
+// the block first (the session was reopened while this push was on its way).
+absl::Status CheckNotFenced(const PreparedPush& push, const Variable& variable,
+                            const Block& block)
+    ABSL_SHARED_LOCKS_REQUIRED(block.mu) {
+  if (!ExactlyOnce(push)) return absl::OkStatus();
+  auto it = block.applied.find(push.worker_id);
+  if (it == block.applied.end() || it->second.epoch <= push.epoch) {
+    return absl::OkStatus();
+  }
+  return absl::FailedPreconditionError(
+      absl::StrCat("fenced: block ", block.index, " of '", variable.name,
+                   "' took pushes of a newer session of worker '",
+                   push.worker_id, "' (epoch ", it->second.epoch, " > ",
+                   push.epoch, "); this push is not applied"));
 }
 
 void MarkApplied(const PreparedPush& push, Block& block)
     ABSL_EXCLUSIVE_LOCKS_REQUIRED(block.mu) {
-  if (push.worker_id.empty() || push.seq == 0) return;
-  block.applied[push.worker_id].Mark(push.seq);
+  if (!ExactlyOnce(push)) return;
+  Block::AppliedSeqs& applied = block.applied[push.worker_id];
+  if (applied.epoch != push.epoch) applied = {push.epoch, SeqWindow()};
+  applied.seqs.Mark(push.seq);
 }
 
 // FAILED_PRECONDITION when the block's values are no longer finite.
@@ -634,6 +676,8 @@ void VariableStore::ApplyAsync(
     const PreparedPush::Part& part = push.parts[i];
     duplicate[i] = AlreadyApplied(push, *part.block);
     if (duplicate[i]) continue;
+    refusal = CheckNotFenced(push, *part.variable, *part.block);
+    if (!refusal.ok()) break;
     refusal = CheckBlockUpdatable(*part.variable, *part.block);
     if (!refusal.ok()) break;
     entries[i] = OptimizerFor(part.variable->name);
@@ -708,27 +752,42 @@ void VariableStore::ApplySync(PreparedPush& push,
     duplicate[i] = AlreadyApplied(push, *push.parts[i].block);
   }
 
+  // Parts whose answer is ready now, reported once the locks are released.
+  std::vector<std::pair<std::shared_ptr<PushCompletion>, absl::Status>> ready;
   absl::Status refusal;
+  absl::Status ahead;  // the first part ahead of its block's step
   for (size_t i = 0; i < push.parts.size(); ++i) {
     PreparedPush::Part& part = push.parts[i];
-    SyncSlot& sync = part.block->sync;
+    Block& block = *part.block;
+    SyncSlot& sync = block.sync;
     if (duplicate[i]) continue;
-    refusal = CheckBlockUpdatable(*part.variable, *part.block);
+    refusal = CheckNotFenced(push, *part.variable, block);
     if (!refusal.ok()) break;
-    if (!sync.started) continue;
-    if (push.step < sync.next_step) {
+    refusal = CheckBlockUpdatable(*part.variable, block);
+    if (!refusal.ok()) break;
+    // A block that has not started takes the pushes' step, up to the
+    // shard's: the first push does not decide it beyond that.
+    const uint64_t shard_step = sync_step_.load();
+    if (!sync.started && push.step <= shard_step) continue;
+    const uint64_t current = sync.started ? sync.next_step : shard_step;
+    if (push.step < current) {
       refusal = absl::AbortedError(absl::StrCat(
           "step ", push.step, " of '", part.variable->name, "' block ",
-          part.block->index, " was already applied; the current step is ",
-          sync.next_step));
+          block.index, " was already applied; the current step is ", current));
       break;
     }
-    if (push.step > sync.next_step) {
-      refusal = absl::FailedPreconditionError(absl::StrCat(
-          "step ", push.step, " is ahead of step ", sync.next_step, " of '",
-          part.variable->name, "' block ", part.block->index,
-          "; wait for step ", sync.next_step, " to complete"));
-      break;
+    if (push.step > current) {
+      if (VoteAhead(push, *part.variable, block, ready)) continue;
+      if (ahead.ok()) {
+        ahead = absl::UnavailableError(absl::StrCat(
+            "step ", push.step, " is ahead of step ", current, " of '",
+            part.variable->name, "' block ", block.index, " on shard ",
+            options_.shard_index,
+            ": it moves on when a quorum of workers is ahead too (the shard "
+            "restarted from an older checkpoint, or this worker's step is "
+            "wrong); retry"));
+      }
+      continue;
     }
     if (sync.workers.contains(push.worker_id)) {
       refusal = absl::AlreadyExistsError(
@@ -737,9 +796,8 @@ void VariableStore::ApplySync(PreparedPush& push,
       break;
     }
   }
+  if (refusal.ok()) refusal = std::move(ahead);
 
-  // Parts whose answer is ready now, reported once the locks are released.
-  std::vector<std::pair<std::shared_ptr<PushCompletion>, absl::Status>> ready;
   if (!refusal.ok()) {
     for (size_t i = 0; i < push.parts.size(); ++i) {
       ready.emplace_back(completion, i == 0 ? refusal : absl::OkStatus());
@@ -811,10 +869,68 @@ void VariableStore::ApplySync(PreparedPush& push,
       sync.loss_sum = 0;
       sync.losses = 0;
       ++sync.next_step;
+      RaiseSyncStep(sync.next_step);
     }
   }
   locked.Unlock();
   for (auto& [waiter, status] : ready) waiter->PartDone(std::move(status));
+}
+
+void VariableStore::RaiseSyncStep(uint64_t step) {
+  uint64_t seen = sync_step_.load();
+  while (seen < step && !sync_step_.compare_exchange_weak(seen, step)) {
+  }
+}
+
+bool VariableStore::VoteAhead(const PreparedPush& push,
+                              const Variable& variable, Block& block,
+                              ReadyParts& ready) {
+  SyncSlot& sync = block.sync;
+  // Bounded: a worker has one vote, and worker ids are bounded by sessions
+  // (stale votes of workers that went away are dropped with the table).
+  if (sync.ahead.size() >= 4 * std::max<uint64_t>(options_.num_workers, 1) &&
+      !sync.ahead.contains(push.worker_id)) {
+    sync.ahead.clear();
+  }
+  sync.ahead[push.worker_id] = push.step;
+  const uint64_t current = sync.started ? sync.next_step : sync_step_.load();
+  // The step being collected is abandoned only when everyone who pushed it
+  // has moved on, and a quorum of workers is ahead.
+  for (const std::string& worker : sync.workers) {
+    auto it = sync.ahead.find(worker);
+    if (it == sync.ahead.end() || it->second <= current) return false;
+  }
+  uint32_t voters = 0;
+  uint64_t target = UINT64_MAX;
+  for (const auto& [worker, step] : sync.ahead) {
+    if (step <= current) continue;
+    ++voters;
+    target = std::min(target, step);
+  }
+  if (voters < options_.quorum) return false;
+  spdlog::warn(
+      "'{}' block {} on shard {} moves from step {} to step {}, where {} "
+      "workers are: the steps between are not applied to it (it was "
+      "restored from an older checkpoint, or its workers skipped them)",
+      variable.name, block.index, options_.shard_index, current, target,
+      voters);
+  for (auto& [waiter, index] : sync.waiters) {
+    ready.emplace_back(
+        std::move(waiter),
+        absl::AbortedError(absl::StrCat(
+            "step ", current, " of '", variable.name, "' block ", block.index,
+            " was abandoned: its workers moved on to step ", target)));
+  }
+  sync.waiters.clear();
+  sync.started = true;
+  sync.next_step = target;
+  sync.sum.clear();
+  sync.workers.clear();
+  sync.loss_sum = 0;
+  sync.losses = 0;
+  sync.ahead.clear();
+  RaiseSyncStep(target);
+  return push.step == target;
 }
 
 }  // namespace ps

@@ -27,12 +27,13 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "common/partition.h"
+#include "common/seq_window.h"
 #include "proto/ps/storage/v1/checkpoint.pb.h"
 #include "proto/ps/v1/ps.pb.h"
 #include "server/optimizer/helper_threads.h"
 #include "server/optimizer/settings.h"
 #include "server/optimizer/update.h"
-#include "server/seq_window.h"
+#include "server/sessions.h"
 #include "server/stats.h"
 
 namespace ps {
@@ -46,6 +47,10 @@ struct StoreOptions {
   bool sync = false;
   uint32_t num_workers = 0;
   uint32_t quorum = 0;
+  // The most worker ids with a session on the shard (0 = no limit): each
+  // costs a session record and one exactly-once record per block it
+  // pushed to.
+  uint64_t max_workers = 0;
   // The optimizer of variables without their own; must be valid.
   v1::OptimizerConfig default_optimizer;
   // The most bytes of values and optimizer state the shard may hold; 0 = no
@@ -80,6 +85,11 @@ struct SyncSlot {
   uint32_t losses = 0;
   // Pushes waiting for next_step to be applied: (completion, part index).
   std::vector<std::pair<std::shared_ptr<PushCompletion>, size_t>> waiters;
+  // Workers that pushed a step ahead of next_step, with that step: when a
+  // quorum of them are ahead and nobody pushed next_step, the block moves
+  // on to the lowest of their steps (a shard restarted from an older
+  // checkpoint catches up with its workers).
+  absl::flat_hash_map<std::string, uint64_t> ahead;
 };
 
 // One block of one variable on this shard.
@@ -93,10 +103,14 @@ struct Block {
   std::vector<float> values ABSL_GUARDED_BY(mu);
   optimizer::BlockOptimizerState state ABSL_GUARDED_BY(mu);
   SyncSlot sync ABSL_GUARDED_BY(mu);
-  // The exactly-once table: per worker, the push seqs applied to this block.
-  // Kept per block so that it always matches the block's values, also in a
-  // checkpoint.
-  absl::flat_hash_map<std::string, SeqWindow> applied ABSL_GUARDED_BY(mu);
+  // The exactly-once table: per worker, its session epoch and the push
+  // seqs of it applied to this block. Kept per block so that it always
+  // matches the block's values, also in a checkpoint.
+  struct AppliedSeqs {
+    uint64_t epoch = 0;
+    SeqWindow seqs;
+  };
+  absl::flat_hash_map<std::string, AppliedSeqs> applied ABSL_GUARDED_BY(mu);
   // An update left values that are not finite (at step diverged_at): the
   // block takes no more pushes (see docs/optimizers.md).
   bool diverged ABSL_GUARDED_BY(mu) = false;
@@ -127,6 +141,7 @@ struct PreparedPush {
     v1::DType half_dtype = v1::FLOAT32;
   };
   std::string worker_id;
+  uint64_t epoch = 0;
   uint64_t seq = 0;
   uint64_t step = 0;
   std::optional<double> loss;
@@ -236,17 +251,27 @@ class VariableStore {
   absl::Status Pull(const v1::PullRequest& request,
                     v1::PullResponse* response) const;
 
-  // Checks a push and decodes its gradients; changes nothing. `answered`:
+  // Checks a push and decodes its gradients; changes nothing but the
+  // worker's session (see WorkerSessions::Admit). `answered`:
   // the push is a PushPull, whose answer must fit in max_answer_bytes.
   // REQUIRES: `request` outlives ApplyPush of the result (float32 gradients
   // are not copied).
   absl::StatusOr<PreparedPush> PreparePush(const v1::PushRequest& request,
-                                           bool answered = false) const;
+                                           bool answered = false);
 
   // Applies a prepared push (async: now; sync: once its step has its
   // quorum), or acknowledges a repeated (worker_id, seq) without applying it.
   // Calls completion->Fill/PartDone once per part.
   void ApplyPush(PreparedPush push, std::shared_ptr<PushCompletion> completion);
+
+  struct Session {
+    uint64_t epoch = 0;
+    uint64_t sync_step = 0;
+  };
+  // Opens (or reopens) a session of `worker` (see server/sessions.h): its
+  // epoch, and in sync mode the step this shard collects.
+  absl::StatusOr<Session> OpenSession(const std::string& worker,
+                                      uint64_t epoch);
 
   // The optimizer in force for `variable` (the default when it has none).
   std::shared_ptr<const OptimizerEntry> OptimizerFor(
@@ -384,8 +409,27 @@ class VariableStore {
   absl::flat_hash_map<std::string, std::shared_ptr<const OptimizerEntry>>
       overrides_ ABSL_GUARDED_BY(config_mu_);
 
+  // Answers to report once the block locks are released.
+  using ReadyParts =
+      std::vector<std::pair<std::shared_ptr<PushCompletion>, absl::Status>>;
+
+  // Sync: records that `push` ran ahead of `block`'s step and moves the
+  // block on to the lowest step of the workers ahead when a quorum of them
+  // is (see SyncSlot::ahead); the pushes waiting for the abandoned step are
+  // answered ABORTED through `ready`. Returns whether the block is now at
+  // the push's step.
+  bool VoteAhead(const PreparedPush& push, const Variable& variable,
+                 Block& block, ReadyParts& ready)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(block.mu);
+  // Sync: sync_step_ = max(sync_step_, step).
+  void RaiseSyncStep(uint64_t step);
+
   ServerStats stats_;
   optimizer::HelperThreads helpers_;
+  WorkerSessions sessions_;
+  // Sync: the highest step any block of the shard collects; a block that
+  // has not started takes pushes up to it.
+  std::atomic<uint64_t> sync_step_ = 0;
 };
 
 }  // namespace ps

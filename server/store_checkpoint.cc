@@ -56,6 +56,8 @@ absl::Status VariableStore::Snapshot(
     absl::ReaderMutexLock lock(&config_mu_);
     *state.mutable_default_optimizer() = default_optimizer_->config;
     state.set_config_version(config_version_);
+    sessions_.Snapshot(state.mutable_sessions());
+    state.set_sync_step(sync_step_.load());
     for (const auto& variable : variables) {
       storage::v1::VariableHeader* header = state.add_variables();
       header->set_name(variable->name);
@@ -98,11 +100,12 @@ absl::Status VariableStore::Snapshot(
         }
         record.set_sync_loss_sum(sync.loss_sum);
         record.set_sync_losses(sync.losses);
-        for (const auto& [worker, window] : block.applied) {
+        for (const auto& [worker, seqs] : block.applied) {
           storage::v1::AppliedSeqs* applied = record.add_applied();
           applied->set_worker_id(worker);
-          applied->set_highest(window.highest());
-          applied->set_window(window.window());
+          applied->set_epoch(seqs.epoch);
+          applied->set_highest(seqs.seqs.highest());
+          applied->set_window(seqs.seqs.window());
         }
       }
       PS_RETURN_IF_ERROR(write_block(record));
@@ -126,6 +129,8 @@ absl::Status VariableStore::RestoreState(const storage::v1::ShardState& state) {
     return absl::DataLossError(absl::StrCat(
         "the default optimizer: ", default_settings.status().message()));
   }
+  sessions_.Restore(state.sessions());
+  RaiseSyncStep(state.sync_step());
   // The default first: variables are created (and their memory counted)
   // under the rule they had.
   {
@@ -201,9 +206,10 @@ absl::Status VariableStore::RestoreBlock(const BlockRecord& record) {
     sync.losses = record.sync_losses();
     block.applied.clear();
     for (const auto& applied : record.applied()) {
-      block.applied[applied.worker_id()] =
-          SeqWindow(applied.highest(), applied.window());
+      block.applied[applied.worker_id()] = {
+          applied.epoch(), SeqWindow(applied.highest(), applied.window())};
     }
+    if (sync.started) RaiseSyncStep(sync.next_step);
     held = optimizer::HeldSlots(state);
     block.diverged = !AllFinite(block.values);
     block.diverged_at = block.diverged ? state.step : 0;

@@ -814,6 +814,143 @@ TEST(StoreExactlyOnceTest, SeqZeroIsNeverDeduplicated) {
   EXPECT_THAT(PullAll(store, "w").values, ElementsAreArray({8, 6, 4, 2}));
 }
 
+// ------------------------------------------------------------ sessions
+
+// A worker restarted with its seqs counting from 1 again opens a newer
+// session: its pushes are applied, not taken for repeats of the old ones.
+TEST(StoreSessionTest, ARestartedWorkerWhoseSeqsWentBackIsApplied) {
+  VariableStore store(AsyncOptions());
+  CreateLocal(store, "w", {0, 0, 0, 0});
+  auto first = store.OpenSession("trainer", 0);
+  ASSERT_TRUE(first.ok()) << first.status();
+  for (uint64_t seq = 1; seq <= 5; ++seq) {
+    ASSERT_TRUE(PushNow(store, PushRequest("trainer", seq,
+                                           {MakeSlice("w", 0, {1, 1, 1, 1})}, 0,
+                                           first->epoch))
+                    ->status.ok());
+  }
+  auto second = store.OpenSession("trainer", 0);
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_GT(second->epoch, first->epoch);
+  for (uint64_t seq = 1; seq <= 3; ++seq) {
+    ASSERT_TRUE(PushNow(store, PushRequest("trainer", seq,
+                                           {MakeSlice("w", 0, {1, 1, 1, 1})}, 0,
+                                           second->epoch))
+                    ->status.ok());
+  }
+  EXPECT_THAT(PullAll(store, "w").values, ElementsAreArray({-8, -8, -8, -8}));
+  // A retry within the new session is still applied once.
+  ASSERT_TRUE(PushNow(store, PushRequest("trainer", 3,
+                                         {MakeSlice("w", 0, {1, 1, 1, 1})}, 0,
+                                         second->epoch))
+                  ->status.ok());
+  EXPECT_THAT(PullAll(store, "w").values, ElementsAreArray({-8, -8, -8, -8}));
+}
+
+// The old process's pushes after the new session opened are refused, never
+// acknowledged: it learns it was replaced.
+TEST(StoreSessionTest, AnOlderSessionIsFenced) {
+  VariableStore store(AsyncOptions());
+  CreateLocal(store, "w", {0, 0, 0, 0});
+  const uint64_t old_epoch = store.OpenSession("trainer", 0)->epoch;
+  const uint64_t new_epoch = store.OpenSession("trainer", 0)->epoch;
+  auto fenced = PushNow(
+      store, PushRequest("trainer", 7, {MakeSlice("w", 0, {1, 1, 1, 1})}, 0,
+                         old_epoch));
+  EXPECT_EQ(fenced->status.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(fenced->status.message(), HasSubstr("fenced"));
+  // Reopening with the old epoch is refused too; the current one is fine.
+  EXPECT_EQ(store.OpenSession("trainer", old_epoch).status().code(),
+            absl::StatusCode::kAborted);
+  EXPECT_EQ(store.OpenSession("trainer", new_epoch)->epoch, new_epoch);
+  EXPECT_THAT(PullAll(store, "w").values, ElementsAreArray({0, 0, 0, 0}));
+}
+
+// A shard that did not see the session open (it was away) takes the epoch
+// from the push; a block that took a newer epoch fences an older push that
+// passed the shard's check before the reopen.
+TEST(StoreSessionTest, APushCarriesANewerEpochToTheShard) {
+  VariableStore store(AsyncOptions());
+  CreateLocal(store, "w", {0, 0, 0, 0});
+  ASSERT_TRUE(
+      PushNow(store, PushRequest("trainer", 1,
+                                 {MakeSlice("w", 0, {1, 1, 1, 1})}, 0, 100))
+          ->status.ok());
+  auto reopened = store.OpenSession("trainer", 0);
+  EXPECT_GT(reopened->epoch, 100u);
+  EXPECT_EQ(
+      PushNow(store, PushRequest("trainer", 2,
+                                 {MakeSlice("w", 0, {1, 1, 1, 1})}, 0, 100))
+          ->status.code(),
+      absl::StatusCode::kFailedPrecondition);
+}
+
+// One push with seq 2^64-1 once made every later seq of the worker look
+// like a repeat, acknowledged and dropped.
+TEST(StoreSessionTest, ASeqFarAheadIsRefusedAndSilencesNoOne) {
+  VariableStore store(AsyncOptions());
+  CreateLocal(store, "w", {0, 0, 0, 0});
+  const uint64_t epoch = store.OpenSession("trainer", 0)->epoch;
+  auto far =
+      PushNow(store, PushRequest("trainer", UINT64_MAX,
+                                 {MakeSlice("w", 0, {1, 1, 1, 1})}, 0, epoch));
+  EXPECT_EQ(far->status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(far->status.message(), HasSubstr("seqs count from 1"));
+  for (uint64_t seq = 1; seq <= 2; ++seq) {
+    ASSERT_TRUE(
+        PushNow(store, PushRequest("trainer", seq,
+                                   {MakeSlice("w", 0, {1, 1, 1, 1})}, 0, epoch))
+            ->status.ok());
+  }
+  EXPECT_THAT(PullAll(store, "w").values, ElementsAreArray({-2, -2, -2, -2}));
+}
+
+TEST(StoreSessionTest, ExactlyOnceNeedsASessionAndEpochsComeFromNow) {
+  VariableStore store(AsyncOptions());
+  CreateLocal(store, "w", {0, 0, 0, 0});
+  auto no_session = PushNow(
+      store, PushRequest("trainer", 1, {MakeSlice("w", 0, {1, 1, 1, 1})}, 0,
+                         /*epoch=*/0));
+  EXPECT_EQ(no_session->status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(no_session->status.message(), HasSubstr("OpenSession"));
+  // seq 0 opts out of exactly-once and needs none.
+  EXPECT_TRUE(
+      PushNow(store, PushRequest("trainer", 0,
+                                 {MakeSlice("w", 0, {1, 1, 1, 1})}, 0, 0))
+          ->status.ok());
+  // An epoch picked by a shard is at least its clock in microseconds; one
+  // far past it (it would fence the worker's real sessions) is refused.
+  const uint64_t now = static_cast<uint64_t>(absl::ToUnixMicros(absl::Now()));
+  EXPECT_GE(store.OpenSession("a", 0)->epoch, now);
+  EXPECT_EQ(store.OpenSession("b", now * 2).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(
+      PushNow(store, PushRequest("c", 1, {MakeSlice("w", 0, {1, 1, 1, 1})}, 0,
+                                 UINT64_MAX))
+          ->status.code(),
+      absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(store.OpenSession("", 0).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST(StoreSessionTest, WorkerIdsPastTheLimitAreRefused) {
+  StoreOptions options = AsyncOptions();
+  options.max_workers = 2;
+  VariableStore store(options);
+  CreateLocal(store, "w", {0, 0, 0, 0});
+  ASSERT_TRUE(store.OpenSession("a", 0).ok());
+  ASSERT_TRUE(
+      PushNow(store, PushRequest("b", 1, {MakeSlice("w", 0, {1, 1, 1, 1})}))
+          ->status.ok());
+  EXPECT_EQ(store.OpenSession("c", 0).status().code(),
+            absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(
+      PushNow(store, PushRequest("d", 1, {MakeSlice("w", 0, {1, 1, 1, 1})}))
+          ->status.code(),
+      absl::StatusCode::kResourceExhausted);
+  EXPECT_TRUE(store.OpenSession("a", 0).ok());  // known ones go on
+}
+
 TEST(StoreExactlyOnceTest, RefusedPushLeavesItsSeqFree) {
   VariableStore store(AsyncOptions());
   CreateLocal(store, "w", {10, 10, 10, 10});
@@ -1135,8 +1272,8 @@ TEST(StoreSyncTest, PushForAStepAheadIsRefused) {
   EXPECT_FALSE(r0->done.HasBeenNotified());
   auto ahead = PushNow(
       store, PushRequest("w1", 1, {MakeSlice("w", 0, {3, 3, 3, 3})}, 1));
-  EXPECT_FALSE(ahead->status.ok());
-  EXPECT_NE(ahead->status.code(), absl::StatusCode::kUnknown);
+  // Retryable: the client tries again, by when the block may be there.
+  EXPECT_EQ(ahead->status.code(), absl::StatusCode::kUnavailable);
   EXPECT_THAT(ahead->status.message(), HasSubstr("step 0"));
   EXPECT_FALSE(r0->done.HasBeenNotified()) << "the step ahead completed it";
   EXPECT_THAT(PullAll(store, "w").values, ElementsAreArray({10, 10, 10, 10}));
@@ -1148,6 +1285,84 @@ TEST(StoreSyncTest, PushForAStepAheadIsRefused) {
   ASSERT_TRUE(r1->WaitFor());
   EXPECT_TRUE(r0->status.ok()) << r0->status;
   EXPECT_TRUE(r1->status.ok()) << r1->status;
+  EXPECT_THAT(PullAll(store, "w").values, ElementsAreArray({8, 8, 8, 8}));
+}
+
+// The first push once decided a block's step: one push with step 2^64-1
+// wedged it for good (and the wedge was saved in checkpoints).
+TEST(StoreSyncTest, OnePushFarAheadDoesNotWedgeABlock) {
+  VariableStore store(SyncOptions(2, 2));
+  CreateLocal(store, "w", {10, 10, 10, 10});
+  auto wedge = PushNow(
+      store, PushRequest("intruder", 1, {MakeSlice("w", 0, {5, 5, 5, 5})},
+                         UINT64_MAX));
+  EXPECT_EQ(wedge->status.code(), absl::StatusCode::kUnavailable);
+  auto r0 = StartPush(
+      store, PushRequest("w0", 1, {MakeSlice("w", 0, {1, 1, 1, 1})}, 0));
+  auto r1 = StartPush(
+      store, PushRequest("w1", 1, {MakeSlice("w", 0, {3, 3, 3, 3})}, 0));
+  ASSERT_TRUE(r0->WaitFor());
+  ASSERT_TRUE(r1->WaitFor());
+  EXPECT_TRUE(r0->status.ok()) << r0->status;
+  EXPECT_THAT(PullAll(store, "w").values, ElementsAreArray({8, 8, 8, 8}));
+  EXPECT_EQ(store.OpenSession("w0", 0)->sync_step, 1u);
+}
+
+// A shard restored from an older checkpoint (here: blocks at step 3, one
+// of them with half of step 3 collected) while its workers are at step 7:
+// once a quorum of workers is ahead, the block moves to their step.
+TEST(StoreSyncTest, ABlockBehindItsWorkersCatchesUpWithAQuorum) {
+  VariableStore store(SyncOptions(2, 2));
+  CreateLocal(store, "w", {10, 10, 10, 10, 10, 10, 10, 10});
+  for (uint64_t step = 0; step < 3; ++step) {
+    auto a = StartPush(store, PushRequest("w0", step + 1,
+                                          {MakeSlice("w", 0, {0, 0, 0, 0}),
+                                           MakeSlice("w", 4, {0, 0, 0, 0})},
+                                          step));
+    auto b = StartPush(store, PushRequest("w1", step + 1,
+                                          {MakeSlice("w", 0, {0, 0, 0, 0}),
+                                           MakeSlice("w", 4, {0, 0, 0, 0})},
+                                          step));
+    ASSERT_TRUE(a->WaitFor() && b->WaitFor());
+  }
+  // w0 pushed step 3 of block 1 only, then the shard "restarted".
+  auto half = StartPush(
+      store, PushRequest("w0", 4, {MakeSlice("w", 4, {9, 9, 9, 9})}, 3));
+  ASSERT_FALSE(half->done.HasBeenNotified());
+
+  // The workers come back at step 7.
+  const std::vector<v1::Slice> gradient = {MakeSlice("w", 0, {1, 1, 1, 1}),
+                                           MakeSlice("w", 4, {1, 1, 1, 1})};
+  auto first = PushNow(store, PushRequest("w0", 5, gradient, 7));
+  EXPECT_EQ(first->status.code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(first->status.message(), HasSubstr("quorum"));
+  auto second = StartPush(store, PushRequest("w1", 5, gradient, 7));
+  // The abandoned half step is answered, not left hanging.
+  ASSERT_TRUE(half->WaitFor());
+  EXPECT_EQ(half->status.code(), absl::StatusCode::kAborted);
+  // w0's retry completes step 7 with w1's.
+  auto retry = StartPush(store, PushRequest("w0", 5, gradient, 7));
+  ASSERT_TRUE(second->WaitFor() && retry->WaitFor());
+  EXPECT_TRUE(second->status.ok()) << second->status;
+  EXPECT_TRUE(retry->status.ok()) << retry->status;
+  EXPECT_THAT(PullAll(store, "w").values,
+              ElementsAreArray({9, 9, 9, 9, 9, 9, 9, 9}));
+  EXPECT_EQ(store.OpenSession("w0", 0)->sync_step, 8u);
+}
+
+// Workers of a fresh cluster that count from 1 start it there.
+TEST(StoreSyncTest, WorkersStartingAtAnyStepStartAFreshShard) {
+  VariableStore store(SyncOptions(2, 2));
+  CreateLocal(store, "w", {10, 10, 10, 10});
+  auto first = PushNow(
+      store, PushRequest("w0", 1, {MakeSlice("w", 0, {1, 1, 1, 1})}, 1));
+  EXPECT_EQ(first->status.code(), absl::StatusCode::kUnavailable);
+  auto second = StartPush(
+      store, PushRequest("w1", 1, {MakeSlice("w", 0, {3, 3, 3, 3})}, 1));
+  auto retry = StartPush(
+      store, PushRequest("w0", 1, {MakeSlice("w", 0, {1, 1, 1, 1})}, 1));
+  ASSERT_TRUE(second->WaitFor() && retry->WaitFor());
+  EXPECT_TRUE(second->status.ok()) << second->status;
   EXPECT_THAT(PullAll(store, "w").values, ElementsAreArray({8, 8, 8, 8}));
 }
 

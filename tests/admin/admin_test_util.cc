@@ -173,6 +173,7 @@ grpc::Status RawWorker::Push(const std::string& name,
   for (auto& request : requests) {
     request.set_worker_id("admin-test-worker");
     request.set_seq(seq_);
+    request.set_epoch(1);  // a session the shard takes from the push
     request.set_step(seq_);
   }
   for (uint64_t k = 0; k < plan_.NumBlocks(gradient.size()); ++k) {

@@ -141,6 +141,7 @@ TEST_F(MetricsTest, CountersRiseAndPerVariableLinesMatchGetStats) {
     v1::PushRequest request;
     request.set_worker_id("bad");
     request.set_seq(1);
+    request.set_epoch(1);  // a session the shard takes from the push
     v1::Slice* slice = request.add_gradients();
     slice->set_variable("missing");
     slice->set_length(1);

@@ -54,6 +54,7 @@ class TokenTest : public ::testing::Test {
     v1::PushRequest request;
     request.set_worker_id("w");
     request.set_seq(++seq_);
+    request.set_epoch(1);  // a session the shard takes from the push
     v1::PushResponse response;
     return parameters_->Push(MakeContext(token).get(), request, &response)
         .error_code();
@@ -212,6 +213,48 @@ TEST_F(TokenTest, EveryMethodAnswersUnreadableRequestsWithInvalidArgument) {
   }
   // Nothing was changed, and the shard still serves.
   EXPECT_EQ(ClusterInfo(kWorkerToken), grpc::StatusCode::OK);
+}
+
+// A token may name the worker ids it pushes as: another id is refused for
+// sessions and pushes alike, so a worker cannot fence or silence another.
+TEST(TokenWorkersTest, ATokenPushesOnlyAsItsWorkers) {
+  TempDir dir;
+  ServerOptions options;
+  options.block_size = 8;
+  options.worker_tokens_file = dir.WriteFile(
+      "workers", "bound-secret trainer b workers=trainer-*,eval\n");
+  auto shards = StartShards(1, options);
+  ASSERT_EQ(shards.size(), 1u);
+  auto stub = v1::ParameterService::NewStub(MakeChannel(shards[0]->address()));
+  uint64_t epoch = 0;
+  auto open = [&](const std::string& worker) {
+    v1::OpenSessionRequest request;
+    request.set_worker_id(worker);
+    v1::OpenSessionResponse response;
+    grpc::Status status = stub->OpenSession(MakeContext("bound-secret").get(),
+                                            request, &response);
+    epoch = response.epoch();
+    return status;
+  };
+  EXPECT_TRUE(open("trainer-7").ok());
+  const uint64_t trainer_epoch = epoch;
+  EXPECT_TRUE(open("eval").ok());
+  const grpc::Status other = open("evaluator");
+  EXPECT_EQ(other.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_THAT(other.error_message(),
+              ::testing::HasSubstr("may push as workers trainer-*, eval"));
+  v1::PushRequest push;
+  push.set_worker_id("someone-else");
+  push.set_epoch(1);
+  push.set_seq(1);
+  v1::PushResponse pushed;
+  EXPECT_EQ(
+      stub->Push(MakeContext("bound-secret").get(), push, &pushed).error_code(),
+      grpc::StatusCode::PERMISSION_DENIED);
+  push.set_worker_id("trainer-7");
+  push.set_epoch(trainer_epoch);
+  EXPECT_TRUE(
+      stub->Push(MakeContext("bound-secret").get(), push, &pushed).ok());
 }
 
 TEST_F(TokenTest, HealthCheckNeedsNoToken) {

@@ -489,6 +489,87 @@ TEST_F(RestartTest, HalfAggregatedSyncStepSurvivesARestart) {
 }
 
 // SIGTERM writes a final checkpoint; the next start loads it.
+// Sync training through a shard restored from an older checkpoint: the
+// workers, with the client's default retries and no code of their own for
+// it, carry on to the end. (The restored shard once answered every push
+// "wait for step N", a step nobody would push again.) The restored shard's
+// blocks move to the workers' step once both are there.
+TEST_F(RestartTest, SyncWorkersCarryOnThroughAShardRestoredFromThePast) {
+  constexpr size_t kN = 64;
+  constexpr uint64_t kSteps = 30;
+  ProcessCluster& run = NewCluster("run", 2, "sgd {} learning_rate: 0.01");
+  for (uint32_t i = 0; i < 2; ++i) {
+    run.flags(i).extra = {"--consistency=sync", "--num_workers=2"};
+  }
+  ASSERT_TRUE(run.StartAll().ok());
+  std::atomic<uint64_t> done[2] = {0, 0};
+  absl::Status failures[2];
+  // The workers wait before step 10 until shard 1 has written a checkpoint,
+  // and before step 20 until it has been killed and restarted from it.
+  absl::Notification checkpointed, restarted;
+  auto work = [&](int w) {
+    ClientOptions options;
+    options.addresses = run.addresses();
+    options.worker_id = absl::StrCat("worker-", w);
+    options.call_timeout = absl::Seconds(10);
+    auto client = Client::Connect(options);  // default retry policy
+    if (!client.ok()) {
+      failures[w] = client.status();
+      return;
+    }
+    if (auto created = (*client)->CreateVariable("w", {kN}); !created.ok()) {
+      failures[w] = created.status();
+      return;
+    }
+    std::vector<float> values(kN);
+    for (uint64_t t = 0; t < kSteps; ++t) {
+      if (t == 10) {
+        checkpointed.WaitForNotificationWithTimeout(absl::Seconds(60));
+      }
+      if (t == 20) restarted.WaitForNotificationWithTimeout(absl::Seconds(60));
+      PushOptions step;
+      step.step = t;
+      absl::Status status =
+          (*client)->PushPull("w", Gradient(t, kN, 0.5f * w), values, step);
+      if (!status.ok()) {
+        failures[w] = absl::Status(
+            status.code(), absl::StrCat("step ", t, ": ", status.message()));
+        return;
+      }
+      done[w] = t + 1;
+    }
+  };
+  auto reached = [&](uint64_t step) {
+    const absl::Time deadline = absl::Now() + absl::Seconds(60);
+    while ((done[0] < step || done[1] < step) && absl::Now() < deadline &&
+           failures[0].ok() && failures[1].ok()) {
+      absl::SleepFor(absl::Milliseconds(1));
+    }
+    return done[0] >= step && done[1] >= step;
+  };
+  std::thread a(work, 0), b(work, 1);
+  const bool at_10 = reached(10);
+  const bool written = at_10 && run.Checkpoint(1).ok();
+  checkpointed.Notify();
+  const bool at_20 = written && reached(20);
+  if (at_20) {
+    run.Kill(1);
+    EXPECT_TRUE(run.Start(1).ok());
+  }
+  restarted.Notify();
+  a.join();
+  b.join();
+  ASSERT_TRUE(at_20);
+  EXPECT_TRUE(failures[0].ok()) << failures[0];
+  EXPECT_TRUE(failures[1].ok()) << failures[1];
+  EXPECT_EQ(done[0].load(), kSteps);
+  EXPECT_EQ(done[1].load(), kSteps);
+  auto kept = run.PullShard(0, "w", kN);
+  ASSERT_TRUE(kept.ok()) << kept.status();
+  EXPECT_THAT(kept->versions, ::testing::Each(kSteps));
+  EXPECT_THAT(run.LastStderr(1), HasSubstr("where 2 workers are"));
+}
+
 TEST_F(RestartTest, GracefulShutdownWritesAFinalCheckpoint) {
   constexpr size_t kN = 50;
   ProcessCluster& run = NewCluster("run", 1, "adam {} learning_rate: 0.1");

@@ -261,6 +261,7 @@ grpc::Status ProcessCluster::PushShard(uint32_t i, const std::string& variable,
   v1::PushRequest request;
   request.set_worker_id(worker_id);
   request.set_seq(seq);
+  request.set_epoch(1);  // a session the shard takes from the push
   request.set_step(step);
   if (loss.has_value()) request.set_loss(*loss);
   for (uint64_t k : BlocksOf(i, variable, gradient.size())) {

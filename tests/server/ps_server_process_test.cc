@@ -194,6 +194,7 @@ TEST(PsServerProcessTest, SigtermWhileASyncPushWaitsStillExitsZero) {
   v1::PushRequest probe;
   probe.set_worker_id("a");
   probe.set_seq(2);
+  probe.set_epoch(1);  // a session the shard takes from the push
   probe.set_step(0);
   v1::Slice* g = probe.add_gradients();
   g->set_variable("w");

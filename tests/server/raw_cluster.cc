@@ -142,6 +142,7 @@ grpc::Status RawCluster::Push(const std::string& name, const PushArgs& args,
     v1::PushRequest request;
     request.set_worker_id(args.worker_id);
     request.set_seq(args.seq);
+    request.set_epoch(1);  // a session the shard takes from the push
     request.set_step(args.step);
     request.set_pull_dtype(args.pull_dtype);
     for (uint64_t k = 0; k < blocks; ++k) {

@@ -62,12 +62,15 @@ inline std::shared_ptr<PushResult> PushNow(VariableStore& store,
   return result;
 }
 
+// A push of `worker` with `seq` in session `epoch` (a shard takes an epoch
+// above the worker's known one from a push, as after OpenSession).
 inline v1::PushRequest PushRequest(const std::string& worker, uint64_t seq,
                                    std::vector<v1::Slice> gradients,
-                                   uint64_t step = 0) {
+                                   uint64_t step = 0, uint64_t epoch = 1) {
   v1::PushRequest request;
   request.set_worker_id(worker);
   request.set_seq(seq);
+  request.set_epoch(epoch);
   request.set_step(step);
   for (v1::Slice& slice : gradients) *request.add_gradients() = slice;
   return request;

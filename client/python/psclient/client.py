@@ -165,8 +165,9 @@ class Client:
         tls_server_name: the name to check the shards' certificates against
             when it differs from the host in ``servers``.
         worker_id: identifies this worker (exactly-once and sync steps). Must
-            be unique among live workers; reusing it after a restart is safe,
-            since seqs start at the clock. None = a random one.
+            be unique among live workers; reusing it after a restart is safe:
+            the new process opens a newer session, which fences the old one.
+            None = a random one.
         dtype: default wire encoding of gradients and pulled values.
         timeout: deadline of each attempt, in seconds. In sync mode a push
             waits for the step's quorum, so this also bounds how long a slow
@@ -259,13 +260,51 @@ class Client:
         self._raw = [self._raw[i] for i in order]
         self._info = infos[order[0]]
         self._plan = PartitionPlan(self._info.num_shards, self._info.block_size)
-        # Seqs start at the clock so that a worker restarted with the same id
-        # keeps numbering above what the shards have seen.
-        first_seq = time.time_ns() // 1000
-        self._next_seq = [first_seq] * len(self._stubs)
-        _LOG.info("worker %s connected to %d shard(s) (%s, block_size %d)",
-                  self._worker_id, self._info.num_shards,
-                  self._info.consistency, self._info.block_size)
+        # Seqs count from 1 in each session: the session's epoch, not the
+        # seq, tells a restarted worker from a retry.
+        self._next_seq = [1] * len(self._stubs)
+        try:
+            self._epoch, self._sync_step = self._open_session()
+        except BaseException:
+            self.close()
+            raise
+        _LOG.info("worker %s connected to %d shard(s) (%s, block_size %d), "
+                  "session epoch %d", self._worker_id, self._info.num_shards,
+                  self._info.consistency, self._info.block_size, self._epoch)
+
+    def _open_session(self) -> Tuple[int, int]:
+        """Opens this worker's session on every shard: (epoch, sync step).
+
+        Each shard picks an epoch above all it knows for this worker; the
+        shards that picked less then take the highest, so all hold the same
+        one. ABORTED means another process with this worker id opened a
+        newer session meanwhile: start over.
+        """
+        error: Optional[PsError] = None
+        for _ in range(3):
+            answers = self._call_all([
+                _Call(i, "OpenSession",
+                      ps_pb2.OpenSessionRequest(worker_id=self._worker_id))
+                for i in range(len(self._stubs))
+            ])
+            epoch = max(a.epoch for a in answers)
+            step = max(a.sync_step for a in answers)
+            behind = [i for i, a in enumerate(answers) if a.epoch != epoch]
+            try:
+                self._call_all([
+                    _Call(i, "OpenSession",
+                          ps_pb2.OpenSessionRequest(worker_id=self._worker_id,
+                                                    epoch=epoch))
+                    for i in behind
+                ])
+            except PsError as e:
+                if e.code != grpc.StatusCode.ABORTED:
+                    raise
+                error = e
+                continue
+            return epoch, step
+        assert error is not None
+        raise error
 
     # ---------------------------------------------------------------- basics
 
@@ -273,6 +312,25 @@ class Client:
     def worker_id(self) -> str:
         """This worker's id."""
         return self._worker_id
+
+    @property
+    def session_epoch(self) -> int:
+        """The epoch of this worker's session, opened on every shard.
+
+        Its pushes are applied exactly once; a later Client with the same
+        worker_id fences this one (its pushes then fail with
+        FAILED_PRECONDITION, "fenced").
+        """
+        return self._epoch
+
+    @property
+    def sync_step(self) -> int:
+        """Sync mode: the step the shards collected when the session opened.
+
+        Where a worker starts or resumes (the highest of any shard); 0 in a
+        new cluster.
+        """
+        return self._sync_step
 
     @property
     def cluster_info(self) -> "ps_pb2.ClusterInfo":
@@ -503,8 +561,9 @@ class Client:
         def part_maker(shard: int, part: List[_Block]) -> Callable[[], _Call]:
             def make() -> _Call:
                 request = ps_pb2.PushRequest(
-                    worker_id=self._worker_id, seq=self._next_seq[shard],
-                    step=int(step), pull_dtype=int(pull_dtype))
+                    worker_id=self._worker_id, epoch=self._epoch,
+                    seq=self._next_seq[shard], step=int(step),
+                    pull_dtype=int(pull_dtype))
                 self._next_seq[shard] += 1
                 if loss is not None:
                     request.loss = float(loss)

@@ -51,9 +51,9 @@ class RemoteOptimizer:
         prefix: prepended to every parameter name (to train several models on
             one cluster).
         dtype: wire encoding of gradients and values (default: the client's).
-        step: the first step to push (sync mode). None = the lowest block
-            version pulled after creation, which is right for workers that
-            join a running sync job when every worker starts at step 0.
+        step: the first step to push (sync mode). None = the step the
+            shards collect (``client.sync_step``), which is right for a new
+            job and for a worker that joins or rejoins a running one.
 
     Thread safety: not thread-safe; one per worker thread.
     """
@@ -85,10 +85,10 @@ class RemoteOptimizer:
                 created.append(name)
         _LOG.info("created %d of %d variables (the rest existed)", len(created),
                   len(self._params))
-        versions = self.pull()
-        first = min(int(v.min()) for v in versions.values())
-        #: The step of the next push (sync mode aggregates pushes per step).
-        self.step_count: int = first if step is None else int(step)
+        self.pull()
+        #: The step of the next push (sync mode aggregates pushes per step):
+        #: where the shards were when the client's session opened.
+        self.step_count: int = client.sync_step if step is None else int(step)
         #: The loss passed to the last step(), as a float.
         self.last_loss: Optional[float] = None
 

@@ -72,7 +72,21 @@ class CheckClusterTest(unittest.TestCase):
         self.assertEqual(caught.exception.code, grpc.StatusCode.FAILED_PRECONDITION)
 
 
-class FlakyShard(ps_pb2_grpc.ParameterServiceServicer):
+class OneShard(ps_pb2_grpc.ParameterServiceServicer):
+    """What every fake shard here answers alike: one shard (blocks of 4
+    values) that creates anything and opens sessions at epoch 1."""
+
+    def GetClusterInfo(self, request, context):
+        return info(0, shards=1, block=4)
+
+    def CreateVariable(self, request, context):
+        return ps_pb2.CreateVariableResponse(created=True)
+
+    def OpenSession(self, request, context):
+        return ps_pb2.OpenSessionResponse(epoch=1)
+
+
+class FlakyShard(OneShard):
     """A one-shard cluster that fails the first `failures` attempts of each
     push with `code`, and records every push attempt it sees."""
 
@@ -82,12 +96,6 @@ class FlakyShard(ps_pb2_grpc.ParameterServiceServicer):
         self.lock = threading.Lock()
         self.attempts: List[ps_pb2.PushRequest] = []
         self.failed_seqs: dict = {}
-
-    def GetClusterInfo(self, request, context):
-        return info(0, shards=1, block=4)
-
-    def CreateVariable(self, request, context):
-        return ps_pb2.CreateVariableResponse(created=True)
 
     def PushPull(self, request, context):
         with self.lock:
@@ -105,7 +113,7 @@ class FlakyShard(ps_pb2_grpc.ParameterServiceServicer):
         return answer
 
 
-class HeldPartShard(ps_pb2_grpc.ParameterServiceServicer):
+class HeldPartShard(OneShard):
     """A one-shard cluster (blocks of 4 values) that holds the PushPull of
     block 0 until every other block has been answered (or 10 s), fails the
     first attempt at block 1 with UNAVAILABLE, and records what it sees."""
@@ -119,12 +127,6 @@ class HeldPartShard(ps_pb2_grpc.ParameterServiceServicer):
         self.answered_while_held = -1
         self.in_flight = 0
         self.most_in_flight = 0
-
-    def GetClusterInfo(self, request, context):
-        return info(0, shards=1, block=4)
-
-    def CreateVariable(self, request, context):
-        return ps_pb2.CreateVariableResponse(created=True)
 
     def PushPull(self, request, context):
         block = request.gradients[0].offset // 4
@@ -316,6 +318,27 @@ class LiveClusterTest(unittest.TestCase):
         np.testing.assert_array_equal(out["multi/b"], np.zeros((3, 3)))
         both = self.client.pull(["multi/a", "multi/b"])
         self.assertEqual(set(both), {"multi/a", "multi/b"})
+
+    def test_a_restarted_worker_fences_the_old_one_and_is_applied(self):
+        # Same worker id, seqs from 1 again: a newer session, so every push
+        # is applied, and the process it replaced is refused, not dropped.
+        self.client.create_variable("session/w", initial=np.zeros(6, np.float32))
+        ones = np.ones(6, np.float32)
+        with Client(self.cluster.addresses, worker_id="trainer") as old:
+            old.create_variable("session/w", shape=[6])
+            for _ in range(3):
+                old.push({"session/w": ones})
+            with Client(self.cluster.addresses, worker_id="trainer") as new:
+                new.create_variable("session/w", shape=[6])
+                self.assertGreater(new.session_epoch, old.session_epoch)
+                new.push({"session/w": ones})
+                new.push({"session/w": ones})
+                with self.assertRaises(PsError) as caught:
+                    old.push({"session/w": ones})
+                self.assertEqual(caught.exception.code,
+                                 grpc.StatusCode.FAILED_PRECONDITION)
+                self.assertIn("fenced", caught.exception.details)
+        np.testing.assert_array_equal(self.client.pull("session/w"), -5 * ones)
 
     def test_zeros_without_initial_values(self):
         self.client.create_variable("zeros/v", shape=[3, 3])

@@ -6,8 +6,8 @@
 // (a client never has that many pushes to one shard in flight).
 //
 // Thread safety: none; the block's lock guards it.
-#ifndef PS_SERVER_SEQ_WINDOW_H_
-#define PS_SERVER_SEQ_WINDOW_H_
+#ifndef PS_COMMON_SEQ_WINDOW_H_
+#define PS_COMMON_SEQ_WINDOW_H_
 
 #include <cstdint>
 
@@ -52,4 +52,4 @@ class SeqWindow {
 
 }  // namespace ps
 
-#endif  // PS_SERVER_SEQ_WINDOW_H_
+#endif  // PS_COMMON_SEQ_WINDOW_H_
