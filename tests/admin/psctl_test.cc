@@ -333,6 +333,13 @@ TEST_F(PsctlTest, RefusedChangesExitNonZeroNamingTheShards) {
   ProcessResult negative = Psctl({"lr", "set", "-1"});
   EXPECT_EQ(negative.exit_code, 2);
   EXPECT_TRUE(Contains(negative.err, "learning_rate")) << negative.err;
+  // Beyond float32, where the shards compute: it once exited 0.
+  ProcessResult huge = Psctl({"lr", "set", "1e39"});
+  EXPECT_EQ(huge.exit_code, 2);
+  EXPECT_TRUE(Contains(huge.err, "float32")) << huge.err;
+  ProcessResult tiny = Psctl({"optimizer", "set", "adam", "--eps=1e-50"});
+  EXPECT_EQ(tiny.exit_code, 2);
+  EXPECT_TRUE(Contains(tiny.err, "adam.eps")) << tiny.err;
 
   // Unknown variable: every shard refuses.
   ProcessResult missing = Psctl({"lr", "set", "0.1", "--var=nope"});
