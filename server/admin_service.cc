@@ -71,7 +71,7 @@ grpc::ServerUnaryReactor* AdminServiceImpl::GetStats(
   return gate_->Serve<v1::GetStatsRequest, v1::Stats>(
       context, Role::kAdmin, request, response,
       [&](const Caller&, const v1::GetStatsRequest&, v1::Stats* answer) {
-        *answer = store_->Stats();
+        *answer = stats_();
         return absl::OkStatus();
       });
 }

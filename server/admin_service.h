@@ -31,11 +31,16 @@ class AdminServiceImpl final : public RawAdminService {
   // Writes a checkpoint off the calling thread and calls `done` with where
   // and how big; set by the server when it has a checkpoint folder.
   using CheckpointFn = std::function<void(CheckpointDone done)>;
+  // The shard's stats (store and calls in flight), as GetStats answers.
+  using StatsFn = std::function<v1::Stats()>;
 
   // REQUIRES: store and gate outlive the service.
   AdminServiceImpl(VariableStore* store, const RpcGate* gate,
-                   CheckpointFn checkpoint)
-      : store_(store), gate_(gate), checkpoint_(std::move(checkpoint)) {}
+                   CheckpointFn checkpoint, StatsFn stats)
+      : store_(store),
+        gate_(gate),
+        checkpoint_(std::move(checkpoint)),
+        stats_(std::move(stats)) {}
 
   // GetOptimizerRequest -> OptimizerConfig.
   grpc::ServerUnaryReactor* GetOptimizer(grpc::CallbackServerContext* context,
@@ -63,6 +68,7 @@ class AdminServiceImpl final : public RawAdminService {
   VariableStore* const store_;
   const RpcGate* const gate_;
   const CheckpointFn checkpoint_;
+  const StatsFn stats_;
 };
 
 }  // namespace ps

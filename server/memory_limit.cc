@@ -1,5 +1,6 @@
 #include "server/memory_limit.h"
 
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -9,6 +10,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 
@@ -71,6 +73,67 @@ uint64_t UsableMemoryBytes(const std::string& root) {
     if (limit) usable = std::min(usable, *limit);
   }
   return usable;
+}
+
+uint64_t AddressSpaceLeftBytes() {
+  rlimit limit;
+  if (getrlimit(RLIMIT_AS, &limit) != 0 || limit.rlim_cur == RLIM_INFINITY) {
+    return UINT64_MAX;
+  }
+  // /proc/self/statm: the pages mapped now, first.
+  uint64_t pages = 0;
+  std::ifstream statm("/proc/self/statm");
+  statm >> pages;
+  const uint64_t mapped = pages * static_cast<uint64_t>(sysconf(_SC_PAGE_SIZE));
+  // gRPC's and the helpers' threads each reserve a stack (8 MiB).
+  const uint64_t stacks = uint64_t{64} << 23;
+  const uint64_t cap = static_cast<uint64_t>(limit.rlim_cur);
+  return cap > mapped + stacks ? cap - mapped - stacks : 0;
+}
+
+absl::StatusOr<MemoryPlan> PlanMemory(uint64_t usable, int max_message_mb,
+                                      int64_t memory_limit_mb,
+                                      int64_t max_inflight_mb,
+                                      int64_t max_connection_mb) {
+  constexpr uint64_t kMiB = 1 << 20;
+  const uint64_t message = static_cast<uint64_t>(max_message_mb) * kMiB;
+  MemoryPlan plan;
+  if (max_inflight_mb > 0) {
+    plan.inflight_bytes = static_cast<uint64_t>(max_inflight_mb) * kMiB;
+  } else if (max_inflight_mb == 0) {
+    plan.inflight_bytes = std::min(4 * message, usable / 4);
+  }
+  if (max_connection_mb > 0) {
+    plan.connection_bytes = static_cast<uint64_t>(max_connection_mb) * kMiB;
+  } else if (max_connection_mb == 0) {
+    plan.connection_bytes = std::max(2 * message, 64 * kMiB);
+    if (plan.inflight_bytes > 0) {
+      plan.connection_bytes =
+          std::min(plan.connection_bytes, plan.inflight_bytes);
+    }
+  }
+  if (memory_limit_mb > 0) {
+    plan.state_bytes = static_cast<uint64_t>(memory_limit_mb) * kMiB;
+    plan.how = "--memory_limit_mb";
+  } else if (memory_limit_mb == 0) {
+    const uint64_t share = usable / 10 * 8;
+    const uint64_t messages = plan.inflight_bytes;
+    if (share < messages + 16 * kMiB) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "the shard may use ", usable / kMiB, " MiB, too little for ",
+          messages / kMiB,
+          " MiB of messages in flight beside its state; lower "
+          "--max_message_mb or --max_inflight_mb, set --memory_limit_mb, or "
+          "give it more memory"));
+    }
+    plan.state_bytes = share - messages;
+    plan.how =
+        absl::StrCat("80% of the ", usable / kMiB, " MiB it may use, less ",
+                     messages / kMiB, " MiB for messages in flight");
+  } else {
+    plan.how = "no limit (--memory_limit_mb=-1)";
+  }
+  return plan;
 }
 
 }  // namespace ps

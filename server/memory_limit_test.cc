@@ -1,6 +1,8 @@
 #include "server/memory_limit.h"
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -85,6 +87,53 @@ TEST(UsableMemoryTest, ThisProcessHasSome) {
   const uint64_t usable = UsableMemoryBytes();
   EXPECT_GT(usable, 0u);
   EXPECT_LE(usable, PhysicalMemory());
+}
+
+constexpr uint64_t kMiB = 1 << 20;
+
+TEST(PlanMemoryTest, DefaultsLeaveRoomForMessagesBesideAFullState) {
+  auto plan = PlanMemory(8192 * kMiB, 256, 0, 0, 0);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_EQ(plan->inflight_bytes, 1024 * kMiB);   // 4 x 256
+  EXPECT_EQ(plan->connection_bytes, 512 * kMiB);  // 2 x 256
+  EXPECT_EQ(plan->state_bytes, 8192 * kMiB / 10 * 8 - 1024 * kMiB);
+  EXPECT_LE(plan->state_bytes + plan->inflight_bytes, 8192 * kMiB);
+
+  // A small container: messages take a quarter at most.
+  auto small = PlanMemory(1024 * kMiB, 256, 0, 0, 0);
+  ASSERT_TRUE(small.ok()) << small.status();
+  EXPECT_EQ(small->inflight_bytes, 256 * kMiB);
+  EXPECT_EQ(small->connection_bytes, 256 * kMiB);
+  EXPECT_EQ(small->state_bytes, 1024 * kMiB / 10 * 8 - 256 * kMiB);
+}
+
+TEST(PlanMemoryTest, FlagsOverrideAndMinusOneMeansNoBound) {
+  auto plan = PlanMemory(8192 * kMiB, 256, 100, 300, 40);
+  ASSERT_TRUE(plan.ok());
+  EXPECT_EQ(plan->state_bytes, 100 * kMiB);
+  EXPECT_EQ(plan->inflight_bytes, 300 * kMiB);
+  EXPECT_EQ(plan->connection_bytes, 40 * kMiB);
+  auto none = PlanMemory(8192 * kMiB, 256, -1, -1, -1);
+  ASSERT_TRUE(none.ok());
+  EXPECT_EQ(none->state_bytes, 0u);
+  EXPECT_EQ(none->inflight_bytes, 0u);
+  EXPECT_EQ(none->connection_bytes, 0u);
+}
+
+TEST(PlanMemoryTest, TooLittleMemoryForTheMessagesIsRefusedSayingWhy) {
+  auto plan = PlanMemory(64 * kMiB, 256, 0, 2000, 0);
+  ASSERT_FALSE(plan.ok());
+  EXPECT_EQ(plan.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(plan.status().message()),
+              ::testing::HasSubstr("--max_inflight_mb"));
+}
+
+TEST(AddressSpaceTest, WithoutAUlimitThereIsNoBound) {
+  // The tests run without ulimit -v; limits_test runs ps_server with one.
+  rlimit limit;
+  ASSERT_EQ(getrlimit(RLIMIT_AS, &limit), 0);
+  if (limit.rlim_cur != RLIM_INFINITY) GTEST_SKIP() << "ulimit -v is set";
+  EXPECT_EQ(AddressSpaceLeftBytes(), UINT64_MAX);
 }
 
 }  // namespace

@@ -24,10 +24,10 @@ void Metric(std::string& out, absl::string_view name, absl::string_view type,
 
 class HttpMetricsServer final : public MetricsServer {
  public:
-  explicit HttpMetricsServer(const VariableStore* store) {
+  explicit HttpMetricsServer(MetricsServer::StatsFn stats) {
     http_.Get("/metrics",
-              [store](const httplib::Request&, httplib::Response& response) {
-                response.set_content(FormatPrometheus(store->Stats()),
+              [stats](const httplib::Request&, httplib::Response& response) {
+                response.set_content(FormatPrometheus(stats()),
                                      "text/plain; version=0.0.4");
               });
   }
@@ -105,6 +105,13 @@ std::string FormatPrometheus(const v1::Stats& stats) {
   shard_metric("ps_state_bytes", "gauge",
                "Bytes of values and optimizer state the variables may hold.",
                stats.state_bytes());
+  shard_metric("ps_bookkeeping_bytes", "gauge",
+               "Bytes of block and worker records, counted against the "
+               "limit with ps_state_bytes.",
+               stats.bookkeeping_bytes());
+  shard_metric("ps_inflight_bytes", "gauge",
+               "Bytes of messages held for calls in flight.",
+               stats.inflight_bytes());
   shard_metric("ps_memory_limit_bytes", "gauge",
                "The shard's limit on ps_state_bytes; 0 = none.",
                stats.memory_limit_bytes());
@@ -133,8 +140,8 @@ std::string FormatPrometheus(const v1::Stats& stats) {
 }
 
 absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
-    const VariableStore* store, const std::string& host, int port) {
-  auto server = std::make_unique<HttpMetricsServer>(store);
+    StatsFn stats, const std::string& host, int port) {
+  auto server = std::make_unique<HttpMetricsServer>(std::move(stats));
   if (absl::Status status = server->Listen(host, port); !status.ok()) {
     return status;
   }

@@ -4,12 +4,12 @@
 #ifndef PS_SERVER_METRICS_H_
 #define PS_SERVER_METRICS_H_
 
+#include <functional>
 #include <memory>
 #include <string>
 
 #include "absl/status/statusor.h"
 #include "proto/ps/v1/ps.pb.h"
-#include "server/store.h"
 
 namespace ps {
 
@@ -18,10 +18,13 @@ std::string FormatPrometheus(const v1::Stats& stats);
 
 class MetricsServer {
  public:
-  // Serves GET /metrics on host:port (0 picks a free port).
-  // REQUIRES: store outlives the server.
+  // The shard's stats, as GetStats answers them.
+  using StatsFn = std::function<v1::Stats()>;
+
+  // Serves GET /metrics on host:port (0 picks a free port) from `stats`,
+  // called on each request.
   static absl::StatusOr<std::unique_ptr<MetricsServer>> Start(
-      const VariableStore* store, const std::string& host, int port);
+      StatsFn stats, const std::string& host, int port);
 
   virtual ~MetricsServer() = default;
   virtual int port() const = 0;

@@ -63,10 +63,24 @@ ABSL_FLAG(int, checkpoint_keep, 3, "complete checkpoints to keep");
 ABSL_FLAG(int, metrics_port, -1,
           "serve Prometheus /metrics on this port; 0 picks one, -1 is off");
 ABSL_FLAG(int64_t, memory_limit_mb, 0,
-          "the most values and optimizer state this shard holds, MiB; a "
-          "variable or optimizer change past it is refused. 0 = 80% of the "
-          "memory this process may use (its cgroup's limit, or the "
-          "machine's); -1 = no limit");
+          "the most values, optimizer state and bookkeeping this shard holds, "
+          "MiB; a variable or optimizer change past it is refused. 0 = 80% of "
+          "the memory this process may use (its cgroup's limit, ulimit -v, or "
+          "the machine's) less max_inflight_mb; -1 = no limit");
+ABSL_FLAG(int64_t, max_inflight_mb, 0,
+          "the most bytes the messages of calls in flight may hold (requests "
+          "received and answers not yet sent), MiB; a call past it is refused "
+          "with RESOURCE_EXHAUSTED. 0 = min(4 x max_message_mb, a quarter of "
+          "the memory it may use); -1 = no bound");
+ABSL_FLAG(int64_t, max_connection_mb, 0,
+          "the same for the calls of one connection (a client that does not "
+          "read its answers holds at most this), MiB. 0 = min(max_inflight_mb, "
+          "max(2 x max_message_mb, 64)); -1 = no bound");
+ABSL_FLAG(int64_t, max_calls_in_flight, 4096,
+          "calls served at once; more are refused with RESOURCE_EXHAUSTED");
+ABSL_FLAG(int, max_concurrent_streams, 256,
+          "calls one connection may have open at once (HTTP/2 streams); more "
+          "wait in the client");
 ABSL_FLAG(int, update_threads, 0,
           "threads one large block's update may run on at once: its own and "
           "helpers, which take part only while they are free. 0 = the "
@@ -150,15 +164,28 @@ int main(int argc, char** argv) {
         "usable memory) or a size in MiB up to 2^40, not " +
         std::to_string(memory_limit_mb));
   }
-  std::string memory_limit_source = "--memory_limit_mb";
-  if (memory_limit_mb > 0) {
-    options.memory_limit_bytes = static_cast<uint64_t>(memory_limit_mb) << 20;
-  } else if (memory_limit_mb == 0) {
-    const uint64_t usable = ps::UsableMemoryBytes();
-    options.memory_limit_bytes = usable / 10 * 8;
-    memory_limit_source =
-        "80% of the " + std::to_string(usable >> 20) + " MiB it may use";
+  for (const auto& [flag, value] :
+       {std::pair{"--max_inflight_mb", absl::GetFlag(FLAGS_max_inflight_mb)},
+        std::pair{"--max_connection_mb",
+                  absl::GetFlag(FLAGS_max_connection_mb)}}) {
+    if (value < -1 || value > kMaxMemoryLimitMb) {
+      return Fail(std::string(flag) +
+                  " must be -1 (no bound), 0 (derived from the memory) or a "
+                  "size in MiB, not " +
+                  std::to_string(value));
+    }
   }
+  const uint64_t usable =
+      std::min(ps::UsableMemoryBytes(), ps::AddressSpaceLeftBytes());
+  auto plan = ps::PlanMemory(usable, options.max_message_mb, memory_limit_mb,
+                             absl::GetFlag(FLAGS_max_inflight_mb),
+                             absl::GetFlag(FLAGS_max_connection_mb));
+  if (!plan.ok()) return Fail(std::string(plan.status().message()));
+  options.memory_limit_bytes = plan->state_bytes;
+  options.max_inflight_bytes = plan->inflight_bytes;
+  options.max_connection_bytes = plan->connection_bytes;
+  options.max_calls_in_flight = absl::GetFlag(FLAGS_max_calls_in_flight);
+  options.max_concurrent_streams = absl::GetFlag(FLAGS_max_concurrent_streams);
   const std::string consistency = absl::GetFlag(FLAGS_consistency);
   if (consistency == "sync") {
     options.consistency = ps::Consistency::kSync;
@@ -187,8 +214,13 @@ int main(int argc, char** argv) {
     spdlog::info("values and optimizer state: no limit");
   } else {
     spdlog::info("values and optimizer state: at most {} MiB ({})",
-                 options.memory_limit_bytes >> 20, memory_limit_source);
+                 options.memory_limit_bytes >> 20, plan->how);
   }
+  spdlog::info(
+      "calls in flight: at most {}, holding at most {} MiB of messages ({} "
+      "MiB per connection; 0 = no bound)",
+      options.max_calls_in_flight, options.max_inflight_bytes >> 20,
+      options.max_connection_bytes >> 20);
   spdlog::info(
       "updates: a block of {} values or more on up to {} thread(s) "
       "(--update_threads); Adam and Eve on {}",

@@ -24,6 +24,7 @@
 #include "common/status.h"
 #include "proto/ps/v1/ps.pb.h"
 #include "server/auth.h"
+#include "server/call_tracker.h"
 #include "server/stats.h"
 
 namespace ps {
@@ -40,20 +41,28 @@ size_t SerializeAnswer(v1::PullResponse& answer, grpc::ByteBuffer* out);
 
 class RpcGate {
  public:
-  // REQUIRES: auth and stats outlive the gate.
-  RpcGate(const Authenticator* auth, ServerStats* stats)
-      : auth_(auth), stats_(stats) {}
+  // REQUIRES: auth, stats and calls (when not null) outlive the gate.
+  RpcGate(const Authenticator* auth, ServerStats* stats,
+          CallTracker* calls = nullptr)
+      : auth_(auth), stats_(stats), calls_(calls) {}
 
-  // Authenticates the caller for `role`, then parses the request. Returns
-  // the caller (its token's label and worker ids); UNAUTHENTICATED or
-  // PERMISSION_DENIED; or INVALID_ARGUMENT naming the message when the
-  // bytes are not a `Request`.
+  // Authenticates the caller for `role`, checks that the shard can hold the
+  // call (CallTracker: RESOURCE_EXHAUSTED past its bounds), then parses the
+  // request. Returns the caller (its token's label and worker ids);
+  // UNAUTHENTICATED or PERMISSION_DENIED; or INVALID_ARGUMENT naming the
+  // message when the bytes are not a `Request`.
   template <typename Request>
   absl::StatusOr<Caller> Admit(const grpc::CallbackServerContext& context,
                                Role role, const grpc::ByteBuffer& bytes,
                                Request* request) const {
     absl::StatusOr<Caller> caller = auth_->Check(context, role);
     if (!caller.ok()) return caller.status();
+    if (calls_ != nullptr) {
+      if (absl::Status held = calls_->Admit(context, bytes.Length());
+          !held.ok()) {
+        return held;
+      }
+    }
     if (!ParseMessage(bytes, request)) {
       return absl::InvalidArgumentError(
           absl::StrCat("the request is not a ", request->GetTypeName(),
@@ -92,6 +101,7 @@ class RpcGate {
  private:
   const Authenticator* const auth_;
   ServerStats* const stats_;
+  CallTracker* const calls_;
 };
 
 }  // namespace ps

@@ -29,39 +29,6 @@ namespace {
 // How long Shutdown lets calls in flight finish before cancelling them.
 constexpr absl::Duration kShutdownGrace = absl::Seconds(5);
 
-// Counts the calls in flight (every service's), so that shutdown can close
-// the connections as soon as the last call is done: gRPC's own shutdown
-// otherwise waits the whole grace period for idle clients to disconnect.
-class CallCounter final
-    : public grpc::experimental::ServerInterceptorFactoryInterface {
- public:
-  explicit CallCounter(std::atomic<int64_t>* in_flight)
-      : in_flight_(in_flight) {}
-
-  grpc::experimental::Interceptor* CreateServerInterceptor(
-      grpc::experimental::ServerRpcInfo*) override {
-    return new Counted(in_flight_);
-  }
-
- private:
-  class Counted final : public grpc::experimental::Interceptor {
-   public:
-    explicit Counted(std::atomic<int64_t>* in_flight) : in_flight_(in_flight) {
-      in_flight_->fetch_add(1, std::memory_order_relaxed);
-    }
-    ~Counted() override { in_flight_->fetch_sub(1, std::memory_order_release); }
-    void Intercept(
-        grpc::experimental::InterceptorBatchMethods* methods) override {
-      methods->Proceed();
-    }
-
-   private:
-    std::atomic<int64_t>* const in_flight_;
-  };
-
-  std::atomic<int64_t>* const in_flight_;
-};
-
 absl::StatusOr<std::string> ReadFile(const std::string& path,
                                      absl::string_view flag) {
   std::ifstream file(path, std::ios::binary);
@@ -114,6 +81,12 @@ absl::Status CheckOptions(const ServerOptions& options) {
     return absl::InvalidArgumentError(
         absl::StrCat("--update_threads=", options.update_threads,
                      " must be in 1..", kMaxUpdateThreads));
+  }
+  if (options.max_calls_in_flight < 1) {
+    return absl::InvalidArgumentError("--max_calls_in_flight must be >= 1");
+  }
+  if (options.max_concurrent_streams < 1) {
+    return absl::InvalidArgumentError("--max_concurrent_streams must be >= 1");
   }
   if (options.max_message_mb < 1 || options.max_message_mb > 2047) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -246,7 +219,10 @@ class ServerImpl final : public ParameterServer {
              v1::ClusterInfo info, const ServerOptions& options)
       : store_(store_options),
         auth_(std::move(auth)),
-        gate_(&auth_, &store_.stats()),
+        calls_(CallLimits{options.max_calls_in_flight,
+                          options.max_inflight_bytes,
+                          options.max_connection_bytes}),
+        gate_(&auth_, &store_.stats(), &calls_),
         checkpointer_(
             options.checkpoint_dir.empty()
                 ? nullptr
@@ -260,7 +236,8 @@ class ServerImpl final : public ParameterServer {
             checkpointer_ == nullptr
                 ? AdminServiceImpl::CheckpointFn()
                 : [this](AdminServiceImpl::CheckpointDone
-                             done) { checkpoints_->Request(std::move(done)); }),
+                             done) { checkpoints_->Request(std::move(done)); },
+            [this] { return Stats(); }),
         host_(options.host),
         checkpoint_interval_(absl::Seconds(options.checkpoint_interval_s)) {}
 
@@ -292,12 +269,14 @@ class ServerImpl final : public ParameterServer {
     const int max_bytes = options.max_message_mb * 1024 * 1024;
     builder.SetMaxReceiveMessageSize(max_bytes);
     builder.SetMaxSendMessageSize(max_bytes);
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS,
+                               options.max_concurrent_streams);
     builder.RegisterService(&service_);
     builder.RegisterService(&admin_);
     std::vector<
         std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
         interceptors;
-    interceptors.push_back(std::make_unique<CallCounter>(&in_flight_));
+    interceptors.push_back(calls_.NewInterceptorFactory());
     builder.experimental().SetInterceptorCreators(std::move(interceptors));
     server_ = builder.BuildAndStart();
     if (server_ == nullptr || port_ == 0) {
@@ -307,7 +286,8 @@ class ServerImpl final : public ParameterServer {
     }
     if (options.metrics_port >= 0) {
       PS_ASSIGN_OR_RETURN(
-          metrics_, MetricsServer::Start(&store_, host_, options.metrics_port));
+          metrics_, MetricsServer::Start([this] { return Stats(); }, host_,
+                                         options.metrics_port));
     }
     {
       absl::MutexLock lock(&mu_);
@@ -344,8 +324,7 @@ class ServerImpl final : public ParameterServer {
     // Let the calls in flight finish (a sync push may wait for its step),
     // then close every connection at once.
     const absl::Time deadline = absl::Now() + kShutdownGrace;
-    while (in_flight_.load(std::memory_order_acquire) > 0 &&
-           absl::Now() < deadline) {
+    while (calls_.calls() > 0 && absl::Now() < deadline) {
       absl::SleepFor(absl::Milliseconds(5));
     }
     server_->Shutdown(std::chrono::system_clock::now());
@@ -371,6 +350,13 @@ class ServerImpl final : public ParameterServer {
   }
 
  private:
+  // The store's stats and what calls in flight hold.
+  v1::Stats Stats() const {
+    v1::Stats stats = store_.Stats();
+    stats.set_inflight_bytes(calls_.bytes());
+    return stats;
+  }
+
   // Health answers NOT_SERVING while checkpoints fail (a shard that cannot
   // checkpoint would lose every push since the last one at its next
   // restart), and SERVING again once one succeeds.
@@ -395,6 +381,7 @@ class ServerImpl final : public ParameterServer {
 
   VariableStore store_;
   Authenticator auth_;
+  CallTracker calls_;
   RpcGate gate_;
   std::unique_ptr<Checkpointer> checkpointer_;
   std::unique_ptr<CheckpointThread> checkpoints_;
@@ -405,7 +392,6 @@ class ServerImpl final : public ParameterServer {
   const absl::Duration checkpoint_interval_;
   int port_ = 0;
   std::unique_ptr<grpc::Server> server_;
-  std::atomic<int64_t> in_flight_{0};
   absl::Mutex mu_;
   bool started_ ABSL_GUARDED_BY(mu_) = false;
   bool shut_down_ ABSL_GUARDED_BY(mu_) = false;

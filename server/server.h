@@ -60,6 +60,18 @@ struct ServerOptions {
   // larger pushes at the cost of memory per call.
   int max_message_mb = 256;
 
+  // What calls in flight may hold (server/call_tracker.h): calls at once,
+  // message bytes in all (requests received and answers not yet sent) and
+  // per connection (a client that does not read its answers holds at most
+  // that). 0 bytes = no bound. ps_server derives the byte bounds from the
+  // memory it may use.
+  int64_t max_calls_in_flight = 4096;
+  uint64_t max_inflight_bytes = 0;
+  uint64_t max_connection_bytes = 0;
+  // HTTP/2 streams (calls) one connection may have open at once; more wait
+  // in the client.
+  int max_concurrent_streams = 256;
+
   // Token files (one token per line, optional label after whitespace).
   // Worker tokens may call ParameterService; admin tokens both services.
   // With neither, anyone who reaches the port can change the shard.

@@ -371,10 +371,14 @@ absl::StatusOr<bool> VariableStore::CreateVariable(
     if (plan_.ShardOf(name, k) != options_.shard_index) continue;
     local_blocks.push_back(k);
     charge.values += plan_.BlockRange(size, k).length;
-    if (limit != 0 && BytesOf(charge) > limit) break;
+    ++charge.blocks;
+    if (limit != 0 &&
+        BytesOf(charge) + charge.blocks * kBlockBookkeepingBytes > limit) {
+      break;
+    }
   }
   PS_RETURN_IF_ERROR(CheckMemory(
-      BytesOf(charge),
+      BytesOf(charge) + charge.blocks * kBlockBookkeepingBytes,
       absl::StrCat("variable '", name, "' (", size, " values, ",
                    std::string(optimizer::RuleName(entry->settings.rule)),
                    ")")));
@@ -433,7 +437,18 @@ absl::StatusOr<bool> VariableStore::CreateVariable(
   }
   charges_[name] = charge;
   charged_bytes_ += BytesOf(charge);
+  bookkeeping_bytes_ += charge.blocks * kBlockBookkeepingBytes;
   return true;
+}
+
+// Each array of a block is one malloc allocation with a 16-byte header.
+const uint64_t VariableStore::kBlockBookkeepingBytes =
+    sizeof(Block) + sizeof(std::pair<uint64_t, std::unique_ptr<Block>>) +
+    16 * 7;
+
+uint64_t VariableStore::BookkeepingBytes() const {
+  return bookkeeping_bytes_.load(std::memory_order_relaxed) +
+         sessions_.size() * kSessionBytes;
 }
 
 uint64_t VariableStore::BytesOf(const MemoryCharge& charge) const {
@@ -445,7 +460,7 @@ uint64_t VariableStore::BytesOf(const MemoryCharge& charge) const {
 absl::Status VariableStore::CheckMemory(uint64_t more,
                                         absl::string_view what) const {
   const uint64_t limit = options_.memory_limit_bytes;
-  const uint64_t charged = charged_bytes_;
+  const uint64_t charged = charged_bytes_ + BookkeepingBytes();
   if (limit == 0 || (charged <= limit && more <= limit - charged)) {
     return absl::OkStatus();
   }
@@ -454,9 +469,10 @@ absl::Status VariableStore::CheckMemory(uint64_t more,
     return absl::StrFormat("%.1f MiB", static_cast<double>(bytes) / (1 << 20));
   };
   return absl::ResourceExhaustedError(absl::StrCat(
-      what, " needs ", mib(more), " more for values and optimizer state on ",
-      "shard ", options_.shard_index, ", which holds ", mib(charged),
-      " of its limit of ", mib(limit),
+      what, " needs ", mib(more),
+      " more for values, optimizer state and bookkeeping on ", "shard ",
+      options_.shard_index, ", which holds ", mib(charged), " of its limit of ",
+      mib(limit),
       "; add shards, choose a rule with less state, or raise ps_server's "
       "--memory_limit_mb"));
 }
@@ -618,12 +634,16 @@ absl::Status CheckNotFenced(const PreparedPush& push, const Variable& variable,
                    push.epoch, "); this push is not applied"));
 }
 
-void MarkApplied(const PreparedPush& push, Block& block)
+// Records the push as applied to the block. Returns true when that made a
+// new exactly-once record (the worker's first push to the block).
+bool MarkApplied(const PreparedPush& push, Block& block)
     ABSL_EXCLUSIVE_LOCKS_REQUIRED(block.mu) {
-  if (!ExactlyOnce(push)) return;
-  Block::AppliedSeqs& applied = block.applied[push.worker_id];
+  if (!ExactlyOnce(push)) return false;
+  auto [it, inserted] = block.applied.try_emplace(push.worker_id);
+  Block::AppliedSeqs& applied = it->second;
   if (applied.epoch != push.epoch) applied = {push.epoch, SeqWindow()};
   applied.seqs.Mark(push.seq);
+  return inserted;
 }
 
 // FAILED_PRECONDITION when the block's values are no longer finite.
@@ -727,7 +747,9 @@ void VariableStore::ApplyAsync(
             push.loss, sink, &helpers_);
       }
       stats_.RecordUpdate(absl::Now() - start);
-      MarkApplied(push, block);
+      if (MarkApplied(push, block)) {
+        bookkeeping_bytes_ += kAppliedRecordBytes;
+      }
       if (!finite.load()) MarkDiverged(*part.variable, block);
       if (answer != nullptr) {
         completion->FillWritten(i, *part.variable, block);
@@ -830,7 +852,9 @@ void VariableStore::ApplySync(PreparedPush& push,
         }
       }
       sync.workers.insert(push.worker_id);
-      MarkApplied(push, block);
+      if (MarkApplied(push, block)) {
+        bookkeeping_bytes_ += kAppliedRecordBytes;
+      }
       if (push.loss) {
         sync.loss_sum += *push.loss;
         ++sync.losses;

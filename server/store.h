@@ -315,6 +315,18 @@ class VariableStore {
   // The bytes of values and optimizer state the shard's variables may hold
   // under their rules, as counted against memory_limit_bytes.
   uint64_t StateBytes() const;
+  // The bytes of bookkeeping around them, also counted against the limit:
+  // each block's record (kBlockBookkeepingBytes; with a small block_size it
+  // outweighs the values), each exactly-once record of a worker in a
+  // block, and each worker session.
+  uint64_t BookkeepingBytes() const;
+
+  // What one block costs besides its arrays: the Block, its slot in the
+  // variable's map, and malloc's headers of it and its arrays.
+  static const uint64_t kBlockBookkeepingBytes;
+  // One worker's exactly-once record in one block, and one session.
+  static constexpr uint64_t kAppliedRecordBytes = 96;
+  static constexpr uint64_t kSessionBytes = 128;
 
   ServerStats& stats() { return stats_; }
 
@@ -369,6 +381,7 @@ class VariableStore {
   struct MemoryCharge {
     uint64_t values = 0;
     optimizer::StateSlots slots = 0;
+    uint64_t blocks = 0;  // charged in bookkeeping_bytes_
   };
   uint64_t BytesOf(const MemoryCharge& charge) const;
   // OK when `more` bytes fit under the limit besides the charged ones; else
@@ -399,6 +412,9 @@ class VariableStore {
   // Changed only under memory_mu_; read without it (Stats must not wait for
   // the creation of a large variable).
   std::atomic<uint64_t> charged_bytes_ = 0;
+  // Blocks' records and exactly-once records (see BookkeepingBytes); the
+  // latter grow as workers push to blocks, without memory_mu_.
+  std::atomic<uint64_t> bookkeeping_bytes_ = 0;
 
   // Lock order: memory_mu_, then block locks (in address order), then
   // config_mu_.

@@ -237,6 +237,7 @@ v1::Stats VariableStore::Stats() const {
     stats.set_diverged_blocks(stats.diverged_blocks() + diverged);
   }
   stats.set_state_bytes(StateBytes());
+  stats.set_bookkeeping_bytes(BookkeepingBytes());
   stats.set_memory_limit_bytes(options_.memory_limit_bytes);
   absl::ReaderMutexLock lock(&config_mu_);
   stats.set_config_version(config_version_);

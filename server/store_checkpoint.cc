@@ -204,6 +204,8 @@ absl::Status VariableStore::RestoreBlock(const BlockRecord& record) {
     }
     sync.loss_sum = record.sync_loss_sum();
     sync.losses = record.sync_losses();
+    bookkeeping_bytes_ -= block.applied.size() * kAppliedRecordBytes;
+    bookkeeping_bytes_ += record.applied_size() * kAppliedRecordBytes;
     block.applied.clear();
     for (const auto& applied : record.applied()) {
       block.applied[applied.worker_id()] = {

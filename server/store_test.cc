@@ -1537,11 +1537,18 @@ v1::CreateVariableRequest CreateWithOptimizer(const std::string& name,
   return request;
 }
 
-// An SGD store whose limit holds `arrays` arrays of 100 values, with "w" of
-// 100 values, pushed once.
+// The bookkeeping of "w" of SgdStoreWithRoomFor: 25 blocks, one worker's
+// exactly-once record in each, and its session.
+constexpr uint64_t kRoomBookkeeping =
+    VariableStore::kAppliedRecordBytes * 25 + VariableStore::kSessionBytes;
+
+// An SGD store whose limit holds `arrays` arrays of 100 values (and their
+// bookkeeping), with "w" of 100 values, pushed once.
 std::unique_ptr<VariableStore> SgdStoreWithRoomFor(int arrays) {
   StoreOptions options = AsyncOptions(0, 1, 4, "sgd {} learning_rate: 0.1");
-  options.memory_limit_bytes = 100 * arrays * sizeof(float);
+  options.memory_limit_bytes = 100 * arrays * sizeof(float) +
+                               25 * VariableStore::kBlockBookkeepingBytes +
+                               kRoomBookkeeping;
   auto store = std::make_unique<VariableStore>(options);
   EXPECT_TRUE(store->CreateVariable(CreateRequest("w", {100})).ok());
   PushOnes(*store, "w", 1);
@@ -1582,7 +1589,9 @@ TEST(StoreMemoryTest, EachVariableIsChargedWhatItsRuleHolds) {
 
 TEST(StoreMemoryTest, VariablesPastTheLimitAreRefusedAndChangeNothing) {
   StoreOptions options = AsyncOptions(0, 1, 4, "adam {} learning_rate: 0.1");
-  options.memory_limit_bytes = 100 * 3 * sizeof(float);  // 100 values of Adam
+  // 100 values of Adam, in 25 blocks.
+  const uint64_t block_bytes = VariableStore::kBlockBookkeepingBytes;
+  options.memory_limit_bytes = 100 * 3 * sizeof(float) + 25 * block_bytes;
   VariableStore store(options);
   ASSERT_TRUE(store.CreateVariable(CreateRequest("a", {6, 10})).ok());
   EXPECT_EQ(store.StateBytes(), 60 * 3 * sizeof(float));
@@ -1592,7 +1601,8 @@ TEST(StoreMemoryTest, VariablesPastTheLimitAreRefusedAndChangeNothing) {
   ASSERT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted)
       << refused.status();
   EXPECT_THAT(refused.status().message(),
-              AllOf(HasSubstr("'b'"), HasSubstr("adam"), HasSubstr("600"),
+              AllOf(HasSubstr("'b'"), HasSubstr("adam"),
+                    HasSubstr(absl::StrCat(600 + 13 * block_bytes, " bytes")),
                     HasSubstr("--memory_limit_mb")));
   EXPECT_EQ(store.Find("b"), nullptr) << refused.status().message();
   EXPECT_THAT(store.VariableNames(), ElementsAreArray({"a"}));
@@ -1600,7 +1610,9 @@ TEST(StoreMemoryTest, VariablesPastTheLimitAreRefusedAndChangeNothing) {
 
   // What is left still fits, exactly; then nothing more does.
   ASSERT_TRUE(store.CreateVariable(CreateRequest("b", {40})).ok());
-  EXPECT_EQ(store.StateBytes(), options.memory_limit_bytes);
+  EXPECT_EQ(store.StateBytes(), 100 * 3 * sizeof(float));
+  EXPECT_EQ(store.StateBytes() + store.BookkeepingBytes(),
+            options.memory_limit_bytes);
   EXPECT_EQ(store.CreateVariable(CreateWithOptimizer("c", 1, "sgd {}"))
                 .status()
                 .code(),
@@ -1634,7 +1646,8 @@ TEST(StoreMemoryTest, OptimizerChangesAreChargedAndRefusedPastTheLimit) {
 
   // Adam as the default fits exactly; its state is what is charged.
   ASSERT_TRUE(store.SetOptimizer("", Optimizer("adam {}"), false).ok());
-  EXPECT_EQ(store.StateBytes(), options.memory_limit_bytes);
+  EXPECT_EQ(store.StateBytes() + store.BookkeepingBytes(),
+            options.memory_limit_bytes);
   PushOnes(store, "w", 2);
   EXPECT_EQ(HeldBytes(store), store.StateBytes());
 
@@ -1648,7 +1661,8 @@ TEST(StoreMemoryTest, OptimizerChangesAreChargedAndRefusedPastTheLimit) {
   EXPECT_EQ(store.StateBytes(), 100 * 2 * sizeof(float));
   ASSERT_TRUE(store.SetOptimizer("w", Optimizer("adam {}"), false).ok());
   PushOnes(store, "w", 4);
-  EXPECT_EQ(store.StateBytes(), options.memory_limit_bytes);
+  EXPECT_EQ(store.StateBytes() + store.BookkeepingBytes(),
+            options.memory_limit_bytes);
   EXPECT_EQ(HeldBytes(store), store.StateBytes());
 }
 

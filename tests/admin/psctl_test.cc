@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/partition.h"
+#include "server/store.h"
 #include "tests/admin/admin_test_util.h"
 
 namespace ps::testing {
@@ -595,15 +596,20 @@ TEST(PsctlMemoryTest, AChangeOneShardCannotHoldChangesNoShard) {
   const uint64_t kSize = 37, kBlock = 8;
   const PartitionPlan plan(2, kBlock);
   uint64_t share[2] = {0, 0};
+  uint64_t blocks[2] = {0, 0};
   for (uint64_t k = 0; k < plan.NumBlocks(kSize); ++k) {
     share[plan.ShardOf("w", k)] += plan.BlockRange(kSize, k).length;
+    ++blocks[plan.ShardOf("w", k)];
   }
   const int larger = share[1] > share[0] ? 1 : 0;
   ASSERT_NE(share[0], share[1]);
+  ASSERT_GE(blocks[larger], blocks[1 - larger]);
   ServerOptions options;
   options.block_size = kBlock;
   options.default_optimizer = Config("sgd {} learning_rate: 0.1");
-  options.memory_limit_bytes = 3 * sizeof(float) * share[larger] - 4;
+  options.memory_limit_bytes =
+      3 * sizeof(float) * share[larger] - 4 +
+      blocks[larger] * VariableStore::kBlockBookkeepingBytes;
   auto shards = StartShards(2, options);
   ASSERT_EQ(shards.size(), 2u);
   auto connected = RawWorker::Connect(ServerAddresses(shards));
