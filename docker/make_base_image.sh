@@ -5,8 +5,8 @@
 #   docker/make_base_image.sh ENGINE NAME     # e.g. podman localhost/debian-minbase:bookworm
 #
 # then build with --build-arg BASE_IMAGE=NAME. The image is Debian 12's
-# minimal system (debootstrap --variant=minbase bookworm, about 60 MB of
-# files, fetched from the Debian mirror this machine's apt already uses),
+# minimal system (debootstrap --variant=minbase bookworm, about 80 MB,
+# fetched from the Debian mirror this machine's apt already uses),
 # with the slim image's dpkg rules that skip documentation, manual pages and
 # translations in every package installed later. ENGINE is podman or
 # docker; the script needs root (debootstrap) and the debootstrap package.
