@@ -16,7 +16,8 @@
 #     docker/make_base_image.sh (debootstrap, 1 to 3 minutes);
 #  3. checks what the build context holds (.dockerignore), then builds the
 #     shard and worker images (docker/Dockerfile; the first build compiles
-#     ps_server and psctl: about 10 minutes of 2 cores);
+#     ps_server and psctl: about 6 minutes of 2 cores, while the worker's
+#     Python packages are installed);
 #  4. checks both images: they run as uid 10001, every shared library their
 #     programs load resolves (ldd), the shard image has no Python, the worker
 #     imports psclient.torch and stops at once on SIGTERM; one shard answers
@@ -68,7 +69,8 @@ strict_checkpoint_dir=${PS_STRICT_CHECKPOINT_DIR:-0}
 
 started=$SECONDS
 log() { printf 'test_container: [%4ds] %s\n' "$((SECONDS - started))" "$*"; }
-skip() { log "SKIP: $*"; exit 0; }
+skipped=0
+skip() { log "SKIP: $*"; skipped=1; exit 0; }
 fail() { log "FAIL: $*"; exit 1; }
 notes=()
 note() { log "NOTE: $*"; notes+=("$*"); }
@@ -78,6 +80,68 @@ note() { log "NOTE: $*"; notes+=("$*"); }
 [ "$(uname -s)" = Linux ] || skip "containers need Linux"
 [ "$(id -u)" -eq 0 ] ||
   skip "needs root: rootful podman (rootless needs /etc/subuid ranges this script does not set up)"
+
+work=$(mktemp -d "${TMPDIR:-/var/tmp}/ps-container-test.XXXXXX")
+chmod 755 "$work"
+project="pstest$$"
+shard_image="localhost/ps-test-shard:$project"
+worker_image="localhost/ps-test-worker:$project"
+images_before="$work/images_before"
+api_pid=""
+up_pid=""
+pump_pid=""
+shard_build=""
+made_base=""
+cleanup() {
+  local status=$?
+  set +e
+  trap - EXIT INT TERM
+  log "cleaning up"
+  command -v podman >/dev/null || { rm -rf "$work"; exit "$status"; }
+  # Background jobs of this script, and what they run (a shell function's
+  # subshell does not pass the signal on).
+  for pid in $pump_pid $up_pid $shard_build; do
+    pkill -P "$pid" 2>/dev/null
+    kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
+  done
+  # Every container, volume and network of this run is named after $project.
+  for c in $(podman ps -a -q --filter "name=^$project" 2>/dev/null); do
+    podman rm -f -v -t 0 "$c" >/dev/null 2>&1
+  done
+  for v in $(podman volume ls -q --filter "name=^${project}_" 2>/dev/null); do
+    podman volume rm -f "$v" >/dev/null 2>&1
+  done
+  podman network rm -f "${project}_default" >/dev/null 2>&1
+  [ -n "$api_pid" ] && kill "$api_pid" 2>/dev/null && wait "$api_pid" 2>/dev/null
+  if [ "$keep_images" -eq 0 ] && [ -f "$images_before" ]; then
+    # Every image that was not there at the start: ours, their build layers,
+    # and a base image made or pulled here.
+    podman images -a -q --no-trunc 2>/dev/null | sort -u |
+      comm -13 "$images_before" - | xargs -r podman rmi -f >/dev/null 2>&1
+    [ -n "$made_base" ] && podman rmi -f "$made_base" >/dev/null 2>&1
+  fi
+  umount_under "$work"
+  rm -rf --one-file-system "$work"
+  if [ "${#notes[@]}" -gt 0 ]; then
+    log "notes:"
+    printf '  - %s\n' "${notes[@]}"
+  fi
+  if [ "$skipped" -eq 1 ]; then
+    log "skipped"
+  elif [ "$status" -eq 0 ]; then
+    log "PASS in $((SECONDS - started)) s"
+  else
+    log "FAILED (exit $status) after $((SECONDS - started)) s"
+  fi
+  exit "$status"
+}
+umount_under() {
+  awk -v dir="$1/" 'index($2, dir) == 1 { print $2 }' /proc/mounts | sort -r |
+    while read -r m; do umount -l "$m" 2>/dev/null; done
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 packages=(podman runc netavark aardvark-dns iptables debootstrap docker-compose podman-compose)
 missing=()
@@ -90,18 +154,13 @@ if [ "${#missing[@]}" -gt 0 ]; then
   log "installing ${missing[*]}"
   if ! { apt-get update -qq &&
          DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-           "${missing[@]}"; } >/tmp/test_container_apt.log 2>&1; then
-    tail -n 20 /tmp/test_container_apt.log
+           "${missing[@]}"; } >"$work/apt.log" 2>&1; then
+    tail -n 20 "$work/apt.log"
     command -v podman >/dev/null || skip "podman cannot be installed (see above)"
     fail "cannot install ${missing[*]} (see above)"
   fi
 fi
 
-work=$(mktemp -d "${TMPDIR:-/var/tmp}/ps-container-test.XXXXXX")
-chmod 755 "$work"
-project="pstest$$"
-shard_image="localhost/ps-test-shard:$project"
-worker_image="localhost/ps-test-worker:$project"
 
 # The project's engine settings; default_ulimits lowered in a copy where this
 # machine's hard limits are lower than the file's.
@@ -127,59 +186,12 @@ export CONTAINERS_CONF=$conf
 
 # Only what this run makes is removed at the end: images are told apart by
 # their ids, taken now.
-images_before="$work/images_before"
 podman images -a -q --no-trunc 2>/dev/null | sort -u >"$images_before" ||
   fail "podman does not start: $(podman info 2>&1 | tail -n 3)"
 backend=$(podman info --format '{{.Host.NetworkBackend}}')
 [ "$backend" = netavark ] ||
   fail "podman uses the $backend network backend, not netavark: it chose CNI before docker/containers.conf was used (podman system reset clears that)"
 
-api_pid=""
-up_pid=""
-pump_pid=""
-made_base=""
-cleanup() {
-  local status=$?
-  set +e
-  trap - EXIT INT TERM
-  log "cleaning up"
-  for pid in $pump_pid $up_pid; do kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null; done
-  # Every container, volume and network of this run is named after $project.
-  for c in $(podman ps -a -q --filter "name=^$project" 2>/dev/null); do
-    podman rm -f -v -t 0 "$c" >/dev/null 2>&1
-  done
-  for v in $(podman volume ls -q --filter "name=^${project}_" 2>/dev/null); do
-    podman volume rm -f "$v" >/dev/null 2>&1
-  done
-  podman network rm -f "${project}_default" >/dev/null 2>&1
-  [ -n "$api_pid" ] && kill "$api_pid" 2>/dev/null && wait "$api_pid" 2>/dev/null
-  if [ "$keep_images" -eq 0 ]; then
-    # Every image that was not there at the start: ours, their build layers,
-    # and a base image made or pulled here.
-    podman images -a -q --no-trunc 2>/dev/null | sort -u |
-      comm -13 "$images_before" - | xargs -r podman rmi -f >/dev/null 2>&1
-    [ -n "$made_base" ] && podman rmi -f "$made_base" >/dev/null 2>&1
-  fi
-  umount_under "$work"
-  rm -rf --one-file-system "$work"
-  if [ "${#notes[@]}" -gt 0 ]; then
-    log "notes:"
-    printf '  - %s\n' "${notes[@]}"
-  fi
-  if [ "$status" -eq 0 ]; then
-    log "PASS in $((SECONDS - started)) s"
-  else
-    log "FAILED (exit $status) after $((SECONDS - started)) s"
-  fi
-  exit "$status"
-}
-umount_under() {
-  awk -v dir="$1/" 'index($2, dir) == 1 { print $2 }' /proc/mounts | sort -r |
-    while read -r m; do umount -l "$m" 2>/dev/null; done
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
 
 log "podman $(podman version --format '{{.Client.Version}}'), $(docker-compose version --short 2>/dev/null | sed 's/^/docker-compose /'), podman-compose $(dpkg-query -W -f='${Version}' podman-compose); storage $(podman info --format '{{.Store.GraphDriverName}}')"
 
@@ -263,16 +275,30 @@ done
 log "build context: $(wc -l <<<"$listing") files, no tokens, .git, build trees or stubs"
 rm -rf "$context"
 
-for target in shard worker; do
-  image=$shard_image
-  [ "$target" = worker ] && image=$worker_image
-  t=$SECONDS
-  log "building the $target image"
-  quiet 2400 podman build --format docker --layers --build-arg "BASE_IMAGE=$base" \
-    -f docker/Dockerfile --target "$target" -t "$image" . || fail "building the $target image"
-  size=$(podman image inspect --format '{{.Size}}' "$image")
-  log "$target image built in $((SECONDS - t)) s: $((size / 1000000)) MB"
-done
+# The shard image (and the build stage, which compiles) and worker-base
+# (mostly PyTorch's download and unpacking) at the same time, then the
+# worker image from worker-base and the build stage's stubs, both cached.
+# podman build of docker/Dockerfile's stage $1 (more options after it), its
+# output in $work/build-$1.log; at most 40 minutes.
+build() {
+  local target=$1; shift
+  timeout -k 10 2400 podman build --format docker --layers --build-arg "BASE_IMAGE=$base" \
+    -f docker/Dockerfile --target "$target" "$@" . >"$work/build-$target.log" 2>&1
+}
+build_failed() { tail -n 40 "$work/build-$1.log"; fail "building $1"; }
+image_size() { echo "$(( $(podman image inspect --format '{{.Size}}' "$1") / 1000000 )) MB"; }
+t=$SECONDS
+log "building the shard image and, meanwhile, worker-base"
+build shard -t "$shard_image" &
+shard_build=$!
+build worker-base || build_failed worker-base
+log "worker-base built in $((SECONDS - t)) s"
+wait "$shard_build" || build_failed shard
+shard_build=""
+log "shard image built in $((SECONDS - t)) s: $(image_size "$shard_image")"
+t=$SECONDS
+build worker -t "$worker_image" || build_failed worker
+log "worker image built in $((SECONDS - t)) s: $(image_size "$worker_image")"
 
 # --------------------------------------------------------- 4. image checks
 for image in "$shard_image" "$worker_image"; do

@@ -746,14 +746,22 @@ class DockerfileTest(unittest.TestCase):
     """docker/Dockerfile: a build stage and one image per role, shard and worker."""
 
     def stage(self, name: str) -> List[Instruction]:
-        index = [n for _, n in stages()].index(name)
-        return [i for i in dockerfile() if i.stage == index]
+        """The instructions of stage `name`, after those of the stages it is built FROM."""
+        names = [n for _, n in stages()]
+        index = names.index(name)
+        image = stages()[index][0]
+        parent = self.stage(image) if image in names else []
+        return parent + [i for i in dockerfile() if i.stage == index]
 
     def test_stages(self):
         self.assertFalse(DOCKERFILE.read_text().startswith("# syntax="),
                          "a syntax line makes BuildKit fetch a frontend from Docker Hub")
-        self.assertEqual([n for _, n in stages()], ["build", "shard", "worker"])
-        self.assertEqual({image for image, _ in stages()}, {"${BASE_IMAGE}"})
+        self.assertEqual([n for _, n in stages()], ["build", "shard", "worker-base", "worker"])
+        self.assertEqual({image for image, n in stages() if n != "worker"}, {"${BASE_IMAGE}"})
+        # worker-base needs nothing of the build stage (it is built while that
+        # compiles); the worker image is worker-base plus the project's files.
+        self.assertEqual(dict((n, i) for i, n in stages())["worker"], "worker-base")
+        self.assertFalse([i for i in self.stage("worker-base") if "--from=" in i.rest])
         args = [i.rest for i in dockerfile() if i.keyword == "ARG" and i.stage == -1]
         self.assertEqual(args, ["BASE_IMAGE=debian:bookworm-slim"])
 
