@@ -99,11 +99,9 @@ cleanup() {
   log "cleaning up"
   command -v podman >/dev/null || { rm -rf "$work"; exit "$status"; }
   # Background jobs of this script, and what they run (a shell function's
-  # subshell does not pass the signal on).
-  for pid in $pump_pid $up_pid $shard_build; do
-    pkill -P "$pid" 2>/dev/null
-    kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
-  done
+  # subshell does not pass the signal on); disowned first, so that bash does
+  # not report them as "Terminated".
+  stop_jobs "$pump_pid" "$up_pid" "$shard_build"
   # Every container, volume and network of this run is named after $project.
   for c in $(podman ps -a -q --filter "name=^$project" 2>/dev/null); do
     podman rm -f -v -t 0 "$c" >/dev/null 2>&1
@@ -112,7 +110,7 @@ cleanup() {
     podman volume rm -f "$v" >/dev/null 2>&1
   done
   podman network rm -f "${project}_default" >/dev/null 2>&1
-  [ -n "$api_pid" ] && kill "$api_pid" 2>/dev/null && wait "$api_pid" 2>/dev/null
+  stop_jobs "$api_pid"
   if [ "$keep_images" -eq 0 ] && [ -f "$images_before" ]; then
     # Every image that was not there at the start: ours, their build layers,
     # and a base image made or pulled here.
@@ -134,6 +132,21 @@ cleanup() {
     log "FAILED (exit $status) after $((SECONDS - started)) s"
   fi
   exit "$status"
+}
+# Ends the background jobs $@ (empty ones skipped) and their children,
+# waiting up to 10 s for each.
+stop_jobs() {
+  local pid
+  for pid in "$@"; do
+    [ -n "$pid" ] || continue
+    pkill -P "$pid" 2>/dev/null
+    disown "$pid" 2>/dev/null
+    kill "$pid" 2>/dev/null
+  done
+  for pid in "$@"; do
+    [ -n "$pid" ] || continue
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  done
 }
 umount_under() {
   awk -v dir="$1/" 'index($2, dir) == 1 { print $2 }' /proc/mounts | sort -r |
@@ -479,7 +492,7 @@ fi
     for c in "${shards[@]}"; do health_check "$c" || true; done
     sleep 5
   done
-) &
+) 2>>"$work/pump.log" &
 pump_pid=$!
 for c in "${shards[@]}"; do wait_healthy "$c" 60; done
 wait "$up_pid" || { cat "$work/up.log"; fail "docker-compose up"; }
