@@ -1,9 +1,14 @@
 #!/usr/bin/python3
 """Checks docker/ (Dockerfile, compose.yaml, k8s/, scripts) against the programs it runs.
 
-No Docker engine or Kubernetes cluster is needed, and none is used. The tests check:
+No container engine or Kubernetes cluster is needed, and none is used
+(scripts/test_container.sh runs the images and the compose cluster for real).
+The tests check:
 
-- compose.yaml and every Kubernetes manifest parse as YAML;
+- compose.yaml and every Kubernetes manifest parse as YAML; compose.yaml has
+  nothing docker-compose 1.29 or podman-compose 1.0.3 cannot read (no
+  top-level name:, every variable with a default), and `docker-compose
+  config` accepts it where docker-compose is installed;
 - every ps_server flag that the compose file, the manifests, the Dockerfile and
   entrypoint.sh use is in `ps_server --help`; every psctl command and flag they
   and docker/README.md use is in `psctl --help`; every worker flag is in
@@ -11,22 +16,27 @@ No Docker engine or Kubernetes cluster is needed, and none is used. The tests ch
 - shard counts agree: --num_shards equals the shard services / StatefulSet
   replicas, indexes are 0..S-1 once each, every --servers list names every
   shard on its port; worker counts agree with --num_workers;
-- the Dockerfile builds with scripts/install_deps.sh and scripts/build.sh (the
-  scripts CI runs through scripts/test.sh), copies files that the build tree
-  holds, and installs the runtime package of every shared library the
-  binaries load;
+- one image per role: the Dockerfile's build stage builds only ps_server,
+  psctl and psclient_stubs with a subset of CI's packages; the shard image
+  installs the runtime package of every shared library the binaries load and
+  no Python; the worker image has psclient's packages and PyTorch; both run
+  as a numeric non-system uid; compose and the manifests use the right one;
+- the root .dockerignore keeps tokens, .git, build trees and generated stubs
+  out of the build context and lets in what the build needs;
 - entrypoint.sh turns --shard_index=from_hostname into the pod ordinal;
 - the compose and StatefulSet shard command lines, run as local processes
   through entrypoint.sh, serve a health check, two workers, `psctl lr set`,
   and leave a checkpoint at SIGTERM;
-- `kubectl kustomize docker/k8s` builds (when kubectl is installed);
+- `kubectl kustomize docker/k8s` builds (when kubectl is installed), and what
+  it renders matches Kubernetes' API schemas, offline (k8s_schema/, with node
+  and the npm package kubernetes-models; skipped without node and npm);
 - every *.sh in the repository passes shellcheck.
 
 Run by CTest (tests/deploy/CMakeLists.txt) with Debian's /usr/bin/python3 and
 python3-yaml (a dependency of python3-torch in scripts/install_deps.sh). The
-binaries come from the environment: PS_SERVER (required), PSCTL and
-OPTIMIZER_BENCH (checks that need them are skipped when unset), PS_BUILD_DIR
-(the build tree, for psclient's generated stubs).
+binaries come from the environment: PS_SERVER (required), PSCTL (checks that
+need it are skipped when unset), PS_BUILD_DIR (the build tree, for psclient's
+generated stubs and the schema check's npm packages).
 """
 
 from __future__ import annotations
@@ -96,9 +106,26 @@ def load_docs(path: pathlib.Path) -> List[dict]:
         return [d for d in yaml.safe_load_all(f) if d is not None]
 
 
-def compose() -> dict:
+# ${NAME:-default} in compose.yaml (docker-compose and podman-compose both
+# substitute it).
+COMPOSE_VARIABLE = re.compile(r"\$\{([A-Z0-9_]+):-([^}]*)\}")
+
+
+def with_defaults(value):
+    """value with every ${NAME:-default} replaced by its default."""
+    if isinstance(value, dict):
+        return {k: with_defaults(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [with_defaults(v) for v in value]
+    if isinstance(value, str):
+        return COMPOSE_VARIABLE.sub(lambda m: m.group(2), value)
+    return value
+
+
+def compose(raw: bool = False) -> dict:
+    """compose.yaml as run with none of its variables set (raw: as written)."""
     (doc,) = load_docs(COMPOSE)
-    return doc
+    return doc if raw else with_defaults(doc)
 
 
 def manifests() -> Dict[str, dict]:
@@ -306,8 +333,9 @@ class FlagsTest(unittest.TestCase):
 
     def test_readme_docker_run(self):
         text = README.read_text(encoding="utf-8")
-        uses = re.findall(r"docker run --rm (?:-p \S+ )?parameter-server ([^`\n#]+)", text)
-        self.assertTrue(uses, "docker/README.md shows no `docker run ... parameter-server`")
+        uses = re.findall(r"docker run --rm (?:-p \S+ )?parameter-server-shard ([^`\n#]+)",
+                          text)
+        self.assertTrue(uses, "docker/README.md shows no `docker run ... parameter-server-shard`")
         for args in uses:
             self.assert_server_flags(shlex.split(args), f"README: {args}")
 
@@ -354,7 +382,7 @@ def readme_psctl_commands() -> List[List[str]]:
     text = README.read_text(encoding="utf-8").replace("\\\n", " ")
     found = []
     tool = compose()["services"]["psctl"]
-    for m in re.finditer(r"run --rm psctl ([^`\n#]+)", text):
+    for m in re.finditer(r"run --rm (?:--no-deps |-T )*psctl ([^`\n#]+)", text):
         found.append(tool["entrypoint"][1:] + shlex.split(m.group(1)))
     for m in re.finditer(r"kubectl exec \S+ -- psctl ([^`\n#]+)", text):
         found.append(shlex.split(m.group(1)))
@@ -418,6 +446,44 @@ class ComposeTest(unittest.TestCase):
         if self.flags[0].get("consistency") == "sync":
             self.assertEqual(self.flags[0].get("num_workers"), str(len(workers)))
 
+    def test_reads_with_compose_1_29_and_podman_compose(self):
+        raw = compose(raw=True)
+        self.assertNotIn("name", raw, "a top-level name: needs Compose v2 (use -p)")
+        self.assertNotIn("version", raw)
+        rest = COMPOSE_VARIABLE.sub("", COMPOSE.read_text())
+        self.assertNotIn("$", rest, "every variable has a default: ${NAME:-default}")
+
+    def test_docker_compose_accepts_it(self):
+        tool = shutil.which("docker-compose")
+        if not tool:
+            self.skipTest("docker-compose (Debian: docker-compose, 1.29) is not installed")
+        with tempfile.TemporaryDirectory() as tmp:
+            made = run(["sh", str(MAKE_SECRETS), tmp])
+            self.assertEqual(made.returncode, 0, made.stderr)
+            env = dict(os.environ, PS_SECRETS_DIR=tmp)
+            out = run([tool, "-p", "parameter-server", "-f", str(COMPOSE), "config", "-q"],
+                      env=env)
+            self.assertEqual(out.returncode, 0, out.stdout + out.stderr)
+
+    def test_one_image_per_role(self):
+        shard_image = self.shards[0]["image"]
+        self.assertTrue(shard_image.startswith("parameter-server-shard:"), shard_image)
+        for index, service in self.shards.items():
+            self.assertEqual(service["image"], shard_image, f"shard-{index}")
+            self.assertEqual(service["build"]["target"], "shard")
+        targets = [n for _, n in stages()]
+        for name, service in worker_services(self.spec).items():
+            self.assertTrue(service["image"].startswith("parameter-server-worker:"), name)
+            self.assertEqual(service["build"]["target"], "worker")
+            self.assertIn(service["build"]["target"], targets)
+        self.assertEqual(self.spec["services"]["psctl"]["image"], shard_image)
+
+    def test_ports_bind_loopback_only(self):
+        for name, service in self.spec["services"].items():
+            for port in service.get("ports", []):
+                with self.subTest(service=name, port=port):
+                    self.assertTrue(str(port).startswith("127.0.0.1:"))
+
     def test_psctl_service(self):
         tool = self.spec["services"]["psctl"]
         self.assertTrue(tool.get("profiles"), "psctl must not start with `up`")
@@ -444,6 +510,8 @@ class ComposeTest(unittest.TestCase):
         script = MAKE_SECRETS.read_text()
         for name, secret in declared.items():
             self.assertEqual(secret["file"], f"./secrets/{name}")
+            self.assertIn("${PS_SECRETS_DIR:-./secrets}",
+                          compose(raw=True)["secrets"][name]["file"])
             self.assertIn(name.split("_")[0], script)
 
     def test_each_shard_has_its_checkpoint_volume(self):
@@ -536,6 +604,28 @@ class KubernetesTest(unittest.TestCase):
         if self.flags.get("consistency") == "sync":
             self.assertEqual(self.flags.get("num_workers"), str(spec["completions"]))
 
+    def pods(self) -> List[Tuple[str, dict]]:
+        return [(kind, self.docs[kind]["spec"]["template"]["spec"])
+                for kind in ("StatefulSet", "Job")]
+
+    def test_read_only_root_has_a_writable_tmp(self):
+        for kind, pod in self.pods():
+            volumes = {v["name"]: v for v in pod["volumes"]}
+            for container in pod["containers"]:
+                with self.subTest(kind=kind, container=container["name"]):
+                    self.assertTrue(container["securityContext"]["readOnlyRootFilesystem"])
+                    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+                    self.assertIn("/tmp", mounts)
+                    self.assertIn("emptyDir", volumes[mounts["/tmp"]])
+
+    def test_one_image_per_role(self):
+        images = {kind: pod["containers"][0]["image"].split(":")[0]
+                  for kind, pod in self.pods()}
+        self.assertEqual(images, {"StatefulSet": "parameter-server-shard",
+                                  "Job": "parameter-server-worker"})
+        listed = {i["name"] for i in self.docs["Kustomization"].get("images", [])}
+        self.assertEqual(listed, set(images.values()))
+
     def test_pod_names_are_shard_names(self):
         # Pods are <StatefulSet name>-<ordinal>; the Job's addresses use shard-N.
         self.assertEqual(self.sts["metadata"]["name"], "shard")
@@ -563,79 +653,208 @@ class KubernetesTest(unittest.TestCase):
                 self.assertEqual(names, [name])
 
 
+K8S_SCHEMA = REPO / "tests" / "deploy" / "k8s_schema"
+
+
+def rendered_manifests() -> List[dict]:
+    """The objects `kubectl apply -k docker/k8s` would send, without a cluster.
+
+    `kubectl kustomize` renders them where kubectl is installed (with token
+    files made for the Secret); elsewhere, the manifests as written.
+    """
+    kubectl = shutil.which("kubectl")
+    if not kubectl:
+        return [d for d in manifests().values() if d["kind"] != "Kustomization"]
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = pathlib.Path(tmp) / "k8s"
+        shutil.copytree(K8S, copy, ignore=shutil.ignore_patterns("secrets"))
+        made = run(["sh", str(MAKE_SECRETS), str(copy / "secrets")])
+        if made.returncode != 0:
+            raise AssertionError(made.stderr)
+        out = run([kubectl, "kustomize", str(copy)])
+        if out.returncode != 0:
+            raise AssertionError(f"kubectl kustomize: {out.stderr}")
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+def schema_validator() -> List[str]:
+    """The command that checks objects (a JSON array on stdin) against the API schemas.
+
+    k8s_schema/validate.mjs with the npm package kubernetes-models, which `npm
+    ci` installs once (pinned by package-lock.json) into the build tree
+    (PS_BUILD_DIR/k8s_schema), or into a temporary folder without one.
+    Skips the test where node or npm is missing.
+    """
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if not node or not npm:
+        raise unittest.SkipTest("node and npm are needed for the Kubernetes schema check")
+    tree = env_path("PS_BUILD_DIR")
+    if tree is not None:
+        folder = tree / "k8s_schema"
+    else:
+        folder = pathlib.Path(tempfile.mkdtemp(prefix="k8s_schema_"))
+    folder.mkdir(parents=True, exist_ok=True)
+    stale = False
+    for name in ("package.json", "package-lock.json", "validate.mjs"):
+        source, copy = K8S_SCHEMA / name, folder / name
+        if not copy.is_file() or copy.read_bytes() != source.read_bytes():
+            shutil.copyfile(source, copy)
+            stale = stale or name != "validate.mjs"
+    if stale or not (folder / "node_modules" / "kubernetes-models" / "package.json").is_file():
+        out = run([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=folder,
+                  timeout=600)
+        if out.returncode != 0:
+            (folder / "package-lock.json").unlink(missing_ok=True)
+            raise AssertionError(f"npm ci in {folder}:\n{out.stdout}{out.stderr}")
+    return [node, str(folder / "validate.mjs")]
+
+
+def validate_objects(objects: List[dict]) -> subprocess.CompletedProcess:
+    return run(schema_validator(), input=json.dumps(objects), timeout=120)
+
+
+class KubernetesSchemaTest(unittest.TestCase):
+    """The manifests against Kubernetes' API schemas, offline (no cluster, no download)."""
+
+    def test_manifests_match_the_api_schemas(self):
+        objects = rendered_manifests()
+        kinds = sorted(d["kind"] for d in objects)
+        self.assertTrue({"Job", "Service", "StatefulSet"} <= set(kinds), kinds)
+        out = validate_objects(objects)
+        self.assertEqual(out.returncode, 0, out.stdout + out.stderr)
+        self.assertEqual(len(re.findall(r"^ok ", out.stdout, re.M)), len(objects), out.stdout)
+
+    def test_the_check_catches_mistakes(self):
+        sts = manifests()["StatefulSet"]
+        typo = json.loads(json.dumps(sts))
+        typo["spec"]["template"]["spec"]["containers"][0]["imagePullPolcy"] = "Always"
+        wrong_type = json.loads(json.dumps(sts))
+        wrong_type["spec"]["replicas"] = "2"
+        missing = json.loads(json.dumps(sts))
+        del missing["spec"]["template"]["spec"]["containers"][0]["name"]
+        for label, broken, expected in (
+                ("unknown field", typo, "imagePullPolcy: not a field"),
+                ("wrong type", wrong_type, "replicas must be integer"),
+                ("missing required field", missing, "name")):
+            with self.subTest(mistake=label):
+                out = validate_objects([broken])
+                self.assertEqual(out.returncode, 1, out.stdout + out.stderr)
+                self.assertIn(expected, out.stdout)
+
+
 class DockerfileTest(unittest.TestCase):
+    """docker/Dockerfile: a build stage and one image per role, shard and worker."""
+
+    def stage(self, name: str) -> List[Instruction]:
+        """The instructions of stage `name`, after those of the stages it is built FROM."""
+        names = [n for _, n in stages()]
+        index = names.index(name)
+        image = stages()[index][0]
+        parent = self.stage(image) if image in names else []
+        return parent + [i for i in dockerfile() if i.stage == index]
+
     def test_stages(self):
-        found = stages()
-        self.assertEqual(found[0], ("debian:bookworm", "build"))
-        self.assertEqual(found[-1][0], "debian:bookworm-slim")
+        self.assertFalse(DOCKERFILE.read_text().startswith("# syntax="),
+                         "a syntax line makes BuildKit fetch a frontend from Docker Hub")
+        self.assertEqual([n for _, n in stages()], ["build", "shard", "worker-base", "worker"])
+        self.assertEqual({image for image, n in stages() if n != "worker"}, {"${BASE_IMAGE}"})
+        # worker-base needs nothing of the build stage (it is built while that
+        # compiles); the worker image is worker-base plus the project's files.
+        self.assertEqual(dict((n, i) for i, n in stages())["worker"], "worker-base")
+        self.assertFalse([i for i in self.stage("worker-base") if "--from=" in i.rest])
+        args = [i.rest for i in dockerfile() if i.keyword == "ARG" and i.stage == -1]
+        self.assertEqual(args, ["BASE_IMAGE=debian:bookworm-slim"])
 
-    def test_build_stage_uses_the_ci_scripts(self):
-        runs = [i.rest for i in dockerfile() if i.stage == 0 and i.keyword == "RUN"]
-        self.assertTrue(any("scripts/install_deps.sh" in r for r in runs),
-                        "the build stage must run scripts/install_deps.sh")
-        self.assertTrue(any("scripts/build.sh" in r for r in runs),
-                        "the build stage must run scripts/build.sh")
-        test_sh = (REPO / "scripts" / "test.sh").read_text()
-        self.assertIn("scripts/install_deps.sh", test_sh,
-                      "CI (scripts/test.sh) no longer runs install_deps.sh")
-        self.assertIn("scripts/build.sh", test_sh)
+    def test_build_stage_builds_only_what_the_images_ship(self):
+        runs = [i.rest for i in self.stage("build") if i.keyword == "RUN"]
+        (build,) = [r for r in runs if "scripts/build.sh" in r]
+        self.assertEqual(build.split("scripts/build.sh", 1)[1].split(),
+                         ["ps_server", "psctl", "psclient_stubs"])
+        self.assertFalse(any("install_deps.sh" in r for r in runs),
+                         "install_deps.sh installs the whole test and example stack")
+        # The build packages are CI's (scripts/install_deps.sh), less the
+        # test and example stack; g++ is part of build-essential there.
+        ci = set(re.findall(r"[a-z0-9][a-z0-9+.-]+", re.search(
+            r"packages=\((.*?)\)", (REPO / "scripts/install_deps.sh").read_text(),
+            re.S).group(1)))
+        installed = apt_installs(self.stage("build"))
+        self.assertLessEqual(installed - {"g++"}, ci)
+        self.assertFalse({p for p in installed if p.startswith("python3")},
+                         "the build stage needs no Python packages")
 
-    def runtime(self) -> List[Instruction]:
-        last = len(stages()) - 1
-        return [i for i in dockerfile() if i.stage == last]
+    def test_images_are_not_root(self):
+        for name in ("shard", "worker"):
+            with self.subTest(image=name):
+                users = [i.rest for i in self.stage(name) if i.keyword == "USER"]
+                self.assertTrue(users, "no USER")
+                uid = users[-1].split(":")[0]
+                self.assertTrue(uid.isdigit() and int(uid) >= 1000,
+                                f"USER {users[-1]}: a numeric uid above the system range")
+                runs = " ".join(i.rest for i in self.stage(name) if i.keyword == "RUN")
+                self.assertIn(f"--uid {uid}", runs)
+                self.assertNotIn("--system", runs)
 
-    def test_runtime_is_not_root(self):
-        users = [i.rest for i in self.runtime() if i.keyword == "USER"]
-        self.assertTrue(users, "no USER in the runtime stage")
-        self.assertNotIn(users[-1].split(":")[0], ("root", "0"))
-
-    def test_entrypoint_runs_ps_server(self):
-        (entry,) = [i for i in self.runtime() if i.keyword == "ENTRYPOINT"]
+    def test_shard_image_runs_ps_server(self):
+        shard = self.stage("shard")
+        (entry,) = [i for i in shard if i.keyword == "ENTRYPOINT"]
         (program,) = entry.exec_form()
-        copies = [i.rest.split() for i in self.runtime() if i.keyword == "COPY"]
+        copies = [i.rest.split() for i in shard if i.keyword == "COPY"]
         self.assertIn(["docker/entrypoint.sh", f"/usr/local/bin/{program}"], copies)
-        self.assertTrue(any(i.keyword == "EXPOSE" and "50051" in i.rest
-                            for i in self.runtime()))
-        self.assertTrue(any(i.keyword == "HEALTHCHECK" for i in self.runtime()))
+        self.assertTrue(any(i.keyword == "EXPOSE" and "50051" in i.rest for i in shard))
+        self.assertTrue(any(i.keyword == "HEALTHCHECK" for i in shard))
+
+    def test_shard_image_has_no_python(self):
+        installed = apt_installs(self.stage("shard"))
+        self.assertFalse({p for p in installed if "python" in p}, installed)
+
+    def test_worker_image_has_psclient_and_torch(self):
+        worker = self.stage("worker")
+        installed = apt_installs(worker)
+        for package in ("python3", "python3-grpcio", "python3-protobuf", "python3-numpy",
+                        "python3-torch"):
+            self.assertIn(package, installed, "psclient and psclient.torch need it")
+        env = " ".join(i.rest for i in worker if i.keyword == "ENV")
+        copies = [i.rest.split() for i in worker if i.keyword == "COPY"]
+        self.assertIn(["client/python/psclient", "/opt/ps/python/psclient"], copies)
+        self.assertIn("PYTHONPATH=/opt/ps/python", env)
+        self.assertIn("PSCLIENT_STUBS_DIR=/opt/ps/python", env)
 
     def test_copies_what_the_build_tree_holds(self):
-        build = [i.rest for i in dockerfile() if i.stage == 0 and "scripts/build.sh" in i.rest]
-        m = re.search(r"BUILD_DIR=(\S+)", build[0])
+        (build,) = [i.rest for i in self.stage("build") if "scripts/build.sh" in i.rest]
+        m = re.search(r"BUILD_DIR=(\S+)", build)
         self.assertTrue(m, "build.sh must be given BUILD_DIR")
         build_dir = m.group(1).rstrip("/")
-        sources = []
-        for ins in self.runtime():
-            if ins.keyword == "COPY" and ins.rest.startswith("--from=build"):
-                sources.append(ins.rest.split()[1])
-        relative = {s[len(build_dir) + 1:] for s in sources if s.startswith(build_dir + "/")}
+        sources = {}
+        for name in ("shard", "worker"):
+            sources[name] = [i.rest.split()[1] for i in self.stage(name)
+                             if i.keyword == "COPY" and i.rest.startswith("--from=build")]
+            for path in sources[name]:
+                self.assertTrue(path.startswith(build_dir + "/"), path)
+        relative = {n: {s[len(build_dir) + 1:] for s in paths} for n, paths in sources.items()}
+        self.assertEqual(relative["worker"], {"python/proto"})
         tree = env_path("PS_BUILD_DIR")
-        for variable in ("PS_SERVER", "PSCTL", "OPTIMIZER_BENCH"):
+        for variable in ("PS_SERVER", "PSCTL"):
             binary = env_path(variable)
             with self.subTest(binary=variable):
                 if binary is None or tree is None:
                     self.skipTest(f"{variable} or PS_BUILD_DIR is not set")
-                self.assertIn(str(binary.resolve().relative_to(tree.resolve())), relative)
-        self.assertIn("python/proto", relative)
-        for path in (s for s in sources if s.startswith("/src/")):
-            self.assertTrue((REPO / path[len("/src/"):]).exists(), path)
+                self.assertIn(str(binary.resolve().relative_to(tree.resolve())),
+                              relative["shard"])
         if tree is not None:
             self.assertTrue((tree / "python" / "proto" / "ps" / "v1" / "ps_pb2.py").is_file())
-        for ins in self.runtime():
-            if ins.keyword == "COPY" and not ins.rest.startswith("--"):
-                self.assertTrue((REPO / ins.rest.split()[0]).exists(), ins.rest)
+        for name in ("shard", "worker"):
+            for ins in self.stage(name):
+                if ins.keyword == "COPY" and not ins.rest.startswith("--"):
+                    self.assertTrue((REPO / ins.rest.split()[0]).exists(), ins.rest)
+                    self.assertFalse(dockerignore_excludes(ins.rest.split()[0]),
+                                     f"{ins.rest}: left out of the context by .dockerignore")
 
-    def test_runtime_packages_cover_shared_libraries(self):
+    def test_shard_packages_cover_shared_libraries(self):
         if not shutil.which("ldd") or not shutil.which("dpkg"):
             self.skipTest("ldd or dpkg missing")
-        installed = set()
-        for ins in self.runtime():
-            if ins.keyword == "RUN" and "apt-get install" in ins.rest:
-                words = ins.rest.split("apt-get install", 1)[1].split("&&")[0].split()
-                installed |= {w for w in words if re.fullmatch(r"[a-z0-9][a-z0-9+.-]+", w)}
-        for package in ("python3", "python3-grpcio", "python3-protobuf", "python3-numpy"):
-            self.assertIn(package, installed, "psclient needs it")
+        installed = apt_installs(self.stage("shard"))
         checked = 0
-        for variable in ("PS_SERVER", "PSCTL", "OPTIMIZER_BENCH"):
+        for variable in ("PS_SERVER", "PSCTL"):
             binary = env_path(variable)
             if binary is None or not binary.is_file():
                 continue
@@ -644,9 +863,86 @@ class DockerfileTest(unittest.TestCase):
                 needed = packages_of_libraries(binary)
                 missing = sorted(needed - installed - BASE_IMAGE_PACKAGES)
                 self.assertFalse(missing, f"{binary.name} needs {missing}, which the "
-                                          "runtime stage does not install")
+                                          "shard image does not install")
         if not checked:
-            self.skipTest("no binary given (PS_SERVER, PSCTL, OPTIMIZER_BENCH)")
+            self.skipTest("no binary given (PS_SERVER, PSCTL)")
+
+
+def apt_installs(instructions: Sequence[Instruction]) -> set:
+    """The packages that `apt-get install` lines in these instructions name."""
+    installed = set()
+    for ins in instructions:
+        if ins.keyword == "RUN" and "apt-get install" in ins.rest:
+            words = ins.rest.split("apt-get install", 1)[1].split("&&")[0].split()
+            installed |= {w for w in words if re.fullmatch(r"[a-z0-9][a-z0-9+.-]+", w)}
+    return installed
+
+
+def dockerignore_patterns() -> List[Tuple[bool, str]]:
+    """(exclude, pattern) of the repository's .dockerignore, in order."""
+    out = []
+    for line in (REPO / ".dockerignore").read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            negated = line.startswith("!")
+            out.append((not negated, line.lstrip("!").strip("/")))
+    return out
+
+
+def dockerignore_excludes(path: str) -> bool:
+    """Whether .dockerignore leaves path out of the build context.
+
+    Docker's rules, as the engines apply them: the last pattern that matches
+    the path or one of its parent folders wins; `**/` matches any number of
+    folders, none included. (scripts/test_container.sh checks the real
+    engine's answer.)
+    """
+    parts = path.strip("/").split("/")
+    candidates = ["/".join(parts[:n]) for n in range(1, len(parts) + 1)]
+    excluded = False
+    for exclude, pattern in dockerignore_patterns():
+        alternatives = [pattern]
+        while alternatives[-1].startswith("**/"):
+            alternatives.append(alternatives[-1][3:])
+        for alternative in alternatives:
+            regex = "^" + "".join(
+                "(?:.*/)?" if c == "\0" else "[^/]*" if c == "*" else "[^/]" if c == "?"
+                else re.escape(c) for c in alternative.replace("**/", "\0")) + "$"
+            if any(re.match(regex, c) for c in candidates):
+                excluded = exclude
+                break
+    return excluded
+
+
+class DockerignoreTest(unittest.TestCase):
+    def test_one_ignore_file_at_the_root(self):
+        # BuildKit prefers docker/Dockerfile.dockerignore; the classic builder,
+        # docker-compose 1.29 and podman read only the root one. One file.
+        self.assertTrue((REPO / ".dockerignore").is_file())
+        self.assertFalse((DOCKER / "Dockerfile.dockerignore").exists())
+
+    def test_secrets_and_build_outputs_stay_out(self):
+        for path in ("docker/secrets/worker_tokens", "docker/k8s/secrets/admin_tokens",
+                     ".git/config", "build/CMakeCache.txt", "build-asan/x", "out/x.png",
+                     "client/python/psclient/_proto/ps_pb2.py",
+                     "client/python/psclient/__pycache__/client.cpython-311.pyc",
+                     "tests/deploy/k8s_schema/node_modules/x/index.js"):
+            with self.subTest(path=path):
+                self.assertTrue(dockerignore_excludes(path))
+
+    def test_what_the_build_needs_is_in(self):
+        for path in ("CMakeLists.txt", "scripts/build.sh", "server/ps_server_main.cc",
+                     "proto/ps/v1/ps.proto", "client/python/psclient/client.py",
+                     "client/psctl/CMakeLists.txt", "tests/CMakeLists.txt",
+                     "bench/CMakeLists.txt", "examples/CMakeLists.txt"):
+            with self.subTest(path=path):
+                self.assertFalse(dockerignore_excludes(path))
+        # Every directory the top-level CMakeLists.txt adds, since configuring
+        # reads them all.
+        top = (REPO / "CMakeLists.txt").read_text()
+        for sub in re.findall(r"^add_subdirectory\((\S+)\)", top, re.M):
+            with self.subTest(subdirectory=sub):
+                self.assertFalse(dockerignore_excludes(f"{sub}/CMakeLists.txt"))
 
 
 def packages_of_libraries(binary: pathlib.Path) -> set:
@@ -855,9 +1151,11 @@ class LocalRunTest(unittest.TestCase):
 
         if self.psctl is not None:
             tool = compose()["services"]["psctl"]
-            (lr_set,) = [a for a in readme_psctl_commands()
-                         if "lr" in a and "set" in a and a[:len(tool["entrypoint"]) - 1]
-                         == tool["entrypoint"][1:]]
+            lr_sets = [a for a in readme_psctl_commands()
+                       if "lr" in a and "set" in a and a[:len(tool["entrypoint"]) - 1]
+                       == tool["entrypoint"][1:]]
+            self.assertTrue(lr_sets, "docker/README.md shows no `run --rm psctl lr set`")
+            lr_set = lr_sets[0]
             rate = float(lr_set[-1])
             self.run_psctl(self.local_servers(lr_set, ports, port))
             got = self.run_psctl(self.local_servers(
