@@ -87,7 +87,7 @@ absl::StatusOr<std::pair<uint64_t, uint32_t>> Digest(Env* env,
                                                      const std::string& path) {
   PS_ASSIGN_OR_RETURN(std::unique_ptr<SequentialFile> file,
                       env->NewSequentialFile(path));
-  std::vector<char> buffer(1 << 20);
+  std::vector<char> buffer(1 << 16);
   uLong crc = crc32(0L, Z_NULL, 0);
   uint64_t bytes = 0;
   while (true) {

@@ -15,9 +15,11 @@
 
 #include "absl/strings/match.h"
 #include "common/optimizer_config.h"
+#include "google/protobuf/stubs/logging.h"
 #include "proto/ps/storage/v1/checkpoint.pb.h"
 #include "server/checkpoint.h"
 #include "server/env.h"
+#include "spdlog/spdlog.h"
 
 namespace ps {
 namespace {
@@ -54,9 +56,7 @@ class MemoryEnv final : public Env {
   absl::Status Rename(const std::string&, const std::string&) override {
     return absl::PermissionDeniedError("read only");
   }
-  absl::Status SyncDir(const std::string&) override {
-    return absl::OkStatus();
-  }
+  absl::Status SyncDir(const std::string&) override { return absl::OkStatus(); }
 
  private:
   class Reader final : public SequentialFile {
@@ -101,11 +101,20 @@ StoreOptions Options() {
 }  // namespace
 }  // namespace ps
 
+namespace {
+// Protobuf logs each malformed string field it parses, and the shard each
+// checkpoint it skips; the fuzzer makes millions.
+[[maybe_unused]] const bool kQuiet =
+    (google::protobuf::SetLogHandler(nullptr),
+     spdlog::set_level(spdlog::level::off), true);
+}  // namespace
+
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size < 3) return 0;
   const bool raw_manifest = data[0] & 1;
-  const size_t state_size = std::min<size_t>(
-      size - 3, static_cast<size_t>(data[1]) | (static_cast<size_t>(data[2]) << 8));
+  const size_t state_size =
+      std::min<size_t>(size - 3, static_cast<size_t>(data[1]) |
+                                     (static_cast<size_t>(data[2]) << 8));
   const char* rest = reinterpret_cast<const char*>(data + 3);
   const std::string state(rest, state_size);
   const std::string blocks(rest + state_size, size - 3 - state_size);

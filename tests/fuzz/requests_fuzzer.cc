@@ -10,8 +10,10 @@
 
 #include "absl/strings/string_view.h"
 #include "common/optimizer_config.h"
+#include "google/protobuf/stubs/logging.h"
 #include "proto/ps/v1/ps.pb.h"
 #include "server/store.h"
+#include "spdlog/spdlog.h"
 
 namespace ps {
 namespace {
@@ -76,6 +78,14 @@ void Push(VariableStore& store, absl::string_view bytes, bool answered) {
 
 }  // namespace
 }  // namespace ps
+
+namespace {
+// Protobuf logs each malformed string field it parses, and the shard each
+// checkpoint it skips; the fuzzer makes millions.
+[[maybe_unused]] const bool kQuiet =
+    (google::protobuf::SetLogHandler(nullptr),
+     spdlog::set_level(spdlog::level::off), true);
+}  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size < 1) return 0;
