@@ -40,7 +40,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "common/optimizer_config.h"
-#include "server/optimizer/settings.h"
+#include "common/optimizer_settings.h"
 #include "server/optimizer/update.h"
 
 namespace {

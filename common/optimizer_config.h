@@ -12,7 +12,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "proto/ps/v1/ps.pb.h"
-#include "server/optimizer/settings.h"
+#include "common/optimizer_settings.h"
 
 namespace ps {
 

@@ -39,7 +39,7 @@
 #include "absl/strings/str_split.h"
 #include "common/cli.h"
 #include "common/optimizer_config.h"
-#include "server/optimizer/settings.h"
+#include "common/optimizer_settings.h"
 #include "server/optimizer/update.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
 #include "spdlog/spdlog.h"

@@ -31,7 +31,7 @@
 #include "proto/ps/storage/v1/checkpoint.pb.h"
 #include "proto/ps/v1/ps.pb.h"
 #include "server/optimizer/helper_threads.h"
-#include "server/optimizer/settings.h"
+#include "common/optimizer_settings.h"
 #include "server/optimizer/update.h"
 #include "server/sessions.h"
 #include "server/stats.h"

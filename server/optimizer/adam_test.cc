@@ -14,7 +14,7 @@
 #include <random>
 #include <vector>
 
-#include "server/optimizer/settings.h"
+#include "common/optimizer_settings.h"
 #include "server/optimizer/test_util.h"
 
 namespace ps::optimizer {

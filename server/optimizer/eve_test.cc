@@ -9,7 +9,7 @@
 #include <cmath>
 #include <vector>
 
-#include "server/optimizer/settings.h"
+#include "common/optimizer_settings.h"
 #include "server/optimizer/test_util.h"
 #include "server/optimizer/update.h"
 

@@ -10,7 +10,7 @@
 
 #include <vector>
 
-#include "server/optimizer/settings.h"
+#include "common/optimizer_settings.h"
 #include "server/optimizer/test_util.h"
 
 namespace ps::optimizer {

@@ -13,7 +13,7 @@
 #include <tuple>
 #include <vector>
 
-#include "server/optimizer/settings.h"
+#include "common/optimizer_settings.h"
 #include "server/optimizer/update.h"
 
 namespace ps::optimizer {

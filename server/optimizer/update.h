@@ -16,7 +16,7 @@
 #include "absl/status/status.h"
 #include "server/optimizer/eve.h"
 #include "server/optimizer/helper_threads.h"
-#include "server/optimizer/settings.h"
+#include "common/optimizer_settings.h"
 
 namespace ps::optimizer {
 

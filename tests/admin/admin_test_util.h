@@ -18,7 +18,7 @@
 #include "absl/status/statusor.h"
 #include "common/partition.h"
 #include "proto/ps/v1/ps.grpc.pb.h"
-#include "server/optimizer/settings.h"
+#include "common/optimizer_settings.h"
 #include "server/optimizer/update.h"
 #include "server/server.h"
 

@@ -20,7 +20,7 @@
 #include <vector>
 
 #include "common/optimizer_config.h"
-#include "server/optimizer/settings.h"
+#include "common/optimizer_settings.h"
 #include "server/optimizer/update.h"
 
 #ifndef PS_GOLDEN_DATA

@@ -3,8 +3,8 @@
 // These structs are what the kernels and the store work with. The wire form
 // (ps.v1.OptimizerConfig) is turned into them, validated, by
 // common/optimizer_config.h; nothing here knows about protobuf.
-#ifndef PS_SERVER_OPTIMIZER_SETTINGS_H_
-#define PS_SERVER_OPTIMIZER_SETTINGS_H_
+#ifndef PS_COMMON_OPTIMIZER_SETTINGS_H_
+#define PS_COMMON_OPTIMIZER_SETTINGS_H_
 
 #include <cstdint>
 #include <optional>
@@ -91,4 +91,4 @@ std::string_view RuleName(const RuleParams& rule);
 
 }  // namespace ps::optimizer
 
-#endif  // PS_SERVER_OPTIMIZER_SETTINGS_H_
+#endif  // PS_COMMON_OPTIMIZER_SETTINGS_H_

@@ -1,7 +1,7 @@
 // Learning-rate schedules and warm-up, as torch.optim.lr_scheduler computes
 // them per step (t is the block's 1-based step).
 
-#include "server/optimizer/settings.h"
+#include "common/optimizer_settings.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>

@@ -1,4 +1,4 @@
-#include "server/optimizer/settings.h"
+#include "common/optimizer_settings.h"
 
 #include <algorithm>
 #include <cmath>
