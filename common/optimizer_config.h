@@ -11,8 +11,8 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "proto/ps/v1/ps.pb.h"
 #include "common/optimizer_settings.h"
+#include "proto/ps/v1/ps.pb.h"
 
 namespace ps {
 

@@ -14,9 +14,9 @@
 
 #include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
+#include "common/optimizer_settings.h"
 #include "server/optimizer/eve.h"
 #include "server/optimizer/helper_threads.h"
-#include "common/optimizer_settings.h"
 
 namespace ps::optimizer {
 

@@ -13,8 +13,8 @@
 #include <string>
 #include <vector>
 
-#include "server/optimizer/kernel_util.h"
 #include "common/optimizer_settings.h"
+#include "server/optimizer/kernel_util.h"
 #include "server/optimizer/test_util.h"
 
 namespace ps::optimizer {

@@ -16,9 +16,9 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "common/optimizer_settings.h"
 #include "common/partition.h"
 #include "proto/ps/v1/ps.grpc.pb.h"
-#include "common/optimizer_settings.h"
 #include "server/optimizer/update.h"
 #include "server/server.h"
 
