@@ -9,6 +9,7 @@
 #include <cstring>
 
 #if defined(__x86_64__)
+#include <cpuid.h>
 #include <immintrin.h>
 #endif
 
@@ -65,7 +66,13 @@ void EncodeBFloat16(const float* values, char* out, size_t n) {
 // Chunks holding a NaN take Eigen's path, which keeps its NaN encoding.
 #if defined(__x86_64__)
 bool HasF16c() {
-  static const bool has = __builtin_cpu_supports("f16c");
+  // F16C needs the AVX registers, hence the OS's support for AVX; clang
+  // before 16 knows no "f16c" for __builtin_cpu_supports, so CPUID says.
+  static const bool has = [] {
+    unsigned eax, ebx, ecx, edx;
+    return __builtin_cpu_supports("avx") &&
+           __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & bit_F16C) != 0;
+  }();
   return has;
 }
 
