@@ -362,7 +362,8 @@ absl::Status DecodeValues(v1::DType dtype, std::string_view data,
       DecodeFloat16Fast(data.data(), out.data(), out.size(), all_finite);
       break;
     default:
-      std::memcpy(out.data(), data.data(), data.size());
+      // memcpy's pointers must not be null, even for no bytes.
+      if (!data.empty()) std::memcpy(out.data(), data.data(), data.size());
       if (all_finite != nullptr) *all_finite = AllFinite(out);
       break;
   }
@@ -453,7 +454,9 @@ void EncodeValuesTo(v1::DType dtype, std::span<const float> values, char* out) {
       EncodeFloat16Fast(values.data(), out, values.size());
       return;
     default:
-      std::memcpy(out, values.data(), values.size() * sizeof(float));
+      if (!values.empty()) {
+        std::memcpy(out, values.data(), values.size() * sizeof(float));
+      }
   }
 }
 
