@@ -134,6 +134,10 @@ TEST_F(CheckpointFaultTest, KillDuringCheckpointWritesAlwaysLeavesOneLoadable) {
   int64_t step = 0;
   int during_checkpoint = 0;
   std::vector<double> checkpoint_ms;
+  // Kills land 20 to 200 ms into the loop; after a round in which the loop
+  // completed no checkpoint (each takes longer under a sanitizer or on a
+  // loaded machine), twice as late, up to 32 times.
+  int kill_later = 1;
   for (int kill = 0; kill < kKills; ++kill) {
     // What the loop has done: the step of the newest acknowledged checkpoint
     // and of the newest requested one (one more while one is in flight).
@@ -155,10 +159,11 @@ TEST_F(CheckpointFaultTest, KillDuringCheckpointWritesAlwaysLeavesOneLoadable) {
       failed = true;
     });
     std::this_thread::sleep_for(std::chrono::milliseconds(
-        std::uniform_int_distribution<>(20, 200)(rng)));
+        kill_later * std::uniform_int_distribution<>(20, 200)(rng)));
     cluster.Kill(0);
     loop.join();
     ASSERT_TRUE(failed);
+    if (acknowledged == step) kill_later = std::min(2 * kill_later, 32);
     if (requested != acknowledged) ++during_checkpoint;
 
     ASSERT_TRUE(cluster.Start(0).ok()) << "after kill " << kill;
