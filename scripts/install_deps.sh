@@ -4,7 +4,7 @@
 set -euo pipefail
 
 packages=(
-  build-essential cmake ninja-build ccache pkg-config git clang-format shellcheck
+  build-essential cmake ninja-build ccache pkg-config git clang clang-format shellcheck
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
   libabsl-dev libeigen3-dev libgtest-dev libgmock-dev libbenchmark-dev
   libspdlog-dev libcpp-httplib-dev nlohmann-json3-dev openssl
