@@ -76,6 +76,10 @@ ABSL_FLAG(int64_t, max_connection_mb, 0,
           "the same for the calls of one connection (a client that does not "
           "read its answers holds at most this), MiB. 0 = min(max_inflight_mb, "
           "max(2 x max_message_mb, 64)); -1 = no bound");
+ABSL_FLAG(int64_t, grpc_memory_mb, 0,
+          "gRPC's own memory quota (its connections' and calls' buffers), "
+          "MiB; under pressure it reads less instead of growing. 0 = "
+          "max_inflight_mb plus a quarter; -1 = none");
 ABSL_FLAG(int64_t, max_calls_in_flight, 4096,
           "calls served at once; more are refused with RESOURCE_EXHAUSTED");
 ABSL_FLAG(int, max_concurrent_streams, 256,
@@ -185,6 +189,18 @@ int main(int argc, char** argv) {
   options.max_inflight_bytes = plan->inflight_bytes;
   options.max_connection_bytes = plan->connection_bytes;
   options.max_calls_in_flight = absl::GetFlag(FLAGS_max_calls_in_flight);
+  const int64_t grpc_memory_mb = absl::GetFlag(FLAGS_grpc_memory_mb);
+  if (grpc_memory_mb < -1 || grpc_memory_mb > kMaxMemoryLimitMb) {
+    return Fail(
+        "--grpc_memory_mb must be -1 (none), 0 (derived) or a size "
+        "in MiB, not " +
+        std::to_string(grpc_memory_mb));
+  }
+  if (grpc_memory_mb > 0) {
+    options.grpc_memory_bytes = static_cast<uint64_t>(grpc_memory_mb) << 20;
+  } else if (grpc_memory_mb == 0) {
+    options.grpc_memory_bytes = plan->inflight_bytes + plan->inflight_bytes / 4;
+  }
   options.max_concurrent_streams = absl::GetFlag(FLAGS_max_concurrent_streams);
   const std::string consistency = absl::GetFlag(FLAGS_consistency);
   if (consistency == "sync") {

@@ -3,6 +3,7 @@
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/resource_quota.h>
 #include <grpcpp/support/server_interceptor.h>
 #include <spdlog/spdlog.h>
 
@@ -271,6 +272,11 @@ class ServerImpl final : public ParameterServer {
     builder.SetMaxSendMessageSize(max_bytes);
     builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS,
                                options.max_concurrent_streams);
+    if (options.grpc_memory_bytes > 0) {
+      grpc::ResourceQuota quota("ps_server");
+      quota.Resize(options.grpc_memory_bytes);
+      builder.SetResourceQuota(quota);
+    }
     builder.RegisterService(&service_);
     builder.RegisterService(&admin_);
     std::vector<

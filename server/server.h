@@ -71,6 +71,10 @@ struct ServerOptions {
   // HTTP/2 streams (calls) one connection may have open at once; more wait
   // in the client.
   int max_concurrent_streams = 256;
+  // gRPC's own memory quota (its buffers of connections and calls); 0 =
+  // none. Under pressure gRPC reads less from its connections instead of
+  // growing.
+  uint64_t grpc_memory_bytes = 0;
 
   // Token files (one token per line, optional label after whitespace).
   // Worker tokens may call ParameterService; admin tokens both services.
