@@ -35,8 +35,8 @@ class AdminServiceImpl final : public RawAdminService {
   using StatsFn = std::function<v1::Stats()>;
 
   // REQUIRES: store and gate outlive the service.
-  AdminServiceImpl(VariableStore* store, const RpcGate* gate,
-                   CheckpointFn checkpoint, StatsFn stats)
+  AdminServiceImpl(Store* store, const RpcGate* gate, CheckpointFn checkpoint,
+                   StatsFn stats)
       : store_(store),
         gate_(gate),
         checkpoint_(std::move(checkpoint)),
@@ -65,7 +65,7 @@ class AdminServiceImpl final : public RawAdminService {
                                        grpc::ByteBuffer* response) override;
 
  private:
-  VariableStore* const store_;
+  Store* const store_;
   const RpcGate* const gate_;
   const CheckpointFn checkpoint_;
   const StatsFn stats_;

@@ -168,8 +168,7 @@ absl::StatusOr<storage::v1::Manifest> Verify(Env* env, const fs::path& folder) {
 
 // Restores blocks.bin of `folder` into `store`: every block of the store's
 // variables exactly once.
-absl::Status RestoreBlocks(Env* env, const std::string& path,
-                           VariableStore* store) {
+absl::Status RestoreBlocks(Env* env, const std::string& path, Store* store) {
   PS_ASSIGN_OR_RETURN(std::unique_ptr<SequentialFile> file,
                       env->NewSequentialFile(path));
   FileReader reader(file.get());
@@ -204,7 +203,7 @@ absl::Status RestoreBlocks(Env* env, const std::string& path,
 
 }  // namespace
 
-Checkpointer::Checkpointer(CheckpointOptions options, VariableStore* store)
+Checkpointer::Checkpointer(CheckpointOptions options, Store* store)
     : options_(std::move(options)),
       env_(options_.env != nullptr ? options_.env : Env::Default()),
       store_(store) {}

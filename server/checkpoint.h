@@ -11,7 +11,7 @@
 //
 // Thread safety: Write and LoadNewest may be called from any thread; writes
 // are serialized. Training goes on during a write (see
-// VariableStore::Snapshot).
+// Store::Snapshot).
 #ifndef PS_SERVER_CHECKPOINT_H_
 #define PS_SERVER_CHECKPOINT_H_
 
@@ -42,7 +42,7 @@ struct CheckpointOptions {
 class Checkpointer {
  public:
   // REQUIRES: store outlives the checkpointer; options.keep >= 1.
-  Checkpointer(CheckpointOptions options, VariableStore* store);
+  Checkpointer(CheckpointOptions options, Store* store);
 
   // Makes the folder ready before the shard serves: creates it, removes the
   // unfinished checkpoints (ckpt-<n>.tmp) a crash left, and proves that it
@@ -75,7 +75,7 @@ class Checkpointer {
 
   const CheckpointOptions options_;
   Env* const env_;
-  VariableStore* const store_;
+  Store* const store_;
   absl::Mutex mu_;
   uint64_t next_number_ ABSL_GUARDED_BY(mu_) = 1;
 };

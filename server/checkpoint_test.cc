@@ -18,6 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/optimizer_config.h"
+#include "server/store_impl.h"
 #include "tests/server/fault_env.h"
 #include "tests/server/messages.h"
 #include "tests/server/store_driver.h"
@@ -93,9 +94,9 @@ StoreDump Dump(const VariableStore& store) {
   StoreDump dump;
   for (const std::string& name : store.VariableNames()) {
     auto variable = store.Find(name);
-    for (const auto& [k, block] : variable->blocks) {
+    for (Block* block : variable->SortedBlocks()) {
       absl::ReaderMutexLock lock(&block->mu);
-      BlockDump& b = dump.blocks[{name, k}];
+      BlockDump& b = dump.blocks[{name, block->index}];
       b.values = block->values;
       const optimizer::BlockOptimizerState& state = block->state;
       b.step = state.step;
@@ -136,10 +137,11 @@ void PushAll(VariableStore& store, const std::string& name,
   auto variable = store.Find(name);
   ASSERT_NE(variable, nullptr);
   std::vector<v1::Slice> slices;
-  for (const auto& [k, block] : variable->blocks) {
-    slices.push_back(MakeSlice(
-        name, block->range.offset,
-        std::vector<float>(block->range.length, gradient + 0.25f * k)));
+  for (Block* block : variable->SortedBlocks()) {
+    slices.push_back(
+        MakeSlice(name, block->range.offset,
+                  std::vector<float>(block->range.length,
+                                     gradient + 0.25f * block->index)));
   }
   v1::PushRequest request = PushRequest(worker, seq, slices);
   request.set_loss(2.0);
@@ -324,7 +326,7 @@ TEST_F(CheckpointRoundTripTest, CheckpointsDuringCreationsAndRuleChangesLoad) {
     auto loaded = reader.LoadNewest();
     ASSERT_TRUE(loaded.ok()) << loaded.status();
     for (const std::string& name : restored.VariableNames()) {
-      EXPECT_EQ(restored.Find(name)->blocks.size(), 3u) << name;
+      EXPECT_EQ(restored.Find(name)->NumParts(), 3u) << name;
     }
     loaded_variables = static_cast<int>(restored.VariableNames().size());
   }

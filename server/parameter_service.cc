@@ -92,7 +92,7 @@ grpc::ServerUnaryReactor* ParameterServiceImpl::Pull(
           v1::PullResponse* answer) {
         absl::Status status = store_->Pull(pull, answer);
         if (status.ok()) {
-          store_->stats().RecordPull(bytes_in, answer->ByteSizeLong());
+          store_->counters().RecordPull(bytes_in, answer->ByteSizeLong());
         }
         return status;
       });
@@ -119,7 +119,7 @@ grpc::ServerUnaryReactor* ParameterServiceImpl::OpenSession(
           v1::OpenSessionResponse* answer) {
         PS_RETURN_IF_ERROR(caller.CheckWorker(open.worker_id()));
         PS_ASSIGN_OR_RETURN(
-            VariableStore::Session session,
+            Store::Session session,
             store_->OpenSession(open.worker_id(), open.epoch()));
         answer->set_epoch(session.epoch);
         answer->set_sync_step(session.sync_step);

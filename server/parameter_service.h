@@ -1,4 +1,4 @@
-// ParameterService over one VariableStore, on gRPC's callback API.
+// ParameterService over one Store, on gRPC's callback API.
 //
 // Every method is served raw and enters through the RpcGate (server/rpc.h):
 // authenticated, then parsed. Pull and PushPull answers are sent from the
@@ -29,8 +29,7 @@ using RawParameterService =
 class ParameterServiceImpl final : public RawParameterService {
  public:
   // REQUIRES: store and gate outlive the service.
-  ParameterServiceImpl(VariableStore* store, const RpcGate* gate,
-                       v1::ClusterInfo info)
+  ParameterServiceImpl(Store* store, const RpcGate* gate, v1::ClusterInfo info)
       : store_(store), gate_(gate), info_(std::move(info)) {}
 
   // GetClusterInfoRequest -> ClusterInfo.
@@ -66,7 +65,7 @@ class ParameterServiceImpl final : public RawParameterService {
                                       grpc::ByteBuffer* response,
                                       bool answer_values);
 
-  VariableStore* const store_;
+  Store* const store_;
   const RpcGate* const gate_;
   const v1::ClusterInfo info_;
 };

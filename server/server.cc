@@ -218,22 +218,22 @@ class ServerImpl final : public ParameterServer {
  public:
   ServerImpl(const StoreOptions& store_options, Authenticator auth,
              v1::ClusterInfo info, const ServerOptions& options)
-      : store_(store_options),
+      : store_(Store::Create(store_options)),
         auth_(std::move(auth)),
         calls_(CallLimits{options.max_calls_in_flight,
                           options.max_inflight_bytes,
                           options.max_connection_bytes}),
-        gate_(&auth_, &store_.stats(), &calls_),
+        gate_(&auth_, &store_->counters(), &calls_),
         checkpointer_(
             options.checkpoint_dir.empty()
                 ? nullptr
                 : std::make_unique<Checkpointer>(
                       CheckpointOptions{options.checkpoint_dir,
                                         options.checkpoint_keep, options.env},
-                      &store_)),
-        service_(&store_, &gate_, std::move(info)),
+                      store_.get())),
+        service_(store_.get(), &gate_, std::move(info)),
         admin_(
-            &store_, &gate_,
+            store_.get(), &gate_,
             checkpointer_ == nullptr
                 ? AdminServiceImpl::CheckpointFn()
                 : [this](AdminServiceImpl::CheckpointDone
@@ -309,7 +309,7 @@ class ServerImpl final : public ParameterServer {
   }
   // The default optimizer in force (after any checkpoint was loaded).
   std::string DefaultOptimizerText() const {
-    auto config = store_.GetOptimizer("");
+    auto config = store_->GetOptimizer("");
     if (!config.ok()) return "?";
     config->clear_config_version();
     return OptimizerConfigToText(*config);
@@ -358,7 +358,7 @@ class ServerImpl final : public ParameterServer {
  private:
   // The store's stats and what calls in flight hold.
   v1::Stats Stats() const {
-    v1::Stats stats = store_.Stats();
+    v1::Stats stats = store_->Stats();
     stats.set_inflight_bytes(calls_.bytes());
     return stats;
   }
@@ -367,7 +367,7 @@ class ServerImpl final : public ParameterServer {
   // checkpoint would lose every push since the last one at its next
   // restart), and SERVING again once one succeeds.
   void CheckpointDone(const absl::Status& status) {
-    store_.stats().RecordCheckpoint(status.ok());
+    store_->counters().RecordCheckpoint(status.ok());
     if (!status.ok()) {
       spdlog::error(
           "checkpoint failed: {}; health says NOT_SERVING until one "
@@ -385,7 +385,7 @@ class ServerImpl final : public ParameterServer {
     }
   }
 
-  VariableStore store_;
+  std::unique_ptr<Store> store_;
   Authenticator auth_;
   CallTracker calls_;
   RpcGate gate_;

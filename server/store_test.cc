@@ -1,5 +1,3 @@
-#include "server/store.h"
-
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -19,6 +17,7 @@
 #include "common/optimizer_config.h"
 #include "common/wire.h"
 #include "server/optimizer/update.h"
+#include "server/store_impl.h"
 #include "tests/server/messages.h"
 #include "tests/server/store_driver.h"
 
@@ -110,9 +109,9 @@ Snapshot PullAll(const VariableStore& store, const std::string& name) {
   if (variable == nullptr) return snapshot;
   const PartitionPlan& plan = store.plan();
   v1::PullRequest request;
-  for (uint64_t k = 0; k < plan.NumBlocks(variable->size); ++k) {
+  for (uint64_t k = 0; k < plan.NumBlocks(variable->size()); ++k) {
     if (plan.ShardOf(name, k) != store.options().shard_index) continue;
-    const FlatRange range = plan.BlockRange(variable->size, k);
+    const FlatRange range = plan.BlockRange(variable->size(), k);
     *request.add_slices() = RangeSlice(name, range.offset, range.length);
   }
   v1::PullResponse response;
@@ -147,8 +146,8 @@ TEST(StoreCreateTest, CreatesOnceThenAcknowledges) {
   EXPECT_THAT(store.VariableNames(), ElementsAreArray({"w"}));
   auto variable = store.Find("w");
   ASSERT_NE(variable, nullptr);
-  EXPECT_EQ(variable->size, 15u);
-  EXPECT_EQ(variable->blocks.size(), 4u);  // 4 + 4 + 4 + 3
+  EXPECT_EQ(variable->size(), 15u);
+  EXPECT_EQ(variable->NumParts(), 4u);  // 4 + 4 + 4 + 3
 }
 
 TEST(StoreCreateTest, NoInitialValuesMeansZeros) {
@@ -210,7 +209,7 @@ TEST(StoreCreateTest, AnotherShapeIsAlreadyExists) {
         << result.status();
     EXPECT_THAT(result.status().message(), HasSubstr("'w'"));
   }
-  EXPECT_THAT(store.Find("w")->shape, ElementsAreArray({2u, 3u}));
+  EXPECT_THAT(store.Find("w")->shape(), ElementsAreArray({2u, 3u}));
   EXPECT_THAT(PullAll(store, "w").values, ElementsAreArray(Iota(6)));
 }
 
@@ -1503,7 +1502,7 @@ TEST(StoreSyncTest, WorkerIdIsRequired) {
 uint64_t HeldBytes(const VariableStore& store) {
   uint64_t floats = 0;
   for (const std::string& name : store.VariableNames()) {
-    for (const auto& [k, block] : store.Find(name)->blocks) {
+    for (Block* block : store.Find(name)->SortedBlocks()) {
       absl::ReaderMutexLock lock(&block->mu);
       const optimizer::BlockOptimizerState& state = block->state;
       floats += block->values.size() + state.momentum.size() +
@@ -1519,7 +1518,7 @@ void PushOnes(VariableStore& store, const std::string& name, uint64_t seq) {
   auto variable = store.Find(name);
   ASSERT_NE(variable, nullptr);
   std::vector<v1::Slice> gradients;
-  for (const auto& [k, block] : variable->blocks) {
+  for (Block* block : variable->SortedBlocks()) {
     gradients.push_back(MakeSlice(name, block->range.offset,
                                   std::vector<float>(block->range.length, 1)));
   }
@@ -1540,14 +1539,14 @@ v1::CreateVariableRequest CreateWithOptimizer(const std::string& name,
 // The bookkeeping of "w" of SgdStoreWithRoomFor: 25 blocks, one worker's
 // exactly-once record in each, and its session.
 constexpr uint64_t kRoomBookkeeping =
-    VariableStore::kAppliedRecordBytes * 25 + VariableStore::kSessionBytes;
+    MemoryBudget::kAppliedRecordBytes * 25 + MemoryBudget::kSessionBytes;
 
 // An SGD store whose limit holds `arrays` arrays of 100 values (and their
 // bookkeeping), with "w" of 100 values, pushed once.
 std::unique_ptr<VariableStore> SgdStoreWithRoomFor(int arrays) {
   StoreOptions options = AsyncOptions(0, 1, 4, "sgd {} learning_rate: 0.1");
   options.memory_limit_bytes = 100 * arrays * sizeof(float) +
-                               25 * VariableStore::kBlockBookkeepingBytes +
+                               25 * DenseVariable::kBookkeepingBytesPerBlock +
                                kRoomBookkeeping;
   auto store = std::make_unique<VariableStore>(options);
   EXPECT_TRUE(store->CreateVariable(CreateRequest("w", {100})).ok());
@@ -1590,7 +1589,7 @@ TEST(StoreMemoryTest, EachVariableIsChargedWhatItsRuleHolds) {
 TEST(StoreMemoryTest, VariablesPastTheLimitAreRefusedAndChangeNothing) {
   StoreOptions options = AsyncOptions(0, 1, 4, "adam {} learning_rate: 0.1");
   // 100 values of Adam, in 25 blocks.
-  const uint64_t block_bytes = VariableStore::kBlockBookkeepingBytes;
+  const uint64_t block_bytes = DenseVariable::kBookkeepingBytesPerBlock;
   options.memory_limit_bytes = 100 * 3 * sizeof(float) + 25 * block_bytes;
   VariableStore store(options);
   ASSERT_TRUE(store.CreateVariable(CreateRequest("a", {6, 10})).ok());

@@ -7,7 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/partition.h"
-#include "server/store.h"
+#include "server/store_impl.h"
 #include "tests/admin/admin_test_util.h"
 
 namespace ps::testing {
@@ -609,7 +609,7 @@ TEST(PsctlMemoryTest, AChangeOneShardCannotHoldChangesNoShard) {
   options.default_optimizer = Config("sgd {} learning_rate: 0.1");
   options.memory_limit_bytes =
       3 * sizeof(float) * share[larger] - 4 +
-      blocks[larger] * VariableStore::kBlockBookkeepingBytes;
+      blocks[larger] * DenseVariable::kBookkeepingBytesPerBlock;
   auto shards = StartShards(2, options);
   ASSERT_EQ(shards.size(), 2u);
   auto connected = RawWorker::Connect(ServerAddresses(shards));

@@ -19,6 +19,7 @@
 #include "proto/ps/storage/v1/checkpoint.pb.h"
 #include "server/checkpoint.h"
 #include "server/env.h"
+#include "server/store_impl.h"
 #include "spdlog/spdlog.h"
 
 namespace ps {
@@ -153,7 +154,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       auto variable = store.Find(name);
       ps::v1::PushRequest push;
       ps::v1::PullRequest pull;
-      for (const auto& [k, block] : variable->blocks) {
+      for (ps::Block* block : variable->SortedBlocks()) {
         ps::v1::Slice* slice = push.add_gradients();
         slice->set_variable(name);
         slice->set_offset(block->range.offset);

@@ -12,7 +12,7 @@
 #include "common/optimizer_config.h"
 #include "google/protobuf/stubs/logging.h"
 #include "proto/ps/v1/ps.pb.h"
-#include "server/store.h"
+#include "server/store_impl.h"
 #include "spdlog/spdlog.h"
 
 namespace ps {

@@ -13,7 +13,7 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "proto/ps/v1/ps.pb.h"
-#include "server/store.h"
+#include "server/store_impl.h"
 
 namespace ps::testutil {
 

@@ -1,0 +1,143 @@
+#include "server/rule_table.h"
+
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/optimizer_config.h"
+
+namespace ps {
+namespace {
+
+using optimizer::AdagradParams;
+using optimizer::AdamParams;
+using optimizer::EveParams;
+using optimizer::MomentumParams;
+using optimizer::RmsPropParams;
+using optimizer::RuleParams;
+using optimizer::StateSlots;
+
+template <typename T>
+bool Is(const RuleParams& rule) {
+  return std::holds_alternative<T>(rule);
+}
+
+// Momentum's buffer and Adam's and Eve's first moment are running sums of
+// the gradient; RMSProp's momentum buffer holds g / d, another quantity.
+bool SharesFirstMoment(const RuleParams& a, const RuleParams& b) {
+  auto gradient_average = [](const RuleParams& r) {
+    return Is<MomentumParams>(r) || Is<AdamParams>(r) || Is<EveParams>(r);
+  };
+  return (gradient_average(a) && gradient_average(b)) ||
+         (Is<RmsPropParams>(a) && Is<RmsPropParams>(b));
+}
+
+// RMSProp's, Adam's and Eve's second moments are averages of g^2; Adagrad's
+// is a sum, kept only by Adagrad.
+bool SharesSecondMoment(const RuleParams& a, const RuleParams& b) {
+  auto square_average = [](const RuleParams& r) {
+    return Is<RmsPropParams>(r) || Is<AdamParams>(r) || Is<EveParams>(r);
+  };
+  return (square_average(a) && square_average(b)) ||
+         (Is<AdagradParams>(a) && Is<AdagradParams>(b));
+}
+
+}  // namespace
+
+StateSlots KeptSlots(const RuleParams& from, const RuleParams& to,
+                     bool reset_state, StateSlots held) {
+  if (reset_state) return 0;
+  if (from.index() == to.index()) return held;
+  // Centered RMSProp's grad_avg and AMSGrad's max_square_avg mean nothing
+  // to another rule.
+  StateSlots kept = 0;
+  if (SharesFirstMoment(from, to)) kept |= optimizer::kMomentumSlot;
+  if (SharesSecondMoment(from, to)) kept |= optimizer::kSquareAvgSlot;
+  return held & kept;
+}
+
+void AdaptState(const RuleParams& from, const RuleParams& to, bool reset_state,
+                optimizer::BlockOptimizerState& state) {
+  if (reset_state) {
+    state = optimizer::BlockOptimizerState();
+    return;
+  }
+  if (from.index() == to.index()) return;
+  optimizer::ReleaseSlots(
+      KeptSlots(from, to, reset_state, optimizer::HeldSlots(state)), state);
+  state.eve = optimizer::EveFeedbackState();
+}
+
+RuleTable::RuleTable(const v1::OptimizerConfig& default_config) {
+  auto entry = std::make_shared<OptimizerEntry>();
+  entry->config = default_config;
+  entry->settings = *ResolveOptimizerConfig(default_config);
+  default_ = std::move(entry);
+}
+
+std::shared_ptr<const OptimizerEntry> RuleTable::For(
+    const std::string& name) const {
+  absl::ReaderMutexLock lock(&mu_);
+  auto it = own_.find(name);
+  return it == own_.end() ? default_ : it->second;
+}
+
+bool RuleTable::HasOwn(const std::string& name) const {
+  absl::ReaderMutexLock lock(&mu_);
+  return own_.contains(name);
+}
+
+v1::OptimizerConfig RuleTable::ConfigOf(const std::string& name) const {
+  absl::ReaderMutexLock lock(&mu_);
+  auto it = name.empty() ? own_.end() : own_.find(name);
+  v1::OptimizerConfig config =
+      it == own_.end() ? default_->config : it->second->config;
+  config.set_config_version(version_);
+  return config;
+}
+
+uint64_t RuleTable::version() const {
+  absl::ReaderMutexLock lock(&mu_);
+  return version_;
+}
+
+void RuleTable::SetOwn(const std::string& name,
+                       std::shared_ptr<const OptimizerEntry> entry) {
+  absl::MutexLock lock(&mu_);
+  own_[name] = std::move(entry);
+}
+
+uint64_t RuleTable::Change(const std::string& name,
+                           std::shared_ptr<const OptimizerEntry> entry) {
+  absl::MutexLock lock(&mu_);
+  if (name.empty()) {
+    default_ = std::move(entry);
+  } else {
+    own_[name] = std::move(entry);
+  }
+  return version_++;
+}
+
+void RuleTable::Snapshot(storage::v1::ShardState& state) const {
+  absl::ReaderMutexLock lock(&mu_);
+  *state.mutable_default_optimizer() = default_->config;
+  state.set_config_version(version_);
+  for (auto& header : *state.mutable_variables()) {
+    auto it = own_.find(header.name());
+    if (it != own_.end()) *header.mutable_optimizer() = it->second->config;
+  }
+}
+
+absl::Status RuleTable::Restore(const storage::v1::ShardState& state) {
+  auto settings = ResolveOptimizerConfig(state.default_optimizer());
+  if (!settings.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the default optimizer: ", settings.status().message()));
+  }
+  absl::MutexLock lock(&mu_);
+  default_ = std::make_shared<const OptimizerEntry>(
+      OptimizerEntry{state.default_optimizer(), *std::move(settings)});
+  version_ = state.config_version();
+  return absl::OkStatus();
+}
+
+}  // namespace ps

@@ -1,0 +1,120 @@
+// The store's implementation (server/store.h is its surface): the entries
+// by name, and the parts each job is done by. Tests and tools that look
+// inside a store (its blocks, its charges) include this header.
+//
+// Lock order: structure_mu_, then entry locks (blocks, in address order),
+// then the parts' own locks (RuleTable, MemoryBudget, WorkerSessions),
+// then entries_mu_.
+#ifndef PS_SERVER_STORE_IMPL_H_
+#define PS_SERVER_STORE_IMPL_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/synchronization/mutex.h"
+#include "server/dense_variable.h"
+#include "server/memory_budget.h"
+#include "server/optimizer/helper_threads.h"
+#include "server/rule_table.h"
+#include "server/sessions.h"
+#include "server/stats.h"
+#include "server/store.h"
+#include "server/sync_steps.h"
+
+namespace ps {
+
+class VariableStore final : public Store {
+ public:
+  // REQUIRES: as Store::Create.
+  explicit VariableStore(const StoreOptions& options);
+
+  const StoreOptions& options() const override { return options_; }
+  const PartitionPlan& plan() const override { return plan_; }
+
+  absl::StatusOr<bool> CreateVariable(
+      const v1::CreateVariableRequest& request) override;
+  absl::Status Pull(const v1::PullRequest& request,
+                    v1::PullResponse* response) const override;
+  absl::StatusOr<PreparedPush> PreparePush(const v1::PushRequest& request,
+                                           bool answered = false) override;
+  void ApplyPush(PreparedPush push,
+                 std::shared_ptr<PushCompletion> completion) override;
+  absl::StatusOr<Session> OpenSession(const std::string& worker,
+                                      uint64_t epoch) override;
+
+  absl::StatusOr<v1::OptimizerConfig> GetOptimizer(
+      const std::string& variable) const override;
+  absl::StatusOr<ConfigChange> SetOptimizer(
+      const std::string& variable, const v1::OptimizerConfig& config,
+      bool reset_state, bool validate_only = false) override;
+  v1::ListVariablesResponse ListVariables() const override;
+  v1::Stats Stats() const override;
+  ServerStats& counters() override { return counters_; }
+
+  absl::Status Snapshot(
+      absl::FunctionRef<absl::Status(const storage::v1::ShardState&)> state,
+      absl::FunctionRef<absl::Status(const storage::v1::BlockRecord&)> block)
+      const override;
+  absl::Status RestoreState(const storage::v1::ShardState& state) override;
+  absl::Status RestoreBlock(const storage::v1::BlockRecord& record) override;
+  uint64_t NumBlocks() const override;
+
+  // ---- inside views, for tests and tools
+
+  // The variable, or null.
+  std::shared_ptr<DenseVariable> Find(const std::string& name) const;
+  // The names of every variable, sorted.
+  std::vector<std::string> VariableNames() const;
+  // The optimizer in force for `variable` (the default when it has none).
+  std::shared_ptr<const OptimizerEntry> OptimizerFor(
+      const std::string& variable) const {
+    return rules_.For(variable);
+  }
+  // Values and optimizer state, and bookkeeping, as counted against the
+  // memory limit (memory_budget.h).
+  uint64_t StateBytes() const { return memory_.StateBytes(); }
+  uint64_t BookkeepingBytes() const { return memory_.BookkeepingBytes(); }
+
+ private:
+  // Every entry, sorted by name.
+  std::vector<std::shared_ptr<DenseVariable>> SortedVariables() const;
+
+  void ApplyAsync(PreparedPush& push,
+                  const std::shared_ptr<PushCompletion>& completion)
+      ABSL_NO_THREAD_SAFETY_ANALYSIS;
+  void ApplySync(PreparedPush& push,
+                 const std::shared_ptr<PushCompletion>& completion)
+      ABSL_NO_THREAD_SAFETY_ANALYSIS;
+
+  // The session count, as the budget charges it.
+  void CountSessions() { memory_.SetSessions(sessions_.size()); }
+
+  const StoreOptions options_;
+  const PartitionPlan plan_;
+
+  // Held throughout CreateVariable and SetOptimizer (and restores), so
+  // that the entries, their rules and their charges change together:
+  // creations and optimizer changes run one at a time. Snapshot holds it
+  // shared, so a checkpoint sees no creation or rule change half done.
+  // Pushes and pulls do not take it.
+  mutable absl::Mutex structure_mu_;
+
+  mutable absl::Mutex entries_mu_;
+  absl::flat_hash_map<std::string, std::shared_ptr<DenseVariable>> entries_
+      ABSL_GUARDED_BY(entries_mu_);
+
+  RuleTable rules_;
+  MemoryBudget memory_;
+  WorkerSessions sessions_;
+  SyncSteps sync_;
+  ServerStats counters_;
+  optimizer::HelperThreads helpers_;
+};
+
+}  // namespace ps
+
+#endif  // PS_SERVER_STORE_IMPL_H_
