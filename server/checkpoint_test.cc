@@ -326,7 +326,7 @@ TEST_F(CheckpointRoundTripTest, CheckpointsDuringCreationsAndRuleChangesLoad) {
     auto loaded = reader.LoadNewest();
     ASSERT_TRUE(loaded.ok()) << loaded.status();
     for (const std::string& name : restored.VariableNames()) {
-      EXPECT_EQ(restored.Find(name)->NumParts(), 3u) << name;
+      EXPECT_EQ(restored.Find(name)->NumRecords(), 3u) << name;
     }
     loaded_variables = static_cast<int>(restored.VariableNames().size());
   }

@@ -138,7 +138,7 @@ Entry::Progress DenseVariable::GetProgress() const {
 EntryShape DenseVariable::Shape() const {
   EntryShape shape;
   for (const auto& [k, block] : blocks_) shape.values += block->range.length;
-  shape.parts = blocks_.size();
+  shape.blocks = blocks_.size();
   return shape;
 }
 

@@ -117,7 +117,7 @@ class DenseVariable final : public Entry {
       const override;
   absl::StatusOr<optimizer::StateSlots> Restore(
       const storage::v1::BlockRecord& record) override;
-  uint64_t NumParts() const override { return blocks_.size(); }
+  uint64_t NumRecords() const override { return blocks_.size(); }
 
  private:
   const std::vector<uint64_t> shape_;

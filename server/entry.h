@@ -25,11 +25,11 @@
 namespace ps {
 
 // What an entry holds on this shard, for the memory budget: values (each
-// with one float per optimizer slot its rules keep) and parts (each with
+// with one float per optimizer slot its rules keep) and blocks (each with
 // its bookkeeping, server/memory_budget.h).
 struct EntryShape {
   uint64_t values = 0;
-  uint64_t parts = 0;
+  uint64_t blocks = 0;
 };
 
 class Entry {
@@ -79,8 +79,8 @@ class Entry {
   // a part this shard does not hold).
   virtual absl::StatusOr<optimizer::StateSlots> Restore(
       const storage::v1::BlockRecord& record) = 0;
-  // The records Snapshot writes: each part's.
-  virtual uint64_t NumParts() const = 0;
+  // The records Snapshot writes (one per block).
+  virtual uint64_t NumRecords() const = 0;
 
  private:
   const std::string name_;

@@ -15,7 +15,7 @@ uint64_t MemoryBudget::ArrayBytes(EntryShape shape,
 
 uint64_t MemoryBudget::BookkeepingBytes() const {
   const int64_t records = applied_records_.load(std::memory_order_relaxed);
-  return part_bytes_.load(std::memory_order_relaxed) +
+  return block_bytes_.load(std::memory_order_relaxed) +
          static_cast<uint64_t>(std::max<int64_t>(records, 0)) *
              kAppliedRecordBytes +
          sessions_.load(std::memory_order_relaxed) * kSessionBytes;
@@ -47,11 +47,11 @@ void MemoryBudget::Charge(const std::string& name, EntryShape shape,
   auto it = charges_.find(name);
   if (it != charges_.end()) {
     state_bytes_ -= ArrayBytes(it->second.shape, it->second.slots);
-    part_bytes_ -= PartBytes(it->second.shape);
+    block_bytes_ -= BlockBytes(it->second.shape);
   }
   charges_[name] = Charged{shape, slots};
   state_bytes_ += ArrayBytes(shape, slots);
-  part_bytes_ += PartBytes(shape);
+  block_bytes_ += BlockBytes(shape);
 }
 
 optimizer::StateSlots MemoryBudget::SlotsOf(const std::string& name) const {

@@ -33,17 +33,17 @@ class MemoryBudget {
   static constexpr uint64_t kSessionBytes = 128;
 
   // `limit_bytes` 0 = none; `sync`: each value also has a sum of a step's
-  // gradients; `bookkeeping_per_part`: what each part's record costs.
-  MemoryBudget(uint64_t limit_bytes, bool sync, uint64_t bookkeeping_per_part)
+  // gradients; `bookkeeping_per_block`: what each part's record costs.
+  MemoryBudget(uint64_t limit_bytes, bool sync, uint64_t bookkeeping_per_block)
       : limit_bytes_(limit_bytes),
         sync_(sync),
-        bookkeeping_per_part_(bookkeeping_per_part) {}
+        bookkeeping_per_block_(bookkeeping_per_block) {}
 
   // What an entry of `shape` holds with `slots` allocated: its arrays, and
   // its parts' records.
   uint64_t ArrayBytes(EntryShape shape, optimizer::StateSlots slots) const;
-  uint64_t PartBytes(EntryShape shape) const {
-    return shape.parts * bookkeeping_per_part_;
+  uint64_t BlockBytes(EntryShape shape) const {
+    return shape.blocks * bookkeeping_per_block_;
   }
 
   // OK when `more` bytes fit under the limit besides what is charged; else
@@ -87,11 +87,11 @@ class MemoryBudget {
 
   const uint64_t limit_bytes_;
   const bool sync_;
-  const uint64_t bookkeeping_per_part_;
+  const uint64_t bookkeeping_per_block_;
   mutable absl::Mutex mu_;
   absl::flat_hash_map<std::string, Charged> charges_ ABSL_GUARDED_BY(mu_);
   std::atomic<uint64_t> state_bytes_ = 0;
-  std::atomic<uint64_t> part_bytes_ = 0;
+  std::atomic<uint64_t> block_bytes_ = 0;
   std::atomic<int64_t> applied_records_ = 0;
   std::atomic<uint64_t> sessions_ = 0;
 };

@@ -160,7 +160,7 @@ grpc::ServerUnaryReactor* ParameterServiceImpl::ServePush(
     return reactor;
   }
   auto completion = std::make_shared<PushCompletion>(
-      prepared->parts.size(), answer_values, push.pull_dtype(),
+      prepared->gradients.size(), answer_values, push.pull_dtype(),
       [call](absl::Status status, v1::PullResponse values) {
         call->Finish(status, std::move(values));
       });

@@ -44,7 +44,7 @@ absl::Status DecodeFinite(const v1::Slice& slice, absl::string_view what,
 }
 
 absl::Status ViewGradient(const v1::Slice& slice, bool widen_later,
-                          PreparedPush::Part& part) {
+                          PreparedPush::Gradient& part) {
   const std::string& data = slice.data();
   const size_t length = slice.length();
   const bool half =

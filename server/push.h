@@ -33,7 +33,8 @@ namespace ps {
 // by chunk during the update, so the request must outlive its application.
 // In sync mode 16-bit gradients are widened into `decoded` at once.
 struct PreparedPush {
-  struct Part {
+  // One block's gradient.
+  struct Gradient {
     std::shared_ptr<DenseVariable> variable;
     Block* block = nullptr;
     std::span<const float> gradient;  // the request's bytes, or `decoded`
@@ -47,7 +48,7 @@ struct PreparedPush {
   uint64_t seq = 0;
   uint64_t step = 0;
   std::optional<double> loss;
-  std::vector<Part> parts;
+  std::vector<Gradient> gradients;
 
   // Whether it asks for exactly-once (a worker id and a seq).
   bool exactly_once() const { return !worker_id.empty() && seq != 0; }
@@ -60,7 +61,7 @@ struct PreparedPush {
 // hold the slice's values or one is not finite.
 // REQUIRES: slice.length() was checked against the block.
 absl::Status ViewGradient(const v1::Slice& slice, bool widen_later,
-                          PreparedPush::Part& part);
+                          PreparedPush::Gradient& part);
 
 // Decodes a slice's values into `out`, checking each is finite (initial
 // values); INVALID_ARGUMENT naming `what` and the value otherwise.

@@ -100,8 +100,8 @@ bool MarkApplied(const PreparedPush& push, Block& block)
 // The locks of a push's blocks.
 std::vector<absl::Mutex*> LocksOf(const PreparedPush& push) {
   std::vector<absl::Mutex*> locks;
-  locks.reserve(push.parts.size());
-  for (const auto& part : push.parts) locks.push_back(&part.block->mu);
+  locks.reserve(push.gradients.size());
+  for (const auto& part : push.gradients) locks.push_back(&part.block->mu);
   return locks;
 }
 
@@ -153,7 +153,7 @@ uint64_t VariableStore::NumBlocks() const {
   absl::ReaderMutexLock lock(&entries_mu_);
   uint64_t blocks = 0;
   for (const auto& [name, variable] : entries_) {
-    blocks += variable->NumParts();
+    blocks += variable->NumRecords();
   }
   return blocks;
 }
@@ -196,13 +196,13 @@ absl::StatusOr<bool> VariableStore::CreateVariable(
   const uint64_t num_blocks = plan_.NumBlocks(size);
   const uint64_t limit = options_.memory_limit_bytes;
   auto bytes = [&] {
-    return memory_.ArrayBytes(charge, slots) + memory_.PartBytes(charge);
+    return memory_.ArrayBytes(charge, slots) + memory_.BlockBytes(charge);
   };
   for (uint64_t k = 0; k < num_blocks; ++k) {
     if (plan_.ShardOf(name, k) != options_.shard_index) continue;
     local_blocks.push_back(k);
     charge.values += plan_.BlockRange(size, k).length;
-    ++charge.parts;
+    ++charge.blocks;
     if (limit != 0 && bytes() > limit) break;
   }
   PS_RETURN_IF_ERROR(memory_.Check(
@@ -321,11 +321,11 @@ absl::StatusOr<PreparedPush> VariableStore::PreparePush(
   push.seq = request.seq();
   push.step = request.step();
   if (request.has_loss()) push.loss = request.loss();
-  push.parts.reserve(request.gradients_size());
+  push.gradients.reserve(request.gradients_size());
   absl::flat_hash_set<const Block*> seen;
   uint64_t answer_bytes = 0;
   for (const v1::Slice& slice : request.gradients()) {
-    PreparedPush::Part part;
+    PreparedPush::Gradient part;
     part.variable = Find(slice.variable());
     if (part.variable == nullptr) {
       return absl::NotFoundError(
@@ -357,7 +357,7 @@ absl::StatusOr<PreparedPush> VariableStore::PreparePush(
     }
     answer_bytes +=
         AnswerBytes(slice.variable(), slice.length(), request.pull_dtype());
-    push.parts.push_back(std::move(part));
+    push.gradients.push_back(std::move(part));
   }
   if (answered) {
     PS_RETURN_IF_ERROR(CheckAnswerSize(answer_bytes, request.gradients_size(),
@@ -396,12 +396,12 @@ void VariableStore::ApplyAsync(
   LockedSet locked(LocksOf(push));
   // Check every part before changing any, under the locks: an optimizer
   // change cannot land between two of them, so a push is all or nothing.
-  const size_t n = push.parts.size();
+  const size_t n = push.gradients.size();
   std::vector<bool> duplicate(n);
   std::vector<std::shared_ptr<const OptimizerEntry>> entries(n);
   absl::Status refusal;
   for (size_t i = 0; i < n && refusal.ok(); ++i) {
-    const PreparedPush::Part& part = push.parts[i];
+    const PreparedPush::Gradient& part = push.gradients[i];
     duplicate[i] = AlreadyApplied(push, *part.block);
     if (duplicate[i]) continue;
     refusal = CheckNotFenced(push, *part.variable, *part.block);
@@ -422,7 +422,7 @@ void VariableStore::ApplyAsync(
   } else {
     int64_t new_records = 0;
     for (size_t i = 0; i < n; ++i) {
-      PreparedPush::Part& part = push.parts[i];
+      PreparedPush::Gradient& part = push.gradients[i];
       Block& block = *part.block;
       const std::string& name = part.variable->name();
       if (duplicate[i]) {
@@ -477,11 +477,11 @@ void VariableStore::ApplyAsync(
 void VariableStore::ApplySync(
     PreparedPush& push, const std::shared_ptr<PushCompletion>& completion) {
   LockedSet locked(LocksOf(push));
-  const size_t n = push.parts.size();
+  const size_t n = push.gradients.size();
   // A repeated (worker, epoch, seq) is acknowledged again, never refused.
   std::vector<bool> duplicate(n);
   for (size_t i = 0; i < n; ++i) {
-    duplicate[i] = AlreadyApplied(push, *push.parts[i].block);
+    duplicate[i] = AlreadyApplied(push, *push.gradients[i].block);
   }
 
   // Check every part before changing any.
@@ -489,7 +489,7 @@ void VariableStore::ApplySync(
   absl::Status refusal;
   absl::Status ahead;  // the first part ahead of its block's step
   for (size_t i = 0; i < n; ++i) {
-    PreparedPush::Part& part = push.parts[i];
+    PreparedPush::Gradient& part = push.gradients[i];
     Block& block = *part.block;
     if (duplicate[i]) continue;
     refusal = CheckNotFenced(push, *part.variable, block);
@@ -535,7 +535,7 @@ void VariableStore::ApplySync(
   } else {
     int64_t new_records = 0;
     for (size_t i = 0; i < n; ++i) {
-      PreparedPush::Part& part = push.parts[i];
+      PreparedPush::Gradient& part = push.gradients[i];
       Block& block = *part.block;
       SyncSlot& sync = block.sync;
       if (duplicate[i]) {

@@ -147,7 +147,7 @@ TEST(StoreCreateTest, CreatesOnceThenAcknowledges) {
   auto variable = store.Find("w");
   ASSERT_NE(variable, nullptr);
   EXPECT_EQ(variable->size(), 15u);
-  EXPECT_EQ(variable->NumParts(), 4u);  // 4 + 4 + 4 + 3
+  EXPECT_EQ(variable->NumRecords(), 4u);  // 4 + 4 + 4 + 3
 }
 
 TEST(StoreCreateTest, NoInitialValuesMeansZeros) {

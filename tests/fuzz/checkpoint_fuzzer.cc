@@ -169,7 +169,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       auto prepared = store.PreparePush(push, true);
       if (!prepared.ok()) continue;
       auto completion = std::make_shared<ps::PushCompletion>(
-          prepared->parts.size(), true, ps::v1::FLOAT32,
+          prepared->gradients.size(), true, ps::v1::FLOAT32,
           [](absl::Status, ps::v1::PullResponse) {});
       store.ApplyPush(*std::move(prepared), std::move(completion));
     }

@@ -71,7 +71,7 @@ void Push(VariableStore& store, absl::string_view bytes, bool answered) {
   absl::StatusOr<PreparedPush> prepared = store.PreparePush(request, answered);
   if (!prepared.ok()) return;
   auto completion = std::make_shared<PushCompletion>(
-      prepared->parts.size(), answered, request.pull_dtype(),
+      prepared->gradients.size(), answered, request.pull_dtype(),
       [](absl::Status, v1::PullResponse) {});
   store.ApplyPush(*std::move(prepared), std::move(completion));
 }

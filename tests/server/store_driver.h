@@ -41,7 +41,7 @@ inline std::shared_ptr<PushResult> StartPush(VariableStore& store,
     return result;
   }
   auto completion = std::make_shared<PushCompletion>(
-      prepared->parts.size(), with_values, request.pull_dtype(),
+      prepared->gradients.size(), with_values, request.pull_dtype(),
       [result](absl::Status status, v1::PullResponse answer) {
         result->status = std::move(status);
         result->answer = std::move(answer);
