@@ -20,6 +20,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <bit>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -46,6 +47,7 @@
 #include "common/child_process.h"
 #include "common/cli.h"
 #include "common/optimizer_config.h"
+#include "common/rule_catalog.h"
 #include "proto/ps/v1/ps.grpc.pb.h"
 
 ABSL_FLAG(std::string, servers, "",
@@ -445,22 +447,11 @@ Summary Summarize(const std::vector<RunResult>& runs, uint64_t values, Op op) {
   return s;
 }
 
-// float32 slots of optimizer state per value.
-int StateSlots(const ps::v1::OptimizerConfig& config) {
-  switch (config.rule_case()) {
-    case ps::v1::OptimizerConfig::kMomentum:
-    case ps::v1::OptimizerConfig::kAdagrad:
-      return 1;
-    case ps::v1::OptimizerConfig::kRmsprop:
-      return 1 + (config.rmsprop().centered() ? 1 : 0) +
-             (config.rmsprop().momentum() > 0 ? 1 : 0);
-    case ps::v1::OptimizerConfig::kAdam:
-      return 2 + (config.adam().amsgrad() ? 1 : 0);
-    case ps::v1::OptimizerConfig::kEve:
-      return 2;
-    default:
-      return 0;
-  }
+// float32 slots of optimizer state per value, as the store allocates them.
+int StateSlotCount(const ps::v1::OptimizerConfig& config) {
+  auto settings = ps::ResolveOptimizerConfig(config);
+  if (!settings.ok()) return 0;
+  return std::popcount(ps::optimizer::SlotsOf(settings->rule));
 }
 
 absl::StatusOr<uint64_t> ParseBytes(const std::string& text) {
@@ -653,7 +644,8 @@ int main(int argc, char** argv) {
   const double cpu_ratio = have_cpu && echo_summary.cpu_s_per_gb > 0
                                ? ours.cpu_s_per_gb / echo_summary.cpu_s_per_gb
                                : 0;
-  const uint64_t state_bytes = load.values * 4 * (1 + StateSlots(*optimizer));
+  const uint64_t state_bytes =
+      load.values * 4 * (1 + StateSlotCount(*optimizer));
   const double mib = 1 << 20;
   const bool have_rss = !ours_children.empty();
   const double rss_delta =

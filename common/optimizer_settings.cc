@@ -37,10 +37,4 @@ double ScheduledLearningRate(double base_rate, const Schedule& schedule,
   return rate;
 }
 
-std::string_view RuleName(const RuleParams& rule) {
-  static constexpr std::string_view kNames[] = {
-      "sgd", "momentum", "adagrad", "rmsprop", "adam", "eve"};
-  return kNames[rule.index()];
-}
-
 }  // namespace ps::optimizer

@@ -82,12 +82,17 @@ struct OptimizerSettings {
   Schedule schedule;
 };
 
+// A set of a block's per-value optimizer slots (BlockOptimizerState in
+// server/optimizer/update.h), as bits.
+using StateSlots = uint8_t;
+inline constexpr StateSlots kMomentumSlot = 1;      // momentum
+inline constexpr StateSlots kSquareAvgSlot = 2;     // square_avg
+inline constexpr StateSlots kGradAvgSlot = 4;       // grad_avg
+inline constexpr StateSlots kMaxSquareAvgSlot = 8;  // max_square_avg
+
 // The learning rate at step t (1-based) after the schedule and warm-up.
 double ScheduledLearningRate(double base_rate, const Schedule& schedule,
                              uint64_t t);
-
-// "sgd", "momentum", "adagrad", "rmsprop", "adam" or "eve".
-std::string_view RuleName(const RuleParams& rule);
 
 }  // namespace ps::optimizer
 

@@ -93,15 +93,6 @@ TEST(ScheduleTest, WarmUpMultipliesTheSchedule) {
   EXPECT_DOUBLE_EQ(ScheduledLearningRate(1.0, cosine, 6), 0.55 * 0.6);
 }
 
-TEST(RuleNameTest, NamesEveryRule) {
-  EXPECT_EQ(RuleName(SgdParams{}), "sgd");
-  EXPECT_EQ(RuleName(MomentumParams{}), "momentum");
-  EXPECT_EQ(RuleName(AdagradParams{}), "adagrad");
-  EXPECT_EQ(RuleName(RmsPropParams{}), "rmsprop");
-  EXPECT_EQ(RuleName(AdamParams{}), "adam");
-  EXPECT_EQ(RuleName(EveParams{}), "eve");
-}
-
 TEST(ParamsTest, DefaultsAreTorchs) {
   EXPECT_EQ(MomentumParams{}.momentum, 0.9);
   EXPECT_EQ(MomentumParams{}.dampening, 0.0);

@@ -4,42 +4,14 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/optimizer_config.h"
+#include "common/rule_catalog.h"
 
 namespace ps {
 namespace {
 
-using optimizer::AdagradParams;
-using optimizer::AdamParams;
-using optimizer::EveParams;
-using optimizer::MomentumParams;
-using optimizer::RmsPropParams;
 using optimizer::RuleParams;
+using optimizer::SlotMeaning;
 using optimizer::StateSlots;
-
-template <typename T>
-bool Is(const RuleParams& rule) {
-  return std::holds_alternative<T>(rule);
-}
-
-// Momentum's buffer and Adam's and Eve's first moment are running sums of
-// the gradient; RMSProp's momentum buffer holds g / d, another quantity.
-bool SharesFirstMoment(const RuleParams& a, const RuleParams& b) {
-  auto gradient_average = [](const RuleParams& r) {
-    return Is<MomentumParams>(r) || Is<AdamParams>(r) || Is<EveParams>(r);
-  };
-  return (gradient_average(a) && gradient_average(b)) ||
-         (Is<RmsPropParams>(a) && Is<RmsPropParams>(b));
-}
-
-// RMSProp's, Adam's and Eve's second moments are averages of g^2; Adagrad's
-// is a sum, kept only by Adagrad.
-bool SharesSecondMoment(const RuleParams& a, const RuleParams& b) {
-  auto square_average = [](const RuleParams& r) {
-    return Is<RmsPropParams>(r) || Is<AdamParams>(r) || Is<EveParams>(r);
-  };
-  return (square_average(a) && square_average(b)) ||
-         (Is<AdagradParams>(a) && Is<AdagradParams>(b));
-}
 
 }  // namespace
 
@@ -47,11 +19,16 @@ StateSlots KeptSlots(const RuleParams& from, const RuleParams& to,
                      bool reset_state, StateSlots held) {
   if (reset_state) return 0;
   if (from.index() == to.index()) return held;
-  // Centered RMSProp's grad_avg and AMSGrad's max_square_avg mean nothing
-  // to another rule.
+  // A slot stays when both rules mean the same by it (rule_catalog.h).
+  const auto& before = optimizer::DescriptorOf(from).meanings;
+  const auto& after = optimizer::DescriptorOf(to).meanings;
   StateSlots kept = 0;
-  if (SharesFirstMoment(from, to)) kept |= optimizer::kMomentumSlot;
-  if (SharesSecondMoment(from, to)) kept |= optimizer::kSquareAvgSlot;
+  for (size_t i = 0; i < optimizer::kSlotBits.size(); ++i) {
+    if (before[i] == after[i] && before[i] != SlotMeaning::kUnused &&
+        before[i] != SlotMeaning::kOwn) {
+      kept |= optimizer::kSlotBits[i];
+    }
+  }
   return held & kept;
 }
 

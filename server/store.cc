@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/optimizer_config.h"
+#include "common/rule_catalog.h"
 #include "common/status.h"
 #include "common/wire.h"
 #include "server/locked_set.h"

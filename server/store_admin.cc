@@ -4,6 +4,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "common/optimizer_config.h"
+#include "common/rule_catalog.h"
 #include "common/status.h"
 #include "server/locked_set.h"
 #include "server/store_impl.h"

@@ -199,28 +199,6 @@ constexpr SlotRef kSlots[] = {
 
 }  // namespace
 
-// Mirrors the EnsureSlot calls of RuleStep above (update_test checks that
-// an update allocates exactly these).
-StateSlots SlotsOf(const RuleParams& rule) {
-  struct Visitor {
-    StateSlots operator()(const SgdParams&) const { return 0; }
-    StateSlots operator()(const MomentumParams&) const { return kMomentumSlot; }
-    StateSlots operator()(const AdagradParams&) const { return kSquareAvgSlot; }
-    StateSlots operator()(const RmsPropParams& p) const {
-      return kSquareAvgSlot | (p.centered ? kGradAvgSlot : 0) |
-             (p.momentum > 0 ? kMomentumSlot : 0);
-    }
-    StateSlots operator()(const AdamParams& p) const {
-      return kMomentumSlot | kSquareAvgSlot |
-             (p.amsgrad ? kMaxSquareAvgSlot : 0);
-    }
-    StateSlots operator()(const EveParams&) const {
-      return kMomentumSlot | kSquareAvgSlot;
-    }
-  };
-  return std::visit(Visitor{}, rule);
-}
-
 StateSlots HeldSlots(const BlockOptimizerState& state) {
   StateSlots held = 0;
   for (const SlotRef& ref : kSlots) {

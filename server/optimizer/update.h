@@ -37,17 +37,6 @@ struct BlockOptimizerState {
   EveFeedbackState eve;
 };
 
-// A set of BlockOptimizerState's per-value slots, as bits.
-using StateSlots = uint8_t;
-inline constexpr StateSlots kMomentumSlot = 1;
-inline constexpr StateSlots kSquareAvgSlot = 2;
-inline constexpr StateSlots kGradAvgSlot = 4;
-inline constexpr StateSlots kMaxSquareAvgSlot = 8;
-
-// The slots ApplyUpdate allocates for `rule` (each as many values as the
-// block): what a block under that rule holds once it has been updated.
-StateSlots SlotsOf(const RuleParams& rule);
-
 // The slots that hold values.
 StateSlots HeldSlots(const BlockOptimizerState& state);
 

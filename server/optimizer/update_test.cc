@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "common/optimizer_settings.h"
+#include "common/rule_catalog.h"
 #include "server/optimizer/kernel_util.h"
 #include "server/optimizer/test_util.h"
 

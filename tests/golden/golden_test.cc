@@ -21,6 +21,7 @@
 
 #include "common/optimizer_config.h"
 #include "common/optimizer_settings.h"
+#include "common/rule_catalog.h"
 #include "server/optimizer/update.h"
 
 #ifndef PS_GOLDEN_DATA
