@@ -8,9 +8,7 @@
 #include <atomic>
 #include <climits>
 #include <deque>
-#include <fstream>
 #include <functional>
-#include <sstream>
 #include <utility>
 
 #include "absl/container/flat_hash_map.h"
@@ -21,6 +19,7 @@
 #include "absl/synchronization/mutex.h"
 #include "client/cluster_check.h"
 #include "client/request_split.h"
+#include "common/file_util.h"
 #include "common/slice_buffers.h"
 #include "common/status.h"
 #include "proto/ps/v1/ps.grpc.pb.h"
@@ -93,15 +92,9 @@ absl::Status ValidateOptions(const ClientOptions& options) {
 absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> MakeCredentials(
     const ClientOptions& options) {
   if (options.tls_ca_file.empty()) return grpc::InsecureChannelCredentials();
-  std::ifstream file(options.tls_ca_file, std::ios::binary);
-  std::stringstream contents;
-  contents << file.rdbuf();
-  if (!file || contents.str().empty()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("cannot read TLS CA file ", options.tls_ca_file));
-  }
   grpc::SslCredentialsOptions ssl;
-  ssl.pem_root_certs = contents.str();
+  PS_ASSIGN_OR_RETURN(ssl.pem_root_certs,
+                      ReadSmallFile(options.tls_ca_file, "TLS CA file"));
   return grpc::SslCredentials(ssl);
 }
 

@@ -2,16 +2,13 @@
 
 #include <fnmatch.h>
 
-#include <fstream>
-#include <sstream>
-
-#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 #include "absl/strings/strip.h"
+#include "common/token_file.h"
 
 namespace ps {
 namespace {
@@ -32,49 +29,31 @@ bool ConstantTimeEquals(absl::string_view a, absl::string_view b) {
 
 absl::Status ReadTokens(const std::string& path, Role role,
                         std::vector<std::pair<std::string, Caller>>* out) {
-  std::ifstream file(path);
-  if (!file) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("cannot read token file ", path));
-  }
-  std::string line;
-  int line_number = 0;
-  size_t before = out->size();
-  while (std::getline(file, line)) {
-    ++line_number;
-    absl::string_view text = absl::StripAsciiWhitespace(line);
-    if (text.empty() || text[0] == '#') continue;
-    const size_t space = text.find_first_of(" \t");
-    std::string secret(text.substr(0, space));
+  absl::StatusOr<std::vector<TokenLine>> lines = ReadTokenFile(path);
+  if (!lines.ok()) return lines.status();
+  for (TokenLine& line : *lines) {
     Caller caller;
     std::vector<absl::string_view> label;
-    if (space != absl::string_view::npos) {
-      for (absl::string_view word : absl::StrSplit(
-               text.substr(space), absl::ByAnyChar(" \t"), absl::SkipEmpty())) {
-        if (!absl::ConsumePrefix(&word, "workers=")) {
-          label.push_back(word);
-          continue;
-        }
-        for (absl::string_view pattern :
-             absl::StrSplit(word, ',', absl::SkipEmpty())) {
-          caller.workers.emplace_back(pattern);
-        }
-        if (caller.workers.empty()) {
-          return absl::InvalidArgumentError(
-              absl::StrCat("token file ", path, " line ", line_number,
-                           ": workers= names no worker id pattern"));
-        }
+    for (absl::string_view word : line.words) {
+      if (!absl::ConsumePrefix(&word, "workers=")) {
+        label.push_back(word);
+        continue;
+      }
+      for (absl::string_view pattern :
+           absl::StrSplit(word, ',', absl::SkipEmpty())) {
+        caller.workers.emplace_back(pattern);
+      }
+      if (caller.workers.empty()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("token file ", path, " line ", line.line_number,
+                         ": workers= names no worker id pattern"));
       }
     }
     caller.label = label.empty()
                        ? absl::StrCat(role == Role::kAdmin ? "admin" : "worker",
-                                      " token on line ", line_number)
+                                      " token on line ", line.line_number)
                        : absl::StrJoin(label, " ");
-    out->emplace_back(std::move(secret), std::move(caller));
-  }
-  if (out->size() == before) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("token file ", path, " holds no token"));
+    out->emplace_back(std::move(line.secret), std::move(caller));
   }
   return absl::OkStatus();
 }

@@ -8,12 +8,11 @@
 #include <spdlog/spdlog.h>
 
 #include <chrono>
-#include <fstream>
-#include <sstream>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
+#include "common/file_util.h"
 #include "common/optimizer_config.h"
 #include "common/status.h"
 #include "server/admin_service.h"
@@ -30,18 +29,6 @@ namespace {
 // How long Shutdown lets calls in flight finish before cancelling them.
 constexpr absl::Duration kShutdownGrace = absl::Seconds(5);
 
-absl::StatusOr<std::string> ReadFile(const std::string& path,
-                                     absl::string_view flag) {
-  std::ifstream file(path, std::ios::binary);
-  std::stringstream contents;
-  contents << file.rdbuf();
-  if (!file || contents.str().empty()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(flag, ": cannot read ", path));
-  }
-  return contents.str();
-}
-
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(
     const ServerOptions& options) {
   if (options.tls_cert_file.empty() && options.tls_key_file.empty()) {
@@ -54,9 +41,9 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(
   grpc::SslServerCredentialsOptions ssl;
   grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
   PS_ASSIGN_OR_RETURN(pair.cert_chain,
-                      ReadFile(options.tls_cert_file, "--tls_cert_file"));
+                      ReadSmallFile(options.tls_cert_file, "--tls_cert_file"));
   PS_ASSIGN_OR_RETURN(pair.private_key,
-                      ReadFile(options.tls_key_file, "--tls_key_file"));
+                      ReadSmallFile(options.tls_key_file, "--tls_key_file"));
   ssl.pem_key_cert_pairs.push_back(std::move(pair));
   return grpc::SslServerCredentials(ssl);
 }

@@ -1,44 +1,11 @@
 #include "client/psctl/cluster.h"
 
-#include <fstream>
 #include <optional>
-#include <sstream>
 
-#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/string_view.h"
 #include "client/cluster_check.h"
 
 namespace ps::psctl {
-
-absl::StatusOr<std::string> ReadWholeFile(const std::string& path) {
-  std::ifstream file(path, std::ios::binary);
-  if (!file) {
-    return absl::InvalidArgumentError(absl::StrCat("cannot read ", path));
-  }
-  std::stringstream contents;
-  contents << file.rdbuf();
-  if (contents.str().empty()) {
-    return absl::InvalidArgumentError(absl::StrCat(path, " is empty"));
-  }
-  return contents.str();
-}
-
-absl::StatusOr<std::string> ReadTokenFile(const std::string& path) {
-  std::ifstream file(path);
-  if (!file) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("cannot read token file ", path));
-  }
-  std::string line;
-  while (std::getline(file, line)) {
-    absl::string_view text = absl::StripAsciiWhitespace(line);
-    if (text.empty() || text[0] == '#') continue;
-    return std::string(text.substr(0, text.find_first_of(" \t")));
-  }
-  return absl::InvalidArgumentError(
-      absl::StrCat("token file ", path, " holds no token"));
-}
 
 ShardSet::ShardSet(const ConnectOptions& options) : options_(options) {
   std::shared_ptr<grpc::ChannelCredentials> credentials;

@@ -35,15 +35,6 @@ struct ConnectOptions {
   std::chrono::milliseconds timeout{10000};
 };
 
-// The first token in a token file: the first word of the first line that is
-// neither blank nor a '#' comment. INVALID_ARGUMENT when the file cannot be
-// read or holds none.
-absl::StatusOr<std::string> ReadTokenFile(const std::string& path);
-
-// The whole contents of a file. INVALID_ARGUMENT when it cannot be read or
-// is empty.
-absl::StatusOr<std::string> ReadWholeFile(const std::string& path);
-
 // One shard: its index (its position in --servers until ReadLayout has put
 // the shards in order), its address and stubs.
 struct Shard {

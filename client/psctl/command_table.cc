@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstdint>
 #include <set>
+#include <vector>
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -12,6 +13,8 @@
 #include "absl/strings/str_split.h"
 #include "client/cluster_check.h"
 #include "client/psctl/optimizer_flags.h"
+#include "common/file_util.h"
+#include "common/token_file.h"
 
 namespace ps::psctl {
 namespace {
@@ -655,15 +658,14 @@ int Main(const std::vector<std::string>& args, std::ostream& out,
   }
   connect.servers = *std::move(servers);
   if (const std::string path = flags.String("token_file"); !path.empty()) {
-    absl::StatusOr<std::string> token = ReadTokenFile(path);
-    if (!token.ok()) return usage(token.status().message());
-    connect.token = *std::move(token);
+    // The first token in the file; its label, if any, is not sent.
+    absl::StatusOr<std::vector<TokenLine>> tokens = ReadTokenFile(path);
+    if (!tokens.ok()) return usage(tokens.status().message());
+    connect.token = std::move(tokens->front().secret);
   }
   if (const std::string path = flags.String("tls_ca_file"); !path.empty()) {
-    absl::StatusOr<std::string> pem = ReadWholeFile(path);
-    if (!pem.ok()) {
-      return usage(absl::StrCat("--tls_ca_file: ", pem.status().message()));
-    }
+    absl::StatusOr<std::string> pem = ReadSmallFile(path, "--tls_ca_file");
+    if (!pem.ok()) return usage(pem.status().message());
     connect.tls_root_certs = *std::move(pem);
   }
   const double timeout_s = flags.Double("timeout_s");
