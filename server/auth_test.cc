@@ -224,9 +224,9 @@ TEST(AuthenticatorTest, RefusesMissingAndEmptyFiles) {
         Authenticator::Load(files.Write("empty", contents), "");
     EXPECT_EQ(empty.status().code(), absl::StatusCode::kInvalidArgument)
         << contents;
-    EXPECT_THAT(empty.status().message(),
-                contents.empty() ? HasSubstr("is empty")
-                                 : HasSubstr("holds no token"));
+    EXPECT_THAT(empty.status().message(), contents.empty()
+                                              ? HasSubstr("is empty")
+                                              : HasSubstr("holds no token"));
   }
 }
 

@@ -1,8 +1,8 @@
 // Private to the client: cuts a call on whole variables into per-shard
 // requests that follow the partitioning rule and the message-size limit, and
 // checks that an answer matches what was asked. No I/O; thread-compatible.
-#ifndef PS_CLIENT_REQUEST_SPLIT_H_
-#define PS_CLIENT_REQUEST_SPLIT_H_
+#ifndef PS_CLIENT_INTERNAL_REQUEST_SPLIT_H_
+#define PS_CLIENT_INTERNAL_REQUEST_SPLIT_H_
 
 #include <cstddef>
 #include <cstdint>
@@ -101,4 +101,4 @@ absl::StatusOr<uint64_t> NumValues(const std::vector<uint64_t>& shape);
 
 }  // namespace ps::client_internal
 
-#endif  // PS_CLIENT_REQUEST_SPLIT_H_
+#endif  // PS_CLIENT_INTERNAL_REQUEST_SPLIT_H_

@@ -1,4 +1,4 @@
-#include "client/request_split.h"
+#include "client/internal/request_split.h"
 
 #include <algorithm>
 #include <limits>
