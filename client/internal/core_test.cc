@@ -113,6 +113,9 @@ TEST_F(ClientCoreCallTest, EachShardNumbersItsRequestsFromOne) {
       EXPECT_EQ(push.epoch(), core_->epoch);
       shard_seqs.push_back(push.seq());
     }
+    // One call's requests to a shard are in flight together, so they may
+    // arrive in any order; the numbers they carry are what counts.
+    std::sort(shard_seqs.begin(), shard_seqs.end());
     seqs.push_back(shard_seqs);
   }
   std::sort(seqs.begin(), seqs.end(),
