@@ -1,8 +1,9 @@
-// The partitioning rule of DESIGN.md, the same in every client and server.
+// The partitioning rules of DESIGN.md, the same in every client and server.
 //
 // A variable's flat values are cut into blocks of block_size values (the last
 // may be shorter); block k of variable v lives on shard
 //   (fnv1a64(utf8(v)) mod S + k) mod S.
+// A sparse table's row `id` lives on shard row_shard(table, id) (RowShard).
 #ifndef PS_COMMON_PARTITION_H_
 #define PS_COMMON_PARTITION_H_
 
@@ -13,6 +14,24 @@ namespace ps {
 
 // 64-bit FNV-1a: offset basis 0xcbf29ce484222325, prime 0x100000001b3.
 uint64_t Fnv1a64(std::string_view bytes);
+
+// splitmix64's output function (DESIGN.md, "Sparse tables"):
+//   z = x + 0x9e3779b97f4a7c15; z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9;
+//   z = (z ^ (z >> 27)) * 0x94d049bb133111eb; return z ^ (z >> 31).
+constexpr uint64_t Mix64(uint64_t x) {
+  uint64_t z = x + 0x9e3779b97f4a7c15ULL;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+
+// The shard that owns row `id` of a table whose name hashes to
+// `table_hash` (Fnv1a64 of its UTF-8 name):
+//   row_shard(t, id) = mix64(id XOR fnv1a64(utf8(t))) mod S.
+inline uint32_t RowShard(uint64_t table_hash, uint64_t id,
+                         uint32_t num_shards) {
+  return static_cast<uint32_t>(Mix64(id ^ table_hash) % num_shards);
+}
 
 // A contiguous range of flat values.
 struct FlatRange {
