@@ -217,6 +217,103 @@ absl::StatusOr<bool> Client::CreateVariable(
   return created.load();
 }
 
+absl::StatusOr<bool> Client::CreateTable(std::string_view name, uint32_t dim,
+                                         const TableOptions& options) {
+  if (name.empty()) return absl::InvalidArgumentError("table name is empty");
+  if (dim == 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "table '", std::string(name), "' needs a dim of at least 1"));
+  }
+  v1::CreateTableRequest request;
+  request.set_name(std::string(name));
+  request.set_dim(dim);
+  *request.mutable_init() = options.init;
+  *request.mutable_policy() = options.policy;
+  if (options.optimizer.has_value()) {
+    *request.mutable_optimizer() = *options.optimizer;
+  }
+  const size_t shards = core_->shards.size();
+  std::atomic<bool> created{false};
+  auto [done, future] = MakePromise();
+  auto* fanout = new Fanout(core_.get(), shards, std::move(done));
+  for (size_t s = 0; s < shards; ++s) {
+    ShardCall<v1::CreateTableRequest, v1::CreateTableResponse>::Start(
+        core_.get(), s, request, &client_internal::CallCreateTable,
+        [fanout, s, &created](const grpc::Status& status,
+                              const v1::CreateTableRequest&,
+                              v1::CreateTableResponse& response) {
+          if (status.ok() && response.created()) created = true;
+          fanout->Finish(s, FromGrpcStatus(status));
+        });
+  }
+  PS_RETURN_IF_ERROR(future.get());
+  return created.load();
+}
+
+namespace {
+
+// The dim of a rows call: `values` holds ids.size() rows.
+absl::StatusOr<uint32_t> RowDim(std::string_view table, size_t ids,
+                                size_t values, std::string_view what) {
+  if (ids == 0 || values % ids != 0 || values / ids == 0 ||
+      values / ids > UINT32_MAX) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the ", std::string(what), " for table '",
+                     std::string(table), "' holds ", values,
+                     " values, not a whole row for each of ", ids, " ids"));
+  }
+  return static_cast<uint32_t>(values / ids);
+}
+
+}  // namespace
+
+absl::Status Client::PullRows(std::string_view table,
+                              std::span<const uint64_t> ids,
+                              std::span<float> rows,
+                              const PullOptions& options) {
+  if (ids.empty()) return absl::OkStatus();
+  PS_ASSIGN_OR_RETURN(const uint32_t dim,
+                      RowDim(table, ids.size(), rows.size(), "output"));
+  auto [done, future] = MakePromise();
+  core_->StartPullRows(std::string(table), dim, ids, rows, options,
+                       std::move(done));
+  return future.get();
+}
+
+absl::Status Client::PushRows(std::string_view table,
+                              std::span<const uint64_t> ids,
+                              std::span<const float> grads,
+                              const PushOptions& options) {
+  uint32_t dim = 1;
+  if (!ids.empty() || !grads.empty()) {
+    PS_ASSIGN_OR_RETURN(dim,
+                        RowDim(table, ids.size(), grads.size(), "gradient"));
+  }
+  auto [done, future] = MakePromise();
+  core_->StartPushRows(std::string(table), dim, ids, grads, {}, options,
+                       std::move(done));
+  return future.get();
+}
+
+absl::Status Client::PushPullRows(std::string_view table,
+                                  std::span<const uint64_t> ids,
+                                  std::span<const float> grads,
+                                  std::span<float> rows,
+                                  const PushOptions& options) {
+  if (ids.empty()) return PushRows(table, ids, grads, options);
+  PS_ASSIGN_OR_RETURN(const uint32_t dim,
+                      RowDim(table, ids.size(), grads.size(), "gradient"));
+  if (rows.size() != grads.size()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the output for table '", std::string(table), "' holds ", rows.size(),
+        " values; the gradient holds ", grads.size()));
+  }
+  auto [done, future] = MakePromise();
+  core_->StartPushRows(std::string(table), dim, ids, grads, rows, options,
+                       std::move(done));
+  return future.get();
+}
+
 absl::Status Client::Push(std::string_view name,
                           std::span<const float> gradient,
                           const PushOptions& options) {

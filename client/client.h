@@ -133,6 +133,15 @@ struct PullOptions {
   v1::DType dtype = v1::FLOAT32;
 };
 
+// A sparse table's settings (DESIGN.md, "Sparse tables"): the initial rows,
+// admission and eviction, and its own optimizer (unset: the server's
+// default).
+struct TableOptions {
+  v1::RowInit init;
+  v1::TablePolicy policy;
+  std::optional<v1::OptimizerConfig> optimizer;
+};
+
 // One variable's gradient in a multi-variable push. Its values cover the
 // whole variable (flat, row-major).
 struct NamedGradient {
@@ -243,6 +252,32 @@ class Client {
                     const PullOptions& options = {});
   absl::Status PushPull(std::span<const NamedUpdate> updates,
                         const PushOptions& options = {});
+
+  // ---- sparse tables (DESIGN.md, "Sparse tables")
+
+  // Creates the table on every shard (each holds the rows row_shard gives
+  // it). Returns false when it existed with the same dim, init and policy;
+  // ALREADY_EXISTS when it exists with others.
+  absl::StatusOr<bool> CreateTable(std::string_view name, uint32_t dim,
+                                   const TableOptions& options = {});
+  // Reads the rows of `ids` (any order; repeats allowed) into `rows`
+  // (ids.size() x dim, the caller's order). An id without a row reads its
+  // initial row; nothing is created.
+  absl::Status PullRows(std::string_view table, std::span<const uint64_t> ids,
+                        std::span<float> rows, const PullOptions& options = {});
+  // Pushes row gradients (`grads`: ids.size() x dim). Repeated ids are
+  // summed first; each shard gets its rows in exactly-once pushes, sent in
+  // parallel. Every shard gets a push, perhaps of no rows, so that the
+  // table's step is the same on every shard (torch's step count) and, in
+  // sync mode, each step counts every worker.
+  absl::Status PushRows(std::string_view table, std::span<const uint64_t> ids,
+                        std::span<const float> grads,
+                        const PushOptions& options = {});
+  // PushRows, then the rows after it into `rows` (ids.size() x dim).
+  absl::Status PushPullRows(std::string_view table,
+                            std::span<const uint64_t> ids,
+                            std::span<const float> grads, std::span<float> rows,
+                            const PushOptions& options = {});
 
   // Async forms, with a callback.
   void PushAsync(std::span<const NamedGradient> gradients,

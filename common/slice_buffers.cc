@@ -393,6 +393,13 @@ size_t ToByteBuffer(v1::PullResponse& message, grpc::ByteBuffer* out) {
   std::vector<grpc::Slice> slices;
   const size_t total =
       AppendSlices(*message.mutable_values(), kValuesField, header, slices);
+  // Table rows (field 2) follow, serialized as protobuf would.
+  constexpr uint32_t kRowsField = 2;  // PullResponse.rows
+  for (const v1::RowSlice& rows : message.rows()) {
+    header.push_back(static_cast<char>((kRowsField << 3) | kLengthDelimited));
+    AppendVarint(rows.ByteSizeLong(), header);
+    rows.AppendToString(&header);
+  }
   return Finish(header, slices, total, out);
 }
 

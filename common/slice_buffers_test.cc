@@ -290,7 +290,7 @@ TEST(ReadPullResponseTest, ClearsWhatOutHeld) {
 TEST(ReadPullResponseTest, LastDataWins) {
   const std::string slice = BytesField(1, "w") + BytesField(5, "first") +
                             VarintField(3, 2) + BytesField(5, "second!");
-  const std::string bytes = BytesField(2, "unknown") + BytesField(1, slice);
+  const std::string bytes = BytesField(20, "unknown") + BytesField(1, slice);
 
   ReceivedSlices received =
       ExpectSameAsProtobuf(std::vector<std::string_view>{bytes});
@@ -316,7 +316,7 @@ TEST(ReadPullResponseTest, KeepsUnknownFieldsAsProtobufDoes) {
   const std::string slice = BytesField(1, "dense/kernel") + unknown +
                             BytesField(5, Bytes(40, 3)) + VarintField(3, 10) +
                             unknown;
-  const std::string bytes = BytesField(2, "shard-1") + unknown +
+  const std::string bytes = BytesField(20, "shard-1") + unknown +
                             VarintField(3, 5) + BytesField(1, slice) + unknown +
                             BytesField(1, BytesField(5, "x"));
 
@@ -347,7 +347,7 @@ TEST(ReadPullResponseTest, AcceptsNonUtf8InUnknownFields) {
   // Only a declared string field is checked for UTF-8.
   const std::string bad = std::string("\xff\xfe", 2);
   const std::string bytes =
-      BytesField(2, bad) +
+      BytesField(20, bad) +
       BytesField(1, BytesField(7, bad) + BytesField(5, bad)) +
       BytesField(1, BytesField(1, "ok"));
   v1::PullResponse parsed;
@@ -413,10 +413,10 @@ std::vector<Broken> BrokenResponses() {
        Tag(1, 2) + Varint(good_slice.size() + 1) + good_slice},
       {"data longer than its slice",
        BytesField(1, BytesField(1, "v") + Tag(5, 2) + Varint(10) + "abcd") +
-           BytesField(2, "unknown-1")},
+           BytesField(20, "unknown-1")},
       {"data longer than the message",
        Tag(1, 2) + Varint(6) + Tag(5, 2) + Varint(100) + "abcd"},
-      {"unknown bytes longer than the message", Tag(2, 2) + Varint(5) + "abc"},
+      {"unknown bytes longer than the message", Tag(20, 2) + Varint(5) + "abc"},
       {"variable longer than its slice",
        BytesField(1, Tag(1, 2) + Varint(5) + "abc") + BytesField(1, "")},
       {"variable not UTF-8", BytesField(1, not_utf8 + BytesField(5, "ab"))},
@@ -477,7 +477,7 @@ TEST(ReadPullResponseTest, AcceptsUnusualEncodingsAsProtobufDoes) {
            BytesField(1, Tag(5, 2) + padded_length + "abc"),
            Tag(1, 2) + std::string("\x85\x80\x80\x80\x00", 5) +
                BytesField(5, "abc"),
-           Tag(2, 2) + padded_length + "abc",
+           Tag(20, 2) + padded_length + "abc",
            BytesField(1,
                       Tag(1, 2) + padded_length + "abc" + BytesField(5, "de")),
            wide_values_tag + Varint(5) + BytesField(5, "abc"),

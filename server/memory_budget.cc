@@ -41,6 +41,17 @@ absl::Status MemoryBudget::Check(uint64_t more, absl::string_view what,
       "--memory_limit_mb"));
 }
 
+absl::Status MemoryBudget::ReserveTableBytes(uint64_t bytes,
+                                             absl::string_view what,
+                                             uint32_t shard_index) {
+  absl::MutexLock lock(&table_mu_);
+  if (absl::Status fits = Check(bytes, what, shard_index); !fits.ok()) {
+    return fits;
+  }
+  state_bytes_.fetch_add(bytes, std::memory_order_relaxed);
+  return absl::OkStatus();
+}
+
 void MemoryBudget::Charge(const std::string& name, EntryShape shape,
                           optimizer::StateSlots slots) {
   absl::MutexLock lock(&mu_);

@@ -67,6 +67,20 @@ class MemoryBudget {
     applied_records_.fetch_add(records, std::memory_order_relaxed);
   }
 
+  // Sparse tables' rows come and go with pushes (not under the structure
+  // lock). A push that would add `bytes` reserves them here, checked and
+  // counted at once so that two pushes cannot both take the last room;
+  // RESOURCE_EXHAUSTED as Check.
+  absl::Status ReserveTableBytes(uint64_t bytes, absl::string_view what,
+                                 uint32_t shard_index)
+      ABSL_LOCKS_EXCLUDED(table_mu_);
+  // Counts a change of tables' bytes that needs no check (rows evicted, a
+  // reservation settled).
+  void AddTableBytes(int64_t bytes) {
+    state_bytes_.fetch_add(static_cast<uint64_t>(bytes),
+                           std::memory_order_relaxed);
+  }
+
   // The workers with a session, as WorkerSessions holds them.
   void SetSessions(uint64_t sessions) {
     sessions_.store(sessions, std::memory_order_relaxed);
@@ -89,6 +103,7 @@ class MemoryBudget {
   const bool sync_;
   const uint64_t bookkeeping_per_block_;
   mutable absl::Mutex mu_;
+  absl::Mutex table_mu_;
   absl::flat_hash_map<std::string, Charged> charges_ ABSL_GUARDED_BY(mu_);
   std::atomic<uint64_t> state_bytes_ = 0;
   std::atomic<uint64_t> block_bytes_ = 0;

@@ -82,6 +82,19 @@ grpc::ServerUnaryReactor* ParameterServiceImpl::CreateVariable(
       });
 }
 
+grpc::ServerUnaryReactor* ParameterServiceImpl::CreateTable(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
+  return gate_->Serve<v1::CreateTableRequest, v1::CreateTableResponse>(
+      context, Role::kWorker, request, response,
+      [&](const Caller&, const v1::CreateTableRequest& create,
+          v1::CreateTableResponse* answer) {
+        absl::StatusOr<bool> created = store_->CreateTable(create);
+        if (created.ok()) answer->set_created(*created);
+        return created.status();
+      });
+}
+
 grpc::ServerUnaryReactor* ParameterServiceImpl::Pull(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
     grpc::ByteBuffer* response) {

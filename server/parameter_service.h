@@ -24,7 +24,9 @@ using RawParameterService =
                 v1::ParameterService::WithRawCallbackMethod_Pull<
                     v1::ParameterService::WithRawCallbackMethod_PushPull<
                         v1::ParameterService::WithRawCallbackMethod_OpenSession<
-                            v1::ParameterService::Service>>>>>>;
+                            v1::ParameterService::
+                                WithRawCallbackMethod_CreateTable<
+                                    v1::ParameterService::Service>>>>>>>;
 
 class ParameterServiceImpl final : public RawParameterService {
  public:
@@ -40,6 +42,10 @@ class ParameterServiceImpl final : public RawParameterService {
   grpc::ServerUnaryReactor* CreateVariable(grpc::CallbackServerContext* context,
                                            const grpc::ByteBuffer* request,
                                            grpc::ByteBuffer* response) override;
+  // CreateTableRequest -> CreateTableResponse.
+  grpc::ServerUnaryReactor* CreateTable(grpc::CallbackServerContext* context,
+                                        const grpc::ByteBuffer* request,
+                                        grpc::ByteBuffer* response) override;
   // PushRequest -> PushResponse.
   grpc::ServerUnaryReactor* Push(grpc::CallbackServerContext* context,
                                  const grpc::ByteBuffer* request,

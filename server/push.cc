@@ -164,6 +164,22 @@ void PushCompletion::ReuseBuffer(size_t part, std::string buffer) {
   data_[part] = std::move(buffer);
 }
 
+void PushCompletion::ExpectRows(size_t row_parts) {
+  remaining_.fetch_add(row_parts, std::memory_order_relaxed);
+  if (with_values_) rows_.resize(row_parts);
+}
+
+void PushCompletion::FillRows(size_t part, const std::string& table,
+                              std::span<const uint64_t> ids,
+                              std::span<const float> rows) {
+  if (!with_values_) return;
+  v1::RowSlice& slice = rows_[part];
+  slice.set_table(table);
+  slice.mutable_ids()->Assign(ids.begin(), ids.end());
+  slice.set_dtype(dtype_);
+  EncodeValues(dtype_, rows, slice.mutable_data());
+}
+
 void PushCompletion::PartDone(absl::Status status) {
   if (!status.ok()) {
     absl::MutexLock lock(&mu_);
@@ -187,6 +203,7 @@ void PushCompletion::PartDone(absl::Status status) {
       slice->set_version(headers_[i].version);
       *slice->mutable_data() = std::move(data_[i]);
     }
+    for (v1::RowSlice& rows : rows_) *answer.add_rows() = std::move(rows);
   }
   on_done_(std::move(final_status), std::move(answer));
 }

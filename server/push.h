@@ -25,6 +25,7 @@
 #include "absl/synchronization/mutex.h"
 #include "proto/ps/v1/ps.pb.h"
 #include "server/dense_variable.h"
+#include "server/table.h"
 
 namespace ps {
 
@@ -49,6 +50,14 @@ struct PreparedPush {
   uint64_t step = 0;
   std::optional<double> loss;
   std::vector<Gradient> gradients;
+  // One table's rows (a RowSlice), decoded to float32 and checked: unique
+  // ids of this shard, finite values.
+  struct Rows {
+    std::shared_ptr<SparseTable> table;
+    std::vector<uint64_t> ids;
+    std::vector<float> gradients;  // ids.size() x dim
+  };
+  std::vector<Rows> rows;
 
   // Whether it asks for exactly-once (a worker id and a seq).
   bool exactly_once() const { return !worker_id.empty() && seq != 0; }
@@ -123,6 +132,15 @@ class PushCompletion {
   // REQUIRES: called before any Fill or PartDone.
   void ReuseBuffer(size_t part, std::string buffer);
 
+  // Adds `row_parts` parts for a push's tables (RowSlices), answered in
+  // request order after the dense slices.
+  // REQUIRES: called before any Fill, FillRows or PartDone.
+  void ExpectRows(size_t row_parts);
+
+  // Records row part `part`'s answer: `rows` (dim values each) of `ids`.
+  void FillRows(size_t part, const std::string& table,
+                std::span<const uint64_t> ids, std::span<const float> rows);
+
   // Marks a part done (or failed). The last call runs on_done; call it with
   // no block lock held.
   void PartDone(absl::Status status = absl::OkStatus());
@@ -144,6 +162,7 @@ class PushCompletion {
   // Written by distinct threads, each its own part.
   std::vector<Header> headers_;
   std::vector<std::string> data_;
+  std::vector<v1::RowSlice> rows_;
   DoneCallback on_done_;
 };
 

@@ -102,6 +102,10 @@ void RuleTable::Snapshot(storage::v1::ShardState& state) const {
     auto it = own_.find(header.name());
     if (it != own_.end()) *header.mutable_optimizer() = it->second->config;
   }
+  for (auto& header : *state.mutable_tables()) {
+    auto it = own_.find(header.name());
+    if (it != own_.end()) *header.mutable_optimizer() = it->second->config;
+  }
 }
 
 absl::Status RuleTable::Restore(const storage::v1::ShardState& state) {

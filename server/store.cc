@@ -13,6 +13,7 @@
 #include "common/rule_catalog.h"
 #include "common/status.h"
 #include "common/wire.h"
+#include "server/exactly_once.h"
 #include "server/locked_set.h"
 #include "server/store_impl.h"
 
@@ -58,51 +59,32 @@ uint64_t NowMicros() {
   return static_cast<uint64_t>(absl::ToUnixMicros(absl::Now()));
 }
 
-// ---- exactly-once, per block
+// ---- exactly-once, per block (server/exactly_once.h)
 
-// True when the push asks for exactly-once and `block` already applied it.
 bool AlreadyApplied(const PreparedPush& push, const Block& block)
     ABSL_SHARED_LOCKS_REQUIRED(block.mu) {
-  if (!push.exactly_once()) return false;
-  auto it = block.applied.find(push.worker_id);
-  return it != block.applied.end() && it->second.epoch == push.epoch &&
-         it->second.seqs.Seen(push.seq);
+  return AlreadyApplied(push, block.applied);
 }
 
-// FAILED_PRECONDITION when a push of a newer session of the worker reached
-// the block first (the session was reopened while this push was on its way).
 absl::Status CheckNotFenced(const PreparedPush& push,
                             const DenseVariable& variable, const Block& block)
     ABSL_SHARED_LOCKS_REQUIRED(block.mu) {
-  if (!push.exactly_once()) return absl::OkStatus();
-  auto it = block.applied.find(push.worker_id);
-  if (it == block.applied.end() || it->second.epoch <= push.epoch) {
-    return absl::OkStatus();
-  }
-  return absl::FailedPreconditionError(
-      absl::StrCat("fenced: block ", block.index, " of '", variable.name(),
-                   "' took pushes of a newer session of worker '",
-                   push.worker_id, "' (epoch ", it->second.epoch, " > ",
-                   push.epoch, "); this push is not applied"));
+  return CheckNotFenced(
+      push, block.applied,
+      absl::StrCat("block ", block.index, " of '", variable.name(), "'"));
 }
 
-// Records the push as applied to the block. Returns true when that made a
-// new exactly-once record (the worker's first push to the block).
 bool MarkApplied(const PreparedPush& push, Block& block)
     ABSL_EXCLUSIVE_LOCKS_REQUIRED(block.mu) {
-  if (!push.exactly_once()) return false;
-  auto [it, inserted] = block.applied.try_emplace(push.worker_id);
-  Block::AppliedSeqs& applied = it->second;
-  if (applied.epoch != push.epoch) applied = {push.epoch, SeqWindow()};
-  applied.seqs.Mark(push.seq);
-  return inserted;
+  return MarkApplied(push, block.applied);
 }
 
-// The locks of a push's blocks.
+// The locks of a push's blocks and tables.
 std::vector<absl::Mutex*> LocksOf(const PreparedPush& push) {
   std::vector<absl::Mutex*> locks;
-  locks.reserve(push.gradients.size());
+  locks.reserve(push.gradients.size() + push.rows.size());
   for (const auto& part : push.gradients) locks.push_back(&part.block->mu);
+  for (const auto& part : push.rows) locks.push_back(&part.table->mu);
   return locks;
 }
 
@@ -127,6 +109,30 @@ std::shared_ptr<DenseVariable> VariableStore::Find(
   absl::ReaderMutexLock lock(&entries_mu_);
   auto it = entries_.find(name);
   return it == entries_.end() ? nullptr : it->second;
+}
+
+std::shared_ptr<SparseTable> VariableStore::FindTable(
+    const std::string& name) const {
+  absl::ReaderMutexLock lock(&entries_mu_);
+  auto it = tables_.find(name);
+  return it == tables_.end() ? nullptr : it->second;
+}
+
+bool VariableStore::Exists(const std::string& name) const {
+  absl::ReaderMutexLock lock(&entries_mu_);
+  return entries_.contains(name) || tables_.contains(name);
+}
+
+std::vector<std::shared_ptr<SparseTable>> VariableStore::SortedTables() const {
+  std::vector<std::shared_ptr<SparseTable>> tables;
+  {
+    absl::ReaderMutexLock lock(&entries_mu_);
+    tables.reserve(tables_.size());
+    for (const auto& [name, table] : tables_) tables.push_back(table);
+  }
+  std::sort(tables.begin(), tables.end(),
+            [](const auto& a, const auto& b) { return a->name() < b->name(); });
+  return tables;
 }
 
 std::vector<std::shared_ptr<DenseVariable>> VariableStore::SortedVariables()
@@ -156,6 +162,7 @@ uint64_t VariableStore::NumBlocks() const {
   for (const auto& [name, variable] : entries_) {
     blocks += variable->NumRecords();
   }
+  for (const auto& [name, table] : tables_) blocks += table->NumRecords();
   return blocks;
 }
 
@@ -185,6 +192,11 @@ absl::StatusOr<bool> VariableStore::CreateVariable(
       return ShapeConflict(name, existing->shape(), shape);
     }
     return false;
+  }
+  if (FindTable(name) != nullptr) {
+    return absl::AlreadyExistsError(
+        absl::StrCat("a table named '", name,
+                     "' exists; variables and tables share one namespace"));
   }
 
   // This shard's blocks, and what they and their optimizer state will hold
@@ -281,6 +293,10 @@ absl::Status VariableStore::Pull(const v1::PullRequest& request,
   PS_RETURN_IF_ERROR(CheckDisjoint(request.slices(), "pull"));
   PS_RETURN_IF_ERROR(CheckAnswerSize(answer_bytes, request.slices_size(),
                                      options_.max_answer_bytes));
+  if (request.rows_size() > 0) {
+    // Rows are checked (and bounded together with the slices) first.
+    PS_RETURN_IF_ERROR(PullRows(request, answer_bytes, response));
+  }
   response->mutable_values()->Reserve(request.slices_size());
   for (int i = 0; i < request.slices_size(); ++i) {
     const v1::Slice& asked = request.slices(i);
@@ -360,9 +376,11 @@ absl::StatusOr<PreparedPush> VariableStore::PreparePush(
         AnswerBytes(slice.variable(), slice.length(), request.pull_dtype());
     push.gradients.push_back(std::move(part));
   }
+  PS_RETURN_IF_ERROR(DecodeRows(request, push, answer_bytes));
   if (answered) {
-    PS_RETURN_IF_ERROR(CheckAnswerSize(answer_bytes, request.gradients_size(),
-                                       options_.max_answer_bytes));
+    PS_RETURN_IF_ERROR(CheckAnswerSize(
+        answer_bytes, request.gradients_size() + request.rows_size(),
+        options_.max_answer_bytes));
   }
   if (push.exactly_once()) {
     PS_RETURN_IF_ERROR(
@@ -384,6 +402,7 @@ absl::StatusOr<Store::Session> VariableStore::OpenSession(
 
 void VariableStore::ApplyPush(PreparedPush push,
                               std::shared_ptr<PushCompletion> completion) {
+  if (!push.rows.empty()) completion->ExpectRows(push.rows.size());
   if (options_.sync) {
     ApplySync(push, completion);
   } else {
@@ -417,7 +436,10 @@ void VariableStore::ApplyAsync(
           "push to '", part.variable->name(), "': ", check.message()));
     }
   }
-  std::vector<absl::Status> statuses(n);
+  std::vector<bool> rows_duplicate(push.rows.size());
+  uint64_t reserved = 0;
+  if (refusal.ok()) refusal = CheckRowsAsync(push, rows_duplicate, reserved);
+  std::vector<absl::Status> statuses(n + push.rows.size());
   if (!refusal.ok()) {
     statuses[0] = std::move(refusal);
   } else {
@@ -469,6 +491,7 @@ void VariableStore::ApplyAsync(
                          block.state.step);
       }
     }
+    new_records += ApplyRowsAsync(push, rows_duplicate, reserved, completion);
     memory_.AddAppliedRecords(new_records);
   }
   locked.Unlock();
@@ -528,9 +551,11 @@ void VariableStore::ApplySync(
     }
   }
   if (refusal.ok()) refusal = std::move(ahead);
+  std::vector<bool> rows_duplicate(push.rows.size());
+  if (refusal.ok()) refusal = CheckRowsSync(push, rows_duplicate);
 
   if (!refusal.ok()) {
-    for (size_t i = 0; i < n; ++i) {
+    for (size_t i = 0; i < n + push.rows.size(); ++i) {
       ready.emplace_back(completion, i == 0 ? refusal : absl::OkStatus());
     }
   } else {
@@ -576,6 +601,7 @@ void VariableStore::ApplySync(
       }
       sync_.Finish(*part.variable, block, status, ready);
     }
+    new_records += ApplyRowsSync(push, rows_duplicate, completion, ready);
     memory_.AddAppliedRecords(new_records);
   }
   locked.Unlock();

@@ -86,8 +86,18 @@ class Store {
   virtual absl::StatusOr<bool> CreateVariable(
       const v1::CreateVariableRequest& request) = 0;
 
+  // Creates a sparse table (DESIGN.md, "Sparse tables"): every shard holds
+  // the rows of it that row_shard gives it. Returns false when it exists
+  // with the same dim, init and policy; ALREADY_EXISTS when it exists with
+  // others or a variable has the name; INVALID_ARGUMENT for a bad dim,
+  // init, policy or optimizer.
+  virtual absl::StatusOr<bool> CreateTable(
+      const v1::CreateTableRequest& request) = 0;
+
   // Answers each requested range (inside one block of this shard) with its
-  // values and the block's version. Checks every slice before answering:
+  // values and the block's version, and each requested table row with its
+  // values (an id without a row: its initial row, creating nothing).
+  // Checks every slice before answering:
   // INVALID_ARGUMENT for ranges that repeat or overlap one another,
   // RESOURCE_EXHAUSTED when the answer would exceed max_answer_bytes.
   virtual absl::Status Pull(const v1::PullRequest& request,

@@ -13,9 +13,9 @@ namespace ps {
 
 absl::StatusOr<v1::OptimizerConfig> VariableStore::GetOptimizer(
     const std::string& variable) const {
-  if (!variable.empty() && Find(variable) == nullptr) {
+  if (!variable.empty() && !Exists(variable)) {
     return absl::NotFoundError(
-        absl::StrCat("no variable named '", variable, "'"));
+        absl::StrCat("no variable or table named '", variable, "'"));
   }
   return rules_.ConfigOf(variable);
 }
@@ -37,18 +37,33 @@ absl::StatusOr<Store::ConfigChange> VariableStore::SetOptimizer(
   std::vector<std::pair<std::shared_ptr<DenseVariable>,
                         std::shared_ptr<const OptimizerEntry>>>
       affected;
+  // Tables allocate the slots a new rule needs with their next push, which
+  // checks the memory limit then; a change only frees what it does not keep.
+  std::vector<std::pair<std::shared_ptr<SparseTable>,
+                        std::shared_ptr<const OptimizerEntry>>>
+      tables;
   if (!variable.empty()) {
     auto found = Find(variable);
-    if (found == nullptr) {
+    auto table = FindTable(variable);
+    if (found == nullptr && table == nullptr) {
       return absl::NotFoundError(
-          absl::StrCat("no variable named '", variable, "'"));
+          absl::StrCat("no variable or table named '", variable, "'"));
     }
-    affected.emplace_back(std::move(found), rules_.For(variable));
+    if (found != nullptr) {
+      affected.emplace_back(std::move(found), rules_.For(variable));
+    } else {
+      tables.emplace_back(std::move(table), rules_.For(variable));
+    }
   } else {
     for (auto& v : SortedVariables()) {
       if (rules_.HasOwn(v->name())) continue;
       auto from = rules_.For(v->name());
       affected.emplace_back(std::move(v), std::move(from));
+    }
+    for (auto& t : SortedTables()) {
+      if (rules_.HasOwn(t->name())) continue;
+      auto from = rules_.For(t->name());
+      tables.emplace_back(std::move(t), std::move(from));
     }
   }
 
@@ -82,9 +97,14 @@ absl::StatusOr<Store::ConfigChange> VariableStore::SetOptimizer(
   // The change lands between two updates of every affected block.
   std::vector<absl::Mutex*> locks;
   for (const auto& [v, from] : affected) v->CollectLocks(locks);
+  for (const auto& [t, from] : tables) t->CollectLocks(locks);
   LockedSet locked(std::move(locks));
   for (const auto& [v, from] : affected) {
     v->AdaptState(from->settings.rule, entry->settings.rule, reset_state);
+  }
+  for (const auto& [t, from] : tables) {
+    t->AdaptState(from->settings.rule, entry->settings.rule, reset_state);
+    memory_.AddTableBytes(t->TakeBytesChange());
   }
   for (const auto& [v, slots] : charges) {
     memory_.Charge(v->name(), memory_.ShapeOf(v->name()), slots);
@@ -100,6 +120,14 @@ v1::ListVariablesResponse VariableStore::ListVariables() const {
     variable->Describe(info);
     info->set_optimizer_override(rules_.HasOwn(variable->name()));
     v1::OptimizerConfig config = rules_.ConfigOf(variable->name());
+    config.clear_config_version();
+    *info->mutable_optimizer() = std::move(config);
+  }
+  for (const auto& table : SortedTables()) {
+    v1::VariableInfo* info = response.add_variables();
+    table->Describe(info);
+    info->set_optimizer_override(rules_.HasOwn(table->name()));
+    v1::OptimizerConfig config = rules_.ConfigOf(table->name());
     config.clear_config_version();
     *info->mutable_optimizer() = std::move(config);
   }
@@ -123,6 +151,19 @@ v1::Stats VariableStore::Stats() const {
     v->set_rule(std::string(optimizer::RuleName(entry->settings.rule)));
     v->set_diverged_blocks(progress.diverged);
     stats.set_diverged_blocks(stats.diverged_blocks() + progress.diverged);
+  }
+  for (const auto& table : SortedTables()) {
+    const Entry::Progress progress = table->GetProgress();
+    auto entry = rules_.For(table->name());
+    v1::VariableStats* t = stats.add_variables();
+    t->set_name(table->name());
+    t->set_step(progress.step);
+    t->set_learning_rate(optimizer::ScheduledLearningRate(
+        entry->settings.learning_rate, entry->settings.schedule,
+        std::max<uint64_t>(progress.step, 1)));
+    t->set_rule(std::string(optimizer::RuleName(entry->settings.rule)));
+    t->set_diverged_blocks(progress.diverged);
+    table->FillInfo(t->mutable_table());
   }
   stats.set_state_bytes(memory_.StateBytes());
   stats.set_bookkeeping_bytes(memory_.BookkeepingBytes());

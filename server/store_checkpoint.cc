@@ -19,12 +19,23 @@ absl::Status VariableStore::Snapshot(
     header->set_name(variable->name());
     for (uint64_t dim : variable->shape()) header->add_shape(dim);
   }
+  const std::vector<std::shared_ptr<SparseTable>> tables = SortedTables();
+  for (const auto& table : tables) {
+    storage::v1::TableHeader* header = state.add_tables();
+    header->set_name(table->name());
+    header->set_dim(table->dim());
+    *header->mutable_init() = table->init();
+    *header->mutable_policy() = table->policy();
+  }
   rules_.Snapshot(state);
   sessions_.Snapshot(state.mutable_sessions());
   state.set_sync_step(sync_.step());
   PS_RETURN_IF_ERROR(write_state(state));
   for (const auto& variable : variables) {
     PS_RETURN_IF_ERROR(variable->Snapshot(write_block));
+  }
+  for (const auto& table : tables) {
+    PS_RETURN_IF_ERROR(table->Snapshot(write_block));
   }
   return absl::OkStatus();
 }
@@ -55,11 +66,40 @@ absl::Status VariableStore::RestoreState(const storage::v1::ShardState& state) {
                                              created.status().message()));
     }
   }
+  for (const storage::v1::TableHeader& header : state.tables()) {
+    v1::CreateTableRequest create;
+    create.set_name(header.name());
+    create.set_dim(header.dim());
+    *create.mutable_init() = header.init();
+    *create.mutable_policy() = header.policy();
+    if (header.has_optimizer())
+      *create.mutable_optimizer() = header.optimizer();
+    auto created = CreateTable(create);
+    if (!created.ok()) {
+      return absl::DataLossError(absl::StrCat(
+          "table '", header.name(), "': ", created.status().message()));
+    }
+  }
   return absl::OkStatus();
 }
 
 absl::Status VariableStore::RestoreBlock(
     const storage::v1::BlockRecord& record) {
+  if (record.has_rows()) {
+    auto table = FindTable(record.variable());
+    if (table == nullptr) {
+      return absl::DataLossError(absl::StrCat("rows of table '",
+                                              record.variable(),
+                                              "', which the checkpoint lacks"));
+    }
+    PS_RETURN_IF_ERROR(table->Restore(record).status());
+    absl::MutexLock lock(&table->mu);
+    if (table->sync.started) sync_.Raise(table->sync.next_step);
+    memory_.AddAppliedRecords(record.rows().state().applied_size());
+    // Restored rows count against the limit as they did before the restart.
+    memory_.AddTableBytes(table->TakeBytesChange());
+    return absl::OkStatus();
+  }
   auto variable = Find(record.variable());
   if (variable == nullptr) {
     return absl::DataLossError(absl::StrCat("a block of '", record.variable(),

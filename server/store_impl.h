@@ -24,6 +24,7 @@
 #include "server/stats.h"
 #include "server/store.h"
 #include "server/sync_steps.h"
+#include "server/table.h"
 
 namespace ps {
 
@@ -37,6 +38,8 @@ class VariableStore final : public Store {
 
   absl::StatusOr<bool> CreateVariable(
       const v1::CreateVariableRequest& request) override;
+  absl::StatusOr<bool> CreateTable(
+      const v1::CreateTableRequest& request) override;
   absl::Status Pull(const v1::PullRequest& request,
                     v1::PullResponse* response) const override;
   absl::StatusOr<PreparedPush> PreparePush(const v1::PushRequest& request,
@@ -67,6 +70,8 @@ class VariableStore final : public Store {
 
   // The variable, or null.
   std::shared_ptr<DenseVariable> Find(const std::string& name) const;
+  // The table, or null.
+  std::shared_ptr<SparseTable> FindTable(const std::string& name) const;
   // The names of every variable, sorted.
   std::vector<std::string> VariableNames() const;
   // The optimizer in force for `variable` (the default when it has none).
@@ -80,8 +85,37 @@ class VariableStore final : public Store {
   uint64_t BookkeepingBytes() const { return memory_.BookkeepingBytes(); }
 
  private:
-  // Every entry, sorted by name.
+  // Every variable, sorted by name.
   std::vector<std::shared_ptr<DenseVariable>> SortedVariables() const;
+  // Every table, sorted by name.
+  std::vector<std::shared_ptr<SparseTable>> SortedTables() const;
+  // Whether a variable or a table has the name.
+  bool Exists(const std::string& name) const;
+
+  // A push's rows: checked, then applied, under the locks ApplyAsync and
+  // ApplySync hold (server/store_tables.cc).
+  absl::Status DecodeRows(const v1::PushRequest& request, PreparedPush& push,
+                          uint64_t& answer_bytes) const;
+  absl::Status PullRows(const v1::PullRequest& request, uint64_t slice_bytes,
+                        v1::PullResponse* response) const;
+  // Checks every table part of an async push and reserves the memory its
+  // new rows take; `duplicate[j]` is set for parts already applied.
+  absl::Status CheckRowsAsync(const PreparedPush& push,
+                              std::vector<bool>& duplicate, uint64_t& reserved)
+      ABSL_NO_THREAD_SAFETY_ANALYSIS;
+  int64_t ApplyRowsAsync(PreparedPush& push, const std::vector<bool>& duplicate,
+                         uint64_t reserved,
+                         const std::shared_ptr<PushCompletion>& completion)
+      ABSL_NO_THREAD_SAFETY_ANALYSIS;
+  absl::Status CheckRowsSync(const PreparedPush& push,
+                             std::vector<bool>& duplicate)
+      ABSL_NO_THREAD_SAFETY_ANALYSIS;
+  int64_t ApplyRowsSync(PreparedPush& push, const std::vector<bool>& duplicate,
+                        const std::shared_ptr<PushCompletion>& completion,
+                        ReadyParts& ready) ABSL_NO_THREAD_SAFETY_ANALYSIS;
+  // Applies a table's collected sync step; answers its waiters.
+  void FinishTableStep(SparseTable& table,
+                       ReadyParts& ready) ABSL_NO_THREAD_SAFETY_ANALYSIS;
 
   void ApplyAsync(PreparedPush& push,
                   const std::shared_ptr<PushCompletion>& completion)
@@ -105,6 +139,8 @@ class VariableStore final : public Store {
 
   mutable absl::Mutex entries_mu_;
   absl::flat_hash_map<std::string, std::shared_ptr<DenseVariable>> entries_
+      ABSL_GUARDED_BY(entries_mu_);
+  absl::flat_hash_map<std::string, std::shared_ptr<SparseTable>> tables_
       ABSL_GUARDED_BY(entries_mu_);
 
   RuleTable rules_;

@@ -117,4 +117,135 @@ void ClientCore::StartPull(std::vector<PullItem> items, Outputs outputs,
   }
 }
 
+namespace {
+
+// Where a rows call's answers go, shared by its requests (which write
+// disjoint rows of `out`).
+struct RowsCall {
+  CoalescedIds ids;
+  std::vector<std::vector<size_t>> callers;
+  std::span<float> out;
+};
+
+}  // namespace
+
+void ClientCore::StartPushRows(const std::string& table, uint32_t dim,
+                               std::span<const uint64_t> ids,
+                               std::span<const float> grads,
+                               std::span<float> rows_after,
+                               const PushOptions& push_options,
+                               DoneCallback done) {
+  const bool answered = !rows_after.empty();
+  auto call = std::make_shared<RowsCall>();
+  call->ids = Coalesce(ids);
+  if (answered) {
+    call->callers = CallersOf(call->ids);
+    call->out = rows_after;
+  }
+  const std::vector<float> sums = SumRows(call->ids, grads, dim);
+  v1::PushRequest header;
+  header.set_worker_id(worker_id);
+  header.set_epoch(epoch);
+  header.set_step(push_options.step);
+  if (push_options.loss.has_value()) header.set_loss(*push_options.loss);
+  if (answered) header.set_pull_dtype(push_options.pull_dtype);
+  // Every shard gets a push, perhaps of no rows: each shard's table step
+  // then counts every push of the table, as torch's optimizer step counts
+  // every step() (SparseAdam's bias correction uses it), and in sync mode
+  // each step counts every worker.
+  absl::StatusOr<ShardRowParts<v1::PushRequest>> parts = SplitPushRows(
+      plan->num_shards(), table, dim, call->ids, sums, header,
+      push_options.dtype, answered, /*every_shard=*/true, split_limits());
+  if (!parts.ok()) {
+    done(parts.status());
+    return;
+  }
+  size_t count = 0;
+  for (const auto& list : *parts) count += list.size();
+  if (count == 0) {
+    done(absl::OkStatus());
+    return;
+  }
+  auto* fanout = new Fanout(this, count, std::move(done));
+  const v1::DType pull_dtype = push_options.pull_dtype;
+  for (size_t s = 0; s < parts->size(); ++s) {
+    std::vector<PushLane::Send> sends;
+    for (RowPart<v1::PushRequest>& part : (*parts)[s]) {
+      sends.push_back([this, fanout, s, part = std::move(part), call, dim,
+                       answered, pull_dtype](uint64_t seq) mutable {
+        part.request.set_seq(seq);
+        EncodedPush request = EncodePush(std::move(part.request));
+        if (!answered) {
+          ShardCall<EncodedPush, grpc::ByteBuffer>::Start(
+              this, s, std::move(request), &CallPush,
+              [this, fanout, s](const grpc::Status& status, const EncodedPush&,
+                                grpc::ByteBuffer&) {
+                lanes[s]->Release();
+                fanout->Finish(s, FromGrpcStatus(status));
+              });
+          return;
+        }
+        ShardCall<EncodedPush, ReceivedSlices>::Start(
+            this, s, std::move(request), &CallPushPull,
+            [this, fanout, s, rows = std::move(part.rows), call, dim,
+             pull_dtype](const grpc::Status& status, const EncodedPush& request,
+                         ReceivedSlices& response) {
+              absl::Status result = FromGrpcStatus(status);
+              if (result.ok()) {
+                result = DecodeRows(request.head.rows(0), rows, dim, pull_dtype,
+                                    response.message.rows(), call->callers,
+                                    call->out);
+              }
+              lanes[s]->Release();
+              fanout->Finish(s, std::move(result));
+            });
+      });
+    }
+    if (!sends.empty()) lanes[s]->Enqueue(std::move(sends));
+  }
+}
+
+void ClientCore::StartPullRows(const std::string& table, uint32_t dim,
+                               std::span<const uint64_t> ids,
+                               std::span<float> rows,
+                               const PullOptions& pull_options,
+                               DoneCallback done) {
+  auto call = std::make_shared<RowsCall>();
+  call->ids = Coalesce(ids);
+  call->callers = CallersOf(call->ids);
+  call->out = rows;
+  absl::StatusOr<ShardRowParts<v1::PullRequest>> parts =
+      SplitPullRows(plan->num_shards(), table, dim, call->ids,
+                    pull_options.dtype, split_limits());
+  if (!parts.ok()) {
+    done(parts.status());
+    return;
+  }
+  size_t count = 0;
+  for (const auto& list : *parts) count += list.size();
+  if (count == 0) {
+    done(absl::OkStatus());
+    return;
+  }
+  auto* fanout = new Fanout(this, count, std::move(done));
+  const v1::DType dtype = pull_options.dtype;
+  for (size_t s = 0; s < parts->size(); ++s) {
+    for (RowPart<v1::PullRequest>& part : (*parts)[s]) {
+      ShardCall<EncodedPull, ReceivedSlices>::Start(
+          this, s, EncodePull(std::move(part.request)), &CallPull,
+          [fanout, s, rows = std::move(part.rows), call, dim, dtype](
+              const grpc::Status& status, const EncodedPull& request,
+              ReceivedSlices& response) {
+            absl::Status result = FromGrpcStatus(status);
+            if (result.ok()) {
+              result =
+                  DecodeRows(request.head.rows(0), rows, dim, dtype,
+                             response.message.rows(), call->callers, call->out);
+            }
+            fanout->Finish(s, std::move(result));
+          });
+    }
+  }
+}
+
 }  // namespace ps::client_internal

@@ -36,6 +36,7 @@
 #include "client/internal/push_lane.h"
 #include "client/internal/request_split.h"
 #include "client/internal/retry.h"
+#include "client/internal/rows.h"
 #include "client/internal/transport.h"
 #include "common/partition.h"
 #include "proto/ps/v1/ps.pb.h"
@@ -96,6 +97,19 @@ class ClientCore {
   // of its requests are sent at once. `done` as for StartPush.
   void StartPull(std::vector<PullItem> items, Outputs outputs,
                  const PullOptions& options, DoneCallback done);
+
+  // A push of one table's rows: `ids` (repeats summed first) with `grads`
+  // (ids.size() x dim); with `rows_after` (ids.size() x dim), a PushPull
+  // whose answers are written there in the caller's order. Each shard's
+  // parts go on its lane, as a dense push's do. `done` as for StartPush.
+  void StartPushRows(const std::string& table, uint32_t dim,
+                     std::span<const uint64_t> ids,
+                     std::span<const float> grads, std::span<float> rows_after,
+                     const PushOptions& options, DoneCallback done);
+  // A pull of one table's rows into `rows` (ids.size() x dim).
+  void StartPullRows(const std::string& table, uint32_t dim,
+                     std::span<const uint64_t> ids, std::span<float> rows,
+                     const PullOptions& options, DoneCallback done);
 
  private:
   SplitLimits split_limits() const {

@@ -139,6 +139,13 @@ void CallCreateVariable(ShardStub* stub, grpc::ClientContext* context,
                                        std::move(done));
 }
 
+void CallCreateTable(ShardStub* stub, grpc::ClientContext* context,
+                     const v1::CreateTableRequest* request,
+                     v1::CreateTableResponse* response, CallDone done) {
+  stub->typed->async()->CreateTable(context, request, response,
+                                    std::move(done));
+}
+
 void CallPush(ShardStub* stub, grpc::ClientContext* context,
               const EncodedPush* request, grpc::ByteBuffer* response,
               CallDone done) {

@@ -110,6 +110,9 @@ void CallPush(ShardStub* stub, grpc::ClientContext* context,
               CallDone done);
 // The answer, a PullResponse, is read into *response; INTERNAL when it does
 // not parse.
+void CallCreateTable(ShardStub* stub, grpc::ClientContext* context,
+                     const v1::CreateTableRequest* request,
+                     v1::CreateTableResponse* response, CallDone done);
 void CallPull(ShardStub* stub, grpc::ClientContext* context,
               const EncodedPull* request, ReceivedSlices* response,
               CallDone done);

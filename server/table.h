@@ -1,0 +1,230 @@
+// A sparse table on one shard (DESIGN.md, "Sparse tables"): the rows of it
+// this shard owns (row_shard), created on first touch and updated lazily.
+//
+// Storage suits the kernels: the rows' values and each optimizer slot live
+// in slabs (chunks of kRowsPerChunk rows, row-major, never moved once
+// allocated), a flat hash map takes an id to its row's place, and a push's
+// rows are gathered into one contiguous batch for one kernel call, then
+// scattered back. Rows are linked in the order of their last update, so the
+// least recently updated row is found at once for eviction.
+//
+// The rule's step t is the table's step on this shard: one per push that
+// carries rows of it (async) or per sync step. SGD and Adagrad equal
+// torch.optim.SGD and Adagrad on sparse gradients; plain Adam (no AMSGrad,
+// no decoupled decay) equals torch.optim.SparseAdam; the other rules run
+// their dense update on the rows a push carries (docs/optimizers.md).
+//
+// Thread safety: everything but the constant definition is guarded by `mu`.
+// A push holds it exclusively, a pull shares it.
+#ifndef PS_SERVER_TABLE_H_
+#define PS_SERVER_TABLE_H_
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "server/dense_variable.h"
+#include "server/entry.h"
+#include "server/optimizer/helper_threads.h"
+#include "server/optimizer/update.h"
+
+namespace ps {
+
+class PushCompletion;
+
+class SparseTable final : public Entry {
+ public:
+  // Rows per slab chunk: 1024 rows of dim 64 are 256 KiB per array.
+  static constexpr size_t kRowsPerChunk = 1024;
+  // What a row costs besides its arrays: its id and last step, its links in
+  // the update order, and its slot in the hash map (with the map's spare
+  // capacity).
+  static constexpr uint64_t kRowBookkeepingBytes = 48;
+  // What an id counted toward admission costs.
+  static constexpr uint64_t kPendingBytes = 32;
+  // The widest row accepted.
+  static constexpr uint32_t kMaxDim = 1 << 16;
+
+  // REQUIRES: 0 < dim <= kMaxDim; ValidateRowInit(init) is OK.
+  SparseTable(std::string name, uint32_t dim, v1::RowInit init,
+              v1::TablePolicy policy);
+
+  uint32_t dim() const { return dim_; }
+  const v1::RowInit& init() const { return init_; }
+  const v1::TablePolicy& policy() const { return policy_; }
+  // Fnv1a64 of the name, as row_shard uses it.
+  uint64_t name_hash() const { return name_hash_; }
+
+  mutable absl::Mutex mu;
+
+  // ---- reads
+
+  // Writes each id's row, or its initial row when it has none (creating
+  // nothing), into `out` (ids.size() x dim).
+  void Read(std::span<const uint64_t> ids, std::span<float> out) const
+      ABSL_SHARED_LOCKS_REQUIRED(mu);
+
+  // ---- updates
+
+  // What applying a push with `ids` would change: rows created (admitted)
+  // and evicted to make room for them, ids newly counted toward admission.
+  struct Plan {
+    uint64_t created = 0;
+    uint64_t evicted = 0;
+    uint64_t new_pending = 0;
+  };
+  // RESOURCE_EXHAUSTED when the push would create more rows than max_rows
+  // allows even after evicting every row it does not carry.
+  absl::StatusOr<Plan> PlanPush(std::span<const uint64_t> ids) const
+      ABSL_SHARED_LOCKS_REQUIRED(mu);
+  // The bytes the table holds now, and what `plan` would add (or free).
+  uint64_t Bytes() const ABSL_SHARED_LOCKS_REQUIRED(mu);
+  int64_t BytesDelta(const Plan& plan,
+                     const optimizer::OptimizerSettings& settings) const
+      ABSL_SHARED_LOCKS_REQUIRED(mu);
+
+  // Bytes() less what the store was last told of (the memory budget), and
+  // records that it has now been told.
+  int64_t TakeBytesChange() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
+
+  // One update of the table with `grads` (ids.size() x dim) for `ids`:
+  // counts ids toward admission, creates the admitted rows from their
+  // initial rows (evicting the least recently updated when at max_rows),
+  // runs the rule once over the gathered rows, advances the table's step,
+  // then evicts rows idle for evict_after_steps. Returns false when the
+  // update left values that are not finite (the table then takes no more
+  // pushes).
+  // REQUIRES: PlanPush(ids) succeeded under this hold of `mu`;
+  // CheckUpdate(settings, state, loss) is OK.
+  bool Apply(const optimizer::OptimizerSettings& settings,
+             std::span<const uint64_t> ids, std::span<const float> grads,
+             std::optional<double> loss, optimizer::HelperThreads* helpers)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
+
+  // The rule's state as CheckUpdate sees it (step and Eve's feedback).
+  const optimizer::BlockOptimizerState& rule_state() const
+      ABSL_SHARED_LOCKS_REQUIRED(mu) {
+    return rule_state_;
+  }
+  uint64_t step() const ABSL_SHARED_LOCKS_REQUIRED(mu) {
+    return rule_state_.step;
+  }
+  bool diverged() const ABSL_SHARED_LOCKS_REQUIRED(mu) { return diverged_; }
+  uint64_t rows() const ABSL_SHARED_LOCKS_REQUIRED(mu) { return index_.size(); }
+
+  // Exactly-once records of the table, as a block keeps them.
+  absl::flat_hash_map<std::string, Block::AppliedSeqs> applied
+      ABSL_GUARDED_BY(mu);
+
+  // Sync: the step being collected, as a block's SyncSlot, with the sum of
+  // the rows pushed (rows a worker did not push count as zero).
+  struct Sync {
+    bool started = false;
+    uint64_t next_step = 0;
+    absl::flat_hash_map<uint64_t, size_t> index;  // id -> row in `sum`
+    std::vector<uint64_t> ids;
+    std::vector<float> sum;
+    absl::flat_hash_set<std::string> workers;
+    double loss_sum = 0;
+    uint32_t losses = 0;
+    // Pushes answered when the step is applied: completion, its row part,
+    // and (PushPull) the ids to answer.
+    struct Waiter {
+      std::shared_ptr<PushCompletion> completion;
+      size_t part = 0;
+      std::vector<uint64_t> ids;
+    };
+    std::vector<Waiter> waiters;
+  };
+  Sync sync ABSL_GUARDED_BY(mu);
+  // Adds a worker's rows to the step's sum.
+  void AddToSync(std::span<const uint64_t> ids, std::span<const float> grads)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
+
+  // ---- Entry
+  void Describe(v1::VariableInfo* info) const override;
+  Progress GetProgress() const override;
+  EntryShape Shape() const override;
+  optimizer::StateSlots HeldSlots() const override;
+  void CollectLocks(std::vector<absl::Mutex*>& locks) const override;
+  void AdaptState(const optimizer::RuleParams& from,
+                  const optimizer::RuleParams& to,
+                  bool reset_state) override ABSL_NO_THREAD_SAFETY_ANALYSIS;
+  // Writes the table's state and rows in records of up to kRowsPerChunk
+  // rows, holding `mu` shared throughout so that they are one cut of the
+  // table: pulls go on, pushes to the table wait.
+  absl::Status Snapshot(
+      absl::FunctionRef<absl::Status(const storage::v1::BlockRecord&)> write)
+      const override;
+  absl::StatusOr<optimizer::StateSlots> Restore(
+      const storage::v1::BlockRecord& record) override;
+  uint64_t NumRecords() const override;
+
+  // The table's part of TableInfo (rows, counters, bytes).
+  void FillInfo(v1::TableInfo* info) const;
+
+ private:
+  static constexpr uint32_t kNone = UINT32_MAX;
+
+  struct RowMeta {
+    uint64_t id = 0;
+    uint64_t last_step = 0;
+    uint32_t prev = kNone;  // in the update order, oldest first
+    uint32_t next = kNone;
+  };
+
+  // The arrays: values, then the four slots in kSlotBits' order.
+  static constexpr int kArrays = 5;
+
+  float* Row(int array, uint32_t row) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
+  const float* Row(int array, uint32_t row) const
+      ABSL_SHARED_LOCKS_REQUIRED(mu);
+  // Allocates slot array `array` (zeros) for every chunk that has rows.
+  void AllocateArray(int array) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
+  // A place for a new row of `id` (reused or new), with its initial values
+  // and zero slots, linked last.
+  uint32_t CreateRow(uint64_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
+  void EvictRow(uint32_t row) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
+  void Unlink(uint32_t row) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
+  void LinkLast(uint32_t row) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
+  // Whether `id` would have a row after one more push of it.
+  bool AdmittedByPush(uint64_t id) const ABSL_SHARED_LOCKS_REQUIRED(mu);
+  uint64_t MinCount() const {
+    return policy_.min_count() <= 1 ? 1 : policy_.min_count();
+  }
+
+  const uint32_t dim_;
+  const v1::RowInit init_;
+  const v1::TablePolicy policy_;
+  const uint64_t name_hash_;
+
+  // chunks_[array][c]: rows [c * kRowsPerChunk, (c + 1) * kRowsPerChunk) of
+  // that array; null for a slot the rows do not hold.
+  std::vector<std::unique_ptr<float[]>> chunks_[kArrays] ABSL_GUARDED_BY(mu);
+  optimizer::StateSlots held_ ABSL_GUARDED_BY(mu) = 0;
+  std::vector<RowMeta> meta_ ABSL_GUARDED_BY(mu);   // by row place
+  std::vector<uint32_t> free_ ABSL_GUARDED_BY(mu);  // places of evicted rows
+  absl::flat_hash_map<uint64_t, uint32_t> index_ ABSL_GUARDED_BY(mu);
+  uint32_t oldest_ ABSL_GUARDED_BY(mu) = kNone;
+  uint32_t newest_ ABSL_GUARDED_BY(mu) = kNone;
+  absl::flat_hash_map<uint64_t, uint32_t> pending_ ABSL_GUARDED_BY(mu);
+  optimizer::BlockOptimizerState rule_state_ ABSL_GUARDED_BY(mu);
+  uint64_t rows_created_ ABSL_GUARDED_BY(mu) = 0;
+  uint64_t rows_evicted_ ABSL_GUARDED_BY(mu) = 0;
+  bool diverged_ ABSL_GUARDED_BY(mu) = false;
+  uint64_t charged_ ABSL_GUARDED_BY(mu) = 0;
+};
+
+}  // namespace ps
+
+#endif  // PS_SERVER_TABLE_H_
