@@ -262,6 +262,7 @@ class Client:
         self._dtype = DType.parse(dtype)
         self._shapes_lock = threading.Lock()
         self._shapes: Dict[str, Tuple[int, ...]] = {}
+        self._sizes: Dict[str, int] = {}
         policy = retry or RetryPolicy()
         try:
             self._core = _core.Client.connect(
@@ -351,11 +352,19 @@ class Client:
 
     def register_variable(self, name: str, shape: Sequence[int]) -> None:
         """Tells this client the shape of a variable created elsewhere."""
+        shape = tuple(int(d) for d in shape)
+        size = 1
+        for d in shape:
+            size *= d
         with self._shapes_lock:
-            self._shapes[name] = tuple(int(d) for d in shape)
+            self._shapes[name] = shape
+            self._sizes[name] = size
 
     def _size(self, name: str) -> int:
-        return int(np.prod(self.shape(name), dtype=np.int64))
+        size = self._sizes.get(name)
+        if size is None:
+            self.shape(name)  # raises KeyError, naming the variable
+        return size
 
     # ------------------------------------------------------------------ verbs
 
@@ -556,11 +565,12 @@ class Client:
     def _gradients(self, gradients: Mapping[str, Any]) -> Tuple[List[str], List[np.ndarray]]:
         names, grads = [], []
         for name, grad in gradients.items():
-            flat = as_float32(grad, f"gradient of '{name}'")
-            if flat.size != self._size(name):
+            flat = as_float32(grad, "gradient of '%s'" % name)
+            size = self._size(name)
+            if flat.size != size:
                 raise ValueError(
                     f"gradient of '{name}' holds {flat.size} values; its shape "
-                    f"{list(self.shape(name))} needs {self._size(name)}")
+                    f"{list(self.shape(name))} needs {size}")
             names.append(name)
             grads.append(flat)
         return names, grads
