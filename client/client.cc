@@ -1,5 +1,6 @@
 #include "client/client.h"
 
+#include <algorithm>
 #include <atomic>
 #include <climits>
 #include <utility>
@@ -44,8 +45,16 @@ absl::Status ValidateOptions(const ClientOptions& options) {
         absl::StrCat("ClientOptions::addresses: ", addresses.message()));
   }
   const RetryPolicy& retry = options.retry;
-  if (retry.max_attempts < 1) {
-    return absl::InvalidArgumentError("RetryPolicy::max_attempts must be >= 1");
+  if (retry.max_attempts < 0) {
+    return absl::InvalidArgumentError(
+        "RetryPolicy::max_attempts must be >= 0 (0: no limit)");
+  }
+  if (retry.deadline < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("RetryPolicy::deadline is negative");
+  }
+  if (!options.tls_server_name.empty() && options.tls_ca_file.empty()) {
+    return absl::InvalidArgumentError(
+        "ClientOptions::tls_server_name needs tls_ca_file");
   }
   if (retry.initial_backoff < absl::ZeroDuration() ||
       retry.max_backoff < retry.initial_backoff) {
@@ -110,6 +119,19 @@ absl::Status CheckNames(std::span<const Named> items) {
     }
   }
   return absl::OkStatus();
+}
+
+// INVALID_ARGUMENT when `item.versions` is neither empty nor one per block.
+template <typename Named>
+absl::Status CheckVersions(const PartitionPlan& plan, const Named& item) {
+  if (item.versions.empty() ||
+      item.versions.size() == plan.NumBlocks(item.values.size())) {
+    return absl::OkStatus();
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("versions of ", std::string(item.variable), " hold ",
+                   item.versions.size(), " entries but it has ",
+                   plan.NumBlocks(item.values.size()), " blocks"));
 }
 
 }  // namespace
@@ -195,26 +217,42 @@ absl::StatusOr<bool> Client::CreateVariable(
   }
   const std::string variable(name);
   PS_ASSIGN_OR_RETURN(uint64_t size, client_internal::NumValues(shape));
-  PS_ASSIGN_OR_RETURN(std::vector<v1::CreateVariableRequest> requests,
-                      client_internal::SplitCreate(
-                          *core_->plan, variable, shape, initial_values,
-                          optimizer, core_->options.max_message_bytes));
-  std::atomic<bool> created{false};
-  auto [done, future] = MakePromise();
-  auto* fanout = new Fanout(core_.get(), requests.size(), std::move(done));
-  for (size_t s = 0; s < requests.size(); ++s) {
-    ShardCall<v1::CreateVariableRequest, v1::CreateVariableResponse>::Start(
-        core_.get(), s, std::move(requests[s]), &CallCreateVariable,
-        [fanout, s, &created](const grpc::Status& status,
-                              const v1::CreateVariableRequest&,
-                              v1::CreateVariableResponse& response) {
-          if (status.ok() && response.created()) created = true;
-          fanout->Finish(s, FromGrpcStatus(status));
-        });
+  PS_ASSIGN_OR_RETURN(
+      std::vector<std::vector<v1::CreateVariableRequest>> requests,
+      client_internal::SplitCreate(*core_->plan, variable, shape,
+                                   initial_values, optimizer,
+                                   core_->options.max_message_bytes));
+  // Round r sends the r-th request of every shard that has one, all shards
+  // at once. The later rounds carry initial values that did not fit in the
+  // first request, and go only to the shards where this call created the
+  // variable: elsewhere the first creator's values win.
+  std::vector<char> created(requests.size(), 0);
+  for (size_t round = 0;; ++round) {
+    std::vector<size_t> shards;
+    for (size_t s = 0; s < requests.size(); ++s) {
+      if (round < requests[s].size() && (round == 0 || created[s])) {
+        shards.push_back(s);
+      }
+    }
+    if (shards.empty()) break;
+    auto [done, future] = MakePromise();
+    auto* fanout = new Fanout(core_.get(), shards.size(), std::move(done));
+    for (size_t s : shards) {
+      ShardCall<v1::CreateVariableRequest, v1::CreateVariableResponse>::Start(
+          core_.get(), s, std::move(requests[s][round]), &CallCreateVariable,
+          [fanout, s, round, &created](const grpc::Status& status,
+                                       const v1::CreateVariableRequest&,
+                                       v1::CreateVariableResponse& response) {
+            if (round == 0 && status.ok() && response.created()) {
+              created[s] = 1;
+            }
+            fanout->Finish(s, FromGrpcStatus(status));
+          });
+    }
+    PS_RETURN_IF_ERROR(future.get());
   }
-  PS_RETURN_IF_ERROR(future.get());
   core_->RememberSize(variable, size);
-  return created.load();
+  return std::find(created.begin(), created.end(), 1) != created.end();
 }
 
 absl::StatusOr<bool> Client::CreateTable(std::string_view name, uint32_t dim,
@@ -373,18 +411,21 @@ void Client::PullAsync(std::span<const NamedValues> values,
   if (valid.ok()) valid = CheckDType(options.dtype);
   std::vector<PullItem> items;
   auto outputs = std::make_shared<std::vector<std::span<float>>>();
+  auto versions = std::make_shared<std::vector<std::span<uint64_t>>>();
   for (const NamedValues& v : values) {
     if (!valid.ok()) break;
     valid = core_->CheckSize(v.variable, v.values.size(), "output");
+    if (valid.ok()) valid = CheckVersions(*core_->plan, v);
     items.push_back(PullItem{std::string(v.variable), v.values.size()});
     outputs->push_back(v.values);
+    versions->push_back(v.versions);
   }
   if (!valid.ok()) {
     done(std::move(valid));
     return;
   }
   core_->StartPull(std::move(items), std::move(outputs), options,
-                   std::move(done));
+                   std::move(done), std::move(versions));
 }
 
 void Client::PushPullAsync(std::span<const NamedUpdate> updates,
@@ -394,6 +435,7 @@ void Client::PushPullAsync(std::span<const NamedUpdate> updates,
   if (valid.ok()) valid = CheckDType(options.pull_dtype);
   std::vector<PushItem> items;
   auto outputs = std::make_shared<std::vector<std::span<float>>>();
+  auto versions = std::make_shared<std::vector<std::span<uint64_t>>>();
   for (const NamedUpdate& u : updates) {
     if (!valid.ok()) break;
     if (u.gradient.size() != u.values.size()) {
@@ -403,15 +445,17 @@ void Client::PushPullAsync(std::span<const NamedUpdate> updates,
       break;
     }
     valid = core_->CheckSize(u.variable, u.gradient.size(), "gradient");
+    if (valid.ok()) valid = CheckVersions(*core_->plan, u);
     items.push_back(PushItem{std::string(u.variable), u.gradient});
     outputs->push_back(u.values);
+    versions->push_back(u.versions);
   }
   if (!valid.ok()) {
     done(std::move(valid));
     return;
   }
   core_->StartPush(std::move(items), std::move(outputs), options,
-                   std::move(done));
+                   std::move(done), std::move(versions));
 }
 
 std::future<absl::Status> Client::PushAsync(

@@ -46,10 +46,15 @@ class ClientCore;
 // Every retry of a push reuses its (worker_id, seq), so the server applies it
 // at most once; retrying is safe for every verb.
 struct RetryPolicy {
-  // Attempts per request, the first included (1 = never retry). More
-  // attempts ride out longer shard restarts; a call against a dead shard
-  // then takes longer to fail.
-  int max_attempts = 5;
+  // How long a request keeps being retried, from its first attempt: a
+  // retry whose wait would end after this is not made, and the request fails
+  // with the last error. Rides out a shard restart that takes up to this
+  // long; a call against a dead shard takes this long to fail.
+  absl::Duration deadline = absl::Seconds(120);
+  // Attempts per request, the first included (1 = never retry); 0 = no
+  // limit but the deadline. A limit makes a call against a dead shard fail
+  // sooner than the deadline.
+  int max_attempts = 0;
   // Wait before the first retry. Shorter recovers sooner from a blip but
   // adds load on a shard that is struggling.
   absl::Duration initial_backoff = absl::Milliseconds(100);
@@ -78,6 +83,10 @@ struct ClientOptions {
   // PEM file with the CA certificates that sign the shards' certificates.
   // Empty: plaintext channels (only for loopback or a trusted network).
   std::string tls_ca_file;
+  // The name the shards' certificates are checked against, when it is not
+  // the host in `addresses` (e.g. "localhost" for "127.0.0.1:7000").
+  // Empty: the host. Only with tls_ca_file.
+  std::string tls_server_name;
 
   // Deadline of each attempt of each request. Longer tolerates slow shards
   // (and, in sync mode, slow peers: a sync push waits for the step's
@@ -149,18 +158,23 @@ struct NamedGradient {
   std::span<const float> gradient;
 };
 
-// Where a multi-variable pull writes one variable's values (all of them).
+// Where a multi-variable pull writes one variable's values (all of them)
+// and, when `versions` is not empty, the version of each of its blocks
+// (versions[k] for block k; one per block).
 struct NamedValues {
   std::string_view variable;
   std::span<float> values;
+  std::span<uint64_t> versions = {};
 };
 
 // One variable of a multi-variable push-pull: its gradient, and where the
-// values after the push go. Both cover the whole variable.
+// values after the push go. Both cover the whole variable. `versions` as
+// for NamedValues.
 struct NamedUpdate {
   std::string_view variable;
   std::span<const float> gradient;
   std::span<float> values;
+  std::span<uint64_t> versions = {};
 };
 
 // A connection to every shard of one cluster.

@@ -63,6 +63,46 @@ std::vector<float> Iota(size_t n, float start) {
   return values;
 }
 
+TEST_P(ClientIntegrationTest, InitialValuesLargerThanAMessageGoInParts) {
+  ClientOptions options;
+  options.max_message_bytes = 1024;  // a few dozen 3-value blocks a message
+  auto client = Connect(options);
+  ASSERT_NE(client, nullptr);
+  const std::vector<float> initial = Iota(3000, 1);  // 12 KB of values
+  absl::StatusOr<bool> created = client->CreateVariable("big", {3000}, initial);
+  ASSERT_TRUE(created.ok()) << created.status();
+  EXPECT_TRUE(*created);
+  std::vector<float> values(3000);
+  ASSERT_TRUE(client->Pull("big", values).ok());
+  EXPECT_EQ(values, initial);
+  // A later creator (here the same client again) changes nothing.
+  created = client->CreateVariable("big", {3000}, Iota(3000, -5));
+  ASSERT_TRUE(created.ok()) << created.status();
+  EXPECT_FALSE(*created);
+  ASSERT_TRUE(client->Pull("big", values).ok());
+  EXPECT_EQ(values, initial);
+}
+
+TEST_P(ClientIntegrationTest, PullAndPushPullReportBlockVersions) {
+  auto client = Connect();
+  ASSERT_NE(client, nullptr);
+  ASSERT_TRUE(client->CreateVariable("v", {7}).ok());  // 3 blocks of 3
+  const std::vector<float> ones(7, 1.0f);
+  std::vector<float> values(7);
+  std::vector<uint64_t> versions(3, 99);
+  const NamedUpdate update{"v", ones, values, versions};
+  ASSERT_TRUE(client->PushPull(std::span<const NamedUpdate>(&update, 1)).ok());
+  EXPECT_EQ(versions, std::vector<uint64_t>({1, 1, 1}));
+  ASSERT_TRUE(client->Push("v", ones).ok());
+  const NamedValues pull{"v", values, versions};
+  ASSERT_TRUE(client->Pull(std::span<const NamedValues>(&pull, 1)).ok());
+  EXPECT_EQ(versions, std::vector<uint64_t>({2, 2, 2}));
+  std::vector<uint64_t> too_few(2);
+  const NamedValues bad{"v", values, too_few};
+  EXPECT_EQ(client->Pull(std::span<const NamedValues>(&bad, 1)).code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 TEST_P(ClientIntegrationTest, CreatePushPullRoundTrips) {
   auto client = Connect();
   ASSERT_NE(client, nullptr);

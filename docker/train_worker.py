@@ -10,8 +10,8 @@ rule is the cluster's (ps_server --optimizer, or whatever `psctl optimizer set`
 / `psctl lr set` made it since), so changing it while the workers run changes
 their trajectory.
 
-It needs only numpy and psclient (with its generated stubs: set
-PSCLIENT_STUBS_DIR or PS_BUILD_DIR, see psclient/_stubs.py). The container
+It needs only numpy and psclient (with its binding and generated stubs:
+see psclient/_stubs.py for where they are looked for). The container
 image runs it as
 
     python3 /opt/ps/examples/train_worker.py --servers=shard-0:50051,shard-1:50051 \\
@@ -122,7 +122,9 @@ def train(args) -> int:
             loss, grad_w, grad_b, accuracy = loss_and_gradients(
                 weights, bias, x[batch], y[batch])
             try:
-                values = client.push_pull({PARAMS[0]: grad_w, PARAMS[1]: grad_b},
+                grads = {PARAMS[0]: np.ascontiguousarray(grad_w, np.float32),
+                         PARAMS[1]: np.ascontiguousarray(grad_b, np.float32)}
+                values = client.push_pull(grads,
                                           step=step, loss=loss)
             except PsError as e:
                 print(f"{name}: step {step} refused: {e}", file=sys.stderr)

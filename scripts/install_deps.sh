@@ -7,7 +7,7 @@ packages=(
   build-essential cmake ninja-build ccache pkg-config git clang clang-format shellcheck
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
   libabsl-dev libeigen3-dev libgtest-dev libgmock-dev libbenchmark-dev
-  libspdlog-dev libcpp-httplib-dev nlohmann-json3-dev openssl
+  libspdlog-dev libcpp-httplib-dev nlohmann-json3-dev openssl pybind11-dev python3-dev
   python3 python3-grpcio python3-protobuf python3-numpy python3-torch
   python3-sklearn python3-matplotlib python3-yaml
 )

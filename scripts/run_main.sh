@@ -7,6 +7,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install_deps.sh
-bash scripts/build.sh ps_server psctl psclient_stubs
+bash scripts/build.sh ps_server psctl psclient_stubs psclient_core
 export PS_BUILD_DIR="$PWD/${BUILD_DIR:-build}"
 exec /usr/bin/python3 examples/train_digits.py "$@"

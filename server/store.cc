@@ -166,6 +166,41 @@ uint64_t VariableStore::NumBlocks() const {
   return blocks;
 }
 
+absl::Status VariableStore::SetInitialValues(
+    DenseVariable& variable, const v1::CreateVariableRequest& request) const {
+  const std::string& name = request.name();
+  // Checked in full first: a refused request changes nothing.
+  absl::flat_hash_set<uint64_t> initialized;
+  std::vector<std::pair<Block*, std::vector<float>>> decoded;
+  for (const v1::Slice& slice : request.initial_values()) {
+    if (!slice.variable().empty() && slice.variable() != name) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("initial values name variable '", slice.variable(),
+                       "' in a request to create '", name, "'"));
+    }
+    PS_ASSIGN_OR_RETURN(
+        Block * block,
+        variable.CheckRange(plan_, options_.shard_index, slice.offset(),
+                            slice.length(), /*whole_block=*/true));
+    if (!initialized.insert(block->index).second) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("initial values give block ", block->index, " of '",
+                       name, "' twice"));
+    }
+    v1::Slice named = slice;
+    named.set_variable(name);
+    std::vector<float> values;
+    PS_RETURN_IF_ERROR(DecodeFinite(named, "initial values", values));
+    decoded.emplace_back(block, std::move(values));
+  }
+  for (auto& [block, values] : decoded) {
+    absl::MutexLock lock(&block->mu);
+    // A continued create never overwrites what a push has updated.
+    if (block->state.step == 0) block->values = std::move(values);
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<bool> VariableStore::CreateVariable(
     const v1::CreateVariableRequest& request) {
   const std::string& name = request.name();
@@ -190,6 +225,9 @@ absl::StatusOr<bool> VariableStore::CreateVariable(
   if (auto existing = Find(name)) {
     if (existing->shape() != shape) {
       return ShapeConflict(name, existing->shape(), shape);
+    }
+    if (request.continued()) {
+      PS_RETURN_IF_ERROR(SetInitialValues(*existing, request));
     }
     return false;
   }
@@ -234,29 +272,7 @@ absl::StatusOr<bool> VariableStore::CreateVariable(
                      " for '", name, "' of ", size, " values"));
   }
 
-  absl::flat_hash_set<uint64_t> initialized;
-  std::vector<float> decoded;
-  for (const v1::Slice& slice : request.initial_values()) {
-    if (!slice.variable().empty() && slice.variable() != name) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("initial values name variable '", slice.variable(),
-                       "' in a request to create '", name, "'"));
-    }
-    PS_ASSIGN_OR_RETURN(
-        Block * block,
-        variable->CheckRange(plan_, options_.shard_index, slice.offset(),
-                             slice.length(), /*whole_block=*/true));
-    if (!initialized.insert(block->index).second) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("initial values give block ", block->index, " of '",
-                       name, "' twice"));
-    }
-    v1::Slice named = slice;
-    named.set_variable(name);
-    PS_RETURN_IF_ERROR(DecodeFinite(named, "initial values", decoded));
-    absl::MutexLock lock(&block->mu);
-    block->values = decoded;
-  }
+  PS_RETURN_IF_ERROR(SetInitialValues(*variable, request));
 
   if (own != nullptr) rules_.SetOwn(name, std::move(own));
   memory_.Charge(name, charge, slots);

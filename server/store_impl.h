@@ -85,6 +85,13 @@ class VariableStore final : public Store {
   uint64_t BookkeepingBytes() const { return memory_.BookkeepingBytes(); }
 
  private:
+  // Sets the blocks of `variable` that `request`'s initial values give and
+  // that no push has updated (step 0). INVALID_ARGUMENT, changing nothing,
+  // for a slice that is not one whole block of this shard, a block given
+  // twice, or values that are not finite.
+  absl::Status SetInitialValues(DenseVariable& variable,
+                                const v1::CreateVariableRequest& request) const;
+
   // Every variable, sorted by name.
   std::vector<std::shared_ptr<DenseVariable>> SortedVariables() const;
   // Every table, sorted by name.

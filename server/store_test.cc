@@ -171,6 +171,43 @@ TEST(StoreCreateTest, FirstInitialValuesWin) {
   EXPECT_THAT(PullAll(store, "w").values, ElementsAreArray(first));
 }
 
+TEST(StoreCreateTest, ContinuedCreateSetsBlocksThatNoPushUpdated) {
+  VariableStore store(AsyncOptions());
+  // The creator's first request: shape only; blocks 0 and 1 of 3 come later.
+  auto created = store.CreateVariable(CreateRequest("w", {10}));
+  ASSERT_TRUE(created.ok()) << created.status();
+  ASSERT_TRUE(*created);
+  // Block 1 is pushed (SGD, rate 1) before its initial values arrive.
+  ASSERT_TRUE(
+      PushNow(store, PushRequest("w0", 1, {MakeSlice("w", 4, {1, 1, 1, 1})}))
+          ->status.ok());
+  v1::CreateVariableRequest more =
+      CreateWithValues(store, "w", {10}, Iota(10, 100.0f));
+  more.set_continued(true);
+  created = store.CreateVariable(more);
+  ASSERT_TRUE(created.ok()) << created.status();
+  EXPECT_FALSE(*created);
+  Snapshot snapshot = PullAll(store, "w");
+  // Blocks 0 and 2 take the values; block 1 keeps what its push made.
+  EXPECT_THAT(snapshot.values,
+              ElementsAreArray({100.0f, 101.0f, 102.0f, 103.0f, -1.0f, -1.0f,
+                                -1.0f, -1.0f, 108.0f, 109.0f}));
+  EXPECT_THAT(snapshot.versions, ElementsAreArray({0u, 1u, 0u}));
+  // Without `continued` a repeat changes nothing.
+  ASSERT_TRUE(
+      store.CreateVariable(CreateWithValues(store, "w", {10}, Iota(10))).ok());
+  EXPECT_EQ(PullAll(store, "w").values[0], 100.0f);
+  // A bad continued request is refused whole: its good block 0 (still at
+  // version 0, and given before the bad block 2) is not set either.
+  v1::CreateVariableRequest bad =
+      CreateWithValues(store, "w", {10}, Iota(10, 200.0f));
+  bad.set_continued(true);
+  bad.mutable_initial_values(bad.initial_values_size() - 1)->set_length(1);
+  EXPECT_EQ(store.CreateVariable(bad).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(PullAll(store, "w").values[0], 100.0f);
+}
+
 TEST(StoreCreateTest, ConcurrentCreatesAgreeOnOneWinner) {
   VariableStore store(AsyncOptions());
   constexpr int kThreads = 8;

@@ -8,6 +8,14 @@
 #include "common/status.h"
 
 namespace ps::client_internal {
+namespace {
+
+std::span<const std::span<uint64_t>> VersionsOf(const Versions& versions) {
+  if (versions == nullptr) return {};
+  return *versions;
+}
+
+}  // namespace
 
 void ClientCore::CallStarted() {
   absl::MutexLock lock(&mu_);
@@ -41,7 +49,8 @@ absl::Status ClientCore::CheckSize(std::string_view name, uint64_t size,
 }
 
 void ClientCore::StartPush(std::vector<PushItem> items, Outputs outputs,
-                           const PushOptions& push_options, DoneCallback done) {
+                           const PushOptions& push_options, DoneCallback done,
+                           Versions versions) {
   const bool answered = outputs != nullptr;
   v1::PushRequest header;
   header.set_worker_id(worker_id);
@@ -58,7 +67,7 @@ void ClientCore::StartPush(std::vector<PushItem> items, Outputs outputs,
     std::vector<PushLane::Send> sends;
     for (Part<v1::PushRequest>& part : (*parts)[s]) {
       sends.push_back([this, fanout, s, part = std::move(part), outputs,
-                       pull_dtype](uint64_t seq) mutable {
+                       versions, pull_dtype](uint64_t seq) mutable {
         part.request.set_seq(seq);
         EncodedPush request = EncodePush(std::move(part.request));
         if (outputs == nullptr) {
@@ -73,14 +82,15 @@ void ClientCore::StartPush(std::vector<PushItem> items, Outputs outputs,
         }
         ShardCall<EncodedPush, ReceivedSlices>::Start(
             this, s, std::move(request), &CallPushPull,
-            [this, fanout, s, items = std::move(part.items), outputs,
+            [this, fanout, s, items = std::move(part.items), outputs, versions,
              pull_dtype](const grpc::Status& status, const EncodedPush& request,
                          ReceivedSlices& response) {
               absl::Status result = FromGrpcStatus(status);
               if (result.ok()) {
                 result = DecodeAnswer(request.head.gradients(), items,
                                       pull_dtype, response.message.values(),
-                                      response.data, *outputs);
+                                      response.data, *outputs,
+                                      VersionsOf(versions), plan->block_size());
               }
               lanes[s]->Release();
               fanout->Finish(s, std::move(result));
@@ -92,7 +102,8 @@ void ClientCore::StartPush(std::vector<PushItem> items, Outputs outputs,
 }
 
 void ClientCore::StartPull(std::vector<PullItem> items, Outputs outputs,
-                           const PullOptions& pull_options, DoneCallback done) {
+                           const PullOptions& pull_options, DoneCallback done,
+                           Versions versions) {
   absl::StatusOr<ShardParts<v1::PullRequest>> parts =
       SplitPull(*plan, items, pull_options.dtype, split_limits());
   Fanout* fanout = StartFanout(this, parts, done);
@@ -102,14 +113,15 @@ void ClientCore::StartPull(std::vector<PullItem> items, Outputs outputs,
     for (Part<v1::PullRequest>& part : (*parts)[s]) {
       ShardCall<EncodedPull, ReceivedSlices>::Start(
           this, s, EncodePull(std::move(part.request)), &CallPull,
-          [fanout, s, items = std::move(part.items), outputs, dtype](
-              const grpc::Status& status, const EncodedPull& request,
-              ReceivedSlices& response) {
+          [fanout, s, items = std::move(part.items), outputs, versions, dtype,
+           block_size = plan->block_size()](const grpc::Status& status,
+                                            const EncodedPull& request,
+                                            ReceivedSlices& response) {
             absl::Status result = FromGrpcStatus(status);
             if (result.ok()) {
               result = DecodeAnswer(request.head.slices(), items, dtype,
                                     response.message.values(), response.data,
-                                    *outputs);
+                                    *outputs, VersionsOf(versions), block_size);
             }
             fanout->Finish(s, std::move(result));
           });

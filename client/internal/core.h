@@ -46,6 +46,9 @@ namespace ps::client_internal {
 // Where a call's answers go: one span per call item. Shared by the call's
 // requests, which write disjoint parts of it.
 using Outputs = std::shared_ptr<const std::vector<std::span<float>>>;
+// Where a call's block versions go, one span per call item (empty: not
+// wanted), indexed by block. Null: none wanted.
+using Versions = std::shared_ptr<const std::vector<std::span<uint64_t>>>;
 
 class ClientCore {
  public:
@@ -89,14 +92,18 @@ class ClientCore {
   // values after it go there, outputs[i] for items[i]): split into parts,
   // queued on each shard's lane, and sent. `done` runs once, with OK or
   // with every failed shard named (fanout.h); on this thread, before this
-  // returns, when the split fails or there is nothing to send.
+  // returns, when the split fails or there is nothing to send. PushPull
+  // writes the answered blocks' versions into `versions` when it is given.
   // REQUIRES: Connect has finished; names and sizes were checked.
   void StartPush(std::vector<PushItem> items, Outputs outputs,
-                 const PushOptions& options, DoneCallback done);
+                 const PushOptions& options, DoneCallback done,
+                 Versions versions = nullptr);
   // Starts a pull of `items` into `outputs` (outputs[i] for items[i]); all
-  // of its requests are sent at once. `done` as for StartPush.
+  // of its requests are sent at once. `done` and `versions` as for
+  // StartPush.
   void StartPull(std::vector<PullItem> items, Outputs outputs,
-                 const PullOptions& options, DoneCallback done);
+                 const PullOptions& options, DoneCallback done,
+                 Versions versions = nullptr);
 
   // A push of one table's rows: `ids` (repeats summed first) with `grads`
   // (ids.size() x dim); with `rows_after` (ids.size() x dim), a PushPull

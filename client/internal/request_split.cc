@@ -13,6 +13,12 @@
 namespace ps::client_internal {
 namespace {
 
+// The tag and length of one repeated message field, at their widest.
+constexpr size_t kFieldOverhead = 16;
+
+}  // namespace
+namespace {
+
 using google::protobuf::io::CodedOutputStream;
 
 // Bytes a sub-message of `size` bytes takes in a repeated field numbered
@@ -194,7 +200,7 @@ absl::StatusOr<ShardParts<v1::PullRequest>> SplitPull(
   return parts;
 }
 
-absl::StatusOr<std::vector<v1::CreateVariableRequest>> SplitCreate(
+absl::StatusOr<std::vector<std::vector<v1::CreateVariableRequest>>> SplitCreate(
     const PartitionPlan& plan, const std::string& name,
     const std::vector<uint64_t>& shape, std::span<const float> initial_values,
     const std::optional<v1::OptimizerConfig>& optimizer,
@@ -206,35 +212,39 @@ absl::StatusOr<std::vector<v1::CreateVariableRequest>> SplitCreate(
         "initial values of ", name, " hold ", initial_values.size(),
         " values but its shape has ", *size));
   }
-  std::vector<v1::CreateVariableRequest> requests(plan.num_shards());
-  for (v1::CreateVariableRequest& request : requests) {
-    request.set_name(name);
-    for (uint64_t dim : shape) request.add_shape(dim);
-    if (optimizer.has_value()) *request.mutable_optimizer() = *optimizer;
-  }
+  v1::CreateVariableRequest first;
+  first.set_name(name);
+  for (uint64_t dim : shape) first.add_shape(dim);
+  if (optimizer.has_value()) *first.mutable_optimizer() = *optimizer;
+  v1::CreateVariableRequest next = first;
+  next.set_continued(true);
+  std::vector<std::vector<v1::CreateVariableRequest>> requests(
+      plan.num_shards(), std::vector<v1::CreateVariableRequest>{first});
   if (!initial_values.empty()) {
     for (uint64_t k = 0; k < plan.NumBlocks(*size); ++k) {
       const FlatRange range = plan.BlockRange(*size, k);
-      v1::Slice* slice = requests[plan.ShardOf(name, k)].add_initial_values();
-      slice->set_variable(name);
-      slice->set_offset(range.offset);
-      slice->set_length(range.length);
-      slice->set_dtype(v1::FLOAT32);
+      v1::Slice slice;
+      slice.set_variable(name);
+      slice.set_offset(range.offset);
+      slice.set_length(range.length);
+      slice.set_dtype(v1::FLOAT32);
       EncodeValues(v1::FLOAT32,
                    initial_values.subspan(range.offset, range.length),
-                   slice->mutable_data());
-    }
-  }
-  for (size_t s = 0; s < requests.size(); ++s) {
-    const size_t bytes = requests[s].ByteSizeLong();
-    if (bytes > max_message_bytes) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "creating ", name, " sends ", bytes,
-          " bytes of initial values to "
-          "shard ",
-          s, ", more than max_message_bytes = ", max_message_bytes,
-          "; raise ClientOptions::max_message_bytes (up to the servers' "
-          "--max_message_mb)"));
+                   slice.mutable_data());
+      const uint32_t s = plan.ShardOf(name, k);
+      const size_t cost = slice.ByteSizeLong() + kFieldOverhead;
+      if (next.ByteSizeLong() + cost > max_message_bytes) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "block ", k, " of ", name, " needs ", cost,
+            " bytes of initial values, more than max_message_bytes = ",
+            max_message_bytes,
+            "; raise ClientOptions::max_message_bytes (up to the servers' "
+            "--max_message_mb)"));
+      }
+      if (requests[s].back().ByteSizeLong() + cost > max_message_bytes) {
+        requests[s].push_back(next);
+      }
+      *requests[s].back().add_initial_values() = std::move(slice);
     }
   }
   return requests;
@@ -245,7 +255,8 @@ absl::Status DecodeAnswer(
     std::span<const size_t> items, v1::DType dtype,
     const google::protobuf::RepeatedPtrField<v1::Slice>& answer,
     std::span<const ScatteredBytes> data,
-    std::span<const std::span<float>> outputs) {
+    std::span<const std::span<float>> outputs,
+    std::span<const std::span<uint64_t>> versions, uint64_t block_size) {
   if (!data.empty() && data.size() != static_cast<size_t>(answer.size())) {
     return absl::InternalError(absl::StrCat(
         "answer holds ", answer.size(), " slices but ", data.size(), " data"));
@@ -305,6 +316,15 @@ absl::Status DecodeAnswer(
     if (!decoded.ok()) {
       return absl::InternalError(absl::StrCat(
           "answer slice ", DescribeSlice(got), ": ", decoded.message()));
+    }
+    if (!versions.empty() && block_size > 0 && !versions[items[i]].empty()) {
+      const uint64_t block = want.offset() / block_size;
+      std::span<uint64_t> into_versions = versions[items[i]];
+      if (block >= into_versions.size()) {
+        return absl::InternalError(absl::StrCat("slice ", DescribeSlice(want),
+                                                " lies outside the versions"));
+      }
+      into_versions[block] = got.version();
     }
   }
   return absl::OkStatus();

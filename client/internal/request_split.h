@@ -72,11 +72,13 @@ absl::StatusOr<ShardParts<v1::PullRequest>> SplitPull(
     const PartitionPlan& plan, std::span<const PullItem> items, v1::DType dtype,
     const SplitLimits& limits);
 
-// One CreateVariableRequest per shard; each carries that shard's blocks of
-// `initial_values` (float32), none when it is empty. INVALID_ARGUMENT when
-// initial_values has the wrong length or a request would exceed
-// max_message_bytes.
-absl::StatusOr<std::vector<v1::CreateVariableRequest>> SplitCreate(
+// The CreateVariableRequests for each shard (requests[s], to send in order):
+// the first creates the variable with as many of that shard's blocks of
+// `initial_values` (float32) as fit in max_message_bytes, each later one
+// (`continued`) carries more; one per shard when initial_values is empty.
+// INVALID_ARGUMENT when initial_values has the wrong length or one block
+// alone would exceed max_message_bytes.
+absl::StatusOr<std::vector<std::vector<v1::CreateVariableRequest>>> SplitCreate(
     const PartitionPlan& plan, const std::string& name,
     const std::vector<uint64_t>& shape, std::span<const float> initial_values,
     const std::optional<v1::OptimizerConfig>& optimizer,
@@ -84,7 +86,9 @@ absl::StatusOr<std::vector<v1::CreateVariableRequest>> SplitCreate(
 
 // Checks that `answer` holds exactly one slice for each slice in `asked`
 // (same variable, offset and length; dtype `dtype`), in any order, and
-// decodes each into outputs[items[i]] at its offset. data[j] holds the
+// decodes each into outputs[items[i]] at its offset, and its version into
+// versions[items[i]][offset / block_size] when `versions` is given and that
+// span is not empty. data[j] holds the
 // bytes of answer[j].data (see ReadPullResponse); when `data` is empty they
 // are read from `answer`.
 // INTERNAL when the answer does not match or its data cannot be decoded.
@@ -93,7 +97,9 @@ absl::Status DecodeAnswer(
     std::span<const size_t> items, v1::DType dtype,
     const google::protobuf::RepeatedPtrField<v1::Slice>& answer,
     std::span<const ScatteredBytes> data,
-    std::span<const std::span<float>> outputs);
+    std::span<const std::span<float>> outputs,
+    std::span<const std::span<uint64_t>> versions = {},
+    uint64_t block_size = 0);
 
 // Number of values of a tensor with `shape` (1 for no dimensions), or
 // INVALID_ARGUMENT when it overflows uint64.

@@ -1,5 +1,6 @@
 #include "client/internal/request_split.h"
 
+#include <algorithm>
 #include <limits>
 #include <numeric>
 
@@ -225,12 +226,14 @@ TEST(SplitCreateTest, EachShardGetsItsBlocks) {
   std::iota(initial.begin(), initial.end(), 0.0f);
   v1::OptimizerConfig sgd;
   sgd.mutable_sgd();
-  absl::StatusOr<std::vector<v1::CreateVariableRequest>> requests =
+  absl::StatusOr<std::vector<std::vector<v1::CreateVariableRequest>>> requests =
       SplitCreate(plan, "w", {11}, initial, sgd, size_t{1} << 20);
   ASSERT_TRUE(requests.ok());
   ASSERT_EQ(requests->size(), 3u);
   for (uint32_t s = 0; s < 3; ++s) {
-    const v1::CreateVariableRequest& request = (*requests)[s];
+    ASSERT_EQ((*requests)[s].size(), 1u);
+    const v1::CreateVariableRequest& request = (*requests)[s][0];
+    EXPECT_FALSE(request.continued());
     EXPECT_EQ(request.name(), "w");
     EXPECT_TRUE(request.optimizer().has_sgd());
     for (const v1::Slice& slice : request.initial_values()) {
@@ -250,10 +253,45 @@ TEST(SplitCreateTest, EachShardGetsItsBlocks) {
   // Without initial values nothing but the shape is sent.
   requests = SplitCreate(plan, "w", {11}, {}, std::nullopt, 100);
   ASSERT_TRUE(requests.ok());
-  for (const auto& request : *requests) {
-    EXPECT_EQ(request.initial_values_size(), 0);
-    EXPECT_FALSE(request.has_optimizer());
+  for (const auto& shard_requests : *requests) {
+    ASSERT_EQ(shard_requests.size(), 1u);
+    EXPECT_EQ(shard_requests[0].initial_values_size(), 0);
+    EXPECT_FALSE(shard_requests[0].has_optimizer());
   }
+}
+
+TEST(SplitCreateTest, InitialValuesOverTheLimitGoInContinuedRequests) {
+  // 2 shards, blocks of 4 values (16 bytes of data, about 30 bytes a slice);
+  // 100-byte messages hold two slices.
+  const PartitionPlan plan(2, 4);
+  std::vector<float> initial(40);
+  std::iota(initial.begin(), initial.end(), 0.0f);
+  absl::StatusOr<std::vector<std::vector<v1::CreateVariableRequest>>> requests =
+      SplitCreate(plan, "w", {40}, initial, std::nullopt, 100);
+  ASSERT_TRUE(requests.ok()) << requests.status();
+  std::vector<uint64_t> offsets;
+  for (uint32_t s = 0; s < 2; ++s) {
+    const auto& shard_requests = (*requests)[s];
+    ASSERT_GT(shard_requests.size(), 1u);
+    for (size_t r = 0; r < shard_requests.size(); ++r) {
+      const v1::CreateVariableRequest& request = shard_requests[r];
+      EXPECT_LE(request.ByteSizeLong(), 100u);
+      EXPECT_EQ(request.continued(), r > 0);
+      EXPECT_EQ(request.name(), "w");
+      ASSERT_EQ(request.shape_size(), 1);
+      EXPECT_GT(request.initial_values_size(), 0);
+      for (const v1::Slice& slice : request.initial_values()) {
+        EXPECT_EQ(plan.ShardOf("w", plan.BlockOf(slice.offset())), s);
+        offsets.push_back(slice.offset());
+      }
+    }
+  }
+  std::sort(offsets.begin(), offsets.end());
+  std::vector<uint64_t> every_block;
+  for (uint64_t offset = 0; offset < 40; offset += 4) {
+    every_block.push_back(offset);
+  }
+  EXPECT_EQ(offsets, every_block);
 }
 
 TEST(NumValuesTest, MultipliesAndRefusesOverflow) {

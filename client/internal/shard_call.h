@@ -13,10 +13,13 @@
 #include <cstddef>
 #include <functional>
 #include <memory>
+#include <optional>
+#include <string>
 #include <utility>
 
 #include "absl/functional/any_invocable.h"
 #include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "client/internal/core.h"
 #include "client/internal/retry.h"
@@ -25,6 +28,12 @@
 
 namespace ps::client_internal {
 
+// A request that fails with a retryable error is tried again after the
+// policy's backoff while attempts are left (max_attempts, 0 = no limit) and
+// the wait ends within the policy's deadline from its first attempt. An
+// outage of a shard is logged when it starts, when it ends and when a
+// request gives up on it, not at every attempt.
+//
 // Counts as a call in flight of its core from Start until `done` has
 // returned; deletes itself after calling `done` once, on a gRPC thread,
 // with the final status, the request and the (last) response.
@@ -50,13 +59,19 @@ class ShardCall {
   }
 
  private:
+  static std::string CodeName(const grpc::Status& status) {
+    return absl::StatusCodeToString(
+        static_cast<absl::StatusCode>(status.error_code()));
+  }
+
   ShardCall(ClientCore* core, size_t shard, Request request, Method method,
             Done done)
       : core_(core),
         shard_(shard),
         request_(std::move(request)),
         method_(method),
-        done_(std::move(done)) {
+        done_(std::move(done)),
+        first_attempt_(absl::Now()) {
     core_->CallStarted();
   }
 
@@ -71,19 +86,35 @@ class ShardCall {
   }
 
   void OnDone(grpc::Status status) {
-    if (Retryable(status) && attempts_ < core_->options.retry.max_attempts) {
+    Shard& shard = *core_->shards[shard_];
+    const absl::Time now = absl::Now();
+    if (Retryable(status)) {
+      const RetryPolicy& policy = core_->options.retry;
       const absl::Duration wait = core_->backoff.Wait(attempts_);
-      spdlog::debug("{} answered {} ({}); attempt {} in {}",
-                    core_->shards[shard_]->Name(),
-                    absl::StatusCodeToString(
-                        static_cast<absl::StatusCode>(status.error_code())),
-                    status.error_message(), attempts_ + 1,
-                    absl::FormatDuration(wait));
-      // The previous alarm, if any, has fired: it started this attempt.
-      retry_alarm_ = std::make_unique<grpc::Alarm>();
-      retry_alarm_->Set(absl::ToChronoTime(absl::Now() + wait),
-                        [this](bool) { Attempt(); });
-      return;
+      const bool attempts_left =
+          policy.max_attempts == 0 || attempts_ < policy.max_attempts;
+      if (attempts_left && now + wait - first_attempt_ <= policy.deadline) {
+        if (shard.MarkDown(now)) {
+          spdlog::warn("{} is unreachable ({}: {}); retrying for up to {}",
+                       shard.Name(), CodeName(status), status.error_message(),
+                       absl::FormatDuration(policy.deadline));
+        }
+        // The previous alarm, if any, has fired: it started this attempt.
+        retry_alarm_ = std::make_unique<grpc::Alarm>();
+        retry_alarm_->Set(absl::ToChronoTime(now + wait),
+                          [this](bool) { Attempt(); });
+        return;
+      }
+      shard.MarkDown(now);
+      spdlog::warn(
+          "{} gave no answer ({}: {}); down for {}, giving up after {}",
+          shard.Name(), CodeName(status), status.error_message(),
+          absl::FormatDuration(shard.DownFor(now)),
+          attempts_ == 1 ? std::string("1 attempt")
+                         : absl::StrCat(attempts_, " attempts"));
+    } else if (std::optional<absl::Duration> down = shard.MarkUp(now)) {
+      spdlog::info("{} answers again after {} down", shard.Name(),
+                   absl::FormatDuration(*down));
     }
     ClientCore* core = core_;
     done_(status, request_, response_);
@@ -96,6 +127,7 @@ class ShardCall {
   const Request request_;
   const Method method_;
   Done done_;
+  const absl::Time first_attempt_;
   int attempts_ = 0;
   std::unique_ptr<grpc::ClientContext> context_;
   Response response_;

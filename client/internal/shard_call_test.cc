@@ -128,5 +128,38 @@ TEST_F(ShardCallTest, EachAttemptHasItsOwnDeadline) {
   EXPECT_EQ(fake().applied, 1) << "a retry was applied twice";
 }
 
+TEST_F(ShardCallTest, WithoutAnAttemptLimitRetriesUntilTheDeadline) {
+  ClientOptions options;
+  options.retry.max_attempts = 0;  // no limit: the deadline bounds retries
+  options.retry.deadline = absl::Milliseconds(300);
+  options.retry.initial_backoff = absl::Milliseconds(20);
+  options.retry.max_backoff = absl::Milliseconds(20);
+  options.retry.jitter = 0;
+  core_ = CoreForTest(fakes_, 4, options);
+  ASSERT_NE(core_, nullptr);
+  {
+    absl::MutexLock lock(&fake().mu);
+    fake().unavailable_pushes = 1000;
+  }
+  const absl::Time start = absl::Now();
+  const grpc::Status status = Push(1);
+  const absl::Duration took = absl::Now() - start;
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_GE(took, absl::Milliseconds(250));
+  EXPECT_LT(took, absl::Seconds(5));
+  absl::MutexLock lock(&fake().mu);
+  // About one attempt per 20 ms wait within 300 ms: far more than the
+  // old default of 5, and none past the deadline.
+  EXPECT_GT(fake().pushes.size(), 5u);
+  EXPECT_LE(fake().pushes.size(), 16u);
+  EXPECT_EQ(fake().applied, 0);
+}
+
+TEST_F(ShardCallTest, ByDefaultRetriesForTwoMinutes) {
+  const RetryPolicy policy;
+  EXPECT_EQ(policy.deadline, absl::Seconds(120));
+  EXPECT_EQ(policy.max_attempts, 0);
+}
+
 }  // namespace
 }  // namespace ps::client_internal

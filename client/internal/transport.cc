@@ -30,6 +30,9 @@ grpc::ChannelArguments MakeChannelArguments(const ClientOptions& options) {
   grpc::ChannelArguments args;
   args.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
   args.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
+  if (!options.tls_server_name.empty()) {
+    args.SetSslTargetNameOverride(options.tls_server_name);
+  }
   // Without it the channels of one shard would share one connection.
   if (options.channels_per_shard > 1) {
     args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
@@ -72,6 +75,28 @@ void CallForSlices(ShardStub* stub, grpc::ClientContext* context,
 std::string Shard::Name() const {
   return index.has_value() ? absl::StrCat("shard ", *index, " (", address, ")")
                            : absl::StrCat("shard at ", address);
+}
+
+bool Shard::MarkDown(absl::Time now) {
+  absl::MutexLock lock(&down_mu_);
+  if (down_.load(std::memory_order_relaxed)) return false;
+  down_since_ = now;
+  down_.store(true, std::memory_order_relaxed);
+  return true;
+}
+
+std::optional<absl::Duration> Shard::MarkUp(absl::Time now) {
+  if (!down_.load(std::memory_order_relaxed)) return std::nullopt;
+  absl::MutexLock lock(&down_mu_);
+  if (!down_.load(std::memory_order_relaxed)) return std::nullopt;
+  down_.store(false, std::memory_order_relaxed);
+  return now - down_since_;
+}
+
+absl::Duration Shard::DownFor(absl::Time now) {
+  absl::MutexLock lock(&down_mu_);
+  if (!down_.load(std::memory_order_relaxed)) return absl::ZeroDuration();
+  return now - down_since_;
 }
 
 absl::StatusOr<std::vector<std::unique_ptr<Shard>>> OpenShards(

@@ -30,7 +30,10 @@
 #include <string>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "client/client.h"
 #include "common/slice_buffers.h"
 #include "proto/ps/v1/ps.grpc.pb.h"
@@ -59,6 +62,21 @@ struct Shard {
   // "shard 3 (host:port)", or "shard at host:port" before the index is
   // known: how errors name it.
   std::string Name() const;
+
+  // Whether the shard is down: its last attempt failed with a retryable
+  // error (retry.h). The retry loop logs an outage once, when it starts
+  // and ends, rather than once per attempt. Thread-safe.
+  // Marks it down at `now`; true when it was up until now.
+  bool MarkDown(absl::Time now);
+  // Marks it up; how long it was down, or nullopt when it was up.
+  std::optional<absl::Duration> MarkUp(absl::Time now);
+  // How long it has been down at `now` (zero when it is up).
+  absl::Duration DownFor(absl::Time now);
+
+ private:
+  std::atomic<bool> down_{false};  // a fast check for MarkUp
+  absl::Mutex down_mu_;
+  absl::Time down_since_ ABSL_GUARDED_BY(down_mu_) = absl::InfinitePast();
 };
 
 // The shards at options.addresses, in that order, each with

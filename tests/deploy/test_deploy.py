@@ -769,7 +769,7 @@ class DockerfileTest(unittest.TestCase):
         runs = [i.rest for i in self.stage("build") if i.keyword == "RUN"]
         (build,) = [r for r in runs if "scripts/build.sh" in r]
         self.assertEqual(build.split("scripts/build.sh", 1)[1].split(),
-                         ["ps_server", "psctl", "psclient_stubs"])
+                         ["ps_server", "psctl", "psclient_stubs", "psclient_core"])
         self.assertFalse(any("install_deps.sh" in r for r in runs),
                          "install_deps.sh installs the whole test and example stack")
         # The build packages are CI's (scripts/install_deps.sh), less the
@@ -779,8 +779,11 @@ class DockerfileTest(unittest.TestCase):
             re.S).group(1)))
         installed = apt_installs(self.stage("build"))
         self.assertLessEqual(installed - {"g++"}, ci)
-        self.assertFalse({p for p in installed if p.startswith("python3")},
-                         "the build stage needs no Python packages")
+        # Python only to build the binding (psclient_core) against: the
+        # interpreter and its headers, nothing from the test stack.
+        self.assertLessEqual({p for p in installed if p.startswith("python3")},
+                             {"python3", "python3-dev"},
+                             "the build stage needs only python3 and its headers")
 
     def test_images_are_not_root(self):
         for name in ("shard", "worker"):
@@ -831,7 +834,7 @@ class DockerfileTest(unittest.TestCase):
             for path in sources[name]:
                 self.assertTrue(path.startswith(build_dir + "/"), path)
         relative = {n: {s[len(build_dir) + 1:] for s in paths} for n, paths in sources.items()}
-        self.assertEqual(relative["worker"], {"python/proto"})
+        self.assertEqual(relative["worker"], {"python/proto", "python/psclient/"})
         tree = env_path("PS_BUILD_DIR")
         for variable in ("PS_SERVER", "PSCTL"):
             binary = env_path(variable)
@@ -842,6 +845,7 @@ class DockerfileTest(unittest.TestCase):
                               relative["shard"])
         if tree is not None:
             self.assertTrue((tree / "python" / "proto" / "ps" / "v1" / "ps_pb2.py").is_file())
+            self.assertTrue(list((tree / "python" / "psclient").glob("_core*.so")))
         for name in ("shard", "worker"):
             for ins in self.stage(name):
                 if ins.keyword == "COPY" and not ins.rest.startswith("--"):

@@ -125,8 +125,8 @@ class LocalCluster:
         _LOG.info("cluster up: %s", ",".join(self.addresses))
         return self
 
-    def _start_shard(self, shard: int) -> None:
-        args = [str(self.binary), "--host=127.0.0.1", "--port=0",
+    def _start_shard(self, shard: int, port: int = 0) -> None:
+        args = [str(self.binary), "--host=127.0.0.1", f"--port={port}",
                 f"--shard_index={shard}", f"--num_shards={self.num_shards}",
                 f"--block_size={self.block_size}",
                 f"--consistency={self.consistency}"]
@@ -135,11 +135,15 @@ class LocalCluster:
         if self.optimizer is not None:
             args.append(f"--optimizer={self.optimizer}")
         args += self.extra_args
-        log = open(self.log_path(shard), "wb")
-        self._logs.append(log)
+        log = open(self.log_path(shard), "ab")
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log,
                                 stdin=subprocess.DEVNULL)
-        self._procs.append(proc)
+        if shard < len(self._procs):
+            self._logs[shard].close()
+            self._logs[shard], self._procs[shard] = log, proc
+        else:
+            self._logs.append(log)
+            self._procs.append(proc)
         assert proc.stdout is not None
         line = _read_line(proc.stdout, time.monotonic() + self.start_timeout)
         prefix = "listening on "
@@ -148,7 +152,33 @@ class LocalCluster:
             raise RuntimeError(
                 f"shard {shard} did not start (exit {proc.returncode}; first "
                 f"line {line!r}); its log:\n{self.log_path(shard).read_text()}")
-        self.addresses.append(line[len(prefix):].strip())
+        address = line[len(prefix):].strip()
+        if shard < len(self.addresses):
+            self.addresses[shard] = address
+        else:
+            self.addresses.append(address)
+
+    def stop_shard(self, shard: int, timeout: float = 10.0) -> Optional[int]:
+        """SIGTERMs one shard and waits for it; returns its exit code. Its
+        address stays reserved for :meth:`restart_shard`."""
+        proc = self._procs[shard]
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return proc.wait()
+
+    def restart_shard(self, shard: int) -> None:
+        """Starts a stopped shard again on the port it had (its state is
+        what its flags restore, e.g. from --checkpoint_dir)."""
+        if self._procs[shard].poll() is None:
+            raise RuntimeError(f"shard {shard} is running")
+        if self._procs[shard].stdout is not None:
+            self._procs[shard].stdout.close()
+        port = int(self.addresses[shard].rsplit(":", 1)[1])
+        self._start_shard(shard, port)
 
     @property
     def servers(self) -> str:

@@ -19,8 +19,8 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
 import numpy as np
 import torch
 
-from psclient.client import Client, OptimizerLike, StaleStepError, parse_optimizer
-from psclient.encoding import DType
+from psclient.client import (Client, DType, OptimizerLike, StaleStepError,
+                             parse_optimizer)
 
 _LOG = logging.getLogger(__name__)
 
@@ -146,12 +146,20 @@ class RemoteOptimizer:
                 if self.client.sync:
                     gradients[name] = np.zeros(p.numel(), dtype=np.float32)
                 continue
-            gradients[name] = p.grad.detach().cpu().numpy().astype(np.float32, copy=False)
+            grad = p.grad.detach()
+            if grad.device.type != "cpu" or grad.dtype != torch.float32:
+                grad = grad.to(device="cpu", dtype=torch.float32)
+            gradients[name] = grad.contiguous()
         if not gradients:
             return value
+        # The values after the step are written straight into the parameters
+        # that can take them (float32, contiguous, on the CPU).
+        direct = {name: p.detach() for name, p in self._params
+                  if name in gradients and _writable_in_place(p)}
         try:
             values = self.client.push_pull(gradients, step=self.step_count, loss=value,
-                                           dtype=self._dtype, pull_dtype=self._dtype)
+                                           dtype=self._dtype, pull_dtype=self._dtype,
+                                           out=direct)
         except StaleStepError as e:
             versions = self.pull()
             behind = self.step_count
@@ -160,7 +168,7 @@ class RemoteOptimizer:
                          behind, e.details, self.step_count)
             self.last_loss = value
             return value
-        self._write_back(values)
+        self._write_back({n: v for n, v in values.items() if n not in direct})
         self.step_count += 1
         self.last_loss = value
         return value
@@ -168,5 +176,12 @@ class RemoteOptimizer:
     def _write_back(self, values: Dict[str, np.ndarray]) -> None:
         with torch.no_grad():
             for name, p in self._params:
+                if name not in values:
+                    continue
                 src = torch.from_numpy(np.ascontiguousarray(values[name]).reshape(p.shape))
                 p.copy_(src.to(dtype=p.dtype, device=p.device))
+
+
+def _writable_in_place(p: torch.Tensor) -> bool:
+    return (p.device.type == "cpu" and p.dtype == torch.float32
+            and p.is_contiguous())

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from typing import Tuple
 
 import numpy as np
 import torch
 
-# Quiet unless asked: PSCLIENT_TEST_LOG=INFO shows the library's logging.
-logging.basicConfig(level=os.environ.get("PSCLIENT_TEST_LOG", "WARNING"),
-                    stream=sys.stderr)
+logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
 
 # Two cores: keep torch from oversubscribing them next to the shards.
 torch.set_num_threads(1)

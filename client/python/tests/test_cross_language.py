@@ -63,7 +63,7 @@ class CrossLanguageTest(unittest.TestCase):
         np.testing.assert_array_equal(after_cpp, initial.reshape(-1) - 0.5)
         np.testing.assert_array_equal(self.client.pull("shared/w"), initial - 0.5)
         # Python trains; C++ sees the update.
-        after_py = self.client.push_pull({"shared/w": np.full((4, 5), 0.125)})["shared/w"]
+        after_py = self.client.push_pull({"shared/w": np.full((4, 5), 0.125, np.float32)})["shared/w"]
         np.testing.assert_array_equal(after_py, initial - 0.625)
         np.testing.assert_array_equal(self.cpp_values("pull", "shared/w", "4x5"),
                                       initial.reshape(-1) - 0.625)
