@@ -187,6 +187,12 @@ size_t Membership::size() const {
   return members_;
 }
 
+bool Membership::IsMember(absl::string_view worker) const {
+  absl::ReaderMutexLock lock(&mu_);
+  auto it = workers_.find(worker);
+  return it != workers_.end() && it->second.member;
+}
+
 uint64_t Membership::drops() const {
   absl::ReaderMutexLock lock(&mu_);
   return drops_;

@@ -108,6 +108,7 @@ class Membership {
   uint64_t generation(absl::Time now) const ABSL_LOCKS_EXCLUDED(mu_);
 
   size_t size() const ABSL_LOCKS_EXCLUDED(mu_);
+  bool IsMember(absl::string_view worker) const ABSL_LOCKS_EXCLUDED(mu_);
   uint64_t drops() const ABSL_LOCKS_EXCLUDED(mu_);
   // Every worker known (members first, then former ones), for GetStats.
   void Fill(v1::Stats* stats, absl::Time now) const ABSL_LOCKS_EXCLUDED(mu_);

@@ -375,7 +375,15 @@ absl::StatusOr<PreparedPush> VariableStore::PreparePush(
     CountSessions();
   }
   // Sync: the push counts the worker in its step. Ssp: it renews the
-  // lease now, and moves the worker's clock once it is applied.
+  // lease now, and moves the worker's clock once it is applied. Pushes
+  // without a session join too, up to max_workers members.
+  if (!push.worker_id.empty() && (options_.sync || options_.ssp) &&
+      options_.max_workers != 0 && !members_.IsMember(push.worker_id) &&
+      members_.size() >= options_.max_workers) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("shard ", options_.shard_index, " has ",
+                     options_.max_workers, " members already (--max_workers)"));
+  }
   if (!push.worker_id.empty() && options_.sync) {
     members_.RecordPush(push.worker_id, push.step, push.loss, absl::Now());
   } else if (!push.worker_id.empty() && options_.ssp) {
@@ -413,7 +421,7 @@ absl::StatusOr<uint32_t> VariableStore::Heartbeat(const std::string& worker,
                                                   uint64_t epoch) {
   PS_RETURN_IF_ERROR(CheckCaller(worker, epoch));
   if (!options_.sync && !options_.ssp) return 0;
-  if (!sessions_.EpochOf(worker) && options_.max_workers != 0 &&
+  if (options_.max_workers != 0 && !members_.IsMember(worker) &&
       members_.size() >= options_.max_workers) {
     return absl::ResourceExhaustedError(
         absl::StrCat("shard ", options_.shard_index, " has ",
@@ -450,7 +458,7 @@ void VariableStore::AwaitStaleness(const std::string& worker, uint64_t step,
 
 void VariableStore::Tick() {
   const absl::Time now = absl::Now();
-  const std::vector<std::string> dropped = members_.Expire(now);
+  members_.Expire(now);
   if (options_.sync && members_.generation(now) != checked_generation_.load()) {
     CompleteWaitingSteps();
   }
