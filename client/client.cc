@@ -188,9 +188,51 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(
   return std::unique_ptr<Client>(new Client(std::move(impl)));
 }
 
-Client::Client(std::unique_ptr<ClientCore> core) : core_(std::move(core)) {}
+namespace {
 
-Client::~Client() { core_->WaitIdle(); }
+// Whether the cluster counts members (sync and ssp).
+bool HasMembers(const v1::ClusterInfo& info) {
+  return info.lease_timeout_s() > 0;
+}
+
+}  // namespace
+
+Client::Client(std::unique_ptr<ClientCore> core) : core_(std::move(core)) {
+  const v1::ClusterInfo& info = core_->cluster_info;
+  if (HasMembers(info) && core_->options.keep_lease) {
+    const absl::Duration interval = std::max(
+        absl::Seconds(info.lease_timeout_s()) / 3, absl::Milliseconds(50));
+    lease_ =
+        std::make_unique<client_internal::LeaseKeeper>(core_.get(), interval);
+  }
+}
+
+Client::~Client() {
+  core_->WaitIdle();
+  if (lease_ != nullptr) lease_->Stop();
+  if (HasMembers(core_->cluster_info) && !left_.exchange(true)) {
+    const absl::Status status = client_internal::LeaveAll(
+        core_.get(), std::min(core_->options.call_timeout, absl::Seconds(5)));
+    if (!status.ok()) {
+      spdlog::warn("worker {} could not leave every shard: {}",
+                   core_->worker_id, status.ToString());
+    }
+  }
+}
+
+absl::Status Client::Leave() {
+  core_->WaitIdle();
+  if (lease_ != nullptr) lease_->Stop();
+  if (!HasMembers(core_->cluster_info)) return absl::OkStatus();
+  left_ = true;
+  return client_internal::LeaveAll(core_.get(), core_->options.call_timeout);
+}
+
+absl::Status Client::Heartbeat() {
+  if (!HasMembers(core_->cluster_info)) return absl::OkStatus();
+  return client_internal::HeartbeatAll(core_.get(),
+                                       core_->options.call_timeout);
+}
 
 const std::string& Client::worker_id() const { return core_->worker_id; }
 

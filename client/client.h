@@ -18,6 +18,7 @@
 #ifndef PS_CLIENT_CLIENT_H_
 #define PS_CLIENT_CLIENT_H_
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <future>
@@ -40,6 +41,7 @@ namespace ps {
 
 namespace client_internal {
 class ClientCore;
+class LeaseKeeper;
 }  // namespace client_internal
 
 // How a call that failed with UNAVAILABLE or DEADLINE_EXCEEDED is retried.
@@ -119,6 +121,12 @@ struct ClientOptions {
   // More can raise throughput of large pulls at the cost of sockets and
   // memory.
   int channels_per_shard = 1;
+
+  // Sync and ssp: keep this worker's lease on every shard with a heartbeat
+  // every third of the shards' --lease_timeout_s (DESIGN.md,
+  // "Consistency"), so that a worker that computes for a long time between
+  // pushes is not dropped. Off: only pushes renew it.
+  bool keep_lease = true;
 };
 
 // Options of a push or push-pull.
@@ -140,6 +148,10 @@ struct PushOptions {
 struct PullOptions {
   // Encoding of the values on the wire; see PushOptions::dtype.
   v1::DType dtype = v1::FLOAT32;
+  // Ssp: the step this worker is about to compute; the pull waits until the
+  // slowest member is at most the cluster's staleness behind it (or fails
+  // with DEADLINE_EXCEEDED at call_timeout). Unset: read at once.
+  std::optional<uint64_t> step;
 };
 
 // A sparse table's settings (DESIGN.md, "Sparse tables"): the initial rows,
@@ -208,7 +220,9 @@ class Client {
   static absl::StatusOr<std::unique_ptr<Client>> Connect(
       const ClientOptions& options);
 
-  // Waits for every call in flight (and its callback) to finish.
+  // Waits for every call in flight (and its callback) to finish, then
+  // leaves (Leave) unless that was done already: one attempt per shard of
+  // at most a few seconds, so a dead shard does not hold it up.
   // REQUIRES: not called from a `done` callback of this Client.
   ~Client();
 
@@ -225,6 +239,18 @@ class Client {
   // (the highest of any shard): where a worker starts or resumes. 0 in a
   // new cluster.
   uint64_t sync_step() const;
+  // Sync and ssp: this worker is finished (like DDP's join()): the steps go
+  // on without it. Waits for this client's calls in flight, stops the
+  // heartbeats and tells every shard (one attempt each, within
+  // call_timeout). Returns OK when every shard took it; otherwise the
+  // shards that did not (they drop the worker when its lease runs out).
+  // A later push joins the worker again. Async: OK, nothing to do.
+  // REQUIRES: not called from a `done` callback of this Client.
+  absl::Status Leave();
+  // Sync and ssp: renews the lease on every shard now (the background
+  // heartbeat does this while keep_lease is on).
+  absl::Status Heartbeat();
+
   // The cluster's settings, as every shard reported them (shard_index 0).
   const v1::ClusterInfo& cluster_info() const;
   // Where each block lives.
@@ -323,6 +349,8 @@ class Client {
   explicit Client(std::unique_ptr<client_internal::ClientCore> core);
 
   std::unique_ptr<client_internal::ClientCore> core_;
+  std::unique_ptr<client_internal::LeaseKeeper> lease_;
+  std::atomic<bool> left_ = false;
 };
 
 }  // namespace ps

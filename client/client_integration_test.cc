@@ -1,5 +1,7 @@
 // The client against real shards (ps::ParameterServer) in this process, on
 // port 0, with small blocks so every variable spans every shard.
+#include <chrono>
+#include <future>
 #include <numeric>
 #include <thread>
 
@@ -22,7 +24,9 @@ class ClientIntegrationTest : public ::testing::TestWithParam<uint32_t> {
     for (auto& server : servers_) server->Shutdown().IgnoreError();
   }
 
-  void StartCluster(Consistency consistency, uint32_t num_workers) {
+  void StartCluster(Consistency consistency, uint32_t num_workers,
+                    absl::Duration lease = absl::Seconds(10),
+                    uint32_t staleness = 0) {
     for (auto& server : servers_) server->Shutdown().IgnoreError();
     servers_.clear();
     for (uint32_t s = 0; s < GetParam(); ++s) {
@@ -32,6 +36,8 @@ class ClientIntegrationTest : public ::testing::TestWithParam<uint32_t> {
       options.block_size = kBlockSize;
       options.consistency = consistency;
       options.num_workers = num_workers;
+      options.lease_timeout = lease;
+      options.staleness = staleness;
       options.default_optimizer.mutable_sgd();
       options.default_optimizer.set_learning_rate(1.0);
       absl::StatusOr<std::unique_ptr<ParameterServer>> server =
@@ -298,6 +304,65 @@ TEST_P(ClientIntegrationTest, SyncWorkersSeeTheMeanAfterEachStep) {
       }
     }
   }
+}
+
+// An idle worker keeps its lease (the client heartbeats for it), so a step
+// waits for it; once it leaves, the other's step completes without it.
+TEST_P(ClientIntegrationTest, IdleWorkerStaysAMemberUntilItLeaves) {
+  StartCluster(Consistency::kSync, 2, absl::Seconds(2));
+  constexpr size_t kSize = 4 * kBlockSize;
+  auto a = Connect();
+  auto b = Connect();
+  ASSERT_NE(a, nullptr);
+  ASSERT_NE(b, nullptr);
+  ASSERT_TRUE(
+      a->CreateVariable("w", {kSize}, std::vector<float>(kSize, 10)).ok());
+  // Longer than two leases without a push from either.
+  absl::SleepFor(absl::Seconds(5));
+  std::vector<float> values(kSize);
+  const std::vector<float> gradient(kSize, 4.0f);
+  auto pushed = std::async(std::launch::async, [&] {
+    return a->PushPull("w", gradient, values, PushOptions{.step = 0});
+  });
+  EXPECT_EQ(pushed.wait_for(std::chrono::milliseconds(500)),
+            std::future_status::timeout)
+      << "the step did not wait for the idle worker";
+  ASSERT_TRUE(b->Leave().ok());
+  ASSERT_TRUE(pushed.get().ok());
+  EXPECT_EQ(values, std::vector<float>(kSize, 6.0f));
+  // Leaving twice is harmless; a destroyed client leaves too.
+  EXPECT_TRUE(b->Leave().ok());
+  b.reset();
+  a.reset();
+}
+
+// Ssp with staleness 0: a pull of the next step waits for the slower
+// worker's push of this one.
+TEST_P(ClientIntegrationTest, SspPullOfTheNextStepWaitsForTheSlowest) {
+  StartCluster(Consistency::kSsp, 0, absl::Seconds(30), /*staleness=*/0);
+  constexpr size_t kSize = 4 * kBlockSize;
+  auto a = Connect();
+  auto b = Connect();
+  ASSERT_NE(a, nullptr);
+  ASSERT_NE(b, nullptr);
+  EXPECT_EQ(a->cluster_info().consistency(), "ssp");
+  ASSERT_TRUE(
+      a->CreateVariable("w", {kSize}, std::vector<float>(kSize, 10)).ok());
+  ASSERT_TRUE(
+      a->Push("w", std::vector<float>(kSize, 1.0f), PushOptions{.step = 0})
+          .ok());
+  std::vector<float> values(kSize);
+  auto pulled = std::async(std::launch::async, [&] {
+    return a->Pull("w", values, PullOptions{.step = 1});
+  });
+  EXPECT_EQ(pulled.wait_for(std::chrono::milliseconds(500)),
+            std::future_status::timeout)
+      << "a ran ahead of b";
+  ASSERT_TRUE(
+      b->Push("w", std::vector<float>(kSize, 2.0f), PushOptions{.step = 0})
+          .ok());
+  ASSERT_TRUE(pulled.get().ok());
+  EXPECT_EQ(values, std::vector<float>(kSize, 7.0f));
 }
 
 INSTANTIATE_TEST_SUITE_P(Shards, ClientIntegrationTest,

@@ -27,6 +27,7 @@ import multiprocessing as mp
 import os
 import pathlib
 import queue
+import random
 import subprocess
 import sys
 import time
@@ -98,7 +99,8 @@ def worker_main(worker: int, num_workers: int, build_dir: str,
             job = jobs.get()
             if job is None:
                 return
-            rule, servers, steps, batch_size = job
+            rule, servers, steps, batch_size, jitter_s = job
+            jitter = random.Random(SEED + worker)
             model = make_model()
             generator = torch.Generator().manual_seed(SEED + worker)
             with Client(servers, timeout=120) as client:
@@ -112,6 +114,8 @@ def worker_main(worker: int, num_workers: int, build_dir: str,
                     idx = order[cursor:cursor + batch_size]
                     cursor += batch_size
                     optimizer.zero_grad()
+                    if jitter_s > 0:  # --jitter_ms: uneven step times
+                        time.sleep(jitter.uniform(0, jitter_s))
                     logits = model(x[idx])
                     loss = F.cross_entropy(logits, y[idx])
                     loss.backward()
@@ -223,16 +227,22 @@ def run_rule(rule: str, args, workers, jobs, reports, psctl, change_lr: bool) ->
     from psclient import LocalCluster
 
     result = RunResult(rule)
-    cluster = LocalCluster(2, block_size=args.block_size, consistency="sync",
-                           num_workers=args.workers, optimizer=RULES[rule])
+    extra = [f"--staleness={args.staleness}"] if args.consistency == "ssp" else []
+    cluster = LocalCluster(2, block_size=args.block_size,
+                           consistency=args.consistency,
+                           num_workers=args.workers, optimizer=RULES[rule],
+                           extra_args=extra)
     cluster.start()
     try:
-        print(f"\n== {rule}: {RULES[rule]}   (shards {cluster.servers}, sync, "
+        mode = (f"ssp, staleness {args.staleness}" if args.consistency == "ssp"
+                else args.consistency)
+        print(f"\n== {rule}: {RULES[rule]}   (shards {cluster.servers}, {mode}, "
               f"{args.workers} workers)", flush=True)
         progress = Progress(rule, args.steps)
         start = time.monotonic()
         for q in jobs:
-            q.put((rule, cluster.addresses, args.steps, args.batch_size))
+            q.put((rule, cluster.addresses, args.steps, args.batch_size,
+                   args.jitter_ms / 1000))
         step_losses: Dict[int, List[float]] = {}
         step_accs: Dict[int, List[float]] = {}
         test_acc: Optional[float] = None
@@ -329,11 +339,13 @@ def plot(results: List[RunResult], path: pathlib.Path, steps: int) -> None:
 
 def table(results: List[RunResult]) -> str:
     lines = [f"{'rule':10s} {'final loss':>10s} {'test loss':>10s} "
-             f"{'test acc':>9s} {'time (s)':>9s}",
-             "-" * 52]
+             f"{'test acc':>9s} {'time (s)':>9s} {'steps/s':>8s}",
+             "-" * 61]
     for r in results:
+        steps = len(r.losses)
+        rate = steps / r.seconds if r.seconds > 0 else float("nan")
         lines.append(f"{r.rule:10s} {r.final_loss:10.4f} {r.test_loss:10.4f} "
-                     f"{r.test_acc:9.3f} {r.seconds:9.2f}")
+                     f"{r.test_acc:9.3f} {r.seconds:9.2f} {rate:8.1f}")
     return "\n".join(lines)
 
 
@@ -361,6 +373,13 @@ def main() -> int:
                              "and client/psctl/psctl")
     parser.add_argument("--out", default=str(REPO / "out"),
                         help="directory for the plot")
+    parser.add_argument("--consistency", choices=["sync", "async", "ssp"],
+                        default="sync", help="the cluster's consistency mode")
+    parser.add_argument("--staleness", type=int, default=2,
+                        help="ssp: steps a worker may run ahead of the slowest")
+    parser.add_argument("--jitter_ms", type=float, default=0,
+                        help="every worker sleeps a random 0..jitter_ms "
+                             "each step (uneven step times)")
     parser.add_argument("--run_timeout", type=float, default=240,
                         help="seconds before a run is declared stuck")
     args = parser.parse_args()

@@ -136,6 +136,50 @@ std::string FormatPrometheus(const v1::Stats& stats) {
                     Label(v.name()), "\",rule=\"", v.rule(), "\"} ",
                     v.learning_rate(), "\n");
   }
+
+  // Membership (sync and ssp): who takes part, and who waits for whom.
+  shard_metric("ps_members", "gauge", "Workers that take part in steps now.",
+               stats.members());
+  counter("ps_lease_drops_total",
+          "Members dropped because they neither pushed nor heartbeat for a "
+          "lease timeout.",
+          stats.lease_drops());
+  shard_metric("ps_waiting_pushes", "gauge",
+               "Calls waiting for a sync step or a staleness bound.",
+               stats.waiting_pushes());
+  shard_metric("ps_sync_step", "gauge",
+               "Sync: the highest step a block of the shard collects.",
+               stats.sync_step());
+  // One family per per-worker figure, each sample labelled with the worker.
+  auto per_worker = [&](absl::string_view name, absl::string_view help,
+                        auto value) {
+    Metric(out, name, "gauge", help);
+    for (const v1::WorkerStats& w : stats.workers()) {
+      if (w.state() != "member") continue;
+      absl::StrAppend(&out, name, "{", shard, ",worker=\"",
+                      Label(w.worker_id()), "\"} ", value(w), "\n");
+    }
+  };
+  per_worker("ps_worker_step", "Highest step a member pushed.",
+             [](const v1::WorkerStats& w) { return w.step(); });
+  per_worker("ps_worker_steps_behind",
+             "How many steps a member is behind the fastest one.",
+             [](const v1::WorkerStats& w) { return w.steps_behind(); });
+  per_worker("ps_worker_last_push_age_seconds",
+             "Seconds since a member's last push; -1 before any.",
+             [](const v1::WorkerStats& w) { return w.last_push_age_s(); });
+  per_worker("ps_worker_waiting", "A member's calls waiting now.",
+             [](const v1::WorkerStats& w) { return w.waiting(); });
+  per_worker("ps_worker_waiting_seconds",
+             "How long a member's oldest waiting call has waited.",
+             [](const v1::WorkerStats& w) { return w.waiting_s(); });
+  Metric(out, "ps_worker_loss", "gauge",
+         "The loss a member's last push reported.");
+  for (const v1::WorkerStats& w : stats.workers()) {
+    if (w.state() != "member" || !w.has_loss()) continue;
+    absl::StrAppend(&out, "ps_worker_loss{", shard, ",worker=\"",
+                    Label(w.worker_id()), "\"} ", w.loss(), "\n");
+  }
   return out;
 }
 

@@ -168,6 +168,26 @@ v1::Stats HandMade() {
   odd->set_step(7);
   odd->set_learning_rate(0.5);
   odd->set_rule("sgd");
+  stats.set_members(2);
+  stats.set_lease_drops(4);
+  stats.set_waiting_pushes(1);
+  stats.set_sync_step(41);
+  v1::WorkerStats* w0 = stats.add_workers();
+  w0->set_worker_id("w0");
+  w0->set_state("member");
+  w0->set_step(40);
+  w0->set_steps_behind(1);
+  w0->set_last_push_age_s(2.5);
+  v1::WorkerStats* w1 = stats.add_workers();
+  w1->set_worker_id("w1");
+  w1->set_state("member");
+  w1->set_step(41);
+  w1->set_waiting(1);
+  w1->set_waiting_s(2.5);
+  w1->set_loss(0.25);
+  v1::WorkerStats* gone = stats.add_workers();
+  gone->set_worker_id("w9");
+  gone->set_state("dropped");
   return stats;
 }
 
@@ -192,6 +212,16 @@ TEST(FormatPrometheusTest, EveryFamilyHasHelpAndTypeAndEverySampleParses) {
       {"ps_config_version", "gauge"},
       {"ps_variable_step", "gauge"},
       {"ps_variable_learning_rate", "gauge"},
+      {"ps_members", "gauge"},
+      {"ps_lease_drops_total", "counter"},
+      {"ps_waiting_pushes", "gauge"},
+      {"ps_sync_step", "gauge"},
+      {"ps_worker_step", "gauge"},
+      {"ps_worker_steps_behind", "gauge"},
+      {"ps_worker_last_push_age_seconds", "gauge"},
+      {"ps_worker_waiting", "gauge"},
+      {"ps_worker_waiting_seconds", "gauge"},
+      {"ps_worker_loss", "gauge"},
   };
   EXPECT_EQ(exposition.type, types);
   std::set<std::string> helped;
@@ -224,6 +254,27 @@ TEST(FormatPrometheusTest, ShardWideValues) {
   EXPECT_EQ(One(e, "ps_memory_limit_bytes").value, 8589934592.0);
   EXPECT_EQ(One(e, "ps_diverged_blocks").value, 1);
   EXPECT_EQ(One(e, "ps_config_version").value, 6);
+}
+
+TEST(FormatPrometheusTest, MembersAndWhoWaits) {
+  const Exposition e = Parse(FormatPrometheus(HandMade()));
+  EXPECT_EQ(One(e, "ps_members").value, 2);
+  EXPECT_EQ(One(e, "ps_lease_drops_total").value, 4);
+  EXPECT_EQ(One(e, "ps_waiting_pushes").value, 1);
+  EXPECT_EQ(One(e, "ps_sync_step").value, 41);
+  // Members only, one sample each; the loss of those that reported one.
+  std::map<std::string, double> behind;
+  std::map<std::string, double> loss;
+  for (const Sample& sample : e.samples) {
+    if (sample.name == "ps_worker_steps_behind") {
+      behind[sample.labels.at("worker")] = sample.value;
+    }
+    if (sample.name == "ps_worker_loss") {
+      loss[sample.labels.at("worker")] = sample.value;
+    }
+  }
+  EXPECT_THAT(behind, ElementsAre(Pair("w0", 1), Pair("w1", 0)));
+  EXPECT_THAT(loss, ElementsAre(Pair("w1", 0.25)));
 }
 
 TEST(FormatPrometheusTest, RefusalsByCode) {
@@ -273,8 +324,9 @@ TEST(FormatPrometheusTest, VariablesWithEscapedNames) {
 
 TEST(FormatPrometheusTest, EmptyStatsStillDescribeEveryFamily) {
   const Exposition e = Parse(FormatPrometheus(v1::Stats()));
-  EXPECT_EQ(e.type.size(), 18u);
-  EXPECT_EQ(e.help.size(), 18u);
+  EXPECT_EQ(e.type.size(), 28u);
+  EXPECT_EQ(e.help.size(), 28u);
+  EXPECT_TRUE(Named(e, "ps_worker_steps_behind").empty());
   EXPECT_TRUE(Named(e, "ps_refusals_total").empty());
   EXPECT_TRUE(Named(e, "ps_variable_step").empty());
   EXPECT_EQ(One(e, "ps_pushes_total").value, 0);

@@ -1,6 +1,9 @@
 #include "server/parameter_service.h"
 
+#include <algorithm>
 #include <atomic>
+#include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -19,12 +22,20 @@ struct PushCall {
   grpc::ServerUnaryReactor* reactor = nullptr;
   grpc::ByteBuffer* response = nullptr;
   bool answer_values = false;  // PushPull: a PullResponse; Push: empty
+  bool pull = false;           // a Pull (counted as one)
   const RpcGate* gate = nullptr;
   uint64_t bytes_in = 0;
+  // The worker whose wait Membership counts (BeginWait), if any.
+  Membership* members = nullptr;
+  std::string waiting_worker;
 
   void Finish(const absl::Status& status, v1::PullResponse values) {
     if (finished.exchange(true)) return;
-    if (status.ok()) {
+    if (members != nullptr) members->EndWait(waiting_worker);
+    if (status.ok() && pull) {
+      const size_t bytes_out = SerializeAnswer(values, response);
+      gate->stats()->RecordPull(bytes_in, bytes_out);
+    } else if (status.ok()) {
       size_t bytes_out = 0;
       if (answer_values) {
         bytes_out = SerializeAnswer(values, response);
@@ -54,6 +65,15 @@ class PushReactor final : public grpc::ServerUnaryReactor {
  private:
   std::shared_ptr<PushCall> call_;
 };
+
+// When a call that waits for the slowest member gives up: shortly before
+// the client's deadline, so that the client reads the reason.
+absl::Time WaitDeadline(const grpc::CallbackServerContext& context) {
+  const absl::Time now = absl::Now();
+  const absl::Time deadline = absl::FromChrono(context.deadline());
+  if (deadline <= now) return now;
+  return deadline - std::min((deadline - now) / 10, absl::Seconds(1));
+}
 
 }  // namespace
 
@@ -99,6 +119,7 @@ grpc::ServerUnaryReactor* ParameterServiceImpl::Pull(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
     grpc::ByteBuffer* response) {
   const size_t bytes_in = request->Length();
+  if (store_->options().ssp) return ServeStalePull(context, request, response);
   return gate_->Serve<v1::PullRequest, v1::PullResponse>(
       context, Role::kWorker, request, response,
       [&](const Caller&, const v1::PullRequest& pull,
@@ -140,6 +161,76 @@ grpc::ServerUnaryReactor* ParameterServiceImpl::OpenSession(
       });
 }
 
+grpc::ServerUnaryReactor* ParameterServiceImpl::Heartbeat(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
+  return gate_->Serve<v1::HeartbeatRequest, v1::HeartbeatResponse>(
+      context, Role::kWorker, request, response,
+      [&](const Caller& caller, const v1::HeartbeatRequest& heartbeat,
+          v1::HeartbeatResponse* answer) {
+        PS_RETURN_IF_ERROR(caller.CheckWorker(heartbeat.worker_id()));
+        PS_ASSIGN_OR_RETURN(
+            uint32_t members,
+            store_->Heartbeat(heartbeat.worker_id(), heartbeat.epoch()));
+        answer->set_members(members);
+        return absl::OkStatus();
+      });
+}
+
+grpc::ServerUnaryReactor* ParameterServiceImpl::Leave(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
+  return gate_->Serve<v1::LeaveRequest, v1::LeaveResponse>(
+      context, Role::kWorker, request, response,
+      [&](const Caller& caller, const v1::LeaveRequest& leave,
+          v1::LeaveResponse* answer) {
+        PS_RETURN_IF_ERROR(caller.CheckWorker(leave.worker_id()));
+        PS_ASSIGN_OR_RETURN(bool was_member,
+                            store_->Leave(leave.worker_id(), leave.epoch()));
+        answer->set_was_member(was_member);
+        return absl::OkStatus();
+      });
+}
+
+grpc::ServerUnaryReactor* ParameterServiceImpl::ServeStalePull(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
+  auto call = std::make_shared<PushCall>();
+  auto* reactor = new PushReactor(call);
+  call->reactor = reactor;
+  call->response = response;
+  call->answer_values = true;
+  call->pull = true;
+  call->gate = gate_;
+  call->bytes_in = request->Length();
+  auto pull = std::make_shared<v1::PullRequest>();
+  absl::StatusOr<Caller> caller =
+      gate_->Admit(*context, Role::kWorker, *request, pull.get());
+  absl::Status admitted = caller.status();
+  if (admitted.ok() && !pull->worker_id().empty()) {
+    admitted = caller->CheckWorker(pull->worker_id());
+  }
+  if (!admitted.ok()) {
+    call->Finish(admitted, v1::PullResponse());
+    return reactor;
+  }
+  auto read = [store = store_, call, pull](absl::Status status) {
+    v1::PullResponse answer;
+    if (status.ok()) status = store->Pull(*pull, &answer);
+    call->Finish(status, std::move(answer));
+  };
+  if (!pull->has_step() || pull->worker_id().empty()) {
+    read(absl::OkStatus());
+    return reactor;
+  }
+  call->members = &store_->membership();
+  call->waiting_worker = pull->worker_id();
+  call->members->BeginWait(pull->worker_id(), absl::Now());
+  store_->AwaitStaleness(pull->worker_id(), pull->step(),
+                         WaitDeadline(*context), std::move(read));
+  return reactor;
+}
+
 grpc::ServerUnaryReactor* ParameterServiceImpl::ServePush(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
     grpc::ByteBuffer* response, bool answer_values) {
@@ -172,11 +263,48 @@ grpc::ServerUnaryReactor* ParameterServiceImpl::ServePush(
     call->Finish(prepared.status(), v1::PullResponse());
     return reactor;
   }
-  auto completion = std::make_shared<PushCompletion>(
-      prepared->gradients.size(), answer_values, push.pull_dtype(),
+  const StoreOptions& options = store_->options();
+  if ((options.sync || options.ssp) && !push.worker_id().empty()) {
+    call->members = &store_->membership();
+    call->waiting_worker = push.worker_id();
+    call->members->BeginWait(push.worker_id(), absl::Now());
+  }
+  std::function<void(absl::Status, v1::PullResponse)> done =
       [call](absl::Status status, v1::PullResponse values) {
         call->Finish(status, std::move(values));
-      });
+      };
+  if (options.ssp && answer_values && !push.worker_id().empty()) {
+    // The answer holds the values once the slowest member is close enough:
+    // read again then, with everything applied meanwhile.
+    auto pull = std::make_shared<v1::PullRequest>();
+    pull->set_dtype(push.pull_dtype());
+    for (const v1::Slice& slice : push.gradients()) {
+      v1::Slice* asked = pull->add_slices();
+      asked->set_variable(slice.variable());
+      asked->set_offset(slice.offset());
+      asked->set_length(slice.length());
+    }
+    const uint64_t next =
+        push.step() == UINT64_MAX ? push.step() : push.step() + 1;
+    done = [call, pull, store = store_, worker = push.worker_id(), next,
+            deadline = WaitDeadline(*context)](absl::Status status,
+                                               v1::PullResponse values) {
+      if (!status.ok()) {
+        call->Finish(status, std::move(values));
+        return;
+      }
+      store->AwaitStaleness(worker, next, deadline,
+                            [call, pull, store](absl::Status waited) {
+                              v1::PullResponse answer;
+                              if (waited.ok())
+                                waited = store->Pull(*pull, &answer);
+                              call->Finish(waited, std::move(answer));
+                            });
+    };
+  }
+  auto completion = std::make_shared<PushCompletion>(
+      prepared->gradients.size(), answer_values, push.pull_dtype(),
+      std::move(done));
   if (answer_values) {
     for (int i = 0; i < push.gradients_size(); ++i) {
       std::string* data = push.mutable_gradients(i)->mutable_data();

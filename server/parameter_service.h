@@ -5,7 +5,8 @@
 // buffers the values were encoded into, without a serialization copy.
 //
 // Thread safety: gRPC calls every method concurrently; the store does the
-// locking. A sync push that waits for its step holds no thread.
+// locking. A sync push that waits for its step, and an ssp call that waits
+// for the slowest member, hold no thread.
 #ifndef PS_SERVER_PARAMETER_SERVICE_H_
 #define PS_SERVER_PARAMETER_SERVICE_H_
 
@@ -26,7 +27,12 @@ using RawParameterService =
                         v1::ParameterService::WithRawCallbackMethod_OpenSession<
                             v1::ParameterService::
                                 WithRawCallbackMethod_CreateTable<
-                                    v1::ParameterService::Service>>>>>>>;
+                                    v1::ParameterService::
+                                        WithRawCallbackMethod_Heartbeat<
+                                            v1::ParameterService::
+                                                WithRawCallbackMethod_Leave<
+                                                    v1::ParameterService::
+                                                        Service>>>>>>>>>;
 
 class ParameterServiceImpl final : public RawParameterService {
  public:
@@ -62,6 +68,14 @@ class ParameterServiceImpl final : public RawParameterService {
   grpc::ServerUnaryReactor* OpenSession(grpc::CallbackServerContext* context,
                                         const grpc::ByteBuffer* request,
                                         grpc::ByteBuffer* response) override;
+  // HeartbeatRequest -> HeartbeatResponse.
+  grpc::ServerUnaryReactor* Heartbeat(grpc::CallbackServerContext* context,
+                                      const grpc::ByteBuffer* request,
+                                      grpc::ByteBuffer* response) override;
+  // LeaveRequest -> LeaveResponse.
+  grpc::ServerUnaryReactor* Leave(grpc::CallbackServerContext* context,
+                                  const grpc::ByteBuffer* request,
+                                  grpc::ByteBuffer* response) override;
 
  private:
   // Push and PushPull: `answer` is null for Push (its empty PushResponse is
@@ -70,6 +84,12 @@ class ParameterServiceImpl final : public RawParameterService {
                                       const grpc::ByteBuffer* request,
                                       grpc::ByteBuffer* response,
                                       bool answer_values);
+
+  // Pull in ssp mode: waits, when the request names a worker and step, for
+  // the slowest member (Store::AwaitStaleness), then reads.
+  grpc::ServerUnaryReactor* ServeStalePull(grpc::CallbackServerContext* context,
+                                           const grpc::ByteBuffer* request,
+                                           grpc::ByteBuffer* response);
 
   Store* const store_;
   const RpcGate* const gate_;

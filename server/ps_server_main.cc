@@ -32,11 +32,22 @@ ABSL_FLAG(uint32_t, shard_index, 0, "this shard's index, 0..num_shards-1");
 ABSL_FLAG(uint32_t, num_shards, 1, "shards in the cluster");
 ABSL_FLAG(uint64_t, block_size, 262144, "values per block");
 ABSL_FLAG(std::string, consistency, "async",
-          "async (apply each push as it arrives) or sync (average each "
-          "step's pushes)");
-ABSL_FLAG(uint32_t, num_workers, 0, "sync: workers that push each step");
+          "async (apply each push as it arrives), sync (average each "
+          "step's pushes) or ssp (async, but no worker runs more than "
+          "--staleness steps ahead of the slowest)");
+ABSL_FLAG(uint32_t, num_workers, 0,
+          "sync: the job's size at the start (the first steps wait up to "
+          "one lease timeout for that many workers; then each step waits "
+          "for the workers that are members)");
 ABSL_FLAG(uint32_t, quorum, 0,
-          "sync: pushes that complete a step; 0 = num_workers");
+          "sync: pushes that complete a step (at most the members there "
+          "are); 0 = every member");
+ABSL_FLAG(uint32_t, staleness, 0,
+          "ssp: how many steps a worker may run ahead of the slowest member");
+ABSL_FLAG(double, lease_timeout_s, 10,
+          "sync and ssp: a worker that neither pushes nor heartbeats for "
+          "this long is dropped and the others go on; it rejoins with its "
+          "next call");
 ABSL_FLAG(uint64_t, max_workers, 1024,
           "the most worker ids with a session on this shard (each costs a "
           "record per block it pushes to); 0 = no limit");
@@ -140,6 +151,14 @@ int main(int argc, char** argv) {
   options.block_size = absl::GetFlag(FLAGS_block_size);
   options.num_workers = absl::GetFlag(FLAGS_num_workers);
   options.quorum = absl::GetFlag(FLAGS_quorum);
+  options.staleness = absl::GetFlag(FLAGS_staleness);
+  {
+    const double lease = absl::GetFlag(FLAGS_lease_timeout_s);
+    if (!(lease > 0 && lease <= 86400)) {
+      return Fail("--lease_timeout_s must be in (0, 86400]");
+    }
+    options.lease_timeout = absl::Seconds(lease);
+  }
   options.max_workers = absl::GetFlag(FLAGS_max_workers);
   options.max_message_mb = absl::GetFlag(FLAGS_max_message_mb);
   options.update_threads = absl::GetFlag(FLAGS_update_threads);
@@ -205,9 +224,11 @@ int main(int argc, char** argv) {
   const std::string consistency = absl::GetFlag(FLAGS_consistency);
   if (consistency == "sync") {
     options.consistency = ps::Consistency::kSync;
+  } else if (consistency == "ssp") {
+    options.consistency = ps::Consistency::kSsp;
   } else if (consistency != "async") {
-    return Fail("--consistency must be async or sync, not '" + consistency +
-                "'");
+    return Fail("--consistency must be async, sync or ssp, not '" +
+                consistency + "'");
   }
   auto optimizer = ps::ParseOptimizerConfig(absl::GetFlag(FLAGS_optimizer));
   if (!optimizer.ok()) {

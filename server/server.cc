@@ -7,6 +7,7 @@
 #include <grpcpp/support/server_interceptor.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <chrono>
 #include <thread>
 
@@ -79,6 +80,13 @@ absl::Status CheckOptions(const ServerOptions& options) {
   if (options.max_message_mb < 1 || options.max_message_mb > 2047) {
     return absl::InvalidArgumentError(absl::StrCat(
         "--max_message_mb=", options.max_message_mb, " must be in 1..2047"));
+  }
+  if (options.lease_timeout <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("--lease_timeout_s must be positive");
+  }
+  if (options.consistency != Consistency::kSsp && options.staleness != 0) {
+    return absl::InvalidArgumentError(
+        "--staleness applies to --consistency=ssp only");
   }
   if (options.consistency == Consistency::kSync) {
     if (options.num_workers == 0) {
@@ -201,6 +209,46 @@ class CheckpointThread {
   std::thread thread_;
 };
 
+// Calls Store::Tick every `interval` on a thread of its own: leases run
+// out, steps that waited for a dropped member complete, and staleness
+// waits past their deadline are answered.
+class Ticker {
+ public:
+  Ticker(Store* store, absl::Duration interval)
+      : store_(store), interval_(interval), thread_([this] { Run(); }) {}
+  ~Ticker() { Stop(); }
+
+  void Stop() {
+    {
+      absl::MutexLock lock(&mu_);
+      stopping_ = true;
+    }
+    if (thread_.joinable()) thread_.join();
+  }
+
+ private:
+  void Run() {
+    while (true) {
+      {
+        absl::MutexLock lock(&mu_);
+        auto stopping = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+          return stopping_;
+        };
+        if (mu_.AwaitWithTimeout(absl::Condition(&stopping), interval_)) {
+          return;
+        }
+      }
+      store_->Tick();
+    }
+  }
+
+  Store* const store_;
+  const absl::Duration interval_;
+  absl::Mutex mu_;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread thread_;
+};
+
 class ServerImpl final : public ParameterServer {
  public:
   ServerImpl(const StoreOptions& store_options, Authenticator auth,
@@ -277,6 +325,13 @@ class ServerImpl final : public ParameterServer {
           absl::StrCat("cannot listen on ", address,
                        " (is the port in use or the host not local?)"));
     }
+    if (store_->options().sync || store_->options().ssp) {
+      // A few ticks per lease: a dead member is dropped at most a tenth of
+      // a lease late.
+      ticker_ = std::make_unique<Ticker>(
+          store_.get(), std::clamp(store_->options().lease_timeout / 10,
+                                   absl::Milliseconds(10), absl::Seconds(1)));
+    }
     if (options.metrics_port >= 0) {
       PS_ASSIGN_OR_RETURN(
           metrics_, MetricsServer::Start([this] { return Stats(); }, host_,
@@ -320,6 +375,8 @@ class ServerImpl final : public ParameterServer {
     while (calls_.calls() > 0 && absl::Now() < deadline) {
       absl::SleepFor(absl::Milliseconds(5));
     }
+    if (ticker_ != nullptr) ticker_->Stop();
+    store_->CloseWaits();
     server_->Shutdown(std::chrono::system_clock::now());
     if (metrics_ != nullptr) metrics_->Stop();
     if (checkpointer_ == nullptr) return absl::OkStatus();
@@ -382,6 +439,7 @@ class ServerImpl final : public ParameterServer {
   AdminServiceImpl admin_;
   std::string host_;
   std::unique_ptr<MetricsServer> metrics_;
+  std::unique_ptr<Ticker> ticker_;
   const absl::Duration checkpoint_interval_;
   int port_ = 0;
   std::unique_ptr<grpc::Server> server_;
@@ -416,17 +474,27 @@ absl::StatusOr<std::unique_ptr<ParameterServer>> ParameterServer::Start(
       static_cast<uint64_t>(resolved.max_message_mb) << 20;
   store_options.update_threads = resolved.update_threads;
   store_options.sync = resolved.consistency == Consistency::kSync;
+  store_options.ssp = resolved.consistency == Consistency::kSsp;
+  store_options.staleness = resolved.staleness;
+  store_options.lease_timeout = resolved.lease_timeout;
   store_options.num_workers = resolved.num_workers;
-  store_options.quorum = resolved.quorum;
+  // Membership counts the explicit quorum only: without one, every member.
+  store_options.quorum = options.quorum;
   store_options.default_optimizer = resolved.default_optimizer;
 
   v1::ClusterInfo info;
   info.set_shard_index(resolved.shard_index);
   info.set_num_shards(resolved.num_shards);
   info.set_block_size(resolved.block_size);
-  info.set_consistency(store_options.sync ? "sync" : "async");
+  info.set_consistency(store_options.sync  ? "sync"
+                       : store_options.ssp ? "ssp"
+                                           : "async");
   info.set_num_workers(store_options.sync ? resolved.num_workers : 0);
   info.set_quorum(store_options.sync ? resolved.quorum : 0);
+  info.set_staleness(resolved.staleness);
+  if (store_options.sync || store_options.ssp) {
+    info.set_lease_timeout_s(absl::ToDoubleSeconds(resolved.lease_timeout));
+  }
 
   PS_ASSIGN_OR_RETURN(Authenticator auth,
                       Authenticator::Load(resolved.worker_tokens_file,

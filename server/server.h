@@ -10,12 +10,13 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "proto/ps/v1/ps.pb.h"
 #include "server/env.h"
 
 namespace ps {
 
-enum class Consistency { kAsync, kSync };
+enum class Consistency { kAsync, kSync, kSsp };
 
 // The most threads one block's update may use (ServerOptions::update_threads).
 inline constexpr int kMaxUpdateThreads = 64;
@@ -36,8 +37,17 @@ struct ServerOptions {
   Consistency consistency = Consistency::kAsync;
   // Sync: the workers that push each step, and how many complete it
   // (0 = num_workers).
+  // num_workers is the job's size at the start: the first steps wait for
+  // that many members (at most one lease timeout); afterwards a step waits
+  // for the members there are (server/membership.h).
   uint32_t num_workers = 0;
   uint32_t quorum = 0;
+  // Ssp: how many steps a worker may run ahead of the slowest member.
+  uint32_t staleness = 0;
+  // Sync and ssp: a member that neither pushes nor heartbeats for this long
+  // is dropped, and the others go on without it. Shorter frees them sooner
+  // from a dead worker; too short drops workers whose steps are slow.
+  absl::Duration lease_timeout = absl::Seconds(10);
 
   // The most worker ids with a session (0 = no limit). Each costs a session
   // record, and an exactly-once record in every block it pushed to; past

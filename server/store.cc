@@ -101,7 +101,12 @@ VariableStore::VariableStore(const StoreOptions& options)
       memory_(options.memory_limit_bytes, options.sync,
               DenseVariable::kBookkeepingBytesPerBlock),
       sessions_(options.shard_index, options.max_workers),
-      sync_(options.shard_index, options.quorum, options.num_workers),
+      members_(MembershipOptions{options.shard_index,
+                                 options.sync ? options.num_workers : 0,
+                                 options.quorum, options.lease_timeout}),
+      sync_(options.shard_index, options.quorum, options.num_workers,
+            &members_),
+      staleness_(options.staleness),
       helpers_(options.update_threads - 1) {}
 
 std::shared_ptr<DenseVariable> VariableStore::Find(
@@ -403,6 +408,21 @@ absl::StatusOr<PreparedPush> VariableStore::PreparePush(
         sessions_.Admit(push.worker_id, push.epoch, push.seq, NowMicros()));
     CountSessions();
   }
+  // Sync: the push counts the worker in its step. Ssp: it renews the
+  // lease now, and moves the worker's clock once it is applied. Pushes
+  // without a session join too, up to max_workers members.
+  if (!push.worker_id.empty() && (options_.sync || options_.ssp) &&
+      options_.max_workers != 0 && !members_.IsMember(push.worker_id) &&
+      members_.size() >= options_.max_workers) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("shard ", options_.shard_index, " has ",
+                     options_.max_workers, " members already (--max_workers)"));
+  }
+  if (!push.worker_id.empty() && options_.sync) {
+    members_.RecordPush(push.worker_id, push.step, push.loss, absl::Now());
+  } else if (!push.worker_id.empty() && options_.ssp) {
+    members_.Renew(push.worker_id, absl::Now());
+  }
   return push;
 }
 
@@ -412,8 +432,87 @@ absl::StatusOr<Store::Session> VariableStore::OpenSession(
   PS_ASSIGN_OR_RETURN(session.epoch,
                       sessions_.Open(worker, epoch, NowMicros()));
   CountSessions();
+  if (options_.sync || options_.ssp) members_.Join(worker, absl::Now());
   session.sync_step = sync_.step();
   return session;
+}
+
+absl::Status VariableStore::CheckCaller(const std::string& worker,
+                                        uint64_t epoch) const {
+  if (worker.empty()) {
+    return absl::InvalidArgumentError("worker_id must not be empty");
+  }
+  const uint64_t known = sessions_.EpochOf(worker);
+  if (epoch != 0 && epoch < known) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "fenced: worker '", worker, "' has a newer session (epoch ", known,
+        " > ", epoch, ") on shard ", options_.shard_index));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<uint32_t> VariableStore::Heartbeat(const std::string& worker,
+                                                  uint64_t epoch) {
+  PS_RETURN_IF_ERROR(CheckCaller(worker, epoch));
+  if (!options_.sync && !options_.ssp) return 0;
+  if (options_.max_workers != 0 && !members_.IsMember(worker) &&
+      members_.size() >= options_.max_workers) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("shard ", options_.shard_index, " has ",
+                     options_.max_workers, " members already"));
+  }
+  members_.Renew(worker, absl::Now());
+  return static_cast<uint32_t>(members_.size());
+}
+
+absl::StatusOr<bool> VariableStore::Leave(const std::string& worker,
+                                          uint64_t epoch) {
+  PS_RETURN_IF_ERROR(CheckCaller(worker, epoch));
+  if (!options_.sync && !options_.ssp) return false;
+  const bool was_member = members_.Leave(worker);
+  if (was_member) {
+    CompleteWaitingSteps();
+    staleness_.Release(members_.MinClock());
+  }
+  return was_member;
+}
+
+void VariableStore::AwaitStaleness(const std::string& worker, uint64_t step,
+                                   absl::Time deadline,
+                                   std::function<void(absl::Status)> done) {
+  if (!options_.ssp || worker.empty()) {
+    done(absl::OkStatus());
+    return;
+  }
+  staleness_.Await(worker, step, members_.MinClock(), deadline,
+                   std::move(done));
+  // A push may have moved the slowest clock while this one was queued.
+  staleness_.Release(members_.MinClock());
+}
+
+void VariableStore::Tick() {
+  const absl::Time now = absl::Now();
+  members_.Expire(now);
+  if (options_.sync && members_.generation(now) != checked_generation_.load()) {
+    CompleteWaitingSteps();
+  }
+  if (options_.ssp) staleness_.Expire(now, members_.MinClock());
+}
+
+void VariableStore::CompleteWaitingSteps() {
+  if (!options_.sync) return;
+  checked_generation_.store(members_.generation(absl::Now()));
+  for (const auto& variable : SortedVariables()) {
+    for (Block* block : variable->SortedBlocks()) {
+      ReadyParts ready;
+      {
+        absl::MutexLock lock(&block->mu);
+        if (!sync_.Complete(*block)) continue;
+        ApplyStep(*variable, *block, ready);
+      }
+      for (auto& [waiter, status] : ready) waiter->PartDone(std::move(status));
+    }
+  }
 }
 
 void VariableStore::ApplyPush(PreparedPush push,
@@ -423,6 +522,10 @@ void VariableStore::ApplyPush(PreparedPush push,
     ApplySync(push, completion);
   } else {
     ApplyAsync(push, completion);
+    if (options_.ssp && !push.worker_id.empty()) {
+      members_.RecordPush(push.worker_id, push.step, push.loss, absl::Now());
+      staleness_.Release(members_.MinClock());
+    }
   }
   completion->PartDone();  // the launcher's share: every part is handed out
 }
@@ -597,31 +700,37 @@ void VariableStore::ApplySync(
                      completion, i, block)) {
         continue;
       }
-      // The quorum is in: apply the mean once and answer every waiter.
-      const std::optional<double> loss = sync_.Average(block);
-      auto entry = rules_.For(part.variable->name());
-      absl::Status status =
-          optimizer::CheckUpdate(entry->settings, block.state, loss);
-      if (status.ok()) {
-        std::atomic<bool> finite = true;  // chunks may come from helpers
-        auto check = [&](size_t, std::span<const float> values) {
-          if (!AllFinite(values)) {
-            finite.store(false, std::memory_order_relaxed);
-          }
-        };
-        const absl::Time start = absl::Now();
-        optimizer::ApplyUpdate(entry->settings, block.state, block.values,
-                               sync.sum, loss, check, &helpers_);
-        counters_.RecordUpdate(absl::Now() - start);
-        if (!finite.load()) MarkDiverged(*part.variable, block);
-      }
-      sync_.Finish(*part.variable, block, status, ready);
+      // The step is complete: apply the mean once and answer every waiter.
+      ApplyStep(*part.variable, block, ready);
     }
     new_records += ApplyRowsSync(push, rows_duplicate, completion, ready);
     memory_.AddAppliedRecords(new_records);
   }
   locked.Unlock();
   for (auto& [waiter, status] : ready) waiter->PartDone(std::move(status));
+}
+
+void VariableStore::ApplyStep(DenseVariable& variable, Block& block,
+                              ReadyParts& ready) {
+  SyncSlot& sync = block.sync;
+  const std::optional<double> loss = sync_.Average(block);
+  auto entry = rules_.For(variable.name());
+  absl::Status status =
+      optimizer::CheckUpdate(entry->settings, block.state, loss);
+  if (status.ok()) {
+    std::atomic<bool> finite = true;  // chunks may come from helpers
+    auto check = [&](size_t, std::span<const float> values) {
+      if (!AllFinite(values)) {
+        finite.store(false, std::memory_order_relaxed);
+      }
+    };
+    const absl::Time start = absl::Now();
+    optimizer::ApplyUpdate(entry->settings, block.state, block.values, sync.sum,
+                           loss, check, &helpers_);
+    counters_.RecordUpdate(absl::Now() - start);
+    if (!finite.load()) MarkDiverged(variable, block);
+  }
+  sync_.Finish(variable, block, status, ready);
 }
 
 }  // namespace ps

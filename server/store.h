@@ -19,15 +19,18 @@
 #define PS_SERVER_STORE_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
 #include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "common/partition.h"
 #include "proto/ps/storage/v1/checkpoint.pb.h"
 #include "proto/ps/v1/ps.pb.h"
+#include "server/membership.h"
 #include "server/push.h"
 #include "server/stats.h"
 
@@ -39,9 +42,18 @@ struct StoreOptions {
   uint64_t block_size = 262144;
   // Sync: pushes for one step are averaged and applied once `quorum` of
   // `num_workers` distinct workers have pushed it. Async when false.
+  // (quorum 0: every member; see server/membership.h.)
   bool sync = false;
   uint32_t num_workers = 0;
   uint32_t quorum = 0;
+  // Bounded staleness (ssp, when sync is false): pushes are applied as
+  // they arrive, and a worker's PushPull of step s (or Pull naming step s)
+  // is answered once the slowest member pushed step s - staleness - 1.
+  bool ssp = false;
+  uint32_t staleness = 0;
+  // Sync and ssp: a member that neither pushes nor heartbeats for this long
+  // is dropped (server/membership.h).
+  absl::Duration lease_timeout = absl::Seconds(10);
   // The most worker ids with a session on the shard (0 = no limit): each
   // costs a session record and one exactly-once record per block it
   // pushed to.
@@ -126,6 +138,30 @@ class Store {
   // and in sync mode the step this shard collects.
   virtual absl::StatusOr<Session> OpenSession(const std::string& worker,
                                               uint64_t epoch) = 0;
+
+  // Renews `worker`'s lease (rejoining it), or makes it leave: the steps
+  // that waited only for it complete. `epoch` 0 or the worker's current
+  // session; FAILED_PRECONDITION for an older one (a fenced process),
+  // INVALID_ARGUMENT for an empty id. Leave returns whether it was a member.
+  virtual absl::StatusOr<uint32_t> Heartbeat(const std::string& worker,
+                                             uint64_t epoch) = 0;
+  virtual absl::StatusOr<bool> Leave(const std::string& worker,
+                                     uint64_t epoch) = 0;
+
+  // ssp: runs `done` once `worker` may compute `step` (see StoreOptions),
+  // or with DEADLINE_EXCEEDED at `deadline`. Sync and async: at once.
+  virtual void AwaitStaleness(const std::string& worker, uint64_t step,
+                              absl::Time deadline,
+                              std::function<void(absl::Status)> done) = 0;
+
+  // Drops the members whose lease ran out, completes the steps that waited
+  // for them, and answers the staleness waits past their deadline. The
+  // server calls it a few times per lease timeout.
+  virtual void Tick() = 0;
+  // Answers every staleness wait (UNAVAILABLE): the shard shuts down.
+  virtual void CloseWaits() = 0;
+
+  virtual Membership& membership() = 0;
 
   // ---- what operators call
 

@@ -169,6 +169,11 @@ v1::Stats VariableStore::Stats() const {
   stats.set_bookkeeping_bytes(memory_.BookkeepingBytes());
   stats.set_memory_limit_bytes(options_.memory_limit_bytes);
   stats.set_config_version(rules_.version());
+  stats.set_consistency(options_.sync  ? "sync"
+                        : options_.ssp ? "ssp"
+                                       : "async");
+  stats.set_sync_step(sync_.step());
+  members_.Fill(&stats, absl::Now());
   return stats;
 }
 

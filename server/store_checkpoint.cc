@@ -48,6 +48,13 @@ absl::Status VariableStore::RestoreState(const storage::v1::ShardState& state) {
   }
   sessions_.Restore(state.sessions());
   CountSessions();
+  // The workers with a session are members again, each with a fresh
+  // lease: those that do not come back are dropped when it runs out.
+  if (options_.sync || options_.ssp) {
+    for (const storage::v1::SessionRecord& session : state.sessions()) {
+      members_.Join(session.worker_id(), absl::Now());
+    }
+  }
   sync_.Raise(state.sync_step());
   for (const storage::v1::VariableHeader& header : state.variables()) {
     v1::CreateVariableRequest create;

@@ -8,6 +8,7 @@
 #ifndef PS_SERVER_STORE_IMPL_H_
 #define PS_SERVER_STORE_IMPL_H_
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -48,6 +49,16 @@ class VariableStore final : public Store {
                  std::shared_ptr<PushCompletion> completion) override;
   absl::StatusOr<Session> OpenSession(const std::string& worker,
                                       uint64_t epoch) override;
+  absl::StatusOr<uint32_t> Heartbeat(const std::string& worker,
+                                     uint64_t epoch) override;
+  absl::StatusOr<bool> Leave(const std::string& worker,
+                             uint64_t epoch) override;
+  void AwaitStaleness(const std::string& worker, uint64_t step,
+                      absl::Time deadline,
+                      std::function<void(absl::Status)> done) override;
+  void Tick() override;
+  void CloseWaits() override { staleness_.Close(); }
+  Membership& membership() override { return members_; }
 
   absl::StatusOr<v1::OptimizerConfig> GetOptimizer(
       const std::string& variable) const override;
@@ -131,6 +142,16 @@ class VariableStore final : public Store {
                  const std::shared_ptr<PushCompletion>& completion)
       ABSL_NO_THREAD_SAFETY_ANALYSIS;
 
+  // Applies the mean of the step `block` collects, and ends the step.
+  void ApplyStep(DenseVariable& variable, Block& block, ReadyParts& ready)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(block.mu);
+  // Completes every sync step that membership changes completed (members
+  // that have not pushed left or were dropped).
+  void CompleteWaitingSteps();
+  // INVALID_ARGUMENT for an empty id, FAILED_PRECONDITION for an epoch
+  // older than the worker's session.
+  absl::Status CheckCaller(const std::string& worker, uint64_t epoch) const;
+
   // The session count, as the budget charges it.
   void CountSessions() { memory_.SetSessions(sessions_.size()); }
 
@@ -153,7 +174,11 @@ class VariableStore final : public Store {
   RuleTable rules_;
   MemoryBudget memory_;
   WorkerSessions sessions_;
+  Membership members_;
   SyncSteps sync_;
+  StalenessGate staleness_;
+  // The membership generation whose completions were last looked for.
+  std::atomic<uint64_t> checked_generation_ = 0;
   ServerStats counters_;
   optimizer::HelperThreads helpers_;
 };

@@ -49,7 +49,7 @@ bool SyncSteps::VoteAhead(const std::string& worker, uint64_t step,
     ++voters;
     target = std::min(target, voted);
   }
-  if (voters < quorum_) return false;
+  if (voters < members_->Needed(absl::Now())) return false;
   spdlog::warn(
       "'{}' block {} on shard {} moves from step {} to step {}, where {} "
       "workers are: the steps between are not applied to it (it was "
@@ -94,7 +94,12 @@ bool SyncSteps::Add(const std::string& worker, uint64_t step,
     ++sync.losses;
   }
   sync.waiters.emplace_back(std::move(waiter), part);
-  return sync.workers.size() >= quorum_;
+  return members_->Completes(sync.workers, absl::Now());
+}
+
+bool SyncSteps::Complete(const Block& block) const {
+  return block.sync.started && !block.sync.workers.empty() &&
+         members_->Completes(block.sync.workers, absl::Now());
 }
 
 std::optional<double> SyncSteps::Average(Block& block) {
@@ -120,6 +125,65 @@ void SyncSteps::Finish(const DenseVariable& variable, Block& block,
   sync.losses = 0;
   ++sync.next_step;
   Raise(sync.next_step);
+}
+
+void StalenessGate::Await(std::string worker, uint64_t step,
+                          std::optional<uint64_t> min_clock,
+                          absl::Time deadline, Done done) {
+  if (!min_clock.has_value() || *min_clock >= Needed(step)) {
+    done(absl::OkStatus());
+    return;
+  }
+  absl::MutexLock lock(&mu_);
+  waiters_.push_back({std::move(worker), step, deadline, std::move(done)});
+}
+
+void StalenessGate::Release(std::optional<uint64_t> min_clock) {
+  Expire(absl::InfinitePast(), min_clock);
+}
+
+void StalenessGate::Expire(absl::Time now, std::optional<uint64_t> min_clock) {
+  std::vector<std::pair<Done, absl::Status>> ready;
+  {
+    absl::MutexLock lock(&mu_);
+    auto keep = waiters_.begin();
+    for (auto it = waiters_.begin(); it != waiters_.end(); ++it) {
+      if (!min_clock.has_value() || *min_clock >= Needed(it->step)) {
+        ready.emplace_back(std::move(it->done), absl::OkStatus());
+      } else if (it->deadline <= now) {
+        ready.emplace_back(
+            std::move(it->done),
+            absl::DeadlineExceededError(absl::StrCat(
+                "worker '", it->worker, "' may not start step ", it->step,
+                " before the slowest member finished step ",
+                static_cast<int64_t>(Needed(it->step)) - 1, " (staleness ",
+                staleness_, "); the slowest member is at step ",
+                static_cast<int64_t>(*min_clock) - 1,
+                " (psctl stats shows who)")));
+      } else {
+        if (keep != it) *keep = std::move(*it);
+        ++keep;
+      }
+    }
+    waiters_.erase(keep, waiters_.end());
+  }
+  for (auto& [done, status] : ready) done(std::move(status));
+}
+
+void StalenessGate::Close() {
+  std::vector<Waiter> waiters;
+  {
+    absl::MutexLock lock(&mu_);
+    waiters.swap(waiters_);
+  }
+  for (Waiter& waiter : waiters) {
+    waiter.done(absl::UnavailableError("the shard is shutting down"));
+  }
+}
+
+size_t StalenessGate::waiting() const {
+  absl::MutexLock lock(&mu_);
+  return waiters_.size();
 }
 
 }  // namespace ps

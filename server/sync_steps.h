@@ -1,10 +1,11 @@
 // Sync mode's steps on one shard (DESIGN.md, "Consistency"): each block
-// collects the pushes of one step, averages them once a quorum of workers
-// has pushed, and moves on. The step comes from the cluster, not from one
-// push: a block that has not started takes pushes up to the shard's step,
-// and a block moves past its step only when a quorum of workers pushed the
-// next one, or is ahead of it (a shard restored from an older checkpoint
-// catches up with its workers; one push far ahead wedges nothing).
+// collects the pushes of one step, averages them once every current member
+// (or a quorum of them) has pushed (server/membership.h), and moves on. The
+// step comes from the cluster, not from one push: a block that has not started
+// takes pushes up to the shard's step, and a block moves past its step only
+// when a quorum of workers pushed the next one, or is ahead of it (a shard
+// restored from an older checkpoint catches up with its workers; one push far
+// ahead wedges nothing).
 //
 // Thread safety: the block methods require the block's lock; step() and
 // Raise may be called from any thread.
@@ -13,6 +14,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <span>
@@ -21,7 +23,10 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "server/dense_variable.h"
+#include "server/membership.h"
 #include "server/push.h"
 
 namespace ps {
@@ -33,8 +38,13 @@ using ReadyParts =
 
 class SyncSteps {
  public:
-  SyncSteps(uint32_t shard_index, uint32_t quorum, uint32_t num_workers)
-      : shard_index_(shard_index), quorum_(quorum), num_workers_(num_workers) {}
+  // `quorum` 0: every member. REQUIRES: `members` outlives this.
+  SyncSteps(uint32_t shard_index, uint32_t quorum, uint32_t num_workers,
+            const Membership* members)
+      : shard_index_(shard_index),
+        quorum_(quorum),
+        num_workers_(num_workers),
+        members_(members) {}
 
   // The highest step any block of the shard collects.
   uint64_t step() const { return step_.load(); }
@@ -63,13 +73,17 @@ class SyncSteps {
   // Adds one worker's gradient and loss to the step `block` collects
   // (`step`, which starts the block if it has not started), and `waiter`
   // (a completion and its part) to those answered when the step is applied.
-  // Returns true when that completed the quorum: then Average, apply, and
-  // Finish.
+  // Returns true when that completed the step (Membership::Completes):
+  // then Average, apply, and Finish.
   // REQUIRES: Joins(step, block); the worker has not pushed this step.
   bool Add(const std::string& worker, uint64_t step,
            std::span<const float> gradient, std::optional<double> loss,
            std::shared_ptr<PushCompletion> waiter, size_t part, Block& block)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(block.mu);
+
+  // Whether the step `block` collects is complete now: pushes are in, and
+  // the members who have not pushed left or were dropped since.
+  bool Complete(const Block& block) const ABSL_SHARED_LOCKS_REQUIRED(block.mu);
 
   // Turns the collected sum into the mean of the workers' gradients (in
   // block.sync.sum), and returns the mean of their losses, if any.
@@ -86,7 +100,57 @@ class SyncSteps {
   const uint32_t shard_index_;
   const uint32_t quorum_;
   const uint32_t num_workers_;
+  const Membership* const members_;
   std::atomic<uint64_t> step_ = 0;
+};
+
+// Bounded staleness (ssp): calls of a worker about to compute step s wait
+// until the slowest member's clock (Membership::MinClock) is at least
+// s - staleness, or until their deadline.
+//
+// Thread safety: every method may be called concurrently; callbacks run
+// with no lock held.
+class StalenessGate {
+ public:
+  using Done = std::function<void(absl::Status)>;
+
+  explicit StalenessGate(uint32_t staleness) : staleness_(staleness) {}
+
+  uint32_t staleness() const { return staleness_; }
+
+  // The clock the slowest member must reach before a worker may compute
+  // `step`.
+  uint64_t Needed(uint64_t step) const {
+    return step > staleness_ ? step - staleness_ : 0;
+  }
+
+  // Runs `done` (OK) now when `min_clock` allows `step`; otherwise once a
+  // Release allows it, or with DEADLINE_EXCEEDED once Expire passes
+  // `deadline`, or with UNAVAILABLE at Close.
+  void Await(std::string worker, uint64_t step,
+             std::optional<uint64_t> min_clock, absl::Time deadline, Done done)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // Answers the waiters that `min_clock` (nullopt: no members) allows.
+  void Release(std::optional<uint64_t> min_clock) ABSL_LOCKS_EXCLUDED(mu_);
+  // Answers the waiters whose deadline passed by `now`.
+  void Expire(absl::Time now, std::optional<uint64_t> min_clock)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // Answers every waiter (UNAVAILABLE): the shard shuts down.
+  void Close() ABSL_LOCKS_EXCLUDED(mu_);
+
+  size_t waiting() const ABSL_LOCKS_EXCLUDED(mu_);
+
+ private:
+  struct Waiter {
+    std::string worker;
+    uint64_t step = 0;
+    absl::Time deadline;
+    Done done;
+  };
+
+  const uint32_t staleness_;
+  mutable absl::Mutex mu_;
+  std::vector<Waiter> waiters_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace ps

@@ -111,6 +111,10 @@ void ClientCore::StartPull(std::vector<PullItem> items, Outputs outputs,
   const v1::DType dtype = pull_options.dtype;
   for (size_t s = 0; s < parts->size(); ++s) {
     for (Part<v1::PullRequest>& part : (*parts)[s]) {
+      if (pull_options.step.has_value()) {
+        part.request.set_worker_id(worker_id);
+        part.request.set_step(*pull_options.step);
+      }
       ShardCall<EncodedPull, ReceivedSlices>::Start(
           this, s, EncodePull(std::move(part.request)), &CallPull,
           [fanout, s, items = std::move(part.items), outputs, versions, dtype,

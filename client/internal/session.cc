@@ -1,9 +1,15 @@
 #include "client/internal/session.h"
 
+#include <spdlog/spdlog.h>
+
 #include <algorithm>
+#include <future>
+#include <memory>
 #include <optional>
+#include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "client/internal/fanout.h"
 #include "client/internal/shard_call.h"
 #include "client/internal/transport.h"
@@ -68,6 +74,93 @@ absl::Status OpenSession(ClientCore* core) {
     return absl::OkStatus();
   }
   return status;
+}
+
+namespace {
+
+// One attempt of `Request` to every shard, in parallel.
+template <typename Request, typename Response>
+absl::Status SendToAll(
+    ClientCore* core, absl::Duration timeout,
+    void (v1::ParameterService::Stub::async_interface::*method)(
+        grpc::ClientContext*, const Request*, Response*,
+        std::function<void(grpc::Status)>)) {
+  struct Call {
+    grpc::ClientContext context;
+    Request request;
+    Response response;
+    std::promise<grpc::Status> done;
+  };
+  const size_t n = core->shards.size();
+  std::vector<std::unique_ptr<Call>> calls;
+  std::vector<std::future<grpc::Status>> answers;
+  for (size_t s = 0; s < n; ++s) {
+    auto call = std::make_unique<Call>();
+    PrepareContext(core->options, &call->context);
+    call->context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+    call->request.set_worker_id(core->worker_id);
+    call->request.set_epoch(core->epoch);
+    answers.push_back(call->done.get_future());
+    Call* raw = call.get();
+    (core->shards[s]->stub()->typed->async()->*method)(
+        &raw->context, &raw->request, &raw->response,
+        [raw](grpc::Status status) { raw->done.set_value(std::move(status)); });
+    calls.push_back(std::move(call));
+  }
+  std::string failed;
+  absl::StatusCode code = absl::StatusCode::kOk;
+  for (size_t s = 0; s < n; ++s) {
+    const absl::Status status = FromGrpcStatus(answers[s].get());
+    if (status.ok()) continue;
+    if (code == absl::StatusCode::kOk) code = status.code();
+    absl::StrAppend(&failed, failed.empty() ? "" : "; ",
+                    core->shards[s]->Name(), ": ", status.message());
+  }
+  if (code == absl::StatusCode::kOk) return absl::OkStatus();
+  return absl::Status(code, failed);
+}
+
+}  // namespace
+
+absl::Status HeartbeatAll(ClientCore* core, absl::Duration timeout) {
+  return SendToAll<v1::HeartbeatRequest, v1::HeartbeatResponse>(
+      core, timeout, &v1::ParameterService::Stub::async_interface::Heartbeat);
+}
+
+absl::Status LeaveAll(ClientCore* core, absl::Duration timeout) {
+  return SendToAll<v1::LeaveRequest, v1::LeaveResponse>(
+      core, timeout, &v1::ParameterService::Stub::async_interface::Leave);
+}
+
+LeaseKeeper::LeaseKeeper(ClientCore* core, absl::Duration interval)
+    : core_(core), interval_(interval), thread_([this] { Run(); }) {}
+
+void LeaseKeeper::Stop() {
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+  }
+  if (thread_.joinable()) thread_.join();
+}
+
+void LeaseKeeper::Run() {
+  while (true) {
+    {
+      absl::MutexLock lock(&mu_);
+      auto stopping = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return stopping_;
+      };
+      if (mu_.AwaitWithTimeout(absl::Condition(&stopping), interval_)) return;
+    }
+    // Each heartbeat may take up to an interval: a slow shard delays the
+    // next one, it never piles them up.
+    const absl::Status status = HeartbeatAll(core_, interval_);
+    if (!status.ok()) {
+      spdlog::warn("worker {}: heartbeat failed ({}); retrying in {}",
+                   core_->worker_id, status.ToString(),
+                   absl::FormatDuration(interval_));
+    }
+  }
 }
 
 }  // namespace ps::client_internal

@@ -5,7 +5,12 @@
 #ifndef PS_CLIENT_INTERNAL_SESSION_H_
 #define PS_CLIENT_INTERNAL_SESSION_H_
 
+#include <thread>
+
+#include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "client/internal/core.h"
 
 namespace ps::client_internal {
@@ -19,6 +24,36 @@ namespace ps::client_internal {
 // Otherwise the error of the shards that failed (fanout.h).
 // REQUIRES: core->shards are in shard order; no call of core is in flight.
 absl::Status OpenSession(ClientCore* core);
+
+// Membership (DESIGN.md, "Consistency"): sends `Request` (HeartbeatRequest
+// or LeaveRequest) with the worker's id and epoch to every shard at once,
+// one attempt each with `timeout`, and waits for the answers. The error of
+// the shards that failed, each named.
+absl::Status HeartbeatAll(ClientCore* core, absl::Duration timeout);
+absl::Status LeaveAll(ClientCore* core, absl::Duration timeout);
+
+// Keeps the worker's lease on every shard: a heartbeat every `interval`
+// on a thread of its own, from construction until Stop (or destruction).
+// A failed heartbeat is logged and tried again at the next interval.
+//
+// Thread safety: Stop may be called from any thread, more than once.
+class LeaseKeeper {
+ public:
+  // REQUIRES: `core` is connected and outlives this.
+  LeaseKeeper(ClientCore* core, absl::Duration interval);
+  ~LeaseKeeper() { Stop(); }
+
+  void Stop() ABSL_LOCKS_EXCLUDED(mu_);
+
+ private:
+  void Run() ABSL_LOCKS_EXCLUDED(mu_);
+
+  ClientCore* const core_;
+  const absl::Duration interval_;
+  absl::Mutex mu_;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread thread_;
+};
 
 }  // namespace ps::client_internal
 

@@ -524,6 +524,38 @@ int RunConfigChange(const ShardSet& shards, const ConfigChangeRequest& request,
 
 namespace {
 
+// One line per shard of a sync or ssp job: its members and, when pushes
+// wait, the members they wait for (those that are not waiting themselves,
+// slowest first): a stalled job names its culprit.
+std::string StallSummary(int shard, const v1::Stats& st) {
+  std::string line = absl::StrCat("shard ", shard, " (", st.consistency());
+  if (st.consistency() == "sync")
+    absl::StrAppend(&line, ", step ", st.sync_step());
+  absl::StrAppend(&line, "): ", st.members(), " members, ", st.lease_drops(),
+                  " dropped by lease");
+  if (st.waiting_pushes() == 0) return line;
+  double longest = 0;
+  std::vector<const v1::WorkerStats*> holding;
+  for (const v1::WorkerStats& w : st.workers()) {
+    longest = std::max(longest, w.waiting_s());
+    if (w.state() == "member" && w.waiting() == 0) holding.push_back(&w);
+  }
+  std::sort(holding.begin(), holding.end(), [](const auto* a, const auto* b) {
+    return a->steps_behind() > b->steps_behind();
+  });
+  absl::StrAppend(&line, "; ", st.waiting_pushes(), " calls waiting (longest ",
+                  absl::StrFormat("%.1f", longest), " s)");
+  if (holding.empty()) return line;
+  std::vector<std::string> names;
+  for (const v1::WorkerStats* w : holding) {
+    names.push_back(absl::StrCat(
+        w->worker_id(), " (step ", w->pushed() ? absl::StrCat(w->step()) : "-",
+        ", seen ", absl::StrFormat("%.1f", w->last_seen_age_s()), " s ago)"));
+  }
+  absl::StrAppend(&line, " for: ", absl::StrJoin(names, ", "));
+  return line;
+}
+
 int StatsRound(const ShardSet& shards, const StatsOptions& options,
                const Output& output) {
   auto stats = CallAll<v1::Stats>(
@@ -562,6 +594,26 @@ int StatsRound(const ShardSet& shards, const StatsOptions& options,
                                     {"learning_rate", v.learning_rate()},
                                     {"rule", v.rule()}});
         }
+        s["consistency"] = st.consistency();
+        s["sync_step"] = st.sync_step();
+        s["members"] = st.members();
+        s["lease_drops"] = st.lease_drops();
+        s["waiting_pushes"] = st.waiting_pushes();
+        s["workers"] = json::array();
+        for (const v1::WorkerStats& w : st.workers()) {
+          json worker = {{"worker_id", w.worker_id()},
+                         {"state", w.state()},
+                         {"step", w.step()},
+                         {"pushed", w.pushed()},
+                         {"steps_behind", w.steps_behind()},
+                         {"last_push_age_s", w.last_push_age_s()},
+                         {"last_seen_age_s", w.last_seen_age_s()},
+                         {"waiting", w.waiting()},
+                         {"waiting_s", w.waiting_s()},
+                         {"pushes", w.pushes()}};
+          if (w.has_loss()) worker["loss"] = w.loss();
+          s["workers"].push_back(worker);
+        }
       }
       j["shards"].push_back(s);
     }
@@ -583,6 +635,9 @@ int StatsRound(const ShardSet& shards, const StatsOptions& options,
                  "BYTES OUT", "REFUSALS", "P50 US", "P90 US", "P99 US",
                  "UPTIME S", "CONFIG VERSION", "STATE MIB / LIMIT"});
     Table variables({"VARIABLE", "SHARD", "STEP", "RULE", "LEARNING RATE"});
+    Table workers({"WORKER", "SHARD", "STATE", "STEP", "BEHIND", "LAST PUSH S",
+                   "SEEN S", "WAITING", "LOSS", "PUSHES"});
+    std::vector<std::string> summaries;
     for (int i = 0; i < shards.size(); ++i) {
       const std::string address = shards.shard(i).address;
       if (!stats[i].status.ok()) {
@@ -613,10 +668,33 @@ int StatsRound(const ShardSet& shards, const StatsOptions& options,
         variables.AddRow({v.name(), absl::StrCat(i), absl::StrCat(v.step()),
                           v.rule(), Number(v.learning_rate())});
       }
+      for (const v1::WorkerStats& w : st.workers()) {
+        workers.AddRow(
+            {w.worker_id(), absl::StrCat(i), w.state(),
+             w.pushed() ? absl::StrCat(w.step()) : "-",
+             w.state() == "member" ? absl::StrCat(w.steps_behind()) : "-",
+             w.last_push_age_s() < 0
+                 ? "-"
+                 : absl::StrFormat("%.1f", w.last_push_age_s()),
+             absl::StrFormat("%.1f", w.last_seen_age_s()),
+             w.waiting() == 0
+                 ? "-"
+                 : absl::StrFormat("%d for %.1fs", w.waiting(), w.waiting_s()),
+             w.has_loss() ? Number(w.loss()) : "-", absl::StrCat(w.pushes())});
+      }
+      if (!st.consistency().empty() && st.consistency() != "async") {
+        summaries.push_back(StallSummary(i, st));
+      }
     }
     table.Print(*output.out);
     *output.out << "\n";
     variables.Print(*output.out);
+    if (!summaries.empty()) {
+      *output.out << "\n";
+      workers.Print(*output.out);
+      *output.out << "\n";
+      for (const std::string& line : summaries) *output.out << line << "\n";
+    }
   }
   output.out->flush();
   return ReportFailures(shards, stats, "stats", output);

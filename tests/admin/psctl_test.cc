@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <nlohmann/json.hpp>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "common/partition.h"
@@ -655,6 +656,83 @@ TEST(PsctlMemoryTest, AChangeOneShardCannotHoldChangesNoShard) {
     EXPECT_EQ(stats["shards"][s]["memory_limit_bytes"],
               options.memory_limit_bytes);
   }
+}
+
+// A sync step that one member holds up: one `psctl stats` names the member
+// the waiting push waits for, with its step and when it was last seen.
+TEST(PsctlStallTest, StatsNameTheMemberAStepWaitsFor) {
+  ServerOptions options;
+  options.block_size = 8;
+  options.consistency = Consistency::kSync;
+  options.num_workers = 2;
+  options.lease_timeout = absl::Seconds(60);
+  options.default_optimizer = Config("sgd {} learning_rate: 1");
+  std::vector<std::unique_ptr<ParameterServer>> shards =
+      StartShards(2, options);
+  ASSERT_EQ(shards.size(), 2u);
+  RawWorker worker(ServerAddresses(shards), 8);
+  ASSERT_TRUE(worker.Create("w", std::vector<float>(8, 1.0f)).ok());
+  const int owner = static_cast<int>(worker.plan().ShardOf("w", 0));
+  for (const char* id : {"w0", "w1"}) {
+    for (int s = 0; s < 2; ++s) {
+      v1::OpenSessionRequest open;
+      open.set_worker_id(id);
+      v1::OpenSessionResponse opened;
+      ASSERT_TRUE(worker.parameters(s)
+                      .OpenSession(MakeContext().get(), open, &opened)
+                      .ok());
+    }
+  }
+  auto push = [&](const std::string& id) {
+    v1::PushRequest request;
+    request.set_worker_id(id);
+    request.set_step(0);
+    request.set_loss(0.75);
+    v1::Slice* slice = request.add_gradients();
+    slice->set_variable("w");
+    slice->set_length(8);
+    const std::vector<float> g(8, 1.0f);
+    slice->set_data(std::string(reinterpret_cast<const char*>(g.data()),
+                                g.size() * sizeof(float)));
+    v1::PushResponse response;
+    return worker.parameters(owner).Push(MakeContext().get(), request,
+                                         &response);
+  };
+  std::thread waiting([&] { EXPECT_TRUE(push("w0").ok()); });
+  // The push waits for w1: wait until the shard says so.
+  std::string out;
+  for (int attempt = 0; attempt < 100; ++attempt) {
+    ProcessResult stats =
+        RunProcess(PSCTL_PATH, {"--servers=" + ServerList(shards), "stats"},
+                   std::chrono::seconds(30));
+    ASSERT_EQ(stats.exit_code, 0) << stats.err;
+    out = stats.out;
+    if (out.find("calls waiting") != std::string::npos) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_NE(out.find("WORKER"), std::string::npos) << out;
+  EXPECT_NE(
+      out.find(absl::StrCat("shard ", owner, " (sync, step 0): 2 members")),
+      std::string::npos)
+      << out;
+  EXPECT_NE(out.find("1 calls waiting"), std::string::npos) << out;
+  EXPECT_NE(out.find("for: w1 (step -"), std::string::npos) << out;
+  ProcessResult json_stats = RunProcess(
+      PSCTL_PATH, {"--servers=" + ServerList(shards), "--json", "stats"},
+      std::chrono::seconds(30));
+  json j = json::parse(json_stats.out, nullptr, false);
+  ASSERT_FALSE(j.is_discarded()) << json_stats.out;
+  const json& shard = j["shards"][owner];
+  EXPECT_EQ(shard["members"], 2);
+  EXPECT_EQ(shard["waiting_pushes"], 1);
+  ASSERT_EQ(shard["workers"].size(), 2u);
+  EXPECT_EQ(shard["workers"][0]["worker_id"], "w0");
+  EXPECT_EQ(shard["workers"][0]["waiting"], 1);
+  EXPECT_EQ(shard["workers"][0]["loss"], 0.75);
+  EXPECT_EQ(shard["workers"][1]["pushed"], false);
+
+  ASSERT_TRUE(push("w1").ok());
+  waiting.join();
 }
 
 TEST_F(PsctlTest, StatsHumanJsonAndWatch) {
