@@ -251,7 +251,16 @@ class ServerImpl final : public ParameterServer, private CheckpointControl {
       }
       // Shard 0 coordinates the cluster's periodic checkpoints.
       std::function<void()> periodic;
-      if (shard_index_ == 0) {
+      const bool coordinates = num_shards_ == 1 || peers_.size() == num_shards_;
+      if (shard_index_ == 0 && !coordinates &&
+          checkpoint_interval_ > absl::ZeroDuration()) {
+        spdlog::warn(
+            "--checkpoint_interval_s: shard 0 of {} shards makes the "
+            "cluster's checkpoints only with every shard's address "
+            "(--peers); without it there are no periodic checkpoints",
+            num_shards_);
+      }
+      if (shard_index_ == 0 && coordinates) {
         periodic = [this] {
           auto written = coordinator_->Make();
           if (written.ok()) {
