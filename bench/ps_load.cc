@@ -83,6 +83,13 @@ ABSL_FLAG(int, max_message_mb, 64,
           "ClientOptions::max_message_bytes and the servers' "
           "--max_message_mb; large enough that one call is one message");
 ABSL_FLAG(bool, echo, true, "also measure the echo server");
+ABSL_FLAG(double, checkpoint_every_s, 0,
+          "also measure each run with a cluster checkpoint (AdminService "
+          "on the first server) every this many seconds, and write the same "
+          "bytes sequentially into --checkpoint_dir; 0 = off");
+ABSL_FLAG(std::string, checkpoint_dir, "",
+          "with --checkpoint_every_s: the started shards' --checkpoint_dir "
+          "(one shard) and where the sequential write goes");
 ABSL_FLAG(bool, markdown_row, false,
           "print one markdown table row instead of the report");
 ABSL_FLAG(bool, server_logs, false, "let the children's stderr through");
@@ -275,6 +282,10 @@ double ReadCpuSeconds(pid_t pid) {
 enum class Op { kPush, kPull, kPushPull };
 
 struct RunResult {
+  // Checkpoints made during the measured time, their bytes and seconds.
+  int checkpoints = 0;
+  uint64_t checkpoint_bytes = 0;
+  double checkpoint_seconds = 0;
   double seconds = 0;
   uint64_t calls = 0;
   uint64_t wire_bytes = 0;  // payload: request + answer values
@@ -327,9 +338,13 @@ absl::StatusOr<std::vector<std::unique_ptr<ps::Client>>> Connect(
 }
 
 // `server_cpu` reads the servers' CPU seconds so far (0 when unknown).
+// `admin`: when set, a cluster checkpoint is asked of it every
+// `checkpoint_every` of the measured time.
 absl::StatusOr<RunResult> RunLoad(
     std::vector<std::unique_ptr<ps::Client>>& clients, const Load& load,
-    const std::function<double()>& server_cpu) {
+    const std::function<double()>& server_cpu,
+    ps::v1::AdminService::Stub* admin = nullptr,
+    absl::Duration checkpoint_every = absl::ZeroDuration()) {
   const size_t width = load.dtype == ps::v1::FLOAT32 ? 4 : 2;
   uint64_t bytes_per_call = 0;
   switch (load.op) {
@@ -387,11 +402,42 @@ absl::StatusOr<RunResult> RunLoad(
   phase = 1;
   const absl::Time start = absl::Now();
   const double cpu_start = server_cpu();
+  RunResult result;
+  std::string checkpoint_error;
+  std::thread checkpointer;
+  if (admin != nullptr) {
+    checkpointer = std::thread([&] {
+      absl::Time next = start + checkpoint_every;
+      while (true) {
+        while (absl::Now() < next && phase.load() == 1) {
+          absl::SleepFor(absl::Milliseconds(5));
+        }
+        if (phase.load() != 1) return;
+        grpc::ClientContext context;
+        ps::v1::CheckpointResponse written;
+        grpc::Status status =
+            admin->Checkpoint(&context, ps::v1::CheckpointRequest(), &written);
+        if (!status.ok()) {
+          checkpoint_error = status.error_message();
+          return;
+        }
+        ++result.checkpoints;
+        result.checkpoint_bytes += written.bytes();
+        result.checkpoint_seconds += written.seconds();
+        next += checkpoint_every;
+      }
+    });
+  }
   absl::SleepFor(absl::Seconds(load.seconds));
   // Calls that end after this point are counted too; the time runs until
   // the last one ends, so throughput stays exact.
   phase = 2;
   for (std::thread& t : threads) t.join();
+  if (checkpointer.joinable()) checkpointer.join();
+  if (!checkpoint_error.empty()) {
+    return absl::UnknownError(
+        absl::StrCat("a checkpoint failed: ", checkpoint_error));
+  }
   const double elapsed = absl::ToDoubleSeconds(absl::Now() - start);
   const double cpu_end = server_cpu();
   for (const std::string& e : errors) {
@@ -401,7 +447,6 @@ absl::StatusOr<RunResult> RunLoad(
   }
   std::vector<float> all;
   for (const auto& l : latencies) all.insert(all.end(), l.begin(), l.end());
-  RunResult result;
   result.seconds = elapsed;
   result.server_cpu_s = cpu_end - cpu_start;
   result.calls = all.size();
@@ -563,6 +608,10 @@ int main(int argc, char** argv) {
                absl::GetFlag(FLAGS_server_flags), ' ', absl::SkipEmpty())) {
         args.emplace_back(flag);
       }
+      if (!absl::GetFlag(FLAGS_checkpoint_dir).empty()) {
+        args.push_back("--checkpoint_dir=" +
+                       absl::GetFlag(FLAGS_checkpoint_dir));
+      }
       auto child = StartChild(args);
       if (child == nullptr) return Fail("cannot start ps_server");
       ours_addresses.push_back(child->address);
@@ -610,6 +659,67 @@ int main(int argc, char** argv) {
   };
   const std::function<double()> ours_cpu = cpu_of(ours_children);
   const std::function<double()> echo_cpu = cpu_of(echo_children);
+
+  const double checkpoint_every_s = absl::GetFlag(FLAGS_checkpoint_every_s);
+  if (checkpoint_every_s > 0) {
+    const std::string dir = absl::GetFlag(FLAGS_checkpoint_dir);
+    if (dir.empty() || ours_children.size() != 1) {
+      return Fail(
+          "--checkpoint_every_s needs --checkpoint_dir and one started shard");
+    }
+    auto admin = ps::v1::AdminService::NewStub(grpc::CreateChannel(
+        ours_addresses[0], grpc::InsecureChannelCredentials()));
+    std::vector<double> plain_p99, with_p99, plain_p50, with_p50, ckpt_mbps,
+        seq_mbps;
+    double pause_s = 0;
+    for (int r = 0; r < runs; ++r) {
+      auto plain = RunLoad(*ours_clients, load, ours_cpu);
+      if (!plain.ok()) return Fail(plain.status().message());
+      auto with = RunLoad(*ours_clients, load, ours_cpu, admin.get(),
+                          absl::Seconds(checkpoint_every_s));
+      if (!with.ok()) return Fail(with.status().message());
+      if (with->checkpoints == 0) return Fail("no checkpoint was made");
+      plain_p99.push_back(plain->p99_us);
+      with_p99.push_back(with->p99_us);
+      plain_p50.push_back(plain->p50_us);
+      with_p50.push_back(with->p50_us);
+      ckpt_mbps.push_back(with->checkpoint_bytes / with->checkpoint_seconds /
+                          1e6);
+      pause_s = with->checkpoint_seconds / with->checkpoints;
+      // The same bytes as one checkpoint, written front to back and fsynced
+      // into the same folder.
+      const uint64_t bytes = with->checkpoint_bytes / with->checkpoints;
+      const std::string path = dir + "/sequential-write.probe";
+      std::vector<char> chunk(1 << 20, 'x');
+      const absl::Time begin = absl::Now();
+      FILE* file = std::fopen(path.c_str(), "wb");
+      if (file == nullptr) return Fail("cannot write " + path);
+      for (uint64_t done = 0; done < bytes; done += chunk.size()) {
+        std::fwrite(chunk.data(), 1,
+                    std::min<uint64_t>(chunk.size(), bytes - done), file);
+      }
+      std::fflush(file);
+      fsync(fileno(file));
+      std::fclose(file);
+      seq_mbps.push_back(bytes / absl::ToDoubleSeconds(absl::Now() - begin) /
+                         1e6);
+      std::filesystem::remove(path);
+    }
+    std::cout << absl::StrFormat(
+        "%s of %s, %d worker(s), optimizer '%s', medians of %d runs of %.1f "
+        "s\n"
+        "push p50 / p99 us without checkpoints: %.0f / %.0f\n"
+        "push p50 / p99 us with a checkpoint every %.1f s: %.0f / %.0f "
+        "(one checkpoint takes %.3f s)\n"
+        "checkpoint write %.0f MB/s; sequential write of the same bytes to "
+        "the same folder %.0f MB/s\n",
+        op, SizeName(*bytes), load.workers,
+        ps::OptimizerConfigToText(*optimizer), runs, load.seconds,
+        Median(plain_p50), Median(plain_p99), checkpoint_every_s,
+        Median(with_p50), Median(with_p99), pause_s, Median(ckpt_mbps),
+        Median(seq_mbps));
+    return 0;
+  }
 
   std::vector<RunResult> ours_runs, echo_runs;
   std::vector<uint64_t> rss_after_run;

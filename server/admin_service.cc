@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "absl/strings/str_cat.h"
 #include "common/optimizer_config.h"
 #include "common/status.h"
 
@@ -76,6 +77,15 @@ grpc::ServerUnaryReactor* AdminServiceImpl::GetStats(
       });
 }
 
+namespace {
+
+constexpr char kNoFolder[] =
+    "this shard has no checkpoint folder; start it with --checkpoint_dir";
+// Numbers stay far from overflow however many checkpoints follow.
+constexpr uint64_t kMaxCheckpointNumber = uint64_t{1} << 62;
+
+}  // namespace
+
 grpc::ServerUnaryReactor* AdminServiceImpl::Checkpoint(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
     grpc::ByteBuffer* response) {
@@ -87,22 +97,93 @@ grpc::ServerUnaryReactor* AdminServiceImpl::Checkpoint(
     gate_->Finish(reactor, caller.status());
     return reactor;
   }
-  if (!checkpoint_) {
-    gate_->Finish(reactor, absl::FailedPreconditionError(
-                               "this shard has no checkpoint folder; start "
-                               "it with --checkpoint_dir"));
+  if (checkpoint_ == nullptr) {
+    gate_->Finish(reactor, absl::FailedPreconditionError(kNoFolder));
     return reactor;
   }
-  checkpoint_([this, reactor, response, who = caller->label](
-                  absl::StatusOr<v1::CheckpointResponse> written) {
+  checkpoint_->Checkpoint([this, reactor, response, who = caller->label](
+                              absl::StatusOr<v1::CheckpointResponse> written) {
     if (written.ok()) {
-      spdlog::info("{} asked for a checkpoint: {} ({} bytes, {:.3f} s)", who,
-                   written->path(), written->bytes(), written->seconds());
+      spdlog::info(
+          "{} asked for a checkpoint: checkpoint {} ({} parts, {} bytes, "
+          "{:.3f} s, parts cut within {:.3f} s)",
+          who, written->number(), written->parts_size(), written->bytes(),
+          written->seconds(), written->cut_spread_seconds());
       SerializeAnswer(*written, response);
     }
     gate_->Finish(reactor, written.status());
   });
   return reactor;
+}
+
+grpc::ServerUnaryReactor* AdminServiceImpl::WriteCheckpointPart(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  v1::WriteCheckpointPartRequest part;
+  absl::StatusOr<Caller> caller =
+      gate_->Admit(*context, Role::kAdmin, *request, &part);
+  if (!caller.ok()) {
+    gate_->Finish(reactor, caller.status());
+    return reactor;
+  }
+  if (checkpoint_ == nullptr) {
+    gate_->Finish(reactor, absl::FailedPreconditionError(kNoFolder));
+    return reactor;
+  }
+  if (part.number() == 0 || part.number() > kMaxCheckpointNumber) {
+    gate_->Finish(reactor, absl::InvalidArgumentError(absl::StrCat(
+                               "checkpoint number ", part.number(),
+                               " must be in 1..", kMaxCheckpointNumber)));
+    return reactor;
+  }
+  checkpoint_->WritePart(
+      part, [this, reactor, response](absl::StatusOr<v1::CheckpointPart> done) {
+        if (done.ok()) SerializeAnswer(*done, response);
+        gate_->Finish(reactor, done.status());
+      });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* AdminServiceImpl::CommitCheckpoint(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  v1::CommitCheckpointRequest commit;
+  absl::StatusOr<Caller> caller =
+      gate_->Admit(*context, Role::kAdmin, *request, &commit);
+  if (!caller.ok()) {
+    gate_->Finish(reactor, caller.status());
+    return reactor;
+  }
+  if (checkpoint_ == nullptr) {
+    gate_->Finish(reactor, absl::FailedPreconditionError(kNoFolder));
+    return reactor;
+  }
+  checkpoint_->Commit(commit, [this, reactor, response](absl::Status done) {
+    if (done.ok()) {
+      v1::CommitCheckpointResponse answer;
+      SerializeAnswer(answer, response);
+    }
+    gate_->Finish(reactor, done);
+  });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* AdminServiceImpl::ListCheckpoints(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
+  return gate_->Serve<v1::ListCheckpointsRequest, v1::ListCheckpointsResponse>(
+      context, Role::kAdmin, request, response,
+      [&](const Caller&, const v1::ListCheckpointsRequest&,
+          v1::ListCheckpointsResponse* answer) {
+        if (checkpoint_ == nullptr) {
+          return absl::FailedPreconditionError(kNoFolder);
+        }
+        auto listed = checkpoint_->List();
+        if (listed.ok()) *answer = *std::move(listed);
+        return listed.status();
+      });
 }
 
 }  // namespace ps

@@ -22,24 +22,46 @@ using RawAdminService = v1::AdminService::WithRawCallbackMethod_GetOptimizer<
         v1::AdminService::WithRawCallbackMethod_ListVariables<
             v1::AdminService::WithRawCallbackMethod_GetStats<
                 v1::AdminService::WithRawCallbackMethod_Checkpoint<
-                    v1::AdminService::Service>>>>>;
+                    v1::AdminService::WithRawCallbackMethod_WriteCheckpointPart<
+                        v1::AdminService::
+                            WithRawCallbackMethod_CommitCheckpoint<
+                                v1::AdminService::
+                                    WithRawCallbackMethod_ListCheckpoints<
+                                        v1::AdminService::Service>>>>>>>>;
+
+// What the service asks of the shard's checkpoints (server/server.cc runs
+// them on its checkpoint thread). Each `done` is called once, from any
+// thread.
+class CheckpointControl {
+ public:
+  virtual ~CheckpointControl() = default;
+  // A cluster checkpoint, made by this shard as the coordinator.
+  virtual void Checkpoint(
+      absl::AnyInvocable<void(absl::StatusOr<v1::CheckpointResponse>)>
+          done) = 0;
+  // This shard's part of a cluster checkpoint.
+  virtual void WritePart(
+      const v1::WriteCheckpointPartRequest& request,
+      absl::AnyInvocable<void(absl::StatusOr<v1::CheckpointPart>)> done) = 0;
+  // Records a complete cluster checkpoint.
+  virtual void Commit(const v1::CommitCheckpointRequest& request,
+                      absl::AnyInvocable<void(absl::Status)> done) = 0;
+  // The complete checkpoints this shard sees.
+  virtual absl::StatusOr<v1::ListCheckpointsResponse> List() = 0;
+};
 
 class AdminServiceImpl final : public RawAdminService {
  public:
-  using CheckpointDone =
-      absl::AnyInvocable<void(absl::StatusOr<v1::CheckpointResponse>)>;
-  // Writes a checkpoint off the calling thread and calls `done` with where
-  // and how big; set by the server when it has a checkpoint folder.
-  using CheckpointFn = std::function<void(CheckpointDone done)>;
   // The shard's stats (store and calls in flight), as GetStats answers.
   using StatsFn = std::function<v1::Stats()>;
 
-  // REQUIRES: store and gate outlive the service.
-  AdminServiceImpl(Store* store, const RpcGate* gate, CheckpointFn checkpoint,
-                   StatsFn stats)
+  // `checkpoint`: null when the shard has no checkpoint folder.
+  // REQUIRES: store, gate and checkpoint outlive the service.
+  AdminServiceImpl(Store* store, const RpcGate* gate,
+                   CheckpointControl* checkpoint, StatsFn stats)
       : store_(store),
         gate_(gate),
-        checkpoint_(std::move(checkpoint)),
+        checkpoint_(checkpoint),
         stats_(std::move(stats)) {}
 
   // GetOptimizerRequest -> OptimizerConfig.
@@ -63,11 +85,24 @@ class AdminServiceImpl final : public RawAdminService {
   grpc::ServerUnaryReactor* Checkpoint(grpc::CallbackServerContext* context,
                                        const grpc::ByteBuffer* request,
                                        grpc::ByteBuffer* response) override;
+  // WriteCheckpointPartRequest -> CheckpointPart (from the coordinator).
+  grpc::ServerUnaryReactor* WriteCheckpointPart(
+      grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+      grpc::ByteBuffer* response) override;
+  // CommitCheckpointRequest -> CommitCheckpointResponse (from the
+  // coordinator).
+  grpc::ServerUnaryReactor* CommitCheckpoint(
+      grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+      grpc::ByteBuffer* response) override;
+  // ListCheckpointsRequest -> ListCheckpointsResponse.
+  grpc::ServerUnaryReactor* ListCheckpoints(
+      grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+      grpc::ByteBuffer* response) override;
 
  private:
   Store* const store_;
   const RpcGate* const gate_;
-  const CheckpointFn checkpoint_;
+  CheckpointControl* const checkpoint_;
   const StatsFn stats_;
 };
 

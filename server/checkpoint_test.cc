@@ -374,6 +374,15 @@ class CheckpointFaultTest : public CheckpointRoundTripTest {
     return names;
   }
 
+  // The complete checkpoints: their cluster manifests.
+  size_t Complete() {
+    size_t complete = 0;
+    for (const std::string& name : Entries()) {
+      complete += absl::EndsWith(name, ".cluster") ? 1 : 0;
+    }
+    return complete;
+  }
+
   const StoreOptions options_ = Options("adam {} learning_rate: 0.1");
   std::unique_ptr<VariableStore> store_;
   uint64_t seq_ = 0;
@@ -402,7 +411,7 @@ TEST_F(CheckpointFaultTest, EveryFailingOperationLeavesTheLastGoodCheckpoint) {
                                 fault.short_write ? ", short write" : ""));
       Push();
       const StoreDump attempted = Dump(*store_);
-      const size_t complete_before = Entries().size();
+      const size_t complete_before = Complete();
       env_.FailAt(i, fault);
       auto written = checkpointer.Write();
       ASSERT_EQ(env_.failures(), 1);
@@ -413,11 +422,12 @@ TEST_F(CheckpointFaultTest, EveryFailingOperationLeavesTheLastGoodCheckpoint) {
                 fault.error == ENOSPC ? absl::StatusCode::kResourceExhausted
                                       : absl::StatusCode::kInternal);
       for (const std::string& name : Entries()) {
-        EXPECT_FALSE(absl::EndsWith(name, ".tmp")) << name;
+        EXPECT_FALSE(absl::StrContains(name, ".tmp")) << name;
       }
       const StoreDump loaded = Loaded();
-      if (Entries().size() > complete_before) {
-        // Renamed into place, then its folder's fsync failed.
+      if (Complete() > complete_before) {
+        // The cluster manifest renamed into place, then something after
+        // it failed (its folder's fsync, the removal of old ones).
         EXPECT_EQ(loaded.blocks, attempted.blocks);
         good = attempted;
       } else {
@@ -454,11 +464,19 @@ TEST_F(CheckpointFaultTest, PrepareRemovesWhatACrashLeftUnfinished) {
   Checkpointer checkpointer({dir_.string(), 3}, store_.get());
   ASSERT_TRUE(checkpointer.Prepare().ok());
   ASSERT_TRUE(checkpointer.Write().ok());
-  fs::create_directories(dir_ / "ckpt-00000000000000000007.tmp");
-  std::ofstream(dir_ / "ckpt-00000000000000000007.tmp" / "blocks.bin")
-      << "half";
+  const fs::path unfinished =
+      dir_ / "ckpt-00000000000000000007-shard-0-of-1.tmp";
+  fs::create_directories(unfinished);
+  std::ofstream(unfinished / "blocks.bin") << "half";
+  // Another shard's unfinished part, in a shared folder: not this shard's to
+  // remove.
+  const fs::path other = dir_ / "ckpt-00000000000000000007-shard-1-of-2.tmp";
+  fs::create_directories(other);
   ASSERT_TRUE(checkpointer.Prepare().ok());
-  EXPECT_THAT(Entries(), ::testing::ElementsAre("ckpt-00000000000000000001"));
+  EXPECT_THAT(Entries(),
+              ::testing::ElementsAre("ckpt-00000000000000000001-shard-0-of-1",
+                                     "ckpt-00000000000000000001.cluster",
+                                     other.filename().string()));
 }
 
 }  // namespace

@@ -102,6 +102,13 @@ std::string FormatPrometheus(const v1::Stats& stats) {
 
   shard_metric("ps_uptime_seconds", "gauge", "Seconds since the shard started.",
                stats.uptime_s());
+  shard_metric("ps_restored_checkpoint", "gauge",
+               "The cluster checkpoint loaded at start-up; 0 = none.",
+               stats.restored_checkpoint());
+  shard_metric("ps_rolled_back", "gauge",
+               "1 when the shard went back to ps_restored_checkpoint while "
+               "its peers kept newer state: its part of the model is older.",
+               stats.rolled_back());
   shard_metric("ps_state_bytes", "gauge",
                "Bytes of values and optimizer state the variables may hold.",
                stats.state_bytes());

@@ -152,6 +152,8 @@ v1::Stats HandMade() {
   stats.set_update_latency_p90_us(8);
   stats.set_update_latency_p99_us(64);
   stats.set_uptime_s(12.25);
+  stats.set_restored_checkpoint(7);
+  stats.set_rolled_back(1);
   stats.set_state_bytes(1 << 20);
   stats.set_bookkeeping_bytes(4096);
   stats.set_inflight_bytes(777);
@@ -204,6 +206,8 @@ TEST(FormatPrometheusTest, EveryFamilyHasHelpAndTypeAndEverySampleParses) {
       {"ps_refusals_total", "counter"},
       {"ps_update_latency_microseconds", "summary"},
       {"ps_uptime_seconds", "gauge"},
+      {"ps_restored_checkpoint", "gauge"},
+      {"ps_rolled_back", "gauge"},
       {"ps_state_bytes", "gauge"},
       {"ps_bookkeeping_bytes", "gauge"},
       {"ps_inflight_bytes", "gauge"},
@@ -248,6 +252,8 @@ TEST(FormatPrometheusTest, ShardWideValues) {
   EXPECT_EQ(One(e, "ps_checkpoints_total").value, 3);
   EXPECT_EQ(One(e, "ps_checkpoint_failures_total").value, 1);
   EXPECT_EQ(One(e, "ps_uptime_seconds").value, 12.25);
+  EXPECT_EQ(One(e, "ps_restored_checkpoint").value, 7);
+  EXPECT_EQ(One(e, "ps_rolled_back").value, 1);
   EXPECT_EQ(One(e, "ps_state_bytes").value, 1 << 20);
   EXPECT_EQ(One(e, "ps_bookkeeping_bytes").value, 4096);
   EXPECT_EQ(One(e, "ps_inflight_bytes").value, 777);
@@ -324,9 +330,10 @@ TEST(FormatPrometheusTest, VariablesWithEscapedNames) {
 
 TEST(FormatPrometheusTest, EmptyStatsStillDescribeEveryFamily) {
   const Exposition e = Parse(FormatPrometheus(v1::Stats()));
-  EXPECT_EQ(e.type.size(), 28u);
-  EXPECT_EQ(e.help.size(), 28u);
+  EXPECT_EQ(e.type.size(), 30u);
+  EXPECT_EQ(e.help.size(), 30u);
   EXPECT_TRUE(Named(e, "ps_worker_steps_behind").empty());
+  EXPECT_EQ(One(e, "ps_rolled_back").value, 0);
   EXPECT_TRUE(Named(e, "ps_refusals_total").empty());
   EXPECT_TRUE(Named(e, "ps_variable_step").empty());
   EXPECT_EQ(One(e, "ps_pushes_total").value, 0);

@@ -85,6 +85,8 @@ grpc::ServerUnaryReactor* ParameterServiceImpl::GetClusterInfo(
       [&](const Caller&, const v1::GetClusterInfoRequest&,
           v1::ClusterInfo* info) {
         *info = info_;
+        info->set_restored_checkpoint(store_->counters().restored_checkpoint());
+        info->set_rolled_back(store_->counters().rolled_back());
         return absl::OkStatus();
       });
 }
@@ -157,6 +159,9 @@ grpc::ServerUnaryReactor* ParameterServiceImpl::OpenSession(
             store_->OpenSession(open.worker_id(), open.epoch()));
         answer->set_epoch(session.epoch);
         answer->set_sync_step(session.sync_step);
+        answer->set_restored_checkpoint(
+            store_->counters().restored_checkpoint());
+        answer->set_rolled_back(store_->counters().rolled_back());
         return absl::OkStatus();
       });
 }

@@ -12,6 +12,7 @@
 #include <iostream>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
@@ -65,11 +66,18 @@ ABSL_FLAG(std::string, tls_cert_file, "",
           "PEM certificate chain: serve TLS (with --tls_key_file)");
 ABSL_FLAG(std::string, tls_key_file, "", "PEM private key for TLS");
 ABSL_FLAG(std::string, checkpoint_dir, "",
-          "folder of this shard's checkpoints; the newest complete one is "
-          "loaded at start-up; empty = no checkpoints");
+          "folder of the cluster's checkpoints, shared by every shard or one "
+          "per shard; the newest complete one is loaded at start-up (moving "
+          "blocks to their new owners when it was made with another "
+          "--num_shards or --block_size); empty = no checkpoints");
 ABSL_FLAG(int, checkpoint_interval_s, 0,
-          "seconds between periodic checkpoints; 0 = only on demand "
-          "(psctl checkpoint) and at shutdown");
+          "seconds between the cluster's periodic checkpoints, made by shard "
+          "0; 0 = only on demand (psctl checkpoint) and, for one shard, at "
+          "shutdown");
+ABSL_FLAG(std::vector<std::string>, peers, {},
+          "every shard's address (host:port), comma-separated, by shard "
+          "index: shard 0 needs them to make cluster checkpoints, and a "
+          "restored shard asks them whether they went on past its checkpoint");
 ABSL_FLAG(int, checkpoint_keep, 3, "complete checkpoints to keep");
 ABSL_FLAG(int, metrics_port, -1,
           "serve Prometheus /metrics on this port; 0 picks one, -1 is off");
@@ -179,6 +187,7 @@ int main(int argc, char** argv) {
   options.checkpoint_dir = absl::GetFlag(FLAGS_checkpoint_dir);
   options.checkpoint_interval_s = absl::GetFlag(FLAGS_checkpoint_interval_s);
   options.checkpoint_keep = absl::GetFlag(FLAGS_checkpoint_keep);
+  options.peers = absl::GetFlag(FLAGS_peers);
   const int64_t memory_limit_mb = absl::GetFlag(FLAGS_memory_limit_mb);
   constexpr int64_t kMaxMemoryLimitMb = int64_t{1} << 40;  // 1 EiB
   if (memory_limit_mb < -1 || memory_limit_mb > kMaxMemoryLimitMb) {

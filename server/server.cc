@@ -12,13 +12,16 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/synchronization/notification.h"
 #include "common/file_util.h"
 #include "common/optimizer_config.h"
 #include "common/status.h"
+#include "common/token_file.h"
 #include "server/admin_service.h"
 #include "server/auth.h"
 #include "server/checkpoint.h"
+#include "server/cluster_checkpoint.h"
 #include "server/metrics.h"
 #include "server/parameter_service.h"
 #include "server/rpc.h"
@@ -106,6 +109,11 @@ absl::Status CheckOptions(const ServerOptions& options) {
   if (options.checkpoint_keep < 1) {
     return absl::InvalidArgumentError("--checkpoint_keep must be at least 1");
   }
+  if (!options.peers.empty() && options.peers.size() != options.num_shards) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--peers lists ", options.peers.size(), " addresses; it needs ",
+        options.num_shards, " (every shard's, by shard index)"));
+  }
   if (absl::Status status = ValidateOptimizerConfig(options.default_optimizer);
       !status.ok()) {
     return absl::InvalidArgumentError(
@@ -114,41 +122,35 @@ absl::Status CheckOptions(const ServerOptions& options) {
   return absl::OkStatus();
 }
 
-// Runs checkpoints one at a time on a thread of its own, off gRPC's
-// callback threads: those asked for (AdminService.Checkpoint) in order, and
-// one every `interval` when it is positive.
+// Runs checkpoint jobs one at a time on a thread of its own, off gRPC's
+// callback threads: those asked for (AdminService) in order, and `periodic`
+// every `interval` when it is positive.
 class CheckpointThread {
  public:
-  using Done = AdminServiceImpl::CheckpointDone;
+  using Job = absl::AnyInvocable<void(bool stopping)>;
 
-  // Called on this thread with the outcome of every checkpoint.
-  using Outcome = std::function<void(const absl::Status&)>;
-
-  // REQUIRES: checkpointer outlives the thread.
-  CheckpointThread(Checkpointer* checkpointer, absl::Duration interval,
-                   Outcome outcome)
-      : checkpointer_(checkpointer),
-        interval_(interval),
-        outcome_(std::move(outcome)),
+  CheckpointThread(absl::Duration interval, std::function<void()> periodic)
+      : interval_(interval),
+        periodic_(std::move(periodic)),
         thread_([this] { Run(); }) {}
 
   ~CheckpointThread() { Stop(); }
 
-  // Queues a checkpoint; `done` runs on this thread once it is written (or
-  // with UNAVAILABLE when the thread stops first).
-  void Request(Done done) {
+  // Queues `job`; it runs on this thread with stopping = false, or with
+  // true (and must then only refuse) when the thread stops first.
+  void Request(Job job) {
     {
       absl::MutexLock lock(&mu_);
       if (!stopping_) {
-        requests_.push_back(std::move(done));
+        requests_.push_back(std::move(job));
         return;
       }
     }
-    done(absl::UnavailableError("the shard is shutting down"));
+    job(true);
   }
 
-  // Finishes the checkpoint being written, refuses the queued ones and
-  // joins the thread.
+  // Finishes the job being run, refuses the queued ones and joins the
+  // thread.
   void Stop() {
     {
       absl::MutexLock lock(&mu_);
@@ -159,16 +161,17 @@ class CheckpointThread {
 
  private:
   void Run() {
+    const bool periodic = interval_ > absl::ZeroDuration() && periodic_;
     absl::Time next_periodic = absl::Now() + interval_;
     while (true) {
-      std::vector<Done> asked;
+      std::vector<Job> asked;
       bool stopping = false;
       {
         absl::MutexLock lock(&mu_);
         auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
           return stopping_ || !requests_.empty();
         };
-        if (interval_ > absl::ZeroDuration()) {
+        if (periodic) {
           mu_.AwaitWithDeadline(absl::Condition(&ready), next_periodic);
         } else {
           mu_.Await(absl::Condition(&ready));
@@ -177,35 +180,23 @@ class CheckpointThread {
         stopping = stopping_;
       }
       if (stopping) {
-        for (Done& done : asked) {
-          done(absl::UnavailableError("the shard is shutting down"));
-        }
+        for (Job& job : asked) job(true);
         return;
       }
       if (asked.empty()) {
         next_periodic = absl::Now() + interval_;
-        auto written = checkpointer_->Write();
-        if (written.ok()) {
-          spdlog::info("checkpoint {} ({} bytes, {:.3f} s)", written->path(),
-                       written->bytes(), written->seconds());
-        }
-        outcome_(written.status());
+        periodic_();
         continue;
       }
-      for (Done& done : asked) {
-        auto written = checkpointer_->Write();
-        outcome_(written.status());
-        done(std::move(written));
-      }
+      for (Job& job : asked) job(false);
     }
   }
 
-  Checkpointer* const checkpointer_;
   const absl::Duration interval_;
-  const Outcome outcome_;
+  const std::function<void()> periodic_;
   absl::Mutex mu_;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
-  std::vector<Done> requests_ ABSL_GUARDED_BY(mu_);
+  std::vector<Job> requests_ ABSL_GUARDED_BY(mu_);
   std::thread thread_;
 };
 
@@ -249,10 +240,16 @@ class Ticker {
   std::thread thread_;
 };
 
-class ServerImpl final : public ParameterServer {
+
+absl::Status ShuttingDown() {
+  return absl::UnavailableError("the shard is shutting down");
+}
+
+class ServerImpl final : public ParameterServer, private CheckpointControl {
  public:
   ServerImpl(const StoreOptions& store_options, Authenticator auth,
-             v1::ClusterInfo info, const ServerOptions& options)
+             v1::ClusterInfo info, const ServerOptions& options,
+             PeerOptions peers)
       : store_(Store::Create(store_options)),
         auth_(std::move(auth)),
         calls_(CallLimits{options.max_calls_in_flight,
@@ -266,15 +263,19 @@ class ServerImpl final : public ParameterServer {
                       CheckpointOptions{options.checkpoint_dir,
                                         options.checkpoint_keep, options.env},
                       store_.get())),
+        peers_(options.shard_index, std::move(peers)),
+        coordinator_(checkpointer_ == nullptr
+                         ? nullptr
+                         : std::make_unique<ClusterCheckpointer>(
+                               checkpointer_.get(), &peers_,
+                               options.shard_index, options.num_shards,
+                               options.block_size)),
         service_(store_.get(), &gate_, std::move(info)),
-        admin_(
-            store_.get(), &gate_,
-            checkpointer_ == nullptr
-                ? AdminServiceImpl::CheckpointFn()
-                : [this](AdminServiceImpl::CheckpointDone
-                             done) { checkpoints_->Request(std::move(done)); },
-            [this] { return Stats(); }),
+        admin_(store_.get(), &gate_, checkpointer_ == nullptr ? nullptr : this,
+               [this] { return Stats(); }),
         host_(options.host),
+        shard_index_(options.shard_index),
+        num_shards_(options.num_shards),
         checkpoint_interval_(absl::Seconds(options.checkpoint_interval_s)) {}
 
   ~ServerImpl() override {
@@ -286,16 +287,47 @@ class ServerImpl final : public ParameterServer {
     PS_ASSIGN_OR_RETURN(auto credentials, Credentials(options));
     if (checkpointer_ != nullptr) {
       PS_RETURN_IF_ERROR(checkpointer_->Prepare());
-      PS_ASSIGN_OR_RETURN(std::string loaded, checkpointer_->LoadNewest());
-      if (loaded.empty()) {
+      PS_ASSIGN_OR_RETURN(Checkpointer::Loaded loaded,
+                          checkpointer_->LoadNewest());
+      if (loaded.number == 0) {
         spdlog::info("no checkpoint in {}; starting empty",
                      options.checkpoint_dir);
       } else {
-        spdlog::info("loaded checkpoint {}", loaded);
+        spdlog::info("loaded checkpoint {} from {}", loaded.number,
+                     loaded.path);
+        if (!loaded.summary.empty()) spdlog::info("{}", loaded.summary);
+        CheckRolledBack(loaded);
       }
-      checkpoints_ = std::make_unique<CheckpointThread>(
-          checkpointer_.get(), checkpoint_interval_,
-          [this](const absl::Status& status) { CheckpointDone(status); });
+      // Shard 0 coordinates the cluster's periodic checkpoints.
+      std::function<void()> periodic;
+      const bool coordinates = num_shards_ == 1 || peers_.size() == num_shards_;
+      if (shard_index_ == 0 && !coordinates &&
+          checkpoint_interval_ > absl::ZeroDuration()) {
+        spdlog::warn(
+            "--checkpoint_interval_s: shard 0 of {} shards makes the "
+            "cluster's checkpoints only with every shard's address "
+            "(--peers); without it there are no periodic checkpoints",
+            num_shards_);
+      }
+      if (shard_index_ == 0 && coordinates) {
+        periodic = [this] {
+          auto written = coordinator_->Make();
+          if (written.ok()) {
+            spdlog::info(
+                "checkpoint {} ({} parts, {} bytes, {:.3f} s, parts cut "
+                "within {:.3f} s)",
+                written->number(), written->parts_size(), written->bytes(),
+                written->seconds(), written->cut_spread_seconds());
+          }
+          CheckpointDone(written.status());
+        };
+      } else if (checkpoint_interval_ > absl::ZeroDuration()) {
+        spdlog::info(
+            "--checkpoint_interval_s: shard 0 makes the cluster's periodic "
+            "checkpoints; this shard writes its part when asked");
+      }
+      checkpoints_ = std::make_unique<CheckpointThread>(checkpoint_interval_,
+                                                        std::move(periodic));
     }
     grpc::EnableDefaultHealthCheckService(true);
     grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -390,8 +422,18 @@ class ServerImpl final : public ParameterServer {
                        "last complete one are lost: ",
                        written.status().message()));
     }
-    spdlog::info("final checkpoint {} ({} bytes)", written->path(),
-                 written->bytes());
+    if (num_shards_ > 1) {
+      // A part alone does not count: the cluster's newest complete
+      // checkpoint stays the one a restart loads.
+      spdlog::info(
+          "final checkpoint part {} at {} ({} bytes); it is loaded only "
+          "once a coordinator commits it, so run psctl checkpoint before "
+          "stopping a cluster of {} shards",
+          written->number(), written->path(), written->bytes(), num_shards_);
+      return absl::OkStatus();
+    }
+    spdlog::info("final checkpoint {} at {} ({} bytes)", written->number(),
+                 written->path(), written->bytes());
     return absl::OkStatus();
   }
 
@@ -400,6 +442,109 @@ class ServerImpl final : public ParameterServer {
   }
 
  private:
+  // ---- CheckpointControl (AdminService), run on the checkpoint thread.
+
+  void Checkpoint(
+      absl::AnyInvocable<void(absl::StatusOr<v1::CheckpointResponse>)> done)
+      override {
+    if (shard_index_ != 0) {
+      done(absl::FailedPreconditionError(absl::StrCat(
+          "shard 0 makes the cluster's checkpoints; this is shard ",
+          shard_index_, ". Ask shard 0 (psctl checkpoint does)")));
+      return;
+    }
+    checkpoints_->Request(
+        [this, done = std::move(done)](bool stopping) mutable {
+          if (stopping) {
+            done(ShuttingDown());
+            return;
+          }
+          auto written = coordinator_->Make();
+          CheckpointDone(written.status());
+          done(std::move(written));
+        });
+  }
+
+  void WritePart(const v1::WriteCheckpointPartRequest& request,
+                 absl::AnyInvocable<void(absl::StatusOr<v1::CheckpointPart>)>
+                     done) override {
+    checkpoints_->Request([this, number = request.number(),
+                           done = std::move(done)](bool stopping) mutable {
+      if (stopping) {
+        done(ShuttingDown());
+        return;
+      }
+      auto written = checkpointer_->WritePart(number);
+      if (written.ok()) {
+        spdlog::info("wrote part {} of checkpoint {} ({} bytes, {:.3f} s)",
+                     written->path(), number, written->bytes(),
+                     written->seconds());
+      }
+      CheckpointDone(written.status());
+      done(std::move(written));
+    });
+  }
+
+  void Commit(const v1::CommitCheckpointRequest& request,
+              absl::AnyInvocable<void(absl::Status)> done) override {
+    checkpoints_->Request(
+        [this, request, done = std::move(done)](bool stopping) mutable {
+          done(stopping ? ShuttingDown() : checkpointer_->Commit(request));
+        });
+  }
+
+  absl::StatusOr<v1::ListCheckpointsResponse> List() override {
+    return checkpointer_->List();
+  }
+
+  // Whether this shard went back to `loaded` alone: a peer that answers and
+  // whose blocks have moved on from its part of the checkpoint kept newer
+  // state. Says so in the log and in the stats; the cluster goes on.
+  void CheckRolledBack(const Checkpointer::Loaded& loaded) {
+    bool rolled_back = false;
+    std::vector<std::string> ahead;
+    if (num_shards_ > 1 && peers_.size() == num_shards_ &&
+        loaded.manifest.num_shards() == num_shards_) {
+      for (uint32_t i = 0; i < num_shards_; ++i) {
+        if (i == shard_index_) continue;
+        auto context = peers_.Context();
+        context->set_deadline(std::chrono::system_clock::now() +
+                              std::chrono::seconds(2));
+        v1::ListVariablesResponse listed;
+        grpc::Status status = peers_.admin(i)->ListVariables(
+            context.get(), v1::ListVariablesRequest(), &listed);
+        if (!status.ok()) continue;  // down, or starting too
+        uint64_t steps = 0;
+        for (const auto& variable : listed.variables()) {
+          for (uint64_t version : variable.versions()) steps += version;
+        }
+        if (steps != loaded.manifest.parts(i).block_steps()) {
+          rolled_back = true;
+          ahead.push_back(absl::StrCat(
+              "shard ", i, " (", steps, " block steps, the checkpoint ",
+              loaded.manifest.parts(i).block_steps(), ")"));
+        }
+      }
+    }
+    store_->counters().SetRestored(loaded.number, rolled_back);
+    if (rolled_back) {
+      spdlog::warn(
+          "shard {} went back to checkpoint {} while its peers kept newer "
+          "state: {}. Its part of the model is older than theirs; training "
+          "goes on from there (ps_rolled_back is 1 in /metrics and psctl "
+          "stats). To keep the model from one time, restart every shard "
+          "from checkpoint {}",
+          shard_index_, loaded.number, absl::StrJoin(ahead, ", "),
+          loaded.number);
+    } else if (num_shards_ > 1 && peers_.size() != num_shards_) {
+      spdlog::warn(
+          "shard {} loaded checkpoint {}; without --peers it cannot tell "
+          "whether the other shards went on past it (if they did, its part "
+          "of the model is now older than theirs)",
+          shard_index_, loaded.number);
+    }
+  }
+
   // The store's stats and what calls in flight hold.
   v1::Stats Stats() const {
     v1::Stats stats = store_->Stats();
@@ -434,10 +579,14 @@ class ServerImpl final : public ParameterServer {
   CallTracker calls_;
   RpcGate gate_;
   std::unique_ptr<Checkpointer> checkpointer_;
+  Peers peers_;
+  std::unique_ptr<ClusterCheckpointer> coordinator_;
   std::unique_ptr<CheckpointThread> checkpoints_;
   ParameterServiceImpl service_;
   AdminServiceImpl admin_;
   std::string host_;
+  const uint32_t shard_index_;
+  const uint32_t num_shards_;
   std::unique_ptr<MetricsServer> metrics_;
   std::unique_ptr<Ticker> ticker_;
   const absl::Duration checkpoint_interval_;
@@ -500,8 +649,20 @@ absl::StatusOr<std::unique_ptr<ParameterServer>> ParameterServer::Start(
                       Authenticator::Load(resolved.worker_tokens_file,
                                           resolved.admin_tokens_file));
   const bool auth_enabled = auth.enabled();
+  PeerOptions peers;
+  peers.peers = resolved.peers;
+  if (!resolved.admin_tokens_file.empty()) {
+    // Shards call one another with the first admin token.
+    PS_ASSIGN_OR_RETURN(std::vector<TokenLine> tokens,
+                        ReadTokenFile(resolved.admin_tokens_file));
+    peers.admin_token = tokens.front().secret;
+  }
+  if (!resolved.tls_cert_file.empty()) {
+    PS_ASSIGN_OR_RETURN(peers.tls_roots, ReadSmallFile(resolved.tls_cert_file,
+                                                       "--tls_cert_file"));
+  }
   auto server = std::make_unique<ServerImpl>(store_options, std::move(auth),
-                                             info, resolved);
+                                             info, resolved, std::move(peers));
   PS_RETURN_IF_ERROR(server->Start(resolved));
   if (!auth_enabled) {
     spdlog::warn(

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
@@ -104,9 +105,21 @@ struct ServerOptions {
   // (0 = only on demand and at shutdown) and how many to keep. The newest
   // complete one is loaded at start-up. Shorter intervals lose less work in
   // a crash and cost more disk bandwidth.
+  // Checkpoints are the cluster's (DESIGN.md, "Cluster checkpoints"): shard
+  // 0 makes them (on demand and, with an interval, periodically) by asking
+  // every shard for its part; the folder may be shared by all shards or be
+  // one per shard. At shutdown each shard writes a final part; with more
+  // than one shard it is not loaded on its own (a part alone does not
+  // count), so make a cluster checkpoint before stopping the cluster.
   std::string checkpoint_dir;
   int checkpoint_interval_s = 0;
   int checkpoint_keep = 3;
+
+  // Every shard's address ("host:port"), by shard index: shard 0 needs them
+  // to make cluster checkpoints, and a shard restored from a checkpoint
+  // asks them whether they went on past it. Empty: unknown (then a
+  // checkpoint of more than one shard is refused).
+  std::vector<std::string> peers;
 
   // The file system checkpoints go through; null = the real one (tests put
   // one here that fails). Must outlive the server.

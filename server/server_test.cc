@@ -125,7 +125,9 @@ TEST_F(ServerCheckpointTest, AGoodFinalCheckpointStopsCleanly) {
   ASSERT_NO_FATAL_FAILURE(Start());
   EXPECT_TRUE(server_->Shutdown().ok());
   server_->Wait();
-  EXPECT_TRUE(fs::exists(dir_ / "ckpt-00000000000000000001" / "MANIFEST"));
+  EXPECT_TRUE(
+      fs::exists(dir_ / "ckpt-00000000000000000001-shard-0-of-1" / "MANIFEST"));
+  EXPECT_TRUE(fs::exists(dir_ / "ckpt-00000000000000000001.cluster"));
 }
 
 }  // namespace

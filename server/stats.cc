@@ -55,6 +55,8 @@ void ServerStats::Fill(v1::Stats* stats) const {
   stats->set_checkpoints(checkpoints_.load(std::memory_order_relaxed));
   stats->set_checkpoint_failures(
       checkpoint_failures_.load(std::memory_order_relaxed));
+  stats->set_restored_checkpoint(restored_checkpoint());
+  stats->set_rolled_back(rolled_back() ? 1 : 0);
   for (size_t code = 1; code < refusals_.size(); ++code) {
     const uint64_t count = refusals_[code].load(std::memory_order_relaxed);
     if (count == 0) continue;

@@ -38,6 +38,19 @@ class ServerStats {
         .fetch_add(1, std::memory_order_relaxed);
   }
 
+  // The cluster checkpoint loaded at start-up (0: none), and whether the
+  // shard went back to it alone while its peers kept newer state.
+  void SetRestored(uint64_t number, bool rolled_back) {
+    restored_checkpoint_.store(number, std::memory_order_relaxed);
+    rolled_back_.store(rolled_back, std::memory_order_relaxed);
+  }
+  uint64_t restored_checkpoint() const {
+    return restored_checkpoint_.load(std::memory_order_relaxed);
+  }
+  bool rolled_back() const {
+    return rolled_back_.load(std::memory_order_relaxed);
+  }
+
   // Fills the counters, percentiles and uptime (not the per-variable part).
   void Fill(v1::Stats* stats) const;
 
@@ -63,6 +76,8 @@ class ServerStats {
   std::atomic<uint64_t> updates_{0};
   std::atomic<uint64_t> checkpoints_{0};
   std::atomic<uint64_t> checkpoint_failures_{0};
+  std::atomic<uint64_t> restored_checkpoint_{0};
+  std::atomic<bool> rolled_back_{false};
   std::array<std::atomic<uint64_t>, 17> refusals_{};  // by absl::StatusCode
   std::array<std::atomic<uint64_t>, kBuckets> latency_{};
 };

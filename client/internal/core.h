@@ -23,6 +23,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <set>
 #include <span>
 #include <string>
 #include <string_view>
@@ -73,6 +74,8 @@ class ClientCore {
   // (sync) the step the shards collected when it opened.
   uint64_t epoch = 0;
   uint64_t sync_step = 0;
+  // (shard, checkpoint) pairs whose roll-back this client has logged.
+  std::set<std::pair<size_t, uint64_t>> rolled_back_warned;
 
   // Calls (Fanout) and shard calls (ShardCall) that have started and not
   // ended. WaitIdle returns when there are none.

@@ -71,6 +71,17 @@ absl::Status OpenSession(ClientCore* core) {
     if (!status.ok()) return status;
     core->epoch = epoch;
     core->sync_step = step;
+    for (size_t s = 0; s < n; ++s) {
+      // A shard that went back to a checkpoint alone holds an older part
+      // of the model than the others: said once per shard and checkpoint.
+      if (!answers[s].rolled_back()) continue;
+      const auto warned = std::make_pair(s, answers[s].restored_checkpoint());
+      if (!core->rolled_back_warned.insert(warned).second) continue;
+      spdlog::warn(
+          "shard {} ({}) went back to checkpoint {} alone: its part of the "
+          "model is older than the other shards' (training goes on)",
+          s, core->shards[s]->address, answers[s].restored_checkpoint());
+    }
     return absl::OkStatus();
   }
   return status;

@@ -311,13 +311,24 @@ interrupted); with --json each round is one line of JSON.
 )",
        .prepare = PrepareStats},
       {.name = "checkpoint",
-       .summary = "ask every shard to write a checkpoint",
+       .summary = "make cluster checkpoint N: one part per shard",
        .help =
-           R"(Asks every shard to write a checkpoint and shows where and how big. A shard
-started without a checkpoint folder refuses (FAILED_PRECONDITION).
+           R"(Asks shard 0 to make the next cluster checkpoint: every shard writes its part
+of checkpoint N, then each records that N is complete. Prints N and each part
+(shard, size, seconds, sync step, path). A shard started without a checkpoint
+folder refuses (FAILED_PRECONDITION), and so does a shard 0 of several shards
+started without --peers.
 )",
        .cluster = ClusterUse::kChange,
        .prepare = [](const Invocation&) { return Runs(RunCheckpoint); }},
+      {.name = "checkpoints",
+       .summary = "the complete cluster checkpoints, newest first",
+       .help =
+           R"(Lists the complete cluster checkpoints that shard 0 sees, newest first, with
+each part's shard, size, seconds, sync step and path.
+)",
+       .cluster = ClusterUse::kRead,
+       .prepare = [](const Invocation&) { return Runs(RunCheckpoints); }},
       {.name = "health",
        .summary = "grpc.health.v1 Check on each address",
        .help =

@@ -585,6 +585,8 @@ int StatsRound(const ShardSet& shards, const StatsOptions& options,
         s["update_latency_p99_us"] = st.update_latency_p99_us();
         s["uptime_s"] = st.uptime_s();
         s["config_version"] = st.config_version();
+        s["restored_checkpoint"] = st.restored_checkpoint();
+        s["rolled_back"] = st.rolled_back();
         s["state_bytes"] = st.state_bytes();
         s["memory_limit_bytes"] = st.memory_limit_bytes();
         s["variables"] = json::array();
@@ -633,7 +635,8 @@ int StatsRound(const ShardSet& shards, const StatsOptions& options,
     }
     Table table({"SHARD", "ADDRESS", "PUSHES", "PULLS", "UPDATES", "BYTES IN",
                  "BYTES OUT", "REFUSALS", "P50 US", "P90 US", "P99 US",
-                 "UPTIME S", "CONFIG VERSION", "STATE MIB / LIMIT"});
+                 "UPTIME S", "CONFIG VERSION", "RESTORED",
+                 "STATE MIB / LIMIT"});
     Table variables({"VARIABLE", "SHARD", "STEP", "RULE", "LEARNING RATE"});
     Table workers({"WORKER", "SHARD", "STATE", "STEP", "BEHIND", "LAST PUSH S",
                    "SEEN S", "WAITING", "LOSS", "PUSHES"});
@@ -642,7 +645,8 @@ int StatsRound(const ShardSet& shards, const StatsOptions& options,
       const std::string address = shards.shard(i).address;
       if (!stats[i].status.ok()) {
         table.AddRow({absl::StrCat(i), address, "-", "-", "-", "-", "-", "-",
-                      "-", "-", "-", "-", "-", ErrorCell(stats[i].status)});
+                      "-", "-", "-", "-", "-", "-",
+                      ErrorCell(stats[i].status)});
         continue;
       }
       const v1::Stats& st = stats[i].response;
@@ -651,19 +655,24 @@ int StatsRound(const ShardSet& shards, const StatsOptions& options,
         refusals.push_back(absl::StrCat(code, "=", count));
       }
       std::sort(refusals.begin(), refusals.end());
-      table.AddRow({absl::StrCat(i), address, absl::StrCat(st.pushes()),
-                    absl::StrCat(st.pulls()), absl::StrCat(st.updates()),
-                    absl::StrCat(st.bytes_in()), absl::StrCat(st.bytes_out()),
-                    refusals.empty() ? "0" : absl::StrJoin(refusals, ","),
-                    Number(st.update_latency_p50_us()),
-                    Number(st.update_latency_p90_us()),
-                    Number(st.update_latency_p99_us()),
-                    absl::StrFormat("%.1f", st.uptime_s()),
-                    absl::StrCat(st.config_version()),
-                    absl::StrCat(Mib(st.state_bytes()), " / ",
-                                 st.memory_limit_bytes() == 0
-                                     ? "none"
-                                     : Mib(st.memory_limit_bytes()))});
+      table.AddRow(
+          {absl::StrCat(i), address, absl::StrCat(st.pushes()),
+           absl::StrCat(st.pulls()), absl::StrCat(st.updates()),
+           absl::StrCat(st.bytes_in()), absl::StrCat(st.bytes_out()),
+           refusals.empty() ? "0" : absl::StrJoin(refusals, ","),
+           Number(st.update_latency_p50_us()),
+           Number(st.update_latency_p90_us()),
+           Number(st.update_latency_p99_us()),
+           absl::StrFormat("%.1f", st.uptime_s()),
+           absl::StrCat(st.config_version()),
+           st.restored_checkpoint() == 0
+               ? "-"
+               : absl::StrCat(st.restored_checkpoint(),
+                              st.rolled_back() != 0 ? " (ROLLED BACK)" : ""),
+           absl::StrCat(Mib(st.state_bytes()), " / ",
+                        st.memory_limit_bytes() == 0
+                            ? "none"
+                            : Mib(st.memory_limit_bytes()))});
       for (const v1::VariableStats& v : st.variables()) {
         variables.AddRow({v.name(), absl::StrCat(i), absl::StrCat(v.step()),
                           v.rule(), Number(v.learning_rate())});
@@ -720,41 +729,119 @@ int RunStats(const ShardSet& shards, const StatsOptions& options,
   return status;
 }
 
+namespace {
+
+// A cluster checkpoint's parts, one row each, and their JSON.
+void PrintParts(const v1::CheckpointResponse& checkpoint, Table& table) {
+  for (const v1::CheckpointPart& part : checkpoint.parts()) {
+    table.AddRow({absl::StrCat(checkpoint.number()),
+                  absl::StrCat(part.shard_index(), "/", part.num_shards()),
+                  absl::StrCat(part.bytes()),
+                  absl::StrFormat("%.3f", part.seconds()),
+                  absl::StrCat(part.sync_step()), part.path()});
+  }
+}
+
+json CheckpointJson(const v1::CheckpointResponse& checkpoint) {
+  json j;
+  j["number"] = checkpoint.number();
+  j["bytes"] = checkpoint.bytes();
+  j["seconds"] = checkpoint.seconds();
+  j["cut_spread_seconds"] = checkpoint.cut_spread_seconds();
+  j["parts"] = json::array();
+  for (const v1::CheckpointPart& part : checkpoint.parts()) {
+    json p;
+    p["shard"] = part.shard_index();
+    p["num_shards"] = part.num_shards();
+    p["path"] = part.path();
+    p["bytes"] = part.bytes();
+    p["seconds"] = part.seconds();
+    p["sync_step"] = part.sync_step();
+    j["parts"].push_back(p);
+  }
+  return j;
+}
+
+// One call to shard 0, the coordinator of cluster checkpoints.
+template <typename Response, typename Call>
+Answer<Response> CallCoordinator(const ShardSet& shards, Call call) {
+  Answer<Response> answer;
+  auto context = shards.NewContext();
+  answer.status = call(shards.shard(0), context.get(), &answer.response);
+  return answer;
+}
+
+int ReportCoordinator(const ShardSet& shards, const grpc::Status& status,
+                      const std::string& what, const Output& output) {
+  if (status.ok()) return kExitOk;
+  if (output.json) {
+    json j;
+    j["shards"] = json::array({ShardJson(shards.shard(0), status)});
+    j["ok"] = false;
+    PrintJson(output, j);
+  }
+  *output.err << "psctl " << what << ": shard " << ShardName(shards.shard(0))
+              << ": " << DescribeStatus(status) << "\n";
+  return kExitShardFailed;
+}
+
+}  // namespace
+
 int RunCheckpoint(const ShardSet& shards, const Output& output) {
-  auto answers = CallAll<v1::CheckpointResponse>(
+  auto answer = CallCoordinator<v1::CheckpointResponse>(
       shards,
       [](const Shard& s, grpc::ClientContext* c, v1::CheckpointResponse* r) {
         return s.admin->Checkpoint(c, v1::CheckpointRequest(), r);
       });
+  if (!answer.status.ok()) {
+    return ReportCoordinator(shards, answer.status, "checkpoint", output);
+  }
+  const v1::CheckpointResponse& checkpoint = answer.response;
   if (output.json) {
-    json j;
-    j["shards"] = json::array();
-    for (int i = 0; i < shards.size(); ++i) {
-      json s = ShardJson(shards.shard(i), answers[i].status);
-      if (answers[i].status.ok()) {
-        s["path"] = answers[i].response.path();
-        s["bytes"] = answers[i].response.bytes();
-        s["seconds"] = answers[i].response.seconds();
-      }
-      j["shards"].push_back(s);
-    }
-    j["failed_shards"] = FailedShards(Statuses(answers));
-    j["ok"] = FailedShards(Statuses(answers)).empty();
+    json j = CheckpointJson(checkpoint);
+    j["ok"] = true;
     PrintJson(output, j);
   } else {
-    Table table({"SHARD", "ADDRESS", "BYTES", "SECONDS", "PATH", "ANSWER"});
-    for (int i = 0; i < shards.size(); ++i) {
-      const auto& answer = answers[i];
-      const bool ok = answer.status.ok();
-      table.AddRow(
-          {absl::StrCat(i), shards.shard(i).address,
-           ok ? absl::StrCat(answer.response.bytes()) : "-",
-           ok ? absl::StrFormat("%.3f", answer.response.seconds()) : "-",
-           ok ? answer.response.path() : "-", ErrorCell(answer.status)});
+    *output.out << absl::StrFormat(
+        "checkpoint %d: %d parts, %d bytes, %.3f s, parts cut within %.3f s\n",
+        checkpoint.number(), checkpoint.parts_size(), checkpoint.bytes(),
+        checkpoint.seconds(), checkpoint.cut_spread_seconds());
+    Table table(
+        {"CHECKPOINT", "PART", "BYTES", "SECONDS", "SYNC_STEP", "PATH"});
+    PrintParts(checkpoint, table);
+    table.Print(*output.out);
+  }
+  output.out->flush();
+  return kExitOk;
+}
+
+int RunCheckpoints(const ShardSet& shards, const Output& output) {
+  auto answer = CallCoordinator<v1::ListCheckpointsResponse>(
+      shards, [](const Shard& s, grpc::ClientContext* c,
+                 v1::ListCheckpointsResponse* r) {
+        return s.admin->ListCheckpoints(c, v1::ListCheckpointsRequest(), r);
+      });
+  if (!answer.status.ok()) {
+    return ReportCoordinator(shards, answer.status, "checkpoints", output);
+  }
+  if (output.json) {
+    json j;
+    j["checkpoints"] = json::array();
+    for (const auto& checkpoint : answer.response.checkpoints()) {
+      j["checkpoints"].push_back(CheckpointJson(checkpoint));
+    }
+    j["ok"] = true;
+    PrintJson(output, j);
+  } else {
+    Table table(
+        {"CHECKPOINT", "PART", "BYTES", "SECONDS", "SYNC_STEP", "PATH"});
+    for (const auto& checkpoint : answer.response.checkpoints()) {
+      PrintParts(checkpoint, table);
     }
     table.Print(*output.out);
   }
-  return ReportFailures(shards, answers, "checkpoint", output);
+  output.out->flush();
+  return kExitOk;
 }
 
 int RunHealth(const ShardSet& shards, const Output& output) {

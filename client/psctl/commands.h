@@ -74,8 +74,10 @@ struct StatsOptions {
 int RunStats(const ShardSet& shards, const StatsOptions& options,
              const Output& output);
 
-// Checkpoint on every shard.
+// A cluster checkpoint, made by shard 0: its number and every part.
 int RunCheckpoint(const ShardSet& shards, const Output& output);
+// The complete cluster checkpoints shard 0 sees, newest first.
+int RunCheckpoints(const ShardSet& shards, const Output& output);
 
 // grpc.health.v1 Check on every shard; non-zero unless all are SERVING.
 int RunHealth(const ShardSet& shards, const Output& output);

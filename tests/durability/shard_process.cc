@@ -7,6 +7,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -16,6 +17,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "gtest/gtest.h"
 
 namespace ps::durability {
@@ -124,6 +126,10 @@ ProcessCluster::~ProcessCluster() {
 }
 
 absl::Status ProcessCluster::StartAll() {
+  // Every port first, so that each shard starts knowing its peers.
+  for (uint32_t i = 0; i < num_shards(); ++i) {
+    if (ports_[i] == 0) ports_[i] = PickFreePort();
+  }
   for (uint32_t i = 0; i < num_shards(); ++i) {
     if (absl::Status status = Start(i); !status.ok()) return status;
   }
@@ -134,16 +140,22 @@ absl::Status ProcessCluster::Start(uint32_t i) {
   processes_[i].reset();
   // A new port is picked only at the first start; a restart must keep the
   // address the clients know, so it waits for the port instead.
-  const bool first = ports_[i] == 0;
+  const bool first = starts_[i] == 0;
   std::string last_error;
   for (int attempt = 0; attempt < 10; ++attempt) {
-    if (first) ports_[i] = PickFreePort();
+    if (first && ports_[i] == 0) ports_[i] = PickFreePort();
     if (ports_[i] == 0) return absl::InternalError("no free port");
+    ShardFlags flags = flags_[i];
+    if (num_shards() > 1 &&
+        std::find(ports_.begin(), ports_.end(), 0) == ports_.end()) {
+      flags.extra.push_back(
+          absl::StrCat("--peers=", absl::StrJoin(addresses(), ",")));
+    }
     const std::string stderr_path =
         (fs::path(root_) /
          absl::StrCat("shard", i, "-start", ++starts_[i], ".stderr"))
             .string();
-    auto process = ShardProcess::Spawn(flags_[i], ports_[i], stderr_path);
+    auto process = ShardProcess::Spawn(flags, ports_[i], stderr_path);
     if (process == nullptr) return absl::InternalError("cannot spawn");
     auto address = process->WaitListening(kStartTimeout);
     if (address.has_value()) {
@@ -198,7 +210,10 @@ absl::StatusOr<v1::CheckpointResponse> ProcessCluster::Checkpoint(uint32_t i) {
   auto context = MakeContext();
   v1::CheckpointResponse response;
   const grpc::Status status =
-      admins_[i]->Checkpoint(context.get(), v1::CheckpointRequest(), &response);
+      admins_[0]->Checkpoint(context.get(), v1::CheckpointRequest(), &response);
+  if (status.ok() && static_cast<int>(i) < response.parts_size()) {
+    response.set_path(response.parts(i).path());
+  }
   if (!status.ok()) {
     return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
                         status.error_message());

@@ -146,7 +146,8 @@ class ProcessCluster {
   v1::ParameterService::Stub& stub(uint32_t i) { return *stubs_[i]; }
   v1::AdminService::Stub& admin(uint32_t i) { return *admins_[i]; }
 
-  // AdminService.Checkpoint on shard i.
+  // A cluster checkpoint (AdminService.Checkpoint on shard 0, the
+  // coordinator), answered with shard i's part as `path`.
   absl::StatusOr<v1::CheckpointResponse> Checkpoint(uint32_t i);
 
   // The blocks of `variable` (of `size` values) that shard i owns.

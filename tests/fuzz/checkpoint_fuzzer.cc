@@ -26,7 +26,8 @@ namespace ps {
 namespace {
 
 constexpr char kDir[] = "/ckpt";
-constexpr char kFolder[] = "/ckpt/ckpt-00000000000000000001";
+constexpr char kFolder[] = "/ckpt/ckpt-00000000000000000001-shard-0-of-2";
+constexpr char kCluster[] = "/ckpt/ckpt-00000000000000000001.cluster";
 
 // The files of one folder, in memory. Only reading is needed here.
 class MemoryEnv final : public Env {
@@ -49,7 +50,8 @@ class MemoryEnv final : public Env {
   absl::StatusOr<std::vector<std::string>> ListDir(
       const std::string& path) override {
     if (path != kDir) return absl::NotFoundError("missing " + path);
-    return std::vector<std::string>{"ckpt-00000000000000000001"};
+    return std::vector<std::string>{"ckpt-00000000000000000001-shard-0-of-2",
+                                    "ckpt-00000000000000000001.cluster"};
   }
   absl::Status RemoveAll(const std::string&) override {
     return absl::OkStatus();
@@ -143,10 +145,29 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         ps::ManifestFile(manifest.SerializeAsString());
   }
 
+  // The cluster manifest names this part (by its MANIFEST's checksum) and
+  // another shard's, in another folder.
+  ps::storage::v1::ClusterManifest cluster;
+  cluster.set_format_version(1);
+  cluster.set_number(1);
+  cluster.set_num_shards(2);
+  cluster.set_block_size(8);
+  for (uint32_t i = 0; i < 2; ++i) {
+    ps::v1::CheckpointPart* part = cluster.add_parts();
+    part->set_number(1);
+    part->set_shard_index(i);
+    part->set_num_shards(2);
+    part->set_path(
+        i == 0 ? folder : "/elsewhere/ckpt-00000000000000000001-shard-1-of-2");
+  }
+  cluster.mutable_parts(0)->set_manifest_crc32(
+      ps::Crc(env.files[folder + "/MANIFEST"]));
+  env.files[ps::kCluster] = ps::ManifestFile(cluster.SerializeAsString());
+
   ps::VariableStore store(ps::Options());
   ps::Checkpointer checkpointer({ps::kDir, 3, &env}, &store);
-  absl::StatusOr<std::string> loaded = checkpointer.LoadNewest();
-  if (loaded.ok() && !loaded->empty()) {
+  absl::StatusOr<ps::Checkpointer::Loaded> loaded = checkpointer.LoadNewest();
+  if (loaded.ok() && loaded->number != 0) {
     // What loaded must be usable: list it, pull and push every block.
     (void)store.ListVariables();
     (void)store.Stats();
