@@ -144,6 +144,40 @@ std::string FormatPrometheus(const v1::Stats& stats) {
                     v.learning_rate(), "\n");
   }
 
+  // Sparse tables: one sample per table, labelled with it.
+  struct TableFamily {
+    const char* name;
+    const char* type;
+    const char* help;
+    uint64_t (v1::TableInfo::*value)() const;
+  };
+  for (const TableFamily& family : {
+           TableFamily{"ps_table_rows", "gauge",
+                       "Rows of a table the shard holds.",
+                       &v1::TableInfo::rows},
+           TableFamily{"ps_table_rows_created_total", "counter",
+                       "Rows of a table created (admitted, or again after "
+                       "eviction) since start.",
+                       &v1::TableInfo::rows_created},
+           TableFamily{"ps_table_rows_evicted_total", "counter",
+                       "Rows of a table evicted since start.",
+                       &v1::TableInfo::rows_evicted},
+           TableFamily{"ps_table_pending_ids", "gauge",
+                       "Ids counted toward a table's min_count, without a row.",
+                       &v1::TableInfo::pending_ids},
+           TableFamily{"ps_table_bytes", "gauge",
+                       "Bytes a table's rows, slots and bookkeeping hold.",
+                       &v1::TableInfo::bytes},
+       }) {
+    Metric(out, family.name, family.type, family.help);
+    for (const auto& v : stats.variables()) {
+      if (!v.has_table()) continue;
+      absl::StrAppend(&out, family.name, "{", shard, ",table=\"",
+                      Label(v.name()), "\"} ", (v.table().*family.value)(),
+                      "\n");
+    }
+  }
+
   // Membership (sync and ssp): who takes part, and who waits for whom.
   shard_metric("ps_members", "gauge", "Workers that take part in steps now.",
                stats.members());

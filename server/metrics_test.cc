@@ -216,6 +216,11 @@ TEST(FormatPrometheusTest, EveryFamilyHasHelpAndTypeAndEverySampleParses) {
       {"ps_config_version", "gauge"},
       {"ps_variable_step", "gauge"},
       {"ps_variable_learning_rate", "gauge"},
+      {"ps_table_rows", "gauge"},
+      {"ps_table_rows_created_total", "counter"},
+      {"ps_table_rows_evicted_total", "counter"},
+      {"ps_table_pending_ids", "gauge"},
+      {"ps_table_bytes", "gauge"},
       {"ps_members", "gauge"},
       {"ps_lease_drops_total", "counter"},
       {"ps_waiting_pushes", "gauge"},
@@ -293,6 +298,31 @@ TEST(FormatPrometheusTest, RefusalsByCode) {
                                    Pair("UNAUTHENTICATED", 4)));
 }
 
+TEST(FormatPrometheusTest, TablesHaveTheirRowsAndBytes) {
+  v1::Stats stats = HandMade();
+  v1::VariableStats* table = stats.add_variables();
+  table->set_name("emb");
+  table->set_rule("adagrad");
+  table->mutable_table()->set_rows(12);
+  table->mutable_table()->set_rows_created(15);
+  table->mutable_table()->set_rows_evicted(3);
+  table->mutable_table()->set_pending_ids(4);
+  table->mutable_table()->set_bytes(1234);
+  const Exposition e = Parse(FormatPrometheus(stats));
+  auto value = [&](const std::string& name) {
+    std::vector<Sample> samples = Named(e, name);
+    EXPECT_EQ(samples.size(), 1u) << name;  // the dense variables have none
+    if (samples.empty()) return -1.0;
+    EXPECT_EQ(samples[0].labels.at("table"), "emb");
+    return samples[0].value;
+  };
+  EXPECT_EQ(value("ps_table_rows"), 12);
+  EXPECT_EQ(value("ps_table_rows_created_total"), 15);
+  EXPECT_EQ(value("ps_table_rows_evicted_total"), 3);
+  EXPECT_EQ(value("ps_table_pending_ids"), 4);
+  EXPECT_EQ(value("ps_table_bytes"), 1234);
+}
+
 TEST(FormatPrometheusTest, LatencyQuantiles) {
   const Exposition e = Parse(FormatPrometheus(HandMade()));
   std::map<std::string, double> by_quantile;
@@ -330,8 +360,9 @@ TEST(FormatPrometheusTest, VariablesWithEscapedNames) {
 
 TEST(FormatPrometheusTest, EmptyStatsStillDescribeEveryFamily) {
   const Exposition e = Parse(FormatPrometheus(v1::Stats()));
-  EXPECT_EQ(e.type.size(), 30u);
-  EXPECT_EQ(e.help.size(), 30u);
+  EXPECT_EQ(e.type.size(), 35u);
+  EXPECT_EQ(e.help.size(), 35u);
+  EXPECT_TRUE(Named(e, "ps_table_rows").empty());
   EXPECT_TRUE(Named(e, "ps_worker_steps_behind").empty());
   EXPECT_EQ(One(e, "ps_rolled_back").value, 0);
   EXPECT_TRUE(Named(e, "ps_refusals_total").empty());

@@ -75,6 +75,12 @@ class ClientCoreCallTest : public ::testing::Test {
     return future.get();
   }
 
+  // A call's last steps (its shard calls ending) may run after its callback
+  // has answered; the core must outlive them, as Client's destructor waits.
+  void TearDown() override {
+    if (core_ != nullptr) core_->WaitIdle();
+  }
+
   std::vector<std::unique_ptr<::ps::testing::RunningFakeShard>> fakes_;
   std::unique_ptr<ClientCore> core_;
 };

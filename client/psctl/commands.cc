@@ -242,9 +242,30 @@ int RunVars(const ShardSet& shards, const Output& output) {
     std::vector<std::pair<int, const v1::VariableInfo*>> per_shard;
   };
   std::map<std::string, Merged> merged;
+  // Sparse tables, summed over the shards (each holds its rows).
+  struct MergedTable {
+    const v1::VariableInfo* first = nullptr;
+    v1::TableInfo sum;
+    uint64_t min_step = UINT64_MAX;
+    uint64_t max_step = 0;
+  };
+  std::map<std::string, MergedTable> tables;
   for (int i = 0; i < shards.size(); ++i) {
     if (!lists[i].status.ok()) continue;
     for (const v1::VariableInfo& info : lists[i].response.variables()) {
+      if (info.has_table()) {
+        MergedTable& t = tables[info.name()];
+        if (t.first == nullptr) t.first = &info;
+        const v1::TableInfo& part = info.table();
+        t.sum.set_rows(t.sum.rows() + part.rows());
+        t.sum.set_rows_created(t.sum.rows_created() + part.rows_created());
+        t.sum.set_rows_evicted(t.sum.rows_evicted() + part.rows_evicted());
+        t.sum.set_pending_ids(t.sum.pending_ids() + part.pending_ids());
+        t.sum.set_bytes(t.sum.bytes() + part.bytes());
+        t.min_step = std::min(t.min_step, part.step());
+        t.max_step = std::max(t.max_step, part.step());
+        continue;
+      }
       Merged& m = merged[info.name()];
       if (m.first == nullptr) {
         m.first = &info;
@@ -296,6 +317,27 @@ int RunVars(const ShardSet& shards, const Output& output) {
       }
       j["variables"].push_back(v);
     }
+    j["tables"] = json::array();
+    for (const auto& [name, t] : tables) {
+      const v1::TableInfo& info = t.first->table();
+      json v;
+      v["name"] = name;
+      v["dim"] = info.dim();
+      v["rows"] = t.sum.rows();
+      v["rows_created"] = t.sum.rows_created();
+      v["rows_evicted"] = t.sum.rows_evicted();
+      v["pending_ids"] = t.sum.pending_ids();
+      v["bytes"] = t.sum.bytes();
+      v["min_step"] = t.min_step == UINT64_MAX ? 0 : t.min_step;
+      v["max_step"] = t.max_step;
+      v["max_rows_per_shard"] = info.policy().max_rows();
+      v["evict_after_steps"] = info.policy().evict_after_steps();
+      v["min_count"] = info.policy().min_count();
+      v["rule"] = RuleOf(t.first->optimizer());
+      v["optimizer_override"] = t.first->optimizer_override();
+      v["optimizer"] = ConfigJson(t.first->optimizer());
+      j["tables"].push_back(v);
+    }
     j["shards"] = json::array();
     for (int i = 0; i < shards.size(); ++i) {
       json s = ShardJson(shards.shard(i), lists[i].status);
@@ -323,6 +365,23 @@ int RunVars(const ShardSet& shards, const Output& output) {
                                         : ConfigText(m.first->optimizer())});
     }
     table.Print(*output.out);
+    if (!tables.empty()) {
+      Table rows({"TABLE", "DIM", "ROWS", "CREATED", "EVICTED", "PENDING",
+                  "BYTES", "STEP", "RULE", "OPTIMIZER"});
+      for (const auto& [name, t] : tables) {
+        const uint64_t low = t.min_step == UINT64_MAX ? 0 : t.min_step;
+        rows.AddRow(
+            {name, absl::StrCat(t.first->table().dim()),
+             absl::StrCat(t.sum.rows()), absl::StrCat(t.sum.rows_created()),
+             absl::StrCat(t.sum.rows_evicted()),
+             absl::StrCat(t.sum.pending_ids()), absl::StrCat(t.sum.bytes()),
+             low == t.max_step ? absl::StrCat(low)
+                               : absl::StrCat(low, "..", t.max_step),
+             RuleOf(t.first->optimizer()), ConfigText(t.first->optimizer())});
+      }
+      *output.out << "\n";
+      rows.Print(*output.out);
+    }
   }
   return ReportFailures(shards, lists, "vars", output);
 }

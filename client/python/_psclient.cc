@@ -106,6 +106,31 @@ std::span<uint64_t> VersionSpan(const std::optional<py::buffer_info>& info) {
   return {static_cast<uint64_t*>(info->ptr), static_cast<size_t>(info->size)};
 }
 
+// A one-dimensional, contiguous array of 64-bit ids (uint64 or int64, as
+// torch's indices are), read in place.
+py::buffer_info IdBuffer(const py::handle& object, const std::string& what) {
+  if (!PyObject_CheckBuffer(object.ptr())) {
+    throw py::type_error(what + ": expected a uint64 or int64 array, got " +
+                         std::string(py::str(py::type::of(object))));
+  }
+  py::buffer_info info = py::reinterpret_borrow<py::buffer>(object).request();
+  if (info.itemsize != sizeof(uint64_t) || info.ndim != 1 ||
+      (info.shape[0] > 1 && info.strides[0] != sizeof(uint64_t)) ||
+      (info.format != py::format_descriptor<uint64_t>::format() &&
+       info.format != py::format_descriptor<int64_t>::format() &&
+       info.format != "L" && info.format != "l")) {
+    throw py::type_error(what +
+                         ": ids must be a contiguous one-dimensional int64 "
+                         "or uint64 array");
+  }
+  return info;
+}
+
+std::span<const uint64_t> IdSpan(const py::buffer_info& info) {
+  return {static_cast<const uint64_t*>(info.ptr),
+          static_cast<size_t>(info.size)};
+}
+
 v1::DType ToDType(int dtype) {
   if (!v1::DType_IsValid(dtype)) {
     throw py::value_error("unknown dtype " + std::to_string(dtype));
@@ -302,6 +327,78 @@ class PyClient {
     }
     if (!created.ok()) Throw(created.status());
     return *created;
+  }
+
+  // ---- sparse tables; init, policy and optimizer are serialized
+  // RowInit, TablePolicy and OptimizerConfig messages (or None).
+  bool CreateTable(const std::string& name, uint32_t dim,
+                   const py::object& init, const py::object& policy,
+                   const py::object& optimizer) {
+    TableOptions options;
+    auto parse = [](const py::object& bytes, google::protobuf::Message& out,
+                    const char* what) {
+      if (bytes.is_none()) return;
+      if (!out.ParseFromString(py::bytes(bytes))) {
+        throw py::value_error(std::string(what) + " is not a serialized " +
+                              out.GetTypeName());
+      }
+    };
+    parse(init, options.init, "init");
+    parse(policy, options.policy, "policy");
+    if (!optimizer.is_none()) {
+      options.optimizer.emplace();
+      parse(optimizer, *options.optimizer, "optimizer");
+    }
+    std::shared_ptr<Client> client = get();
+    absl::StatusOr<bool> created;
+    {
+      py::gil_scoped_release release;
+      created = client->CreateTable(name, dim, options);
+    }
+    if (!created.ok()) Throw(created.status());
+    return *created;
+  }
+
+  void PullRows(const std::string& table, const py::object& ids,
+                const py::object& out, int dtype) {
+    const py::buffer_info id_info = IdBuffer(ids, "ids of '" + table + "'");
+    const py::buffer_info out_info =
+        FloatBuffer(out, true, "rows of '" + table + "'");
+    PullOptions options;
+    options.dtype = ToDType(dtype);
+    std::shared_ptr<Client> client = get();
+    absl::Status status;
+    {
+      py::gil_scoped_release release;
+      status =
+          client->PullRows(table, IdSpan(id_info), Span(out_info), options);
+    }
+    ThrowIfError(std::move(status));
+  }
+
+  void PushRows(const std::string& table, const py::object& ids,
+                const py::object& grads, const py::object& out, uint64_t step,
+                std::optional<double> loss, int dtype, int pull_dtype) {
+    const py::buffer_info id_info = IdBuffer(ids, "ids of '" + table + "'");
+    const py::buffer_info grad_info =
+        FloatBuffer(grads, false, "row gradients of '" + table + "'");
+    std::optional<py::buffer_info> out_info;
+    if (!out.is_none()) {
+      out_info = FloatBuffer(out, true, "rows of '" + table + "'");
+    }
+    const PushOptions options = MakePushOptions(step, loss, dtype, pull_dtype);
+    std::shared_ptr<Client> client = get();
+    absl::Status status;
+    {
+      py::gil_scoped_release release;
+      status = out_info.has_value()
+                   ? client->PushPullRows(table, IdSpan(id_info),
+                                          ConstSpan(grad_info), Span(*out_info),
+                                          options)
+                   : client->PushRows(table, IdSpan(id_info),
+                                      ConstSpan(grad_info), options);
+    }
+    ThrowIfError(std::move(status));
   }
 
   void Push(std::vector<std::string> names, const py::list& gradients,
@@ -520,6 +617,15 @@ PYBIND11_MODULE(_core, m) {
           })
       .def("create_variable", &PyClient::CreateVariable, py::arg("name"),
            py::arg("shape"), py::arg("initial"), py::arg("optimizer"))
+      .def("create_table", &PyClient::CreateTable, py::arg("name"),
+           py::arg("dim"), py::arg("init") = py::none(),
+           py::arg("policy") = py::none(), py::arg("optimizer") = py::none())
+      .def("pull_rows", &PyClient::PullRows, py::arg("table"), py::arg("ids"),
+           py::arg("out"), py::arg("dtype") = 0)
+      .def("push_rows", &PyClient::PushRows, py::arg("table"), py::arg("ids"),
+           py::arg("grads"), py::arg("out") = py::none(), py::arg("step") = 0,
+           py::arg("loss") = py::none(), py::arg("dtype") = 0,
+           py::arg("pull_dtype") = 0)
       .def("push", &PyClient::Push, py::arg("names"), py::arg("gradients"),
            py::arg("step"), py::arg("loss"), py::arg("dtype"))
       .def("pull", &PyClient::Pull, py::arg("names"), py::arg("outputs"),

@@ -471,7 +471,9 @@ TEST_F(TablesTest, ATableSurvivesARestartFromItsCheckpoint) {
   options.checkpoint_dir = dir;
   options.default_optimizer.mutable_adagrad();
   options.default_optimizer.set_learning_rate(0.5);
-  Start(2, options);
+  // One shard: a cluster checkpoint of several needs their addresses
+  // (--peers); server/reshard_test.cc covers tables over several shards.
+  Start(1, options);
   std::unique_ptr<Client> client = Connect();
   TableOptions table;
   table.init.mutable_normal()->set_stddev(1);
@@ -489,7 +491,7 @@ TEST_F(TablesTest, ATableSurvivesARestartFromItsCheckpoint) {
   std::vector<float> before(ids.size() * 3);
   ASSERT_TRUE(client->PullRows("t", ids, before).ok());
   std::vector<v1::TableInfo> infos;
-  for (size_t s = 0; s < 2; ++s) {
+  for (size_t s = 0; s < servers_.size(); ++s) {
     infos.push_back(Info(s, "t"));
     v1::CheckpointResponse written;
     grpc::ClientContext context;
@@ -497,12 +499,12 @@ TEST_F(TablesTest, ATableSurvivesARestartFromItsCheckpoint) {
         Admin(s)->Checkpoint(&context, v1::CheckpointRequest(), &written).ok());
   }
   client.reset();
-  Start(2, options);  // restores the newest checkpoint
+  Start(1, options);  // restores the newest checkpoint
   client = Connect();
   std::vector<float> restored(ids.size() * 3);
   ASSERT_TRUE(client->PullRows("t", ids, restored).ok());
   EXPECT_EQ(restored, before);
-  for (size_t s = 0; s < 2; ++s) {
+  for (size_t s = 0; s < servers_.size(); ++s) {
     const v1::TableInfo info = Info(s, "t");
     EXPECT_EQ(info.rows(), infos[s].rows());
     EXPECT_EQ(info.step(), infos[s].step());

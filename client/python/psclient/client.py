@@ -420,6 +420,86 @@ class Client:
         self.register_variable(name, shape)
         return created
 
+    # ---- sparse tables (docs/tables.md)
+
+    def create_table(self,
+                     name: str,
+                     dim: int,
+                     *,
+                     init: Optional["ps_pb2.RowInit"] = None,
+                     policy: Optional["ps_pb2.TablePolicy"] = None,
+                     optimizer: OptimizerLike = None) -> bool:
+        """Creates a sparse table of rows of ``dim`` values on every shard.
+
+        Args:
+            name: the table's name (variables and tables share names).
+            dim: values per row.
+            init: the rows' initial values (a ps_pb2.RowInit); None = zeros.
+            policy: admission and eviction (a ps_pb2.TablePolicy).
+            optimizer: the table's own optimizer; None = the server default.
+
+        Returns:
+            True when this call created it, False when it existed alike.
+        """
+        config = parse_optimizer(optimizer)
+        try:
+            return self._core.create_table(
+                name, int(dim),
+                None if init is None else init.SerializeToString(),
+                None if policy is None else policy.SerializeToString(),
+                None if config is None else config.SerializeToString())
+        except _core.StatusError as e:
+            raise _error(e) from None
+
+    @staticmethod
+    def _ids(ids: Any) -> np.ndarray:
+        if type(ids).__module__.startswith("torch"):
+            ids = ids.detach().cpu().numpy()
+        return np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
+
+    def pull_rows(self, table: str, ids: Any, dim: int, *,
+                  dtype: Union[DType, int, str, None] = None,
+                  out: Any = None) -> np.ndarray:
+        """Reads the rows of ``ids`` (repeats allowed) as an (n, dim) array.
+
+        An id without a row reads its initial row; nothing is created.
+        """
+        id_array = self._ids(ids)
+        if out is None:
+            out = np.empty((id_array.size, int(dim)), dtype=np.float32)
+        try:
+            self._core.pull_rows(table, id_array, out, int(self._wire(dtype)))
+        except _core.StatusError as e:
+            raise _error(e) from None
+        return out
+
+    def push_rows(self, table: str, ids: Any, grads: Any, *,
+                  step: int = 0,
+                  loss: Optional[float] = None,
+                  dtype: Union[DType, int, str, None] = None,
+                  pull: bool = False) -> Optional[np.ndarray]:
+        """Pushes row gradients (n, dim) for ``ids``; repeats are summed.
+
+        With ``pull``, returns the rows after the push, (n, dim).
+        """
+        id_array = self._ids(ids)
+        grad_array = as_float32(grads, f"row gradients of '{table}'")
+        if grad_array.size % max(id_array.size, 1) != 0:
+            raise ValueError(
+                f"row gradients of '{table}' hold {grad_array.size} values "
+                f"for {id_array.size} ids")
+        out = None
+        if pull:
+            out = np.empty((id_array.size, grad_array.size // max(id_array.size, 1)),
+                           dtype=np.float32)
+        wire = int(self._wire(dtype))
+        try:
+            self._core.push_rows(table, id_array, grad_array, out, int(step),
+                                 loss, wire, wire)
+        except _core.StatusError as e:
+            raise _error(e) from None
+        return out
+
     def pull(self,
              names: Union[str, Iterable[str]],
              *,
