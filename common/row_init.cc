@@ -20,9 +20,9 @@ absl::Status ValidateRowInit(const v1::RowInit& init) {
     case v1::RowInit::kUniform: {
       const double low = init.uniform().low(), high = init.uniform().high();
       if (!std::isfinite(low) || !std::isfinite(high) || !(low < high)) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "init.uniform needs finite low < high; got low ", low, ", high ",
-            high));
+        return absl::InvalidArgumentError(
+            absl::StrCat("init.uniform needs finite low < high; got low ", low,
+                         ", high ", high));
       }
       return absl::OkStatus();
     }

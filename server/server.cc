@@ -240,7 +240,6 @@ class Ticker {
   std::thread thread_;
 };
 
-
 absl::Status ShuttingDown() {
   return absl::UnavailableError("the shard is shutting down");
 }
