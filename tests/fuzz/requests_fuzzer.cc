@@ -11,6 +11,7 @@
 #include "absl/strings/string_view.h"
 #include "common/optimizer_config.h"
 #include "google/protobuf/stubs/logging.h"
+#include "google/protobuf/text_format.h"
 #include "proto/ps/v1/ps.pb.h"
 #include "server/store_impl.h"
 #include "spdlog/spdlog.h"
@@ -51,6 +52,21 @@ std::unique_ptr<VariableStore> MakeStore(bool sync) {
     create.add_shape(size);
     if (*rule != '\0') *create.mutable_optimizer() = Config(rule);
     (void)store->CreateVariable(create);
+  }
+  // Tables whose ids on this shard (row_shard) are about half of all ids.
+  for (const auto& [name, dim, policy] :
+       {std::tuple{"t", 2u, "max_rows: 50 min_count: 2"},
+        std::tuple{"u", 3u, "evict_after_steps: 3"}}) {
+    v1::CreateTableRequest create;
+    create.set_name(name);
+    create.set_dim(dim);
+    create.mutable_init()->mutable_normal()->set_stddev(0.1);
+    google::protobuf::TextFormat::ParseFromString(policy,
+                                                  create.mutable_policy());
+    if (std::string(name) == "u") {
+      *create.mutable_optimizer() = Config("adagrad {}");
+    }
+    (void)store->CreateTable(create);
   }
   return store;
 }
@@ -135,6 +151,13 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       (void)store.GetOptimizer(request.variable());
       (void)store.ListVariables();
       (void)store.Stats();
+      break;
+    }
+    case 7: {
+      ps::v1::CreateTableRequest request;
+      if (!ps::Parse(bytes, &request)) break;
+      if (request.name().size() != 1) break;  // as for variables
+      (void)store.CreateTable(request);
       break;
     }
     default:
