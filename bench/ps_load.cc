@@ -11,8 +11,14 @@
 // with their ratio, and the server's RSS against the bytes of values plus
 // optimizer state.
 //
+// --mode=table runs PushPullRows of Zipf-drawn unique ids on a sparse table
+// instead (the echo server copies the RowSlices back), and reports the
+// shard's bytes per live row and its RSS over the runs (bench/README.md,
+// "Sparse tables").
+//
 //   ps_load --value_bytes=4MiB --workers=2 --runs=5
 //   ps_load --servers=127.0.0.1:7000,127.0.0.1:7001 --op=pull
+//   ps_load --mode=table --optimizer="adagrad {}" --workers=2
 #include <grpcpp/grpcpp.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
