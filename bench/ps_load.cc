@@ -11,8 +11,14 @@
 // with their ratio, and the server's RSS against the bytes of values plus
 // optimizer state.
 //
+// --mode=table runs PushPullRows of Zipf-drawn unique ids on a sparse table
+// instead (the echo server copies the RowSlices back), and reports the
+// shard's bytes per live row and its RSS over the runs (bench/README.md,
+// "Sparse tables").
+//
 //   ps_load --value_bytes=4MiB --workers=2 --runs=5
 //   ps_load --servers=127.0.0.1:7000,127.0.0.1:7001 --op=pull
+//   ps_load --mode=table --optimizer="adagrad {}" --workers=2
 #include <grpcpp/grpcpp.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
@@ -22,6 +28,7 @@
 #include <atomic>
 #include <bit>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -31,10 +38,12 @@
 #include <iterator>
 #include <memory>
 #include <optional>
+#include <random>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/flags/flag.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/match.h"
@@ -95,6 +104,22 @@ ABSL_FLAG(bool, markdown_row, false,
 ABSL_FLAG(bool, server_logs, false, "let the children's stderr through");
 ABSL_FLAG(bool, tune_malloc, true,
           "call ps::TuneMalloc() in this (the clients') process");
+ABSL_FLAG(std::string, mode, "dense",
+          "dense: one dense variable (--op, --value_bytes); table: "
+          "PushPullRows on a sparse table (--table_* flags, --optimizer)");
+ABSL_FLAG(uint32_t, table_ids, 4096, "--mode=table: unique ids per call");
+ABSL_FLAG(uint32_t, table_dim, 64, "--mode=table: the table's dim");
+ABSL_FLAG(double, table_id_space, 1e8,
+          "--mode=table: ids are drawn from this many possible ids");
+ABSL_FLAG(double, table_zipf_s, 1.1,
+          "--mode=table: Zipf exponent of the id draws (rank 1 most often)");
+ABSL_FLAG(uint64_t, table_max_rows, 0,
+          "--mode=table: TablePolicy.max_rows per shard (0 = no limit): at "
+          "the limit the least recently updated rows are evicted");
+ABSL_FLAG(uint64_t, table_fill_rows, 0,
+          "--mode=table: before the runs, push this many distinct rows "
+          "(table_ids per call, one worker) and report the shards' RSS "
+          "growth per row");
 ABSL_FLAG(bool, serve_echo, false,
           "internal: serve the echo ParameterService and print 'listening on "
           "HOST:PORT'");
@@ -119,6 +144,12 @@ class EchoService final : public ps::v1::ParameterService::CallbackService {
       grpc::CallbackServerContext* context,
       const ps::v1::CreateVariableRequest*,
       ps::v1::CreateVariableResponse* response) override {
+    response->set_created(true);
+    return Done(context);
+  }
+  grpc::ServerUnaryReactor* CreateTable(
+      grpc::CallbackServerContext* context, const ps::v1::CreateTableRequest*,
+      ps::v1::CreateTableResponse* response) override {
     response->set_created(true);
     return Done(context);
   }
@@ -152,6 +183,9 @@ class EchoService final : public ps::v1::ParameterService::CallbackService {
                                      ps::v1::PullResponse* response) override {
     for (const ps::v1::Slice& gradient : request->gradients()) {
       *response->add_values() = gradient;  // copies the bytes back
+    }
+    for (const ps::v1::RowSlice& rows : request->rows()) {
+      *response->add_rows() = rows;  // ids and values back, in their order
     }
     return Done(context);
   }
@@ -277,6 +311,94 @@ double ReadCpuSeconds(pid_t pid) {
   return static_cast<double>(utime + stime) / sysconf(_SC_CLK_TCK);
 }
 
+// --- sparse ids --------------------------------------------------------------
+
+// Zipf(s) ranks in [1, n] by rejection-inversion (Hormann and Derflinger,
+// "Rejection-inversion to generate variates from monotone discrete
+// distributions", 1996): O(1) per draw, for any n, no table.
+class ZipfSampler {
+ public:
+  ZipfSampler(uint64_t n, double s)
+      : n_(n),
+        s_(s),
+        h_integral_x1_(HIntegral(1.5) - 1.0),
+        h_integral_n_(HIntegral(static_cast<double>(n) + 0.5)),
+        s_const_(2.0 - HIntegralInverse(HIntegral(2.5) - H(2.0))) {}
+
+  template <typename Rng>
+  uint64_t operator()(Rng& rng) {
+    std::uniform_real_distribution<double> uniform(0.0, 1.0);
+    while (true) {
+      const double u =
+          h_integral_n_ + uniform(rng) * (h_integral_x1_ - h_integral_n_);
+      const double x = HIntegralInverse(u);
+      double k = std::floor(x + 0.5);
+      if (k < 1) k = 1;
+      if (k > static_cast<double>(n_)) k = static_cast<double>(n_);
+      if (k - x <= s_const_ || u >= HIntegral(k + 0.5) - H(k)) {
+        return static_cast<uint64_t>(k);
+      }
+    }
+  }
+
+ private:
+  double H(double x) const { return std::exp(-s_ * std::log(x)); }
+  double HIntegral(double x) const {
+    const double log_x = std::log(x);
+    return Helper2((1.0 - s_) * log_x) * log_x;
+  }
+  double HIntegralInverse(double x) const {
+    double t = x * (1.0 - s_);
+    if (t < -1.0) t = -1.0;
+    return std::exp(Helper1(t) * x);
+  }
+  // log1p(x) / x and expm1(x) / x, exact near 0.
+  static double Helper1(double x) {
+    return std::abs(x) > 1e-8 ? std::log1p(x) / x
+                              : 1.0 - x * (0.5 - x * (1.0 / 3.0 - 0.25 * x));
+  }
+  static double Helper2(double x) {
+    return std::abs(x) > 1e-8
+               ? std::expm1(x) / x
+               : 1.0 + x * 0.5 * (1.0 + x * (1.0 / 3.0) * (1.0 + 0.25 * x));
+  }
+
+  uint64_t n_;
+  double s_;
+  double h_integral_x1_;
+  double h_integral_n_;
+  double s_const_;
+};
+
+// A rank's id: ranks scattered over 64 bits (splitmix64's finalizer, a
+// bijection), so that the hot ids are not the small ones.
+uint64_t IdOfRank(uint64_t rank) {
+  uint64_t z = rank + 0x9e3779b97f4a7c15ull;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+// The ids of one call: Zipf draws until `count` are unique.
+class IdDrawer {
+ public:
+  IdDrawer(uint64_t space, double s, uint64_t seed)
+      : zipf_(space, s), rng_(seed) {}
+  void Draw(size_t count, std::vector<uint64_t>& ids) {
+    seen_.clear();
+    ids.clear();
+    while (ids.size() < count) {
+      const uint64_t id = IdOfRank(zipf_(rng_));
+      if (seen_.insert(id).second) ids.push_back(id);
+    }
+  }
+
+ private:
+  ZipfSampler zipf_;
+  std::mt19937_64 rng_;
+  absl::flat_hash_set<uint64_t> seen_;
+};
+
 // --- the load ----------------------------------------------------------------
 
 enum class Op { kPush, kPull, kPushPull };
@@ -301,6 +423,12 @@ struct RunResult {
 };
 
 struct Load {
+  bool table = false;  // PushPullRows of table_ids ids on table "t"
+  uint32_t table_ids = 0;
+  uint32_t dim = 0;
+  uint64_t id_space = 0;
+  double zipf_s = 0;
+  uint64_t max_rows = 0;
   Op op;
   uint64_t values;
   ps::v1::DType dtype;
@@ -324,6 +452,16 @@ absl::StatusOr<std::vector<std::unique_ptr<ps::Client>>> Connect(
     auto client = ps::Client::Connect(options);
     if (!client.ok()) return client.status();
     clients.push_back(*std::move(client));
+  }
+  if (load.table) {
+    ps::TableOptions table;
+    table.optimizer = optimizer;
+    table.policy.set_max_rows(load.max_rows);
+    for (int w = 0; w < load.workers; ++w) {
+      auto created = clients[w]->CreateTable("t", load.dim, table);
+      if (!created.ok()) return created.status();
+    }
+    return clients;
   }
   auto created = clients[0]->CreateVariable(
       "w", {load.values}, {},
@@ -356,6 +494,11 @@ absl::StatusOr<RunResult> RunLoad(
       bytes_per_call = 2 * load.values * width;
       break;
   }
+  if (load.table) {
+    // ids and rows, both ways.
+    bytes_per_call =
+        2 * uint64_t{load.table_ids} * (8 + uint64_t{load.dim} * width);
+  }
   std::atomic<int> phase{0};  // 0 warm-up, 1 measuring, 2 stop
   std::vector<std::vector<float>> latencies(load.workers);
   std::vector<std::string> errors(load.workers);
@@ -372,19 +515,26 @@ absl::StatusOr<RunResult> RunLoad(
       pull.dtype = load.dtype;
       std::vector<float>& mine = latencies[w];
       mine.reserve(1 << 16);
+      std::optional<IdDrawer> drawer;
+      std::vector<uint64_t> ids;
+      if (load.table) {
+        drawer.emplace(load.id_space, load.zipf_s, 1000 + w);
+        gradient.assign(uint64_t{load.table_ids} * load.dim, 1e-3f * (w + 1));
+        values.assign(gradient.size(), 0.0f);
+      }
       while (phase.load(std::memory_order_relaxed) < 2) {
+        // The draws are not timed (they are the same for both servers).
+        if (load.table) drawer->Draw(load.table_ids, ids);
         const auto start = std::chrono::steady_clock::now();
         absl::Status status;
-        switch (load.op) {
-          case Op::kPush:
-            status = client.Push("w", gradient, push);
-            break;
-          case Op::kPull:
-            status = client.Pull("w", values, pull);
-            break;
-          case Op::kPushPull:
-            status = client.PushPull("w", gradient, values, push);
-            break;
+        if (load.table) {
+          status = client.PushPullRows("t", ids, gradient, values, push);
+        } else if (load.op == Op::kPush) {
+          status = client.Push("w", gradient, push);
+        } else if (load.op == Op::kPull) {
+          status = client.Pull("w", values, pull);
+        } else {
+          status = client.PushPull("w", gradient, values, push);
         }
         const auto end = std::chrono::steady_clock::now();
         if (!status.ok()) {
@@ -457,6 +607,39 @@ absl::StatusOr<RunResult> RunLoad(
     result.p99_us = all[std::min(all.size() - 1, all.size() * 99 / 100)];
   }
   return result;
+}
+
+// Table "t" on the shards at `addresses`, summed (AdminService.ListVariables).
+struct TableRows {
+  uint64_t rows = 0;
+  uint64_t bytes = 0;
+  uint64_t created = 0;
+  uint64_t evicted = 0;
+};
+
+absl::StatusOr<TableRows> ReadTableRows(
+    const std::vector<std::string>& addresses) {
+  TableRows total;
+  for (const std::string& address : addresses) {
+    auto admin = ps::v1::AdminService::NewStub(
+        grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+    grpc::ClientContext context;
+    ps::v1::ListVariablesResponse listed;
+    grpc::Status status =
+        admin->ListVariables(&context, ps::v1::ListVariablesRequest(), &listed);
+    if (!status.ok()) {
+      return absl::UnavailableError(absl::StrCat("ListVariables on ", address,
+                                                 ": ", status.error_message()));
+    }
+    for (const ps::v1::VariableInfo& info : listed.variables()) {
+      if (info.name() != "t" || !info.has_table()) continue;
+      total.rows += info.table().rows();
+      total.bytes += info.table().bytes();
+      total.created += info.table().rows_created();
+      total.evicted += info.table().rows_evicted();
+    }
+  }
+  return total;
 }
 
 double Median(std::vector<double> v) {
@@ -546,6 +729,177 @@ int Fail(absl::string_view message) {
   return 2;
 }
 
+uint64_t RssOf(const std::vector<std::unique_ptr<Child>>& children) {
+  uint64_t rss = 0;
+  for (const auto& child : children) rss += ReadMemory(child->pid()).rss;
+  return rss;
+}
+
+// --mode=table: optional fill, then the runs (ours, then echo, per run), then
+// the report: speed, and memory per live row against the target.
+int RunTableMode(const Load& load, int runs,
+                 const ps::v1::OptimizerConfig& optimizer,
+                 const std::vector<std::unique_ptr<Child>>& ours_children,
+                 const std::vector<std::string>& ours_addresses,
+                 std::vector<std::unique_ptr<ps::Client>>& ours_clients,
+                 std::vector<std::unique_ptr<ps::Client>>& echo_clients,
+                 const std::function<double()>& ours_cpu,
+                 const std::function<double()>& echo_cpu) {
+  const bool echo = !echo_clients.empty();
+  const bool have_rss = !ours_children.empty();
+  const double mib = 1 << 20;
+  const int slots = StateSlotCount(optimizer);
+  // Values and slots, 20% of allocator and table slack, 48 bytes of
+  // bookkeeping: the target of issue 17 (Adam dim 64: 969.6 bytes).
+  const double target_per_row = 1.2 * (4.0 * load.dim * (1 + slots)) + 48;
+
+  // Fill: distinct ids (ranks past the Zipf space), pushed without a pull.
+  std::string fill_line;
+  const uint64_t fill = absl::GetFlag(FLAGS_table_fill_rows);
+  if (fill > 0) {
+    auto before = ReadTableRows(ours_addresses);
+    if (!before.ok()) return Fail(before.status().message());
+    const uint64_t rss_before = have_rss ? RssOf(ours_children) : 0;
+    std::vector<uint64_t> ids;
+    std::vector<float> grads;
+    const absl::Time begin = absl::Now();
+    for (uint64_t done = 0; done < fill; done += ids.size()) {
+      const uint64_t n = std::min<uint64_t>(load.table_ids, fill - done);
+      ids.resize(n);
+      for (uint64_t i = 0; i < n; ++i) {
+        ids[i] = IdOfRank(load.id_space + 1 + done + i);
+      }
+      grads.assign(n * load.dim, 1e-3f);
+      absl::Status pushed = ours_clients[0]->PushRows("t", ids, grads);
+      if (!pushed.ok()) return Fail(pushed.ToString());
+    }
+    const double fill_s = absl::ToDoubleSeconds(absl::Now() - begin);
+    auto after = ReadTableRows(ours_addresses);
+    if (!after.ok()) return Fail(after.status().message());
+    const uint64_t rss_after = have_rss ? RssOf(ours_children) : 0;
+    const double rows = static_cast<double>(after->rows) - before->rows;
+    fill_line = absl::StrFormat(
+        "fill: %d rows pushed in %.1f s; live rows %d -> %d; RSS %.1f -> %.1f "
+        "MiB: %.1f bytes per row from RSS, %.1f from TableInfo.bytes; target "
+        "1.2 x (4 x %d x %d) + 48 = %.1f\n",
+        fill, fill_s, before->rows, after->rows, rss_before / mib,
+        rss_after / mib,
+        rows > 0 ? (static_cast<double>(rss_after) - rss_before) / rows : 0,
+        rows > 0 ? (static_cast<double>(after->bytes) - before->bytes) / rows
+                 : 0,
+        load.dim, 1 + slots, target_per_row);
+  }
+
+  auto start_rows = ReadTableRows(ours_addresses);
+  if (!start_rows.ok()) return Fail(start_rows.status().message());
+  const uint64_t rss_first = have_rss ? RssOf(ours_children) : 0;
+  std::vector<RunResult> ours_runs, echo_runs;
+  std::vector<std::pair<uint64_t, uint64_t>> rss_runs;  // start, end
+  for (int r = 0; r < runs; ++r) {
+    const uint64_t rss_start = have_rss ? RssOf(ours_children) : 0;
+    absl::StatusOr<RunResult> ours_run = RunLoad(ours_clients, load, ours_cpu);
+    if (!ours_run.ok()) return Fail(ours_run.status().message());
+    ours_runs.push_back(*ours_run);
+    rss_runs.emplace_back(rss_start, have_rss ? RssOf(ours_children) : 0);
+    if (echo) {
+      absl::StatusOr<RunResult> echo_run =
+          RunLoad(echo_clients, load, echo_cpu);
+      if (!echo_run.ok()) return Fail(echo_run.status().message());
+      echo_runs.push_back(*echo_run);
+    }
+  }
+  auto end_rows = ReadTableRows(ours_addresses);
+  if (!end_rows.ok()) return Fail(end_rows.status().message());
+  const uint64_t rss_last = have_rss ? RssOf(ours_children) : 0;
+
+  const Summary ours = Summarize(ours_runs, load.values, load.op);
+  const Summary echo_summary = Summarize(echo_runs, load.values, load.op);
+  const double ratio = echo ? ours.gbps / echo_summary.gbps : 0;
+  const double p50_ratio = echo ? ours.p50_us / echo_summary.p50_us : 0;
+  const bool have_cpu = have_rss && echo;
+  const double new_rows =
+      static_cast<double>(end_rows->rows) - start_rows->rows;
+  const double rss_per_row =
+      have_rss && new_rows > 0
+          ? (static_cast<double>(rss_last) - rss_first) / new_rows
+          : 0;
+  const double info_per_row =
+      end_rows->rows > 0 ? static_cast<double>(end_rows->bytes) / end_rows->rows
+                         : 0;
+  const std::string rule = ps::OptimizerConfigToText(optimizer);
+
+  if (absl::GetFlag(FLAGS_markdown_row)) {
+    // | mode | optimizer | W | max_rows | ours calls/s | ours GB/s |
+    // echo GB/s | ratio | ours p50 us | echo p50 us | ours p99 us |
+    // server CPU s/GB ours / echo | live rows | RSS B/row (load) |
+    // TableInfo B/row | target B/row | RSS MiB start -> end |
+    std::cout << absl::StrFormat(
+                     "| table | %s | %d | %s | %.0f | %.3f | %.3f | %.2f | "
+                     "%.0f | %.0f | %.0f | %.2f / %.2f | %d | %.0f | %.0f | "
+                     "%.0f | %.0f -> %.0f |",
+                     rule, load.workers,
+                     load.max_rows == 0 ? std::string("-")
+                                        : absl::StrCat(load.max_rows),
+                     ours.calls_per_s, ours.gbps, echo_summary.gbps, ratio,
+                     ours.p50_us, echo_summary.p50_us, ours.p99_us,
+                     ours.cpu_s_per_gb, echo_summary.cpu_s_per_gb,
+                     end_rows->rows, rss_per_row, info_per_row, target_per_row,
+                     rss_first / mib, rss_last / mib)
+              << std::endl;
+    if (!fill_line.empty()) std::cout << fill_line;
+    return 0;
+  }
+
+  std::cout << absl::StrFormat(
+      "table: PushPullRows of %d unique ids x dim %d (Zipf s=%.2f over %d "
+      "ids), %d worker(s), %u shard(s), optimizer '%s', max_rows %d\n"
+      "medians of %d runs of %.1f s each; payload counts ids + rows, request "
+      "+ answer (%.2f MiB per call)\n\n",
+      load.table_ids, load.dim, load.zipf_s, load.id_space, load.workers,
+      static_cast<unsigned>(ours_addresses.size()), rule, load.max_rows, runs,
+      load.seconds, 2.0 * load.table_ids * (8 + 4.0 * load.dim) / mib);
+  std::cout << absl::StrFormat("%-6s %9s %11s %10s %10s\n", "server", "GB/s",
+                               "calls/s", "p50 us", "p99 us");
+  auto print = [](const char* name, const Summary& s) {
+    std::cout << absl::StrFormat("%-6s %9.3f %11.0f %10.0f %10.0f\n", name,
+                                 s.gbps, s.calls_per_s, s.p50_us, s.p99_us);
+  };
+  print("ours", ours);
+  if (echo) {
+    print("echo", echo_summary);
+    std::cout << absl::StrFormat(
+        "ratio  %9.2f (throughput, ours/echo); p50 %.2f (ours/echo)\n", ratio,
+        p50_ratio);
+  }
+  if (have_cpu) {
+    std::cout << absl::StrFormat(
+        "server CPU per GB of payload: ours %.3f s, echo %.3f s, ratio %.2f\n",
+        ours.cpu_s_per_gb, echo_summary.cpu_s_per_gb,
+        echo_summary.cpu_s_per_gb > 0
+            ? ours.cpu_s_per_gb / echo_summary.cpu_s_per_gb
+            : 0);
+  }
+  std::cout << "\n" << fill_line;
+  std::cout << absl::StrFormat(
+      "rows: %d live on the shard(s) after the runs (%d created, %d evicted "
+      "since start); TableInfo.bytes %.1f per row; target 1.2 x (4 x %d x %d) "
+      "+ 48 = %.1f per row\n",
+      end_rows->rows, end_rows->created, end_rows->evicted, info_per_row,
+      load.dim, 1 + slots, target_per_row);
+  if (have_rss) {
+    std::cout << absl::StrFormat(
+        "RSS %.1f MiB before the first run, %.1f MiB after the last: %.1f "
+        "bytes per row of the %.0f rows the runs added\nRSS at the start -> "
+        "end of each run, MiB:",
+        rss_first / mib, rss_last / mib, rss_per_row, new_rows);
+    for (const auto& [a, b] : rss_runs) {
+      std::cout << absl::StrFormat(" %.1f->%.1f", a / mib, b / mib);
+    }
+    std::cout << std::endl;
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -590,6 +944,27 @@ int main(int argc, char** argv) {
   }
   auto optimizer = ps::ParseOptimizerConfig(absl::GetFlag(FLAGS_optimizer));
   if (!optimizer.ok()) return Fail(optimizer.status().message());
+  const std::string mode = absl::GetFlag(FLAGS_mode);
+  if (mode == "table") {
+    load.table = true;
+    load.table_ids = absl::GetFlag(FLAGS_table_ids);
+    load.dim = absl::GetFlag(FLAGS_table_dim);
+    load.id_space = static_cast<uint64_t>(absl::GetFlag(FLAGS_table_id_space));
+    load.zipf_s = absl::GetFlag(FLAGS_table_zipf_s);
+    load.max_rows = absl::GetFlag(FLAGS_table_max_rows);
+    load.op = Op::kPushPull;
+    if (load.table_ids == 0 || load.dim == 0 || load.zipf_s <= 0 ||
+        load.id_space < 2 * uint64_t{load.table_ids}) {
+      return Fail(
+          "--table_ids, --table_dim and --table_zipf_s must be positive and "
+          "--table_id_space at least twice --table_ids");
+    }
+    if (load.dtype != ps::v1::FLOAT32) {
+      return Fail("--mode=table measures fp32 rows");
+    }
+  } else if (mode != "dense") {
+    return Fail("--mode must be dense or table");
+  }
 
   const uint32_t shards = absl::GetFlag(FLAGS_shards);
   const std::string block_size = absl::StrCat(absl::GetFlag(FLAGS_block_size));
@@ -659,6 +1034,10 @@ int main(int argc, char** argv) {
   };
   const std::function<double()> ours_cpu = cpu_of(ours_children);
   const std::function<double()> echo_cpu = cpu_of(echo_children);
+  if (load.table) {
+    return RunTableMode(load, runs, *optimizer, ours_children, ours_addresses,
+                        *ours_clients, echo_clients, ours_cpu, echo_cpu);
+  }
 
   const double checkpoint_every_s = absl::GetFlag(FLAGS_checkpoint_every_s);
   if (checkpoint_every_s > 0) {
