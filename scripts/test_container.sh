@@ -505,7 +505,13 @@ steps_trained=$(dc run --rm -T psctl --json vars 2>/dev/null | psctl_answer step
 [ -n "$steps_trained" ] || fail "psctl vars after training"
 log "trained: $steps_trained"
 
-# Stop: SIGTERM, each shard writes its final checkpoint and exits 0.
+# A cluster checkpoint (shard 0 coordinates it over --peers): only a
+# checkpoint that every part completed is loaded at the next start.
+dc run --rm -T psctl checkpoint >"$work/checkpoint.log" 2>&1 ||
+  { cat "$work/checkpoint.log"; fail "psctl checkpoint"; }
+log "psctl checkpoint: $(head -1 "$work/checkpoint.log")"
+
+# Stop: SIGTERM, each shard writes its final checkpoint part and exits 0.
 DC_TIMEOUT=180 dc stop >/dev/null 2>&1 || fail "docker-compose stop"
 for i in 0 1; do
   c=${shards[$i]}
