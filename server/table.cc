@@ -289,45 +289,65 @@ bool SparseTable::Apply(const optimizer::OptimizerSettings& settings,
   // The rows this push updates, and where their gradients are. Rows it
   // carries move to the newest end first, so that eviction takes only rows
   // it does not carry.
+  for (uint64_t id : ids) {
+    auto it = index_.find(id);
+    if (it == index_.end()) continue;
+    Unlink(it->second);
+    LinkLast(it->second);
+  }
+  // The rows it updates, in push order; `sources[r]` is row r's gradient.
   std::vector<uint32_t> rows;
   std::vector<size_t> sources;
   rows.reserve(ids.size());
   sources.reserve(ids.size());
-  for (size_t i = 0; i < ids.size(); ++i) {
-    auto it = index_.find(ids[i]);
-    if (it == index_.end()) continue;
-    Unlink(it->second);
-    LinkLast(it->second);
-    rows.push_back(it->second);
-    sources.push_back(i);
-  }
+  bool in_order = true;  // sources[r] == r: the gradients need no gather
   const uint64_t max_rows = policy_.max_rows();
   for (size_t i = 0; i < ids.size(); ++i) {
     const uint64_t id = ids[i];
-    if (index_.contains(id)) continue;
-    if (!AdmittedByPush(id)) {
+    uint32_t row;
+    if (auto it = index_.find(id); it != index_.end()) {
+      row = it->second;
+    } else if (!AdmittedByPush(id)) {
       ++pending_[id];
       continue;
+    } else {
+      pending_.erase(id);
+      if (max_rows != 0 && index_.size() >= max_rows) EvictRow(oldest_);
+      row = CreateRow(id);
     }
-    pending_.erase(id);
-    if (max_rows != 0 && index_.size() >= max_rows) EvictRow(oldest_);
-    rows.push_back(CreateRow(id));
+    in_order &= i == rows.size();
+    rows.push_back(row);
     sources.push_back(i);
   }
 
-  // One kernel call over the gathered rows.
+  // One kernel call over the gathered rows, in buffers kept from push to
+  // push (no allocation or zero-fill once they have grown).
   const size_t n = rows.size() * static_cast<size_t>(dim_);
   const size_t row_bytes = dim_ * sizeof(float);
-  std::vector<float> values(n), gradient(n);
-  optimizer::BlockOptimizerState state;
+  std::vector<float>& values = scratch_values_;
+  values.resize(n);
+  std::span<const float> gradient = grads.first(in_order ? n : 0);
+  if (!in_order) {
+    scratch_gradient_.resize(n);
+    gradient = scratch_gradient_;
+  }
+  optimizer::BlockOptimizerState& state = scratch_state_;
   state.step = rule_state_.step;
   state.eve = rule_state_.eve;
   for (int array = 1; array < kArrays; ++array) {
-    if ((needed & BitOf(array)) != 0) SlotOf(state, array).resize(n);
+    std::vector<float>& slot = SlotOf(state, array);
+    if ((needed & BitOf(array)) != 0) {
+      slot.resize(n);
+    } else {
+      slot.clear();
+    }
   }
   for (size_t r = 0; r < rows.size(); ++r) {
     std::memcpy(&values[r * dim_], Row(0, rows[r]), row_bytes);
-    std::memcpy(&gradient[r * dim_], &grads[sources[r] * dim_], row_bytes);
+    if (!in_order) {
+      std::memcpy(&scratch_gradient_[r * dim_], &grads[sources[r] * dim_],
+                  row_bytes);
+    }
     for (int array = 1; array < kArrays; ++array) {
       std::vector<float>& slot = SlotOf(state, array);
       if (!slot.empty()) {

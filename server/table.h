@@ -223,6 +223,10 @@ class SparseTable final : public Entry {
   uint64_t rows_evicted_ ABSL_GUARDED_BY(mu) = 0;
   bool diverged_ ABSL_GUARDED_BY(mu) = false;
   uint64_t charged_ ABSL_GUARDED_BY(mu) = 0;
+  // Apply's gather buffers, kept from push to push.
+  std::vector<float> scratch_values_ ABSL_GUARDED_BY(mu);
+  std::vector<float> scratch_gradient_ ABSL_GUARDED_BY(mu);
+  optimizer::BlockOptimizerState scratch_state_ ABSL_GUARDED_BY(mu);
 };
 
 }  // namespace ps
