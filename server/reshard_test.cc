@@ -305,6 +305,36 @@ TEST_F(ReshardTest, TableRowsMoveToTheirNewOwners) {
     return all;
   };
 
+  // Restored into one shard, a table with max_rows holds more rows than it
+  // allows until its next row is created, which brings it back to max_rows.
+  {
+    Cluster small = MakeCluster(2, 4);
+    v1::CreateTableRequest table;
+    table.set_name("emb");
+    table.set_dim(kDim);
+    table.mutable_policy()->set_max_rows(30);
+    for (auto& store : small) ASSERT_TRUE(store->CreateTable(table).ok());
+    step(small, 1);  // ids 1..40, about 20 on each shard
+    Checkpoint(small, 1);
+    Cluster one = Restore(1, 4);
+    auto rows_held = [&] {
+      v1::ListVariablesResponse list = one[0]->ListVariables();
+      return list.variables(0).table().rows();
+    };
+    EXPECT_EQ(rows_held(), 40u);
+    v1::PushRequest request;  // three new ids
+    v1::RowSlice* rows = request.add_rows();
+    rows->set_table("emb");
+    for (uint64_t id : {1000, 1001, 1002}) rows->add_ids(id);
+    const std::vector<float> grads(3 * kDim, 1.0f);
+    rows->set_data(std::string(reinterpret_cast<const char*>(grads.data()),
+                               grads.size() * sizeof(float)));
+    auto result = PushNow(*one[0], request, /*with_values=*/false);
+    ASSERT_TRUE(result->status.ok()) << result->status;
+    EXPECT_EQ(rows_held(), 30u);
+    fs::remove_all(dir_);
+  }
+
   Cluster original = MakeCluster(2, 4);
   create(original);
   for (uint64_t t = 1; t <= 5; ++t) step(original, t);

@@ -312,7 +312,9 @@ bool SparseTable::Apply(const optimizer::OptimizerSettings& settings,
       continue;
     } else {
       pending_.erase(id);
-      if (max_rows != 0 && index_.size() >= max_rows) EvictRow(oldest_);
+      // A loop, not one: a table restored into fewer shards may hold more
+      // than max_rows until its next creation.
+      while (max_rows != 0 && index_.size() >= max_rows) EvictRow(oldest_);
       row = CreateRow(id);
     }
     in_order &= i == rows.size();
