@@ -329,7 +329,7 @@ log "shard image: every library of ps_server and psctl resolves, no Python, HEAL
 
 # Every compiled Python module and library the worker's packages hold.
 ldd_out=$(podman run --rm --entrypoint sh "$worker_image" -c \
-  'find /usr/lib/python3/dist-packages /usr/lib/x86_64-linux-gnu -name "*.so*" -type f |
+  'find /usr/lib/python3/dist-packages /usr/lib/x86_64-linux-gnu /opt/ps/python -name "*.so*" -type f |
    xargs ldd 2>&1 | grep "not found" || true')
 [ -z "$ldd_out" ] || fail "worker image: $(head -n 5 <<<"$ldd_out")"
 versions=$(podman run --rm "$worker_image" python3 -c '
