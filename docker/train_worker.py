@@ -24,8 +24,10 @@ did not, 2 for bad arguments, 143 when stopped by SIGTERM.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
+import threading
 import time
 from typing import List, Optional, Tuple
 
@@ -200,10 +202,20 @@ def exit_on_sigterm() -> None:
     action for a signal it does not handle: without this, `docker stop` and a
     pod's deletion wait out their grace period and end in SIGKILL.
     """
-    def stop(signum, _frame):
-        raise SystemExit(128 + signum)
+    # A Python handler would run only once the main thread is back in the
+    # interpreter, and a call of psclient's binding may block for its whole
+    # retry deadline (an unreachable shard). So SIGTERM is blocked in every
+    # thread (gRPC's inherit the mask) and one thread waits for it; the
+    # binding releases the GIL while it blocks, so that thread runs at once.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
 
-    signal.signal(signal.SIGTERM, stop)
+    def wait() -> None:
+        signal.sigwait({signal.SIGTERM})
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(128 + signal.SIGTERM)
+
+    threading.Thread(target=wait, name="sigterm", daemon=True).start()
 
 
 def main() -> int:
