@@ -402,7 +402,7 @@ podman run --rm --no-healthcheck --network host --entrypoint psctl "$shard_image
   fail "psctl health through the published port 127.0.0.1:$port"
 stop_container "$single"
 [ "$(exit_code "$single")" = 0 ] || fail "$single exited $(exit_code "$single")"
-logs_have "$single" "final checkpoint /var/lib/ps/checkpoints" ||
+logs_have "$single" "at /var/lib/ps/checkpoints/ckpt-" ||
   fail "$single wrote no final checkpoint: $(podman logs --tail 10 "$single" 2>&1)"
 log "one shard: healthy (podman healthcheck and psctl on 127.0.0.1:$port), SIGTERM -> final checkpoint, exit 0"
 
