@@ -61,6 +61,34 @@ absl::Status CheckIds(const v1::RowSlice& slice, const SparseTable& table,
   return absl::OkStatus();
 }
 
+// FAILED_PRECONDITION for a push of a fenced session, or to a table whose
+// values are no longer finite.
+absl::Status CheckTableTakesPush(const PreparedPush& push,
+                                 const SparseTable& table)
+    ABSL_SHARED_LOCKS_REQUIRED(table.mu) {
+  PS_RETURN_IF_ERROR(CheckNotFenced(push, table.applied, TableWhat(table)));
+  if (table.diverged()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "table '", table.name(),
+        "' has values that are not finite and takes no more pushes"));
+  }
+  return absl::OkStatus();
+}
+
+// INVALID_ARGUMENT when the rule cannot take the update (Eve's loss).
+absl::Status CheckTableUpdate(const optimizer::OptimizerSettings& settings,
+                              const SparseTable& table,
+                              std::optional<double> loss)
+    ABSL_SHARED_LOCKS_REQUIRED(table.mu) {
+  absl::Status check =
+      optimizer::CheckUpdate(settings, table.rule_state(), loss);
+  if (!check.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("push to table '", table.name(), "': ", check.message()));
+  }
+  return absl::OkStatus();
+}
+
 std::string PolicyString(const v1::TablePolicy& policy) {
   return absl::StrCat("max_rows ", policy.max_rows(), ", evict_after_steps ",
                       policy.evict_after_steps(), ", min_count ",
@@ -227,19 +255,9 @@ absl::Status VariableStore::CheckRowsAsync(const PreparedPush& push,
     const SparseTable& table = *part.table;
     duplicate[j] = AlreadyApplied(push, table.applied);
     if (duplicate[j]) continue;
-    PS_RETURN_IF_ERROR(CheckNotFenced(push, table.applied, TableWhat(table)));
-    if (table.diverged()) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "table '", table.name(),
-          "' has values that are not finite and takes no more pushes"));
-    }
+    PS_RETURN_IF_ERROR(CheckTableTakesPush(push, table));
     auto entry = rules_.For(table.name());
-    absl::Status check =
-        optimizer::CheckUpdate(entry->settings, table.rule_state(), push.loss);
-    if (!check.ok()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "push to table '", table.name(), "': ", check.message()));
-    }
+    PS_RETURN_IF_ERROR(CheckTableUpdate(entry->settings, table, push.loss));
     PS_ASSIGN_OR_RETURN(const SparseTable::Plan plan, table.PlanPush(part.ids));
     more += table.BytesDelta(plan, entry->settings);
   }
@@ -288,12 +306,7 @@ absl::Status VariableStore::CheckRowsSync(const PreparedPush& push,
     const SparseTable& table = *push.rows[j].table;
     duplicate[j] = AlreadyApplied(push, table.applied);
     if (duplicate[j]) continue;
-    PS_RETURN_IF_ERROR(CheckNotFenced(push, table.applied, TableWhat(table)));
-    if (table.diverged()) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "table '", table.name(),
-          "' has values that are not finite and takes no more pushes"));
-    }
+    PS_RETURN_IF_ERROR(CheckTableTakesPush(push, table));
     const SparseTable::Sync& sync = table.sync;
     if (sync.started && push.step == sync.next_step &&
         sync.workers.contains(push.worker_id)) {
@@ -313,12 +326,7 @@ absl::Status VariableStore::CheckRowsSync(const PreparedPush& push,
           ", which other workers are still pushing; retry"));
     }
     auto entry = rules_.For(table.name());
-    absl::Status check =
-        optimizer::CheckUpdate(entry->settings, table.rule_state(), push.loss);
-    if (!check.ok()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "push to table '", table.name(), "': ", check.message()));
-    }
+    PS_RETURN_IF_ERROR(CheckTableUpdate(entry->settings, table, push.loss));
   }
   return absl::OkStatus();
 }
