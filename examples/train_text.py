@@ -60,7 +60,11 @@ import time
 import traceback
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "client" / "python"))
@@ -158,9 +162,9 @@ def fetch_package_lists() -> bool:
 @dataclass
 class Dataset:
     """Packages as bags of ids (CSR: ids[starts[i]:starts[i+1]]) and labels."""
-    ids: "np.ndarray"      # int64, every package's ids one after another
-    starts: "np.ndarray"   # int64, len n + 1
-    labels: "np.ndarray"   # int64, len n
+    ids: np.ndarray      # int64, every package's ids one after another
+    starts: np.ndarray   # int64, len n + 1
+    labels: np.ndarray   # int64, len n
     names: List[str] = field(default_factory=list)
 
     def __len__(self) -> int:
@@ -177,7 +181,7 @@ class Dataset:
         return Dataset(ids.astype(np.int64), starts, self.labels[index],
                        [self.names[i] for i in index] if self.names else [])
 
-    def batch(self, index: "np.ndarray") -> Tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]:
+    def batch(self, index: np.ndarray) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(input, offsets, labels) of these packages, as F.embedding_bag takes them."""
         import numpy as np
         import torch
@@ -242,7 +246,6 @@ class TableEmbeddingBag:
 
     def __init__(self, table: str, dim: int, client, mode: str = "mean",
                  optimizer=None, init=None):
-        import torch  # noqa: F401  (torch must be importable)
         self.table, self.dim, self.client, self.mode = table, dim, client, mode
         client.create_table(table, dim, init=init, optimizer=optimizer)
         self.training = True
@@ -381,7 +384,6 @@ def worker_main(worker: int, num_workers: int, build_dir: str, servers: List[str
     """A worker process: trains on its share of the training set."""
     os.environ["PS_BUILD_DIR"] = build_dir
     try:
-        import numpy as np  # noqa: F401
         import torch
         import torch.nn.functional as F
 
