@@ -495,7 +495,7 @@ def train_remote(corpus: Corpus, args, build_dir: pathlib.Path) -> Tuple[RunResu
                 raise RuntimeError(f"worker {message[1]} failed:\n{message[2]}")
             if kind == "ready":
                 ready += 1
-                if ready == args.workers:
+                if start is None:  # workers train from their own "ready"
                     start = time.monotonic()
                 continue
             if kind == "done":
@@ -663,6 +663,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not text.strip() and args.data is None:
         if fetch_package_lists():
             text = read_package_list(None)
+    if not text.strip() and args.data is not None:
+        raise SystemExit(f"{args.data} holds no packages")
     if not text.strip():
         raise SystemExit(
             "No package lists: `apt-cache dumpavail` printed nothing. Fetch them "

@@ -125,6 +125,32 @@ class ParsingTest(unittest.TestCase):
                                                            "PYTHONHASHSEED": "123"})
         self.assertEqual(json.loads(again.stdout), ids)
 
+    def test_empty_package_lists_are_fetched_or_named(self):
+        # apt-cache answers nothing (no `apt-get update` yet), and apt-get
+        # update fails: the program tries it, then says what to run.
+        with tempfile.TemporaryDirectory() as tmp:
+            tools = pathlib.Path(tmp)
+            log = tools / "apt-get.log"
+            scripts = {"apt-cache": "exit 0",
+                       "apt-get": f'echo "$@" >> {log}; exit 100',
+                       "sudo": 'shift; exec "$@"'}  # sudo -n COMMAND...
+            for name, body in scripts.items():
+                (tools / name).write_text(f"#!/bin/sh\n{body}\n")
+                (tools / name).chmod(0o755)
+            env = {**os.environ, "PATH": f"{tools}:{os.environ['PATH']}"}
+            done = subprocess.run([sys.executable, str(SCRIPT)], env=env,
+                                  capture_output=True, text=True, timeout=120)
+            self.assertEqual(log.read_text().split(), ["update", "-qq"])
+        self.assertNotEqual(done.returncode, 0)
+        self.assertIn("The package lists are empty; running:", done.stdout)
+        self.assertIn("sudo apt-get update", done.stderr)
+
+        with tempfile.NamedTemporaryFile("w", suffix=".txt") as empty:
+            done = subprocess.run([sys.executable, str(SCRIPT), f"--data={empty.name}"],
+                                  capture_output=True, text=True, timeout=120)
+        self.assertNotEqual(done.returncode, 0)
+        self.assertIn("holds no packages", done.stderr)
+
 
 class TableEmbeddingBagTest(unittest.TestCase):
     """The remote bag trains exactly as nn.EmbeddingBag(sparse) + Adagrad."""
