@@ -84,6 +84,25 @@ std::string FormatPrometheus(const v1::Stats& stats) {
           "Checkpoints that failed (health is NOT_SERVING until one succeeds).",
           stats.checkpoint_failures());
 
+  const v1::UpdateHelperStats& helpers = stats.update_helpers();
+  shard_metric("ps_update_helper_threads", "gauge",
+               "Threads that help run one large block's update.",
+               helpers.threads());
+  counter("ps_update_split_total",
+          "Block updates cut into tasks for the helper threads.",
+          helpers.split_updates());
+  counter("ps_update_split_tasks_total", "The tasks of those updates.",
+          helpers.tasks());
+  counter("ps_update_helper_tasks_total",
+          "Of those tasks, the ones a helper ran.", helpers.helper_tasks());
+  counter("ps_update_helped_total",
+          "Split block updates a helper thread ran a task of.",
+          helpers.helped_updates());
+  shard_metric("ps_update_helper_wait_seconds_total", "counter",
+               "Time split updates waited, after running out of tasks to "
+               "claim, for helpers still running one.",
+               helpers.wait_seconds());
+
   Metric(out, "ps_refusals_total", "counter", "Calls refused, by gRPC code.");
   for (const auto& [code, count] : stats.refusals()) {
     absl::StrAppend(&out, "ps_refusals_total{", shard, ",code=\"", Label(code),

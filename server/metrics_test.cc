@@ -160,6 +160,13 @@ v1::Stats HandMade() {
   stats.set_memory_limit_bytes(uint64_t{1} << 33);
   stats.set_diverged_blocks(1);
   stats.set_config_version(6);
+  v1::UpdateHelperStats* helpers = stats.mutable_update_helpers();
+  helpers->set_threads(1);
+  helpers->set_split_updates(20);
+  helpers->set_tasks(80);
+  helpers->set_helper_tasks(30);
+  helpers->set_helped_updates(18);
+  helpers->set_wait_seconds(0.125);
   v1::VariableStats* plain = stats.add_variables();
   plain->set_name("dense/w");
   plain->set_step(100);
@@ -204,6 +211,12 @@ TEST(FormatPrometheusTest, EveryFamilyHasHelpAndTypeAndEverySampleParses) {
       {"ps_checkpoints_total", "counter"},
       {"ps_checkpoint_failures_total", "counter"},
       {"ps_refusals_total", "counter"},
+      {"ps_update_helper_threads", "gauge"},
+      {"ps_update_split_total", "counter"},
+      {"ps_update_split_tasks_total", "counter"},
+      {"ps_update_helper_tasks_total", "counter"},
+      {"ps_update_helped_total", "counter"},
+      {"ps_update_helper_wait_seconds_total", "counter"},
       {"ps_update_latency_microseconds", "summary"},
       {"ps_uptime_seconds", "gauge"},
       {"ps_restored_checkpoint", "gauge"},
@@ -265,6 +278,12 @@ TEST(FormatPrometheusTest, ShardWideValues) {
   EXPECT_EQ(One(e, "ps_memory_limit_bytes").value, 8589934592.0);
   EXPECT_EQ(One(e, "ps_diverged_blocks").value, 1);
   EXPECT_EQ(One(e, "ps_config_version").value, 6);
+  EXPECT_EQ(One(e, "ps_update_helper_threads").value, 1);
+  EXPECT_EQ(One(e, "ps_update_split_total").value, 20);
+  EXPECT_EQ(One(e, "ps_update_split_tasks_total").value, 80);
+  EXPECT_EQ(One(e, "ps_update_helper_tasks_total").value, 30);
+  EXPECT_EQ(One(e, "ps_update_helped_total").value, 18);
+  EXPECT_EQ(One(e, "ps_update_helper_wait_seconds_total").value, 0.125);
 }
 
 TEST(FormatPrometheusTest, MembersAndWhoWaits) {

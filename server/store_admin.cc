@@ -165,6 +165,14 @@ v1::Stats VariableStore::Stats() const {
     t->set_diverged_blocks(progress.diverged);
     table->FillInfo(t->mutable_table());
   }
+  const optimizer::HelperThreads::Counters helped = helpers_.counters();
+  v1::UpdateHelperStats* h = stats.mutable_update_helpers();
+  h->set_threads(static_cast<uint32_t>(helpers_.helpers()));
+  h->set_split_updates(helped.split_runs);
+  h->set_tasks(helped.tasks);
+  h->set_helper_tasks(helped.helper_tasks);
+  h->set_helped_updates(helped.helped_runs);
+  h->set_wait_seconds(static_cast<double>(helped.wait_ns) * 1e-9);
   stats.set_state_bytes(memory_.StateBytes());
   stats.set_bookkeeping_bytes(memory_.BookkeepingBytes());
   stats.set_memory_limit_bytes(options_.memory_limit_bytes);

@@ -690,6 +690,13 @@ TEST(StorePushTest, LargeHalfPrecisionBlocksAreUpdatedChunkByChunk) {
             << v1::DType_Name(dtype) << " block " << k;
       }
     }
+    // GetStats counts the two blocks' updates as split for the helpers
+    // (each into at least 3 tasks), and only with a helper.
+    const v1::UpdateHelperStats helpers = store.Stats().update_helpers();
+    EXPECT_EQ(helpers.threads(), static_cast<uint32_t>(threads - 1));
+    EXPECT_EQ(helpers.split_updates(), threads > 1 ? 2u : 0u);
+    EXPECT_GE(helpers.tasks(), threads > 1 ? 6u : 0u);
+    EXPECT_LE(helpers.helper_tasks(), helpers.tasks());
   }
 }
 

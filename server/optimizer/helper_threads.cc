@@ -2,18 +2,23 @@
 
 #include <algorithm>
 
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+
 namespace ps::optimizer {
 
 struct HelperThreads::Job {
   Job(size_t count, absl::FunctionRef<void(size_t)> task)
       : count(count), task(task) {}
 
-  // Runs tasks until none is left to claim.
-  void Work() {
-    for (size_t i;
-         (i = next.fetch_add(1, std::memory_order_relaxed)) < count;) {
+  // Runs tasks until none is left to claim; the number it ran.
+  size_t Work() {
+    size_t ran = 0;
+    for (size_t i; (i = next.fetch_add(1, std::memory_order_relaxed)) < count;
+         ++ran) {
       task(i);
     }
+    return ran;
   }
   bool Open() const { return next.load(std::memory_order_relaxed) < count; }
 
@@ -23,6 +28,8 @@ struct HelperThreads::Job {
   // Helpers working on the job; guarded by HelperThreads::mu_, which
   // outlives the job (the Run that owns it waits for 0 under mu_).
   int attached = 0;
+  // Tasks the helpers ran; guarded by HelperThreads::mu_.
+  size_t helper_tasks = 0;
 };
 
 HelperThreads::HelperThreads(int helpers) {
@@ -49,11 +56,33 @@ void HelperThreads::Run(size_t count, absl::FunctionRef<void(size_t)> task) {
     jobs_.push_back(&job);  // wakes the helpers waiting in Loop
   }
   job.Work();
-  absl::MutexLock lock(&mu_);
-  jobs_.erase(std::find(jobs_.begin(), jobs_.end(), &job));
-  // Every task has been claimed; wait for the helpers still running one.
-  mu_.Await(absl::Condition(
-      +[](Job* j) { return j->attached == 0; }, &job));
+  const absl::Time own_tasks_done = absl::Now();
+  size_t helper_tasks = 0;
+  {
+    absl::MutexLock lock(&mu_);
+    jobs_.erase(std::find(jobs_.begin(), jobs_.end(), &job));
+    // Every task has been claimed; wait for the helpers still running one.
+    mu_.Await(absl::Condition(
+        +[](Job* j) { return j->attached == 0; }, &job));
+    helper_tasks = job.helper_tasks;
+  }
+  split_runs_.fetch_add(1, std::memory_order_relaxed);
+  tasks_.fetch_add(count, std::memory_order_relaxed);
+  helper_tasks_.fetch_add(helper_tasks, std::memory_order_relaxed);
+  if (helper_tasks > 0) helped_runs_.fetch_add(1, std::memory_order_relaxed);
+  wait_ns_.fetch_add(static_cast<uint64_t>(absl::ToInt64Nanoseconds(
+                         absl::Now() - own_tasks_done)),
+                     std::memory_order_relaxed);
+}
+
+HelperThreads::Counters HelperThreads::counters() const {
+  Counters c;
+  c.split_runs = split_runs_.load(std::memory_order_relaxed);
+  c.tasks = tasks_.load(std::memory_order_relaxed);
+  c.helper_tasks = helper_tasks_.load(std::memory_order_relaxed);
+  c.helped_runs = helped_runs_.load(std::memory_order_relaxed);
+  c.wait_ns = wait_ns_.load(std::memory_order_relaxed);
+  return c;
 }
 
 bool HelperThreads::HasOpenJobOrStop() const {
@@ -74,8 +103,9 @@ void HelperThreads::Loop() {
     Job* job = *open;
     ++job->attached;
     mu_.Unlock();
-    job->Work();
+    const size_t ran = job->Work();
     mu_.Lock();
+    job->helper_tasks += ran;
     --job->attached;
   }
   mu_.Unlock();

@@ -14,6 +14,7 @@
 
 #include <atomic>
 #include <cstddef>
+#include <cstdint>
 #include <thread>
 #include <vector>
 
@@ -35,6 +36,19 @@ class HelperThreads {
 
   int helpers() const { return static_cast<int>(threads_.size()); }
 
+  // What the helpers did since start. Counters only grow; a snapshot may
+  // straddle a Run in progress.
+  struct Counters {
+    uint64_t split_runs = 0;    // Runs whose tasks were offered to helpers
+    uint64_t tasks = 0;         // the tasks of those Runs
+    uint64_t helper_tasks = 0;  // of them, the ones a helper ran
+    uint64_t helped_runs = 0;   // Runs a helper took at least one task of
+    // Time those Runs waited, after their caller ran out of tasks to
+    // claim, for the helpers still running one.
+    uint64_t wait_ns = 0;
+  };
+  Counters counters() const;
+
   // Runs task(0), ..., task(count - 1), each once, on the calling thread and
   // on the helpers that are free; returns when every task has returned.
   // The tasks must not depend on one another's order.
@@ -51,6 +65,12 @@ class HelperThreads {
   std::vector<Job*> jobs_ ABSL_GUARDED_BY(mu_);
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<std::thread> threads_;
+
+  std::atomic<uint64_t> split_runs_{0};
+  std::atomic<uint64_t> tasks_{0};
+  std::atomic<uint64_t> helper_tasks_{0};
+  std::atomic<uint64_t> helped_runs_{0};
+  std::atomic<uint64_t> wait_ns_{0};
 };
 
 }  // namespace ps::optimizer

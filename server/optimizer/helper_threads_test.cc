@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
 #include "absl/time/time.h"
 
 namespace ps::optimizer {
@@ -25,6 +26,8 @@ TEST(HelperThreadsTest, WithoutHelpersTheCallerRunsEveryTaskInOrder) {
   EXPECT_EQ(order, (std::vector<size_t>{0, 1, 2, 3, 4}));
   EXPECT_EQ(threads, std::set{std::this_thread::get_id()});
   none.Run(0, [&](size_t) { ADD_FAILURE() << "no task to run"; });
+  EXPECT_EQ(none.counters().split_runs, 0u);
+  EXPECT_EQ(none.counters().tasks, 0u);
 }
 
 TEST(HelperThreadsTest, AFreeHelperTakesTasksWhileTheCallerRunsOne) {
@@ -68,11 +71,46 @@ TEST(HelperThreadsTest, ManyCallersAtOnceEachGetEveryTaskRunOnce) {
     });
   }
   for (std::thread& t : callers) t.join();
+  const HelperThreads::Counters counters = pool.counters();
+  EXPECT_EQ(counters.split_runs, kCallers * 20u);
+  EXPECT_EQ(counters.tasks, kCallers * 20u * kTasks);
+  EXPECT_LE(counters.helper_tasks, counters.tasks);
+  EXPECT_LE(counters.helped_runs, counters.split_runs);
   for (int c = 0; c < kCallers; ++c) {
     for (size_t i = 0; i < kTasks; ++i) {
       ASSERT_EQ(runs[c][i].load(), 20) << "caller " << c << " task " << i;
     }
   }
+}
+
+// The caller's task ends at once, the helper's 50 ms later: the counters
+// say the helper ran one of the two tasks and the caller waited for it.
+TEST(HelperThreadsTest, CountersSayWhoRanWhatAndHowLongTheCallerWaited) {
+  HelperThreads pool(1);
+  absl::Mutex mu;
+  int started = 0;
+  const std::thread::id caller = std::this_thread::get_id();
+  pool.Run(2, [&](size_t) {
+    {
+      absl::MutexLock lock(&mu);
+      ++started;
+      ASSERT_TRUE(
+          mu.AwaitWithTimeout(absl::Condition(
+                                  +[](int* n) { return *n == 2; }, &started),
+                              absl::Seconds(10)));
+    }
+    if (std::this_thread::get_id() != caller)
+      absl::SleepFor(absl::Milliseconds(50));
+  });
+  const HelperThreads::Counters counters = pool.counters();
+  EXPECT_EQ(counters.split_runs, 1u);
+  EXPECT_EQ(counters.tasks, 2u);
+  EXPECT_EQ(counters.helper_tasks, 1u);
+  EXPECT_EQ(counters.helped_runs, 1u);
+  EXPECT_GE(counters.wait_ns, 40'000'000u);
+  // One task: the caller runs it alone, and it is not counted as split.
+  pool.Run(1, [](size_t) {});
+  EXPECT_EQ(pool.counters().split_runs, 1u);
 }
 
 // Short jobs, one after another: a helper woken for a job often finds its
