@@ -379,8 +379,8 @@ TEST(FormatPrometheusTest, VariablesWithEscapedNames) {
 
 TEST(FormatPrometheusTest, EmptyStatsStillDescribeEveryFamily) {
   const Exposition e = Parse(FormatPrometheus(v1::Stats()));
-  EXPECT_EQ(e.type.size(), 35u);
-  EXPECT_EQ(e.help.size(), 35u);
+  EXPECT_EQ(e.type.size(), 41u);
+  EXPECT_EQ(e.help.size(), 41u);
   EXPECT_TRUE(Named(e, "ps_table_rows").empty());
   EXPECT_TRUE(Named(e, "ps_worker_steps_behind").empty());
   EXPECT_EQ(One(e, "ps_rolled_back").value, 0);
