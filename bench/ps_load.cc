@@ -469,7 +469,8 @@ absl::StatusOr<std::vector<std::unique_ptr<ps::Client>>> Connect(
   if (!created.ok()) return created.status();
   // Every other client learns the size (and checks the shape).
   for (int w = 1; w < load.workers; ++w) {
-    auto again = clients[w]->CreateVariable("w", {load.values});
+    auto again = clients[w]->CreateVariable(
+        "w", {load.values}, {}, std::nullopt, ps::v1::ON_EXISTS_REUSE);
     if (!again.ok()) return again.status();
   }
   return clients;

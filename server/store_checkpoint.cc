@@ -18,6 +18,9 @@ absl::Status VariableStore::Snapshot(
     storage::v1::VariableHeader* header = state.add_variables();
     header->set_name(variable->name());
     for (uint64_t dim : variable->shape()) header->add_shape(dim);
+    if (auto it = origins_.find(variable->name()); it != origins_.end()) {
+      *header->mutable_origin() = it->second;
+    }
   }
   const std::vector<std::shared_ptr<SparseTable>> tables = SortedTables();
   for (const auto& table : tables) {
@@ -71,6 +74,14 @@ absl::Status VariableStore::RestoreState(const storage::v1::ShardState& state) {
               : absl::StatusCode::kDataLoss;
       return absl::Status(code, absl::StrCat("variable '", header.name(), "': ",
                                              created.status().message()));
+    }
+    // What it was created with, as the checkpoint recorded it (unknown for
+    // checkpoints that did not).
+    absl::MutexLock structure_lock(&structure_mu_);
+    if (header.has_origin()) {
+      origins_[header.name()] = header.origin();
+    } else {
+      origins_.erase(header.name());
     }
   }
   for (const storage::v1::TableHeader& header : state.tables()) {

@@ -61,11 +61,17 @@ absl::Status CheckIds(const v1::RowSlice& slice, const SparseTable& table,
   return absl::OkStatus();
 }
 
+// NOT_FOUND for a push to a table deleted since the push found it;
 // FAILED_PRECONDITION for a push of a fenced session, or to a table whose
 // values are no longer finite.
 absl::Status CheckTableTakesPush(const PreparedPush& push,
                                  const SparseTable& table)
     ABSL_SHARED_LOCKS_REQUIRED(table.mu) {
+  if (table.deleted) {
+    return absl::NotFoundError(absl::StrCat(
+        "table '", table.name(), "' was deleted while the push to it ",
+        "was on its way; create it again before pushing to it"));
+  }
   PS_RETURN_IF_ERROR(CheckNotFenced(push, table.applied, TableWhat(table)));
   if (table.diverged()) {
     return absl::FailedPreconditionError(absl::StrCat(
