@@ -39,7 +39,7 @@ namespace ps {
 struct StoreOptions {
   uint32_t shard_index = 0;
   uint32_t num_shards = 1;
-  uint64_t block_size = 262144;
+  uint64_t block_size = kDefaultBlockSize;
   // Sync: pushes for one step are averaged and applied once `quorum` of
   // `num_workers` distinct workers have pushed it. Async when false.
   // (quorum 0: every member; see server/membership.h.)
