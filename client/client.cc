@@ -359,6 +359,11 @@ absl::StatusOr<bool> Client::CreateTable(std::string_view name, uint32_t dim,
   if (options.optimizer.has_value()) {
     *request.mutable_optimizer() = *options.optimizer;
   }
+  if (!v1::OnExists_IsValid(options.on_exists)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "unknown on_exists ", static_cast<int>(options.on_exists)));
+  }
+  request.set_on_exists(options.on_exists);
   const size_t shards = core_->shards.size();
   std::atomic<bool> created{false};
   auto [done, future] = MakePromise();

@@ -161,6 +161,11 @@ struct TableOptions {
   v1::RowInit init;
   v1::TablePolicy policy;
   std::optional<v1::OptimizerConfig> optimizer;
+  // When the table exists (with this dim): ON_EXISTS_ERROR accepts it when
+  // it was created with the same init, policy and optimizer, else
+  // ALREADY_EXISTS naming what differs; ON_EXISTS_REUSE keeps it as it is;
+  // ON_EXISTS_RESET replaces it (rows, slots, steps; another dim too).
+  v1::OnExists on_exists = v1::ON_EXISTS_ERROR;
 };
 
 // One variable's gradient in a multi-variable push. Its values cover the
@@ -312,8 +317,9 @@ class Client {
   // ---- sparse tables (DESIGN.md, "Sparse tables")
 
   // Creates the table on every shard (each holds the rows row_shard gives
-  // it). Returns false when it existed with the same dim, init and policy;
-  // ALREADY_EXISTS when it exists with others.
+  // it). Returns false when it existed with the same dim, init, policy and
+  // optimizer (or was reused), true when this call created or reset it;
+  // ALREADY_EXISTS when it exists with others (options.on_exists).
   absl::StatusOr<bool> CreateTable(std::string_view name, uint32_t dim,
                                    const TableOptions& options = {});
   // Reads the rows of `ids` (any order; repeats allowed) into `rows`

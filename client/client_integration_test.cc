@@ -189,6 +189,33 @@ TEST_P(ClientIntegrationTest, DeleteATableOnEveryShard) {
   EXPECT_THAT(rows, ::testing::Each(0.0f));
 }
 
+TEST_P(ClientIntegrationTest, ATableWithAnotherOptimizerIsAnErrorUnlessReused) {
+  auto client = Connect();
+  ASSERT_NE(client, nullptr);
+  TableOptions adagrad;
+  adagrad.optimizer.emplace().mutable_adagrad();
+  ASSERT_TRUE(client->CreateTable("emb", 2, adagrad).ok());
+  auto again = client->CreateTable("emb", 2, adagrad);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_FALSE(*again);
+  TableOptions defaults;
+  auto other = client->CreateTable("emb", 2, defaults);
+  EXPECT_EQ(other.status().code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_THAT(other.status().message(),
+              AllOf(HasSubstr("'emb'"), HasSubstr("adagrad")));
+  defaults.on_exists = v1::ON_EXISTS_REUSE;
+  auto reused = client->CreateTable("emb", 2, defaults);
+  ASSERT_TRUE(reused.ok()) << reused.status();
+  EXPECT_FALSE(*reused);
+  defaults.on_exists = v1::ON_EXISTS_RESET;
+  auto reset = client->CreateTable("emb", 5, defaults);
+  ASSERT_TRUE(reset.ok()) << reset.status();
+  EXPECT_TRUE(*reset);
+  std::vector<float> rows(10);
+  const std::vector<uint64_t> ids = {11, 12};
+  ASSERT_TRUE(client->PullRows("emb", ids, rows).ok());
+}
+
 TEST_P(ClientIntegrationTest, PullAndPushPullReportBlockVersions) {
   auto client = Connect();
   ASSERT_NE(client, nullptr);

@@ -262,7 +262,7 @@ absl::StatusOr<bool> VariableStore::CreateVariable(
       if (request.continued()) {
         PS_RETURN_IF_ERROR(SetInitialValues(*existing, request));
       } else if (request.on_exists() == v1::ON_EXISTS_ERROR) {
-        PS_RETURN_IF_ERROR(CheckSameOrigin(request, origin));
+        PS_RETURN_IF_ERROR(CheckSameOrigin(name, "variable", origin));
       }
       return false;
     }
@@ -327,9 +327,9 @@ absl::StatusOr<bool> VariableStore::CreateVariable(
 }
 
 absl::Status VariableStore::CheckSameOrigin(
-    const v1::CreateVariableRequest& request,
+    const std::string& name, const char* what,
     const storage::v1::VariableOrigin& wanted) const {
-  auto it = origins_.find(request.name());
+  auto it = origins_.find(name);
   if (it == origins_.end()) return absl::OkStatus();  // not recorded
   const storage::v1::VariableOrigin& had = it->second;
   std::string differs;
@@ -357,7 +357,7 @@ absl::Status VariableStore::CheckSameOrigin(
   }
   if (differs.empty()) return absl::OkStatus();
   return absl::AlreadyExistsError(absl::StrCat(
-      "variable '", request.name(), "' exists: ", differs,
+      what, " '", name, "' exists: ", differs,
       ". Ask to reuse it (on_exists=reuse: keep the server's values and "
       "optimizer) or to reset it (on_exists=reset: replace them), or delete "
       "it first"));
@@ -406,6 +406,7 @@ void VariableStore::RemoveTable(SparseTable& table) {
     tables_.erase(name);
   }
   rules_.Forget(name);
+  origins_.erase(name);
   memory_.AddTableBytes(-bytes);
   memory_.AddAppliedRecords(-records);
   for (auto& [waiter, status] : ready) waiter->PartDone(std::move(status));
@@ -415,25 +416,24 @@ void VariableStore::RemoveVariable(const DenseVariable& variable) {
   const std::string name = variable.name();
   ReadyParts ready;
   int64_t records = 0;
-  {
-    std::vector<absl::Mutex*> locks;
-    variable.CollectLocks(locks);
-    LockedSet locked(std::move(locks));
-    for (Block* block : variable.SortedBlocks()) {
-      // Values stay until the last push or pull that holds the block lets
-      // go of it; nothing changes them from now on.
-      block->deleted = true;
-      records += static_cast<int64_t>(block->applied.size());
-      block->applied.clear();
-      for (auto& [waiter, index] : block->sync.waiters) {
-        ready.emplace_back(
-            std::move(waiter),
-            absl::NotFoundError(absl::StrCat(
-                "variable '", name, "' was deleted while the push waited for ",
-                "its step")));
-      }
-      block->sync = SyncSlot();
+  // One block at a time (a push holds all of its blocks at once, so it
+  // sees each of them before or after, and is refused from the first it
+  // finds deleted; the variable goes either way).
+  for (Block* block : variable.SortedBlocks()) {
+    absl::MutexLock lock(&block->mu);
+    // Values stay until the last push or pull that holds the block lets
+    // go of it; nothing changes them from now on.
+    block->deleted = true;
+    records += static_cast<int64_t>(block->applied.size());
+    block->applied.clear();
+    for (auto& [waiter, index] : block->sync.waiters) {
+      ready.emplace_back(
+          std::move(waiter),
+          absl::NotFoundError(absl::StrCat(
+              "variable '", name, "' was deleted while the push waited for ",
+              "its step")));
     }
+    block->sync = SyncSlot();
   }
   {
     absl::MutexLock lock(&entries_mu_);

@@ -29,6 +29,9 @@ absl::Status VariableStore::Snapshot(
     header->set_dim(table->dim());
     *header->mutable_init() = table->init();
     *header->mutable_policy() = table->policy();
+    if (auto it = origins_.find(table->name()); it != origins_.end()) {
+      *header->mutable_origin() = it->second;
+    }
   }
   rules_.Snapshot(state);
   sessions_.Snapshot(state.mutable_sessions());
@@ -96,6 +99,12 @@ absl::Status VariableStore::RestoreState(const storage::v1::ShardState& state) {
     if (!created.ok()) {
       return absl::DataLossError(absl::StrCat(
           "table '", header.name(), "': ", created.status().message()));
+    }
+    absl::MutexLock structure_lock(&structure_mu_);
+    if (header.has_origin()) {
+      origins_[header.name()] = header.origin();
+    } else {
+      origins_.erase(header.name());
     }
   }
   return absl::OkStatus();

@@ -104,9 +104,10 @@ class VariableStore final : public Store {
   absl::Status SetInitialValues(DenseVariable& variable,
                                 const v1::CreateVariableRequest& request) const;
 
-  // Compares a creation of an existing variable with what it was created
-  // with (CreateVariable's on_exists ERROR).
-  absl::Status CheckSameOrigin(const v1::CreateVariableRequest& request,
+  // Compares a creation of an existing variable or table (`what`) with
+  // what it was created with (on_exists ERROR): ALREADY_EXISTS naming what
+  // differs.
+  absl::Status CheckSameOrigin(const std::string& name, const char* what,
                                const storage::v1::VariableOrigin& wanted) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(structure_mu_);
   // Takes `variable` out of the store (DeleteVariable): marks its blocks
@@ -180,9 +181,9 @@ class VariableStore final : public Store {
   // shared, so a checkpoint sees no creation or rule change half done.
   // Pushes and pulls do not take it.
   mutable absl::Mutex structure_mu_;
-  // What each variable was created with (those restored from a checkpoint
-  // that did not record it have none): what a later creation of the name
-  // is compared with.
+  // What each variable and table was created with (those restored from a
+  // checkpoint that did not record it have none): what a later creation of
+  // the name is compared with.
   absl::flat_hash_map<std::string, storage::v1::VariableOrigin> origins_
       ABSL_GUARDED_BY(structure_mu_);
 

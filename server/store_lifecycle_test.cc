@@ -4,6 +4,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -267,6 +268,107 @@ v1::RowSlice Rows(const std::string& table, std::vector<uint64_t> ids,
   for (uint64_t id : ids) rows.add_ids(id);
   rows.set_data(testutil::Encode(values));
   return rows;
+}
+
+// The rows of `ids` of table `table` as a pull reads them.
+std::vector<float> RowValues(const VariableStore& store,
+                             const std::string& table,
+                             std::vector<uint64_t> ids) {
+  v1::PullRequest request;
+  *request.add_rows() = Rows(table, std::move(ids), {});
+  request.mutable_rows(0)->clear_data();
+  v1::PullResponse response;
+  absl::Status status = store.Pull(request, &response);
+  EXPECT_TRUE(status.ok()) << status;
+  if (!status.ok()) return {};
+  const std::string& data = response.rows(0).data();
+  std::vector<float> values(data.size() / sizeof(float));
+  std::memcpy(values.data(), data.data(), data.size());
+  return values;
+}
+
+TEST(StoreCreateTest, ATableIsComparedAndReusedOrResetToo) {
+  VariableStore store(Options());
+  v1::CreateTableRequest table;
+  table.set_name("emb");
+  table.set_dim(2);
+  *table.mutable_optimizer() = Optimizer("adagrad {} learning_rate: 1");
+  ASSERT_TRUE(store.CreateTable(table).ok());
+  v1::PushRequest push = PushRequest("a", 1, {});
+  *push.add_rows() = Rows("emb", {7}, {1, 1});
+  ASSERT_TRUE(PushNow(store, push)->status.ok());
+  const std::vector<float> trained = RowValues(store, "emb", {7});
+  ASSERT_THAT(trained, ::testing::Each(::testing::Lt(0.0f)));
+
+  // Alike (every worker of a job): fine, nothing changes.
+  auto again = store.CreateTable(table);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_FALSE(*again);
+  // Another optimizer, or the default: ALREADY_EXISTS naming both.
+  v1::CreateTableRequest other = table;
+  *other.mutable_optimizer() = Optimizer("sgd {} learning_rate: 1");
+  auto refused = store.CreateTable(other);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_THAT(refused.status().message(),
+              AllOf(HasSubstr("table 'emb'"), HasSubstr("adagrad"),
+                    HasSubstr("sgd"), HasSubstr("reuse"), HasSubstr("reset")));
+  v1::CreateTableRequest by_default = table;
+  by_default.clear_optimizer();
+  EXPECT_THAT(store.CreateTable(by_default).status().message(),
+              HasSubstr("default"));
+  v1::CreateTableRequest other_policy = table;
+  other_policy.mutable_policy()->set_max_rows(10);
+  EXPECT_THAT(store.CreateTable(other_policy).status().message(),
+              HasSubstr("reuse"));
+  v1::CreateTableRequest bad = table;
+  bad.set_on_exists(static_cast<v1::OnExists>(7));
+  EXPECT_EQ(store.CreateTable(bad).status().code(),
+            absl::StatusCode::kInvalidArgument);
+
+  // Reuse keeps it as it is; it cannot change the dim.
+  other.set_on_exists(v1::ON_EXISTS_REUSE);
+  auto reused = store.CreateTable(other);
+  ASSERT_TRUE(reused.ok()) << reused.status();
+  EXPECT_FALSE(*reused);
+  EXPECT_TRUE(store.OptimizerFor("emb")->config.has_adagrad());
+  EXPECT_EQ(RowValues(store, "emb", {7}), trained);
+  other.set_dim(3);
+  EXPECT_EQ(store.CreateTable(other).status().code(),
+            absl::StatusCode::kAlreadyExists);
+
+  // Reset replaces it, another dim too: rows start again, worker "a"'s
+  // seq 1 is new to it.
+  other.set_on_exists(v1::ON_EXISTS_RESET);
+  auto reset = store.CreateTable(other);
+  ASSERT_TRUE(reset.ok()) << reset.status();
+  EXPECT_TRUE(*reset);
+  EXPECT_EQ(store.FindTable("emb")->dim(), 3u);
+  EXPECT_TRUE(store.OptimizerFor("emb")->config.has_sgd());
+  EXPECT_THAT(RowValues(store, "emb", {7}), ElementsAreArray({0, 0, 0}));
+  v1::PushRequest fresh = PushRequest("a", 1, {});
+  *fresh.add_rows() = Rows("emb", {7}, {1, 1, 1});
+  ASSERT_TRUE(PushNow(store, fresh)->status.ok());
+  EXPECT_THAT(RowValues(store, "emb", {7}), ElementsAreArray({-1, -1, -1}));
+
+  // What it was created with travels in checkpoints.
+  storage::v1::ShardState saved;
+  ASSERT_TRUE(
+      store
+          .Snapshot(
+              [&](const storage::v1::ShardState& state) {
+                saved = state;
+                return absl::OkStatus();
+              },
+              [](const storage::v1::BlockRecord&) { return absl::OkStatus(); })
+          .ok());
+  ASSERT_TRUE(saved.tables(0).has_origin());
+  VariableStore restored(Options());
+  ASSERT_TRUE(restored.RestoreState(saved).ok());
+  other.set_on_exists(v1::ON_EXISTS_ERROR);
+  EXPECT_TRUE(restored.CreateTable(other).ok());
+  *other.mutable_optimizer() = Optimizer("adagrad {} learning_rate: 1");
+  EXPECT_EQ(restored.CreateTable(other).status().code(),
+            absl::StatusCode::kAlreadyExists);
 }
 
 TEST(StoreDeleteTest, AnEmptyNameIsInvalid) {

@@ -349,8 +349,14 @@ class PyClient {
   // RowInit, TablePolicy and OptimizerConfig messages (or None).
   bool CreateTable(const std::string& name, uint32_t dim,
                    const py::object& init, const py::object& policy,
-                   const py::object& optimizer) {
+                   const py::object& optimizer, int on_exists) {
+    if (!v1::OnExists_IsValid(on_exists)) {
+      throw py::value_error(
+          "on_exists must be 0 (error), 1 (reuse) or 2 "
+          "(reset)");
+    }
     TableOptions options;
+    options.on_exists = static_cast<v1::OnExists>(on_exists);
     auto parse = [](const py::object& bytes, google::protobuf::Message& out,
                     const char* what) {
       if (bytes.is_none()) return;
@@ -637,7 +643,8 @@ PYBIND11_MODULE(_core, m) {
       .def("delete_variable", &PyClient::DeleteVariable, py::arg("name"))
       .def("create_table", &PyClient::CreateTable, py::arg("name"),
            py::arg("dim"), py::arg("init") = py::none(),
-           py::arg("policy") = py::none(), py::arg("optimizer") = py::none())
+           py::arg("policy") = py::none(), py::arg("optimizer") = py::none(),
+           py::arg("on_exists") = 0)
       .def("pull_rows", &PyClient::PullRows, py::arg("table"), py::arg("ids"),
            py::arg("out"), py::arg("dtype") = 0)
       .def("push_rows", &PyClient::PushRows, py::arg("table"), py::arg("ids"),

@@ -467,7 +467,8 @@ class Client:
                      *,
                      init: Optional["ps_pb2.RowInit"] = None,
                      policy: Optional["ps_pb2.TablePolicy"] = None,
-                     optimizer: OptimizerLike = None) -> bool:
+                     optimizer: OptimizerLike = None,
+                     on_exists: str = "error") -> bool:
         """Creates a sparse table of rows of ``dim`` values on every shard.
 
         Args:
@@ -476,17 +477,28 @@ class Client:
             init: the rows' initial values (a ps_pb2.RowInit); None = zeros.
             policy: admission and eviction (a ps_pb2.TablePolicy).
             optimizer: the table's own optimizer; None = the server default.
+            on_exists: what to do when it exists already, as for
+                :meth:`create_variable`: ``"error"`` (fine when it was
+                created with the same init, policy and optimizer, else
+                PsError ALREADY_EXISTS naming what differs), ``"reuse"``
+                (keep it as it is) or ``"reset"`` (replace it: rows, slots,
+                steps; another dim too).
 
         Returns:
-            True when this call created it, False when it existed alike.
+            True when this call created (or reset) it, False when it existed.
         """
+        if on_exists not in _ON_EXISTS:
+            raise ValueError(
+                f"on_exists must be one of {', '.join(map(repr, _ON_EXISTS))}, "
+                f"not {on_exists!r}")
         config = parse_optimizer(optimizer)
         try:
             return self._core.create_table(
                 name, int(dim),
                 None if init is None else init.SerializeToString(),
                 None if policy is None else policy.SerializeToString(),
-                None if config is None else config.SerializeToString())
+                None if config is None else config.SerializeToString(),
+                _ON_EXISTS[on_exists])
         except _core.StatusError as e:
             raise _error(e) from None
 

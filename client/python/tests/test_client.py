@@ -434,6 +434,22 @@ class LiveClusterTest(unittest.TestCase):
         np.testing.assert_array_equal(self.client.pull_rows("del/emb", ids, 2),
                                       np.zeros((3, 2)))
 
+    def test_table_on_exists(self):
+        self.assertTrue(self.client.create_table("exists/emb", 2, optimizer="adagrad {}"))
+        self.assertFalse(self.client.create_table("exists/emb", 2, optimizer="adagrad {}"))
+        with self.assertRaises(PsError) as caught:
+            self.client.create_table("exists/emb", 2, optimizer="sgd {}")
+        self.assertEqual(caught.exception.code, grpc.StatusCode.ALREADY_EXISTS)
+        self.assertIn("exists/emb", str(caught.exception))
+        self.assertIn("adagrad", str(caught.exception))
+        self.assertFalse(self.client.create_table("exists/emb", 2, optimizer="sgd {}",
+                                                  on_exists="reuse"))
+        self.assertTrue(self.client.create_table("exists/emb", 4, optimizer="sgd {}",
+                                                 on_exists="reset"))
+        self.assertEqual(self.client.pull_rows("exists/emb", [1], 4).shape, (1, 4))
+        with self.assertRaises(ValueError):
+            self.client.create_table("exists/emb", 4, on_exists="keep")
+
     def test_zeros_without_initial_values(self):
         self.client.create_variable("zeros/v", shape=[3, 3])
         np.testing.assert_array_equal(self.client.pull("zeros/v"), np.zeros((3, 3)))
