@@ -78,7 +78,8 @@ ABSL_FLAG(std::string, dtype, "fp32",
           "encoding on the wire, both ways: fp32, bf16 or fp16");
 ABSL_FLAG(std::string, optimizer, "adam {}",
           "the variable's rule, an OptimizerConfig in text format");
-ABSL_FLAG(uint64_t, block_size, 262144, "the shards' values per block");
+ABSL_FLAG(uint64_t, block_size, ps::kDefaultBlockSize,
+          "the shards' values per block");
 ABSL_FLAG(double, seconds, 3, "measured seconds per run and server");
 ABSL_FLAG(double, warmup_seconds, 0.5, "unmeasured seconds before each run");
 ABSL_FLAG(int, runs, 3, "runs; medians are reported");
@@ -469,7 +470,8 @@ absl::StatusOr<std::vector<std::unique_ptr<ps::Client>>> Connect(
   if (!created.ok()) return created.status();
   // Every other client learns the size (and checks the shape).
   for (int w = 1; w < load.workers; ++w) {
-    auto again = clients[w]->CreateVariable("w", {load.values});
+    auto again = clients[w]->CreateVariable(
+        "w", {load.values}, {}, std::nullopt, ps::v1::ON_EXISTS_REUSE);
     if (!again.ok()) return again.status();
   }
   return clients;

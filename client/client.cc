@@ -16,6 +16,7 @@
 #include "client/internal/shard_call.h"
 #include "client/internal/transport.h"
 #include "common/status.h"
+#include "common/wire.h"
 #include "spdlog/spdlog.h"
 
 // The verbs of ps::Client. How a call travels is in client/internal/ (its
@@ -254,9 +255,14 @@ const std::vector<std::string>& Client::shard_addresses() const {
 absl::StatusOr<bool> Client::CreateVariable(
     std::string_view name, const std::vector<uint64_t>& shape,
     std::span<const float> initial_values,
-    const std::optional<v1::OptimizerConfig>& optimizer) {
+    const std::optional<v1::OptimizerConfig>& optimizer,
+    v1::OnExists on_exists) {
   if (name.empty()) {
     return absl::InvalidArgumentError("variable name is empty");
+  }
+  if (!v1::OnExists_IsValid(on_exists)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("unknown on_exists ", static_cast<int>(on_exists)));
   }
   const std::string variable(name);
   PS_ASSIGN_OR_RETURN(uint64_t size, client_internal::NumValues(shape));
@@ -265,10 +271,23 @@ absl::StatusOr<bool> Client::CreateVariable(
       client_internal::SplitCreate(*core_->plan, variable, shape,
                                    initial_values, optimizer,
                                    core_->options.max_message_bytes));
+  // Every shard compares the initial values it may hold only a part of (or
+  // none) by the checksum of all of them.
+  const std::optional<uint64_t> checksum =
+      initial_values.empty()
+          ? std::nullopt
+          : std::optional<uint64_t>(InitialValuesChecksum(initial_values));
+  for (auto& shard_requests : requests) {
+    for (v1::CreateVariableRequest& request : shard_requests) {
+      request.set_on_exists(on_exists);
+      if (checksum.has_value()) request.set_initial_values_checksum(*checksum);
+    }
+  }
   // Round r sends the r-th request of every shard that has one, all shards
   // at once. The later rounds carry initial values that did not fit in the
-  // first request, and go only to the shards where this call created the
-  // variable: elsewhere the first creator's values win.
+  // first request, and go only to the shards where this call created (or
+  // reset) the variable: elsewhere it existed, and the first request
+  // compared it (its checksum) or reused it.
   std::vector<char> created(requests.size(), 0);
   for (size_t round = 0;; ++round) {
     std::vector<size_t> shards;
@@ -298,6 +317,34 @@ absl::StatusOr<bool> Client::CreateVariable(
   return std::find(created.begin(), created.end(), 1) != created.end();
 }
 
+absl::Status Client::DeleteVariable(std::string_view name) {
+  if (name.empty()) {
+    return absl::InvalidArgumentError("variable name is empty");
+  }
+  v1::DeleteVariableRequest request;
+  request.set_name(std::string(name));
+  const size_t shards = core_->shards.size();
+  std::atomic<bool> deleted{false};
+  auto [done, future] = MakePromise();
+  auto* fanout = new Fanout(core_.get(), shards, std::move(done));
+  for (size_t s = 0; s < shards; ++s) {
+    ShardCall<v1::DeleteVariableRequest, v1::DeleteVariableResponse>::Start(
+        core_.get(), s, request, &client_internal::CallDeleteVariable,
+        [fanout, s, &deleted](const grpc::Status& status,
+                              const v1::DeleteVariableRequest&,
+                              v1::DeleteVariableResponse& response) {
+          if (status.ok() && response.deleted()) deleted = true;
+          fanout->Finish(s, FromGrpcStatus(status));
+        });
+  }
+  PS_RETURN_IF_ERROR(future.get());
+  if (!deleted.load()) {
+    return absl::NotFoundError(
+        absl::StrCat("no variable or table named '", std::string(name), "'"));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<bool> Client::CreateTable(std::string_view name, uint32_t dim,
                                          const TableOptions& options) {
   if (name.empty()) return absl::InvalidArgumentError("table name is empty");
@@ -313,6 +360,11 @@ absl::StatusOr<bool> Client::CreateTable(std::string_view name, uint32_t dim,
   if (options.optimizer.has_value()) {
     *request.mutable_optimizer() = *options.optimizer;
   }
+  if (!v1::OnExists_IsValid(options.on_exists)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "unknown on_exists ", static_cast<int>(options.on_exists)));
+  }
+  request.set_on_exists(options.on_exists);
   const size_t shards = core_->shards.size();
   std::atomic<bool> created{false};
   auto [done, future] = MakePromise();

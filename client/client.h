@@ -161,6 +161,11 @@ struct TableOptions {
   v1::RowInit init;
   v1::TablePolicy policy;
   std::optional<v1::OptimizerConfig> optimizer;
+  // When the table exists (with this dim): ON_EXISTS_ERROR accepts it when
+  // it was created with the same init, policy and optimizer, else
+  // ALREADY_EXISTS naming what differs; ON_EXISTS_REUSE keeps it as it is;
+  // ON_EXISTS_RESET replaces it (rows, slots, steps; another dim too).
+  v1::OnExists on_exists = v1::ON_EXISTS_ERROR;
 };
 
 // One variable's gradient in a multi-variable push. Its values cover the
@@ -272,14 +277,30 @@ class Client {
   // Creates `name` with `shape` on every shard, or confirms it exists with
   // that shape. Returns true when this call created it (on at least one
   // shard), false when it existed. `initial_values` (flat, row-major) holds
-  // every value, or is empty for zeros; the first creator's values win.
-  // `optimizer` overrides the server default for this variable.
-  // ALREADY_EXISTS when it exists with another shape.
+  // every value, or is empty for zeros. `optimizer` overrides the server
+  // default for this variable.
+  //
+  // When it exists, `on_exists` says what happens (v1::OnExists):
+  // ON_EXISTS_ERROR (the default) accepts it when it was created with the
+  // same optimizer and initial values (workers of one job creating the
+  // same variables), else ALREADY_EXISTS naming the variable and what
+  // differs; ON_EXISTS_REUSE keeps the server's values, optimizer and
+  // state; ON_EXISTS_RESET replaces them (values, optimizer, slots, steps;
+  // another shape too) and returns true. ALREADY_EXISTS when it exists
+  // with another shape (but for a reset).
   // REQUIRES: initial_values is empty or has the product of shape values.
   absl::StatusOr<bool> CreateVariable(
       std::string_view name, const std::vector<uint64_t>& shape,
       std::span<const float> initial_values = {},
-      const std::optional<v1::OptimizerConfig>& optimizer = std::nullopt);
+      const std::optional<v1::OptimizerConfig>& optimizer = std::nullopt,
+      v1::OnExists on_exists = v1::ON_EXISTS_ERROR);
+
+  // Deletes the variable or sparse table `name` on every shard: its values
+  // (rows), optimizer state and exactly-once records go; a later
+  // CreateVariable (CreateTable) starts afresh, and pushes to it get
+  // NOT_FOUND. Needs an admin token when the shards have tokens
+  // (PERMISSION_DENIED with a worker's). NOT_FOUND when no shard had it.
+  absl::Status DeleteVariable(std::string_view name);
 
   // Sends a gradient of every value of `name`; the servers apply it with the
   // variable's optimizer.
@@ -319,8 +340,9 @@ class Client {
   // ---- sparse tables (DESIGN.md, "Sparse tables")
 
   // Creates the table on every shard (each holds the rows row_shard gives
-  // it). Returns false when it existed with the same dim, init and policy;
-  // ALREADY_EXISTS when it exists with others.
+  // it). Returns false when it existed with the same dim, init, policy and
+  // optimizer (or was reused), true when this call created or reset it;
+  // ALREADY_EXISTS when it exists with others (options.on_exists).
   absl::StatusOr<bool> CreateTable(std::string_view name, uint32_t dim,
                                    const TableOptions& options = {});
   // Reads the rows of `ids` (any order; repeats allowed) into `rows`

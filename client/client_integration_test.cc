@@ -14,6 +14,7 @@
 namespace ps {
 namespace {
 
+using ::testing::AllOf;
 using ::testing::HasSubstr;
 
 class ClientIntegrationTest : public ::testing::TestWithParam<uint32_t> {
@@ -81,12 +82,138 @@ TEST_P(ClientIntegrationTest, InitialValuesLargerThanAMessageGoInParts) {
   std::vector<float> values(3000);
   ASSERT_TRUE(client->Pull("big", values).ok());
   EXPECT_EQ(values, initial);
-  // A later creator (here the same client again) changes nothing.
+  // A later creator with the same values (another worker of the job) is
+  // fine and changes nothing.
+  created = client->CreateVariable("big", {3000}, initial);
+  ASSERT_TRUE(created.ok()) << created.status();
+  EXPECT_FALSE(*created);
+  // Other values, which every shard compares by their checksum (a shard
+  // holds only its blocks, and the first request only some of them): an
+  // error naming the variable, unless reused.
   created = client->CreateVariable("big", {3000}, Iota(3000, -5));
+  EXPECT_EQ(created.status().code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_THAT(created.status().message(),
+              AllOf(HasSubstr("'big'"), HasSubstr("initial values")));
+  created = client->CreateVariable("big", {3000}, Iota(3000, -5), std::nullopt,
+                                   v1::ON_EXISTS_REUSE);
   ASSERT_TRUE(created.ok()) << created.status();
   EXPECT_FALSE(*created);
   ASSERT_TRUE(client->Pull("big", values).ok());
   EXPECT_EQ(values, initial);
+  // A reset replaces every value, in parts too.
+  created = client->CreateVariable("big", {3000}, Iota(3000, -5), std::nullopt,
+                                   v1::ON_EXISTS_RESET);
+  ASSERT_TRUE(created.ok()) << created.status();
+  EXPECT_TRUE(*created);
+  ASSERT_TRUE(client->Pull("big", values).ok());
+  EXPECT_EQ(values, Iota(3000, -5));
+}
+
+TEST_P(ClientIntegrationTest, AnotherOptimizerIsAnErrorUnlessReusedOrReset) {
+  auto client = Connect();
+  ASSERT_NE(client, nullptr);
+  v1::OptimizerConfig adam;
+  adam.mutable_adam();
+  v1::OptimizerConfig sgd;
+  sgd.mutable_sgd();
+  sgd.set_learning_rate(1);
+  ASSERT_TRUE(client->CreateVariable("w", {10}, Iota(10, 1), adam).ok());
+  // Every worker of a job creating it alike: fine.
+  auto again = client->CreateVariable("w", {10}, Iota(10, 1), adam);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_FALSE(*again);
+  auto other = client->CreateVariable("w", {10}, Iota(10, 1), sgd);
+  EXPECT_EQ(other.status().code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_THAT(other.status().message(),
+              AllOf(HasSubstr("'w'"), HasSubstr("adam"), HasSubstr("sgd")));
+  auto reset =
+      client->CreateVariable("w", {2, 3}, Iota(6, 7), sgd, v1::ON_EXISTS_RESET);
+  ASSERT_TRUE(reset.ok()) << reset.status();
+  EXPECT_TRUE(*reset);
+  std::vector<float> values(6);
+  ASSERT_TRUE(client->Pull("w", values).ok());
+  EXPECT_EQ(values, Iota(6, 7));
+  // SGD with rate 1 now.
+  ASSERT_TRUE(client->Push("w", std::vector<float>(6, 1.0f)).ok());
+  ASSERT_TRUE(client->Pull("w", values).ok());
+  EXPECT_EQ(values, Iota(6, 6));
+}
+
+TEST_P(ClientIntegrationTest, DeleteVariableOnEveryShard) {
+  auto client = Connect();
+  ASSERT_NE(client, nullptr);
+  ASSERT_TRUE(client->CreateVariable("w", {10}, Iota(10, 1)).ok());
+  ASSERT_TRUE(client->Push("w", std::vector<float>(10, 1.0f)).ok());
+  ASSERT_TRUE(client->DeleteVariable("w").ok());
+  absl::Status push = client->Push("w", std::vector<float>(10, 1.0f));
+  EXPECT_EQ(push.code(), absl::StatusCode::kNotFound) << push;
+  absl::Status again = client->DeleteVariable("w");
+  EXPECT_EQ(again.code(), absl::StatusCode::kNotFound) << again;
+  EXPECT_THAT(again.message(), HasSubstr("'w'"));
+  EXPECT_EQ(client->DeleteVariable("").code(),
+            absl::StatusCode::kInvalidArgument);
+  // Created afresh, with other values and optimizer: no error, version 0.
+  v1::OptimizerConfig adam;
+  adam.mutable_adam();
+  auto created = client->CreateVariable("w", {4}, Iota(4, 0), adam);
+  ASSERT_TRUE(created.ok()) << created.status();
+  EXPECT_TRUE(*created);
+  std::vector<float> values(4);
+  std::vector<uint64_t> versions(2);
+  NamedValues named{"w", values, versions};
+  ASSERT_TRUE(client->Pull(std::span<const NamedValues>(&named, 1)).ok());
+  EXPECT_EQ(values, Iota(4, 0));
+  EXPECT_THAT(versions, ::testing::Each(0u));
+}
+
+TEST_P(ClientIntegrationTest, DeleteATableOnEveryShard) {
+  auto client = Connect();
+  ASSERT_NE(client, nullptr);
+  ASSERT_TRUE(client->CreateTable("emb", 2).ok());
+  const std::vector<uint64_t> ids = {1, 2, 3, 4, 5, 6};
+  const std::vector<float> grads(12, 1.0f);
+  ASSERT_TRUE(client->PushRows("emb", ids, grads).ok());
+  std::vector<float> rows(12);
+  ASSERT_TRUE(client->PullRows("emb", ids, rows).ok());
+  EXPECT_THAT(rows, ::testing::Each(-1.0f));  // SGD with rate 1 from zeros
+
+  ASSERT_TRUE(client->DeleteVariable("emb").ok());
+  absl::Status push = client->PushRows("emb", ids, grads);
+  EXPECT_EQ(push.code(), absl::StatusCode::kNotFound) << push;
+  EXPECT_EQ(client->PullRows("emb", ids, rows).code(),
+            absl::StatusCode::kNotFound);
+  // Created again, with another dim even: its rows start afresh.
+  ASSERT_TRUE(client->CreateTable("emb", 3).ok());
+  rows.resize(18);
+  ASSERT_TRUE(client->PullRows("emb", ids, rows).ok());
+  EXPECT_THAT(rows, ::testing::Each(0.0f));
+}
+
+TEST_P(ClientIntegrationTest, ATableWithAnotherOptimizerIsAnErrorUnlessReused) {
+  auto client = Connect();
+  ASSERT_NE(client, nullptr);
+  TableOptions adagrad;
+  adagrad.optimizer.emplace().mutable_adagrad();
+  ASSERT_TRUE(client->CreateTable("emb", 2, adagrad).ok());
+  auto again = client->CreateTable("emb", 2, adagrad);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_FALSE(*again);
+  TableOptions defaults;
+  auto other = client->CreateTable("emb", 2, defaults);
+  EXPECT_EQ(other.status().code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_THAT(other.status().message(),
+              AllOf(HasSubstr("'emb'"), HasSubstr("adagrad")));
+  defaults.on_exists = v1::ON_EXISTS_REUSE;
+  auto reused = client->CreateTable("emb", 2, defaults);
+  ASSERT_TRUE(reused.ok()) << reused.status();
+  EXPECT_FALSE(*reused);
+  defaults.on_exists = v1::ON_EXISTS_RESET;
+  auto reset = client->CreateTable("emb", 5, defaults);
+  ASSERT_TRUE(reset.ok()) << reset.status();
+  EXPECT_TRUE(*reset);
+  std::vector<float> rows(10);
+  const std::vector<uint64_t> ids = {11, 12};
+  ASSERT_TRUE(client->PullRows("emb", ids, rows).ok());
 }
 
 TEST_P(ClientIntegrationTest, PullAndPushPullReportBlockVersions) {
@@ -117,7 +244,13 @@ TEST_P(ClientIntegrationTest, CreatePushPullRoundTrips) {
   absl::StatusOr<bool> created = client->CreateVariable("w", {4, 5}, initial);
   ASSERT_TRUE(created.ok()) << created.status();
   EXPECT_TRUE(*created);
-  created = client->CreateVariable("w", {4, 5}, Iota(20, 100));
+  // Another worker creating it alike: fine; with other values it keeps
+  // the first creator's only when it asks to reuse them.
+  created = client->CreateVariable("w", {4, 5}, initial);
+  ASSERT_TRUE(created.ok()) << created.status();
+  EXPECT_FALSE(*created);
+  created = client->CreateVariable("w", {4, 5}, Iota(20, 100), std::nullopt,
+                                   v1::ON_EXISTS_REUSE);
   ASSERT_TRUE(created.ok()) << created.status();
   EXPECT_FALSE(*created);
 

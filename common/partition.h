@@ -40,6 +40,16 @@ struct FlatRange {
   friend bool operator==(const FlatRange&, const FlatRange&) = default;
 };
 
+// The servers' default block size (--block_size): 16,384 values (64 KiB of
+// float32). A tensor smaller than a block sits whole on one shard, so the
+// block size bounds how unevenly a model's small tensors load the shards:
+// at 262,144 values a small CNN whose largest tensor is 200,704 values sent
+// over 99% of its bytes to one of two shards; at 16,384 it sends 54% (the
+// figures for several models are in bench/README.md, "Shard balance").
+// Smaller blocks cost a record (and per worker an exactly-once record) per
+// block, and more, smaller updates per call.
+inline constexpr uint64_t kDefaultBlockSize = 16384;
+
 // Where each block of a variable lives. Cheap to copy; thread-compatible.
 class PartitionPlan {
  public:

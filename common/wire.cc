@@ -8,6 +8,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "common/partition.h"
+
 #if defined(__x86_64__)
 #include <cpuid.h>
 #include <immintrin.h>
@@ -554,5 +556,21 @@ void SetSimdForTesting(Simd simd) {
 }
 
 }  // namespace wire_internal
+
+uint64_t ZerosChecksum(uint64_t count) {
+  uint64_t checksum = 0xcbf29ce484222325ULL;
+  uint64_t power = 0x100000001b3ULL;
+  for (uint64_t bytes = count * sizeof(float); bytes != 0; bytes >>= 1) {
+    if (bytes & 1) checksum *= power;
+    power *= power;
+  }
+  return checksum;
+}
+
+uint64_t InitialValuesChecksum(std::span<const float> values) {
+  static_assert(std::endian::native == std::endian::little);
+  return Fnv1a64(std::string_view(reinterpret_cast<const char*>(values.data()),
+                                  values.size() * sizeof(float)));
+}
 
 }  // namespace ps

@@ -54,6 +54,14 @@ bool AllFiniteHalf(v1::DType dtype, std::string_view data);
 // True when no value is NaN or infinite.
 bool AllFinite(std::span<const float> values);
 
+// The checksum of a variable's initial values that CreateVariableRequest
+// carries (initial_values_checksum): fnv1a64 of their float32
+// little-endian bytes, in flat order.
+uint64_t InitialValuesChecksum(std::span<const float> values);
+// InitialValuesChecksum of `count` zeros (+0.0f), without the values:
+// fnv1a64 of 4 x count zero bytes is basis x prime^(4 count) mod 2^64.
+uint64_t ZerosChecksum(uint64_t count);
+
 namespace wire_internal {
 
 // The vector instructions the conversions and checks above run on. Every

@@ -14,6 +14,8 @@
 #include <string>
 #include <vector>
 
+#include "common/partition.h"
+
 namespace ps {
 namespace {
 
@@ -51,6 +53,22 @@ void AtEverySimdLevel(Check check) {
     check();
   }
   wire_internal::SetSimdForTesting(Simd::kAvx512);
+}
+
+TEST(WireTest, InitialValuesChecksumIsFnv1a64OfTheBytes) {
+  // fnv1a64 of no bytes is the offset basis.
+  EXPECT_EQ(InitialValuesChecksum({}), 0xcbf29ce484222325ULL);
+  const std::vector<float> values = {1.5f, -2.0f, 0.0f};
+  std::string bytes(values.size() * sizeof(float), '\0');
+  std::memcpy(bytes.data(), values.data(), bytes.size());
+  EXPECT_EQ(InitialValuesChecksum(values), Fnv1a64(bytes));
+  // Zeros without the values, for any count.
+  for (uint64_t n : {0u, 1u, 2u, 3u, 7u, 1000u, 65537u}) {
+    EXPECT_EQ(ZerosChecksum(n),
+              InitialValuesChecksum(std::vector<float>(n, 0.0f)))
+        << n;
+  }
+  EXPECT_NE(ZerosChecksum(4), InitialValuesChecksum(values));
 }
 
 TEST(WireTest, BytesPerValue) {

@@ -107,8 +107,9 @@ def train(args) -> int:
         print(f"{name}: connected to {info.num_shards} shard(s) ({info.consistency}, "
               f"block_size {info.block_size}); {len(y)} training examples",
               flush=True)
-        # Every worker creates the variables; the first creator's values win
-        # on each shard, and the others learn the shape.
+        # Every worker creates the variables with the same values (one seed
+        # for all), which the shards accept as the same variable; the others
+        # learn the shape.
         init = np.random.default_rng(args.seed + 1)
         client.create_variable(PARAMS[0], initial=init.normal(
             0.0, 0.01, size=(args.features, args.classes)).astype(np.float32))

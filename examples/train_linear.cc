@@ -142,7 +142,8 @@ int main(int argc, char** argv) {
     return 1;
   }
 
-  // Small random initial weights; the first worker's values win.
+  // Small random initial weights, the same in every worker (a creation
+  // with other values would be refused).
   std::mt19937_64 rng(7);
   std::normal_distribution<float> normal(0.0f, 0.01f);
   Matrix w(kFeatures, kClasses);

@@ -42,14 +42,19 @@ grpc::ServerUnaryReactor* AdminServiceImpl::SetOptimizer(
           return change.status();
         }
         if (!set.validate_only()) {
-          spdlog::info("{} set {} to '{}'{}; config version {} -> {}",
+          spdlog::info("{} set {} to '{}'{}; config version {} -> {}{}",
                        caller.label, target,
                        OptimizerConfigToText(set.config()),
                        set.reset_state() ? " with fresh state" : "",
-                       change->previous_version, change->version);
+                       change->previous_version, change->version,
+                       set.variable().empty() && change->kept_overrides > 0
+                           ? absl::StrCat("; ", change->kept_overrides,
+                                          " variables keep their own")
+                           : std::string());
         }
         answer->set_config_version(change->version);
         answer->set_previous_config_version(change->previous_version);
+        answer->set_kept_overrides(change->kept_overrides);
         return absl::OkStatus();
       });
 }

@@ -255,6 +255,11 @@ absl::StatusOr<optimizer::StateSlots> DenseVariable::Restore(
 }
 
 absl::Status CheckUpdatable(const DenseVariable& variable, const Block& block) {
+  if (block.deleted) {
+    return absl::NotFoundError(absl::StrCat(
+        "variable '", variable.name(), "' was deleted while the push to it ",
+        "was on its way; create it again before pushing to it"));
+  }
   if (!block.diverged) return absl::OkStatus();
   return absl::FailedPreconditionError(absl::StrCat(
       "block ", block.index, " of '", variable.name(),

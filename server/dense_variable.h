@@ -71,6 +71,9 @@ struct Block {
   // block takes no more pushes (see docs/optimizers.md).
   bool diverged ABSL_GUARDED_BY(mu) = false;
   uint64_t diverged_at ABSL_GUARDED_BY(mu) = 0;
+  // The variable was deleted (Store::DeleteVariable): pushes that found the
+  // block before are refused.
+  bool deleted ABSL_GUARDED_BY(mu) = false;
 };
 
 class DenseVariable final : public Entry {
@@ -131,7 +134,8 @@ class DenseVariable final : public Entry {
 void MarkDiverged(const DenseVariable& variable, Block& block)
     ABSL_EXCLUSIVE_LOCKS_REQUIRED(block.mu);
 
-// FAILED_PRECONDITION when the block's values are no longer finite.
+// NOT_FOUND when the variable was deleted; FAILED_PRECONDITION when the
+// block's values are no longer finite.
 absl::Status CheckUpdatable(const DenseVariable& variable, const Block& block)
     ABSL_SHARED_LOCKS_REQUIRED(block.mu);
 

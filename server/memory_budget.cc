@@ -65,6 +65,15 @@ void MemoryBudget::Charge(const std::string& name, EntryShape shape,
   block_bytes_ += BlockBytes(shape);
 }
 
+void MemoryBudget::Drop(const std::string& name) {
+  absl::MutexLock lock(&mu_);
+  auto it = charges_.find(name);
+  if (it == charges_.end()) return;
+  state_bytes_ -= ArrayBytes(it->second.shape, it->second.slots);
+  block_bytes_ -= BlockBytes(it->second.shape);
+  charges_.erase(it);
+}
+
 optimizer::StateSlots MemoryBudget::SlotsOf(const std::string& name) const {
   absl::MutexLock lock(&mu_);
   auto it = charges_.find(name);

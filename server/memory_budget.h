@@ -55,6 +55,8 @@ class MemoryBudget {
   // had), or drops its charge.
   void Charge(const std::string& name, EntryShape shape,
               optimizer::StateSlots slots) ABSL_LOCKS_EXCLUDED(mu_);
+  // Drops entry `name`'s charge (it was deleted).
+  void Drop(const std::string& name) ABSL_LOCKS_EXCLUDED(mu_);
   // The slots `name` is charged for.
   optimizer::StateSlots SlotsOf(const std::string& name) const
       ABSL_LOCKS_EXCLUDED(mu_);

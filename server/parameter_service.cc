@@ -1,5 +1,7 @@
 #include "server/parameter_service.h"
 
+#include <spdlog/spdlog.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
@@ -101,6 +103,23 @@ grpc::ServerUnaryReactor* ParameterServiceImpl::CreateVariable(
         absl::StatusOr<bool> created = store_->CreateVariable(create);
         if (created.ok()) answer->set_created(*created);
         return created.status();
+      });
+}
+
+grpc::ServerUnaryReactor* ParameterServiceImpl::DeleteVariable(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
+  return gate_->Serve<v1::DeleteVariableRequest, v1::DeleteVariableResponse>(
+      context, Role::kAdmin, request, response,
+      [&](const Caller& caller, const v1::DeleteVariableRequest& remove,
+          v1::DeleteVariableResponse* answer) {
+        absl::StatusOr<bool> deleted = store_->DeleteVariable(remove.name());
+        if (!deleted.ok()) return deleted.status();
+        answer->set_deleted(*deleted);
+        if (*deleted) {
+          spdlog::info("{} deleted variable '{}'", caller.label, remove.name());
+        }
+        return absl::OkStatus();
       });
 }
 

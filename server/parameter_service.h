@@ -18,21 +18,20 @@
 
 namespace ps {
 
-using RawParameterService =
-    v1::ParameterService::WithRawCallbackMethod_GetClusterInfo<
-        v1::ParameterService::WithRawCallbackMethod_CreateVariable<
-            v1::ParameterService::WithRawCallbackMethod_Push<
-                v1::ParameterService::WithRawCallbackMethod_Pull<
-                    v1::ParameterService::WithRawCallbackMethod_PushPull<
-                        v1::ParameterService::WithRawCallbackMethod_OpenSession<
-                            v1::ParameterService::
-                                WithRawCallbackMethod_CreateTable<
-                                    v1::ParameterService::
-                                        WithRawCallbackMethod_Heartbeat<
-                                            v1::ParameterService::
-                                                WithRawCallbackMethod_Leave<
-                                                    v1::ParameterService::
-                                                        Service>>>>>>>>>;
+using RawParameterService = v1::ParameterService::WithRawCallbackMethod_GetClusterInfo<
+    v1::ParameterService::WithRawCallbackMethod_CreateVariable<
+        v1::ParameterService::WithRawCallbackMethod_Push<
+            v1::ParameterService::WithRawCallbackMethod_Pull<
+                v1::ParameterService::WithRawCallbackMethod_PushPull<
+                    v1::ParameterService::WithRawCallbackMethod_OpenSession<
+                        v1::ParameterService::WithRawCallbackMethod_CreateTable<
+                            v1::ParameterService::WithRawCallbackMethod_Heartbeat<
+                                v1::ParameterService::
+                                    WithRawCallbackMethod_Leave<
+                                        v1::ParameterService::
+                                            WithRawCallbackMethod_DeleteVariable<
+                                                v1::ParameterService::
+                                                    Service>>>>>>>>>>;
 
 class ParameterServiceImpl final : public RawParameterService {
  public:
@@ -46,6 +45,10 @@ class ParameterServiceImpl final : public RawParameterService {
                                            grpc::ByteBuffer* response) override;
   // CreateVariableRequest -> CreateVariableResponse.
   grpc::ServerUnaryReactor* CreateVariable(grpc::CallbackServerContext* context,
+                                           const grpc::ByteBuffer* request,
+                                           grpc::ByteBuffer* response) override;
+  // DeleteVariableRequest -> DeleteVariableResponse; admin tokens only.
+  grpc::ServerUnaryReactor* DeleteVariable(grpc::CallbackServerContext* context,
                                            const grpc::ByteBuffer* request,
                                            grpc::ByteBuffer* response) override;
   // CreateTableRequest -> CreateTableResponse.

@@ -32,7 +32,9 @@ ABSL_FLAG(std::string, host, "127.0.0.1",
 ABSL_FLAG(int, port, 0, "port to listen on; 0 picks a free one");
 ABSL_FLAG(uint32_t, shard_index, 0, "this shard's index, 0..num_shards-1");
 ABSL_FLAG(uint32_t, num_shards, 1, "shards in the cluster");
-ABSL_FLAG(uint64_t, block_size, 262144, "values per block");
+ABSL_FLAG(uint64_t, block_size, ps::kDefaultBlockSize,
+          "values per block: the unit of placement, locking, step count and "
+          "checkpointing; smaller spreads small tensors over more shards");
 ABSL_FLAG(std::string, consistency, "async",
           "async (apply each push as it arrives), sync (average each "
           "step's pushes) or ssp (async, but no worker runs more than "

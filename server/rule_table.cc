@@ -83,6 +83,11 @@ void RuleTable::SetOwn(const std::string& name,
   own_[name] = std::move(entry);
 }
 
+void RuleTable::Forget(const std::string& name) {
+  absl::MutexLock lock(&mu_);
+  own_.erase(name);
+}
+
 uint64_t RuleTable::Change(const std::string& name,
                            std::shared_ptr<const OptimizerEntry> entry) {
   absl::MutexLock lock(&mu_);

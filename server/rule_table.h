@@ -65,6 +65,10 @@ class RuleTable {
               std::shared_ptr<const OptimizerEntry> entry)
       ABSL_LOCKS_EXCLUDED(mu_);
 
+  // Drops `name`'s own optimizer, if any (the variable was deleted),
+  // without counting a change.
+  void Forget(const std::string& name) ABSL_LOCKS_EXCLUDED(mu_);
+
   // A change: the default ("" ) or `name`'s own becomes `entry`; the
   // version goes up by one. Returns the version before.
   uint64_t Change(const std::string& name,

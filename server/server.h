@@ -12,6 +12,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/partition.h"
 #include "proto/ps/v1/ps.pb.h"
 #include "server/env.h"
 
@@ -32,8 +33,9 @@ struct ServerOptions {
   uint32_t shard_index = 0;
   uint32_t num_shards = 1;
   // Values per block. Larger blocks mean fewer, larger updates and coarser
-  // locking; smaller ones spread a variable over more shards.
-  uint64_t block_size = 262144;
+  // locking; smaller ones spread a variable (and a model's small tensors)
+  // over more shards, at the cost of a record per block.
+  uint64_t block_size = kDefaultBlockSize;
 
   Consistency consistency = Consistency::kAsync;
   // Sync: the workers that push each step, and how many complete it

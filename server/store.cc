@@ -1,5 +1,7 @@
 // VariableStore's worker side: creations, pulls, and pushes from decoding to
 // their application (async and sync) under the blocks' locks.
+#include <spdlog/spdlog.h>
+
 #include <algorithm>
 #include <atomic>
 #include <limits>
@@ -226,15 +228,47 @@ absl::StatusOr<bool> VariableStore::CreateVariable(
         OptimizerEntry{request.optimizer(), *std::move(settings)});
   }
 
+  if (!v1::OnExists_IsValid(request.on_exists())) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "unknown on_exists ", static_cast<int>(request.on_exists()),
+        "; use ON_EXISTS_ERROR, ON_EXISTS_REUSE or ON_EXISTS_RESET"));
+  }
+  // What this request creates the variable with.
+  storage::v1::VariableOrigin origin;
+  if (request.has_optimizer()) {
+    *origin.mutable_optimizer() = request.optimizer();
+    origin.mutable_optimizer()->clear_config_version();
+  }
+  // Zeros, given or not, have one checksum, so a creation with a shape
+  // alone matches one with explicit zeros.
+  if (request.has_initial_values_checksum()) {
+    origin.set_checksum(request.initial_values_checksum());
+    origin.set_zeros(origin.checksum() == ZerosChecksum(size));
+  } else if (request.initial_values().empty()) {
+    origin.set_checksum(ZerosChecksum(size));
+    origin.set_zeros(true);
+  }
+
   absl::MutexLock structure_lock(&structure_mu_);
+  // What a replaced variable held, which its replacement may take over.
+  uint64_t freed = 0;
   if (auto existing = Find(name)) {
-    if (existing->shape() != shape) {
-      return ShapeConflict(name, existing->shape(), shape);
+    const bool reset =
+        request.on_exists() == v1::ON_EXISTS_RESET && !request.continued();
+    if (!reset) {
+      if (existing->shape() != shape) {
+        return ShapeConflict(name, existing->shape(), shape);
+      }
+      if (request.continued()) {
+        PS_RETURN_IF_ERROR(SetInitialValues(*existing, request));
+      } else if (request.on_exists() == v1::ON_EXISTS_ERROR) {
+        PS_RETURN_IF_ERROR(CheckSameOrigin(name, "variable", origin));
+      }
+      return false;
     }
-    if (request.continued()) {
-      PS_RETURN_IF_ERROR(SetInitialValues(*existing, request));
-    }
-    return false;
+    const EntryShape held = memory_.ShapeOf(name);
+    freed = memory_.ArrayBytes(held, memory_.SlotsOf(name)) +
+            memory_.BlockBytes(held);
   }
   if (FindTable(name) != nullptr) {
     return absl::AlreadyExistsError(
@@ -262,7 +296,7 @@ absl::StatusOr<bool> VariableStore::CreateVariable(
     if (limit != 0 && bytes() > limit) break;
   }
   PS_RETURN_IF_ERROR(memory_.Check(
-      bytes(),
+      bytes() > freed ? bytes() - freed : 0,
       absl::StrCat("variable '", name, "' (", size, " values, ",
                    std::string(optimizer::RuleName(entry->settings.rule)), ")"),
       options_.shard_index));
@@ -279,11 +313,137 @@ absl::StatusOr<bool> VariableStore::CreateVariable(
 
   PS_RETURN_IF_ERROR(SetInitialValues(*variable, request));
 
+  if (auto replaced = Find(name)) {
+    RemoveVariable(*replaced);
+    spdlog::info("variable '{}' reset: created again from its initial values",
+                 name);
+  }
   if (own != nullptr) rules_.SetOwn(name, std::move(own));
   memory_.Charge(name, charge, slots);
+  origins_[name] = std::move(origin);
   absl::MutexLock lock(&entries_mu_);
   entries_.emplace(name, std::move(variable));
   return true;
+}
+
+absl::Status VariableStore::CheckSameOrigin(
+    const std::string& name, const char* what,
+    const storage::v1::VariableOrigin& wanted) const {
+  auto it = origins_.find(name);
+  if (it == origins_.end()) return absl::OkStatus();  // not recorded
+  const storage::v1::VariableOrigin& had = it->second;
+  std::string differs;
+  if (had.has_optimizer() != wanted.has_optimizer() ||
+      had.optimizer().SerializeAsString() !=
+          wanted.optimizer().SerializeAsString()) {
+    auto text = [](const storage::v1::VariableOrigin& o) {
+      return o.has_optimizer()
+                 ? absl::StrCat("its own optimizer '",
+                                OptimizerConfigToText(o.optimizer()), "'")
+                 : std::string("the server's default optimizer");
+    };
+    differs = absl::StrCat("it was created with ", text(had),
+                           ", this request asks for ", text(wanted));
+  } else if (had.has_checksum() && wanted.has_checksum() &&
+             had.checksum() != wanted.checksum()) {
+    auto text = [](const storage::v1::VariableOrigin& o) {
+      return o.zeros()
+                 ? std::string("zeros")
+                 : absl::StrCat("values of checksum ",
+                                absl::Hex(o.checksum(), absl::kZeroPad16));
+    };
+    differs = absl::StrCat("it was created with initial ", text(had),
+                           ", this request gives initial ", text(wanted));
+  }
+  if (differs.empty()) return absl::OkStatus();
+  return absl::AlreadyExistsError(absl::StrCat(
+      what, " '", name, "' exists: ", differs,
+      ". Ask to reuse it (on_exists=reuse: keep the server's values and "
+      "optimizer) or to reset it (on_exists=reset: replace them), or delete "
+      "it first"));
+}
+
+absl::StatusOr<bool> VariableStore::DeleteVariable(const std::string& name) {
+  if (name.empty()) {
+    return absl::InvalidArgumentError("DeleteVariable needs a variable name");
+  }
+  absl::MutexLock structure_lock(&structure_mu_);
+  if (auto table = FindTable(name)) {
+    RemoveTable(*table);
+    return true;
+  }
+  auto variable = Find(name);
+  if (variable == nullptr) return false;
+  RemoveVariable(*variable);
+  return true;
+}
+
+void VariableStore::RemoveTable(SparseTable& table) {
+  const std::string name = table.name();
+  ReadyParts ready;
+  int64_t records = 0;
+  int64_t bytes = 0;
+  {
+    absl::MutexLock lock(&table.mu);
+    // Rows stay until the last push or pull that holds the table lets go
+    // of it; nothing changes them from now on.
+    table.deleted = true;
+    records = static_cast<int64_t>(table.applied.size());
+    table.applied.clear();
+    // What the memory budget was told of the table.
+    bytes = static_cast<int64_t>(table.Bytes()) - table.TakeBytesChange();
+    for (SparseTable::Sync::Waiter& waiter : table.sync.waiters) {
+      ready.emplace_back(
+          std::move(waiter.completion),
+          absl::NotFoundError(absl::StrCat(
+              "table '", name, "' was deleted while the push waited for ",
+              "its step")));
+    }
+    table.sync = SparseTable::Sync();
+  }
+  {
+    absl::MutexLock lock(&entries_mu_);
+    tables_.erase(name);
+  }
+  rules_.Forget(name);
+  origins_.erase(name);
+  memory_.AddTableBytes(-bytes);
+  memory_.AddAppliedRecords(-records);
+  for (auto& [waiter, status] : ready) waiter->PartDone(std::move(status));
+}
+
+void VariableStore::RemoveVariable(const DenseVariable& variable) {
+  const std::string name = variable.name();
+  ReadyParts ready;
+  int64_t records = 0;
+  // One block at a time (a push holds all of its blocks at once, so it
+  // sees each of them before or after, and is refused from the first it
+  // finds deleted; the variable goes either way).
+  for (Block* block : variable.SortedBlocks()) {
+    absl::MutexLock lock(&block->mu);
+    // Values stay until the last push or pull that holds the block lets
+    // go of it; nothing changes them from now on.
+    block->deleted = true;
+    records += static_cast<int64_t>(block->applied.size());
+    block->applied.clear();
+    for (auto& [waiter, index] : block->sync.waiters) {
+      ready.emplace_back(
+          std::move(waiter),
+          absl::NotFoundError(absl::StrCat(
+              "variable '", name, "' was deleted while the push waited for ",
+              "its step")));
+    }
+    block->sync = SyncSlot();
+  }
+  {
+    absl::MutexLock lock(&entries_mu_);
+    entries_.erase(name);
+  }
+  rules_.Forget(name);
+  memory_.Drop(name);
+  memory_.AddAppliedRecords(-records);
+  origins_.erase(name);
+  for (auto& [waiter, status] : ready) waiter->PartDone(std::move(status));
 }
 
 absl::Status VariableStore::Pull(const v1::PullRequest& request,

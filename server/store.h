@@ -39,7 +39,7 @@ namespace ps {
 struct StoreOptions {
   uint32_t shard_index = 0;
   uint32_t num_shards = 1;
-  uint64_t block_size = 262144;
+  uint64_t block_size = kDefaultBlockSize;
   // Sync: pushes for one step are averaged and applied once `quorum` of
   // `num_workers` distinct workers have pushed it. Async when false.
   // (quorum 0: every member; see server/membership.h.)
@@ -95,8 +95,23 @@ class Store {
   // another shard's blocks; RESOURCE_EXHAUSTED when its values, the state of
   // its rule and its blocks' bookkeeping would take the shard past the
   // memory limit.
+  //
+  // A request that finds the variable existing with this shape (and is not
+  // `continued`) is compared with what the variable was created with: with
+  // on_exists ERROR, another optimizer (own or the default) or other initial
+  // values (by checksum) is ALREADY_EXISTS naming what differs; REUSE keeps
+  // the variable as it is; RESET replaces it (another shape too) as
+  // DeleteVariable then a creation would, and returns true.
   virtual absl::StatusOr<bool> CreateVariable(
       const v1::CreateVariableRequest& request) = 0;
+
+  // Removes a variable or a sparse table: its blocks or rows (values,
+  // optimizer state, exactly-once records), its own optimizer and its
+  // memory. Pushes already decoded for it, and sync pushes waiting for a
+  // step of it, are answered NOT_FOUND; a later CreateVariable (or
+  // CreateTable) of the name starts afresh. Returns false when there is
+  // nothing of the name; INVALID_ARGUMENT for an empty name.
+  virtual absl::StatusOr<bool> DeleteVariable(const std::string& name) = 0;
 
   // Creates a sparse table (DESIGN.md, "Sparse tables"): every shard holds
   // the rows of it that row_shard gives it. Returns false when it exists
@@ -174,6 +189,9 @@ class Store {
   struct ConfigChange {
     uint64_t previous_version = 0;
     uint64_t version = 0;
+    // A change of the default: the variables and tables that kept their
+    // own optimizer.
+    uint64_t kept_overrides = 0;
   };
   // Replaces the default optimizer and that of every variable without its
   // own (""), or sets one variable's own. Validates first and changes

@@ -42,6 +42,7 @@ absl::StatusOr<Store::ConfigChange> VariableStore::SetOptimizer(
   std::vector<std::pair<std::shared_ptr<SparseTable>,
                         std::shared_ptr<const OptimizerEntry>>>
       tables;
+  uint64_t kept_overrides = 0;
   if (!variable.empty()) {
     auto found = Find(variable);
     auto table = FindTable(variable);
@@ -56,12 +57,18 @@ absl::StatusOr<Store::ConfigChange> VariableStore::SetOptimizer(
     }
   } else {
     for (auto& v : SortedVariables()) {
-      if (rules_.HasOwn(v->name())) continue;
+      if (rules_.HasOwn(v->name())) {
+        ++kept_overrides;
+        continue;
+      }
       auto from = rules_.For(v->name());
       affected.emplace_back(std::move(v), std::move(from));
     }
     for (auto& t : SortedTables()) {
-      if (rules_.HasOwn(t->name())) continue;
+      if (rules_.HasOwn(t->name())) {
+        ++kept_overrides;
+        continue;
+      }
       auto from = rules_.For(t->name());
       tables.emplace_back(std::move(t), std::move(from));
     }
@@ -92,7 +99,7 @@ absl::StatusOr<Store::ConfigChange> VariableStore::SetOptimizer(
         options_.shard_index));
   }
   const uint64_t version = rules_.version();
-  if (validate_only) return ConfigChange{version, version};
+  if (validate_only) return ConfigChange{version, version, kept_overrides};
 
   // The change lands between two updates of every affected block.
   std::vector<absl::Mutex*> locks;
@@ -110,7 +117,7 @@ absl::StatusOr<Store::ConfigChange> VariableStore::SetOptimizer(
     memory_.Charge(v->name(), memory_.ShapeOf(v->name()), slots);
   }
   const uint64_t previous = rules_.Change(variable, std::move(entry));
-  return ConfigChange{previous, previous + 1};
+  return ConfigChange{previous, previous + 1, kept_overrides};
 }
 
 v1::ListVariablesResponse VariableStore::ListVariables() const {

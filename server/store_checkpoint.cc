@@ -18,6 +18,9 @@ absl::Status VariableStore::Snapshot(
     storage::v1::VariableHeader* header = state.add_variables();
     header->set_name(variable->name());
     for (uint64_t dim : variable->shape()) header->add_shape(dim);
+    if (auto it = origins_.find(variable->name()); it != origins_.end()) {
+      *header->mutable_origin() = it->second;
+    }
   }
   const std::vector<std::shared_ptr<SparseTable>> tables = SortedTables();
   for (const auto& table : tables) {
@@ -26,6 +29,9 @@ absl::Status VariableStore::Snapshot(
     header->set_dim(table->dim());
     *header->mutable_init() = table->init();
     *header->mutable_policy() = table->policy();
+    if (auto it = origins_.find(table->name()); it != origins_.end()) {
+      *header->mutable_origin() = it->second;
+    }
   }
   rules_.Snapshot(state);
   sessions_.Snapshot(state.mutable_sessions());
@@ -72,6 +78,14 @@ absl::Status VariableStore::RestoreState(const storage::v1::ShardState& state) {
       return absl::Status(code, absl::StrCat("variable '", header.name(), "': ",
                                              created.status().message()));
     }
+    // What it was created with, as the checkpoint recorded it (unknown for
+    // checkpoints that did not).
+    absl::MutexLock structure_lock(&structure_mu_);
+    if (header.has_origin()) {
+      origins_[header.name()] = header.origin();
+    } else {
+      origins_.erase(header.name());
+    }
   }
   for (const storage::v1::TableHeader& header : state.tables()) {
     v1::CreateTableRequest create;
@@ -85,6 +99,12 @@ absl::Status VariableStore::RestoreState(const storage::v1::ShardState& state) {
     if (!created.ok()) {
       return absl::DataLossError(absl::StrCat(
           "table '", header.name(), "': ", created.status().message()));
+    }
+    absl::MutexLock structure_lock(&structure_mu_);
+    if (header.has_origin()) {
+      origins_[header.name()] = header.origin();
+    } else {
+      origins_.erase(header.name());
     }
   }
   return absl::OkStatus();

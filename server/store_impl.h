@@ -39,6 +39,7 @@ class VariableStore final : public Store {
 
   absl::StatusOr<bool> CreateVariable(
       const v1::CreateVariableRequest& request) override;
+  absl::StatusOr<bool> DeleteVariable(const std::string& name) override;
   absl::StatusOr<bool> CreateTable(
       const v1::CreateTableRequest& request) override;
   absl::Status Pull(const v1::PullRequest& request,
@@ -103,6 +104,22 @@ class VariableStore final : public Store {
   absl::Status SetInitialValues(DenseVariable& variable,
                                 const v1::CreateVariableRequest& request) const;
 
+  // Compares a creation of an existing variable or table (`what`) with
+  // what it was created with (on_exists ERROR): ALREADY_EXISTS naming what
+  // differs.
+  absl::Status CheckSameOrigin(const std::string& name, const char* what,
+                               const storage::v1::VariableOrigin& wanted) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(structure_mu_);
+  // Takes `variable` out of the store (DeleteVariable): marks its blocks
+  // deleted, answers the pushes waiting in them, drops its records, own
+  // optimizer, origin and charge.
+  void RemoveVariable(const DenseVariable& variable)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(structure_mu_);
+  // The same for a sparse table: marks it deleted, answers the pushes
+  // waiting for its sync step, drops its records, own optimizer and bytes.
+  void RemoveTable(SparseTable& table)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(structure_mu_);
+
   // Every variable, sorted by name.
   std::vector<std::shared_ptr<DenseVariable>> SortedVariables() const;
   // Every table, sorted by name.
@@ -164,6 +181,11 @@ class VariableStore final : public Store {
   // shared, so a checkpoint sees no creation or rule change half done.
   // Pushes and pulls do not take it.
   mutable absl::Mutex structure_mu_;
+  // What each variable and table was created with (those restored from a
+  // checkpoint that did not record it have none): what a later creation of
+  // the name is compared with.
+  absl::flat_hash_map<std::string, storage::v1::VariableOrigin> origins_
+      ABSL_GUARDED_BY(structure_mu_);
 
   mutable absl::Mutex entries_mu_;
   absl::flat_hash_map<std::string, std::shared_ptr<DenseVariable>> entries_

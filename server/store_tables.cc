@@ -1,6 +1,8 @@
 // VariableStore's sparse tables: creation, rows in pulls, and rows in
 // pushes from decoding to their application (async and sync), under the
 // locks the dense path takes with them (server/store.cc).
+#include <spdlog/spdlog.h>
+
 #include <algorithm>
 #include <cmath>
 #include <new>
@@ -61,11 +63,17 @@ absl::Status CheckIds(const v1::RowSlice& slice, const SparseTable& table,
   return absl::OkStatus();
 }
 
+// NOT_FOUND for a push to a table deleted since the push found it;
 // FAILED_PRECONDITION for a push of a fenced session, or to a table whose
 // values are no longer finite.
 absl::Status CheckTableTakesPush(const PreparedPush& push,
                                  const SparseTable& table)
     ABSL_SHARED_LOCKS_REQUIRED(table.mu) {
+  if (table.deleted) {
+    return absl::NotFoundError(absl::StrCat(
+        "table '", table.name(), "' was deleted while the push to it ",
+        "was on its way; create it again before pushing to it"));
+  }
   PS_RETURN_IF_ERROR(CheckNotFenced(push, table.applied, TableWhat(table)));
   if (table.diverged()) {
     return absl::FailedPreconditionError(absl::StrCat(
@@ -123,6 +131,19 @@ absl::StatusOr<bool> VariableStore::CreateTable(
         OptimizerEntry{request.optimizer(), *std::move(settings)});
   }
 
+  if (!v1::OnExists_IsValid(request.on_exists())) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "unknown on_exists ", static_cast<int>(request.on_exists()),
+        "; use ON_EXISTS_ERROR, ON_EXISTS_REUSE or ON_EXISTS_RESET"));
+  }
+  // What this request creates the table with (its optimizer; rows have no
+  // initial values to compare but init, compared below).
+  storage::v1::VariableOrigin origin;
+  if (request.has_optimizer()) {
+    *origin.mutable_optimizer() = request.optimizer();
+    origin.mutable_optimizer()->clear_config_version();
+  }
+
   absl::MutexLock structure_lock(&structure_mu_);
   if (Find(name) != nullptr) {
     return absl::AlreadyExistsError(
@@ -130,20 +151,33 @@ absl::StatusOr<bool> VariableStore::CreateTable(
                      "' exists; variables and tables share one namespace"));
   }
   if (auto existing = FindTable(name)) {
-    if (existing->dim() == request.dim() &&
-        MessageDifferencer::Equals(existing->init(), request.init()) &&
-        MessageDifferencer::Equals(existing->policy(), request.policy())) {
+    if (request.on_exists() == v1::ON_EXISTS_RESET) {
+      RemoveTable(*existing);
+      spdlog::info("table '{}' reset: created again, every row from its init",
+                   name);
+    } else {
+      const bool same_dim = existing->dim() == request.dim();
+      if (same_dim && request.on_exists() == v1::ON_EXISTS_REUSE) return false;
+      if (!same_dim ||
+          !MessageDifferencer::Equals(existing->init(), request.init()) ||
+          !MessageDifferencer::Equals(existing->policy(), request.policy())) {
+        return absl::AlreadyExistsError(absl::StrCat(
+            "table '", name, "' exists with dim ", existing->dim(), " and ",
+            PolicyString(existing->policy()), "; cannot create it with dim ",
+            request.dim(), " and ", PolicyString(request.policy()),
+            " (or another init)",
+            same_dim ? "; ask to reuse it (on_exists=reuse) or to reset it "
+                       "(on_exists=reset), or delete it first"
+                     : "; reset it (on_exists=reset) or delete it first"));
+      }
+      PS_RETURN_IF_ERROR(CheckSameOrigin(name, "table", origin));
       return false;
     }
-    return absl::AlreadyExistsError(
-        absl::StrCat("table '", name, "' exists with dim ", existing->dim(),
-                     " and ", PolicyString(existing->policy()),
-                     "; cannot create it with dim ", request.dim(), " and ",
-                     PolicyString(request.policy()), " (or another init)"));
   }
   auto table = std::make_shared<SparseTable>(name, request.dim(),
                                              request.init(), request.policy());
   if (own != nullptr) rules_.SetOwn(name, std::move(own));
+  origins_[name] = std::move(origin);
   absl::MutexLock lock(&entries_mu_);
   tables_.emplace(name, std::move(table));
   return true;

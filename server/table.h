@@ -125,6 +125,9 @@ class SparseTable final : public Entry {
   // Exactly-once records of the table, as a block keeps them.
   absl::flat_hash_map<std::string, Block::AppliedSeqs> applied
       ABSL_GUARDED_BY(mu);
+  // The table was deleted (Store::DeleteVariable): pushes that found it
+  // before are refused.
+  bool deleted ABSL_GUARDED_BY(mu) = false;
 
   // Sync: the step being collected, as a block's SyncSlot, with the sum of
   // the rows pushed (rows a worker did not push count as zero).

@@ -164,6 +164,13 @@ void CallCreateVariable(ShardStub* stub, grpc::ClientContext* context,
                                        std::move(done));
 }
 
+void CallDeleteVariable(ShardStub* stub, grpc::ClientContext* context,
+                        const v1::DeleteVariableRequest* request,
+                        v1::DeleteVariableResponse* response, CallDone done) {
+  stub->typed->async()->DeleteVariable(context, request, response,
+                                       std::move(done));
+}
+
 void CallCreateTable(ShardStub* stub, grpc::ClientContext* context,
                      const v1::CreateTableRequest* request,
                      v1::CreateTableResponse* response, CallDone done) {

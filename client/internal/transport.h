@@ -122,6 +122,9 @@ void CallOpenSession(ShardStub* stub, grpc::ClientContext* context,
 void CallCreateVariable(ShardStub* stub, grpc::ClientContext* context,
                         const v1::CreateVariableRequest* request,
                         v1::CreateVariableResponse* response, CallDone done);
+void CallDeleteVariable(ShardStub* stub, grpc::ClientContext* context,
+                        const v1::DeleteVariableRequest* request,
+                        v1::DeleteVariableResponse* response, CallDone done);
 // The answer (an empty PushResponse) is not read.
 void CallPush(ShardStub* stub, grpc::ClientContext* context,
               const EncodedPush* request, grpc::ByteBuffer* response,

@@ -106,6 +106,25 @@ absl::StatusOr<Action> PrepareStats(const Invocation& in) {
   });
 }
 
+absl::StatusOr<Action> PrepareVars(const Invocation& in) {
+  const std::string var = in.flags->String("var");
+  return Action([var](const ShardSet& shards, const Output& output) {
+    return RunVars(shards, var, output);
+  });
+}
+
+absl::StatusOr<Action> PrepareDelete(const Invocation& in) {
+  const std::string var = in.flags->String("var");
+  if (var.empty()) {
+    return Usage(
+        "vars delete needs --var: a variable's name or a glob (e.g. "
+        "--var 'model/*')");
+  }
+  return Action([var](const ShardSet& shards, const Output& output) {
+    return RunDelete(shards, var, output);
+  });
+}
+
 absl::StatusOr<Action> PrepareOptimizerGet(const Invocation& in) {
   const std::string var = in.flags->String("var");
   return Action([var](const ShardSet& shards, const Output& output) {
@@ -234,13 +253,32 @@ if the servers are not the shards of one cluster, each listed once.
        .cluster = ClusterUse::kInspect,
        .prepare = [](const Invocation&) { return Runs(RunInfo); }},
       {.name = "vars",
+       .flags = {"var"},
        .summary = "the variables: shape, blocks, steps, optimizer",
        .help =
            R"(Lists every variable: shape, size, blocks (over all shards), the lowest and
 highest block step, the rule and config in force and whether the variable
-has its own optimizer (an override) or follows the default.
+has its own optimizer (an override) or follows the default. With --var only
+the variables and tables whose name it matches (a name or a glob, e.g.
+--var 'encoder.*'); a --var that matches none exits 2.
 )",
-       .prepare = [](const Invocation&) { return Runs(RunVars); }},
+       .prepare = PrepareVars},
+      {.name = "vars delete",
+       .flags = {"var"},
+       .summary = "delete the variables and tables --var names or matches",
+       .help =
+           R"(Deletes every variable and sparse table whose name --var matches (a name or a
+glob, e.g. --var 'model/*') on every shard: its values (rows), optimizer
+state, own optimizer and exactly-once records go, with their memory; the
+next checkpoint no longer holds it. Pushes to it then fail with NOT_FOUND,
+and a later CreateVariable (CreateTable) of the name starts afresh. A --var
+that matches nothing exits 2 and deletes nothing. Needs an admin token when
+the shards have tokens.
+
+Example: psctl vars delete --var 'old_model/*'
+)",
+       .cluster = ClusterUse::kChange,
+       .prepare = PrepareDelete},
       {.name = "optimizer get",
        .flags = {"var"},
        .summary = "the optimizer in force (--var=V for one variable)",
@@ -258,8 +296,9 @@ version: the default optimizer, or with --var the one variable V follows.
            R"(Switches to RULE with the given hyper-parameters; those not given take the
 server's defaults (PyTorch's). The learning-rate schedule in force is kept
 (change it with 'schedule set'). Without --var the default optimizer changes,
-and with it every variable that has no optimizer of its own; with --var only
-variable V (which then has its own).
+and with it every variable that has no optimizer of its own (the answer says
+how many kept theirs); with --var only variable V, or every variable a glob
+matches (each then has its own).
 
 State: a change of hyper-parameters keeps the optimizer state. A change of
 rule keeps the state whose meaning carries over (e.g. Adam's first moment
@@ -278,7 +317,12 @@ Example: psctl optimizer set adam --lr=0.01 --beta1=0.8 --var=embedding
        .help =
            R"(Reads the optimizer in force on each shard and changes only its learning rate
 (the base rate, before the schedule); the rule, its state and every other
-setting are kept.
+setting are kept. Without --var the default changes, and with it the
+variables that have no optimizer of their own: the answer says how many kept
+their own. --var names one variable or a glob; --var '*' changes every
+variable, each keeping its own rule (each then has its own optimizer).
+
+Example: psctl lr set 0.01 --var 'encoder.*.weight'
 )",
        .cluster = ClusterUse::kChange,
        .prepare = PrepareLrSet},
@@ -384,7 +428,10 @@ FlagSet MakeFlags() {
       // Commands'.
       {.name = "var",
        .type = FlagType::kString,
-       .help = "the variable; empty = the default optimizer",
+       .help = "the variable, or a glob of names ('*' and '?' match any "
+               "character, '/' and '.' too; [...] a set), e.g. 'model/*': "
+               "the command runs on every variable it matches, and one that "
+               "matches none is an error; empty = the default optimizer",
        .value_name = "V"},
       {.name = "reset_state",
        .type = FlagType::kBool,

@@ -1,5 +1,6 @@
 #include "client/psctl/commands.h"
 
+#include <fnmatch.h>
 #include <google/protobuf/util/json_util.h>
 
 #include <algorithm>
@@ -7,6 +8,7 @@
 #include <ctime>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <thread>
 #include <vector>
 
@@ -125,6 +127,52 @@ std::string ErrorCell(const grpc::Status& status) {
   return DescribeStatus(status);
 }
 
+// Whether --var holds a glob (fnmatch(3) without flags: '*' and '?' match
+// any character, '/' and '.' included; [...] a set).
+bool IsGlob(const std::string& pattern) {
+  return pattern.find_first_of("*?[") != std::string::npos;
+}
+
+bool Matches(const std::string& pattern, const std::string& name) {
+  return fnmatch(pattern.c_str(), name.c_str(), 0) == 0;
+}
+
+// The names, in order, of the variables and sparse tables on any shard
+// that `pattern` matches, into *names. A shard that does not answer, or a
+// pattern that matches nothing, is said on stderr (nothing is changed) and
+// returns its exit status.
+int MatchNames(const ShardSet& shards, const std::string& pattern,
+               const std::string& command, const Output& output,
+               std::vector<std::string>* names) {
+  auto lists = CallAll<v1::ListVariablesResponse>(
+      shards,
+      [](const Shard& s, grpc::ClientContext* c, v1::ListVariablesResponse* r) {
+        return s.admin->ListVariables(c, v1::ListVariablesRequest(), r);
+      });
+  if (const int status = ReportFailures(
+          shards, lists,
+          absl::StrCat(command,
+                       ": listing the variables (nothing was changed)"),
+          output);
+      status != kExitOk) {
+    return status;
+  }
+  std::set<std::string> matched;
+  for (const auto& list : lists) {
+    for (const v1::VariableInfo& info : list.response.variables()) {
+      if (Matches(pattern, info.name())) matched.insert(info.name());
+    }
+  }
+  if (matched.empty()) {
+    *output.err << "psctl: " << command << ": --var '" << pattern
+                << "' matches no variable or table (psctl vars lists them; "
+                   "nothing was changed)\n";
+    return kExitUsage;
+  }
+  names->assign(matched.begin(), matched.end());
+  return kExitOk;
+}
+
 // "--servers: not one cluster: ..." with what to do about it.
 std::string LayoutProblem(const absl::Status& problem) {
   return absl::StrCat("--servers: ", problem.message(),
@@ -225,7 +273,8 @@ int RunInfo(const ShardSet& shards, const Output& output) {
   return status;
 }
 
-int RunVars(const ShardSet& shards, const Output& output) {
+int RunVars(const ShardSet& shards, const std::string& pattern,
+            const Output& output) {
   auto lists = CallAll<v1::ListVariablesResponse>(
       shards,
       [](const Shard& s, grpc::ClientContext* c, v1::ListVariablesResponse* r) {
@@ -253,6 +302,7 @@ int RunVars(const ShardSet& shards, const Output& output) {
   for (int i = 0; i < shards.size(); ++i) {
     if (!lists[i].status.ok()) continue;
     for (const v1::VariableInfo& info : lists[i].response.variables()) {
+      if (!pattern.empty() && !Matches(pattern, info.name())) continue;
       if (info.has_table()) {
         MergedTable& t = tables[info.name()];
         if (t.first == nullptr) t.first = &info;
@@ -284,6 +334,12 @@ int RunVars(const ShardSet& shards, const Output& output) {
   }
   for (auto& [name, m] : merged) {
     if (m.min_step == UINT64_MAX) m.min_step = 0;
+  }
+  if (!pattern.empty() && merged.empty() && tables.empty() &&
+      FailedShards(Statuses(lists)).empty()) {
+    *output.err << "psctl: vars: --var '" << pattern
+                << "' matches no variable or table\n";
+    return kExitUsage;
   }
 
   if (output.json) {
@@ -386,8 +442,12 @@ int RunVars(const ShardSet& shards, const Output& output) {
   return ReportFailures(shards, lists, "vars", output);
 }
 
-int RunOptimizerGet(const ShardSet& shards, const std::string& variable,
-                    const Output& output) {
+namespace {
+
+// The optimizer of `variable` on every shard: printed, or with --json added
+// to *collected when that is not null (a glob's many variables).
+int OptimizerGetOne(const ShardSet& shards, const std::string& variable,
+                    const Output& output, json* collected) {
   v1::GetOptimizerRequest request;
   request.set_variable(variable);
   auto configs = CallAll<v1::OptimizerConfig>(
@@ -425,8 +485,13 @@ int RunOptimizerGet(const ShardSet& shards, const std::string& variable,
     }
     j["failed_shards"] = FailedShards(Statuses(configs));
     j["ok"] = FailedShards(Statuses(configs)).empty();
-    PrintJson(output, j);
+    if (collected != nullptr) {
+      collected->push_back(j);
+    } else {
+      PrintJson(output, j);
+    }
   } else {
+    if (collected != nullptr) *output.out << "variable '" << variable << "':\n";
     Table table({"SHARD", "ADDRESS", "CONFIG VERSION", "RULE", "CONFIG"});
     for (int i = 0; i < shards.size(); ++i) {
       const auto& answer = configs[i];
@@ -449,6 +514,36 @@ int RunOptimizerGet(const ShardSet& shards, const std::string& variable,
       absl::StrCat("optimizer get",
                    variable.empty() ? std::string() : " --var=" + variable),
       output);
+}
+
+}  // namespace
+
+int RunOptimizerGet(const ShardSet& shards, const std::string& variable,
+                    const Output& output) {
+  if (!IsGlob(variable)) {
+    return OptimizerGetOne(shards, variable, output, nullptr);
+  }
+  std::vector<std::string> names;
+  const int matched =
+      MatchNames(shards, variable, "optimizer get", output, &names);
+  if (matched != kExitOk) return matched;
+  json all = json::array();
+  int status = kExitOk;
+  for (size_t v = 0; v < names.size(); ++v) {
+    if (v > 0 && !output.json) *output.out << "\n";
+    const int one = OptimizerGetOne(shards, names[v], output, &all);
+    if (status == kExitOk) status = one;
+  }
+  if (output.json) {
+    json j;
+    j["variable"] = variable;
+    j["variables"] = all;
+    bool ok = true;
+    for (const json& one : all) ok = ok && one["ok"].get<bool>();
+    j["ok"] = ok;
+    PrintJson(output, j);
+  }
+  return status;
 }
 
 // Reports a config change that some shard refused before any shard changed:
@@ -479,53 +574,68 @@ int ReportNotSent(const ShardSet& shards, const ConfigChangeRequest& request,
 
 int RunConfigChange(const ShardSet& shards, const ConfigChangeRequest& request,
                     const Output& output) {
-  const std::string target =
-      request.variable.empty()
-          ? "the default optimizer"
-          : absl::StrCat("variable '", request.variable, "'");
-  // 1. Every shard's current config; nothing is sent unless all answer.
-  v1::GetOptimizerRequest get;
-  get.set_variable(request.variable);
-  auto current = CallAll<v1::OptimizerConfig>(
-      shards,
-      [&](const Shard& s, grpc::ClientContext* c, v1::OptimizerConfig* r) {
-        return s.admin->GetOptimizer(c, get, r);
-      });
-  if (ReportNotSent(shards, request, current, "reading the optimizer in force",
-                    output) != kExitOk) {
-    return kExitShardFailed;
+  // The variables it changes: one (or the default), or those --var matches.
+  const bool glob = IsGlob(request.variable);
+  std::vector<std::string> variables = {request.variable};
+  if (glob) {
+    const int status = MatchNames(shards, request.variable, request.command,
+                                  output, &variables);
+    if (status != kExitOk) return status;
   }
+  const auto target = [&](const std::string& variable) {
+    return variable.empty() ? std::string("the default optimizer")
+                            : absl::StrCat("variable '", variable, "'");
+  };
+  const size_t n = variables.size();
 
-  // 2. The new configs, validated before anything is sent.
-  std::vector<v1::OptimizerConfig> configs;
-  for (int i = 0; i < shards.size(); ++i) {
-    v1::OptimizerConfig now = current[i].response;
-    now.clear_config_version();
-    absl::StatusOr<v1::OptimizerConfig> next = request.change(now);
-    if (next.ok()) {
-      next->clear_config_version();
-      if (absl::Status valid = ValidateOptimizerConfig(*next); !valid.ok()) {
-        next = valid;
+  // 1. Every shard's current config of each; nothing is sent unless all
+  //    answer.
+  std::vector<std::vector<v1::OptimizerConfig>> configs(n);
+  for (size_t v = 0; v < n; ++v) {
+    v1::GetOptimizerRequest get;
+    get.set_variable(variables[v]);
+    auto current = CallAll<v1::OptimizerConfig>(
+        shards,
+        [&](const Shard& s, grpc::ClientContext* c, v1::OptimizerConfig* r) {
+          return s.admin->GetOptimizer(c, get, r);
+        });
+    if (ReportNotSent(shards, request, current,
+                      absl::StrCat("reading the optimizer in force",
+                                   glob ? " of '" + variables[v] + "'" : ""),
+                      output) != kExitOk) {
+      return kExitShardFailed;
+    }
+    // 2. The new configs, validated before anything is sent.
+    for (int i = 0; i < shards.size(); ++i) {
+      v1::OptimizerConfig now = current[i].response;
+      now.clear_config_version();
+      absl::StatusOr<v1::OptimizerConfig> next = request.change(now);
+      if (next.ok()) {
+        next->clear_config_version();
+        if (absl::Status valid = ValidateOptimizerConfig(*next); !valid.ok()) {
+          next = valid;
+        }
       }
+      if (!next.ok()) {
+        *output.err << "psctl: " << request.command << ": invalid config for "
+                    << target(variables[v]) << ": "
+                    << std::string(next.status().message())
+                    << " (nothing was sent)\n";
+        return kExitUsage;
+      }
+      configs[v].push_back(*std::move(next));
     }
-    if (!next.ok()) {
-      *output.err << "psctl: " << request.command << ": invalid config for "
-                  << target << ": " << std::string(next.status().message())
-                  << " (nothing was sent)\n";
-      return kExitUsage;
-    }
-    configs.push_back(*std::move(next));
   }
 
-  // 3. Every shard checks the change (its variables, its memory limit)
-  //    without making it; 4. if all accept, every shard makes it at once.
+  // 3. Every shard checks each change (its variables, its memory limit)
+  //    without making it; 4. if all accept, every shard makes them at once.
   //    A shard that refuses in 3 thus leaves every shard as it was.
-  auto set_all = [&](bool validate_only) {
+  auto set_all = [&](size_t v, bool validate_only) {
     return shards.ForEach<Answer<v1::SetOptimizerResponse>>(
         [&](const Shard& shard) {
           v1::SetOptimizerRequest set;
-          set.set_variable(request.variable);
-          *set.mutable_config() = configs[shard.index];
+          set.set_variable(variables[v]);
+          *set.mutable_config() = configs[v][shard.index];
           set.set_reset_state(request.reset_state);
           set.set_validate_only(validate_only);
           Answer<v1::SetOptimizerResponse> answer;
@@ -535,50 +645,184 @@ int RunConfigChange(const ShardSet& shards, const ConfigChangeRequest& request,
           return answer;
         });
   };
-  if (ReportNotSent(shards, request, set_all(/*validate_only=*/true),
-                    "checking the change on every shard", output) != kExitOk) {
-    return kExitShardFailed;
+  for (size_t v = 0; v < n; ++v) {
+    if (ReportNotSent(shards, request, set_all(v, /*validate_only=*/true),
+                      absl::StrCat("checking the change",
+                                   glob ? " of '" + variables[v] + "'" : "",
+                                   " on every shard"),
+                      output) != kExitOk) {
+      return kExitShardFailed;
+    }
   }
-  auto answers = set_all(/*validate_only=*/false);
+  std::vector<std::vector<Answer<v1::SetOptimizerResponse>>> answers;
+  for (size_t v = 0; v < n; ++v) {
+    answers.push_back(set_all(v, /*validate_only=*/false));
+  }
 
+  // A change of the default: the variables that kept their own.
+  uint64_t kept = 0;
+  if (request.variable.empty()) {
+    for (const auto& answer : answers[0]) {
+      if (answer.status.ok()) {
+        kept = std::max(kept, answer.response.kept_overrides());
+      }
+    }
+  }
+  std::vector<grpc::Status> statuses;
+  for (const auto& per_variable : answers) {
+    for (const auto& answer : per_variable) statuses.push_back(answer.status);
+  }
+  const bool all_ok = FailedShards(statuses).empty();
+
+  auto shard_json = [&](size_t v, int i) {
+    const auto& answer = answers[v][i];
+    json s = ShardJson(shards.shard(i), answer.status);
+    s["config"] = ConfigJson(configs[v][i]);
+    if (answer.status.ok()) {
+      s["previous_config_version"] = answer.response.previous_config_version();
+      s["config_version"] = answer.response.config_version();
+    }
+    return s;
+  };
   if (output.json) {
     json j;
     j["command"] = request.command;
     j["variable"] = request.variable;
     j["reset_state"] = request.reset_state;
     j["sent"] = true;
-    j["shards"] = json::array();
-    for (int i = 0; i < shards.size(); ++i) {
-      json s = ShardJson(shards.shard(i), answers[i].status);
-      s["config"] = ConfigJson(configs[i]);
-      if (answers[i].status.ok()) {
-        s["previous_config_version"] =
-            answers[i].response.previous_config_version();
-        s["config_version"] = answers[i].response.config_version();
+    if (glob) {
+      j["variables"] = variables;
+      j["changes"] = json::array();
+      for (size_t v = 0; v < n; ++v) {
+        json change;
+        change["variable"] = variables[v];
+        change["shards"] = json::array();
+        for (int i = 0; i < shards.size(); ++i) {
+          change["shards"].push_back(shard_json(v, i));
+        }
+        j["changes"].push_back(change);
       }
-      j["shards"].push_back(s);
+    } else {
+      j["shards"] = json::array();
+      for (int i = 0; i < shards.size(); ++i) {
+        j["shards"].push_back(shard_json(0, i));
+      }
+      j["failed_shards"] = FailedShards(Statuses(answers[0]));
     }
-    j["failed_shards"] = FailedShards(Statuses(answers));
-    j["ok"] = FailedShards(Statuses(answers)).empty();
+    if (request.variable.empty()) j["kept_overrides"] = kept;
+    j["ok"] = all_ok;
     PrintJson(output, j);
   } else {
-    *output.out << request.command << " on " << target
+    *output.out << request.command << " on "
+                << (glob ? absl::StrCat(n, " variables matching '",
+                                        request.variable, "'")
+                         : target(request.variable))
                 << (request.reset_state ? ", with fresh optimizer state" : "")
                 << ":\n";
-    Table table({"SHARD", "ADDRESS", "ANSWER", "CONFIG VERSION", "CONFIG"});
-    for (int i = 0; i < shards.size(); ++i) {
-      const auto& answer = answers[i];
-      table.AddRow(
-          {absl::StrCat(i), shards.shard(i).address, ErrorCell(answer.status),
-           answer.status.ok()
-               ? absl::StrCat(answer.response.previous_config_version(), " -> ",
-                              answer.response.config_version())
-               : "-",
-           ConfigText(configs[i])});
+    std::vector<std::string> header = {"SHARD", "ADDRESS", "ANSWER",
+                                       "CONFIG VERSION", "CONFIG"};
+    if (glob) header.insert(header.begin(), "VARIABLE");
+    Table table(header);
+    for (size_t v = 0; v < n; ++v) {
+      for (int i = 0; i < shards.size(); ++i) {
+        const auto& answer = answers[v][i];
+        std::vector<std::string> row = {
+            absl::StrCat(i), shards.shard(i).address, ErrorCell(answer.status),
+            answer.status.ok()
+                ? absl::StrCat(answer.response.previous_config_version(),
+                               " -> ", answer.response.config_version())
+                : "-",
+            ConfigText(configs[v][i])};
+        if (glob) row.insert(row.begin(), variables[v]);
+        table.AddRow(row);
+      }
+    }
+    table.Print(*output.out);
+    if (kept > 0) {
+      *output.out << "note: " << kept
+                  << (kept == 1 ? " variable keeps its own optimizer"
+                                : " variables keep their own optimizer")
+                  << " (an override) and did not change; to change every "
+                     "variable, run the command again with --var '*' "
+                     "(psctl vars shows which have an override)\n";
+    }
+  }
+  int status = kExitOk;
+  for (size_t v = 0; v < n && status == kExitOk; ++v) {
+    status = ReportFailures(
+        shards, answers[v],
+        glob ? absl::StrCat(request.command, " --var=", variables[v])
+             : request.command,
+        output);
+  }
+  return status;
+}
+
+int RunDelete(const ShardSet& shards, const std::string& pattern,
+              const Output& output) {
+  const std::string command = "vars delete";
+  std::vector<std::string> variables;
+  const int matched = MatchNames(shards, pattern, command, output, &variables);
+  if (matched != kExitOk) return matched;
+  std::vector<std::vector<Answer<v1::DeleteVariableResponse>>> answers;
+  for (const std::string& name : variables) {
+    v1::DeleteVariableRequest request;
+    request.set_name(name);
+    answers.push_back(CallAll<v1::DeleteVariableResponse>(
+        shards, [&](const Shard& s, grpc::ClientContext* c,
+                    v1::DeleteVariableResponse* r) {
+          return s.parameters->DeleteVariable(c, request, r);
+        }));
+  }
+  std::vector<grpc::Status> statuses;
+  for (const auto& per_variable : answers) {
+    for (const auto& answer : per_variable) statuses.push_back(answer.status);
+  }
+  if (output.json) {
+    json j;
+    j["command"] = command;
+    j["variable"] = pattern;
+    j["variables"] = json::array();
+    for (size_t v = 0; v < variables.size(); ++v) {
+      json d;
+      d["variable"] = variables[v];
+      d["shards"] = json::array();
+      for (int i = 0; i < shards.size(); ++i) {
+        json s = ShardJson(shards.shard(i), answers[v][i].status);
+        if (answers[v][i].status.ok()) {
+          s["deleted"] = answers[v][i].response.deleted();
+        }
+        d["shards"].push_back(s);
+      }
+      j["variables"].push_back(d);
+    }
+    j["ok"] = FailedShards(statuses).empty();
+    PrintJson(output, j);
+  } else {
+    *output.out << command << ": " << variables.size()
+                << (variables.size() == 1 ? " variable or table"
+                                          : " variables and tables")
+                << " matching '" << pattern << "':\n";
+    Table table({"VARIABLE", "SHARD", "ADDRESS", "ANSWER", "DELETED"});
+    for (size_t v = 0; v < variables.size(); ++v) {
+      for (int i = 0; i < shards.size(); ++i) {
+        const auto& answer = answers[v][i];
+        table.AddRow({variables[v], absl::StrCat(i), shards.shard(i).address,
+                      ErrorCell(answer.status),
+                      answer.status.ok()
+                          ? (answer.response.deleted() ? "yes" : "no (absent)")
+                          : "-"});
+      }
     }
     table.Print(*output.out);
   }
-  return ReportFailures(shards, answers, request.command, output);
+  int status = kExitOk;
+  for (size_t v = 0; v < variables.size() && status == kExitOk; ++v) {
+    status =
+        ReportFailures(shards, answers[v],
+                       absl::StrCat(command, " --var=", variables[v]), output);
+  }
+  return status;
 }
 
 namespace {

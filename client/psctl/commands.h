@@ -37,18 +37,33 @@ struct Output {
 // the layout has a problem.
 int RunInfo(const ShardSet& shards, const Output& output);
 
-// ListVariables of every shard, merged per variable.
-int RunVars(const ShardSet& shards, const Output& output);
+// --var takes a glob (fnmatch(3), no flags: '*' and '?' match any
+// character, '/' and '.' included, [...] a set): a command given one runs on
+// every variable (and table) whose name it matches, and a glob that matches
+// nothing is an error (kExitUsage) before anything changes.
 
-// The optimizer in force for `variable` ("" = the default) on every shard.
+// ListVariables of every shard, merged per variable; with `pattern` only
+// the names it matches.
+int RunVars(const ShardSet& shards, const std::string& pattern,
+            const Output& output);
+
+// The optimizer in force for `variable` ("" = the default, or a glob) on
+// every shard.
 int RunOptimizerGet(const ShardSet& shards, const std::string& variable,
                     const Output& output);
+
+// Deletes the variables and tables `pattern` (a name or a glob) matches on
+// every shard (DeleteVariable): their values, rows, state and records go.
+int RunDelete(const ShardSet& shards, const std::string& pattern,
+              const Output& output);
 
 // A change of optimizer config, made by reading each shard's config and
 // rewriting it.
 struct ConfigChangeRequest {
-  std::string command;   // for the output, e.g. "lr set"
-  std::string variable;  // "" = the default and every variable without its own
+  std::string command;  // for the output, e.g. "lr set"
+  // "" = the default and every variable without its own; or a name, or a
+  // glob: every variable and table it matches.
+  std::string variable;
   bool reset_state = false;
   // The new config from a shard's current one (config_version cleared).
   std::function<absl::StatusOr<v1::OptimizerConfig>(
@@ -59,7 +74,8 @@ struct ConfigChangeRequest {
 // Reads the current config from every shard (nothing is sent unless all
 // answer), makes and validates each new config locally (nothing is sent if
 // one is invalid: kExitUsage), then sends SetOptimizer to every shard at
-// once and prints each shard's answer and new config version.
+// once and prints each shard's answer and new config version. A change of
+// the default also says how many variables kept their own optimizer.
 int RunConfigChange(const ShardSet& shards, const ConfigChangeRequest& request,
                     const Output& output);
 

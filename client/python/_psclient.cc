@@ -348,7 +348,13 @@ class PyClient {
 
   bool CreateVariable(const std::string& name,
                       const std::vector<uint64_t>& shape,
-                      const py::object& initial, const py::object& optimizer) {
+                      const py::object& initial, const py::object& optimizer,
+                      int on_exists) {
+    if (!v1::OnExists_IsValid(on_exists)) {
+      throw py::value_error(
+          "on_exists must be 0 (error), 1 (reuse) or 2 "
+          "(reset)");
+    }
     std::optional<py::buffer_info> values;
     if (!initial.is_none()) {
       values = FloatBuffer(initial, false, "initial values of '" + name + "'");
@@ -367,18 +373,34 @@ class PyClient {
       created = client->CreateVariable(
           name, shape,
           values.has_value() ? ConstSpan(*values) : std::span<const float>(),
-          config);
+          config, static_cast<v1::OnExists>(on_exists));
     }
     if (!created.ok()) Throw(created.status());
     return *created;
+  }
+
+  void DeleteVariable(const std::string& name) {
+    std::shared_ptr<Client> client = get();
+    absl::Status status;
+    {
+      py::gil_scoped_release release;
+      status = client->DeleteVariable(name);
+    }
+    if (!status.ok()) Throw(status);
   }
 
   // ---- sparse tables; init, policy and optimizer are serialized
   // RowInit, TablePolicy and OptimizerConfig messages (or None).
   bool CreateTable(const std::string& name, uint32_t dim,
                    const py::object& init, const py::object& policy,
-                   const py::object& optimizer) {
+                   const py::object& optimizer, int on_exists) {
+    if (!v1::OnExists_IsValid(on_exists)) {
+      throw py::value_error(
+          "on_exists must be 0 (error), 1 (reuse) or 2 "
+          "(reset)");
+    }
     TableOptions options;
+    options.on_exists = static_cast<v1::OnExists>(on_exists);
     auto parse = [](const py::object& bytes, google::protobuf::Message& out,
                     const char* what) {
       if (bytes.is_none()) return;
@@ -711,10 +733,13 @@ PYBIND11_MODULE(_core, m) {
             return py::bytes(c.get()->cluster_info().SerializeAsString());
           })
       .def("create_variable", &PyClient::CreateVariable, py::arg("name"),
-           py::arg("shape"), py::arg("initial"), py::arg("optimizer"))
+           py::arg("shape"), py::arg("initial"), py::arg("optimizer"),
+           py::arg("on_exists") = 0)
+      .def("delete_variable", &PyClient::DeleteVariable, py::arg("name"))
       .def("create_table", &PyClient::CreateTable, py::arg("name"),
            py::arg("dim"), py::arg("init") = py::none(),
-           py::arg("policy") = py::none(), py::arg("optimizer") = py::none())
+           py::arg("policy") = py::none(), py::arg("optimizer") = py::none(),
+           py::arg("on_exists") = 0)
       .def("pull_rows", &PyClient::PullRows, py::arg("table"), py::arg("ids"),
            py::arg("out"), py::arg("dtype") = 0)
       .def("push_rows", &PyClient::PushRows, py::arg("table"), py::arg("ids"),

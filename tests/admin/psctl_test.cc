@@ -104,6 +104,7 @@ TEST_F(PsctlTest, HelpForEveryCommand) {
   for (const std::vector<std::string>& command :
        std::vector<std::vector<std::string>>{{"info"},
                                              {"vars"},
+                                             {"vars", "delete"},
                                              {"optimizer", "get"},
                                              {"optimizer", "set"},
                                              {"lr", "set"},
@@ -310,6 +311,114 @@ TEST_F(PsctlTest, OptimizerSetGetLrAndSchedule) {
   std::vector<uint64_t> versions;
   ASSERT_TRUE(worker_->Pull("w", 37, &values, &versions).ok());
   for (uint64_t v : versions) EXPECT_EQ(v, 0u);
+}
+
+TEST_F(PsctlTest, VarTakesAGlobAndDefaultChangesCountTheOverrides) {
+  for (const char* name : {"enc.0.weight", "enc.1.weight", "enc.0.bias"}) {
+    ASSERT_TRUE(worker_->Create(name, std::vector<float>(3, 1.0f)).ok());
+  }
+  // A glob changes every variable it matches (each then has its own).
+  ProcessResult lr = Psctl({"lr", "set", "0.5", "--var=enc.*.weight"});
+  ASSERT_EQ(lr.exit_code, 0) << lr.err;
+  EXPECT_TRUE(Contains(lr.out, "2 variables matching 'enc.*.weight'"))
+      << lr.out;
+  EXPECT_TRUE(Contains(lr.out, "enc.1.weight")) << lr.out;
+  for (int s = 0; s < 2; ++s) {
+    EXPECT_EQ(GetOptimizer(s, "enc.0.weight").learning_rate(), 0.5);
+    EXPECT_EQ(GetOptimizer(s, "enc.1.weight").learning_rate(), 0.5);
+    EXPECT_EQ(GetOptimizer(s, "enc.0.bias").learning_rate(), 0.1);
+  }
+  json j = Json(Psctl({"--json", "optimizer", "get", "--var=enc.?.weight"}));
+  ASSERT_EQ(j["variables"].size(), 2u);
+  EXPECT_EQ(j["variables"][0]["variable"], "enc.0.weight");
+  EXPECT_EQ(j["variables"][1]["shards"][0]["config"]["learning_rate"], 0.5);
+  EXPECT_TRUE(j["ok"]);
+  j = Json(Psctl({"--json", "vars", "--var=enc.*"}));
+  ASSERT_EQ(j["variables"].size(), 3u);
+  EXPECT_EQ(j["variables"][0]["name"], "enc.0.bias");
+  EXPECT_EQ(j["variables"][1]["optimizer_override"], true);
+
+  // A glob that matches nothing is an error that says so, and changes
+  // nothing.
+  for (const std::vector<std::string>& args :
+       std::vector<std::vector<std::string>>{
+           {"lr", "set", "0.7", "--var=dec.*"},
+           {"optimizer", "set", "adam", "--var=dec.*"},
+           {"optimizer", "get", "--var=dec.*"},
+           {"vars", "--var=dec.*"},
+           {"vars", "delete", "--var=dec.*"}}) {
+    ProcessResult none = Psctl(args);
+    EXPECT_EQ(none.exit_code, 2) << args[0];
+    EXPECT_TRUE(Contains(none.err, "'dec.*' matches no variable")) << none.err;
+  }
+  EXPECT_EQ(GetOptimizer(0, "").config_version(), 3u);
+
+  // A change of the default says how many kept their own, and how to
+  // change them all.
+  ProcessResult base = Psctl({"lr", "set", "0.3"});
+  ASSERT_EQ(base.exit_code, 0) << base.err;
+  EXPECT_TRUE(Contains(base.out, "2 variables keep their own optimizer"))
+      << base.out;
+  EXPECT_TRUE(Contains(base.out, "--var '*'")) << base.out;
+  j = Json(Psctl({"--json", "optimizer", "set", "momentum"}));
+  EXPECT_EQ(j["kept_overrides"], 2);
+  EXPECT_EQ(GetOptimizer(0, "enc.0.weight").learning_rate(), 0.5);
+  // --var '*' then reaches every variable.
+  ASSERT_EQ(Psctl({"lr", "set", "0.25", "--var=*"}).exit_code, 0);
+  for (const char* name : {"w", "b", "enc.0.weight", "enc.0.bias"}) {
+    EXPECT_EQ(GetOptimizer(1, name).learning_rate(), 0.25) << name;
+  }
+}
+
+TEST_F(PsctlTest, VarsDeleteRemovesWhatTheGlobMatchesOnEveryShard) {
+  for (const char* name : {"old/a", "old/b", "older"}) {
+    ASSERT_TRUE(worker_->Create(name, std::vector<float>(20, 1.0f)).ok());
+  }
+  // A sparse table goes the same way.
+  v1::CreateTableRequest table;
+  table.set_name("old/emb");
+  table.set_dim(4);
+  for (int s = 0; s < 2; ++s) {
+    v1::CreateTableResponse created;
+    ASSERT_TRUE(
+        worker_->parameters(s)
+            .CreateTable(MakeContext(kWorkerToken).get(), table, &created)
+            .ok());
+  }
+  ProcessResult usage = Psctl({"vars", "delete"});
+  EXPECT_EQ(usage.exit_code, 2);
+  EXPECT_TRUE(Contains(usage.err, "needs --var")) << usage.err;
+  // A worker's token may not delete.
+  ProcessResult denied =
+      Psctl({"vars", "delete", "--var=old/*"}, worker_token_file_);
+  EXPECT_EQ(denied.exit_code, 1);
+
+  ProcessResult deleted = Psctl({"vars", "delete", "--var=old/*"});
+  ASSERT_EQ(deleted.exit_code, 0) << deleted.err;
+  EXPECT_TRUE(Contains(deleted.out, "3 variables and tables matching 'old/*'"))
+      << deleted.out;
+  for (int s = 0; s < 2; ++s) {
+    v1::ListVariablesResponse list;
+    ASSERT_TRUE(worker_->admin(s)
+                    .ListVariables(MakeContext(kAdminToken).get(),
+                                   v1::ListVariablesRequest(), &list)
+                    .ok());
+    std::vector<std::string> names;
+    for (const auto& info : list.variables()) names.push_back(info.name());
+    EXPECT_EQ(names, (std::vector<std::string>{"b", "older", "w"}));
+  }
+  // Pushes to a deleted variable are NOT_FOUND; it can be created afresh.
+  EXPECT_EQ(worker_->Push("old/a", std::vector<float>(20, 0.1f)).error_code(),
+            grpc::StatusCode::NOT_FOUND);
+  ASSERT_TRUE(worker_->Create("old/a", std::vector<float>(3, 2.0f)).ok());
+  std::vector<float> values;
+  ASSERT_TRUE(worker_->Pull("old/a", 3, &values, nullptr).ok());
+  EXPECT_EQ(values, std::vector<float>(3, 2.0f));
+
+  json j = Json(Psctl({"--json", "vars", "delete", "--var=older"}));
+  EXPECT_TRUE(j["ok"]);
+  ASSERT_EQ(j["variables"].size(), 1u);
+  EXPECT_EQ(j["variables"][0]["variable"], "older");
 }
 
 TEST_F(PsctlTest, RefusedChangesExitNonZeroNamingTheShards) {

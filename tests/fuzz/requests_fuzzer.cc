@@ -160,6 +160,31 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       (void)store.CreateTable(request);
       break;
     }
+    case 8: {
+      ps::v1::DeleteVariableRequest request;
+      if (!ps::Parse(bytes, &request)) break;
+      // Keep the names other inputs use: created again afresh, a table as
+      // it was, a variable with the default optimizer.
+      ps::v1::CreateTableRequest table;
+      if (auto found = store.FindTable(request.name())) {
+        table.set_name(request.name());
+        table.set_dim(found->dim());
+        *table.mutable_init() = found->init();
+        *table.mutable_policy() = found->policy();
+      }
+      auto deleted = store.DeleteVariable(request.name());
+      if (deleted.ok() && *deleted) {
+        if (!table.name().empty()) {
+          (void)store.CreateTable(table);
+        } else {
+          ps::v1::CreateVariableRequest create;
+          create.set_name(request.name());
+          create.add_shape(12);
+          (void)store.CreateVariable(create);
+        }
+      }
+      break;
+    }
     default:
       break;
   }

@@ -313,7 +313,7 @@ TEST(PsServerProcessTest, HelpListsEveryFlagAndExitsZero) {
     EXPECT_THAT(out.substr(at, next - at), HasSubstr("default:")) << flag;
   }
   EXPECT_THAT(out, HasSubstr("default: \"127.0.0.1\""));
-  EXPECT_THAT(out, HasSubstr("default: 262144"));
+  EXPECT_THAT(out, HasSubstr("default: 16384"));
 }
 
 }  // namespace

@@ -68,6 +68,9 @@ class DType(enum.IntEnum):
 
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 
+# create_variable's on_exists, as CreateVariableRequest.on_exists numbers it.
+_ON_EXISTS = {"error": 0, "reuse": 1, "reset": 2}
+
 
 class PsError(Exception):
     """A call refused by a shard (or that could not reach it).
@@ -360,6 +363,11 @@ class Client:
             self._shapes[name] = shape
             self._sizes[name] = size
 
+    def _forget(self, name: str) -> None:
+        with self._shapes_lock:
+            self._shapes.pop(name, None)
+            self._sizes.pop(name, None)
+
     def _size(self, name: str) -> int:
         size = self._sizes.get(name)
         if size is None:
@@ -372,7 +380,8 @@ class Client:
                         name: str,
                         shape: Optional[Sequence[int]] = None,
                         initial: Any = None,
-                        optimizer: OptimizerLike = None) -> bool:
+                        optimizer: OptimizerLike = None,
+                        on_exists: str = "error") -> bool:
         """Creates ``name`` on every shard, or confirms it exists.
 
         Args:
@@ -380,19 +389,31 @@ class Client:
             shape: its shape; defaults to ``initial.shape``.
             initial: every initial value (array-like, converted to float32
                 once); None = zeros. Any size: values that do not fit in one
-                message are sent in parts. When several workers create the
-                same variable, the first creator's values win.
+                message are sent in parts.
             optimizer: this variable's own optimizer (an OptimizerConfig or
                 its text form); None = the server default.
+            on_exists: what to do when it exists already. ``"error"`` (the
+                default): fine when it was created with the same optimizer
+                and initial values (the workers of one job all create it),
+                else PsError ALREADY_EXISTS naming what differs.
+                ``"reuse"``: keep the server's values, optimizer and state.
+                ``"reset"``: replace them (values, optimizer, slots, steps;
+                another shape too), as if it had been deleted first.
 
         Returns:
-            True when this call created it (on at least one shard), False when
-            it existed with this shape.
+            True when this call created it (on at least one shard; always
+            after a reset), False when it existed with this shape.
 
         Raises:
-            PsError: ALREADY_EXISTS when it exists with another shape, or the
-                shard's error.
+            PsError: ALREADY_EXISTS when it exists with another shape (but
+                for a reset), or with another optimizer or initial values
+                (on_exists="error"); or the shard's error.
+            ValueError: an unknown on_exists.
         """
+        if on_exists not in _ON_EXISTS:
+            raise ValueError(
+                f"on_exists must be one of {', '.join(map(repr, _ON_EXISTS))}, "
+                f"not {on_exists!r}")
         if shape is None:
             if initial is None:
                 raise ValueError(f"create_variable('{name}') needs a shape or initial values")
@@ -414,11 +435,29 @@ class Client:
         try:
             created = self._core.create_variable(
                 name, list(shape), flat,
-                None if config is None else config.SerializeToString())
+                None if config is None else config.SerializeToString(),
+                _ON_EXISTS[on_exists])
         except _core.StatusError as e:
             raise _error(e) from None
         self.register_variable(name, shape)
         return created
+
+    def delete_variable(self, name: str) -> None:
+        """Deletes the variable or sparse table ``name`` on every shard: its
+        values (rows), optimizer state and exactly-once records go; pushes to
+        it then fail with NOT_FOUND, and a later create_variable (or
+        create_table) starts afresh. Needs an admin token when the shards
+        have tokens.
+
+        Raises:
+            PsError: NOT_FOUND when no shard had it, PERMISSION_DENIED with a
+                worker's token.
+        """
+        try:
+            self._core.delete_variable(name)
+        except _core.StatusError as e:
+            raise _error(e) from None
+        self._forget(name)
 
     # ---- sparse tables (docs/tables.md)
 
@@ -428,7 +467,8 @@ class Client:
                      *,
                      init: Optional["ps_pb2.RowInit"] = None,
                      policy: Optional["ps_pb2.TablePolicy"] = None,
-                     optimizer: OptimizerLike = None) -> bool:
+                     optimizer: OptimizerLike = None,
+                     on_exists: str = "error") -> bool:
         """Creates a sparse table of rows of ``dim`` values on every shard.
 
         Args:
@@ -437,17 +477,28 @@ class Client:
             init: the rows' initial values (a ps_pb2.RowInit); None = zeros.
             policy: admission and eviction (a ps_pb2.TablePolicy).
             optimizer: the table's own optimizer; None = the server default.
+            on_exists: what to do when it exists already, as for
+                :meth:`create_variable`: ``"error"`` (fine when it was
+                created with the same init, policy and optimizer, else
+                PsError ALREADY_EXISTS naming what differs), ``"reuse"``
+                (keep it as it is) or ``"reset"`` (replace it: rows, slots,
+                steps; another dim too).
 
         Returns:
-            True when this call created it, False when it existed alike.
+            True when this call created (or reset) it, False when it existed.
         """
+        if on_exists not in _ON_EXISTS:
+            raise ValueError(
+                f"on_exists must be one of {', '.join(map(repr, _ON_EXISTS))}, "
+                f"not {on_exists!r}")
         config = parse_optimizer(optimizer)
         try:
             return self._core.create_table(
                 name, int(dim),
                 None if init is None else init.SerializeToString(),
                 None if policy is None else policy.SerializeToString(),
-                None if config is None else config.SerializeToString())
+                None if config is None else config.SerializeToString(),
+                _ON_EXISTS[on_exists])
         except _core.StatusError as e:
             raise _error(e) from None
 

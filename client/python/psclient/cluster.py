@@ -80,7 +80,7 @@ class LocalCluster:
     def __init__(self,
                  num_shards: int = 1,
                  *,
-                 block_size: int = 262144,
+                 block_size: int = 16384,
                  consistency: str = "async",
                  num_workers: int = 0,
                  quorum: int = 0,

@@ -31,9 +31,12 @@ class RemoteOptimizer:
     """Trains a model's parameters with an update rule that runs on the shards.
 
     Creating it creates one server variable per parameter (named
-    ``prefix + name``) with the parameter's current values, then pulls: the
-    first worker to create a variable sets its initial values, and every
-    worker starts from what the server holds.
+    ``prefix + name``) with the parameter's current values, then pulls, so
+    that every worker starts from what the server holds. A variable that
+    exists with other initial values or another optimizer (another model
+    with the same names, or an earlier run) is an error unless
+    ``on_exists`` says to reuse or reset it; workers of one job that seed
+    their models alike need neither.
 
     Each :meth:`step` sends every gradient in one PushPull request per shard
     (more only for very large models), all shards in parallel, and writes the
@@ -54,6 +57,12 @@ class RemoteOptimizer:
         step: the first step to push (sync mode). None = the step the
             shards collect (``client.sync_step``), which is right for a new
             job and for a worker that joins or rejoins a running one.
+        on_exists: what to do with a variable that exists with other
+            initial values or another optimizer: ``"error"`` (PsError
+            ALREADY_EXISTS naming it), ``"reuse"`` (start from the server's
+            values and keep its optimizer: a worker joining a running job)
+            or ``"reset"`` (replace it with this model's values and
+            optimizer). See :meth:`psclient.Client.create_variable`.
 
     Thread safety: not thread-safe; one per worker thread.
     """
@@ -65,7 +74,8 @@ class RemoteOptimizer:
                  *,
                  prefix: str = "",
                  dtype: Union[DType, int, str, None] = None,
-                 step: Optional[int] = None):
+                 step: Optional[int] = None,
+                 on_exists: str = "error"):
         self.client = client
         self.config = parse_optimizer(optimizer)
         self._dtype = dtype
@@ -81,7 +91,8 @@ class RemoteOptimizer:
         for name, p in self._params:
             with torch.no_grad():
                 initial = p.detach().cpu().numpy().astype(np.float32, copy=False)
-            if self.client.create_variable(name, initial=initial, optimizer=self.config):
+            if self.client.create_variable(name, initial=initial, optimizer=self.config,
+                                           on_exists=on_exists):
                 created.append(name)
         _LOG.info("created %d of %d variables (the rest existed)", len(created),
                   len(self._params))

@@ -4,7 +4,9 @@
 // Usage: cross_language_worker SERVERS COMMAND NAME SHAPE [ARGS]
 //   SERVERS  host:port,host:port,...
 //   SHAPE    dimensions joined by 'x', e.g. 4x5
-//   create NAME SHAPE START STEP   create with values START + STEP * k;
+//   create NAME SHAPE START STEP [ON_EXISTS]
+//                                  create with values START + STEP * k
+//                                  (ON_EXISTS: 0 error, 1 reuse, 2 reset);
 //                                  prints "created" or "existed"
 //   pull NAME SHAPE                prints every value
 //   pushpull NAME SHAPE GRAD       pushes GRAD for every value, prints the
@@ -62,12 +64,14 @@ int main(int argc, char** argv) {
   if (!client.ok()) return Fail(client.status().ToString());
 
   std::vector<float> values(size);
-  if (command == "create" && numbers.size() == 2) {
+  if (command == "create" && (numbers.size() == 2 || numbers.size() == 3)) {
     for (uint64_t k = 0; k < size; ++k) {
       values[k] = static_cast<float>(numbers[0] + numbers[1] * k);
     }
+    const auto on_exists = static_cast<ps::v1::OnExists>(
+        numbers.size() == 3 ? static_cast<int>(numbers[2]) : 0);
     absl::StatusOr<bool> created =
-        (*client)->CreateVariable(name, shape, values);
+        (*client)->CreateVariable(name, shape, values, std::nullopt, on_exists);
     if (!created.ok()) return Fail(created.status().ToString());
     std::printf("%s\n", *created ? "created" : "existed");
   } else if (command == "pull" && numbers.empty()) {

@@ -268,7 +268,13 @@ class LiveClusterTest(unittest.TestCase):
     def test_create_pull_push(self):
         values = np.arange(30, dtype=np.float32).reshape(5, 6)
         self.assertTrue(self.client.create_variable("cpp/w", initial=values))
-        self.assertFalse(self.client.create_variable("cpp/w", initial=values * 0))
+        self.assertFalse(self.client.create_variable("cpp/w", initial=values))
+        with self.assertRaises(PsError) as caught:
+            self.client.create_variable("cpp/w", initial=values * 0)
+        self.assertEqual(caught.exception.code, grpc.StatusCode.ALREADY_EXISTS)
+        self.assertIn("cpp/w", str(caught.exception))
+        self.assertFalse(self.client.create_variable("cpp/w", initial=values * 0,
+                                                     on_exists="reuse"))
         pulled, versions = self.client.pull("cpp/w", return_versions=True)
         np.testing.assert_array_equal(pulled, values)
         self.assertEqual(pulled.shape, (5, 6))
@@ -371,9 +377,78 @@ class LiveClusterTest(unittest.TestCase):
         with Client(self.cluster.addresses, max_message_bytes=64 << 10) as small:
             self.assertTrue(small.create_variable("big/v", initial=values))
             np.testing.assert_array_equal(small.pull("big/v"), values)
-            # A second creator's values do not replace the first's.
-            self.assertFalse(small.create_variable("big/v", initial=values + 1))
+            # A second creator's values do not replace the first's: an error,
+            # or kept with reuse, or replaced (in parts too) with reset.
+            with self.assertRaises(PsError) as caught:
+                small.create_variable("big/v", initial=values + 1)
+            self.assertEqual(caught.exception.code, grpc.StatusCode.ALREADY_EXISTS)
+            self.assertFalse(small.create_variable("big/v", initial=values + 1,
+                                                   on_exists="reuse"))
             np.testing.assert_array_equal(small.pull("big/v"), values)
+            self.assertTrue(small.create_variable("big/v", initial=values + 1,
+                                                  on_exists="reset"))
+            np.testing.assert_array_equal(small.pull("big/v"), values + 1)
+
+    def test_on_exists_reuse_and_reset(self):
+        self.assertTrue(self.client.create_variable("exists/v", initial=np.ones(6),
+                                                    optimizer="adam {}"))
+        with self.assertRaises(PsError) as caught:
+            self.client.create_variable("exists/v", initial=np.ones(6), optimizer="sgd {}")
+        self.assertEqual(caught.exception.code, grpc.StatusCode.ALREADY_EXISTS)
+        self.assertIn("adam", str(caught.exception))
+        self.assertFalse(self.client.create_variable("exists/v", initial=np.ones(6),
+                                                     optimizer="sgd {}", on_exists="reuse"))
+        self.assertTrue(self.client.create_variable("exists/v", initial=np.full((2, 2), 3.0),
+                                                    optimizer="sgd {}", on_exists="reset"))
+        np.testing.assert_array_equal(self.client.pull("exists/v"), np.full((2, 2), 3.0))
+        with self.assertRaises(ValueError):
+            self.client.create_variable("exists/v", shape=[4], on_exists="replace")
+
+    def test_delete_variable(self):
+        self.client.create_variable("del/v", initial=np.ones(9))
+        self.client.push({"del/v": np.ones(9, np.float32)})
+        self.client.delete_variable("del/v")
+        with self.assertRaises(KeyError):
+            self.client.shape("del/v")
+        with self.assertRaises(PsError) as caught:
+            self.client.delete_variable("del/v")
+        self.assertEqual(caught.exception.code, grpc.StatusCode.NOT_FOUND)
+        # Created afresh with other values: no error, step 0.
+        self.assertTrue(self.client.create_variable("del/v", initial=np.zeros(3)))
+        values, versions = self.client.pull("del/v", return_versions=True)
+        np.testing.assert_array_equal(values, np.zeros(3))
+        np.testing.assert_array_equal(versions, np.zeros(1))
+
+    def test_delete_table(self):
+        self.client.create_table("del/emb", 2, optimizer="sgd {} learning_rate: 1")
+        ids = np.array([3, 8, 21], dtype=np.uint64)
+        self.client.push_rows("del/emb", ids, np.ones((3, 2), np.float32))
+        np.testing.assert_array_equal(self.client.pull_rows("del/emb", ids, 2),
+                                      -np.ones((3, 2)))
+        self.client.delete_variable("del/emb")
+        with self.assertRaises(PsError) as caught:
+            self.client.push_rows("del/emb", ids, np.ones((3, 2), np.float32))
+        self.assertEqual(caught.exception.code, grpc.StatusCode.NOT_FOUND)
+        # Created again, its rows start afresh from their initial rows.
+        self.assertTrue(self.client.create_table("del/emb", 2))
+        np.testing.assert_array_equal(self.client.pull_rows("del/emb", ids, 2),
+                                      np.zeros((3, 2)))
+
+    def test_table_on_exists(self):
+        self.assertTrue(self.client.create_table("exists/emb", 2, optimizer="adagrad {}"))
+        self.assertFalse(self.client.create_table("exists/emb", 2, optimizer="adagrad {}"))
+        with self.assertRaises(PsError) as caught:
+            self.client.create_table("exists/emb", 2, optimizer="sgd {}")
+        self.assertEqual(caught.exception.code, grpc.StatusCode.ALREADY_EXISTS)
+        self.assertIn("exists/emb", str(caught.exception))
+        self.assertIn("adagrad", str(caught.exception))
+        self.assertFalse(self.client.create_table("exists/emb", 2, optimizer="sgd {}",
+                                                  on_exists="reuse"))
+        self.assertTrue(self.client.create_table("exists/emb", 4, optimizer="sgd {}",
+                                                 on_exists="reset"))
+        self.assertEqual(self.client.pull_rows("exists/emb", [1], 4).shape, (1, 4))
+        with self.assertRaises(ValueError):
+            self.client.create_table("exists/emb", 4, on_exists="keep")
 
     def test_zeros_without_initial_values(self):
         self.client.create_variable("zeros/v", shape=[3, 3])
@@ -576,7 +651,14 @@ class RemoteOptimizerTest(unittest.TestCase):
             first = make_mlp(seed=1)
             RemoteOptimizer(first.named_parameters(), a, "sgd {}", prefix="late/")
             second = make_mlp(seed=2)
-            RemoteOptimizer(second.named_parameters(), b, "sgd {}", prefix="late/")
+            # Other initial values: an error naming a variable, unless the
+            # later worker asks to reuse the server's.
+            with self.assertRaises(PsError) as caught:
+                RemoteOptimizer(second.named_parameters(), b, "sgd {}", prefix="late/")
+            self.assertEqual(caught.exception.code, grpc.StatusCode.ALREADY_EXISTS)
+            self.assertIn("late/", str(caught.exception))
+            RemoteOptimizer(second.named_parameters(), b, "sgd {}", prefix="late/",
+                            on_exists="reuse")
             for (n, p), (_, q) in zip(first.named_parameters(), second.named_parameters()):
                 torch.testing.assert_close(p, q, rtol=0, atol=0, msg=n)
 
@@ -670,6 +752,13 @@ class SecurityTest(unittest.TestCase):
                 with Client(cluster.addresses, token=token) as client:
                     client.create_variable(f"tok/{token}", initial=np.ones(9))
                     np.testing.assert_array_equal(client.pull(f"tok/{token}"), np.ones(9))
+            # Deleting takes an admin token.
+            with Client(cluster.addresses, token="worker-secret") as client:
+                with self.assertRaises(PsError) as caught:
+                    client.delete_variable("tok/worker-secret")
+                self.assertEqual(caught.exception.code, grpc.StatusCode.PERMISSION_DENIED)
+            with Client(cluster.addresses, token="admin-secret") as client:
+                client.delete_variable("tok/worker-secret")
 
     @unittest.skipUnless(_openssl(), "openssl is not installed")
     def test_tls(self):

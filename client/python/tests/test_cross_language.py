@@ -54,8 +54,16 @@ class CrossLanguageTest(unittest.TestCase):
     def test_python_creates_and_both_train(self):
         initial = (np.arange(20, dtype=np.float32) * 0.25 - 2).reshape(4, 5)
         self.assertTrue(self.client.create_variable("shared/w", initial=initial))
-        # C++ sees Python's values; its own create loses.
-        self.assertEqual(self.cpp("create", "shared/w", "4x5", "99", "0"), "existed")
+        # C++ creating it alike is fine; with other values only when it asks
+        # to reuse Python's.
+        self.assertEqual(self.cpp("create", "shared/w", "4x5", "-2", "0.25"), "existed")
+        failed = subprocess.run([str(worker_binary()), self.cluster.servers, "create",
+                                 "shared/w", "4x5", "99", "0"],
+                                capture_output=True, text=True, timeout=60)
+        self.assertEqual(failed.returncode, 1)
+        self.assertIn("ALREADY_EXISTS", failed.stderr)
+        self.assertIn("shared/w", failed.stderr)
+        self.assertEqual(self.cpp("create", "shared/w", "4x5", "99", "0", "1"), "existed")
         np.testing.assert_array_equal(self.cpp_values("pull", "shared/w", "4x5"),
                                       initial.reshape(-1))
         # C++ trains; Python sees the update.
@@ -74,7 +82,9 @@ class CrossLanguageTest(unittest.TestCase):
         for name in ("cpp/v", "layer1.weight", "café"):
             with self.subTest(name=name):
                 self.assertEqual(self.cpp("create", name, "2x7", "1.5", "-0.5"), "created")
-                self.assertFalse(self.client.create_variable(name, shape=[2, 7]))
+                # Python attaches to it (a shape alone would mean zeros).
+                self.assertFalse(self.client.create_variable(name, shape=[2, 7],
+                                                             on_exists="reuse"))
                 expected = (1.5 - 0.5 * np.arange(14, dtype=np.float64)).astype(np.float32)
                 np.testing.assert_array_equal(self.client.pull(name),
                                               expected.reshape(2, 7))
