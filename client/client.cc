@@ -181,10 +181,11 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(
         std::make_unique<PushLane>(first_seq, options.parts_in_flight));
   }
   PS_RETURN_IF_ERROR(client_internal::OpenSession(impl.get()));
+  impl->next_step = impl->sync_step;
   spdlog::debug(
       "worker {} connected to {} shards, block_size {}, {}, session epoch {}",
       impl->worker_id, impl->shards.size(), impl->cluster_info.block_size(),
-      impl->cluster_info.consistency(), impl->epoch);
+      impl->cluster_info.consistency(), impl->epoch.load());
   return std::unique_ptr<Client>(new Client(std::move(impl)));
 }
 
@@ -238,7 +239,35 @@ const std::string& Client::worker_id() const { return core_->worker_id; }
 
 uint64_t Client::session_epoch() const { return core_->epoch; }
 
-uint64_t Client::sync_step() const { return core_->sync_step; }
+uint64_t Client::sync_step() const { return core_->next_step.load(); }
+
+uint64_t Client::rollbacks() const { return core_->rollbacks.load(); }
+
+uint64_t Client::resume_step() const { return core_->resume_step.load(); }
+
+absl::StatusOr<bool> Client::ResumeAfterRollBack(const absl::Status& status,
+                                                 uint64_t epoch) {
+  if (!core_->sync() || !IsRolledBack(status)) return false;
+  absl::MutexLock lock(&core_->resume_mu);
+  if (core_->epoch.load() != epoch) return true;  // resumed by another call
+  // No push of the old session may be in flight while the lanes restart
+  // their seqs at 1 for the new one.
+  core_->WaitIdle();
+  for (auto& lane : core_->lanes) {
+    lane = std::make_unique<PushLane>(1, core_->options.parts_in_flight);
+  }
+  PS_RETURN_IF_ERROR(client_internal::OpenSession(core_.get()));
+  core_->next_step = core_->sync_step;
+  core_->resume_step = core_->sync_step;
+  core_->rollbacks.fetch_add(1);
+  spdlog::warn(
+      "worker {}: the cluster went back to a checkpoint ({}); the pushes "
+      "since it are undone, and this worker resumes from step {} in session "
+      "{}",
+      core_->worker_id, std::string(status.message()), core_->sync_step,
+      core_->epoch.load());
+  return true;
+}
 
 const v1::ClusterInfo& Client::cluster_info() const {
   return core_->cluster_info;
@@ -369,10 +398,13 @@ absl::Status Client::PushRows(std::string_view table,
     PS_ASSIGN_OR_RETURN(dim,
                         RowDim(table, ids.size(), grads.size(), "gradient"));
   }
+  const uint64_t epoch = core_->epoch.load();
   auto [done, future] = MakePromise();
   core_->StartPushRows(std::string(table), dim, ids, grads, {}, options,
                        std::move(done));
-  return future.get();
+  const absl::Status status = future.get();
+  PS_ASSIGN_OR_RETURN(const bool resumed, ResumeAfterRollBack(status, epoch));
+  return resumed ? absl::OkStatus() : status;
 }
 
 absl::Status Client::PushPullRows(std::string_view table,
@@ -388,17 +420,21 @@ absl::Status Client::PushPullRows(std::string_view table,
         "the output for table '", std::string(table), "' holds ", rows.size(),
         " values; the gradient holds ", grads.size()));
   }
+  const uint64_t epoch = core_->epoch.load();
   auto [done, future] = MakePromise();
   core_->StartPushRows(std::string(table), dim, ids, grads, rows, options,
                        std::move(done));
-  return future.get();
+  const absl::Status status = future.get();
+  PS_ASSIGN_OR_RETURN(const bool resumed, ResumeAfterRollBack(status, epoch));
+  if (!resumed) return status;
+  return PullRows(table, ids, rows);  // the rows the cluster went back to
 }
 
 absl::Status Client::Push(std::string_view name,
                           std::span<const float> gradient,
                           const PushOptions& options) {
   const NamedGradient item{name, gradient};
-  return PushAsync(std::span<const NamedGradient>(&item, 1), options).get();
+  return Push(std::span<const NamedGradient>(&item, 1), options);
 }
 
 absl::Status Client::Pull(std::string_view name, std::span<float> values,
@@ -412,12 +448,15 @@ absl::Status Client::PushPull(std::string_view name,
                               std::span<float> values,
                               const PushOptions& options) {
   const NamedUpdate item{name, gradient, values};
-  return PushPullAsync(std::span<const NamedUpdate>(&item, 1), options).get();
+  return PushPull(std::span<const NamedUpdate>(&item, 1), options);
 }
 
 absl::Status Client::Push(std::span<const NamedGradient> gradients,
                           const PushOptions& options) {
-  return PushAsync(gradients, options).get();
+  const uint64_t epoch = core_->epoch.load();
+  const absl::Status status = PushAsync(gradients, options).get();
+  PS_ASSIGN_OR_RETURN(const bool resumed, ResumeAfterRollBack(status, epoch));
+  return resumed ? absl::OkStatus() : status;
 }
 
 absl::Status Client::Pull(std::span<const NamedValues> values,
@@ -427,7 +466,16 @@ absl::Status Client::Pull(std::span<const NamedValues> values,
 
 absl::Status Client::PushPull(std::span<const NamedUpdate> updates,
                               const PushOptions& options) {
-  return PushPullAsync(updates, options).get();
+  const uint64_t epoch = core_->epoch.load();
+  const absl::Status status = PushPullAsync(updates, options).get();
+  PS_ASSIGN_OR_RETURN(const bool resumed, ResumeAfterRollBack(status, epoch));
+  if (!resumed) return status;
+  // The answer: the values the cluster went back to.
+  std::vector<NamedValues> values;
+  for (const NamedUpdate& update : updates) {
+    values.push_back({update.variable, update.values, update.versions});
+  }
+  return Pull(values);
 }
 
 void Client::PushAsync(std::span<const NamedGradient> gradients,

@@ -306,8 +306,39 @@ class Client:
 
     @property
     def sync_step(self) -> int:
-        """Sync mode: the step the shards collected when the session opened."""
+        """Sync mode: the step this worker pushes next.
+
+        A push or push_pull without ``step`` carries it. It starts at the
+        step the shards collected when the session opened (0 in a new
+        cluster), moves to s + 1 after a push of step s succeeds, and after
+        the cluster went back to a checkpoint it is the step the cluster
+        resumes from. A training loop that picks its data by ``sync_step``
+        and passes no ``step`` goes on through a roll-back unchanged::
+
+            while client.sync_step < steps:
+                batch = data[client.sync_step]
+                values = client.push_pull({"w": grad(values, batch)})
+        """
         return self._core.sync_step
+
+    @property
+    def rollbacks(self) -> int:
+        """Sync mode: the roll-backs of the cluster this client resumed after.
+
+        When the shards go back to a checkpoint cut before step K (a shard
+        restarted from it), a push, push_pull, push_rows or push_pull_rows
+        that meets the roll-back opens a new session, sets ``sync_step`` to
+        K and returns without applying its gradient (push_pull returns the
+        values the cluster went back to). The async forms raise the refusal
+        (PsError, "rolled back to checkpoint ..."); the next blocking push
+        resumes.
+        """
+        return self._core.rollbacks
+
+    @property
+    def resume_step(self) -> int:
+        """Sync mode: the step the latest roll-back resumed from (0: none)."""
+        return self._core.resume_step
 
     @property
     def cluster_info(self) -> "ps_pb2.ClusterInfo":
@@ -474,7 +505,7 @@ class Client:
         return out
 
     def push_rows(self, table: str, ids: Any, grads: Any, *,
-                  step: int = 0,
+                  step: Optional[int] = None,
                   loss: Optional[float] = None,
                   dtype: Union[DType, int, str, None] = None,
                   pull: bool = False) -> Optional[np.ndarray]:
@@ -494,7 +525,7 @@ class Client:
                            dtype=np.float32)
         wire = int(self._wire(dtype))
         try:
-            self._core.push_rows(table, id_array, grad_array, out, int(step),
+            self._core.push_rows(table, id_array, grad_array, out, _step(step),
                                  loss, wire, wire)
         except _core.StatusError as e:
             raise _error(e) from None
@@ -535,7 +566,7 @@ class Client:
     def push(self,
              gradients: Mapping[str, Any],
              *,
-             step: int = 0,
+             step: Optional[int] = None,
              loss: Optional[float] = None,
              dtype: Union[DType, int, str, None] = None) -> None:
         """Sends the gradient of every value of each variable given.
@@ -544,6 +575,7 @@ class Client:
             gradients: variable name -> gradient (float32, C-contiguous numpy
                 array or CPU tensor; its shape or flat).
             step: the worker's iteration; sync mode averages pushes per step.
+                None: the client's ``sync_step`` (see there).
             loss: the objective at the values the gradients were computed on
                 (the Eve rule needs it; sync mode averages it).
             dtype: wire encoding of the gradients (default: the client's).
@@ -554,7 +586,7 @@ class Client:
         """
         names, grads = self._gradients(gradients)
         try:
-            self._core.push(names, grads, int(step), _loss(loss),
+            self._core.push(names, grads, _step(step), _loss(loss),
                             int(self._wire(dtype)))
         except _core.StatusError as e:
             raise _error(e) from None
@@ -562,7 +594,7 @@ class Client:
     def push_pull(self,
                   gradients: Mapping[str, Any],
                   *,
-                  step: int = 0,
+                  step: Optional[int] = None,
                   loss: Optional[float] = None,
                   dtype: Union[DType, int, str, None] = None,
                   pull_dtype: Union[DType, int, str, None] = None,
@@ -580,7 +612,7 @@ class Client:
         try:
             self._core.push_pull(names, grads, list(outputs.values()),
                                  list(versions.values()) if versions else None,
-                                 int(step), _loss(loss), int(self._wire(dtype)),
+                                 _step(step), _loss(loss), int(self._wire(dtype)),
                                  int(self._wire(pull_dtype)))
         except _core.StatusError as e:
             raise _error(e) from None
@@ -588,13 +620,13 @@ class Client:
 
     # ------------------------------------------------------------ async forms
 
-    def push_async(self, gradients: Mapping[str, Any], *, step: int = 0,
+    def push_async(self, gradients: Mapping[str, Any], *, step: Optional[int] = None,
                    loss: Optional[float] = None,
                    dtype: Union[DType, int, str, None] = None) -> Future:
         """:meth:`push` without waiting; the Future's result is None."""
         names, grads = self._gradients(gradients)
         try:
-            pending = self._core.push_async(names, grads, int(step), _loss(loss),
+            pending = self._core.push_async(names, grads, _step(step), _loss(loss),
                                             int(self._wire(dtype)))
         except _core.StatusError as e:
             raise _error(e) from None
@@ -618,7 +650,7 @@ class Client:
         return Future(pending, self._answer(name_list, outputs, versions, single,
                                             return_versions))
 
-    def push_pull_async(self, gradients: Mapping[str, Any], *, step: int = 0,
+    def push_pull_async(self, gradients: Mapping[str, Any], *, step: Optional[int] = None,
                         loss: Optional[float] = None,
                         dtype: Union[DType, int, str, None] = None,
                         pull_dtype: Union[DType, int, str, None] = None,
@@ -630,7 +662,7 @@ class Client:
         try:
             pending = self._core.push_pull_async(
                 names, grads, list(outputs.values()),
-                list(versions.values()) if versions else None, int(step),
+                list(versions.values()) if versions else None, _step(step),
                 _loss(loss), int(self._wire(dtype)), int(self._wire(pull_dtype)))
         except _core.StatusError as e:
             raise _error(e) from None
@@ -685,3 +717,7 @@ class Client:
 
 def _loss(loss: Optional[float]) -> Optional[float]:
     return None if loss is None else float(loss)
+
+
+def _step(step: Optional[int]) -> Optional[int]:
+    return None if step is None else int(step)
