@@ -7,6 +7,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <filesystem>
@@ -17,6 +18,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "client/client.h"
 #include "tests/durability/shard_process.h"
 
@@ -73,12 +75,20 @@ struct Worker {
   std::vector<float> values;
   std::atomic<uint64_t> step = 0;  // the step it pushes next
   absl::Status status;
+  // The test's pacing, not roll-back code: before step `wait_at` the
+  // worker waits for `go_on` (so that it cannot finish before a restart).
+  uint64_t wait_at = UINT64_MAX;
+  const absl::Notification* go_on = nullptr;
 };
 
 void Train(Worker& worker, int index, uint64_t steps,
-           const std::atomic<bool>* stop) {
+           const std::atomic<uint64_t>* limit) {
   Client& client = *worker.client;
-  while (client.sync_step() < steps && (stop == nullptr || !stop->load())) {
+  while (client.sync_step() < steps &&
+         (limit == nullptr || client.sync_step() < limit->load())) {
+    if (client.sync_step() == worker.wait_at && worker.go_on != nullptr) {
+      worker.go_on->WaitForNotificationWithTimeout(absl::Seconds(60));
+    }
     const std::vector<float> gradient =
         Gradient(index, client.sync_step(), worker.values);
     absl::Status status = client.PushPull("w", gradient, worker.values);
@@ -173,10 +183,12 @@ TEST_F(SyncRollbackTest, EveryPartOfASyncCheckpointHoldsTheSameStep) {
   ASSERT_TRUE(cluster.StartAll().ok());
   Worker workers[2];
   StartWorkers(cluster, workers);
-  std::atomic<bool> stop = false;
+  // Both workers stop at one step (a worker that stopped alone would leave
+  // the other waiting for its push).
+  std::atomic<uint64_t> limit = UINT64_MAX;
   std::vector<std::thread> threads;
   for (int w = 0; w < 2; ++w) {
-    threads.emplace_back([&, w] { Train(workers[w], w, UINT64_MAX, &stop); });
+    threads.emplace_back([&, w] { Train(workers[w], w, UINT64_MAX, &limit); });
   }
   // Checkpoints asked for while both workers push as fast as they can.
   std::vector<v1::CheckpointResponse> asked;
@@ -186,7 +198,7 @@ TEST_F(SyncRollbackTest, EveryPartOfASyncCheckpointHoldsTheSameStep) {
     ASSERT_TRUE(checkpoint.ok()) << checkpoint.status();
     asked.push_back(*checkpoint);
   }
-  stop = true;
+  limit = std::max(workers[0].step.load(), workers[1].step.load()) + 2;
   for (std::thread& thread : threads) thread.join();
   for (int w = 0; w < 2; ++w) {
     ASSERT_TRUE(workers[w].status.ok()) << workers[w].status;
@@ -224,6 +236,87 @@ TEST_F(SyncRollbackTest, EveryPartOfASyncCheckpointHoldsTheSameStep) {
   EXPECT_THAT(refused.error_message(), HasSubstr("hold_seconds"));
 }
 
+// Bad requests of the new verbs: refused with a clear code and message,
+// and nothing changes.
+TEST_F(SyncRollbackTest, BadRollBackAndHoldRequestsAreRefusedAndChangeNothing) {
+  ProcessCluster& sync = NewCluster("bad-sync");
+  ASSERT_TRUE(sync.StartAll().ok());
+  Worker workers[2];
+  StartWorkers(sync, workers);
+  auto before = sync.PullShard(1, "w", kSize);
+  ASSERT_TRUE(before.ok()) << before.status();
+
+  auto roll_back = [](ProcessCluster& cluster, uint64_t number) {
+    v1::RollBackRequest request;
+    request.set_number(number);
+    v1::RollBackResponse answer;
+    auto context = MakeContext();
+    return cluster.admin(1).RollBack(context.get(), request, &answer);
+  };
+  grpc::Status zero = roll_back(sync, 0);
+  EXPECT_EQ(zero.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(zero.error_message(), HasSubstr("must be in 1.."));
+  // No such checkpoint in its folder.
+  grpc::Status missing = roll_back(sync, 5);
+  EXPECT_EQ(missing.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_THAT(missing.error_message(),
+              HasSubstr("cannot go back to checkpoint 5"));
+  auto after = sync.PullShard(1, "w", kSize);
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_TRUE(SameBits(after->values, before->values));
+  // The workers' sessions were not closed: a step still goes through.
+  std::thread other([&] {
+    workers[1].status = workers[1].client->PushPull(
+        "w", Gradient(1, 0, workers[1].values), workers[1].values);
+  });
+  EXPECT_TRUE(
+      workers[0]
+          .client
+          ->PushPull("w", Gradient(0, 0, workers[0].values), workers[0].values)
+          .ok());
+  other.join();
+  EXPECT_TRUE(workers[1].status.ok()) << workers[1].status;
+  EXPECT_EQ(workers[0].client->rollbacks(), 0u);
+  EXPECT_EQ(workers[0].client->sync_step(), 1u);
+
+  // An async cluster has no sync steps to hold, cut or roll back.
+  const std::string dir = (fs::path(root_) / "bad-async").string();
+  fs::create_directories(dir);
+  clusters_.push_back(
+      std::make_unique<ProcessCluster>(dir, 2, kBlockSize, kAdam));
+  ProcessCluster& async = *clusters_.back();
+  for (uint32_t i = 0; i < 2; ++i) {
+    async.flags(i).checkpoint_dir = (fs::path(dir) / "ckpt").string();
+  }
+  ASSERT_TRUE(async.StartAll().ok());
+  v1::HoldSyncStepsResponse held;
+  auto hold_context = MakeContext();
+  grpc::Status hold = async.admin(1).HoldSyncSteps(
+      hold_context.get(), v1::HoldSyncStepsRequest(), &held);
+  EXPECT_EQ(hold.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_THAT(hold.error_message(), HasSubstr("--consistency=sync"));
+  v1::WriteCheckpointPartRequest cut;
+  cut.set_number(1);
+  cut.set_sync_cut(true);
+  cut.set_sync_step(3);
+  v1::CheckpointPart part;
+  auto cut_context = MakeContext();
+  grpc::Status cut_status =
+      async.admin(1).WriteCheckpointPart(cut_context.get(), cut, &part);
+  EXPECT_EQ(cut_status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_THAT(cut_status.error_message(), HasSubstr("--consistency=sync"));
+  grpc::Status async_roll_back = roll_back(async, 1);
+  EXPECT_EQ(async_roll_back.error_code(),
+            grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_THAT(async_roll_back.error_message(), HasSubstr("--consistency=sync"));
+  // The refused part left nothing behind: the cluster's first checkpoint
+  // is still number 1.
+  auto checkpoint = Checkpoint(async);
+  ASSERT_TRUE(checkpoint.ok()) << checkpoint.status();
+  EXPECT_EQ(checkpoint->number(), 1u);
+  EXPECT_FALSE(checkpoint->parts(0).sync_cut());
+}
+
 // What one training run ended with.
 struct RunResult {
   std::vector<float> values[2];
@@ -245,6 +338,13 @@ TEST_F(SyncRollbackTest,
     EXPECT_TRUE(cluster.StartAll().ok());
     Worker workers[2];
     StartWorkers(cluster, workers);
+    absl::Notification restarted;
+    if (interrupt) {
+      for (Worker& worker : workers) {
+        worker.wait_at = kKillAt + 5;
+        worker.go_on = &restarted;
+      }
+    }
     std::vector<std::thread> threads;
     for (int w = 0; w < 2; ++w) {
       threads.emplace_back([&, w] { Train(workers[w], w, kSteps, nullptr); });
@@ -265,6 +365,7 @@ TEST_F(SyncRollbackTest,
       result.steps_at_kill = slowest();
       absl::SleepFor(absl::Milliseconds(300));
       EXPECT_TRUE(cluster.Start(1).ok());
+      restarted.Notify();
       EXPECT_THAT(
           cluster.LastStderr(1),
           HasSubstr(absl::StrCat("the cluster went back to checkpoint ",
