@@ -183,10 +183,11 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(
         std::make_unique<PushLane>(first_seq, options.parts_in_flight));
   }
   PS_RETURN_IF_ERROR(client_internal::OpenSession(impl.get()));
+  impl->next_step = impl->sync_step;
   spdlog::debug(
       "worker {} connected to {} shards, block_size {}, {}, session epoch {}",
       impl->worker_id, impl->shards.size(), impl->cluster_info.block_size(),
-      impl->cluster_info.consistency(), impl->epoch);
+      impl->cluster_info.consistency(), impl->epoch.load());
   return std::unique_ptr<Client>(new Client(std::move(impl)));
 }
 
@@ -240,7 +241,35 @@ const std::string& Client::worker_id() const { return core_->worker_id; }
 
 uint64_t Client::session_epoch() const { return core_->epoch; }
 
-uint64_t Client::sync_step() const { return core_->sync_step; }
+uint64_t Client::sync_step() const { return core_->next_step.load(); }
+
+uint64_t Client::rollbacks() const { return core_->rollbacks.load(); }
+
+uint64_t Client::resume_step() const { return core_->resume_step.load(); }
+
+absl::StatusOr<bool> Client::ResumeAfterRollBack(const absl::Status& status,
+                                                 uint64_t epoch) {
+  if (!core_->sync() || !IsRolledBack(status)) return false;
+  absl::MutexLock lock(&core_->resume_mu);
+  if (core_->epoch.load() != epoch) return true;  // resumed by another call
+  // No push of the old session may be in flight while the lanes restart
+  // their seqs at 1 for the new one.
+  core_->WaitIdle();
+  for (auto& lane : core_->lanes) {
+    lane = std::make_unique<PushLane>(1, core_->options.parts_in_flight);
+  }
+  PS_RETURN_IF_ERROR(client_internal::OpenSession(core_.get()));
+  core_->next_step = core_->sync_step;
+  core_->resume_step = core_->sync_step;
+  core_->rollbacks.fetch_add(1);
+  spdlog::warn(
+      "worker {}: the cluster went back to a checkpoint ({}); the pushes "
+      "since it are undone, and this worker resumes from step {} in session "
+      "{}",
+      core_->worker_id, std::string(status.message()), core_->sync_step,
+      core_->epoch.load());
+  return true;
+}
 
 const v1::ClusterInfo& Client::cluster_info() const {
   return core_->cluster_info;
@@ -474,7 +503,7 @@ absl::Status Client::Push(std::string_view name,
                           std::span<const float> gradient,
                           const PushOptions& options) {
   const NamedGradient item{name, gradient};
-  return PushAsync(std::span<const NamedGradient>(&item, 1), options).get();
+  return Push(std::span<const NamedGradient>(&item, 1), options);
 }
 
 absl::Status Client::Pull(std::string_view name, std::span<float> values,
@@ -488,12 +517,12 @@ absl::Status Client::PushPull(std::string_view name,
                               std::span<float> values,
                               const PushOptions& options) {
   const NamedUpdate item{name, gradient, values};
-  return PushPullAsync(std::span<const NamedUpdate>(&item, 1), options).get();
+  return PushPull(std::span<const NamedUpdate>(&item, 1), options);
 }
 
 absl::Status Client::Push(std::span<const NamedGradient> gradients,
                           const PushOptions& options) {
-  return PushAsync(gradients, options).get();
+  return Push(gradients, {}, options);
 }
 
 absl::Status Client::Pull(std::span<const NamedValues> values,
@@ -503,21 +532,39 @@ absl::Status Client::Pull(std::span<const NamedValues> values,
 
 absl::Status Client::PushPull(std::span<const NamedUpdate> updates,
                               const PushOptions& options) {
-  return PushPullAsync(updates, options).get();
+  return PushPull(updates, {}, options);
 }
 
 absl::Status Client::Push(std::span<const NamedGradient> gradients,
                           std::span<const RowGradients> rows,
                           const PushOptions& options) {
+  const uint64_t epoch = core_->epoch.load();
   auto [done, future] = MakePromise();
   PushAsync(gradients, rows, options, std::move(done));
-  return future.get();
+  const absl::Status status = future.get();
+  PS_ASSIGN_OR_RETURN(const bool resumed, ResumeAfterRollBack(status, epoch));
+  return resumed ? absl::OkStatus() : status;
 }
 
 absl::Status Client::PushPull(std::span<const NamedUpdate> updates,
                               std::span<const RowGradients> rows,
                               const PushOptions& options) {
-  return PushPullAsync(updates, rows, options).get();
+  const uint64_t epoch = core_->epoch.load();
+  const absl::Status status = PushPullAsync(updates, rows, options).get();
+  PS_ASSIGN_OR_RETURN(const bool resumed, ResumeAfterRollBack(status, epoch));
+  if (!resumed) return status;
+  // The answer: the values and rows the cluster went back to.
+  std::vector<NamedValues> values;
+  for (const NamedUpdate& update : updates) {
+    values.push_back({update.variable, update.values, update.versions});
+  }
+  if (!values.empty()) PS_RETURN_IF_ERROR(Pull(values));
+  for (const RowGradients& r : rows) {
+    if (!r.rows_after.empty()) {
+      PS_RETURN_IF_ERROR(PullRows(r.table, r.ids, r.rows_after));
+    }
+  }
+  return absl::OkStatus();
 }
 
 void Client::PushAsync(std::span<const NamedGradient> gradients,

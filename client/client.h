@@ -132,8 +132,10 @@ struct ClientOptions {
 // Options of a push or push-pull.
 struct PushOptions {
   // The worker's iteration. Sync mode aggregates pushes per step; async
-  // mode ignores it.
-  uint64_t step = 0;
+  // mode ignores it. Unset: the client's own step counter (sync_step()),
+  // which carries a training loop through a roll-back of the cluster
+  // without code in the loop (see Client::sync_step).
+  std::optional<uint64_t> step;
   // The objective at the values the gradient was computed on (used by the
   // Eve rule and averaged in sync mode).
   std::optional<double> loss;
@@ -251,10 +253,28 @@ class Client {
   // and a later Client with the same worker_id fences this one (its pushes
   // then fail with FAILED_PRECONDITION, "fenced").
   uint64_t session_epoch() const;
-  // Sync mode: the step the shards were collecting when the session opened
-  // (the highest of any shard): where a worker starts or resumes. 0 in a
-  // new cluster.
+  // Sync mode: the step this worker pushes next, which a push whose
+  // PushOptions::step is unset carries. It starts at the step the shards
+  // were collecting when the session opened (0 in a new cluster), moves to
+  // s + 1 after a push of step s succeeds, and after a roll-back of the
+  // cluster to a checkpoint it is the step the cluster resumes from. A
+  // training loop that reads its data by sync_step() (and leaves
+  // PushOptions::step unset) goes on through a roll-back unchanged.
   uint64_t sync_step() const;
+  // Sync mode: the roll-backs of the cluster this client resumed after
+  // (docs/checkpoints.md), and the step the latest one resumed from.
+  //
+  // When the shards go back to a checkpoint cut before step K (a shard was
+  // restarted from it), the pushes of this worker's session are refused
+  // from then on. A blocking Push, PushPull, PushRows or PushPullRows that
+  // meets that refusal resumes: it waits for the client's calls in flight,
+  // opens a new session, sets sync_step() to K, and returns OK without
+  // applying its gradient (computed on values that were undone); a PushPull
+  // answers with the values the cluster went back to. The async forms
+  // return the refusal (FAILED_PRECONDITION, "rolled back to checkpoint
+  // ..."); the next blocking push resumes.
+  uint64_t rollbacks() const;
+  uint64_t resume_step() const;
   // Sync and ssp: this worker is finished (like DDP's join()): the steps go
   // on without it. Waits for this client's calls in flight, stops the
   // heartbeats and tells every shard (one attempt each, within
@@ -401,6 +421,13 @@ class Client {
 
  private:
   explicit Client(std::unique_ptr<client_internal::ClientCore> core);
+
+  // After a push refused with `status`: when it is a roll-back's refusal
+  // of the session `epoch` (the one the push was sent in), opens a new
+  // session and sets the step counter (once for every push that met it);
+  // returns true then. False: `status` is something else.
+  absl::StatusOr<bool> ResumeAfterRollBack(const absl::Status& status,
+                                           uint64_t epoch);
 
   std::unique_ptr<client_internal::ClientCore> core_;
   std::unique_ptr<client_internal::LeaseKeeper> lease_;

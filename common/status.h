@@ -35,6 +35,15 @@ grpc::Status ToGrpcStatus(const absl::Status& status);
 // The same code and message as an absl::Status.
 absl::Status FromGrpcStatus(const grpc::Status& status);
 
+// Sync mode's whole-cluster roll-back (docs/checkpoints.md): a push or a
+// session of a worker from before it is refused with FAILED_PRECONDITION
+// and a message that begins with this; the client opens a new session and
+// resumes from the step the shards collect.
+inline constexpr char kRolledBackPrefix[] = "rolled back to checkpoint ";
+
+// Whether `status` is such a refusal.
+bool IsRolledBack(const absl::Status& status);
+
 }  // namespace ps
 
 #endif  // PS_COMMON_STATUS_H_

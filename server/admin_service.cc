@@ -191,4 +191,68 @@ grpc::ServerUnaryReactor* AdminServiceImpl::ListCheckpoints(
       });
 }
 
+grpc::ServerUnaryReactor* AdminServiceImpl::HoldSyncSteps(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
+  return gate_->Serve<v1::HoldSyncStepsRequest, v1::HoldSyncStepsResponse>(
+      context, Role::kAdmin, request, response,
+      [&](const Caller&, const v1::HoldSyncStepsRequest& hold,
+          v1::HoldSyncStepsResponse* answer) {
+        if (!store_->options().sync) {
+          return absl::FailedPreconditionError(
+              "HoldSyncSteps needs --consistency=sync");
+        }
+        if (hold.release()) {
+          store_->ReleaseSteps();
+          return absl::OkStatus();
+        }
+        const double seconds =
+            hold.hold_seconds() == 0 ? 60 : hold.hold_seconds();
+        if (!(seconds >= 1 && seconds <= 600)) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("hold_seconds ", hold.hold_seconds(),
+                           " must be in 1..600 (0: 60)"));
+        }
+        answer->set_sync_step(store_->HoldSteps(absl::Seconds(seconds)));
+        return absl::OkStatus();
+      });
+}
+
+grpc::ServerUnaryReactor* AdminServiceImpl::RollBack(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  v1::RollBackRequest rollback;
+  absl::StatusOr<Caller> caller =
+      gate_->Admit(*context, Role::kAdmin, *request, &rollback);
+  if (!caller.ok()) {
+    gate_->Finish(reactor, caller.status());
+    return reactor;
+  }
+  if (checkpoint_ == nullptr) {
+    gate_->Finish(reactor, absl::FailedPreconditionError(kNoFolder));
+    return reactor;
+  }
+  if (!store_->options().sync) {
+    gate_->Finish(reactor,
+                  absl::FailedPreconditionError(
+                      "RollBack needs --consistency=sync (in async mode a "
+                      "restarted shard goes on alone)"));
+    return reactor;
+  }
+  if (rollback.number() == 0 || rollback.number() > kMaxCheckpointNumber) {
+    gate_->Finish(reactor, absl::InvalidArgumentError(absl::StrCat(
+                               "checkpoint number ", rollback.number(),
+                               " must be in 1..", kMaxCheckpointNumber)));
+    return reactor;
+  }
+  checkpoint_->RollBack(
+      rollback,
+      [this, reactor, response](absl::StatusOr<v1::RollBackResponse> done) {
+        if (done.ok()) SerializeAnswer(*done, response);
+        gate_->Finish(reactor, done.status());
+      });
+  return reactor;
+}
+
 }  // namespace ps

@@ -23,11 +23,15 @@ using RawAdminService = v1::AdminService::WithRawCallbackMethod_GetOptimizer<
             v1::AdminService::WithRawCallbackMethod_GetStats<
                 v1::AdminService::WithRawCallbackMethod_Checkpoint<
                     v1::AdminService::WithRawCallbackMethod_WriteCheckpointPart<
-                        v1::AdminService::
-                            WithRawCallbackMethod_CommitCheckpoint<
-                                v1::AdminService::
-                                    WithRawCallbackMethod_ListCheckpoints<
-                                        v1::AdminService::Service>>>>>>>>;
+                        v1::AdminService::WithRawCallbackMethod_CommitCheckpoint<
+                            v1::AdminService::
+                                WithRawCallbackMethod_ListCheckpoints<
+                                    v1::AdminService::
+                                        WithRawCallbackMethod_HoldSyncSteps<
+                                            v1::AdminService::
+                                                WithRawCallbackMethod_RollBack<
+                                                    v1::AdminService::
+                                                        Service>>>>>>>>>>;
 
 // What the service asks of the shard's checkpoints (server/server.cc runs
 // them on its checkpoint thread). Each `done` is called once, from any
@@ -48,6 +52,11 @@ class CheckpointControl {
                       absl::AnyInvocable<void(absl::Status)> done) = 0;
   // The complete checkpoints this shard sees.
   virtual absl::StatusOr<v1::ListCheckpointsResponse> List() = 0;
+  // Sync mode: goes back to a complete cluster checkpoint in place (a peer
+  // restarted from it).
+  virtual void RollBack(
+      const v1::RollBackRequest& request,
+      absl::AnyInvocable<void(absl::StatusOr<v1::RollBackResponse>)> done) = 0;
 };
 
 class AdminServiceImpl final : public RawAdminService {
@@ -98,6 +107,15 @@ class AdminServiceImpl final : public RawAdminService {
   grpc::ServerUnaryReactor* ListCheckpoints(
       grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
       grpc::ByteBuffer* response) override;
+  // HoldSyncStepsRequest -> HoldSyncStepsResponse (from the coordinator).
+  grpc::ServerUnaryReactor* HoldSyncSteps(grpc::CallbackServerContext* context,
+                                          const grpc::ByteBuffer* request,
+                                          grpc::ByteBuffer* response) override;
+  // RollBackRequest -> RollBackResponse (from a restarted peer); answered
+  // once the shard is back at the checkpoint.
+  grpc::ServerUnaryReactor* RollBack(grpc::CallbackServerContext* context,
+                                     const grpc::ByteBuffer* request,
+                                     grpc::ByteBuffer* response) override;
 
  private:
   Store* const store_;

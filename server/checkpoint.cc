@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_set.h"
+#include "absl/functional/function_ref.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -274,9 +275,10 @@ absl::StatusOr<storage::v1::Manifest> Verify(Env* env, const fs::path& folder) {
   return manifest;
 }
 
-// Restores blocks.bin of `folder` into `store`: every block of the store's
-// variables exactly once.
-absl::Status RestoreBlocks(Env* env, const std::string& path, Store* store) {
+// Calls `fn` for each record of blocks.bin at `path`, each block once.
+absl::Status ForEachBlock(
+    Env* env, const std::string& path,
+    absl::FunctionRef<absl::Status(const storage::v1::BlockRecord&)> fn) {
   PS_ASSIGN_OR_RETURN(std::unique_ptr<SequentialFile> file,
                       env->NewSequentialFile(path));
   FileReader reader(file.get());
@@ -299,10 +301,22 @@ absl::Status RestoreBlocks(Env* env, const std::string& path, Store* store) {
                                               block.index(), " of '",
                                               block.variable(), "' twice"));
     }
-    PS_RETURN_IF_ERROR(store->RestoreBlock(block));
+    PS_RETURN_IF_ERROR(fn(block));
   }
-  if (restored.size() != store->NumBlocks()) {
-    return absl::DataLossError(absl::StrCat(path, " holds ", restored.size(),
+  return absl::OkStatus();
+}
+
+// Restores blocks.bin of `folder` into `store`: every block of the store's
+// variables exactly once.
+absl::Status RestoreBlocks(Env* env, const std::string& path, Store* store) {
+  uint64_t restored = 0;
+  PS_RETURN_IF_ERROR(
+      ForEachBlock(env, path, [&](const storage::v1::BlockRecord& block) {
+        ++restored;
+        return store->RestoreBlock(block);
+      }));
+  if (restored != store->NumBlocks()) {
+    return absl::DataLossError(absl::StrCat(path, " holds ", restored,
                                             " blocks of the shard's ",
                                             store->NumBlocks()));
   }
@@ -391,13 +405,14 @@ absl::StatusOr<uint64_t> Checkpointer::HighestNumber() {
   return highest;
 }
 
-absl::StatusOr<v1::CheckpointPart> Checkpointer::WritePart(uint64_t number) {
+absl::StatusOr<v1::CheckpointPart> Checkpointer::WritePart(
+    uint64_t number, std::optional<uint64_t> cut_before) {
   absl::MutexLock lock(&mu_);
-  return WritePartLocked(number);
+  return WritePartLocked(number, cut_before);
 }
 
 absl::StatusOr<v1::CheckpointPart> Checkpointer::WritePartLocked(
-    uint64_t number) {
+    uint64_t number, std::optional<uint64_t> cut_before) {
   const absl::Time start = absl::Now();
   const std::string& dir = options_.dir;
   const StoreOptions& store = store_->options();
@@ -415,8 +430,17 @@ absl::StatusOr<v1::CheckpointPart> Checkpointer::WritePartLocked(
   const fs::path tmp = fs::path(dir) / absl::StrCat(name, kTmpSuffix);
   const fs::path final_path = fs::path(dir) / name;
 
+  if (cut_before.has_value()) {
+    PS_RETURN_IF_ERROR(
+        store_->CutBefore(*cut_before, start + options_.sync_cut_timeout));
+  }
   uint64_t sync_step = 0, block_steps = 0;
   auto written = WriteFolder(tmp, start, &sync_step, &block_steps);
+  if (cut_before.has_value()) {
+    // The part holds its cut: the steps from it on may be applied now.
+    store_->ReleaseSteps();
+    sync_step = *cut_before;
+  }
   if (!written.ok()) {
     env_->RemoveAll(tmp.string()).IgnoreError();
     return written.status();
@@ -438,6 +462,7 @@ absl::StatusOr<v1::CheckpointPart> Checkpointer::WritePartLocked(
   part.set_bytes(written->first);
   part.set_manifest_crc32(written->second);
   part.set_sync_step(sync_step);
+  part.set_sync_cut(cut_before.has_value());
   part.set_block_steps(block_steps);
   part.set_cut_unix_micros(absl::ToUnixMicros(start));
   part.set_seconds(absl::ToDoubleSeconds(absl::Now() - start));
@@ -473,6 +498,16 @@ absl::Status Checkpointer::CommitLocked(
           " is shard ", part.shard_index(), " of ", part.num_shards(),
           " for checkpoint ", part.number()));
     }
+    if (part.sync_cut() != commit.parts(0).sync_cut() ||
+        (part.sync_cut() && part.sync_step() != commit.parts(0).sync_step())) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("the parts of checkpoint ", commit.number(),
+                       " are not one sync cut: part 0 is ",
+                       commit.parts(0).sync_cut() ? "cut" : "not cut",
+                       " before step ", commit.parts(0).sync_step(), ", part ",
+                       i, " ", part.sync_cut() ? "cut" : "not cut",
+                       " before step ", part.sync_step()));
+    }
     const double cut = static_cast<double>(part.cut_unix_micros()) / 1e6;
     if (i == 0 || cut < earliest) earliest = cut;
     if (i == 0 || cut > latest) latest = cut;
@@ -500,6 +535,9 @@ absl::Status Checkpointer::CommitLocked(
     manifest.set_created_unix_micros(absl::ToUnixMicros(absl::Now()));
     *manifest.mutable_parts() = commit.parts();
     manifest.set_cut_spread_seconds(latest - earliest);
+    manifest.set_sync_cut(commit.parts(0).sync_cut());
+    if (manifest.sync_cut())
+      manifest.set_sync_step(commit.parts(0).sync_step());
     // Each shard's own temporary name: in a shared folder they may commit
     // at once, and each rename puts a whole manifest in place.
     const std::string tmp =
@@ -549,7 +587,8 @@ absl::Status Checkpointer::CommitLocked(
 absl::StatusOr<v1::CheckpointResponse> Checkpointer::Write() {
   absl::MutexLock lock(&mu_);
   const absl::Time start = absl::Now();
-  PS_ASSIGN_OR_RETURN(v1::CheckpointPart part, WritePartLocked(0));
+  PS_ASSIGN_OR_RETURN(v1::CheckpointPart part,
+                      WritePartLocked(0, std::nullopt));
   v1::CheckpointResponse response;
   response.set_number(part.number());
   response.set_path(part.path());
@@ -643,6 +682,63 @@ absl::StatusOr<std::pair<uint64_t, uint32_t>> Checkpointer::WriteFolder(
   return std::make_pair(total, file.crc());
 }
 
+absl::StatusOr<uint64_t> Checkpointer::RollBackTo(uint64_t number) {
+  absl::MutexLock lock(&mu_);
+  const StoreOptions& options = store_->options();
+  const std::string& dir = options_.dir;
+  const fs::path path = fs::path(dir) / ClusterName(number);
+  auto manifest = ReadCluster(env_, path);
+  if (!manifest.ok()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "shard ", options.shard_index,
+        " cannot go back to "
+        "checkpoint ",
+        number, ": ", path.string(), " ", manifest.status().message()));
+  }
+  if (!manifest->sync_cut()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "checkpoint ", number,
+        " is not a sync cut (its parts may hold "
+        "different steps), so the cluster does not go back to it together"));
+  }
+  if (manifest->num_shards() != options.num_shards ||
+      manifest->block_size() != options.block_size) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "checkpoint ", number, " was made with num_shards=",
+        manifest->num_shards(), " and block_size=", manifest->block_size(),
+        "; shard ", options.shard_index,
+        " goes back in place only to one of "
+        "its own shape: restart it"));
+  }
+  const fs::path folder =
+      fs::path(dir) / PartName(number, options.shard_index, options.num_shards);
+  auto verified = Verify(env_, folder);
+  absl::StatusOr<std::pair<uint64_t, uint32_t>> digest =
+      verified.ok() ? Digest(env_, (folder / kManifest).string())
+                    : verified.status();
+  if (!digest.ok() ||
+      digest->second != manifest->parts(options.shard_index).manifest_crc32()) {
+    return absl::DataLossError(absl::StrCat(
+        "part ", folder.string(), " of checkpoint ", number, " ",
+        !digest.ok() ? std::string(digest.status().message())
+                     : std::string("is not the one its manifest names")));
+  }
+  PS_ASSIGN_OR_RETURN(std::string state_bytes,
+                      ReadWholeFile(env_, (folder / kState).string()));
+  storage::v1::ShardState state;
+  if (!state.ParseFromString(state_bytes)) {
+    return absl::DataLossError(
+        absl::StrCat("cannot parse ", (folder / kState).string()));
+  }
+  const std::string blocks = (folder / kBlocks).string();
+  PS_RETURN_IF_ERROR(store_->RollBack(
+      state, number, manifest->sync_step(),
+      [&](absl::FunctionRef<absl::Status(const storage::v1::BlockRecord&)> fn) {
+        return ForEachBlock(env_, blocks, fn);
+      }));
+  return manifest->sync_step();
+}
+
 absl::StatusOr<Checkpointer::Loaded> Checkpointer::LoadNewest() {
   absl::MutexLock lock(&mu_);
   const StoreOptions& options = store_->options();
@@ -666,6 +762,19 @@ absl::StatusOr<Checkpointer::Loaded> Checkpointer::LoadNewest() {
     if (!manifest.ok()) {
       skip(manifest.status().message());
       continue;
+    }
+    if (manifest->sync_cut()) {
+      // One cut before one step: every part must say so.
+      bool one_cut = true;
+      for (const v1::CheckpointPart& part : manifest->parts()) {
+        one_cut = one_cut && part.sync_cut() &&
+                  part.sync_step() == manifest->sync_step();
+      }
+      if (!one_cut) {
+        skip(absl::StrCat("its parts do not all hold the state before step ",
+                          manifest->sync_step()));
+        continue;
+      }
     }
     // Every part this folder should hold: all of them in a shared folder,
     // else this shard's (and all of them to re-shard).

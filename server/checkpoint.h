@@ -26,6 +26,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <optional>
 #include <string>
 
 #include "absl/base/thread_annotations.h"
@@ -47,6 +48,10 @@ struct CheckpointOptions {
   int keep = 3;
   // The file system; null = the real one.
   Env* env = nullptr;
+  // Sync mode: how long a cut may wait for every block to apply the steps
+  // below it (see WritePart). Longer rides out slower workers; the steps
+  // from the cut on wait meanwhile.
+  absl::Duration sync_cut_timeout = absl::Seconds(30);
 };
 
 class Checkpointer {
@@ -67,7 +72,14 @@ class Checkpointer {
   // above every number of this shard's parts and the cluster manifests
   // here (another coordinator took it). On an error nothing is left that
   // could be taken for a complete part.
-  absl::StatusOr<v1::CheckpointPart> WritePart(uint64_t number)
+  //
+  // `cut_before` (sync mode): the part is a consistent cut before that step:
+  // the shard lets every block apply the steps below it, holds the later
+  // ones while it writes (Store::CutBefore), and records the step with
+  // sync_cut set. DEADLINE_EXCEEDED when a block does not get there within
+  // sync_cut_timeout.
+  absl::StatusOr<v1::CheckpointPart> WritePart(
+      uint64_t number, std::optional<uint64_t> cut_before = std::nullopt)
       ABSL_LOCKS_EXCLUDED(mu_);
 
   // Records that cluster checkpoint `commit.number` is complete: writes its
@@ -107,13 +119,22 @@ class Checkpointer {
   };
   absl::StatusOr<Loaded> LoadNewest() ABSL_LOCKS_EXCLUDED(mu_);
 
+  // Sync mode: goes back, while serving, to this shard's part of complete
+  // cluster checkpoint `number` (a peer restarted from it), through
+  // Store::RollBack. Answers the step the workers resume from.
+  // FAILED_PRECONDITION when this folder has no such complete checkpoint,
+  // it is not a sync cut, or it has another shape; DATA_LOSS for a damaged
+  // part; Store::RollBack's errors.
+  absl::StatusOr<uint64_t> RollBackTo(uint64_t number) ABSL_LOCKS_EXCLUDED(mu_);
+
  private:
   // Writes every file of a part into folder `tmp`, fsynced; returns the
   // bytes written and the CRC-32 of its MANIFEST.
   absl::StatusOr<std::pair<uint64_t, uint32_t>> WriteFolder(
       const std::filesystem::path& tmp, absl::Time start, uint64_t* sync_step,
       uint64_t* block_steps) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::StatusOr<v1::CheckpointPart> WritePartLocked(uint64_t number)
+  absl::StatusOr<v1::CheckpointPart> WritePartLocked(
+      uint64_t number, std::optional<uint64_t> cut_before)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status CommitLocked(const v1::CommitCheckpointRequest& commit)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

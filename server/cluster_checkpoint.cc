@@ -3,6 +3,8 @@
 #include <grpcpp/grpcpp.h>
 
 #include <algorithm>
+#include <chrono>
+#include <optional>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -56,12 +58,13 @@ std::unique_ptr<grpc::ClientContext> Peers::Context() const {
   return context;
 }
 
-ClusterCheckpointer::ClusterCheckpointer(Checkpointer* local,
+ClusterCheckpointer::ClusterCheckpointer(Checkpointer* local, Store* store,
                                          const Peers* peers,
                                          uint32_t shard_index,
                                          uint32_t num_shards,
                                          uint64_t block_size)
     : local_(local),
+      store_(store),
       peers_(peers),
       shard_index_(shard_index),
       num_shards_(num_shards),
@@ -89,15 +92,25 @@ absl::StatusOr<v1::CheckpointResponse> ClusterCheckpointer::Make() {
   }
   const uint64_t number = highest + 1;
 
+  // Sync: one cut before the step K every shard is held at or below.
+  std::optional<uint64_t> cut;
+  if (sync()) {
+    PS_ASSIGN_OR_RETURN(cut, HoldEveryShard());
+  }
+
   // Every part at once, so that their cuts are close.
   std::vector<absl::StatusOr<v1::CheckpointPart>> parts(
       num_shards_, absl::UnknownError("not written"));
   std::vector<std::thread> threads;
   for (uint32_t i = 0; i < num_shards_; ++i) {
     if (i == shard_index_) continue;
-    threads.emplace_back([this, i, number, &parts] {
+    threads.emplace_back([this, i, number, cut, &parts] {
       v1::WriteCheckpointPartRequest request;
       request.set_number(number);
+      if (cut.has_value()) {
+        request.set_sync_cut(true);
+        request.set_sync_step(*cut);
+      }
       v1::CheckpointPart part;
       grpc::Status status = peers_->admin(i)->WriteCheckpointPart(
           peers_->Context().get(), request, &part);
@@ -114,8 +127,17 @@ absl::StatusOr<v1::CheckpointResponse> ClusterCheckpointer::Make() {
       }
     });
   }
-  parts[shard_index_] = local_->WritePart(number);
+  parts[shard_index_] = local_->WritePart(number, cut);
   for (std::thread& thread : threads) thread.join();
+  if (cut.has_value()) {
+    // A shard whose part failed before its cut still holds its steps.
+    for (uint32_t i = 0; i < num_shards_; ++i) {
+      if (!parts[i].ok()) {
+        ReleaseEveryShard();
+        break;
+      }
+    }
+  }
 
   v1::CommitCheckpointRequest commit;
   commit.set_number(number);
@@ -155,6 +177,58 @@ absl::StatusOr<v1::CheckpointResponse> ClusterCheckpointer::Make() {
   response.set_cut_spread_seconds(static_cast<double>(latest - earliest) / 1e6);
   response.set_seconds(absl::ToDoubleSeconds(absl::Now() - start));
   return response;
+}
+
+absl::StatusOr<uint64_t> ClusterCheckpointer::HoldEveryShard() {
+  // Long enough for the parts' requests to follow; a hold never outlives
+  // it, so a coordinator that dies here stalls training that long at most.
+  constexpr double kHoldSeconds = 60;
+  std::vector<absl::StatusOr<uint64_t>> held(num_shards_,
+                                             absl::UnknownError("not held"));
+  std::vector<std::thread> threads;
+  for (uint32_t i = 0; i < num_shards_; ++i) {
+    if (i == shard_index_) continue;
+    threads.emplace_back([this, i, &held] {
+      v1::HoldSyncStepsRequest request;
+      request.set_hold_seconds(kHoldSeconds);
+      v1::HoldSyncStepsResponse answer;
+      grpc::Status status = peers_->admin(i)->HoldSyncSteps(
+          peers_->Context().get(), request, &answer);
+      if (status.ok()) {
+        held[i] = answer.sync_step();
+      } else {
+        held[i] = PeerError(i, "holding its sync steps", status);
+      }
+    });
+  }
+  held[shard_index_] = store_->HoldSteps(absl::Seconds(kHoldSeconds));
+  for (std::thread& thread : threads) thread.join();
+  uint64_t cut = 0;
+  for (uint32_t i = 0; i < num_shards_; ++i) {
+    if (!held[i].ok()) {
+      ReleaseEveryShard();
+      return held[i].status();
+    }
+    cut = std::max(cut, *held[i]);
+  }
+  return cut;
+}
+
+void ClusterCheckpointer::ReleaseEveryShard() {
+  for (uint32_t i = 0; i < num_shards_; ++i) {
+    if (i == shard_index_) {
+      store_->ReleaseSteps();
+      continue;
+    }
+    v1::HoldSyncStepsRequest request;
+    request.set_release(true);
+    v1::HoldSyncStepsResponse answer;
+    auto context = peers_->Context();
+    context->set_deadline(std::chrono::system_clock::now() +
+                          std::chrono::seconds(5));
+    // Best effort: a hold not released here runs out by itself.
+    peers_->admin(i)->HoldSyncSteps(context.get(), request, &answer);
+  }
 }
 
 }  // namespace ps

@@ -9,10 +9,16 @@
 // records its manifest, and each deletes the orphan part once a later
 // checkpoint completes.
 //
-// The parts are cut when each shard receives its request: in async mode
+// In async mode the parts are cut when each shard receives its request:
 // they are apart by the spread of those moments (CheckpointResponse's
-// cut_spread_seconds, a few milliseconds on one machine). In sync mode each
-// part's sync step is recorded in the manifest (see DESIGN.md).
+// cut_spread_seconds, a few milliseconds on one machine). In sync mode they
+// are one cut before one step K (docs/checkpoints.md): the coordinator
+// first holds every shard's steps (HoldSyncSteps: no shard applies the step
+// it collects, or a later one, and each answers that step), picks K, the
+// highest answer, and asks every shard for its part cut before K: each lets
+// its blocks apply the steps below K (the workers are lock-stepped, so this
+// is at most one step), writes its part, and lets training go on. The
+// manifest records K and that the parts are one cut.
 //
 // Thread safety: Make may be called from any thread; one checkpoint at a
 // time is the caller's to ensure (the server's checkpoint thread).
@@ -64,7 +70,8 @@ class ClusterCheckpointer {
  public:
   // REQUIRES: local and peers outlive this; peers lists num_shards
   // addresses when num_shards > 1.
-  ClusterCheckpointer(Checkpointer* local, const Peers* peers,
+  // `store`: this shard's, whose steps a sync cut holds (null: async).
+  ClusterCheckpointer(Checkpointer* local, Store* store, const Peers* peers,
                       uint32_t shard_index, uint32_t num_shards,
                       uint64_t block_size);
 
@@ -75,7 +82,15 @@ class ClusterCheckpointer {
   absl::StatusOr<v1::CheckpointResponse> Make();
 
  private:
+  bool sync() const { return store_ != nullptr && store_->options().sync; }
+  // Sync: holds every shard's steps and answers the step to cut before;
+  // the error of the first shard that failed (the holds are released).
+  absl::StatusOr<uint64_t> HoldEveryShard();
+  // Ends the holds of a checkpoint that failed, on every shard.
+  void ReleaseEveryShard();
+
   Checkpointer* const local_;
+  Store* const store_;
   const Peers* const peers_;
   const uint32_t shard_index_;
   const uint32_t num_shards_;

@@ -58,6 +58,9 @@ struct PreparedPush {
     std::vector<float> gradients;  // ids.size() x dim
   };
   std::vector<Rows> rows;
+  // The store's roll-backs when it was admitted: a push admitted before a
+  // roll-back is refused where it would apply after it.
+  uint64_t rollbacks = 0;
 
   // Whether it asks for exactly-once (a worker id and a seq).
   bool exactly_once() const { return !worker_id.empty() && seq != 0; }

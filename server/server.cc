@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <optional>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -266,7 +267,7 @@ class ServerImpl final : public ParameterServer, private CheckpointControl {
         coordinator_(checkpointer_ == nullptr
                          ? nullptr
                          : std::make_unique<ClusterCheckpointer>(
-                               checkpointer_.get(), &peers_,
+                               checkpointer_.get(), store_.get(), &peers_,
                                options.shard_index, options.num_shards,
                                options.block_size)),
         service_(store_.get(), &gate_, std::move(info)),
@@ -295,7 +296,13 @@ class ServerImpl final : public ParameterServer, private CheckpointControl {
         spdlog::info("loaded checkpoint {} from {}", loaded.number,
                      loaded.path);
         if (!loaded.summary.empty()) spdlog::info("{}", loaded.summary);
-        CheckRolledBack(loaded);
+        if (store_->options().sync && loaded.manifest.sync_cut() &&
+            loaded.summary.empty()) {
+          store_->counters().SetRestored(loaded.number,
+                                         !RollBackCluster(loaded));
+        } else {
+          CheckRolledBack(loaded);
+        }
       }
       // Shard 0 coordinates the cluster's periodic checkpoints.
       std::function<void()> periodic;
@@ -467,13 +474,16 @@ class ServerImpl final : public ParameterServer, private CheckpointControl {
   void WritePart(const v1::WriteCheckpointPartRequest& request,
                  absl::AnyInvocable<void(absl::StatusOr<v1::CheckpointPart>)>
                      done) override {
-    checkpoints_->Request([this, number = request.number(),
+    std::optional<uint64_t> cut;
+    if (request.sync_cut()) cut = request.sync_step();
+    checkpoints_->Request([this, number = request.number(), cut,
                            done = std::move(done)](bool stopping) mutable {
       if (stopping) {
+        if (cut.has_value()) store_->ReleaseSteps();
         done(ShuttingDown());
         return;
       }
-      auto written = checkpointer_->WritePart(number);
+      auto written = checkpointer_->WritePart(number, cut);
       if (written.ok()) {
         spdlog::info("wrote part {} of checkpoint {} ({} bytes, {:.3f} s)",
                      written->path(), number, written->bytes(),
@@ -494,6 +504,102 @@ class ServerImpl final : public ParameterServer, private CheckpointControl {
 
   absl::StatusOr<v1::ListCheckpointsResponse> List() override {
     return checkpointer_->List();
+  }
+
+  void RollBack(const v1::RollBackRequest& request,
+                absl::AnyInvocable<void(absl::StatusOr<v1::RollBackResponse>)>
+                    done) override {
+    checkpoints_->Request([this, request,
+                           done = std::move(done)](bool stopping) mutable {
+      if (stopping) {
+        done(ShuttingDown());
+        return;
+      }
+      auto step = checkpointer_->RollBackTo(request.number());
+      if (!step.ok()) {
+        spdlog::error(
+            "shard {} restarted from checkpoint {} and asked this shard to "
+            "go back to it too, which failed: {}. Its part of the model is "
+            "newer than shard {}'s",
+            request.from_shard(), request.number(),
+            std::string(step.status().message()), request.from_shard());
+        done(step.status());
+        return;
+      }
+      spdlog::warn(
+          "went back to checkpoint {} with the whole cluster (shard {} "
+          "restarted from it): the steps from {} on are undone, and workers "
+          "resume from step {}",
+          request.number(), request.from_shard(), *step, *step);
+      store_->counters().SetRestored(request.number(), false);
+      v1::RollBackResponse answer;
+      answer.set_sync_step(*step);
+      done(std::move(answer));
+    });
+  }
+
+  // Sync mode: after this shard loaded `loaded`, a consistent cut, the
+  // whole cluster goes back to it. This shard closes the sessions it
+  // restored (live workers then resume from the cut), and asks every peer
+  // to go back too, before it serves. Returns whether every peer did (or
+  // there are none).
+  bool RollBackCluster(const Checkpointer::Loaded& loaded) {
+    const uint64_t step = loaded.manifest.sync_step();
+    store_->StartAfterRollBack(loaded.number, step);
+    if (num_shards_ == 1) {
+      spdlog::warn(
+          "the cluster went back to checkpoint {} (sync cut before step {}): "
+          "workers resume from step {}",
+          loaded.number, step, step);
+      return true;
+    }
+    if (peers_.size() != num_shards_) {
+      spdlog::error(
+          "shard {} restarted from checkpoint {} but cannot ask the other "
+          "shards to go back to it without --peers: their part of the model "
+          "may be newer",
+          shard_index_, loaded.number);
+      return false;
+    }
+    std::vector<std::string> failed;
+    for (uint32_t i = 0; i < num_shards_; ++i) {
+      if (i == shard_index_) continue;
+      v1::RollBackRequest request;
+      request.set_number(loaded.number);
+      request.set_from_shard(shard_index_);
+      v1::RollBackResponse answer;
+      auto context = peers_.Context();
+      // A peer busy with a checkpoint's cut answers within its timeout.
+      context->set_deadline(std::chrono::system_clock::now() +
+                            std::chrono::seconds(90));
+      grpc::Status status =
+          peers_.admin(i)->RollBack(context.get(), request, &answer);
+      if (status.error_code() == grpc::StatusCode::UNAVAILABLE) {
+        // Down or starting: it loads the newest complete checkpoint itself.
+        spdlog::warn(
+            "shard {} did not answer ({}); when it starts it loads the "
+            "newest complete checkpoint",
+            i, status.error_message());
+        continue;
+      }
+      if (!status.ok()) {
+        failed.push_back(
+            absl::StrCat("shard ", i, ": ", status.error_message()));
+      }
+    }
+    if (!failed.empty()) {
+      spdlog::error(
+          "shard {} went back to checkpoint {}, but not every other shard "
+          "could: {}. Their part of the model is newer (ps_rolled_back is 1)",
+          shard_index_, loaded.number, absl::StrJoin(failed, "; "));
+      return false;
+    }
+    spdlog::warn(
+        "the cluster went back to checkpoint {} (sync cut before step {}): "
+        "the steps from {} on are undone on every shard, and workers resume "
+        "from step {}",
+        loaded.number, step, step, step);
+    return true;
   }
 
   // Whether this shard went back to `loaded` alone: a peer that answers and

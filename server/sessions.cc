@@ -42,6 +42,9 @@ absl::StatusOr<uint64_t> WorkerSessions::Open(absl::string_view worker,
   absl::StatusOr<Session*> found = Get(worker);
   if (!found.ok()) return found.status();
   Session& session = **found;
+  if (epoch != 0 && epoch <= session.rolled_back_through) {
+    return absl::AbortedError(RolledBack(worker, epoch).message());
+  }
   if (epoch == 0) {
     epoch = std::max(session.epoch + 1, now_micros);
   } else if (epoch < session.epoch) {
@@ -71,6 +74,7 @@ absl::Status WorkerSessions::Admit(absl::string_view worker, uint64_t epoch,
   absl::StatusOr<Session*> found = Get(worker);
   if (!found.ok()) return found.status();
   Session& session = **found;
+  if (epoch <= session.rolled_back_through) return RolledBack(worker, epoch);
   if (epoch < session.epoch) {
     return absl::FailedPreconditionError(absl::StrCat(
         "fenced: worker '", worker, "' pushed with session epoch ", epoch,
@@ -119,6 +123,25 @@ void WorkerSessions::Restore(
   for (const storage::v1::SessionRecord& record : records) {
     sessions_[record.worker_id()] = {record.epoch(), record.highest_seq()};
   }
+}
+
+void WorkerSessions::RollBack(uint64_t checkpoint, uint64_t step) {
+  absl::MutexLock lock(&mu_);
+  rollback_checkpoint_ = checkpoint;
+  rollback_step_ = step;
+  for (auto& [worker, session] : sessions_) {
+    session.rolled_back_through = session.epoch;
+  }
+}
+
+absl::Status WorkerSessions::RolledBack(absl::string_view worker,
+                                        uint64_t epoch) const {
+  return absl::FailedPreconditionError(absl::StrCat(
+      kRolledBackPrefix, rollback_checkpoint_, ": shard ", shard_index_,
+      " and the cluster went back to the state before step ", rollback_step_,
+      ", so the pushes of worker '", worker, "' in session ", epoch,
+      " after it are undone; open a new session and resume from step ",
+      rollback_step_, " (ps::Client and psclient do this)"));
 }
 
 size_t WorkerSessions::size() const {

@@ -81,11 +81,23 @@ class WorkerSessions {
 
   size_t size() const ABSL_LOCKS_EXCLUDED(mu_);
 
+  // Sync mode's roll-back to cluster checkpoint `checkpoint`, whose workers
+  // resume from `step`: every session now known is closed. Its pushes are
+  // refused (FAILED_PRECONDITION, a message beginning with
+  // kRolledBackPrefix, never applied) and it cannot be reopened with its
+  // epoch (ABORTED): the worker opens a new one (epoch 0).
+  void RollBack(uint64_t checkpoint, uint64_t step) ABSL_LOCKS_EXCLUDED(mu_);
+
  private:
   struct Session {
     uint64_t epoch = 0;
     uint64_t highest_seq = 0;
+    // Epochs up to this one were closed by a roll-back.
+    uint64_t rolled_back_through = 0;
   };
+
+  absl::Status RolledBack(absl::string_view worker, uint64_t epoch) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // INVALID_ARGUMENT for an epoch too far past the clock.
   static absl::Status CheckEpoch(absl::string_view worker, uint64_t epoch,
@@ -99,6 +111,9 @@ class WorkerSessions {
   const uint64_t max_workers_;
   mutable absl::Mutex mu_;
   absl::flat_hash_map<std::string, Session> sessions_ ABSL_GUARDED_BY(mu_);
+  // The latest roll-back: its checkpoint and the step workers resume from.
+  uint64_t rollback_checkpoint_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t rollback_step_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace ps

@@ -18,6 +18,7 @@
 #include "server/exactly_once.h"
 #include "server/locked_set.h"
 #include "server/store_impl.h"
+#include "spdlog/spdlog.h"
 
 namespace ps {
 namespace {
@@ -513,7 +514,13 @@ absl::StatusOr<PreparedPush> VariableStore::PreparePush(
     return absl::InvalidArgumentError(
         absl::StrCat("loss ", request.loss(), " is not finite"));
   }
+  if (rolling_back_.load()) {
+    return absl::UnavailableError(
+        absl::StrCat("shard ", options_.shard_index,
+                     " is going back to a checkpoint; retry"));
+  }
   PreparedPush push;
+  push.rollbacks = rollbacks_.load();
   push.worker_id = request.worker_id();
   push.epoch = request.epoch();
   push.seq = request.seq();
@@ -588,6 +595,11 @@ absl::StatusOr<PreparedPush> VariableStore::PreparePush(
 
 absl::StatusOr<Store::Session> VariableStore::OpenSession(
     const std::string& worker, uint64_t epoch) {
+  if (rolling_back_.load()) {
+    return absl::UnavailableError(
+        absl::StrCat("shard ", options_.shard_index,
+                     " is going back to a checkpoint; retry"));
+  }
   Session session;
   PS_ASSIGN_OR_RETURN(session.epoch,
                       sessions_.Open(worker, epoch, NowMicros()));
@@ -653,6 +665,13 @@ void VariableStore::AwaitStaleness(const std::string& worker, uint64_t step,
 void VariableStore::Tick() {
   const absl::Time now = absl::Now();
   members_.Expire(now);
+  if (options_.sync && sync_.ReleaseExpired(now)) {
+    spdlog::warn(
+        "shard {}: a checkpoint's hold on sync steps ran out before its part "
+        "was asked for; training goes on",
+        options_.shard_index);
+    CompleteWaitingSteps();
+  }
   if (options_.sync && members_.generation(now) != checked_generation_.load()) {
     CompleteWaitingSteps();
   }
@@ -673,6 +692,62 @@ void VariableStore::CompleteWaitingSteps() {
       for (auto& [waiter, status] : ready) waiter->PartDone(std::move(status));
     }
   }
+  CompleteHeldTableSteps();
+}
+
+uint64_t VariableStore::HoldSteps(absl::Duration limit) {
+  if (!options_.sync) return 0;
+  return sync_.HoldNow(absl::Now() + limit);
+}
+
+absl::Status VariableStore::CutBefore(uint64_t step, absl::Time deadline) {
+  if (!options_.sync) {
+    return absl::FailedPreconditionError("a sync cut needs --consistency=sync");
+  }
+  // Until the part is written: ReleaseSteps ends it.
+  sync_.HoldFrom(step, absl::InfiniteFuture());
+  CompleteWaitingSteps();  // the steps below `step` that were held
+  std::string behind;
+  while (true) {
+    behind.clear();
+    for (const auto& variable : SortedVariables()) {
+      for (Block* block : variable->SortedBlocks()) {
+        absl::ReaderMutexLock lock(&block->mu);
+        if (block->sync.started && block->sync.next_step < step) {
+          behind =
+              absl::StrCat("block ", block->index, " of '", variable->name(),
+                           "' is at step ", block->sync.next_step);
+          break;
+        }
+      }
+      if (!behind.empty()) break;
+    }
+    if (behind.empty()) {
+      for (const auto& table : SortedTables()) {
+        absl::MutexLock lock(&table->mu);
+        if (table->sync.started && table->sync.next_step < step) {
+          behind = absl::StrCat("table '", table->name(), "' is at step ",
+                                table->sync.next_step);
+          break;
+        }
+      }
+    }
+    if (behind.empty()) return absl::OkStatus();
+    if (absl::Now() >= deadline) break;
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  ReleaseSteps();
+  return absl::DeadlineExceededError(absl::StrCat(
+      "shard ", options_.shard_index, " could not cut before step ", step, ": ",
+      behind,
+      " and its workers did not push the steps between in time (do all "
+      "workers push every variable at every step?)"));
+}
+
+void VariableStore::ReleaseSteps() {
+  if (!options_.sync) return;
+  sync_.Release();
+  CompleteWaitingSteps();
 }
 
 void VariableStore::ApplyPush(PreparedPush push,
@@ -791,7 +866,10 @@ void VariableStore::ApplySync(
   ReadyParts ready;
   absl::Status refusal;
   absl::Status ahead;  // the first part ahead of its block's step
-  for (size_t i = 0; i < n; ++i) {
+  if (push.rollbacks != rollbacks_.load()) {
+    refusal = RolledBackError();
+  }
+  for (size_t i = 0; i < n && refusal.ok(); ++i) {
     PreparedPush::Gradient& part = push.gradients[i];
     Block& block = *part.block;
     if (duplicate[i]) continue;
@@ -873,6 +951,10 @@ void VariableStore::ApplySync(
 void VariableStore::ApplyStep(DenseVariable& variable, Block& block,
                               ReadyParts& ready) {
   SyncSlot& sync = block.sync;
+  // A cut in progress holds this step: it stays complete, its pushes
+  // waiting, until CompleteWaitingSteps after the hold ends.
+  absl::ReaderMutexLock hold(sync_.hold_mu());
+  if (!sync_.MayApply(sync.next_step)) return;
   const std::optional<double> loss = sync_.Average(block);
   auto entry = rules_.For(variable.name());
   absl::Status status =

@@ -237,6 +237,46 @@ class Store {
   virtual absl::Status RestoreBlock(const storage::v1::BlockRecord& record) = 0;
   // The blocks this shard holds (a restore must give each once).
   virtual uint64_t NumBlocks() const = 0;
+
+  // ---- sync mode's consistent cut (docs/checkpoints.md)
+
+  // Holds the steps from the one the shard collects now (answered) for at
+  // most `limit`: no block applies it or a later one until CutBefore or
+  // ReleaseSteps. Async and ssp: 0, nothing held.
+  virtual uint64_t HoldSteps(absl::Duration limit) = 0;
+  // Lets every block apply the steps below `step`, holds the later ones, and
+  // waits until every block that has started collects `step` (or later).
+  // DEADLINE_EXCEEDED at `deadline`, naming a block that is behind, with the
+  // hold released. FAILED_PRECONDITION outside sync mode. On success the
+  // hold lasts until ReleaseSteps.
+  virtual absl::Status CutBefore(uint64_t step, absl::Time deadline) = 0;
+  // Ends a hold and applies the steps it kept waiting.
+  virtual void ReleaseSteps() = 0;
+
+  // ---- sync mode's whole-cluster roll-back (docs/checkpoints.md)
+
+  // After this shard restored cluster checkpoint `checkpoint`, cut before
+  // `step`: the steps collected at the cut are dropped (their pushes were
+  // never answered), the shard collects `step`, and every session it holds
+  // is closed (WorkerSessions::RollBack), so that live workers learn of the
+  // roll-back and resume from `step`.
+  virtual void StartAfterRollBack(uint64_t checkpoint, uint64_t step) = 0;
+
+  // Goes back, in place and while serving, to this shard's part of cluster
+  // checkpoint `checkpoint` (`state`; `read_blocks` calls its argument for
+  // each block record), cut before `step`: pushes waiting for a step are
+  // answered with the roll-back's refusal, as is any push admitted before
+  // it; then every block is restored and StartAfterRollBack's closing
+  // applies. New pushes and sessions are refused with UNAVAILABLE (retry)
+  // meanwhile. FAILED_PRECONDITION, changing nothing, when the shard holds
+  // sparse tables (not rolled back in place) or a variable of the
+  // checkpoint is missing or has another shape. Variables created after the
+  // checkpoint keep their values; optimizer overrides set after it stay.
+  virtual absl::Status RollBack(
+      const storage::v1::ShardState& state, uint64_t checkpoint, uint64_t step,
+      absl::FunctionRef<absl::Status(
+          absl::FunctionRef<absl::Status(const storage::v1::BlockRecord&)>)>
+          read_blocks) = 0;
 };
 
 }  // namespace ps

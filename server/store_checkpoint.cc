@@ -148,4 +148,126 @@ absl::Status VariableStore::RestoreBlock(
   return absl::OkStatus();
 }
 
+absl::Status VariableStore::RolledBackError() const {
+  return absl::FailedPreconditionError(absl::StrCat(
+      kRolledBackPrefix, rollback_checkpoint_.load(), ": shard ",
+      options_.shard_index,
+      " and the cluster went back to the state before "
+      "step ",
+      rollback_step_.load(),
+      ", so this push is not applied; open a new session and resume from "
+      "step ",
+      rollback_step_.load(), " (ps::Client and psclient do this)"));
+}
+
+void VariableStore::DropCollectedSteps(const absl::Status& why) {
+  for (const auto& variable : SortedVariables()) {
+    for (Block* block : variable->SortedBlocks()) {
+      ReadyParts ready;
+      {
+        absl::MutexLock lock(&block->mu);
+        SyncSlot& sync = block->sync;
+        for (auto& [waiter, index] : sync.waiters) {
+          ready.emplace_back(std::move(waiter), why);
+        }
+        sync.waiters.clear();
+        sync.sum.clear();
+        sync.workers.clear();
+        sync.loss_sum = 0;
+        sync.losses = 0;
+        sync.ahead.clear();
+      }
+      for (auto& [waiter, status] : ready) waiter->PartDone(std::move(status));
+    }
+  }
+  for (const auto& table : SortedTables()) {
+    ReadyParts ready;
+    {
+      absl::MutexLock lock(&table->mu);
+      SparseTable::Sync& sync = table->sync;
+      for (SparseTable::Sync::Waiter& waiter : sync.waiters) {
+        ready.emplace_back(std::move(waiter.completion), why);
+      }
+      sync.waiters.clear();
+      sync.ids.clear();
+      sync.index.clear();
+      sync.sum.clear();
+      sync.workers.clear();
+      sync.loss_sum = 0;
+      sync.losses = 0;
+    }
+    for (auto& [waiter, status] : ready) waiter->PartDone(std::move(status));
+  }
+}
+
+void VariableStore::StartAfterRollBack(uint64_t checkpoint, uint64_t step) {
+  if (!options_.sync) return;
+  rollback_checkpoint_.store(checkpoint);
+  rollback_step_.store(step);
+  rollbacks_.fetch_add(1);
+  sessions_.RollBack(checkpoint, step);
+  sync_.Release();
+  DropCollectedSteps(RolledBackError());
+  sync_.Reset(step);
+}
+
+absl::Status VariableStore::RollBack(
+    const storage::v1::ShardState& state, uint64_t checkpoint, uint64_t step,
+    absl::FunctionRef<absl::Status(
+        absl::FunctionRef<absl::Status(const storage::v1::BlockRecord&)>)>
+        read_blocks) {
+  if (!options_.sync) {
+    return absl::FailedPreconditionError(
+        "a roll-back in place needs --consistency=sync");
+  }
+  absl::MutexLock structure_lock(&structure_mu_);
+  if (!SortedTables().empty() || state.tables_size() > 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "shard ", options_.shard_index,
+        " holds sparse tables, which are not rolled back in place: restart "
+        "it to load checkpoint ",
+        checkpoint));
+  }
+  for (const storage::v1::VariableHeader& header : state.variables()) {
+    auto variable = Find(header.name());
+    const std::vector<uint64_t> shape(header.shape().begin(),
+                                      header.shape().end());
+    if (variable == nullptr || variable->shape() != shape) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "variable '", header.name(), "' of checkpoint ", checkpoint,
+          variable == nullptr ? " is missing on shard "
+                              : " has another shape on shard ",
+          options_.shard_index, ": restart it to load the checkpoint"));
+    }
+  }
+  rolling_back_.store(true);
+  rollback_checkpoint_.store(checkpoint);
+  rollback_step_.store(step);
+  // Pushes admitted before this are refused where they would apply.
+  rollbacks_.fetch_add(1);
+  sessions_.RollBack(checkpoint, step);
+  sync_.Release();
+  DropCollectedSteps(RolledBackError());
+  absl::Status status = [&]() -> absl::Status {
+    if (absl::Status rules = rules_.Restore(state); !rules.ok()) {
+      return absl::DataLossError(rules.message());
+    }
+    return read_blocks([&](const storage::v1::BlockRecord& record) {
+      auto variable = Find(record.variable());
+      if (variable == nullptr) {
+        return absl::DataLossError(
+            absl::StrCat("a block of '", record.variable(),
+                         "', which the checkpoint lacks"));
+      }
+      return variable->Restore(record).status();
+    });
+  }();
+  // The steps the part was collecting at its cut were never answered:
+  // the workers push them again in their new sessions.
+  DropCollectedSteps(RolledBackError());
+  sync_.Reset(step);
+  rolling_back_.store(false);
+  return status;
+}
+
 }  // namespace ps

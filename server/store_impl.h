@@ -77,6 +77,15 @@ class VariableStore final : public Store {
   absl::Status RestoreState(const storage::v1::ShardState& state) override;
   absl::Status RestoreBlock(const storage::v1::BlockRecord& record) override;
   uint64_t NumBlocks() const override;
+  uint64_t HoldSteps(absl::Duration limit) override;
+  absl::Status CutBefore(uint64_t step, absl::Time deadline) override;
+  void ReleaseSteps() override;
+  void StartAfterRollBack(uint64_t checkpoint, uint64_t step) override;
+  absl::Status RollBack(
+      const storage::v1::ShardState& state, uint64_t checkpoint, uint64_t step,
+      absl::FunctionRef<absl::Status(
+          absl::FunctionRef<absl::Status(const storage::v1::BlockRecord&)>)>
+          read_blocks) override;
 
   // ---- inside views, for tests and tools
 
@@ -151,6 +160,8 @@ class VariableStore final : public Store {
   // Applies a table's collected sync step; answers its waiters.
   void FinishTableStep(SparseTable& table,
                        ReadyParts& ready) ABSL_NO_THREAD_SAFETY_ANALYSIS;
+  // Applies the tables' steps that are complete but were held by a cut.
+  void CompleteHeldTableSteps();
 
   void ApplyAsync(PreparedPush& push,
                   const std::shared_ptr<PushCompletion>& completion)
@@ -165,6 +176,9 @@ class VariableStore final : public Store {
   // Completes every sync step that membership changes completed (members
   // that have not pushed left or were dropped).
   void CompleteWaitingSteps();
+  // Drops every step being collected (blocks and tables), answering its
+  // pushes with `why`.
+  void DropCollectedSteps(const absl::Status& why);
   // INVALID_ARGUMENT for an empty id, FAILED_PRECONDITION for an epoch
   // older than the worker's session.
   absl::Status CheckCaller(const std::string& worker, uint64_t epoch) const;
@@ -201,6 +215,13 @@ class VariableStore final : public Store {
   StalenessGate staleness_;
   // The membership generation whose completions were last looked for.
   std::atomic<uint64_t> checked_generation_ = 0;
+  // Roll-backs since start, and whether one is under way.
+  std::atomic<uint64_t> rollbacks_ = 0;
+  std::atomic<bool> rolling_back_ = false;
+  // The latest roll-back's checkpoint and step (for the refusals).
+  std::atomic<uint64_t> rollback_checkpoint_ = 0;
+  std::atomic<uint64_t> rollback_step_ = 0;
+  absl::Status RolledBackError() const;
   ServerStats counters_;
   optimizer::HelperThreads helpers_;
 };

@@ -403,10 +403,32 @@ int64_t VariableStore::ApplyRowsSync(
     }
     sync.waiters.push_back({completion, j, part.ids});
     if (sync.workers.size() >= std::max<uint32_t>(quorum, 1)) {
-      FinishTableStep(table, ready);
+      // A cut in progress holds the step (CompleteHeldTableSteps).
+      absl::ReaderMutexLock hold(sync_.hold_mu());
+      if (sync_.MayApply(sync.next_step)) FinishTableStep(table, ready);
     }
   }
   return new_records;
+}
+
+void VariableStore::CompleteHeldTableSteps() {
+  const uint32_t quorum =
+      options_.quorum != 0 ? options_.quorum : options_.num_workers;
+  for (const auto& table : SortedTables()) {
+    ReadyParts ready;
+    {
+      absl::MutexLock lock(&table->mu);
+      SparseTable::Sync& sync = table->sync;
+      if (!sync.started || sync.workers.empty() ||
+          sync.workers.size() < std::max<uint32_t>(quorum, 1)) {
+        continue;
+      }
+      absl::ReaderMutexLock hold(sync_.hold_mu());
+      if (!sync_.MayApply(sync.next_step)) continue;
+      FinishTableStep(*table, ready);
+    }
+    for (auto& [waiter, status] : ready) waiter->PartDone(std::move(status));
+  }
 }
 
 void VariableStore::FinishTableStep(SparseTable& table, ReadyParts& ready) {

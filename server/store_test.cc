@@ -1540,6 +1540,96 @@ TEST(StoreSyncTest, WorkerIdIsRequired) {
                 absl::StatusCode::kInvalidArgument, "no worker id");
 }
 
+// ---------------------------------------------------------------- sync cut
+
+// Pushes step `step` of "w" from workers w0 and w1, to the blocks starting
+// at `offsets` (blocks of 4 values), gradient ones.
+std::vector<std::shared_ptr<PushResult>> PushStep(
+    VariableStore& store, uint64_t step, const std::vector<uint64_t>& offsets) {
+  std::vector<std::shared_ptr<PushResult>> results;
+  for (int worker = 0; worker < 2; ++worker) {
+    std::vector<v1::Slice> gradients;
+    for (uint64_t offset : offsets) {
+      gradients.push_back(MakeSlice("w", offset, {1, 1, 1, 1}));
+    }
+    results.push_back(StartPush(store, PushRequest(absl::StrCat("w", worker),
+                                                   step + 1, gradients, step)));
+  }
+  return results;
+}
+
+void ExpectDone(const std::vector<std::shared_ptr<PushResult>>& results,
+                bool done) {
+  for (const auto& result : results) {
+    if (done) {
+      ASSERT_TRUE(result->WaitFor());
+      EXPECT_TRUE(result->status.ok()) << result->status;
+    } else {
+      EXPECT_FALSE(result->done.HasBeenNotified());
+    }
+  }
+}
+
+TEST(StoreSyncCutTest, HeldStepsWaitUntilReleasedAndACutAppliesThoseBelowIt) {
+  VariableStore store(SyncOptions(2, 2));
+  CreateLocal(store, "w", std::vector<float>(8, 0));  // blocks [0,4) [4,8)
+  ExpectDone(PushStep(store, 0, {0, 4}), true);
+  EXPECT_THAT(PullAll(store, "w").versions, ElementsAreArray({1u, 1u}));
+
+  // Held from step 1: a complete step 1 waits, applied on release.
+  EXPECT_EQ(store.HoldSteps(absl::Seconds(60)), 1u);
+  auto step1 = PushStep(store, 1, {0, 4});
+  ExpectDone(step1, false);
+  EXPECT_THAT(PullAll(store, "w").versions, ElementsAreArray({1u, 1u}));
+  // A cut before step 1 needs nothing more, and keeps step 1 waiting.
+  ASSERT_TRUE(store.CutBefore(1, absl::Now() + absl::Seconds(5)).ok());
+  ExpectDone(step1, false);
+  EXPECT_THAT(PullAll(store, "w").versions, ElementsAreArray({1u, 1u}));
+  store.ReleaseSteps();
+  ExpectDone(step1, true);
+  EXPECT_THAT(PullAll(store, "w").versions, ElementsAreArray({2u, 2u}));
+
+  // Held from step 2, cut before step 3: block 0's step 2, held, is
+  // applied by the cut; block 1 nobody pushes, so the cut fails naming it
+  // and releases the hold (block 0's step 3 is applied at once).
+  EXPECT_EQ(store.HoldSteps(absl::Seconds(60)), 2u);
+  auto step2 = PushStep(store, 2, {0});
+  ExpectDone(step2, false);
+  absl::Status cut = store.CutBefore(3, absl::Now() + absl::Milliseconds(50));
+  EXPECT_EQ(cut.code(), absl::StatusCode::kDeadlineExceeded) << cut;
+  EXPECT_THAT(std::string(cut.message()),
+              HasSubstr("block 1 of 'w' is at step 2"));
+  ExpectDone(step2, true);
+  ExpectDone(PushStep(store, 3, {0}), true);
+  EXPECT_THAT(PullAll(store, "w").versions, ElementsAreArray({4u, 2u}));
+}
+
+TEST(StoreSyncCutTest, AHoldRunsOutByItself) {
+  VariableStore store(SyncOptions(2, 2));
+  CreateLocal(store, "w", std::vector<float>(4, 0));
+  EXPECT_EQ(store.HoldSteps(absl::Milliseconds(20)), 0u);
+  auto step0 = PushStep(store, 0, {0});
+  ExpectDone(step0, false);
+  store.Tick();  // not yet run out
+  ExpectDone(step0, false);
+  absl::SleepFor(absl::Milliseconds(30));
+  store.Tick();
+  ExpectDone(step0, true);
+  EXPECT_THAT(PullAll(store, "w").versions, ElementsAreArray({1u}));
+}
+
+TEST(StoreSyncCutTest, AsyncStoresHoldNothingAndRefuseACut) {
+  VariableStore store(AsyncOptions());
+  CreateLocal(store, "w", std::vector<float>(4, 0));
+  EXPECT_EQ(store.HoldSteps(absl::Seconds(60)), 0u);
+  absl::Status cut = store.CutBefore(1, absl::Now() + absl::Seconds(1));
+  EXPECT_EQ(cut.code(), absl::StatusCode::kFailedPrecondition) << cut;
+  EXPECT_THAT(std::string(cut.message()), HasSubstr("--consistency=sync"));
+  auto pushed =
+      PushNow(store, PushRequest("w0", 1, {MakeSlice("w", 0, {1, 1, 1, 1})}));
+  EXPECT_TRUE(pushed->status.ok()) << pushed->status;
+}
+
 // ---------------------------------------------------------------- memory
 
 // What the store's variables hold now: values, state slots and sync sums.

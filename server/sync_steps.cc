@@ -15,6 +15,33 @@ void SyncSteps::Raise(uint64_t step) {
   }
 }
 
+uint64_t SyncSteps::HoldNow(absl::Time until) {
+  absl::MutexLock lock(&hold_mu_);
+  hold_from_ = step_.load();
+  hold_until_ = until;
+  return hold_from_;
+}
+
+void SyncSteps::HoldFrom(uint64_t step, absl::Time until) {
+  absl::MutexLock lock(&hold_mu_);
+  hold_from_ = step;
+  hold_until_ = until;
+}
+
+void SyncSteps::Release() {
+  absl::MutexLock lock(&hold_mu_);
+  hold_from_ = UINT64_MAX;
+  hold_until_ = absl::InfiniteFuture();
+}
+
+bool SyncSteps::ReleaseExpired(absl::Time now) {
+  absl::MutexLock lock(&hold_mu_);
+  if (hold_from_ == UINT64_MAX || hold_until_ > now) return false;
+  hold_from_ = UINT64_MAX;
+  hold_until_ = absl::InfiniteFuture();
+  return true;
+}
+
 uint64_t SyncSteps::Current(const Block& block) const {
   return block.sync.started ? block.sync.next_step : step_.load();
 }

@@ -50,6 +50,34 @@ class SyncSteps {
   uint64_t step() const { return step_.load(); }
   // step = max(step, `step`).
   void Raise(uint64_t step);
+  // step = `step`, down too (a roll-back to a checkpoint).
+  void Reset(uint64_t step) { step_.store(step); }
+
+  // ---- Holding steps for a consistent cut (sync checkpoints).
+  //
+  // While held from step H, no block applies a step >= H: a block whose
+  // step completes stays complete, its pushes waiting, until the hold is
+  // released or raised (then Store::CompleteWaitingSteps applies it). An
+  // application takes hold_mu() shared around its check and its update, so
+  // HoldNow sees every step applied before it and none after.
+
+  // Holds from the step the shard collects now, until `until` at the
+  // latest; returns that step. No step at or above it has been applied.
+  uint64_t HoldNow(absl::Time until) ABSL_LOCKS_EXCLUDED(hold_mu_);
+  // Holds from `step` (the steps below it may complete), until `until`.
+  void HoldFrom(uint64_t step, absl::Time until) ABSL_LOCKS_EXCLUDED(hold_mu_);
+  // Ends the hold.
+  void Release() ABSL_LOCKS_EXCLUDED(hold_mu_);
+  // Ends a hold whose time ran out by `now`; returns whether it did.
+  bool ReleaseExpired(absl::Time now) ABSL_LOCKS_EXCLUDED(hold_mu_);
+  // Taken shared by an application (see above).
+  absl::Mutex* hold_mu() const ABSL_LOCK_RETURNED(hold_mu_) {
+    return &hold_mu_;
+  }
+  // Whether `step` may be applied now.
+  bool MayApply(uint64_t step) const ABSL_SHARED_LOCKS_REQUIRED(hold_mu_) {
+    return step < hold_from_;
+  }
 
   // The step `block` collects: its own, or, before it has started, the
   // shard's (it then takes any step up to that).
@@ -102,6 +130,9 @@ class SyncSteps {
   const uint32_t num_workers_;
   const Membership* const members_;
   std::atomic<uint64_t> step_ = 0;
+  mutable absl::Mutex hold_mu_;
+  uint64_t hold_from_ ABSL_GUARDED_BY(hold_mu_) = UINT64_MAX;
+  absl::Time hold_until_ ABSL_GUARDED_BY(hold_mu_) = absl::InfiniteFuture();
 };
 
 // Bounded staleness (ssp): calls of a worker about to compute step s wait

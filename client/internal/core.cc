@@ -17,6 +17,20 @@ std::span<const std::span<uint64_t>> VersionsOf(const Versions& versions) {
 
 }  // namespace
 
+ClientCore::DoneCallback ClientCore::AdvanceOnSuccess(uint64_t step,
+                                                      DoneCallback done) {
+  if (!sync()) return done;
+  return [this, step, done = std::move(done)](absl::Status status) mutable {
+    if (status.ok()) {
+      uint64_t seen = next_step.load();
+      while (seen < step + 1 &&
+             !next_step.compare_exchange_weak(seen, step + 1)) {
+      }
+    }
+    done(std::move(status));
+  };
+}
+
 void ClientCore::CallStarted() {
   absl::MutexLock lock(&mu_);
   ++in_flight_;
@@ -100,10 +114,12 @@ void ClientCore::StartPush(std::vector<PushItem> items,
                            const PushOptions& push_options, DoneCallback done,
                            Versions versions) {
   const bool answered = outputs != nullptr;
+  const uint64_t step = StepOf(push_options);
+  done = AdvanceOnSuccess(step, std::move(done));
   v1::PushRequest header;
   header.set_worker_id(worker_id);
   header.set_epoch(epoch);
-  header.set_step(push_options.step);
+  header.set_step(step);
   if (push_options.loss.has_value()) header.set_loss(*push_options.loss);
   if (answered) header.set_pull_dtype(push_options.pull_dtype);
   const SplitLimits limits = split_limits();

@@ -20,6 +20,7 @@
 #ifndef PS_CLIENT_INTERNAL_CORE_H_
 #define PS_CLIENT_INTERNAL_CORE_H_
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -71,11 +72,34 @@ class ClientCore {
   std::vector<std::unique_ptr<PushLane>> lanes;
   Backoff backoff;
   // The worker's session: the epoch every exactly-once push carries, and
-  // (sync) the step the shards collected when it opened.
-  uint64_t epoch = 0;
+  // (sync) the step the shards collected when it opened. Set by Connect,
+  // and again when the client resumes after a roll-back.
+  std::atomic<uint64_t> epoch = 0;
   uint64_t sync_step = 0;
+  // Sync: the step this worker pushes next (PushOptions::step unset uses
+  // it). A sync push of step s that succeeds moves it to s + 1; a resume
+  // after a roll-back sets it to the step the shards collect.
+  std::atomic<uint64_t> next_step = 0;
+  // Roll-backs of the cluster this client resumed after, and the latest
+  // resume's step.
+  std::atomic<uint64_t> rollbacks = 0;
+  std::atomic<uint64_t> resume_step = 0;
+  // Serializes resumes (Client::Resume).
+  absl::Mutex resume_mu;
   // (shard, checkpoint) pairs whose roll-back this client has logged.
   std::set<std::pair<size_t, uint64_t>> rolled_back_warned;
+
+  // Whether the cluster runs in sync mode.
+  bool sync() const { return cluster_info.consistency() == "sync"; }
+  // The step a push with `options` carries: options.step, or (sync)
+  // next_step when it is unset.
+  uint64_t StepOf(const PushOptions& options) const {
+    if (options.step.has_value()) return *options.step;
+    return sync() ? next_step.load() : 0;
+  }
+  // `done`, after moving next_step past `step` when the push succeeded
+  // (sync).
+  DoneCallback AdvanceOnSuccess(uint64_t step, DoneCallback done);
 
   // Calls (Fanout) and shard calls (ShardCall) that have started and not
   // ended. WaitIdle returns when there are none.

@@ -138,8 +138,9 @@ v1::DType ToDType(int dtype) {
   return static_cast<v1::DType>(dtype);
 }
 
-PushOptions MakePushOptions(uint64_t step, std::optional<double> loss,
-                            int dtype, int pull_dtype) {
+PushOptions MakePushOptions(std::optional<uint64_t> step,
+                            std::optional<double> loss, int dtype,
+                            int pull_dtype) {
   PushOptions options;
   options.step = step;
   options.loss = loss;
@@ -443,8 +444,9 @@ class PyClient {
   }
 
   void PushRows(const std::string& table, const py::object& ids,
-                const py::object& grads, const py::object& out, uint64_t step,
-                std::optional<double> loss, int dtype, int pull_dtype) {
+                const py::object& grads, const py::object& out,
+                std::optional<uint64_t> step, std::optional<double> loss,
+                int dtype, int pull_dtype) {
     const py::buffer_info id_info = IdBuffer(ids, "ids of '" + table + "'");
     const py::buffer_info grad_info =
         FloatBuffer(grads, false, "row gradients of '" + table + "'");
@@ -468,7 +470,8 @@ class PyClient {
   }
 
   void Push(std::vector<std::string> names, const py::list& gradients,
-            uint64_t step, std::optional<double> loss, int dtype) {
+            std::optional<uint64_t> step, std::optional<double> loss,
+            int dtype) {
     Batch batch =
         MakeBatch(std::move(names), gradients, py::list(), py::none());
     const PushOptions options = MakePushOptions(step, loss, dtype, 0);
@@ -499,8 +502,8 @@ class PyClient {
 
   void PushPull(std::vector<std::string> names, const py::list& gradients,
                 const py::list& outputs, const py::object& versions,
-                uint64_t step, std::optional<double> loss, int dtype,
-                int pull_dtype) {
+                std::optional<uint64_t> step, std::optional<double> loss,
+                int dtype, int pull_dtype) {
     Batch batch = MakeBatch(std::move(names), gradients, outputs, versions);
     const PushOptions options = MakePushOptions(step, loss, dtype, pull_dtype);
     const std::vector<NamedUpdate> items = batch.Updates();
@@ -519,7 +522,7 @@ class PyClient {
   void PushMixed(std::vector<std::string> names, const py::list& gradients,
                  const py::list& outputs, std::vector<std::string> tables,
                  const py::list& ids, const py::list& grads,
-                 const py::list& row_outputs, uint64_t step,
+                 const py::list& row_outputs, std::optional<uint64_t> step,
                  std::optional<double> loss, int dtype, int pull_dtype) {
     Batch batch = MakeBatch(std::move(names), gradients, outputs, py::none());
     RowBatch rows = MakeRowBatch(std::move(tables), ids, grads, row_outputs);
@@ -544,7 +547,8 @@ class PyClient {
       std::vector<std::string> names, const py::list& gradients,
       const py::list& outputs, std::vector<std::string> tables,
       const py::list& ids, const py::list& grads, const py::list& row_outputs,
-      uint64_t step, std::optional<double> loss, int dtype, int pull_dtype) {
+      std::optional<uint64_t> step, std::optional<double> loss, int dtype,
+      int pull_dtype) {
     Batch batch = MakeBatch(std::move(names), gradients, outputs, py::none());
     RowBatch rows = MakeRowBatch(std::move(tables), ids, grads, row_outputs);
     const bool pull = outputs.size() != 0 || row_outputs.size() != 0;
@@ -565,7 +569,8 @@ class PyClient {
   }
 
   std::unique_ptr<Pending> PushAsync(std::vector<std::string> names,
-                                     const py::list& gradients, uint64_t step,
+                                     const py::list& gradients,
+                                     std::optional<uint64_t> step,
                                      std::optional<double> loss, int dtype) {
     Batch batch =
         MakeBatch(std::move(names), gradients, py::list(), py::none());
@@ -590,10 +595,13 @@ class PyClient {
                  });
   }
 
-  std::unique_ptr<Pending> PushPullAsync(
-      std::vector<std::string> names, const py::list& gradients,
-      const py::list& outputs, const py::object& versions, uint64_t step,
-      std::optional<double> loss, int dtype, int pull_dtype) {
+  std::unique_ptr<Pending> PushPullAsync(std::vector<std::string> names,
+                                         const py::list& gradients,
+                                         const py::list& outputs,
+                                         const py::object& versions,
+                                         std::optional<uint64_t> step,
+                                         std::optional<double> loss, int dtype,
+                                         int pull_dtype) {
     Batch batch = MakeBatch(std::move(names), gradients, outputs, versions);
     const PushOptions options = MakePushOptions(step, loss, dtype, pull_dtype);
     const std::vector<NamedUpdate> items = batch.Updates();
@@ -725,6 +733,10 @@ PYBIND11_MODULE(_core, m) {
           "session_epoch", [](PyClient& c) { return c.get()->session_epoch(); })
       .def_property_readonly("sync_step",
                              [](PyClient& c) { return c.get()->sync_step(); })
+      .def_property_readonly("rollbacks",
+                             [](PyClient& c) { return c.get()->rollbacks(); })
+      .def_property_readonly("resume_step",
+                             [](PyClient& c) { return c.get()->resume_step(); })
       .def_property_readonly(
           "addresses", [](PyClient& c) { return c.get()->shard_addresses(); })
       .def_property_readonly(
@@ -743,9 +755,9 @@ PYBIND11_MODULE(_core, m) {
       .def("pull_rows", &PyClient::PullRows, py::arg("table"), py::arg("ids"),
            py::arg("out"), py::arg("dtype") = 0)
       .def("push_rows", &PyClient::PushRows, py::arg("table"), py::arg("ids"),
-           py::arg("grads"), py::arg("out") = py::none(), py::arg("step") = 0,
-           py::arg("loss") = py::none(), py::arg("dtype") = 0,
-           py::arg("pull_dtype") = 0)
+           py::arg("grads"), py::arg("out") = py::none(),
+           py::arg("step") = py::none(), py::arg("loss") = py::none(),
+           py::arg("dtype") = 0, py::arg("pull_dtype") = 0)
       .def("push", &PyClient::Push, py::arg("names"), py::arg("gradients"),
            py::arg("step"), py::arg("loss"), py::arg("dtype"))
       .def("pull", &PyClient::Pull, py::arg("names"), py::arg("outputs"),

@@ -438,10 +438,13 @@ TEST_F(RestartTest, RetriedPushAfterRestoreIsNotAppliedTwice) {
 }
 
 // Sync mode: a step half aggregated when the checkpoint was taken (one of
-// two workers has pushed) survives kill -9. The first worker's client
-// retries the same (worker_id, seq), which waits for the step again; the
-// second worker completes it, and the mean is applied once.
-TEST_F(RestartTest, HalfAggregatedSyncStepSurvivesARestart) {
+// two workers has pushed) is not half kept across kill -9: the restarted
+// shard goes back to the checkpoint's cut, before step 2, and closes the
+// sessions it restored. The waiting push is refused (never acknowledged),
+// each worker's next blocking push resumes (a new session, the values
+// after step 1, the step counter at 2), and step 2 is then pushed again by
+// both and applied once.
+TEST_F(RestartTest, HalfAggregatedSyncStepIsRedoneAfterARestart) {
   constexpr size_t kN = 40;
   ProcessCluster& run = NewCluster("run", 1, "sgd {} learning_rate: 1");
   run.flags(0).extra = {"--consistency=sync", "--num_workers=2"};
@@ -461,6 +464,7 @@ TEST_F(RestartTest, HalfAggregatedSyncStepSurvivesARestart) {
     ASSERT_TRUE(pending.get().ok());
   }
   EXPECT_THAT(values_a, ::testing::Each(2.0f));  // 0 - mean(-1, -3)
+  EXPECT_EQ(a->sync_step(), 2u);
 
   step.step = 2;
   auto pending = a->PushPullAsync("w", minus_one, values_a, step);
@@ -468,14 +472,34 @@ TEST_F(RestartTest, HalfAggregatedSyncStepSurvivesARestart) {
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   ASSERT_EQ(pending.wait_for(std::chrono::seconds(0)),
             std::future_status::timeout);
-  ASSERT_TRUE(run.Checkpoint(0).ok());
+  auto checkpoint = run.Checkpoint(0);
+  ASSERT_TRUE(checkpoint.ok()) << checkpoint.status();
+  EXPECT_TRUE(checkpoint->parts(0).sync_cut());
+  EXPECT_EQ(checkpoint->parts(0).sync_step(), 2u);
   run.Kill(0);
   ASSERT_TRUE(run.Start(0).ok());
-  ASSERT_TRUE(b->PushPull("w", minus_three, values_b, step).ok());
   const absl::Status a_status = pending.get();
-  ASSERT_TRUE(a_status.ok()) << a_status;
+  EXPECT_EQ(a_status.code(), absl::StatusCode::kFailedPrecondition) << a_status;
+  EXPECT_THAT(std::string(a_status.message()),
+              HasSubstr("rolled back to checkpoint"));
+
+  // b's push meets the roll-back: it resumes instead of applying.
+  ASSERT_TRUE(b->PushPull("w", minus_three, values_b, step).ok());
+  EXPECT_THAT(values_b, ::testing::Each(2.0f));
+  EXPECT_EQ(b->rollbacks(), 1u);
+  EXPECT_EQ(b->resume_step(), 2u);
+  EXPECT_EQ(b->sync_step(), 2u);
+  ASSERT_TRUE(a->PushPull("w", minus_one, values_a).ok());
+  EXPECT_THAT(values_a, ::testing::Each(2.0f));
+  EXPECT_EQ(a->sync_step(), 2u);
+
+  // Step 2 again, by both, from the client's step counter.
+  auto again = a->PushPullAsync("w", minus_one, values_a, PushOptions());
+  ASSERT_TRUE(b->PushPull("w", minus_three, values_b).ok());
+  ASSERT_TRUE(again.get().ok());
   EXPECT_THAT(values_a, ::testing::Each(4.0f));
   EXPECT_THAT(values_b, ::testing::Each(4.0f));
+  EXPECT_EQ(b->sync_step(), 3u);
   auto pulled = run.PullShard(0, "w", kN);
   ASSERT_TRUE(pulled.ok()) << pulled.status();
   EXPECT_THAT(pulled->values, ::testing::Each(4.0f));
@@ -488,12 +512,11 @@ TEST_F(RestartTest, HalfAggregatedSyncStepSurvivesARestart) {
             absl::StatusCode::kAborted);
 }
 
-// SIGTERM writes a final checkpoint; the next start loads it.
-// Sync training through a shard restored from an older checkpoint: the
-// workers, with the client's default retries and no code of their own for
-// it, carry on to the end. (The restored shard once answered every push
-// "wait for step N", a step nobody would push again.) The restored shard's
-// blocks move to the workers' step once both are there.
+// Sync training through a shard killed and restored from an older
+// checkpoint: the whole cluster goes back to it, and the workers, with the
+// client's default retries and a loop that reads its step from the client
+// (no code for the roll-back), redo the steps since and carry on to the
+// end, every block applying every step once.
 TEST_F(RestartTest, SyncWorkersCarryOnThroughAShardRestoredFromThePast) {
   constexpr size_t kN = 64;
   constexpr uint64_t kSteps = 30;
@@ -503,9 +526,10 @@ TEST_F(RestartTest, SyncWorkersCarryOnThroughAShardRestoredFromThePast) {
   }
   ASSERT_TRUE(run.StartAll().ok());
   std::atomic<uint64_t> done[2] = {0, 0};
+  std::atomic<uint64_t> rollbacks[2] = {0, 0};
   absl::Status failures[2];
-  // The workers wait before step 10 until shard 1 has written a checkpoint,
-  // and before step 20 until it has been killed and restarted from it.
+  // The workers wait before step 10 until a checkpoint was written, and
+  // before step 20 until shard 1 has been killed and restarted from it.
   absl::Notification checkpointed, restarted;
   auto work = [&](int w) {
     ClientOptions options;
@@ -522,22 +546,22 @@ TEST_F(RestartTest, SyncWorkersCarryOnThroughAShardRestoredFromThePast) {
       return;
     }
     std::vector<float> values(kN);
-    for (uint64_t t = 0; t < kSteps; ++t) {
+    while ((*client)->sync_step() < kSteps) {
+      const uint64_t t = (*client)->sync_step();
       if (t == 10) {
         checkpointed.WaitForNotificationWithTimeout(absl::Seconds(60));
       }
       if (t == 20) restarted.WaitForNotificationWithTimeout(absl::Seconds(60));
-      PushOptions step;
-      step.step = t;
       absl::Status status =
-          (*client)->PushPull("w", Gradient(t, kN, 0.5f * w), values, step);
+          (*client)->PushPull("w", Gradient(t, kN, 0.5f * w), values);
       if (!status.ok()) {
         failures[w] = absl::Status(
             status.code(), absl::StrCat("step ", t, ": ", status.message()));
         return;
       }
-      done[w] = t + 1;
+      done[w] = std::max(done[w].load(), (*client)->sync_step());
     }
+    rollbacks[w] = (*client)->rollbacks();
   };
   auto reached = [&](uint64_t step) {
     const absl::Time deadline = absl::Now() + absl::Seconds(60);
@@ -564,12 +588,17 @@ TEST_F(RestartTest, SyncWorkersCarryOnThroughAShardRestoredFromThePast) {
   EXPECT_TRUE(failures[1].ok()) << failures[1];
   EXPECT_EQ(done[0].load(), kSteps);
   EXPECT_EQ(done[1].load(), kSteps);
-  auto kept = run.PullShard(0, "w", kN);
-  ASSERT_TRUE(kept.ok()) << kept.status();
-  EXPECT_THAT(kept->versions, ::testing::Each(kSteps));
-  EXPECT_THAT(run.LastStderr(1), HasSubstr("where 2 workers are"));
+  EXPECT_EQ(rollbacks[0].load(), 1u);
+  EXPECT_EQ(rollbacks[1].load(), 1u);
+  for (uint32_t i = 0; i < 2; ++i) {
+    auto kept = run.PullShard(i, "w", kN);
+    ASSERT_TRUE(kept.ok()) << kept.status();
+    EXPECT_THAT(kept->versions, ::testing::Each(kSteps)) << "shard " << i;
+  }
+  EXPECT_THAT(run.LastStderr(1), HasSubstr("the cluster went back to"));
 }
 
+// SIGTERM writes a final checkpoint; the next start loads it.
 TEST_F(RestartTest, GracefulShutdownWritesAFinalCheckpoint) {
   constexpr size_t kN = 50;
   ProcessCluster& run = NewCluster("run", 1, "adam {} learning_rate: 0.1");

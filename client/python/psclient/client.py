@@ -309,8 +309,39 @@ class Client:
 
     @property
     def sync_step(self) -> int:
-        """Sync mode: the step the shards collected when the session opened."""
+        """Sync mode: the step this worker pushes next.
+
+        A push or push_pull without ``step`` carries it. It starts at the
+        step the shards collected when the session opened (0 in a new
+        cluster), moves to s + 1 after a push of step s succeeds, and after
+        the cluster went back to a checkpoint it is the step the cluster
+        resumes from. A training loop that picks its data by ``sync_step``
+        and passes no ``step`` goes on through a roll-back unchanged::
+
+            while client.sync_step < steps:
+                batch = data[client.sync_step]
+                values = client.push_pull({"w": grad(values, batch)})
+        """
         return self._core.sync_step
+
+    @property
+    def rollbacks(self) -> int:
+        """Sync mode: the roll-backs of the cluster this client resumed after.
+
+        When the shards go back to a checkpoint cut before step K (a shard
+        restarted from it), a push, push_pull, push_rows or push_pull_rows
+        that meets the roll-back opens a new session, sets ``sync_step`` to
+        K and returns without applying its gradient (push_pull returns the
+        values the cluster went back to). The async forms raise the refusal
+        (PsError, "rolled back to checkpoint ..."); the next blocking push
+        resumes.
+        """
+        return self._core.rollbacks
+
+    @property
+    def resume_step(self) -> int:
+        """Sync mode: the step the latest roll-back resumed from (0: none)."""
+        return self._core.resume_step
 
     @property
     def cluster_info(self) -> "ps_pb2.ClusterInfo":
@@ -525,7 +556,7 @@ class Client:
         return out
 
     def push_rows(self, table: str, ids: Any, grads: Any, *,
-                  step: int = 0,
+                  step: Optional[int] = None,
                   loss: Optional[float] = None,
                   dtype: Union[DType, int, str, None] = None,
                   pull: bool = False) -> Optional[np.ndarray]:
@@ -545,7 +576,7 @@ class Client:
                            dtype=np.float32)
         wire = int(self._wire(dtype))
         try:
-            self._core.push_rows(table, id_array, grad_array, out, int(step),
+            self._core.push_rows(table, id_array, grad_array, out, _step(step),
                                  loss, wire, wire)
         except _core.StatusError as e:
             raise _error(e) from None
@@ -586,7 +617,7 @@ class Client:
     def push(self,
              gradients: Mapping[str, Any],
              *,
-             step: int = 0,
+             step: Optional[int] = None,
              loss: Optional[float] = None,
              dtype: Union[DType, int, str, None] = None) -> None:
         """Sends the gradient of every value of each variable given.
@@ -595,6 +626,7 @@ class Client:
             gradients: variable name -> gradient (float32, C-contiguous numpy
                 array or CPU tensor; its shape or flat).
             step: the worker's iteration; sync mode averages pushes per step.
+                None: the client's ``sync_step`` (see there).
             loss: the objective at the values the gradients were computed on
                 (the Eve rule needs it; sync mode averages it).
             dtype: wire encoding of the gradients (default: the client's).
@@ -605,7 +637,7 @@ class Client:
         """
         names, grads = self._gradients(gradients)
         try:
-            self._core.push(names, grads, int(step), _loss(loss),
+            self._core.push(names, grads, _step(step), _loss(loss),
                             int(self._wire(dtype)))
         except _core.StatusError as e:
             raise _error(e) from None
@@ -613,7 +645,7 @@ class Client:
     def push_pull(self,
                   gradients: Mapping[str, Any],
                   *,
-                  step: int = 0,
+                  step: Optional[int] = None,
                   loss: Optional[float] = None,
                   dtype: Union[DType, int, str, None] = None,
                   pull_dtype: Union[DType, int, str, None] = None,
@@ -631,7 +663,7 @@ class Client:
         try:
             self._core.push_pull(names, grads, list(outputs.values()),
                                  list(versions.values()) if versions else None,
-                                 int(step), _loss(loss), int(self._wire(dtype)),
+                                 _step(step), _loss(loss), int(self._wire(dtype)),
                                  int(self._wire(pull_dtype)))
         except _core.StatusError as e:
             raise _error(e) from None
@@ -643,7 +675,7 @@ class Client:
                    gradients: Mapping[str, Any],
                    rows: Optional[Mapping[str, Tuple[Any, Any]]] = None,
                    *,
-                   step: int = 0,
+                   step: Optional[int] = None,
                    loss: Optional[float] = None,
                    dtype: Union[DType, int, str, None] = None) -> None:
         """:meth:`push` of dense variables and :meth:`push_rows` of tables in
@@ -660,7 +692,7 @@ class Client:
         """
         call = self._mixed(gradients, rows, None, pull=False)
         try:
-            self._core.push_mixed(*call[:7], int(step), _loss(loss),
+            self._core.push_mixed(*call[:7], _step(step), _loss(loss),
                                   int(self._wire(dtype)), 0)
         except _core.StatusError as e:
             raise _error(e) from None
@@ -669,7 +701,7 @@ class Client:
                         gradients: Mapping[str, Any],
                         rows: Optional[Mapping[str, Tuple[Any, Any]]] = None,
                         *,
-                        step: int = 0,
+                        step: Optional[int] = None,
                         loss: Optional[float] = None,
                         dtype: Union[DType, int, str, None] = None,
                         pull_dtype: Union[DType, int, str, None] = None,
@@ -685,7 +717,7 @@ class Client:
         """
         call = self._mixed(gradients, rows, out, pull=True)
         try:
-            self._core.push_mixed(*call[:7], int(step), _loss(loss),
+            self._core.push_mixed(*call[:7], _step(step), _loss(loss),
                                   int(self._wire(dtype)),
                                   int(self._wire(pull_dtype)))
         except _core.StatusError as e:
@@ -696,7 +728,7 @@ class Client:
                               gradients: Mapping[str, Any],
                               rows: Optional[Mapping[str, Tuple[Any, Any]]] = None,
                               *,
-                              step: int = 0,
+                              step: Optional[int] = None,
                               loss: Optional[float] = None,
                               dtype: Union[DType, int, str, None] = None,
                               pull_dtype: Union[DType, int, str, None] = None,
@@ -706,7 +738,7 @@ class Client:
         call = self._mixed(gradients, rows, out, pull=True)
         try:
             pending = self._core.push_mixed_async(
-                *call[:7], int(step), _loss(loss), int(self._wire(dtype)),
+                *call[:7], _step(step), _loss(loss), int(self._wire(dtype)),
                 int(self._wire(pull_dtype)))
         except _core.StatusError as e:
             raise _error(e) from None
@@ -714,13 +746,13 @@ class Client:
 
     # ------------------------------------------------------------ async forms
 
-    def push_async(self, gradients: Mapping[str, Any], *, step: int = 0,
+    def push_async(self, gradients: Mapping[str, Any], *, step: Optional[int] = None,
                    loss: Optional[float] = None,
                    dtype: Union[DType, int, str, None] = None) -> Future:
         """:meth:`push` without waiting; the Future's result is None."""
         names, grads = self._gradients(gradients)
         try:
-            pending = self._core.push_async(names, grads, int(step), _loss(loss),
+            pending = self._core.push_async(names, grads, _step(step), _loss(loss),
                                             int(self._wire(dtype)))
         except _core.StatusError as e:
             raise _error(e) from None
@@ -744,7 +776,7 @@ class Client:
         return Future(pending, self._answer(name_list, outputs, versions, single,
                                             return_versions))
 
-    def push_pull_async(self, gradients: Mapping[str, Any], *, step: int = 0,
+    def push_pull_async(self, gradients: Mapping[str, Any], *, step: Optional[int] = None,
                         loss: Optional[float] = None,
                         dtype: Union[DType, int, str, None] = None,
                         pull_dtype: Union[DType, int, str, None] = None,
@@ -756,7 +788,7 @@ class Client:
         try:
             pending = self._core.push_pull_async(
                 names, grads, list(outputs.values()),
-                list(versions.values()) if versions else None, int(step),
+                list(versions.values()) if versions else None, _step(step),
                 _loss(loss), int(self._wire(dtype)), int(self._wire(pull_dtype)))
         except _core.StatusError as e:
             raise _error(e) from None
@@ -848,3 +880,7 @@ class Client:
 
 def _loss(loss: Optional[float]) -> Optional[float]:
     return None if loss is None else float(loss)
+
+
+def _step(step: Optional[int]) -> Optional[int]:
+    return None if step is None else int(step)

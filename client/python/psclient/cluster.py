@@ -170,6 +170,15 @@ class LocalCluster:
             proc.kill()
             return proc.wait()
 
+    def kill_shard(self, shard: int) -> int:
+        """SIGKILLs one shard (a crash: no final checkpoint) and waits for
+        it; returns its exit code. Its address stays reserved for
+        :meth:`restart_shard`."""
+        proc = self._procs[shard]
+        if proc.poll() is None:
+            proc.kill()
+        return proc.wait()
+
     def restart_shard(self, shard: int) -> None:
         """Starts a stopped shard again on the port it had (its state is
         what its flags restore, e.g. from --checkpoint_dir)."""

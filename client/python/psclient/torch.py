@@ -144,7 +144,12 @@ class RemoteOptimizer:
         In sync mode a parameter without a gradient is pushed as zeros, so that
         every block completes every step. If the step was already applied
         (this worker fell behind), the parameters are refreshed from the
-        server and the step counter moves to the server's step.
+        server and the step counter moves to the server's step. If the
+        cluster went back to a checkpoint (a shard restarted from it, see
+        docs/checkpoints.md), the gradient is not applied, the parameters
+        hold the checkpoint's values and ``step_count`` moves to the step it
+        resumes from: a loop that picks its data by ``step_count`` redoes
+        those steps.
         """
         if callable(loss):
             with torch.enable_grad():
@@ -167,6 +172,7 @@ class RemoteOptimizer:
         # that can take them (float32, contiguous, on the CPU).
         direct = {name: p.detach() for name, p in self._params
                   if name in gradients and _writable_in_place(p)}
+        rollbacks = self.client.rollbacks
         try:
             values = self.client.push_pull(gradients, step=self.step_count, loss=value,
                                            dtype=self._dtype, pull_dtype=self._dtype,
@@ -180,7 +186,15 @@ class RemoteOptimizer:
             self.last_loss = value
             return value
         self._write_back({n: v for n, v in values.items() if n not in direct})
-        self.step_count += 1
+        if self.client.rollbacks != rollbacks:
+            # The cluster went back to a checkpoint: the gradient was not
+            # applied, the parameters now hold the checkpoint's values, and
+            # the next step is the one it resumes from.
+            self.step_count = self.client.sync_step
+            _LOG.warning("the cluster went back to a checkpoint; continuing at "
+                         "step %d", self.step_count)
+        else:
+            self.step_count += 1
         self.last_loss = value
         return value
 

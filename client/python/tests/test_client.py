@@ -636,6 +636,142 @@ class SyncTest(unittest.TestCase):
                 c.close()
 
 
+
+class SyncRollBackTest(unittest.TestCase):
+    """A sync shard killed with SIGKILL and restarted from a checkpoint takes
+    the cluster back to it: psclient workers whose loop reads its step from
+    ``client.sync_step`` (and passes none) redo the steps since, with no code
+    for it, and end bit for bit where an uninterrupted run ends."""
+
+    SIZE = 24
+    STEPS = 30
+
+    @staticmethod
+    def gradient(worker: int, step: int, values: np.ndarray) -> np.ndarray:
+        i = np.arange(SyncRollBackTest.SIZE, dtype=np.float32)
+        return (np.float32(0.5) * values +
+                np.sin(np.float32(0.37) * i + np.float32(0.91 * step + 1.3 * worker))
+                ).astype(np.float32)
+
+    def run_training(self, interrupt: bool):
+        folder = tempfile.mkdtemp(prefix="psclient-rollback-")
+        self.addCleanup(shutil.rmtree, folder, True)
+        checkpointed, restarted = threading.Event(), threading.Event()
+        results, failures = {}, {}
+        with LocalCluster(1, block_size=8, consistency="sync", num_workers=2,
+                          optimizer="adam {} learning_rate: 0.01",
+                          extra_args=[f"--checkpoint_dir={folder}"]) as cluster:
+            clients = [Client(cluster.addresses, worker_id=f"w{i}",
+                              retry=RetryPolicy(initial_backoff=0.02,
+                                                max_backoff=0.2))
+                       for i in range(2)]
+            for c in clients:
+                c.create_variable("rb/v", initial=np.cos(
+                    np.float32(0.11) * np.arange(self.SIZE, dtype=np.float32)))
+
+            def work(i: int) -> None:
+                client = clients[i]
+                try:
+                    values = client.pull("rb/v")
+                    while client.sync_step < self.STEPS:
+                        step = client.sync_step
+                        if interrupt and step == 10:
+                            checkpointed.wait(60)
+                        if interrupt and step == 20:
+                            restarted.wait(60)
+                        values = client.push_pull(
+                            {"rb/v": self.gradient(i, step, values)})["rb/v"]
+                    results[i] = (values, client.rollbacks, client.resume_step)
+                except Exception as e:  # reported by the test below
+                    failures[i] = e
+
+            threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+            for t in threads:
+                t.start()
+            checkpoint_step = None
+            if interrupt:
+                channel = grpc.insecure_channel(cluster.addresses[0])
+                admin = ps_pb2_grpc.AdminServiceStub(channel)
+                deadline = time.monotonic() + 60
+                while (min(c.sync_step for c in clients) < 10 and
+                       time.monotonic() < deadline):
+                    time.sleep(0.005)
+                answer = admin.Checkpoint(ps_pb2.CheckpointRequest(), timeout=30)
+                channel.close()
+                self.assertTrue(answer.parts[0].sync_cut)
+                checkpoint_step = answer.parts[0].sync_step
+                checkpointed.set()
+                while (min(c.sync_step for c in clients) < 20 and
+                       time.monotonic() < deadline):
+                    time.sleep(0.005)
+                self.assertEqual(cluster.kill_shard(0), -9)
+                cluster.restart_shard(0)
+                restarted.set()
+            for t in threads:
+                t.join(timeout=120)
+            for c in clients:
+                c.close()
+        self.assertEqual(failures, {})
+        return results, checkpoint_step
+
+    def test_workers_redo_the_steps_since_the_checkpoint_bit_for_bit(self):
+        interrupted, checkpoint_step = self.run_training(True)
+        straight, _ = self.run_training(False)
+        self.assertEqual(checkpoint_step, 10)
+        for i in range(2):
+            values, rollbacks, resume_step = interrupted[i]
+            self.assertEqual(rollbacks, 1)
+            self.assertEqual(resume_step, checkpoint_step)
+            self.assertEqual(straight[i][1], 0)
+            np.testing.assert_array_equal(values.view(np.uint32),
+                                          straight[i][0].view(np.uint32))
+
+
+    def train_with_remote_optimizer(self, interrupt: bool):
+        folder = tempfile.mkdtemp(prefix="psclient-rollback-")
+        self.addCleanup(shutil.rmtree, folder, True)
+        torch.manual_seed(3)
+        model = torch.nn.Linear(8, 4)
+        inputs = torch.sin(torch.arange(40 * 8, dtype=torch.float32)).reshape(40, 8)
+        targets = torch.cos(torch.arange(40 * 4, dtype=torch.float32)).reshape(40, 4)
+        steps_seen = []
+        with LocalCluster(1, block_size=8, consistency="sync", num_workers=1,
+                          extra_args=[f"--checkpoint_dir={folder}"]) as cluster:
+            with Client(cluster.addresses,
+                        retry=RetryPolicy(initial_backoff=0.02,
+                                          max_backoff=0.2)) as client:
+                opt = RemoteOptimizer(model.named_parameters(), client,
+                                      "adam {} learning_rate: 0.05",
+                                      prefix="rbopt/")
+                while opt.step_count < self.STEPS:
+                    step = opt.step_count
+                    steps_seen.append(step)
+                    if interrupt and step == 10 and steps_seen.count(10) == 1:
+                        with grpc.insecure_channel(cluster.addresses[0]) as channel:
+                            ps_pb2_grpc.AdminServiceStub(channel).Checkpoint(
+                                ps_pb2.CheckpointRequest(), timeout=30)
+                    if interrupt and step == 20 and steps_seen.count(20) == 1:
+                        cluster.kill_shard(0)
+                        cluster.restart_shard(0)
+                    opt.zero_grad()
+                    loss = torch.nn.functional.mse_loss(
+                        model(inputs[step:step + 4]), targets[step:step + 4])
+                    loss.backward()
+                    opt.step(loss)
+                rollbacks = client.rollbacks
+        return [p.detach().clone() for p in model.parameters()], steps_seen, rollbacks
+
+    def test_remote_optimizer_steps_back_with_the_cluster(self):
+        params, steps, rollbacks = self.train_with_remote_optimizer(True)
+        straight, straight_steps, _ = self.train_with_remote_optimizer(False)
+        self.assertEqual(rollbacks, 1)
+        # Step 20 met the roll-back; steps 10..19 were redone.
+        self.assertEqual(steps, list(range(21)) + list(range(10, self.STEPS)))
+        self.assertEqual(straight_steps, list(range(self.STEPS)))
+        for p, q in zip(params, straight):
+            torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
 class RemoteOptimizerTest(unittest.TestCase):
 
     @classmethod
