@@ -32,7 +32,7 @@ import numpy as np
 from google.protobuf import text_format
 
 from psclient._stubs import core as _core
-from psclient._stubs import ps_pb2
+from psclient._stubs import ps_pb2, ps_pb2_grpc
 from psclient.partition import PartitionPlan
 
 OptimizerLike = Union["ps_pb2.OptimizerConfig", str, None]
@@ -260,6 +260,10 @@ class Client:
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         self._dtype = DType.parse(dtype)
+        self._token = token or ""
+        self._tls_ca_file = tls_ca_file or ""
+        self._tls_server_name = tls_server_name or ""
+        self._timeout = float(timeout)
         self._shapes_lock = threading.Lock()
         self._shapes: Dict[str, Tuple[int, ...]] = {}
         self._sizes: Dict[str, int] = {}
@@ -585,6 +589,62 @@ class Client:
         except _core.StatusError as e:
             raise _error(e) from None
         return self._answer(names, outputs, versions, False, return_versions)
+
+    # ----------------------------------------------- optimizer configs (admin)
+
+    def get_optimizer(self, name: str = "") -> "ps_pb2.OptimizerConfig":
+        """The optimizer of variable or table ``name`` ("" = the default), as
+        shard 0 holds it (``AdminService.GetOptimizer``)."""
+        with self._admin_channel(self._addresses[0]) as channel:
+            stub = ps_pb2_grpc.AdminServiceStub(channel)
+            try:
+                return stub.GetOptimizer(ps_pb2.GetOptimizerRequest(variable=name),
+                                         timeout=self._timeout,
+                                         metadata=self._metadata())
+            except grpc.RpcError as e:
+                raise PsError(e.code(), e.details() or "", self._addresses[0]) from None
+
+    def set_optimizer(self, names: Union[str, Iterable[str]],
+                      optimizer: OptimizerLike, *,
+                      reset_state: bool = False) -> None:
+        """Sets the own optimizer of each variable or table in ``names`` on
+        every shard (``AdminService.SetOptimizer``).
+
+        With the same rule, every slot and step count is kept (a new
+        learning rate takes effect at the next update); see
+        docs/optimizers.md for a change of rule. Needs a token that may call
+        AdminService when the shards check tokens.
+        """
+        config = parse_optimizer(optimizer)
+        if config is None:
+            raise ValueError("set_optimizer needs a config")
+        name_list = [names] if isinstance(names, str) else list(names)
+        for address in self._addresses:
+            with self._admin_channel(address) as channel:
+                stub = ps_pb2_grpc.AdminServiceStub(channel)
+                for name in name_list:
+                    request = ps_pb2.SetOptimizerRequest(
+                        variable=name, config=config, reset_state=reset_state)
+                    try:
+                        stub.SetOptimizer(request, timeout=self._timeout,
+                                          metadata=self._metadata())
+                    except grpc.RpcError as e:
+                        raise PsError(e.code(), f"shard at {address}: "
+                                      f"SetOptimizer('{name}'): {e.details()}",
+                                      address) from None
+
+    def _metadata(self) -> List[Tuple[str, str]]:
+        return [("authorization", "Bearer " + self._token)] if self._token else []
+
+    def _admin_channel(self, address: str) -> "grpc.Channel":
+        if not self._tls_ca_file:
+            return grpc.insecure_channel(address)
+        with open(self._tls_ca_file, "rb") as f:
+            credentials = grpc.ssl_channel_credentials(root_certificates=f.read())
+        options = []
+        if self._tls_server_name:
+            options.append(("grpc.ssl_target_name_override", self._tls_server_name))
+        return grpc.secure_channel(address, credentials, options=options)
 
     # ------------------------------------------------------------ async forms
 
