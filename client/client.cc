@@ -32,6 +32,7 @@ using client_internal::MakePromise;
 using client_internal::PullItem;
 using client_internal::PushItem;
 using client_internal::PushLane;
+using client_internal::RowPushItem;
 using client_internal::Shard;
 using client_internal::ShardCall;
 
@@ -345,6 +346,40 @@ absl::StatusOr<uint32_t> RowDim(std::string_view table, size_t ids,
   return static_cast<uint32_t>(values / ids);
 }
 
+// Checks the tables of a push and makes their items: INVALID_ARGUMENT for
+// an empty or repeated table name, gradients that are not whole rows, or
+// rows_after of another size than the gradients (or given to a push).
+absl::StatusOr<std::vector<RowPushItem>> RowItems(
+    std::span<const RowGradients> rows, bool answered) {
+  std::vector<RowPushItem> items;
+  absl::flat_hash_set<std::string_view> seen;
+  for (const RowGradients& r : rows) {
+    const std::string table(r.table);
+    if (table.empty()) return absl::InvalidArgumentError("table name is empty");
+    if (!seen.insert(r.table).second) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("table '", table, "' appears twice in one call"));
+    }
+    uint32_t dim = 1;
+    if (!r.ids.empty() || !r.grads.empty()) {
+      PS_ASSIGN_OR_RETURN(
+          dim, RowDim(r.table, r.ids.size(), r.grads.size(), "gradient"));
+    }
+    if (!r.rows_after.empty() && !answered) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("a push answers no rows; use PushPull to read table '",
+                       table, "' after it"));
+    }
+    if (!r.rows_after.empty() && r.rows_after.size() != r.grads.size()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "the output for table '", table, "' holds ", r.rows_after.size(),
+          " values; the gradient holds ", r.grads.size()));
+    }
+    items.push_back(RowPushItem{table, dim, r.ids, r.grads, r.rows_after});
+  }
+  return items;
+}
+
 }  // namespace
 
 absl::Status Client::PullRows(std::string_view table,
@@ -364,15 +399,8 @@ absl::Status Client::PushRows(std::string_view table,
                               std::span<const uint64_t> ids,
                               std::span<const float> grads,
                               const PushOptions& options) {
-  uint32_t dim = 1;
-  if (!ids.empty() || !grads.empty()) {
-    PS_ASSIGN_OR_RETURN(dim,
-                        RowDim(table, ids.size(), grads.size(), "gradient"));
-  }
-  auto [done, future] = MakePromise();
-  core_->StartPushRows(std::string(table), dim, ids, grads, {}, options,
-                       std::move(done));
-  return future.get();
+  const RowGradients item{table, ids, grads};
+  return Push({}, std::span<const RowGradients>(&item, 1), options);
 }
 
 absl::Status Client::PushPullRows(std::string_view table,
@@ -381,17 +409,13 @@ absl::Status Client::PushPullRows(std::string_view table,
                                   std::span<float> rows,
                                   const PushOptions& options) {
   if (ids.empty()) return PushRows(table, ids, grads, options);
-  PS_ASSIGN_OR_RETURN(const uint32_t dim,
-                      RowDim(table, ids.size(), grads.size(), "gradient"));
-  if (rows.size() != grads.size()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "the output for table '", std::string(table), "' holds ", rows.size(),
-        " values; the gradient holds ", grads.size()));
+  if (rows.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the output for table '", std::string(table),
+                     "' holds no values; the gradient holds ", grads.size()));
   }
-  auto [done, future] = MakePromise();
-  core_->StartPushRows(std::string(table), dim, ids, grads, rows, options,
-                       std::move(done));
-  return future.get();
+  const RowGradients item{table, ids, grads, rows};
+  return PushPull({}, std::span<const RowGradients>(&item, 1), options);
 }
 
 absl::Status Client::Push(std::string_view name,
@@ -430,7 +454,27 @@ absl::Status Client::PushPull(std::span<const NamedUpdate> updates,
   return PushPullAsync(updates, options).get();
 }
 
+absl::Status Client::Push(std::span<const NamedGradient> gradients,
+                          std::span<const RowGradients> rows,
+                          const PushOptions& options) {
+  auto [done, future] = MakePromise();
+  PushAsync(gradients, rows, options, std::move(done));
+  return future.get();
+}
+
+absl::Status Client::PushPull(std::span<const NamedUpdate> updates,
+                              std::span<const RowGradients> rows,
+                              const PushOptions& options) {
+  return PushPullAsync(updates, rows, options).get();
+}
+
 void Client::PushAsync(std::span<const NamedGradient> gradients,
+                       const PushOptions& options, DoneCallback done) {
+  PushAsync(gradients, {}, options, std::move(done));
+}
+
+void Client::PushAsync(std::span<const NamedGradient> gradients,
+                       std::span<const RowGradients> rows,
                        const PushOptions& options, DoneCallback done) {
   absl::Status valid = CheckNames(gradients);
   if (valid.ok()) valid = CheckDType(options.dtype);
@@ -440,11 +484,15 @@ void Client::PushAsync(std::span<const NamedGradient> gradients,
     valid = core_->CheckSize(g.variable, g.gradient.size(), "gradient");
     items.push_back(PushItem{std::string(g.variable), g.gradient});
   }
+  absl::StatusOr<std::vector<RowPushItem>> row_items =
+      RowItems(rows, /*answered=*/false);
+  if (valid.ok()) valid = row_items.status();
   if (!valid.ok()) {
     done(std::move(valid));
     return;
   }
-  core_->StartPush(std::move(items), nullptr, options, std::move(done));
+  core_->StartPush(std::move(items), *std::move(row_items), nullptr, options,
+                   std::move(done));
 }
 
 void Client::PullAsync(std::span<const NamedValues> values,
@@ -472,6 +520,12 @@ void Client::PullAsync(std::span<const NamedValues> values,
 
 void Client::PushPullAsync(std::span<const NamedUpdate> updates,
                            const PushOptions& options, DoneCallback done) {
+  PushPullAsync(updates, {}, options, std::move(done));
+}
+
+void Client::PushPullAsync(std::span<const NamedUpdate> updates,
+                           std::span<const RowGradients> rows,
+                           const PushOptions& options, DoneCallback done) {
   absl::Status valid = CheckNames(updates);
   if (valid.ok()) valid = CheckDType(options.dtype);
   if (valid.ok()) valid = CheckDType(options.pull_dtype);
@@ -492,12 +546,15 @@ void Client::PushPullAsync(std::span<const NamedUpdate> updates,
     outputs->push_back(u.values);
     versions->push_back(u.versions);
   }
+  absl::StatusOr<std::vector<RowPushItem>> row_items =
+      RowItems(rows, /*answered=*/true);
+  if (valid.ok()) valid = row_items.status();
   if (!valid.ok()) {
     done(std::move(valid));
     return;
   }
-  core_->StartPush(std::move(items), std::move(outputs), options,
-                   std::move(done), std::move(versions));
+  core_->StartPush(std::move(items), *std::move(row_items), std::move(outputs),
+                   options, std::move(done), std::move(versions));
 }
 
 std::future<absl::Status> Client::PushAsync(
@@ -518,6 +575,14 @@ std::future<absl::Status> Client::PushPullAsync(
     std::span<const NamedUpdate> updates, const PushOptions& options) {
   auto [done, future] = MakePromise();
   PushPullAsync(updates, options, std::move(done));
+  return std::move(future);
+}
+
+std::future<absl::Status> Client::PushPullAsync(
+    std::span<const NamedUpdate> updates, std::span<const RowGradients> rows,
+    const PushOptions& options) {
+  auto [done, future] = MakePromise();
+  PushPullAsync(updates, rows, options, std::move(done));
   return std::move(future);
 }
 

@@ -189,6 +189,17 @@ struct NamedUpdate {
   std::span<uint64_t> versions = {};
 };
 
+// One table's rows in a push or push-pull beside dense variables: gradients
+// for `ids` (any order; repeats are summed first), ids.size() x dim values,
+// and, for a push-pull, where the rows after it go (ids.size() x dim, the
+// caller's order; empty: not wanted).
+struct RowGradients {
+  std::string_view table;
+  std::span<const uint64_t> ids;
+  std::span<const float> grads;
+  std::span<float> rows_after = {};
+};
+
 // A connection to every shard of one cluster.
 //
 // Thread safety: every method may be called concurrently from any thread.
@@ -293,6 +304,18 @@ class Client {
   absl::Status PushPull(std::span<const NamedUpdate> updates,
                         const PushOptions& options = {});
 
+  // Dense variables and table rows in one call: each shard gets one request
+  // with its blocks and its rows (more only when they exceed part_bytes),
+  // every shard gets every table (perhaps with no rows; see PushRows), and
+  // all of it is one exactly-once push per request. One step and loss for
+  // all. REQUIRES: no variable or table appears twice.
+  absl::Status Push(std::span<const NamedGradient> gradients,
+                    std::span<const RowGradients> rows,
+                    const PushOptions& options = {});
+  absl::Status PushPull(std::span<const NamedUpdate> updates,
+                        std::span<const RowGradients> rows,
+                        const PushOptions& options = {});
+
   // ---- sparse tables (DESIGN.md, "Sparse tables")
 
   // Creates the table on every shard (each holds the rows row_shard gives
@@ -326,6 +349,12 @@ class Client {
                  const PullOptions& options, DoneCallback done);
   void PushPullAsync(std::span<const NamedUpdate> updates,
                      const PushOptions& options, DoneCallback done);
+  void PushAsync(std::span<const NamedGradient> gradients,
+                 std::span<const RowGradients> rows, const PushOptions& options,
+                 DoneCallback done);
+  void PushPullAsync(std::span<const NamedUpdate> updates,
+                     std::span<const RowGradients> rows,
+                     const PushOptions& options, DoneCallback done);
 
   // Async forms, with a handle.
   std::future<absl::Status> PushAsync(std::span<const NamedGradient> gradients,
@@ -333,6 +362,9 @@ class Client {
   std::future<absl::Status> PullAsync(std::span<const NamedValues> values,
                                       const PullOptions& options = {});
   std::future<absl::Status> PushPullAsync(std::span<const NamedUpdate> updates,
+                                          const PushOptions& options = {});
+  std::future<absl::Status> PushPullAsync(std::span<const NamedUpdate> updates,
+                                          std::span<const RowGradients> rows,
                                           const PushOptions& options = {});
   std::future<absl::Status> PushAsync(std::string_view name,
                                       std::span<const float> gradient,

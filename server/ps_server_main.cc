@@ -23,6 +23,7 @@
 #include "common/tune_malloc.h"
 #include "server/memory_limit.h"
 #include "server/optimizer/adam.h"
+#include "server/optimizer/simd.h"
 #include "server/optimizer/update.h"
 #include "server/server.h"
 
@@ -269,9 +270,9 @@ int main(int argc, char** argv) {
       options.max_connection_bytes >> 20);
   spdlog::info(
       "updates: a block of {} values or more on up to {} thread(s) "
-      "(--update_threads); Adam and Eve on {}",
+      "(--update_threads); Adam, Eve, Adagrad and RMSProp on {}",
       ps::optimizer::kParallelMinValues, options.update_threads,
-      ps::optimizer::BestAdamSimd() == ps::optimizer::AdamSimd::kAvx
+      ps::optimizer::BestSimd() == ps::optimizer::Simd::kAvx
           ? "AVX"
           : "the build's baseline instructions");
   if ((*server)->metrics_port() >= 0) {

@@ -48,7 +48,55 @@ absl::Status ClientCore::CheckSize(std::string_view name, uint64_t size,
       absl::string_view(what.data(), what.size()), " has ", size));
 }
 
-void ClientCore::StartPush(std::vector<PushItem> items, Outputs outputs,
+namespace {
+
+// One table of a push, shared by the call's requests (which write disjoint
+// rows of `out`).
+struct RowsCall {
+  uint32_t dim = 0;
+  CoalescedIds ids;
+  std::vector<std::vector<size_t>> callers;
+  std::span<float> out;  // empty: the rows after the push are not wanted
+};
+
+// The rows of one RowSlice of a request: the table (index into the call's
+// tables) and the unique-id index of each id.
+struct SliceRows {
+  size_t table = 0;
+  std::vector<size_t> rows;
+};
+
+// A request of a push: its dense slices' call items, and its row slices'.
+struct PushPart {
+  v1::PushRequest request;
+  std::vector<size_t> items;
+  std::vector<SliceRows> rows;  // one per request.rows(), in order
+};
+
+// Decodes a PushPull answer's rows into the calls that want them.
+absl::Status DecodePushedRows(const v1::PushRequest& request,
+                              const std::vector<SliceRows>& rows,
+                              const std::vector<RowsCall>& calls,
+                              v1::DType dtype, const v1::PullResponse& answer) {
+  if (answer.rows_size() != request.rows_size()) {
+    return absl::InternalError(
+        absl::StrCat("the shard answered ", answer.rows_size(),
+                     " row slices for the ", request.rows_size(), " pushed"));
+  }
+  for (size_t k = 0; k < rows.size(); ++k) {
+    const RowsCall& call = calls[rows[k].table];
+    if (call.out.empty()) continue;
+    PS_RETURN_IF_ERROR(DecodeRows(request.rows(k), rows[k].rows, call.dim,
+                                  dtype, answer.rows(k), call.callers,
+                                  call.out));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+void ClientCore::StartPush(std::vector<PushItem> items,
+                           std::vector<RowPushItem> rows, Outputs outputs,
                            const PushOptions& push_options, DoneCallback done,
                            Versions versions) {
   const bool answered = outputs != nullptr;
@@ -58,16 +106,69 @@ void ClientCore::StartPush(std::vector<PushItem> items, Outputs outputs,
   header.set_step(push_options.step);
   if (push_options.loss.has_value()) header.set_loss(*push_options.loss);
   if (answered) header.set_pull_dtype(push_options.pull_dtype);
-  absl::StatusOr<ShardParts<v1::PushRequest>> parts = SplitPush(
-      *plan, items, header, push_options.dtype, answered, split_limits());
-  Fanout* fanout = StartFanout(this, parts, done);
-  if (fanout == nullptr) return;
+  const SplitLimits limits = split_limits();
+  absl::StatusOr<ShardParts<v1::PushRequest>> dense =
+      SplitPush(*plan, items, header, push_options.dtype, answered, limits);
+  if (!dense.ok()) {
+    done(dense.status());
+    return;
+  }
+  std::vector<std::vector<PushPart>> parts(dense->size());
+  for (size_t s = 0; s < dense->size(); ++s) {
+    for (Part<v1::PushRequest>& part : (*dense)[s]) {
+      parts[s].push_back({std::move(part.request), std::move(part.items), {}});
+    }
+  }
+  // Each table's rows join the shard's last request when both fit in
+  // part_bytes together, and go in a request of their own otherwise.
+  auto calls = std::make_shared<std::vector<RowsCall>>(rows.size());
+  for (size_t t = 0; t < rows.size(); ++t) {
+    const RowPushItem& table = rows[t];
+    RowsCall& call = (*calls)[t];
+    call.dim = table.dim;
+    call.ids = Coalesce(table.ids);
+    if (!table.rows_after.empty()) {
+      call.callers = CallersOf(call.ids);
+      call.out = table.rows_after;
+    }
+    const std::vector<float> sums = SumRows(call.ids, table.grads, table.dim);
+    absl::StatusOr<ShardRowParts<v1::PushRequest>> row_parts = SplitPushRows(
+        plan->num_shards(), table.table, table.dim, call.ids, sums, header,
+        push_options.dtype, answered, /*every_shard=*/true, limits);
+    if (!row_parts.ok()) {
+      done(row_parts.status());
+      return;
+    }
+    for (size_t s = 0; s < row_parts->size(); ++s) {
+      for (RowPart<v1::PushRequest>& row_part : (*row_parts)[s]) {
+        v1::RowSlice& slice = *row_part.request.mutable_rows(0);
+        if (!parts[s].empty() &&
+            parts[s].back().request.ByteSizeLong() + slice.ByteSizeLong() <=
+                limits.part_bytes) {
+          PushPart& last = parts[s].back();
+          *last.request.add_rows() = std::move(slice);
+          last.rows.push_back({t, std::move(row_part.rows)});
+        } else {
+          parts[s].push_back({std::move(row_part.request),
+                              {},
+                              {{t, std::move(row_part.rows)}}});
+        }
+      }
+    }
+  }
+  size_t count = 0;
+  for (const auto& list : parts) count += list.size();
+  if (count == 0) {
+    done(absl::OkStatus());
+    return;
+  }
+  auto* fanout = new Fanout(this, count, std::move(done));
   const v1::DType pull_dtype = push_options.pull_dtype;
-  for (size_t s = 0; s < parts->size(); ++s) {
+  for (size_t s = 0; s < parts.size(); ++s) {
     std::vector<PushLane::Send> sends;
-    for (Part<v1::PushRequest>& part : (*parts)[s]) {
+    for (PushPart& part : parts[s]) {
       sends.push_back([this, fanout, s, part = std::move(part), outputs,
-                       versions, pull_dtype](uint64_t seq) mutable {
+                       versions, calls, pull_dtype](uint64_t seq) mutable {
         part.request.set_seq(seq);
         EncodedPush request = EncodePush(std::move(part.request));
         if (outputs == nullptr) {
@@ -82,7 +183,8 @@ void ClientCore::StartPush(std::vector<PushItem> items, Outputs outputs,
         }
         ShardCall<EncodedPush, ReceivedSlices>::Start(
             this, s, std::move(request), &CallPushPull,
-            [this, fanout, s, items = std::move(part.items), outputs, versions,
+            [this, fanout, s, items = std::move(part.items),
+             rows = std::move(part.rows), outputs, versions, calls,
              pull_dtype](const grpc::Status& status, const EncodedPush& request,
                          ReceivedSlices& response) {
               absl::Status result = FromGrpcStatus(status);
@@ -91,6 +193,10 @@ void ClientCore::StartPush(std::vector<PushItem> items, Outputs outputs,
                                       pull_dtype, response.message.values(),
                                       response.data, *outputs,
                                       VersionsOf(versions), plan->block_size());
+              }
+              if (result.ok()) {
+                result = DecodePushedRows(request.head, rows, *calls,
+                                          pull_dtype, response.message);
               }
               lanes[s]->Release();
               fanout->Finish(s, std::move(result));
@@ -133,100 +239,13 @@ void ClientCore::StartPull(std::vector<PullItem> items, Outputs outputs,
   }
 }
 
-namespace {
-
-// Where a rows call's answers go, shared by its requests (which write
-// disjoint rows of `out`).
-struct RowsCall {
-  CoalescedIds ids;
-  std::vector<std::vector<size_t>> callers;
-  std::span<float> out;
-};
-
-}  // namespace
-
-void ClientCore::StartPushRows(const std::string& table, uint32_t dim,
-                               std::span<const uint64_t> ids,
-                               std::span<const float> grads,
-                               std::span<float> rows_after,
-                               const PushOptions& push_options,
-                               DoneCallback done) {
-  const bool answered = !rows_after.empty();
-  auto call = std::make_shared<RowsCall>();
-  call->ids = Coalesce(ids);
-  if (answered) {
-    call->callers = CallersOf(call->ids);
-    call->out = rows_after;
-  }
-  const std::vector<float> sums = SumRows(call->ids, grads, dim);
-  v1::PushRequest header;
-  header.set_worker_id(worker_id);
-  header.set_epoch(epoch);
-  header.set_step(push_options.step);
-  if (push_options.loss.has_value()) header.set_loss(*push_options.loss);
-  if (answered) header.set_pull_dtype(push_options.pull_dtype);
-  // Every shard gets a push, perhaps of no rows: each shard's table step
-  // then counts every push of the table, as torch's optimizer step counts
-  // every step() (SparseAdam's bias correction uses it), and in sync mode
-  // each step counts every worker.
-  absl::StatusOr<ShardRowParts<v1::PushRequest>> parts = SplitPushRows(
-      plan->num_shards(), table, dim, call->ids, sums, header,
-      push_options.dtype, answered, /*every_shard=*/true, split_limits());
-  if (!parts.ok()) {
-    done(parts.status());
-    return;
-  }
-  size_t count = 0;
-  for (const auto& list : *parts) count += list.size();
-  if (count == 0) {
-    done(absl::OkStatus());
-    return;
-  }
-  auto* fanout = new Fanout(this, count, std::move(done));
-  const v1::DType pull_dtype = push_options.pull_dtype;
-  for (size_t s = 0; s < parts->size(); ++s) {
-    std::vector<PushLane::Send> sends;
-    for (RowPart<v1::PushRequest>& part : (*parts)[s]) {
-      sends.push_back([this, fanout, s, part = std::move(part), call, dim,
-                       answered, pull_dtype](uint64_t seq) mutable {
-        part.request.set_seq(seq);
-        EncodedPush request = EncodePush(std::move(part.request));
-        if (!answered) {
-          ShardCall<EncodedPush, grpc::ByteBuffer>::Start(
-              this, s, std::move(request), &CallPush,
-              [this, fanout, s](const grpc::Status& status, const EncodedPush&,
-                                grpc::ByteBuffer&) {
-                lanes[s]->Release();
-                fanout->Finish(s, FromGrpcStatus(status));
-              });
-          return;
-        }
-        ShardCall<EncodedPush, ReceivedSlices>::Start(
-            this, s, std::move(request), &CallPushPull,
-            [this, fanout, s, rows = std::move(part.rows), call, dim,
-             pull_dtype](const grpc::Status& status, const EncodedPush& request,
-                         ReceivedSlices& response) {
-              absl::Status result = FromGrpcStatus(status);
-              if (result.ok()) {
-                result = DecodeRows(request.head.rows(0), rows, dim, pull_dtype,
-                                    response.message.rows(), call->callers,
-                                    call->out);
-              }
-              lanes[s]->Release();
-              fanout->Finish(s, std::move(result));
-            });
-      });
-    }
-    if (!sends.empty()) lanes[s]->Enqueue(std::move(sends));
-  }
-}
-
 void ClientCore::StartPullRows(const std::string& table, uint32_t dim,
                                std::span<const uint64_t> ids,
                                std::span<float> rows,
                                const PullOptions& pull_options,
                                DoneCallback done) {
   auto call = std::make_shared<RowsCall>();
+  call->dim = dim;
   call->ids = Coalesce(ids);
   call->callers = CallersOf(call->ids);
   call->out = rows;
@@ -253,10 +272,15 @@ void ClientCore::StartPullRows(const std::string& table, uint32_t dim,
               const grpc::Status& status, const EncodedPull& request,
               ReceivedSlices& response) {
             absl::Status result = FromGrpcStatus(status);
+            if (result.ok() && response.message.rows_size() != 1) {
+              result = absl::InternalError(absl::StrCat(
+                  "the shard answered ", response.message.rows_size(),
+                  " row slices for the 1 asked"));
+            }
             if (result.ok()) {
-              result =
-                  DecodeRows(request.head.rows(0), rows, dim, dtype,
-                             response.message.rows(), call->callers, call->out);
+              result = DecodeRows(request.head.rows(0), rows, dim, dtype,
+                                  response.message.rows(0), call->callers,
+                                  call->out);
             }
             fanout->Finish(s, std::move(result));
           });

@@ -91,15 +91,21 @@ class ClientCore {
   absl::Status CheckSize(std::string_view name, uint64_t size,
                          std::string_view what);
 
-  // Starts a push of `items` (PushPull when `outputs` is not null: the
-  // values after it go there, outputs[i] for items[i]): split into parts,
-  // queued on each shard's lane, and sent. `done` runs once, with OK or
-  // with every failed shard named (fanout.h); on this thread, before this
-  // returns, when the split fails or there is nothing to send. PushPull
-  // writes the answered blocks' versions into `versions` when it is given.
-  // REQUIRES: Connect has finished; names and sizes were checked.
-  void StartPush(std::vector<PushItem> items, Outputs outputs,
-                 const PushOptions& options, DoneCallback done,
+  // Starts a push of `items` and of `rows` (PushPull when `outputs` is not
+  // null: the values after it go there, outputs[i] for items[i], and each
+  // table's rows after it to its rows_after when that is not empty): split
+  // into parts, queued on each shard's lane, and sent. Each shard gets one
+  // request for the call where the limits allow: a table's rows travel in
+  // the same request as the dense blocks, and every shard gets each table
+  // (perhaps with no rows), so that a table's step counts every push, as
+  // torch's optimizer step does. `done` runs once, with OK or with every
+  // failed shard named (fanout.h); on this thread, before this returns,
+  // when the split fails or there is nothing to send. PushPull writes the
+  // answered blocks' versions into `versions` when it is given.
+  // REQUIRES: Connect has finished; names and sizes were checked; rows have
+  // rows_after only when `outputs` is not null.
+  void StartPush(std::vector<PushItem> items, std::vector<RowPushItem> rows,
+                 Outputs outputs, const PushOptions& options, DoneCallback done,
                  Versions versions = nullptr);
   // Starts a pull of `items` into `outputs` (outputs[i] for items[i]); all
   // of its requests are sent at once. `done` and `versions` as for
@@ -108,14 +114,6 @@ class ClientCore {
                  const PullOptions& options, DoneCallback done,
                  Versions versions = nullptr);
 
-  // A push of one table's rows: `ids` (repeats summed first) with `grads`
-  // (ids.size() x dim); with `rows_after` (ids.size() x dim), a PushPull
-  // whose answers are written there in the caller's order. Each shard's
-  // parts go on its lane, as a dense push's do. `done` as for StartPush.
-  void StartPushRows(const std::string& table, uint32_t dim,
-                     std::span<const uint64_t> ids,
-                     std::span<const float> grads, std::span<float> rows_after,
-                     const PushOptions& options, DoneCallback done);
   // A pull of one table's rows into `rows` (ids.size() x dim).
   void StartPullRows(const std::string& table, uint32_t dim,
                      std::span<const uint64_t> ids, std::span<float> rows,

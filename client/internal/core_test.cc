@@ -62,7 +62,8 @@ class ClientCoreCallTest : public ::testing::Test {
           std::vector<std::span<float>>{*values});
     }
     auto [done, future] = MakePromise();
-    core_->StartPush(std::move(items), outputs, PushOptions(), std::move(done));
+    core_->StartPush(std::move(items), {}, outputs, PushOptions(),
+                     std::move(done));
     return future.get();
   }
 
@@ -139,7 +140,7 @@ TEST_F(ClientCoreCallTest, ACallThatCannotBeSplitEndsAtOnce) {
   const std::vector<float> gradient(1000);
   bool called = false;
   small->StartPush(
-      {{"x", gradient}}, nullptr, PushOptions(), [&](absl::Status status) {
+      {{"x", gradient}}, {}, nullptr, PushOptions(), [&](absl::Status status) {
         called = true;
         EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
         EXPECT_THAT(status.message(), HasSubstr("does not fit in one message"));

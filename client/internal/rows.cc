@@ -145,21 +145,21 @@ absl::StatusOr<ShardRowParts<v1::PullRequest>> SplitPullRows(
   return parts;
 }
 
-absl::Status DecodeRows(
-    const v1::RowSlice& asked, std::span<const size_t> rows, uint32_t dim,
-    v1::DType dtype,
-    const google::protobuf::RepeatedPtrField<v1::RowSlice>& answer,
-    const std::vector<std::vector<size_t>>& callers, std::span<float> out) {
-  if (answer.size() != 1 || answer[0].table() != asked.table() ||
-      answer[0].ids_size() != asked.ids_size() ||
+absl::Status DecodeRows(const v1::RowSlice& asked, std::span<const size_t> rows,
+                        uint32_t dim, v1::DType dtype,
+                        const v1::RowSlice& answer,
+                        const std::vector<std::vector<size_t>>& callers,
+                        std::span<float> out) {
+  if (answer.table() != asked.table() ||
+      answer.ids_size() != asked.ids_size() ||
       !std::equal(asked.ids().begin(), asked.ids().end(),
-                  answer[0].ids().begin())) {
+                  answer.ids().begin())) {
     return absl::InternalError(
         absl::StrCat("the shard's answer does not hold the rows of table '",
                      asked.table(), "' asked for"));
   }
   std::vector<float> values(asked.ids_size() * size_t{dim});
-  if (absl::Status decoded = DecodeValues(dtype, answer[0].data(), values);
+  if (absl::Status decoded = DecodeValues(dtype, answer.data(), values);
       !decoded.ok()) {
     return absl::InternalError(absl::StrCat("rows of table '", asked.table(),
                                             "': ", decoded.message()));

@@ -26,6 +26,16 @@ struct CoalescedIds {
 };
 CoalescedIds Coalesce(std::span<const uint64_t> ids);
 
+// One table's rows in a push: gradients for `ids` (repeats allowed, summed
+// before they are sent), and where the rows after the push go.
+struct RowPushItem {
+  std::string table;
+  uint32_t dim = 0;
+  std::span<const uint64_t> ids;
+  std::span<const float> grads;  // ids.size() x dim
+  std::span<float> rows_after;   // ids.size() x dim; empty: not wanted
+};
+
 // Sums `grads` (ids.size() x dim) into one row per unique id.
 std::vector<float> SumRows(const CoalescedIds& ids,
                            std::span<const float> grads, uint32_t dim);
@@ -58,16 +68,15 @@ absl::StatusOr<ShardRowParts<v1::PullRequest>> SplitPullRows(
     uint32_t num_shards, const std::string& table, uint32_t dim,
     const CoalescedIds& ids, v1::DType dtype, const SplitLimits& limits);
 
-// Checks that `answer` holds one RowSlice of `table` with exactly the ids of
-// `asked` (in order, `dim` values each in `dtype`) and writes each row to
-// every position of the caller's output that asked for it:
-// out[i * dim ...] for each i with ids.position[i] == rows[k].
-// INTERNAL when the answer does not match.
-absl::Status DecodeRows(
-    const v1::RowSlice& asked, std::span<const size_t> rows, uint32_t dim,
-    v1::DType dtype,
-    const google::protobuf::RepeatedPtrField<v1::RowSlice>& answer,
-    const std::vector<std::vector<size_t>>& callers, std::span<float> out);
+// Checks that `answer` is the RowSlice asked for by `asked` (same table and
+// ids, in order, `dim` values each in `dtype`) and writes each row to every
+// position of the caller's output that asked for it: out[i * dim ...] for
+// each i with ids.position[i] == rows[k]. INTERNAL when it does not match.
+absl::Status DecodeRows(const v1::RowSlice& asked, std::span<const size_t> rows,
+                        uint32_t dim, v1::DType dtype,
+                        const v1::RowSlice& answer,
+                        const std::vector<std::vector<size_t>>& callers,
+                        std::span<float> out);
 
 // For each unique id, the caller's positions that asked for it.
 std::vector<std::vector<size_t>> CallersOf(const CoalescedIds& ids);

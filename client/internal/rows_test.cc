@@ -82,9 +82,8 @@ TEST(RowsTest, DecodeWritesEveryCallerPositionAndRefusesMismatches) {
   asked.set_table("t");
   asked.add_ids(3);
   asked.add_ids(8);
-  google::protobuf::RepeatedPtrField<v1::RowSlice> answer;
-  v1::RowSlice* rows = answer.Add();
-  *rows = asked;
+  v1::RowSlice answer = asked;
+  v1::RowSlice* rows = &answer;
   const std::vector<float> values = {1.5f, 2.5f};
   rows->set_data(std::string(reinterpret_cast<const char*>(values.data()), 8));
   std::vector<float> out(3);

@@ -282,6 +282,50 @@ Batch MakeBatch(std::vector<std::string> names, const py::list& gradients,
   return batch;
 }
 
+// The table rows of a combined call, converted: per table its ids, row
+// gradients and (for a PushPull) the array the rows after it go into.
+struct RowBatch {
+  std::vector<std::string> tables;
+  std::vector<py::buffer_info> ids;
+  std::vector<py::buffer_info> grads;
+  std::vector<py::buffer_info> outputs;
+
+  std::vector<RowGradients> Rows() const {
+    std::vector<RowGradients> out;
+    for (size_t i = 0; i < tables.size(); ++i) {
+      out.push_back({tables[i], IdSpan(ids[i]), ConstSpan(grads[i]),
+                     outputs.empty() ? std::span<float>() : Span(outputs[i])});
+    }
+    return out;
+  }
+};
+
+// Converts the row lists of a call: `ids` and `grads` as long as `tables`,
+// `outputs` empty (a push) or as long too.
+RowBatch MakeRowBatch(std::vector<std::string> tables, const py::list& ids,
+                      const py::list& grads, const py::list& outputs) {
+  const size_t n = tables.size();
+  if (ids.size() != n || grads.size() != n ||
+      (outputs.size() != 0 && outputs.size() != n)) {
+    throw py::value_error("row lists hold " + std::to_string(ids.size()) +
+                          " ids, " + std::to_string(grads.size()) +
+                          " gradients and " + std::to_string(outputs.size()) +
+                          " outputs for " + std::to_string(n) + " tables");
+  }
+  RowBatch batch;
+  for (size_t i = 0; i < n; ++i) {
+    batch.ids.push_back(IdBuffer(ids[i], "ids of '" + tables[i] + "'"));
+    batch.grads.push_back(
+        FloatBuffer(grads[i], false, "row gradients of '" + tables[i] + "'"));
+    if (outputs.size() != 0) {
+      batch.outputs.push_back(
+          FloatBuffer(outputs[i], true, "rows of '" + tables[i] + "'"));
+    }
+  }
+  batch.tables = std::move(tables);
+  return batch;
+}
+
 // The Python-side owner of a ps::Client. close() (or the destructor) waits
 // for every call in flight.
 class PyClient {
@@ -445,6 +489,57 @@ class PyClient {
       status = client->PushPull(items, options);
     }
     ThrowIfError(std::move(status));
+  }
+
+  // Dense variables and table rows in one request per shard. A push when
+  // both `outputs` and `row_outputs` are empty; else a PushPull that writes
+  // the values and the rows after the update into them.
+  void PushMixed(std::vector<std::string> names, const py::list& gradients,
+                 const py::list& outputs, std::vector<std::string> tables,
+                 const py::list& ids, const py::list& grads,
+                 const py::list& row_outputs, uint64_t step,
+                 std::optional<double> loss, int dtype, int pull_dtype) {
+    Batch batch = MakeBatch(std::move(names), gradients, outputs, py::none());
+    RowBatch rows = MakeRowBatch(std::move(tables), ids, grads, row_outputs);
+    const bool pull = outputs.size() != 0 || row_outputs.size() != 0;
+    const PushOptions options = MakePushOptions(step, loss, dtype, pull_dtype);
+    const std::vector<RowGradients> row_items = rows.Rows();
+    std::shared_ptr<Client> client = get();
+    absl::Status status;
+    if (pull) {
+      const std::vector<NamedUpdate> items = batch.Updates();
+      py::gil_scoped_release release;
+      status = client->PushPull(items, row_items, options);
+    } else {
+      const std::vector<NamedGradient> items = batch.Gradients();
+      py::gil_scoped_release release;
+      status = client->Push(items, row_items, options);
+    }
+    ThrowIfError(std::move(status));
+  }
+
+  std::unique_ptr<Pending> PushMixedAsync(
+      std::vector<std::string> names, const py::list& gradients,
+      const py::list& outputs, std::vector<std::string> tables,
+      const py::list& ids, const py::list& grads, const py::list& row_outputs,
+      uint64_t step, std::optional<double> loss, int dtype, int pull_dtype) {
+    Batch batch = MakeBatch(std::move(names), gradients, outputs, py::none());
+    RowBatch rows = MakeRowBatch(std::move(tables), ids, grads, row_outputs);
+    const bool pull = outputs.size() != 0 || row_outputs.size() != 0;
+    const PushOptions options = MakePushOptions(step, loss, dtype, pull_dtype);
+    const std::vector<RowGradients> row_items = rows.Rows();
+    py::object keep =
+        py::make_tuple(gradients, outputs, ids, grads, row_outputs);
+    if (pull) {
+      const std::vector<NamedUpdate> items = batch.Updates();
+      return Start(keep, [&](Client& client, Client::DoneCallback done) {
+        client.PushPullAsync(items, row_items, options, std::move(done));
+      });
+    }
+    const std::vector<NamedGradient> items = batch.Gradients();
+    return Start(keep, [&](Client& client, Client::DoneCallback done) {
+      client.PushAsync(items, row_items, options, std::move(done));
+    });
   }
 
   std::unique_ptr<Pending> PushAsync(std::vector<std::string> names,
@@ -632,6 +727,16 @@ PYBIND11_MODULE(_core, m) {
            py::arg("versions"), py::arg("dtype"))
       .def("push_pull", &PyClient::PushPull, py::arg("names"),
            py::arg("gradients"), py::arg("outputs"), py::arg("versions"),
+           py::arg("step"), py::arg("loss"), py::arg("dtype"),
+           py::arg("pull_dtype"))
+      .def("push_mixed", &PyClient::PushMixed, py::arg("names"),
+           py::arg("gradients"), py::arg("outputs"), py::arg("tables"),
+           py::arg("ids"), py::arg("grads"), py::arg("row_outputs"),
+           py::arg("step"), py::arg("loss"), py::arg("dtype"),
+           py::arg("pull_dtype"))
+      .def("push_mixed_async", &PyClient::PushMixedAsync, py::arg("names"),
+           py::arg("gradients"), py::arg("outputs"), py::arg("tables"),
+           py::arg("ids"), py::arg("grads"), py::arg("row_outputs"),
            py::arg("step"), py::arg("loss"), py::arg("dtype"),
            py::arg("pull_dtype"))
       .def("push_async", &PyClient::PushAsync, py::arg("names"),

@@ -1,5 +1,9 @@
 #include "server/optimizer/adagrad.h"
 
+#if PS_AVX_AT_RUN_TIME
+#include <immintrin.h>
+#endif
+
 namespace ps::optimizer {
 namespace {
 
@@ -57,18 +61,60 @@ void ApplyFused(FlatArray var, FlatArray sum, float clr, float eps_in,
   }
 }
 
+#if PS_AVX_AT_RUN_TIME
+// ApplyFused with 256-bit AVX intrinsics (compiled for AVX by the target
+// attribute; called only when the CPU has it): the same operations in the
+// same order, eight values at a time, so the numbers are ApplyFused's bit
+// for bit. Only intrinsics run here, as in adam.cc's ApplyFusedAvx.
+// REQUIRES: end - begin is a multiple of 8.
+__attribute__((target("avx"))) void ApplyFusedAvx(
+    float* p_data, float* s_data, const float* g_data, float clr, float eps_in,
+    const GradientTransform& transform, Eigen::Index begin, Eigen::Index end) {
+  const bool scale = transform.scale != 1.0f;
+  const bool l2 = transform.weight_decay != 0.0f;
+  const __m256 clip_scale = _mm256_set1_ps(transform.scale);
+  const __m256 weight_decay = _mm256_set1_ps(transform.weight_decay);
+  const __m256 neg_clr = _mm256_set1_ps(-clr);
+  const __m256 eps = _mm256_set1_ps(eps_in);
+  for (Eigen::Index i = begin; i < end; i += 8) {
+    __m256 p = _mm256_loadu_ps(p_data + i);
+    __m256 g = _mm256_loadu_ps(g_data + i);
+    if (scale) g = _mm256_mul_ps(g, clip_scale);
+    if (l2) g = _mm256_add_ps(g, _mm256_mul_ps(weight_decay, p));
+    const __m256 s =
+        _mm256_add_ps(_mm256_loadu_ps(s_data + i), _mm256_mul_ps(g, g));
+    _mm256_storeu_ps(s_data + i, s);
+    p = _mm256_add_ps(p, _mm256_div_ps(_mm256_mul_ps(neg_clr, g),
+                                       _mm256_add_ps(_mm256_sqrt_ps(s), eps)));
+    _mm256_storeu_ps(p_data + i, p);
+  }
+}
+#endif  // PS_AVX_AT_RUN_TIME
+
 }  // namespace
 
 void AdagradRule::Apply(FlatArray var, FlatArray sum, float clr, float eps,
-                        const GradientTransform& transform,
-                        ConstFlatArray grad) {
+                        const GradientTransform& transform, ConstFlatArray grad,
+                        Simd simd) {
   simd::ForEachChunkSplit(
       var.data(), var.size(),
       [&](Eigen::Index offset, Eigen::Index length) {
         ApplyWithEigen(var, sum, clr, eps, transform, grad, offset, length);
       },
       [&](Eigen::Index begin, Eigen::Index end) {
-        ApplyFused(var, sum, clr, eps, transform, grad, begin, end);
+#if PS_AVX_AT_RUN_TIME
+        if (simd == Simd::kAvx) {
+          const Eigen::Index wide_end = begin + (end - begin) / 8 * 8;
+          ApplyFusedAvx(var.data(), sum.data(), grad.data(), clr, eps,
+                        transform, begin, wide_end);
+          begin = wide_end;  // what is left is one packet of four, or none
+        }
+#else
+        (void)simd;
+#endif
+        if (begin < end) {
+          ApplyFused(var, sum, clr, eps, transform, grad, begin, end);
+        }
       });
 }
 

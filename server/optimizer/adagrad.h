@@ -9,14 +9,16 @@
 #define PS_SERVER_OPTIMIZER_ADAGRAD_H_
 
 #include "server/optimizer/kernel_util.h"
+#include "server/optimizer/simd.h"
 
 namespace ps::optimizer {
 
 // s += g^2; p -= clr * g / (sqrt(s) + eps).
 struct AdagradRule {
-  // REQUIRES: var, sum and grad have the same size.
+  // REQUIRES: var, sum and grad have the same size; SimdSupported(simd).
   static void Apply(FlatArray var, FlatArray sum, float clr, float eps,
-                    const GradientTransform& transform, ConstFlatArray grad);
+                    const GradientTransform& transform, ConstFlatArray grad,
+                    Simd simd = BestSimd());
 };
 
 }  // namespace ps::optimizer

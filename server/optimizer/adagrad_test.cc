@@ -95,5 +95,21 @@ TEST(AdagradTest, KernelTakesTheDecayedRate) {
   EXPECT_EQ(values[0], 0.75f);
 }
 
+// The AVX loop gives the baseline's numbers bit for bit, with and without
+// clipping and L2 decay.
+TEST(AdagradSimdTest, EveryInstructionSetGivesTheBaselinesBits) {
+  ExpectEverySimdGivesTheBaselinesBits(
+      3, 4, [](Simd simd, float* base, Eigen::Index n, int options) {
+        GradientTransform transform;
+        if (options & 1) transform.scale = 0.7f;
+        if (options & 2) transform.weight_decay = 0.01f;
+        FlatArray var(base, n), sum(base + n, n);
+        ConstFlatArray grad(base + 2 * n, n);
+        for (int t = 0; t < 3; ++t) {
+          AdagradRule::Apply(var, sum, 0.01f, 1e-10f, transform, grad, simd);
+        }
+      });
+}
+
 }  // namespace
 }  // namespace ps::optimizer

@@ -2,11 +2,8 @@
 
 #include <cmath>
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__AVX__)
+#if PS_AVX_AT_RUN_TIME
 #include <immintrin.h>
-#define PS_ADAM_AVX_AT_RUN_TIME 1
-#else
-#define PS_ADAM_AVX_AT_RUN_TIME 0
 #endif
 
 namespace ps::optimizer {
@@ -132,7 +129,7 @@ void ApplyFused(FlatArray var, FlatArray m, FlatArray v,
   }
 }
 
-#if PS_ADAM_AVX_AT_RUN_TIME
+#if PS_AVX_AT_RUN_TIME
 // ApplyFused with 256-bit AVX intrinsics, for a build whose target lacks AVX
 // (compiled for AVX by the target attribute; called only when the CPU has
 // it). The same operations in the same order, eight values at a time: the
@@ -191,19 +188,15 @@ __attribute__((target("avx"))) void ApplyFusedAvx(
   }
 }
 
-bool CpuHasAvx() {
-  static const bool has_avx = __builtin_cpu_supports("avx");
-  return has_avx;
-}
-#endif  // PS_ADAM_AVX_AT_RUN_TIME
+#endif  // PS_AVX_AT_RUN_TIME
 
 // ApplyFused over [begin, end) on the instructions of `simd`.
-void ApplyFusedWith(AdamSimd simd, FlatArray var, FlatArray m, FlatArray v,
+void ApplyFusedWith(Simd simd, FlatArray var, FlatArray m, FlatArray v,
                     std::optional<FlatArray> max_square_avg,
                     const AdamStep& step, const GradientTransform& transform,
                     ConstFlatArray grad, Eigen::Index begin, Eigen::Index end) {
-#if PS_ADAM_AVX_AT_RUN_TIME
-  if (simd == AdamSimd::kAvx) {
+#if PS_AVX_AT_RUN_TIME
+  if (simd == Simd::kAvx) {
     const Eigen::Index wide_end = begin + (end - begin) / 8 * 8;
     ApplyFusedAvx(var.data(), m.data(), v.data(),
                   max_square_avg ? max_square_avg->data() : nullptr,
@@ -218,29 +211,10 @@ void ApplyFusedWith(AdamSimd simd, FlatArray var, FlatArray m, FlatArray v,
 
 }  // namespace
 
-bool AdamSimdSupported(AdamSimd simd) {
-  switch (simd) {
-    case AdamSimd::kBaseline:
-      return true;
-    case AdamSimd::kAvx:
-#if PS_ADAM_AVX_AT_RUN_TIME
-      return CpuHasAvx();
-#else
-      return false;
-#endif
-  }
-  return false;
-}
-
-AdamSimd BestAdamSimd() {
-  return AdamSimdSupported(AdamSimd::kAvx) ? AdamSimd::kAvx
-                                           : AdamSimd::kBaseline;
-}
-
 void AdamRule::Apply(FlatArray var, FlatArray m, FlatArray v,
                      std::optional<FlatArray> max_square_avg,
                      const AdamStep& step, const GradientTransform& transform,
-                     ConstFlatArray grad, AdamSimd simd) {
+                     ConstFlatArray grad, Simd simd) {
   // Within each chunk Eigen's statement `p += ...` computes the values before
   // p's first packet-aligned address, and those after the last whole packet,
   // with scalar code, and the rest with packets. The split is kept per chunk

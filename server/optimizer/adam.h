@@ -14,6 +14,7 @@
 #include <optional>
 
 #include "server/optimizer/kernel_util.h"
+#include "server/optimizer/simd.h"
 
 namespace ps::optimizer {
 
@@ -34,32 +35,15 @@ struct AdamStep {
 AdamStep MakeAdamStep(double lr, double beta1, double beta2, double eps,
                       uint64_t t);
 
-// The vector instructions Adam's loop runs on. Every choice gives the same
-// numbers bit for bit: each runs the same IEEE operations (no fused
-// multiply-add) in the same order on each value, only more values at once.
-enum class AdamSimd {
-  kBaseline,  // Eigen's packets for the build's target (SSE2 on x86-64)
-  // 256-bit AVX, chosen at run time: on an x86-64 build whose target lacks
-  // AVX (as Debian's does), on a CPU that has it. Square roots and divisions
-  // bound the rule while its arrays are in cache; AVX does twice as many per
-  // instruction.
-  kAvx,
-};
-
-// Whether this build and CPU can run `simd`.
-bool AdamSimdSupported(AdamSimd simd);
-// The widest supported AdamSimd: what AdamRule::Apply uses by default.
-AdamSimd BestAdamSimd();
-
 // m = beta1 m + (1 - beta1) g; v = beta2 v + (1 - beta2) g^2;
 // AMSGrad: w = max(w, v) and w replaces v in the step.
 struct AdamRule {
   // REQUIRES: every array has var's size; max_square_avg is set iff AMSGrad;
-  // AdamSimdSupported(simd).
+  // SimdSupported(simd).
   static void Apply(FlatArray var, FlatArray m, FlatArray v,
                     std::optional<FlatArray> max_square_avg,
                     const AdamStep& step, const GradientTransform& transform,
-                    ConstFlatArray grad, AdamSimd simd = BestAdamSimd());
+                    ConstFlatArray grad, Simd simd = BestSimd());
 };
 
 }  // namespace ps::optimizer

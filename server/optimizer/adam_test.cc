@@ -142,36 +142,22 @@ TEST(AdamTest, StepScalarsFollowTheBiasCorrections) {
 }
 
 TEST(AdamSimdTest, TheDefaultIsSupported) {
-  EXPECT_TRUE(AdamSimdSupported(AdamSimd::kBaseline));
-  EXPECT_TRUE(AdamSimdSupported(BestAdamSimd()));
+  EXPECT_TRUE(SimdSupported(Simd::kBaseline));
+  EXPECT_TRUE(SimdSupported(BestSimd()));
 }
 
 // Every instruction set gives the baseline's numbers bit for bit, for every
-// option of the rule, at every alignment of the arrays and with lengths
-// that leave a partial packet.
+// option of the rule.
 TEST(AdamSimdTest, EveryInstructionSetGivesTheBaselinesBits) {
-  if (!AdamSimdSupported(AdamSimd::kAvx)) {
-    GTEST_SKIP() << "this build or CPU runs only the baseline";
-  }
-  std::mt19937 rng(7);
-  std::normal_distribution<float> normal;
-  const Eigen::Index n = 3 * kChunk + 45;
-  for (int shift = 0; shift < 4; ++shift) {
-    for (int options = 0; options < 32; ++options) {
-      const bool amsgrad = options & 1;
-      AdamStep step = MakeAdamStep(0.01, 0.9, 0.999, 1e-8, 1 + options % 3);
-      if (options & 2) step.decay_factor = 0.999f;
-      if (options & 4) step.feedback = 1.7f;
-      GradientTransform transform;
-      if (options & 8) transform.scale = 0.7f;
-      if (options & 16) transform.weight_decay = 0.01f;
-      // var, m, v, w and grad side by side (of odd length, so each starts
-      // at another alignment), `shift` floats into the allocation.
-      std::vector<float> start(5 * n);
-      for (float& x : start) x = normal(rng) * std::exp(normal(rng) * 3);
-      for (Eigen::Index i = n; i < 4 * n; ++i) start[i] = std::abs(start[i]);
-      auto run = [&](AdamSimd simd, std::vector<float>& memory) {
-        float* base = memory.data() + shift;
+  ExpectEverySimdGivesTheBaselinesBits(
+      5, 32, [](Simd simd, float* base, Eigen::Index n, int options) {
+        const bool amsgrad = options & 1;
+        AdamStep step = MakeAdamStep(0.01, 0.9, 0.999, 1e-8, 1 + options % 3);
+        if (options & 2) step.decay_factor = 0.999f;
+        if (options & 4) step.feedback = 1.7f;
+        GradientTransform transform;
+        if (options & 8) transform.scale = 0.7f;
+        if (options & 16) transform.weight_decay = 0.01f;
         FlatArray var(base, n), m(base + n, n), v(base + 2 * n, n);
         FlatArray w(base + 3 * n, n);
         ConstFlatArray grad(base + 4 * n, n);
@@ -179,20 +165,7 @@ TEST(AdamSimdTest, EveryInstructionSetGivesTheBaselinesBits) {
           AdamRule::Apply(var, m, v, amsgrad ? std::optional(w) : std::nullopt,
                           step, transform, grad, simd);
         }
-      };
-      std::vector<float> baseline(5 * n + 16), avx(5 * n + 16);
-      std::copy(start.begin(), start.end(), baseline.begin() + shift);
-      std::copy(start.begin(), start.end(), avx.begin() + shift);
-      run(AdamSimd::kBaseline, baseline);
-      run(AdamSimd::kAvx, avx);
-      ASSERT_EQ(0, std::memcmp(baseline.data(), avx.data(),
-                               baseline.size() * sizeof(float)))
-          << "shift " << shift << " options " << options;
-      ASSERT_FALSE(std::equal(start.begin(), start.begin() + n,
-                              baseline.begin() + shift))
-          << "the values did not move";
-    }
-  }
+      });
 }
 
 }  // namespace

@@ -14,6 +14,7 @@
 #include <optional>
 
 #include "server/optimizer/kernel_util.h"
+#include "server/optimizer/simd.h"
 
 namespace ps::optimizer {
 
@@ -21,12 +22,13 @@ namespace ps::optimizer {
 // with momentum: b = mu b + g / d, p -= lr b; else p -= lr g / d.
 struct RmsPropRule {
   // REQUIRES: every array has var's size; grad_avg is set iff centered;
-  // momentum_buffer is set iff momentum > 0.
+  // momentum_buffer is set iff momentum > 0; SimdSupported(simd).
   static void Apply(FlatArray var, FlatArray square_avg,
                     std::optional<FlatArray> grad_avg,
                     std::optional<FlatArray> momentum_buffer, float lr,
                     double alpha, float eps, float momentum,
-                    const GradientTransform& transform, ConstFlatArray grad);
+                    const GradientTransform& transform, ConstFlatArray grad,
+                    Simd simd = BestSimd());
 };
 
 }  // namespace ps::optimizer

@@ -118,5 +118,27 @@ TEST(RmsPropTest, CenteredWithZeroVarianceDividesByEps) {
   EXPECT_NEAR(values[0], 0.0, 1e-5);
 }
 
+// The AVX loop gives the baseline's numbers bit for bit: plain, centered,
+// with momentum, with clipping and L2 decay, and their combinations.
+TEST(RmsPropSimdTest, EveryInstructionSetGivesTheBaselinesBits) {
+  ExpectEverySimdGivesTheBaselinesBits(
+      5, 16, [](Simd simd, float* base, Eigen::Index n, int options) {
+        const bool centered = options & 1;
+        const bool momentum = options & 2;
+        GradientTransform transform;
+        if (options & 4) transform.scale = 0.7f;
+        if (options & 8) transform.weight_decay = 0.01f;
+        FlatArray var(base, n), v(base + n, n), a(base + 2 * n, n);
+        FlatArray b(base + 3 * n, n);
+        ConstFlatArray grad(base + 4 * n, n);
+        for (int t = 0; t < 3; ++t) {
+          RmsPropRule::Apply(var, v, centered ? std::optional(a) : std::nullopt,
+                             momentum ? std::optional(b) : std::nullopt, 0.01f,
+                             0.99, 1e-8f, momentum ? 0.9f : 0.0f, transform,
+                             grad, simd);
+        }
+      });
+}
+
 }  // namespace
 }  // namespace ps::optimizer

@@ -434,6 +434,82 @@ TEST_F(TablesTest, SyncAveragesOverWorkersWithAbsentRowsAsZero) {
   EXPECT_FLOAT_EQ(rows[1], -0.1f * 2);  // mean of 4 and 0
 }
 
+uint64_t Pushes(v1::AdminService::Stub& admin) {
+  v1::Stats stats;
+  grpc::ClientContext context;
+  grpc::Status status = admin.GetStats(&context, v1::GetStatsRequest(), &stats);
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  return stats.pushes();
+}
+
+TEST_F(TablesTest,
+       DenseAndRowsTravelInOneRequestPerShardAndEqualSeparateCalls) {
+  ServerOptions options;
+  options.default_optimizer.mutable_adam();
+  options.default_optimizer.set_learning_rate(0.01);
+  Start(2, options);
+  std::unique_ptr<Client> client = Connect();
+  ASSERT_NE(client, nullptr);
+  constexpr uint32_t kDim = 3;
+  const std::vector<float> initial = {0.5f, -1.0f, 2.0f, 0.25f};
+  for (const char* suffix : {"together", "apart"}) {
+    ASSERT_TRUE(
+        client->CreateVariable(absl::StrCat("w_", suffix), {4}, initial).ok());
+    ASSERT_TRUE(client->CreateTable(absl::StrCat("t_", suffix), kDim).ok());
+  }
+  std::vector<std::unique_ptr<v1::AdminService::Stub>> admins;
+  for (size_t s = 0; s < servers_.size(); ++s) admins.push_back(Admin(s));
+  for (int step = 1; step <= 6; ++step) {
+    SCOPED_TRACE(step);
+    // Repeated ids (summed), new ids, and ids seen before.
+    const std::vector<uint64_t> ids = {uint64_t(step), 7, uint64_t(step) * 11,
+                                       7};
+    std::vector<float> grads(ids.size() * kDim);
+    for (size_t i = 0; i < grads.size(); ++i) {
+      grads[i] = 0.1f * static_cast<float>((i * 7 + step) % 5) - 0.2f;
+    }
+    const std::vector<float> dense = {0.1f * step, -0.2f, 0.3f, 0.05f};
+
+    std::vector<uint64_t> before;
+    for (auto& admin : admins) before.push_back(Pushes(*admin));
+    std::vector<float> values_together(4), rows_together(grads.size());
+    const NamedUpdate update{"w_together", dense, values_together};
+    const RowGradients rows{"t_together", ids, grads, rows_together};
+    ASSERT_TRUE(client
+                    ->PushPull(std::span<const NamedUpdate>(&update, 1),
+                               std::span<const RowGradients>(&rows, 1))
+                    .ok());
+    for (size_t s = 0; s < admins.size(); ++s) {
+      EXPECT_EQ(Pushes(*admins[s]) - before[s], 1u) << "shard " << s;
+    }
+
+    std::vector<float> values_apart(4), rows_apart(grads.size());
+    ASSERT_TRUE(client->PushPull("w_apart", dense, values_apart).ok());
+    ASSERT_TRUE(client->PushPullRows("t_apart", ids, grads, rows_apart).ok());
+    EXPECT_EQ(values_together, values_apart);
+    EXPECT_EQ(rows_together, rows_apart);
+  }
+  // A push (no answer) of both, and refusals that send nothing.
+  const std::vector<uint64_t> ids = {5};
+  const std::vector<float> grad = {1, 1, 1};
+  const NamedGradient gradient{"w_together", std::vector<float>(4, 1.0f)};
+  const RowGradients rows{"t_together", ids, grad};
+  EXPECT_TRUE(client
+                  ->Push(std::span<const NamedGradient>(&gradient, 1),
+                         std::span<const RowGradients>(&rows, 1))
+                  .ok());
+  const RowGradients twice[] = {rows, rows};
+  EXPECT_EQ(client->Push({}, twice).code(), absl::StatusCode::kInvalidArgument);
+  std::vector<float> out(3);
+  const RowGradients answered{"t_together", ids, grad, out};
+  EXPECT_EQ(
+      client->Push({}, std::span<const RowGradients>(&answered, 1)).code(),
+      absl::StatusCode::kInvalidArgument);
+  const RowGradients ragged{"t_together", ids, std::vector<float>(2)};
+  EXPECT_EQ(client->Push({}, std::span<const RowGradients>(&ragged, 1)).code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 TEST_F(TablesTest, AnOptimizerChangeKeepsRowsAndCarriesState) {
   ServerOptions options;
   options.default_optimizer.mutable_adam();

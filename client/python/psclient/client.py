@@ -646,6 +646,81 @@ class Client:
             options.append(("grpc.ssl_target_name_override", self._tls_server_name))
         return grpc.secure_channel(address, credentials, options=options)
 
+    # ----------------------------------------- dense and rows in one call
+
+    def push_mixed(self,
+                   gradients: Mapping[str, Any],
+                   rows: Optional[Mapping[str, Tuple[Any, Any]]] = None,
+                   *,
+                   step: int = 0,
+                   loss: Optional[float] = None,
+                   dtype: Union[DType, int, str, None] = None) -> None:
+        """:meth:`push` of dense variables and :meth:`push_rows` of tables in
+        one request per shard.
+
+        Args:
+            gradients: variable name -> gradient, as for :meth:`push` (may be
+                empty).
+            rows: table name -> (ids, row gradients (n, dim)); repeated ids
+                are summed. Every shard hears of every table, so in sync
+                mode a table this worker has no rows for this step counts as
+                zero there.
+            step, loss, dtype: as for :meth:`push`.
+        """
+        call = self._mixed(gradients, rows, None, pull=False)
+        try:
+            self._core.push_mixed(*call[:7], int(step), _loss(loss),
+                                  int(self._wire(dtype)), 0)
+        except _core.StatusError as e:
+            raise _error(e) from None
+
+    def push_pull_mixed(self,
+                        gradients: Mapping[str, Any],
+                        rows: Optional[Mapping[str, Tuple[Any, Any]]] = None,
+                        *,
+                        step: int = 0,
+                        loss: Optional[float] = None,
+                        dtype: Union[DType, int, str, None] = None,
+                        pull_dtype: Union[DType, int, str, None] = None,
+                        out: Optional[Mapping[str, Any]] = None
+                        ) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray]]:
+        """:meth:`push_mixed` that answers the values after the update.
+
+        Returns (values, row_values): name -> float32 array (shaped) for each
+        dense variable, and table -> (n, dim) float32 rows after the update,
+        in the order of the ids given (a repeated id repeats its row). In
+        sync mode both hold the state after the whole step. ``out`` may give
+        arrays for dense variables, as for :meth:`push_pull`.
+        """
+        call = self._mixed(gradients, rows, out, pull=True)
+        try:
+            self._core.push_mixed(*call[:7], int(step), _loss(loss),
+                                  int(self._wire(dtype)),
+                                  int(self._wire(pull_dtype)))
+        except _core.StatusError as e:
+            raise _error(e) from None
+        return call[7]
+
+    def push_pull_mixed_async(self,
+                              gradients: Mapping[str, Any],
+                              rows: Optional[Mapping[str, Tuple[Any, Any]]] = None,
+                              *,
+                              step: int = 0,
+                              loss: Optional[float] = None,
+                              dtype: Union[DType, int, str, None] = None,
+                              pull_dtype: Union[DType, int, str, None] = None,
+                              out: Optional[Mapping[str, Any]] = None) -> Future:
+        """:meth:`push_pull_mixed` without waiting; the Future's result is
+        its (values, row_values)."""
+        call = self._mixed(gradients, rows, out, pull=True)
+        try:
+            pending = self._core.push_mixed_async(
+                *call[:7], int(step), _loss(loss), int(self._wire(dtype)),
+                int(self._wire(pull_dtype)))
+        except _core.StatusError as e:
+            raise _error(e) from None
+        return Future(pending, call[7])
+
     # ------------------------------------------------------------ async forms
 
     def push_async(self, gradients: Mapping[str, Any], *, step: int = 0,
@@ -714,6 +789,43 @@ class Client:
             names.append(name)
             grads.append(flat)
         return names, grads
+
+    def _mixed(self, gradients: Mapping[str, Any],
+               rows: Optional[Mapping[str, Tuple[Any, Any]]],
+               out: Optional[Mapping[str, Any]], pull: bool) -> Tuple[Any, ...]:
+        """The arguments of _core.push_mixed, then the (values, row_values)
+        a pull answers into."""
+        names, grads = self._gradients(gradients)
+        outputs: Dict[str, np.ndarray] = {}
+        if pull:
+            outputs, _ = self._outputs(names, out, False)
+        tables: List[str] = []
+        ids: List[np.ndarray] = []
+        row_grads: List[np.ndarray] = []
+        row_outputs: Dict[str, np.ndarray] = {}
+        for table, entry in (rows or {}).items():
+            try:
+                table_ids, table_grads = entry
+            except (TypeError, ValueError):
+                raise TypeError(f"rows of '{table}' must be a pair "
+                                "(ids, gradients)") from None
+            id_array = self._ids(table_ids)
+            grad_array = as_float32(table_grads, f"row gradients of '{table}'")
+            if grad_array.size % max(id_array.size, 1) != 0 or (
+                    id_array.size == 0 and grad_array.size != 0):
+                raise ValueError(
+                    f"row gradients of '{table}' hold {grad_array.size} "
+                    f"values for {id_array.size} ids")
+            dim = grad_array.size // id_array.size if id_array.size else (
+                np.shape(table_grads)[-1] if np.ndim(table_grads) == 2 else 0)
+            tables.append(table)
+            ids.append(id_array)
+            row_grads.append(grad_array)
+            if pull:
+                row_outputs[table] = np.empty((id_array.size, dim),
+                                              dtype=np.float32)
+        return (names, grads, list(outputs.values()), tables, ids, row_grads,
+                list(row_outputs.values()), (dict(outputs), row_outputs))
 
     def _outputs(self, names: Sequence[str], out: Optional[Mapping[str, Any]],
                  with_versions: bool) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray]]:

@@ -72,6 +72,61 @@ class TablesTest(unittest.TestCase):
         with self.assertRaises(TypeError):
             self.client.push_rows("plain", ids, np.zeros((3, 3)))
 
+    def test_dense_and_rows_in_one_call_equal_separate_calls(self):
+        # Two twins: "mixed_*" go through push_pull_mixed and push_mixed,
+        # "apart_*" through push_pull and push_rows. Same start, same
+        # gradients, so the same values after every step.
+        init = ps_pb2.RowInit(zeros=ps_pb2.Zeros())  # the same rows in both
+        start = np.linspace(-1, 1, 300, dtype=np.float32)
+        for prefix in ("mixed", "apart"):
+            self.client.create_variable(prefix + "_w", [300], initial=start,
+                                        optimizer="adam {} learning_rate: 0.01")
+            self.client.create_table(prefix + "_t", DIM, init=init,
+                                     optimizer="adagrad {} learning_rate: 0.1")
+        rng = np.random.default_rng(11)
+        for step in range(6):
+            dense = rng.standard_normal(300).astype(np.float32)
+            ids = rng.integers(0, 2**40, size=9)
+            ids[2] = ids[0]
+            grads = rng.standard_normal((ids.size, DIM)).astype(np.float32)
+            if step % 3 == 2:
+                self.client.push_mixed({"mixed_w": dense},
+                                       {"mixed_t": (ids, grads)})
+                self.client.push({"apart_w": dense})
+                self.client.push_rows("apart_t", ids, grads)
+                continue
+            if step % 3 == 1:
+                future = self.client.push_pull_mixed_async(
+                    {"mixed_w": dense}, {"mixed_t": (ids, grads)})
+                values, rows = future.result()
+            else:
+                values, rows = self.client.push_pull_mixed(
+                    {"mixed_w": dense}, {"mixed_t": (ids, grads)})
+            expected = self.client.push_pull({"apart_w": dense})["apart_w"]
+            expected_rows = self.client.push_rows("apart_t", ids, grads,
+                                                  pull=True)
+            np.testing.assert_array_equal(values["mixed_w"], expected)
+            self.assertEqual(rows["mixed_t"].shape, (ids.size, DIM))
+            np.testing.assert_array_equal(rows["mixed_t"], expected_rows)
+        np.testing.assert_array_equal(self.client.pull("mixed_w"),
+                                      self.client.pull("apart_w"))
+        every = np.unique(ids)
+        np.testing.assert_array_equal(
+            self.client.pull_rows("mixed_t", every, DIM),
+            self.client.pull_rows("apart_t", every, DIM))
+
+        # Refusals change nothing.
+        before = self.client.pull("mixed_w")
+        with self.assertRaises(PsError) as unknown:
+            self.client.push_pull_mixed({"mixed_w": dense},
+                                        {"nope": (ids, grads)})
+        self.assertEqual(unknown.exception.code.name, "NOT_FOUND")
+        np.testing.assert_array_equal(self.client.pull("mixed_w"), before)
+        with self.assertRaises(TypeError):
+            self.client.push_mixed({}, {"mixed_t": ids})
+        with self.assertRaises(ValueError):
+            self.client.push_mixed({}, {"mixed_t": (ids, np.zeros(5, np.float32))})
+
 
 if __name__ == "__main__":
     unittest.main()
