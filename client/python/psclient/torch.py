@@ -379,11 +379,14 @@ class _Bucket:
 class _Sent:
     """What one send is waiting for: dense values and pulled rows."""
 
-    def __init__(self, future: Any, rows: Dict[str, np.ndarray]):
+    def __init__(self, future: Any, rows: Optional[Dict[str, np.ndarray]]):
         self.future = future
+        # None: the future answers (values, rows) itself (one mixed call).
         self.rows = rows
 
     def result(self) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray]]:
+        if self.rows is None:
+            return self.future.result()
         values = self.future.result() if self.future is not None else {}
         return values, self.rows
 
@@ -626,10 +629,20 @@ class RemoteOptimizer(torch.optim.Optimizer):
                     "each backward pushes its gradients at once; accumulate gradients "
                     "over several backward passes with overlap=False")
             bucket.ready.add(name)
-            if len(bucket.ready) == len(bucket.names):
+            if len(bucket.ready) == len(bucket.names) and not self._held(bucket):
                 self._launch(bucket)
         except Exception as e:  # pylint: disable=broad-except
             self._hook_error = e
+
+    def _held(self, bucket: _Bucket) -> bool:
+        """Whether a complete bucket waits for step(): the last one of a
+        model with table rows, which then travel with it in one request per
+        shard (backward ends with it, so little overlap is lost)."""
+        if not (self._sparse or self._remote_rows) or \
+                not hasattr(self.client, "push_pull_mixed_async"):
+            return False
+        launched = sum(b.pending is not None for b in self._buckets)
+        return launched == len(self._buckets) - 1
 
     def _begin_iteration(self) -> None:
         self._in_iteration = True
@@ -817,12 +830,17 @@ class RemoteOptimizer(torch.optim.Optimizer):
               loss: Optional[float], out: Optional[Dict[str, torch.Tensor]] = None) -> _Sent:
         """Every push of this optimizer goes through here: dense gradients
         (answered with the values after the update) and row gradients
-        (answered with the rows after it).
+        (answered with the rows after it), without waiting.
 
-        Dense gradients go in one PushPull per shard, without waiting; the
-        rows of each table follow in PushRows calls of their own (one per
-        shard each), which wait.
+        Both go in one request per shard (``Client.push_pull_mixed``); a
+        client without it sends the dense gradients in one PushPull per
+        shard and each table's rows in PushRows calls of their own, which
+        wait.
         """
+        if rows and hasattr(self.client, "push_pull_mixed_async"):
+            return _Sent(self.client.push_pull_mixed_async(
+                dense, rows, step=self.step_count, loss=loss, dtype=self._dtype,
+                pull_dtype=self._dtype, out=out), None)
         future = None
         if dense:
             future = self.client.push_pull_async(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import unittest
+from unittest import mock
 from typing import Callable, Dict, List, Tuple
 
 import numpy as np
@@ -287,9 +288,37 @@ class TorchTest(unittest.TestCase):
         local_opts = [torch.optim.SparseAdam(local_emb.parameters(), lr=0.02),
                       torch.optim.Adam(local_head.parameters(), lr=0.02)]
         rng = np.random.default_rng(0)
+        # The head's gradients and the rows go in one request per shard.
+        mixed = mock.patch.object(self.client, "push_pull_mixed_async",
+                                  wraps=self.client.push_pull_mixed_async)
+        apart = mock.patch.object(self.client, "push_rows",
+                                  side_effect=AssertionError("rows sent apart"))
+        dense_only = mock.patch.object(self.client, "push_pull_async",
+                                       side_effect=AssertionError("dense sent apart"))
+        with mixed as spy, apart, dense_only:
+            used = self._train_embedding(embedding, head, local_emb, local_head, local_opts,
+                                  opt, rng, vocab)
+        self.assertEqual(spy.call_count, 10)
+        for call in spy.call_args_list:
+            self.assertEqual(sorted(call.args[0]), ["emb/head.bias", "emb/head.weight"])
+            self.assertEqual(list(call.args[1]), ["emb/words"])
+        rows = self.client.pull_rows("emb/words", np.arange(vocab), dim)
+        np.testing.assert_allclose(rows, local_emb.weight.detach().numpy(),
+                                   rtol=RTOL, atol=ATOL)
+        torch.testing.assert_close(head.weight.detach(), local_head.weight.detach(),
+                                   rtol=RTOL, atol=ATOL)
+        # Pulls create no rows (all 40 were pulled above): the table holds
+        # the rows of the ids trained, fewer than the vocabulary.
+        self.assertLess(len(used), vocab)
+        self.assertEqual(self._table_rows("emb/words"), len(used))
+
+    def _train_embedding(self, embedding, head, local_emb, local_head, local_opts,
+                         opt, rng, vocab) -> set:
+        used = set()
         for step in range(10):
             ids = torch.from_numpy(rng.integers(0, vocab // 2 + 2 * step, size=(8, 3)))
             ids[0, 1] = ids[0, 0]  # a repeat in every batch
+            used.update(ids.reshape(-1).tolist())
             target = torch.from_numpy(rng.integers(0, 3, size=8))
             opt.zero_grad()
             for o in local_opts:
@@ -304,16 +333,7 @@ class TorchTest(unittest.TestCase):
             opt.step()
             for o in local_opts:
                 o.step()
-        rows = self.client.pull_rows("emb/words", np.arange(vocab), dim)
-        np.testing.assert_allclose(rows, local_emb.weight.detach().numpy(),
-                                   rtol=RTOL, atol=ATOL)
-        torch.testing.assert_close(head.weight.detach(), local_head.weight.detach(),
-                                   rtol=RTOL, atol=ATOL)
-        # The forward pulled only the batch's unique ids: no row is created
-        # for ids never pushed.
-        info = self._table_rows("emb/words")
-        self.assertLessEqual(info, vocab)
-        self.assertGreater(info, 0)
+        return used
 
     def _table_rows(self, table: str) -> int:
         import grpc
