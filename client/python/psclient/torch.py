@@ -978,12 +978,31 @@ class RemoteOptimizer(torch.optim.Optimizer):
             if "names" in saved and list(saved["names"]) != names:
                 raise ValueError(f"the state_dict's parameters {saved['names']} are "
                                  f"not this optimizer's {names}")
+        self._check_server_steps(state_dict.get("state", {}))
         saved_groups = [{k: v for k, v in g.items() if k != "names"}
                         for g in state_dict["param_groups"]]
         super().load_state_dict({"state": {}, "param_groups": saved_groups})
         if "step_count" in state_dict and not self.client.sync:
             self.step_count = int(state_dict["step_count"])
         self._sync_hyperparameters()
+
+    def _check_server_steps(self, state: Mapping[int, Mapping[str, Any]]) -> None:
+        """Refuses a state_dict newer than what the shards hold (shards
+        restarted from an older checkpoint, or another cluster)."""
+        order = [self._names[id(p)] for g in self.param_groups for p in g["params"]]
+        saved = {order[i]: float(entry["step"]) for i, entry in state.items()
+                 if i < len(order) and "step" in entry}
+        names = [n for n in self.variable_names if n in saved]
+        if not names:
+            return
+        versions = self.client.pull(names, return_versions=True)[1]
+        for name in names:
+            held = int(versions[name].min())
+            if held < saved[name]:
+                raise ValueError(
+                    f"the shards hold step {held} of '{name}', older than the "
+                    f"state_dict's step {int(saved[name])}: restore the shards' "
+                    "checkpoint of that step (the values and slots live there)")
 
 
 def _writable_in_place(p: torch.Tensor) -> bool:

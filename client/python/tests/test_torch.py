@@ -161,6 +161,11 @@ class TorchTest(unittest.TestCase):
         opt = RemoteOptimizer(_groups(second, (1.0, 1.0)), self.client, "sgd",
                               momentum=0.9, model=second, prefix="resume/")
         sched = torch.optim.lr_scheduler.StepLR(opt, step_size=4, gamma=0.5)
+        # A state_dict ahead of the shards' state is refused.
+        ahead = copy.deepcopy(saved[0])
+        ahead["state"][1]["step"] += 1
+        with self.assertRaisesRegex(ValueError, "older than the state_dict's step"):
+            opt.load_state_dict(ahead)
         opt.load_state_dict(saved[0])
         sched.load_state_dict(saved[1])
         self.assertAlmostEqual(opt.param_groups[1]["lr"], 0.05 * 0.5 ** (STEPS // 4))
@@ -450,6 +455,38 @@ class TorchTest(unittest.TestCase):
         rebuilt.eval()
         with torch.no_grad():
             torch.testing.assert_close(rebuilt(x), trained(x), rtol=1e-5, atol=1e-5)
+
+    def test_async_workers_add_their_buffer_changes(self):
+        def make():
+            torch.manual_seed(0)
+            return torch.nn.Sequential(torch.nn.Linear(64, 8), torch.nn.BatchNorm1d(8))
+
+        x, _ = digits()
+        models, opts = [], []
+        with Client(self.client.addresses, worker_id="torch-test-b") as other:
+            for client in (self.client, other):
+                model = make()
+                models.append(model)
+                opts.append(RemoteOptimizer(model.parameters(), client, "sgd", lr=0.0,
+                                            model=model, buffers=True,
+                                            prefix="bn-async/"))
+            start = models[0][1].running_mean.clone()
+            moved = []
+            for k, (model, opt) in enumerate(zip(models, opts)):
+                opt.zero_grad()
+                model(x[64 * k:64 * (k + 1)]).sum().backward()
+                moved.append(model[1].running_mean.clone())
+                opt.step()
+        # The server holds the start plus both workers' changes, and the
+        # second worker took it back.
+        expected = start + (moved[0] - start) + (moved[1] - start)
+        server = torch.from_numpy(
+            self.client.pull("bn-async/buffers/1.running_mean")).reshape(-1)
+        torch.testing.assert_close(server, expected, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(models[1][1].running_mean, expected,
+                                   rtol=1e-6, atol=1e-6)
+        self.assertEqual(int(models[1][1].num_batches_tracked), 2)
+        self.assertFalse(torch.allclose(moved[0], moved[1]))
 
 
 if __name__ == "__main__":
