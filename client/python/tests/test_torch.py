@@ -341,7 +341,7 @@ class TorchTest(unittest.TestCase):
         return used
 
     def _table_rows(self, table: str) -> int:
-        import grpc
+        import grpc  # pylint: disable=import-outside-toplevel
         from psclient import ps_pb2_grpc
         total = 0
         for address in self.client.addresses:
@@ -350,6 +350,45 @@ class TorchTest(unittest.TestCase):
                     ps_pb2.ListVariablesRequest(), timeout=10)
                 total += sum(v.table.rows for v in listing.variables if v.name == table)
         return total
+
+    def _traffic(self) -> int:
+        import grpc
+        from psclient import ps_pb2_grpc
+        total = 0
+        for address in self.client.addresses:
+            with grpc.insecure_channel(address) as channel:
+                stats = ps_pb2_grpc.AdminServiceStub(channel).GetStats(
+                    ps_pb2.GetStatsRequest(), timeout=10)
+                total += stats.bytes_in + stats.bytes_out
+        return total
+
+    def test_remote_embedding_moves_only_the_batch_rows(self):
+        vocab, dim, steps = 20000, 16, 4
+        embedding = RemoteEmbedding(self.client, "bytes/emb", vocab, dim)
+        head = torch.nn.Linear(dim, 3)
+        model = torch.nn.ModuleDict({"emb": embedding, "head": head})
+        opt = RemoteOptimizer(model.parameters(), self.client, "adagrad", lr=0.1,
+                              model=model, prefix="bytes/")
+        rng = np.random.default_rng(6)
+        before = self._traffic()
+        unique = 0
+        for _ in range(steps):
+            ids = torch.from_numpy(rng.integers(0, vocab, size=(32, 4)))
+            unique += torch.unique(ids).numel()
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(
+                head(embedding(ids).mean(1)),
+                torch.from_numpy(rng.integers(0, 3, size=32))).backward()
+            opt.step()
+        moved = self._traffic() - before
+        # Per unique id: its row pulled, its gradient pushed, the row after
+        # the update answered (3 x dim floats) and its id; plus the head and
+        # the messages' framing. The dense table would be vocab x dim floats
+        # each way.
+        row_bytes = unique * (3 * dim * 4 + 8)
+        self.assertGreater(moved, row_bytes)
+        self.assertLess(moved, row_bytes + steps * 4096)
+        self.assertLess(moved * 50, steps * 2 * vocab * dim * 4)
 
     def test_remote_embedding_bag_with_hashed_ids_equals_adagrad(self):
         dim = 5
