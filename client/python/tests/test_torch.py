@@ -10,6 +10,7 @@ prefix or table names)."""
 from __future__ import annotations
 
 import copy
+import threading
 import unittest
 from unittest import mock
 from typing import Callable, Dict, List, Tuple
@@ -467,6 +468,70 @@ class TorchTest(unittest.TestCase):
         rows = self.client.pull_rows("sparse/emb.weight", np.arange(vocab), dim)
         np.testing.assert_allclose(rows, local.emb.weight.detach().numpy(),
                                    rtol=RTOL, atol=ATOL)
+
+    def test_sync_workers_with_rows_match_local_training_on_the_mean(self):
+        vocab, dim, steps = 30, 4, 6
+        rng = np.random.default_rng(7)
+        data = [[(torch.from_numpy(rng.integers(0, vocab, size=(8, 3))),
+                  torch.from_numpy(rng.integers(0, 2, size=8))) for _ in range(steps)]
+                for _ in range(2)]
+        torch.manual_seed(8)
+        head = torch.nn.Linear(dim, 2)
+        with LocalCluster(2, block_size=4, consistency="sync", num_workers=2) as cluster:
+            clients = [Client(cluster.addresses, worker_id=f"sync-{i}") for i in range(2)]
+            models, opts = [], []
+            for client in clients:
+                model = torch.nn.ModuleDict({
+                    "emb": RemoteEmbedding(client, "sync/words", vocab, dim),
+                    "head": copy.deepcopy(head)})
+                models.append(model)
+                opts.append(RemoteOptimizer(model.parameters(), client, "adam",
+                                            lr=0.05, model=model, prefix="sync/"))
+            initial = clients[0].pull_rows("sync/words", np.arange(vocab), dim)
+            errors = []
+
+            def work(i: int) -> None:
+                try:
+                    for ids, target in data[i]:
+                        opts[i].zero_grad()
+                        m = models[i]
+                        torch.nn.functional.cross_entropy(
+                            m["head"](m["emb"](ids).sum(1)), target).backward()
+                        opts[i].step()
+                except BaseException as e:  # pylint: disable=broad-except
+                    errors.append(e)
+
+            threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout=120)
+            self.assertEqual(errors, [])
+            rows = clients[0].pull_rows("sync/words", np.arange(vocab), dim)
+            for c in clients:
+                c.close()
+
+        local_emb = torch.nn.Embedding(vocab, dim, sparse=True)
+        with torch.no_grad():
+            local_emb.weight.copy_(torch.from_numpy(initial))
+        local_head = copy.deepcopy(head)
+        local_opts = [torch.optim.SparseAdam(local_emb.parameters(), lr=0.05),
+                      torch.optim.Adam(local_head.parameters(), lr=0.05)]
+        for s in range(steps):
+            for o in local_opts:
+                o.zero_grad()
+            loss = sum(torch.nn.functional.cross_entropy(
+                local_head(local_emb(data[i][s][0]).sum(1)), data[i][s][1])
+                for i in range(2)) / 2
+            loss.backward()
+            for o in local_opts:
+                o.step()
+        np.testing.assert_allclose(rows, local_emb.weight.detach().numpy(),
+                                   rtol=RTOL, atol=ATOL)
+        for model in models:
+            torch.testing.assert_close(model["head"].weight.detach(),
+                                       local_head.weight.detach(), rtol=RTOL, atol=ATOL)
+        self.assertEqual([o.step_count for o in opts], [steps, steps])
 
     # ------------------------------------------------------------- buffers
 
