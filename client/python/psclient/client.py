@@ -264,6 +264,8 @@ class Client:
         self._tls_ca_file = tls_ca_file or ""
         self._tls_server_name = tls_server_name or ""
         self._timeout = float(timeout)
+        self._admin_lock = threading.Lock()
+        self._admin_channels: Dict[str, "grpc.Channel"] = {}
         self._shapes_lock = threading.Lock()
         self._shapes: Dict[str, Tuple[int, ...]] = {}
         self._sizes: Dict[str, int] = {}
@@ -338,6 +340,12 @@ class Client:
         core = getattr(self, "_core", None)
         if core is not None:
             core.close()
+        lock = getattr(self, "_admin_lock", None)
+        if lock is not None:
+            with lock:
+                for channel in self._admin_channels.values():
+                    channel.close()
+                self._admin_channels.clear()
 
     def __enter__(self) -> "Client":
         return self
@@ -595,46 +603,60 @@ class Client:
     def get_optimizer(self, name: str = "") -> "ps_pb2.OptimizerConfig":
         """The optimizer of variable or table ``name`` ("" = the default), as
         shard 0 holds it (``AdminService.GetOptimizer``)."""
-        with self._admin_channel(self._addresses[0]) as channel:
-            stub = ps_pb2_grpc.AdminServiceStub(channel)
-            try:
-                return stub.GetOptimizer(ps_pb2.GetOptimizerRequest(variable=name),
-                                         timeout=self._timeout,
-                                         metadata=self._metadata())
-            except grpc.RpcError as e:
-                raise PsError(e.code(), e.details() or "", self._addresses[0]) from None
+        address = self._addresses[0]
+        try:
+            return self._admin(address).GetOptimizer(
+                ps_pb2.GetOptimizerRequest(variable=name), timeout=self._timeout,
+                metadata=self._metadata())
+        except grpc.RpcError as e:
+            raise PsError(e.code(), f"shard at {address}: GetOptimizer('{name}'): "
+                          f"{e.details()}", address) from None
 
     def set_optimizer(self, names: Union[str, Iterable[str]],
                       optimizer: OptimizerLike, *,
                       reset_state: bool = False) -> None:
         """Sets the own optimizer of each variable or table in ``names`` on
-        every shard (``AdminService.SetOptimizer``).
+        every shard (``AdminService.SetOptimizer``), all calls in flight at
+        once.
 
         With the same rule, every slot and step count is kept (a new
         learning rate takes effect at the next update); see
         docs/optimizers.md for a change of rule. Needs a token that may call
-        AdminService when the shards check tokens.
+        AdminService when the shards check tokens. On an error some shards
+        may have taken the change: call again.
         """
         config = parse_optimizer(optimizer)
         if config is None:
             raise ValueError("set_optimizer needs a config")
         name_list = [names] if isinstance(names, str) else list(names)
+        calls = []
         for address in self._addresses:
-            with self._admin_channel(address) as channel:
-                stub = ps_pb2_grpc.AdminServiceStub(channel)
-                for name in name_list:
-                    request = ps_pb2.SetOptimizerRequest(
-                        variable=name, config=config, reset_state=reset_state)
-                    try:
-                        stub.SetOptimizer(request, timeout=self._timeout,
-                                          metadata=self._metadata())
-                    except grpc.RpcError as e:
-                        raise PsError(e.code(), f"shard at {address}: "
-                                      f"SetOptimizer('{name}'): {e.details()}",
-                                      address) from None
+            stub = self._admin(address)
+            for name in name_list:
+                request = ps_pb2.SetOptimizerRequest(
+                    variable=name, config=config, reset_state=reset_state)
+                calls.append((address, name, stub.SetOptimizer.future(
+                    request, timeout=self._timeout, metadata=self._metadata())))
+        failure = None
+        for address, name, call in calls:
+            try:
+                call.result()
+            except grpc.RpcError as e:
+                failure = failure or PsError(
+                    e.code(), f"shard at {address}: SetOptimizer('{name}'): "
+                    f"{e.details()}", address)
+        if failure is not None:
+            raise failure
 
     def _metadata(self) -> List[Tuple[str, str]]:
         return [("authorization", "Bearer " + self._token)] if self._token else []
+
+    def _admin(self, address: str) -> "ps_pb2_grpc.AdminServiceStub":
+        """The AdminService stub of a shard, on a channel kept until close()."""
+        with self._admin_lock:
+            if address not in self._admin_channels:
+                self._admin_channels[address] = self._admin_channel(address)
+            return ps_pb2_grpc.AdminServiceStub(self._admin_channels[address])
 
     def _admin_channel(self, address: str) -> "grpc.Channel":
         if not self._tls_ca_file:

@@ -15,12 +15,13 @@ import unittest
 from unittest import mock
 from typing import Callable, Dict, List, Tuple
 
+import grpc
 import numpy as np
 import torch
 
 from tests.helpers import batch, digits, make_mlp
 
-from psclient import Client, LocalCluster, ps_pb2
+from psclient import Client, LocalCluster, PsError, ps_pb2, ps_pb2_grpc
 from psclient.torch import RemoteEmbedding, RemoteEmbeddingBag, RemoteOptimizer
 
 RTOL = 1e-5
@@ -253,6 +254,20 @@ class TorchTest(unittest.TestCase):
         self.assertEqual(opt.variable_names[-1], "named/2.bias")
         self.assertEqual(opt.param_groups[0]["lr"], 0.1)
 
+    def test_set_optimizer_reaches_every_shard_and_names_errors(self):
+        self.client.create_variable("setopt/v", shape=(300,))  # on both shards
+        self.client.set_optimizer(["setopt/v"], "sgd {} learning_rate: 0.25")
+        for address in self.client.addresses:
+            with grpc.insecure_channel(address) as channel:
+                config = ps_pb2_grpc.AdminServiceStub(channel).GetOptimizer(
+                    ps_pb2.GetOptimizerRequest(variable="setopt/v"), timeout=10)
+            self.assertEqual(config.learning_rate, 0.25)
+        with self.assertRaisesRegex(PsError, "SetOptimizer\\('setopt/missing'\\)") as caught:
+            self.client.set_optimizer(["setopt/v", "setopt/missing"], "sgd {}")
+        self.assertEqual(caught.exception.code, grpc.StatusCode.NOT_FOUND)
+        with self.assertRaisesRegex(ValueError, "needs a config"):
+            self.client.set_optimizer("setopt/v", None)
+
     def test_overlap_refuses_a_gradient_changed_after_backward(self):
         model = make_mlp()
         opt = RemoteOptimizer(model.parameters(), self.client, "sgd", lr=0.1,
@@ -342,8 +357,6 @@ class TorchTest(unittest.TestCase):
         return used
 
     def _table_rows(self, table: str) -> int:
-        import grpc  # pylint: disable=import-outside-toplevel
-        from psclient import ps_pb2_grpc
         total = 0
         for address in self.client.addresses:
             with grpc.insecure_channel(address) as channel:
@@ -353,8 +366,6 @@ class TorchTest(unittest.TestCase):
         return total
 
     def _traffic(self) -> int:
-        import grpc
-        from psclient import ps_pb2_grpc
         total = 0
         for address in self.client.addresses:
             with grpc.insecure_channel(address) as channel:
