@@ -227,6 +227,8 @@ class _RemoteRows(torch.nn.Module):
             name, self.embedding_dim, init=init or _default_init(name),
             policy=policy, optimizer=optimizer)
         self._batches: List[_RowBatch] = []
+        #: Whether a RemoteOptimizer pushes this table's rows.
+        self.taken = False
         #: Whether the table has a rule of its own (else it follows the
         #: first group of the RemoteOptimizer that takes it).
         self.own_optimizer = optimizer is not None
@@ -247,13 +249,20 @@ class _RemoteRows(torch.nn.Module):
         """(rows of the unique ids, as a leaf that takes a gradient; the
         inverse index of every id into them)."""
         self._check(ids)
+        train = torch.is_grad_enabled() and self.training
+        if train and not self.taken:
+            raise RuntimeError(
+                f"no RemoteOptimizer takes table '{self.table}', so its rows "
+                "would never be trained: give the optimizer model= (the module "
+                "holding it) or embeddings=[...], or run under torch.no_grad() "
+                "or eval()")
         unique, inverse = torch.unique(ids.reshape(-1).to(torch.int64),
                                        return_inverse=True)
         unique_np = np.ascontiguousarray(unique.cpu().numpy())
         pulled = self.client.pull_rows(self.table, unique_np, self.embedding_dim,
                                        dtype=self._dtype)
         rows = torch.from_numpy(pulled)
-        if torch.is_grad_enabled() and self.training:
+        if train:
             rows.requires_grad_(True)
             self._batches.append(_RowBatch(unique_np, rows))
         return rows, inverse.reshape(ids.shape)
@@ -505,6 +514,7 @@ class RemoteOptimizer(torch.optim.Optimizer):
             self._add_buffers(buffers)
         for rows in self._remote_rows:
             rows.zero_grad_rows()
+            rows.taken = True
         if self._kind is not None and self._following_tables():
             self.client.set_optimizer(self._following_tables(),
                                       self._config(self.param_groups[0]))

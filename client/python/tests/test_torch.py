@@ -381,6 +381,8 @@ class TorchTest(unittest.TestCase):
         model = torch.nn.ModuleDict({"emb": embedding, "head": head})
         opt = RemoteOptimizer(model.parameters(), self.client, "adagrad", lr=0.1,
                               model=model, prefix="bytes/")
+        with self.assertRaisesRegex(RuntimeError, "no RemoteOptimizer takes table"):
+            RemoteEmbedding(self.client, "bytes/untaken", vocab, dim)(torch.tensor([1]))
         rng = np.random.default_rng(6)
         before = self._traffic()
         unique = 0
