@@ -454,10 +454,11 @@ class TorchTest(unittest.TestCase):
             def __init__(self):
                 super().__init__()
                 self.emb = torch.nn.Embedding(vocab, dim, sparse=True)
+                self.bag = torch.nn.EmbeddingBag(vocab, dim, mode="mean", sparse=True)
                 self.head = torch.nn.Linear(dim, 2)
 
             def forward(self, ids):
-                return self.head(self.emb(ids).sum(1))
+                return self.head(self.emb(ids).sum(1) + self.bag(ids))
 
         torch.manual_seed(3)
         remote = Model()
@@ -465,7 +466,7 @@ class TorchTest(unittest.TestCase):
                               model=remote, prefix="sparse/")
         self.assertEqual(opt.variable_names, ["sparse/head.weight", "sparse/head.bias"])
         local = copy.deepcopy(remote)  # with the server's rows
-        local_opts = [torch.optim.SparseAdam([local.emb.weight], lr=0.01),
+        local_opts = [torch.optim.SparseAdam([local.emb.weight, local.bag.weight], lr=0.01),
                       torch.optim.Adam(local.head.parameters(), lr=0.01)]
         rng = np.random.default_rng(5)
         for _ in range(10):
@@ -478,9 +479,10 @@ class TorchTest(unittest.TestCase):
                 for o in opts:
                     o.step()
         self.assert_same(remote, local)
-        rows = self.client.pull_rows("sparse/emb.weight", np.arange(vocab), dim)
-        np.testing.assert_allclose(rows, local.emb.weight.detach().numpy(),
-                                   rtol=RTOL, atol=ATOL)
+        for name in ("emb", "bag"):
+            rows = self.client.pull_rows(f"sparse/{name}.weight", np.arange(vocab), dim)
+            np.testing.assert_allclose(rows, getattr(local, name).weight.detach().numpy(),
+                                       rtol=RTOL, atol=ATOL)
 
     def test_sync_workers_with_rows_match_local_training_on_the_mean(self):
         vocab, dim, steps = 30, 4, 6
