@@ -23,7 +23,6 @@ docs/pytorch.md says what behaves as in torch and what differs.
 from __future__ import annotations
 
 import logging
-import math
 from typing import (Any, Callable, Dict, Iterable, List, Mapping, Optional,
                     Sequence, Tuple, Union)
 
