@@ -182,6 +182,24 @@ def _rule(optimizer: Union[OptimizerLike, str],
     return kind, defaults, base
 
 
+def _server_default(client: Client) -> Tuple[Optional[str], Dict[str, Any],
+                                               "ps_pb2.OptimizerConfig"]:
+    """The server default as (torch rule name, group defaults, config), or
+    (None, {}, empty) when the shards do not tell (no AdminService rights)."""
+    try:
+        config = client.get_optimizer("")
+    except PsError as e:
+        _LOG.info("cannot read the server default (%s); parameter groups carry "
+                  "no hyper-parameters", e)
+        return None, {}, ps_pb2.OptimizerConfig()
+    try:
+        kind, defaults = _kind_of(config)
+    except ValueError as e:
+        _LOG.info("the server default has no rule a torch group can hold (%s)", e)
+        return None, {}, ps_pb2.OptimizerConfig()
+    return kind, defaults, config
+
+
 def _group_key(kind: str, group: Mapping[str, Any]) -> Tuple:
     return tuple((k, tuple(v) if isinstance(v, (list, tuple)) else v)
                  for k, v in sorted(group.items())
@@ -420,8 +438,10 @@ class RemoteOptimizer(torch.optim.Optimizer):
             (``**defaults``) and per group; or an ``OptimizerConfig`` or its
             text form, whose values become the groups' defaults (its
             ``schedule`` and ``clip_norm`` apply to every group); or None:
-            the server default, which ``psctl`` changes while training runs
-            (groups then carry no hyper-parameters).
+            the server default, which ``psctl`` changes while training runs.
+            With None the groups carry the default's hyper-parameters as
+            read at construction; a group whose values change (a scheduler)
+            gives its variables their own config from then on.
         prefix: prepended to every server name (one per model on a cluster).
         model: the module the parameters belong to: names its parameters
             when ``params`` are bare tensors, finds its
@@ -470,6 +490,11 @@ class RemoteOptimizer(torch.optim.Optimizer):
         self.prefix = prefix
         self._dtype = dtype
         self._kind, group_defaults, self._base = _rule(optimizer, defaults)
+        #: Whether the rule was named here (each variable then has it as its
+        #: own config); else the variables follow the server default.
+        self._explicit = optimizer is not None
+        if not self._explicit:
+            self._kind, group_defaults, self._base = _server_default(client)
         self._model_names: Dict[int, str] = {}
         self._sparse_modules: Dict[int, torch.nn.Module] = {}
         self._remote_rows: List[_RemoteRows] = list(embeddings)
@@ -489,10 +514,11 @@ class RemoteOptimizer(torch.optim.Optimizer):
         self._bucket_of: Dict[str, _Bucket] = {}
         self._accumulators: List[Any] = []
         self._bucket_bytes = int(bucket_bytes)
-        if overlap and self._kind in (None, "eve"):
+        rule = self._kind if self._explicit else None
+        if overlap and rule in (None, "eve"):
             raise ValueError("overlap needs a rule other than Eve, named here "
                              "(the server default may change to one that needs the loss)")
-        self.overlap = (self._kind not in (None, "eve")) if overlap is None else bool(overlap)
+        self.overlap = (rule not in (None, "eve")) if overlap is None else bool(overlap)
         self._in_iteration = False
         self._hook_error: Optional[BaseException] = None
         #: The step of the next push (sync mode aggregates pushes per step).
@@ -514,7 +540,7 @@ class RemoteOptimizer(torch.optim.Optimizer):
         for rows in self._remote_rows:
             rows.zero_grad_rows()
             rows.taken = True
-        if self._kind is not None and self._following_tables():
+        if self._explicit and self._following_tables():
             self.client.set_optimizer(self._following_tables(),
                                       self._config(self.param_groups[0]))
         self.pull()
@@ -567,7 +593,7 @@ class RemoteOptimizer(torch.optim.Optimizer):
             self._add_hooks([(n, p) for n, p in named if id(p) not in self._sparse_modules])
 
     def _config(self, group: Mapping[str, Any]) -> Optional["ps_pb2.OptimizerConfig"]:
-        if self._kind is None:
+        if not self._explicit:
             return None
         return _config_of(self._kind, group, self._base)
 
@@ -897,14 +923,28 @@ class RemoteOptimizer(torch.optim.Optimizer):
         if self._kind is None:
             for group in self.param_groups:
                 if group.get("lr") is not None:
-                    raise ValueError("hyper-parameters need RemoteOptimizer(optimizer=...); "
-                                     "with the server default, change it with psctl")
+                    raise ValueError(
+                        "this RemoteOptimizer could not read the server default "
+                        "(AdminService), so its groups carry no hyper-parameters: "
+                        "name the rule (e.g. \"adam\", lr=...) or change the "
+                        "default with psctl")
             return
         for i, group in enumerate(self.param_groups):
             key = _group_key(self._kind, group)
             if key == self._group_keys[i]:
                 continue
-            config = _config_of(self._kind, group, self._base)
+            base = self._base
+            if not self._explicit:
+                # The variables follow the server default until a group
+                # changes; they then get its values over the default's rule.
+                base = self.client.get_optimizer("")
+                kind, _ = _kind_of(base)
+                if kind != self._kind:
+                    raise ValueError(
+                        f"the server default changed from {self._kind} to {kind} "
+                        "since this RemoteOptimizer was made; its groups' values "
+                        f"are {self._kind}'s: make a new RemoteOptimizer")
+            config = _config_of(self._kind, group, base)
             names = [self._names[id(p)] for p in group["params"]]
             if i == 0:  # RemoteEmbeddings without a rule of their own
                 names += self._following_tables()

@@ -140,6 +140,23 @@ class TorchTest(unittest.TestCase):
                     self.client.get_optimizer(f"sched-{kind}/{name}").learning_rate,
                     opt.param_groups[group]["lr"])
 
+    def test_server_default_takes_a_scheduler(self):
+        # The test cluster's default is Adam with torch's values.
+        local = make_mlp()
+        local_opt = torch.optim.Adam(local.parameters())
+        remote = make_mlp()
+        opt = RemoteOptimizer(remote.parameters(), self.client, model=remote,
+                              prefix="default/")
+        self.assertFalse(opt.overlap)  # the default may become Eve
+        self.assertEqual(opt.param_groups[0]["lr"], 1e-3)
+        self.assertEqual(tuple(opt.param_groups[0]["betas"]), (0.9, 0.999))
+        for o, m in ((local_opt, local), (opt, remote)):
+            _train(m, o, 6, scheduler=torch.optim.lr_scheduler.StepLR(
+                o, step_size=2, gamma=0.5))
+        self.assert_same(remote, local)
+        self.assertAlmostEqual(
+            self.client.get_optimizer("default/0.weight").learning_rate, 2.5e-4)
+
     def test_state_dict_round_trip_continues_identically(self):
         local = make_mlp()
         local_opt = torch.optim.SGD(_groups(local, (0.1, 0.05)), momentum=0.9)
