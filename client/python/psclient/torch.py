@@ -695,9 +695,10 @@ class RemoteOptimizer(torch.optim.Optimizer):
 
     # ------------------------------------------------------------------ step
 
-    def zero_grad(self, set_to_none: bool = True) -> None:
+    def zero_grad(self, set_to_none: Optional[bool] = None) -> None:
         """Clears the gradients (and the rows pulled by RemoteEmbeddings), as
-        ``torch.optim.Optimizer.zero_grad`` does."""
+        ``torch.optim.Optimizer.zero_grad`` does (None: torch's default,
+        which torch 2 changed to True)."""
         if self._hook_error is not None:
             self._abandon_iteration()
         if any(bucket.pending is not None for bucket in self._buckets):
@@ -706,7 +707,10 @@ class RemoteOptimizer(torch.optim.Optimizer):
                 "server (overlap=True pushes them as backward makes them): call "
                 "step() first, or use RemoteOptimizer(..., overlap=False) to drop "
                 "gradients unsent")
-        super().zero_grad(set_to_none=set_to_none)
+        if set_to_none is None:
+            super().zero_grad()
+        else:
+            super().zero_grad(set_to_none=set_to_none)
         for rows in self._remote_rows:
             rows.zero_grad_rows()
 

@@ -204,8 +204,17 @@ class TorchTest(unittest.TestCase):
         opt = RemoteOptimizer(model.parameters(), self.client, "sgd", lr=0.1,
                               model=model, prefix="zero/", overlap=False)
         initial = copy.deepcopy(model)
+        # The default is torch's (None in torch 2, zeros in torch 1).
+        local = make_mlp()
+        local_opt = torch.optim.SGD(local.parameters(), lr=0.1)
+        backward(local)
+        local_opt.zero_grad()
         backward(model)
-        opt.zero_grad()  # set_to_none=True by default
+        opt.zero_grad()
+        self.assertEqual([p.grad is None for p in model.parameters()],
+                         [p.grad is None for p in local.parameters()])
+        backward(model)
+        opt.zero_grad(set_to_none=True)
         self.assertTrue(all(p.grad is None for p in model.parameters()))
         backward(model)
         opt.zero_grad(set_to_none=False)
