@@ -278,7 +278,8 @@ class _RemoteRows(torch.nn.Module):
         unique_np = np.ascontiguousarray(unique.cpu().numpy())
         pulled = self.client.pull_rows(self.table, unique_np, self.embedding_dim,
                                        dtype=self._dtype)
-        rows = torch.from_numpy(pulled)
+        # On the ids' device, as a leaf of its own.
+        rows = torch.from_numpy(pulled).to(ids.device)
         if train:
             rows.requires_grad_(True)
             self._batches.append(_RowBatch(unique_np, rows))
@@ -292,7 +293,7 @@ class _RemoteRows(torch.nn.Module):
         for b in batches:
             if b.rows.grad is not None:
                 ids.append(b.ids)
-                grads.append(b.rows.grad.detach().numpy())
+                grads.append(b.rows.grad.detach().cpu().numpy())
         if not ids:
             return None
         return _coalesce(np.concatenate(ids), np.concatenate(grads))
@@ -614,8 +615,8 @@ class RemoteOptimizer(torch.optim.Optimizer):
         rows = self.client.pull_rows(entry.name, unique, entry.param.shape[1],
                                      dtype=self._dtype)
         with torch.no_grad():
-            entry.param[torch.from_numpy(unique)] = torch.from_numpy(rows).to(
-                entry.param.dtype)
+            entry.param[torch.from_numpy(unique).to(entry.param.device)] = \
+                torch.from_numpy(rows).to(entry.param.device, entry.param.dtype)
 
     def _add_buffers(self, buffers: Iterable[Tuple[str, torch.Tensor]]) -> None:
         config = ps_pb2.OptimizerConfig(learning_rate=1.0, weight_decay=0.0)
@@ -812,11 +813,12 @@ class RemoteOptimizer(torch.optim.Optimizer):
                 continue
             if grad.is_sparse:
                 grad = grad.coalesce()
-                ids = grad.indices()[0].numpy().astype(np.int64)
-                values = grad.values().to(torch.float32).numpy()
+                ids = grad.indices()[0].cpu().numpy().astype(np.int64)
+                values = grad.values().to("cpu", torch.float32).numpy()
             else:  # a dense gradient of a sparse module's weight
+                grad = grad.to("cpu", torch.float32)
                 ids = np.flatnonzero(grad.abs().sum(1).numpy()).astype(np.int64)
-                values = grad[torch.from_numpy(ids)].to(torch.float32).numpy()
+                values = grad[torch.from_numpy(ids)].numpy()
             rows[entry.name] = _coalesce(ids, np.ascontiguousarray(values))
         for module in self._remote_rows:
             found = module.row_gradients()
@@ -904,9 +906,9 @@ class RemoteOptimizer(torch.optim.Optimizer):
                     rows: Dict[str, Tuple[np.ndarray, np.ndarray]]) -> None:
         for entry in self._sparse:
             if entry.name in row_values:
-                ids = torch.from_numpy(rows[entry.name][0])
+                ids = torch.from_numpy(rows[entry.name][0]).to(entry.param.device)
                 entry.param[ids] = torch.from_numpy(row_values[entry.name]).to(
-                    entry.param.dtype)
+                    entry.param.device, entry.param.dtype)
 
     def _buffer_gradients(self) -> Dict[str, np.ndarray]:
         """Buffers due for synchronisation: the gradient that takes the
