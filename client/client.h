@@ -275,6 +275,13 @@ class Client {
   // ..."); the next blocking push resumes.
   uint64_t rollbacks() const;
   uint64_t resume_step() const;
+  // After a push refused with `status`: when it is a roll-back's refusal
+  // of the session `epoch` (session_epoch() when the push was started),
+  // opens a new session and sets sync_step() as a blocking push does (once
+  // for every push that met it); returns true then. False: `status` is
+  // something else. For the async forms, whose refusal comes back as is.
+  absl::StatusOr<bool> ResumeAfterRollBack(const absl::Status& status,
+                                           uint64_t epoch);
   // Sync and ssp: this worker is finished (like DDP's join()): the steps go
   // on without it. Waits for this client's calls in flight, stops the
   // heartbeats and tells every shard (one attempt each, within
@@ -421,13 +428,6 @@ class Client {
 
  private:
   explicit Client(std::unique_ptr<client_internal::ClientCore> core);
-
-  // After a push refused with `status`: when it is a roll-back's refusal
-  // of the session `epoch` (the one the push was sent in), opens a new
-  // session and sets the step counter (once for every push that met it);
-  // returns true then. False: `status` is something else.
-  absl::StatusOr<bool> ResumeAfterRollBack(const absl::Status& status,
-                                           uint64_t epoch);
 
   std::unique_ptr<client_internal::ClientCore> core_;
   std::unique_ptr<client_internal::LeaseKeeper> lease_;

@@ -245,9 +245,10 @@ class TableEmbeddingBag:
     """
 
     def __init__(self, table: str, dim: int, client, mode: str = "mean",
-                 optimizer=None, init=None):
+                 optimizer=None, init=None, on_exists: str = "error"):
         self.table, self.dim, self.client, self.mode = table, dim, client, mode
-        client.create_table(table, dim, init=init, optimizer=optimizer)
+        client.create_table(table, dim, init=init, optimizer=optimizer,
+                            on_exists=on_exists)
         self.training = True
         self.rows_pulled = 0  # counters for the bytes-per-step figures
         self.rows_pushed = 0
@@ -517,7 +518,8 @@ def train_remote(corpus: Corpus, args, build_dir: pathlib.Path) -> Tuple[RunResu
         # The final model, as the shards hold it, scored here.
         with Client(cluster.addresses, timeout=120, worker_id="text-eval") as client:
             bag = TableEmbeddingBag(TABLE, DIM, client, mode="mean",
-                                    init=ps_pb2.RowInit(zeros=ps_pb2.Zeros()))
+                                    init=ps_pb2.RowInit(zeros=ps_pb2.Zeros()),
+                                    on_exists="reuse")  # the trained table
             model = TextClassifier(bag, len(corpus.sections))
             import torch
             for name, p in model.fc.named_parameters():

@@ -737,6 +737,22 @@ PYBIND11_MODULE(_core, m) {
                              [](PyClient& c) { return c.get()->rollbacks(); })
       .def_property_readonly("resume_step",
                              [](PyClient& c) { return c.get()->resume_step(); })
+      .def(
+          "resume_after_rollback",
+          [](PyClient& c, int code, const std::string& message,
+             uint64_t epoch) {
+            const absl::Status status(static_cast<absl::StatusCode>(code),
+                                      message);
+            std::shared_ptr<ps::Client> client = c.get();
+            absl::StatusOr<bool> resumed;
+            {
+              py::gil_scoped_release release;
+              resumed = client->ResumeAfterRollBack(status, epoch);
+            }
+            if (!resumed.ok()) ps::Throw(resumed.status());
+            return *resumed;
+          },
+          py::arg("code"), py::arg("message"), py::arg("epoch"))
       .def_property_readonly(
           "addresses", [](PyClient& c) { return c.get()->shard_addresses(); })
       .def_property_readonly(

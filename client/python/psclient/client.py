@@ -32,7 +32,7 @@ import numpy as np
 from google.protobuf import text_format
 
 from psclient._stubs import core as _core
-from psclient._stubs import ps_pb2
+from psclient._stubs import ps_pb2, ps_pb2_grpc
 from psclient.partition import PartitionPlan
 
 OptimizerLike = Union["ps_pb2.OptimizerConfig", str, None]
@@ -263,6 +263,12 @@ class Client:
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         self._dtype = DType.parse(dtype)
+        self._token = token or ""
+        self._tls_ca_file = tls_ca_file or ""
+        self._tls_server_name = tls_server_name or ""
+        self._timeout = float(timeout)
+        self._admin_lock = threading.Lock()
+        self._admin_channels: Dict[str, "grpc.Channel"] = {}
         self._shapes_lock = threading.Lock()
         self._shapes: Dict[str, Tuple[int, ...]] = {}
         self._sizes: Dict[str, int] = {}
@@ -334,9 +340,23 @@ class Client:
         K and returns without applying its gradient (push_pull returns the
         values the cluster went back to). The async forms raise the refusal
         (PsError, "rolled back to checkpoint ..."); the next blocking push
-        resumes.
+        resumes, or :meth:`resume_after` at once.
         """
         return self._core.rollbacks
+
+    def resume_after(self, error: PsError, epoch: int) -> bool:
+        """Sync mode: after an async push failed with ``error``, resumes as
+        a blocking push does when ``error`` is a roll-back's refusal of the
+        session ``epoch`` (``session_epoch`` read before the push started):
+        opens a new session and moves ``sync_step`` to the step the cluster
+        resumes from, once however many pushes met it. Returns True then,
+        False when ``error`` is something else.
+        """
+        number = error.code.value[0]
+        try:
+            return self._core.resume_after_rollback(number, error.details, int(epoch))
+        except _core.StatusError as e:
+            raise _error(e) from None
 
     @property
     def resume_step(self) -> int:
@@ -368,6 +388,12 @@ class Client:
         core = getattr(self, "_core", None)
         if core is not None:
             core.close()
+        lock = getattr(self, "_admin_lock", None)
+        if lock is not None:
+            with lock:
+                for channel in self._admin_channels.values():
+                    channel.close()
+                self._admin_channels.clear()
 
     def __enter__(self) -> "Client":
         return self
@@ -668,6 +694,76 @@ class Client:
         except _core.StatusError as e:
             raise _error(e) from None
         return self._answer(names, outputs, versions, False, return_versions)
+
+    # ----------------------------------------------- optimizer configs (admin)
+
+    def get_optimizer(self, name: str = "") -> "ps_pb2.OptimizerConfig":
+        """The optimizer of variable or table ``name`` ("" = the default), as
+        shard 0 holds it (``AdminService.GetOptimizer``)."""
+        address = self._addresses[0]
+        try:
+            return self._admin(address).GetOptimizer(
+                ps_pb2.GetOptimizerRequest(variable=name), timeout=self._timeout,
+                metadata=self._metadata())
+        except grpc.RpcError as e:
+            raise PsError(e.code(), f"shard at {address}: GetOptimizer('{name}'): "
+                          f"{e.details()}", address) from None
+
+    def set_optimizer(self, names: Union[str, Iterable[str]],
+                      optimizer: OptimizerLike, *,
+                      reset_state: bool = False) -> None:
+        """Sets the own optimizer of each variable or table in ``names`` on
+        every shard (``AdminService.SetOptimizer``), all calls in flight at
+        once.
+
+        With the same rule, every slot and step count is kept (a new
+        learning rate takes effect at the next update); see
+        docs/optimizers.md for a change of rule. Needs a token that may call
+        AdminService when the shards check tokens. On an error some shards
+        may have taken the change: call again.
+        """
+        config = parse_optimizer(optimizer)
+        if config is None:
+            raise ValueError("set_optimizer needs a config")
+        name_list = [names] if isinstance(names, str) else list(names)
+        calls = []
+        for address in self._addresses:
+            stub = self._admin(address)
+            for name in name_list:
+                request = ps_pb2.SetOptimizerRequest(
+                    variable=name, config=config, reset_state=reset_state)
+                calls.append((address, name, stub.SetOptimizer.future(
+                    request, timeout=self._timeout, metadata=self._metadata())))
+        failure = None
+        for address, name, call in calls:
+            try:
+                call.result()
+            except grpc.RpcError as e:
+                failure = failure or PsError(
+                    e.code(), f"shard at {address}: SetOptimizer('{name}'): "
+                    f"{e.details()}", address)
+        if failure is not None:
+            raise failure
+
+    def _metadata(self) -> List[Tuple[str, str]]:
+        return [("authorization", "Bearer " + self._token)] if self._token else []
+
+    def _admin(self, address: str) -> "ps_pb2_grpc.AdminServiceStub":
+        """The AdminService stub of a shard, on a channel kept until close()."""
+        with self._admin_lock:
+            if address not in self._admin_channels:
+                self._admin_channels[address] = self._admin_channel(address)
+            return ps_pb2_grpc.AdminServiceStub(self._admin_channels[address])
+
+    def _admin_channel(self, address: str) -> "grpc.Channel":
+        if not self._tls_ca_file:
+            return grpc.insecure_channel(address)
+        with open(self._tls_ca_file, "rb") as f:
+            credentials = grpc.ssl_channel_credentials(root_certificates=f.read())
+        options = []
+        if self._tls_server_name:
+            options.append(("grpc.ssl_target_name_override", self._tls_server_name))
+        return grpc.secure_channel(address, credentials, options=options)
 
     # ----------------------------------------- dense and rows in one call
 
