@@ -583,8 +583,10 @@ absl::StatusOr<optimizer::StateSlots> SparseTable::Restore(
     }
     sync.ids.assign(state.sync_ids().begin(), state.sync_ids().end());
     sync.sum.resize(sync.ids.size() * dim_);
-    std::memcpy(sync.sum.data(), state.sync_sum().data(),
-                state.sync_sum().size());
+    if (!sync.sum.empty()) {  // memcpy wants non-null pointers even for 0
+      std::memcpy(sync.sum.data(), state.sync_sum().data(),
+                  state.sync_sum().size());
+    }
     for (size_t i = 0; i < sync.ids.size(); ++i) sync.index[sync.ids[i]] = i;
     sync.loss_sum = state.sync_loss_sum();
     sync.losses = state.sync_losses();

@@ -492,7 +492,8 @@ TEST_F(TablesTest,
   // A push (no answer) of both, and refusals that send nothing.
   const std::vector<uint64_t> ids = {5};
   const std::vector<float> grad = {1, 1, 1};
-  const NamedGradient gradient{"w_together", std::vector<float>(4, 1.0f)};
+  const std::vector<float> ones(4, 1.0f);
+  const NamedGradient gradient{"w_together", ones};
   const RowGradients rows{"t_together", ids, grad};
   EXPECT_TRUE(client
                   ->Push(std::span<const NamedGradient>(&gradient, 1),
@@ -505,9 +506,11 @@ TEST_F(TablesTest,
   EXPECT_EQ(
       client->Push({}, std::span<const RowGradients>(&answered, 1)).code(),
       absl::StatusCode::kInvalidArgument);
-  const RowGradients ragged{"t_together", ids, std::vector<float>(2)};
-  EXPECT_EQ(client->Push({}, std::span<const RowGradients>(&ragged, 1)).code(),
-            absl::StatusCode::kInvalidArgument);
+  const std::vector<float> two(2);  // one row of 2 values; the table has 3
+  const RowGradients wrong_dim{"t_together", ids, two};
+  EXPECT_EQ(
+      client->Push({}, std::span<const RowGradients>(&wrong_dim, 1)).code(),
+      absl::StatusCode::kInvalidArgument);
 }
 
 TEST_F(TablesTest, AnOptimizerChangeKeepsRowsAndCarriesState) {
