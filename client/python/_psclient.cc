@@ -443,32 +443,6 @@ class PyClient {
     ThrowIfError(std::move(status));
   }
 
-  void PushRows(const std::string& table, const py::object& ids,
-                const py::object& grads, const py::object& out,
-                std::optional<uint64_t> step, std::optional<double> loss,
-                int dtype, int pull_dtype) {
-    const py::buffer_info id_info = IdBuffer(ids, "ids of '" + table + "'");
-    const py::buffer_info grad_info =
-        FloatBuffer(grads, false, "row gradients of '" + table + "'");
-    std::optional<py::buffer_info> out_info;
-    if (!out.is_none()) {
-      out_info = FloatBuffer(out, true, "rows of '" + table + "'");
-    }
-    const PushOptions options = MakePushOptions(step, loss, dtype, pull_dtype);
-    std::shared_ptr<Client> client = get();
-    absl::Status status;
-    {
-      py::gil_scoped_release release;
-      status = out_info.has_value()
-                   ? client->PushPullRows(table, IdSpan(id_info),
-                                          ConstSpan(grad_info), Span(*out_info),
-                                          options)
-                   : client->PushRows(table, IdSpan(id_info),
-                                      ConstSpan(grad_info), options);
-    }
-    ThrowIfError(std::move(status));
-  }
-
   void Push(std::vector<std::string> names, const py::list& gradients,
             std::optional<uint64_t> step, std::optional<double> loss,
             int dtype) {
@@ -770,10 +744,6 @@ PYBIND11_MODULE(_core, m) {
            py::arg("on_exists") = 0)
       .def("pull_rows", &PyClient::PullRows, py::arg("table"), py::arg("ids"),
            py::arg("out"), py::arg("dtype") = 0)
-      .def("push_rows", &PyClient::PushRows, py::arg("table"), py::arg("ids"),
-           py::arg("grads"), py::arg("out") = py::none(),
-           py::arg("step") = py::none(), py::arg("loss") = py::none(),
-           py::arg("dtype") = 0, py::arg("pull_dtype") = 0)
       .def("push", &PyClient::Push, py::arg("names"), py::arg("gradients"),
            py::arg("step"), py::arg("loss"), py::arg("dtype"))
       .def("pull", &PyClient::Pull, py::arg("names"), py::arg("outputs"),

@@ -588,25 +588,16 @@ class Client:
                   pull: bool = False) -> Optional[np.ndarray]:
         """Pushes row gradients (n, dim) for ``ids``; repeats are summed.
 
-        With ``pull``, returns the rows after the push, (n, dim).
+        With ``pull``, returns the rows after the push, (n, dim). One table
+        of :meth:`push_mixed` / :meth:`push_pull_mixed` (the answer in
+        ``dtype`` too).
         """
-        id_array = self._ids(ids)
-        grad_array = as_float32(grads, f"row gradients of '{table}'")
-        if grad_array.size % max(id_array.size, 1) != 0:
-            raise ValueError(
-                f"row gradients of '{table}' hold {grad_array.size} values "
-                f"for {id_array.size} ids")
-        out = None
+        rows = {table: (ids, grads)}
         if pull:
-            out = np.empty((id_array.size, grad_array.size // max(id_array.size, 1)),
-                           dtype=np.float32)
-        wire = int(self._wire(dtype))
-        try:
-            self._core.push_rows(table, id_array, grad_array, out, _step(step),
-                                 loss, wire, wire)
-        except _core.StatusError as e:
-            raise _error(e) from None
-        return out
+            return self.push_pull_mixed({}, rows, step=step, loss=loss, dtype=dtype,
+                                        pull_dtype=dtype)[1][table]
+        self.push_mixed({}, rows, step=step, loss=loss, dtype=dtype)
+        return None
 
     def pull(self,
              names: Union[str, Iterable[str]],
