@@ -514,13 +514,17 @@ absl::StatusOr<PreparedPush> VariableStore::PreparePush(
     return absl::InvalidArgumentError(
         absl::StrCat("loss ", request.loss(), " is not finite"));
   }
+  // Read before rolling_back_, which a roll-back sets before it counts
+  // itself: a push that finds no roll-back under way either carries the
+  // count of one that has finished, or is refused when it applies.
+  const uint64_t rollbacks = rollbacks_.load();
   if (rolling_back_.load()) {
     return absl::UnavailableError(
         absl::StrCat("shard ", options_.shard_index,
                      " is going back to a checkpoint; retry"));
   }
   PreparedPush push;
-  push.rollbacks = rollbacks_.load();
+  push.rollbacks = rollbacks;
   push.worker_id = request.worker_id();
   push.epoch = request.epoch();
   push.seq = request.seq();

@@ -266,12 +266,13 @@ class Store {
   // checkpoint `checkpoint` (`state`; `read_blocks` calls its argument for
   // each block record), cut before `step`: pushes waiting for a step are
   // answered with the roll-back's refusal, as is any push admitted before
-  // it; then every block is restored and StartAfterRollBack's closing
+  // it; then every block is restored, every table replaced by its records,
+  // every entry's own optimizer and origin set as the checkpoint has them,
+  // entries created after it deleted, and StartAfterRollBack's closing
   // applies. New pushes and sessions are refused with UNAVAILABLE (retry)
-  // meanwhile. FAILED_PRECONDITION, changing nothing, when the shard holds
-  // sparse tables (not rolled back in place) or a variable of the
-  // checkpoint is missing or has another shape. Variables created after the
-  // checkpoint keep their values; optimizer overrides set after it stay.
+  // meanwhile. FAILED_PRECONDITION, changing nothing, when a variable of
+  // the checkpoint is missing or has another shape, or a table of it is a
+  // variable here.
   virtual absl::Status RollBack(
       const storage::v1::ShardState& state, uint64_t checkpoint, uint64_t step,
       absl::FunctionRef<absl::Status(

@@ -1,8 +1,13 @@
 // VariableStore's checkpoint side: a consistent cut of the shard, and its
 // restore.
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/optimizer_config.h"
+#include "common/row_init.h"
 #include "common/status.h"
 #include "server/store_impl.h"
+#include "spdlog/spdlog.h"
 
 namespace ps {
 
@@ -110,23 +115,34 @@ absl::Status VariableStore::RestoreState(const storage::v1::ShardState& state) {
   return absl::OkStatus();
 }
 
+absl::Status VariableStore::RestoreRows(
+    const storage::v1::BlockRecord& record) {
+  auto table = FindTable(record.variable());
+  if (table == nullptr) {
+    return absl::DataLossError(absl::StrCat(
+        "rows of table '", record.variable(), "', which the checkpoint lacks"));
+  }
+  PS_RETURN_IF_ERROR(table->Restore(record).status());
+  absl::MutexLock lock(&table->mu);
+  if (table->sync.started) sync_.Raise(table->sync.next_step);
+  memory_.AddAppliedRecords(record.rows().state().applied_size());
+  // Restored rows count against the limit as they did before the restart.
+  memory_.AddTableBytes(table->TakeBytesChange());
+  return absl::OkStatus();
+}
+
+void VariableStore::ChargeHeldSlots(const DenseVariable& variable,
+                                    optimizer::StateSlots held) {
+  const optimizer::StateSlots charged = memory_.SlotsOf(variable.name());
+  if ((held & ~charged) != 0) {
+    memory_.Charge(variable.name(), memory_.ShapeOf(variable.name()),
+                   charged | held);
+  }
+}
+
 absl::Status VariableStore::RestoreBlock(
     const storage::v1::BlockRecord& record) {
-  if (record.has_rows()) {
-    auto table = FindTable(record.variable());
-    if (table == nullptr) {
-      return absl::DataLossError(absl::StrCat("rows of table '",
-                                              record.variable(),
-                                              "', which the checkpoint lacks"));
-    }
-    PS_RETURN_IF_ERROR(table->Restore(record).status());
-    absl::MutexLock lock(&table->mu);
-    if (table->sync.started) sync_.Raise(table->sync.next_step);
-    memory_.AddAppliedRecords(record.rows().state().applied_size());
-    // Restored rows count against the limit as they did before the restart.
-    memory_.AddTableBytes(table->TakeBytesChange());
-    return absl::OkStatus();
-  }
+  if (record.has_rows()) return RestoreRows(record);
   auto variable = Find(record.variable());
   if (variable == nullptr) {
     return absl::DataLossError(absl::StrCat("a block of '", record.variable(),
@@ -140,11 +156,7 @@ absl::Status VariableStore::RestoreBlock(
   // A slot kept across an earlier rule change (AMSGrad's running max after
   // a switch to plain Adam) is counted as it was before the restart.
   absl::MutexLock structure_lock(&structure_mu_);
-  const optimizer::StateSlots charged = memory_.SlotsOf(variable->name());
-  if ((held & ~charged) != 0) {
-    memory_.Charge(variable->name(), memory_.ShapeOf(variable->name()),
-                   charged | held);
-  }
+  ChargeHeldSlots(*variable, held);
   return absl::OkStatus();
 }
 
@@ -221,25 +233,63 @@ absl::Status VariableStore::RollBack(
         "a roll-back in place needs --consistency=sync");
   }
   absl::MutexLock structure_lock(&structure_mu_);
-  if (!SortedTables().empty() || state.tables_size() > 0) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "shard ", options_.shard_index,
-        " holds sparse tables, which are not rolled back in place: restart "
-        "it to load checkpoint ",
-        checkpoint));
-  }
+  // Everything is checked before anything changes.
+  auto cannot = [&](absl::string_view what, absl::string_view name,
+                    absl::string_view why) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(what, " '", name, "' of checkpoint ", checkpoint, " ", why,
+                     " on shard ", options_.shard_index,
+                     ": restart it to load the checkpoint"));
+  };
+  // Each entry's own optimizer as the checkpoint has it (null: the
+  // default).
+  std::vector<std::pair<std::string, std::shared_ptr<const OptimizerEntry>>>
+      own;
+  auto own_of = [&](const std::string& name, bool has,
+                    const v1::OptimizerConfig& config) -> absl::Status {
+    std::shared_ptr<const OptimizerEntry> entry;
+    if (has) {
+      auto settings = ResolveOptimizerConfig(config);
+      if (!settings.ok()) {
+        return absl::DataLossError(absl::StrCat(
+            "optimizer of '", name, "': ", settings.status().message()));
+      }
+      entry = std::make_shared<OptimizerEntry>(
+          OptimizerEntry{config, *std::move(settings)});
+    }
+    own.emplace_back(name, std::move(entry));
+    return absl::OkStatus();
+  };
+  absl::flat_hash_set<std::string> kept;
   for (const storage::v1::VariableHeader& header : state.variables()) {
     auto variable = Find(header.name());
     const std::vector<uint64_t> shape(header.shape().begin(),
                                       header.shape().end());
-    if (variable == nullptr || variable->shape() != shape) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "variable '", header.name(), "' of checkpoint ", checkpoint,
-          variable == nullptr ? " is missing on shard "
-                              : " has another shape on shard ",
-          options_.shard_index, ": restart it to load the checkpoint"));
+    if (variable == nullptr) {
+      return cannot("variable", header.name(), "is missing");
     }
+    if (variable->shape() != shape) {
+      return cannot("variable", header.name(), "has another shape");
+    }
+    PS_RETURN_IF_ERROR(
+        own_of(header.name(), header.has_optimizer(), header.optimizer()));
+    kept.insert(header.name());
   }
+  for (const storage::v1::TableHeader& header : state.tables()) {
+    if (Find(header.name()) != nullptr) {
+      return cannot("table", header.name(), "is a variable");
+    }
+    if (header.dim() == 0 || header.dim() > SparseTable::kMaxDim ||
+        !ValidateRowInit(header.init()).ok()) {
+      return absl::DataLossError(absl::StrCat("table '", header.name(),
+                                              "' of checkpoint ", checkpoint,
+                                              " has a bad dim or init"));
+    }
+    PS_RETURN_IF_ERROR(
+        own_of(header.name(), header.has_optimizer(), header.optimizer()));
+    kept.insert(header.name());
+  }
+
   rolling_back_.store(true);
   rollback_checkpoint_.store(checkpoint);
   rollback_step_.store(step);
@@ -252,14 +302,65 @@ absl::Status VariableStore::RollBack(
     if (absl::Status rules = rules_.Restore(state); !rules.ok()) {
       return absl::DataLossError(rules.message());
     }
+    // What the checkpoint did not hold was created after it: gone with it.
+    std::vector<std::string> dropped;
+    for (const auto& variable : SortedVariables()) {
+      if (kept.contains(variable->name())) continue;
+      dropped.push_back(variable->name());
+      RemoveVariable(*variable);
+    }
+    for (const auto& table : SortedTables()) {
+      if (kept.contains(table->name())) continue;
+      dropped.push_back(table->name());
+      RemoveTable(*table);
+    }
+    if (!dropped.empty()) {
+      spdlog::warn(
+          "going back to checkpoint {} deleted what was created after it: {}",
+          checkpoint, absl::StrJoin(dropped, ", "));
+    }
+    for (auto& [name, entry] : own) {
+      if (entry != nullptr) {
+        rules_.SetOwn(name, std::move(entry));
+      } else {
+        rules_.Forget(name);
+      }
+    }
+    auto origin_of = [&](const auto& header) {
+      if (header.has_origin()) {
+        origins_[header.name()] = header.origin();
+      } else {
+        origins_.erase(header.name());
+      }
+    };
+    for (const storage::v1::VariableHeader& header : state.variables()) {
+      origin_of(header);
+    }
+    // A table is replaced by an empty one that the records fill: rows
+    // created after the checkpoint must go, not only those it holds be
+    // overwritten.
+    for (const storage::v1::TableHeader& header : state.tables()) {
+      if (auto existing = FindTable(header.name())) RemoveTable(*existing);
+      auto table = std::make_shared<SparseTable>(
+          header.name(), header.dim(), header.init(), header.policy());
+      {
+        absl::MutexLock lock(&entries_mu_);
+        tables_.emplace(header.name(), std::move(table));
+      }
+      origin_of(header);
+    }
     return read_blocks([&](const storage::v1::BlockRecord& record) {
+      if (record.has_rows()) return RestoreRows(record);
       auto variable = Find(record.variable());
       if (variable == nullptr) {
         return absl::DataLossError(
             absl::StrCat("a block of '", record.variable(),
                          "', which the checkpoint lacks"));
       }
-      return variable->Restore(record).status();
+      PS_ASSIGN_OR_RETURN(const optimizer::StateSlots held,
+                          variable->Restore(record));
+      ChargeHeldSlots(*variable, held);
+      return absl::OkStatus();
     });
   }();
   // The steps the part was collecting at its cut were never answered:

@@ -129,6 +129,15 @@ class VariableStore final : public Store {
   void RemoveTable(SparseTable& table)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(structure_mu_);
 
+  // RestoreBlock's part for a record of table rows: fills the table and
+  // counts its rows, records and sync step.
+  absl::Status RestoreRows(const storage::v1::BlockRecord& record);
+  // Charges `variable` for the slots a restored block holds (`held`) that
+  // it is not charged for yet.
+  void ChargeHeldSlots(const DenseVariable& variable,
+                       optimizer::StateSlots held)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(structure_mu_);
+
   // Every variable, sorted by name.
   std::vector<std::shared_ptr<DenseVariable>> SortedVariables() const;
   // Every table, sorted by name.

@@ -15,6 +15,7 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "common/optimizer_config.h"
+#include "common/status.h"
 #include "common/wire.h"
 #include "server/optimizer/update.h"
 #include "server/store_impl.h"
@@ -1628,6 +1629,79 @@ TEST(StoreSyncCutTest, AsyncStoresHoldNothingAndRefuseACut) {
   auto pushed =
       PushNow(store, PushRequest("w0", 1, {MakeSlice("w", 0, {1, 1, 1, 1})}));
   EXPECT_TRUE(pushed->status.ok()) << pushed->status;
+}
+
+// A roll-back in place takes the shard to its part of a checkpoint whole:
+// values and steps, the own optimizers it had, its tables (emptied and
+// refilled), and nothing created after it.
+TEST(StoreSyncCutTest, ARollBackInPlaceRestoresEntriesOverridesAndTables) {
+  VariableStore store(SyncOptions(2, 2));
+  CreateLocal(store, "w", std::vector<float>(8, 0));
+  v1::CreateTableRequest table;
+  table.set_name("t");
+  table.set_dim(4);
+  ASSERT_TRUE(store.CreateTable(table).ok());
+  ExpectDone(PushStep(store, 0, {0, 4}), true);
+  // The checkpoint: after step 0.
+  storage::v1::ShardState state;
+  std::vector<storage::v1::BlockRecord> records;
+  ASSERT_TRUE(store
+                  .Snapshot(
+                      [&](const storage::v1::ShardState& shard) {
+                        state = shard;
+                        return absl::OkStatus();
+                      },
+                      [&](const storage::v1::BlockRecord& record) {
+                        records.push_back(record);
+                        return absl::OkStatus();
+                      })
+                  .ok());
+  const Snapshot at_checkpoint = PullAll(store, "w");
+
+  // After it: a step, an own optimizer, a variable and a table.
+  ExpectDone(PushStep(store, 1, {0, 4}), true);
+  ASSERT_TRUE(store.SetOptimizer("w", Optimizer("momentum {}"), false).ok());
+  CreateLocal(store, "late", std::vector<float>(4, 1));
+  v1::CreateTableRequest late_table = table;
+  late_table.set_name("late_t");
+  ASSERT_TRUE(store.CreateTable(late_table).ok());
+  ASSERT_NE(PullAll(store, "w").values, at_checkpoint.values);
+  auto replay =
+      [&](absl::FunctionRef<absl::Status(const storage::v1::BlockRecord&)> fn)
+      -> absl::Status {
+    for (const auto& record : records) PS_RETURN_IF_ERROR(fn(record));
+    return absl::OkStatus();
+  };
+
+  // A checkpoint that names a variable the shard lacks is refused, and
+  // changes nothing.
+  storage::v1::ShardState other = state;
+  other.mutable_variables(0)->set_name("missing");
+  absl::Status refused = store.RollBack(other, 1, 1, replay);
+  EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition) << refused;
+  EXPECT_THAT(std::string(refused.message()), HasSubstr("'missing'"));
+  EXPECT_NE(store.Find("late"), nullptr);
+  EXPECT_EQ(store.GetOptimizer("w")->rule_case(),
+            v1::OptimizerConfig::kMomentum);
+
+  ASSERT_TRUE(store.RollBack(state, 1, 1, replay).ok());
+  const Snapshot after = PullAll(store, "w");
+  EXPECT_EQ(after.values, at_checkpoint.values);
+  EXPECT_EQ(after.versions, at_checkpoint.versions);
+  EXPECT_EQ(store.Find("late"), nullptr);
+  EXPECT_EQ(store.FindTable("late_t"), nullptr);
+  ASSERT_NE(store.FindTable("t"), nullptr);
+  // "w" follows the default (SGD) again.
+  EXPECT_EQ(store.GetOptimizer("w")->rule_case(),
+            store.GetOptimizer("")->rule_case());
+  // Old sessions' pushes are refused; the step after the cut goes on in
+  // new ones.
+  auto stale = PushStep(store, 1, {0, 4});
+  for (const auto& result : stale) {
+    ASSERT_TRUE(result->WaitFor());
+    EXPECT_EQ(result->status.code(), absl::StatusCode::kFailedPrecondition)
+        << result->status;
+  }
 }
 
 // ---------------------------------------------------------------- memory

@@ -12,6 +12,8 @@
 #include <cmath>
 #include <filesystem>
 #include <memory>
+#include <numeric>
+#include <random>
 #include <string>
 #include <thread>
 #include <vector>
@@ -31,6 +33,10 @@ using ::testing::HasSubstr;
 constexpr uint64_t kBlockSize = 16;
 constexpr size_t kSize = 200;
 constexpr char kAdam[] = "adam {} learning_rate: 0.01";
+// The table beside "w": rows of kDim, kIds per worker and step, drawn from
+// ids that grow with the step (so rows are created after a checkpoint).
+constexpr uint32_t kDim = 8;
+constexpr size_t kIds = 6;
 
 // Worker `worker`'s gradient at step `step`: it depends on the values it
 // was computed on, so a gradient of values that were undone would change
@@ -43,6 +49,30 @@ std::vector<float> Gradient(int worker, uint64_t step,
         0.5f * values[i] + std::sin(0.37f * static_cast<float>(i) +
                                     0.91f * static_cast<float>(step) +
                                     1.3f * static_cast<float>(worker));
+  }
+  return gradient;
+}
+
+// The ids worker `worker` pushes rows of at `step`, without repeats.
+std::vector<uint64_t> StepIds(int worker, uint64_t step) {
+  // mt19937_64's sequence is fixed by the standard.
+  std::mt19937_64 random(step * 16 + static_cast<uint64_t>(worker));
+  std::vector<uint64_t> ids;
+  while (ids.size() < kIds) {
+    const uint64_t id = random() % (20 + 2 * step);
+    if (std::find(ids.begin(), ids.end(), id) == ids.end()) ids.push_back(id);
+  }
+  return ids;
+}
+
+// Their row gradients, which depend on the rows they were computed on.
+std::vector<float> RowGradient(int worker, uint64_t step,
+                               const std::vector<float>& rows) {
+  std::vector<float> gradient(rows.size());
+  for (size_t i = 0; i < rows.size(); ++i) {
+    gradient[i] = 0.25f * rows[i] + std::cos(0.53f * static_cast<float>(i) +
+                                             0.71f * static_cast<float>(step) +
+                                             0.4f * static_cast<float>(worker));
   }
   return gradient;
 }
@@ -73,6 +103,8 @@ std::unique_ptr<Client> Connect(const std::vector<std::string>& addresses,
 struct Worker {
   std::unique_ptr<Client> client;
   std::vector<float> values;
+  // The rows of the ids it pushes next, as the last step answered them.
+  std::vector<float> rows;
   std::atomic<uint64_t> step = 0;  // the step it pushes next
   absl::Status status;
   // The test's pacing, not roll-back code: before step `wait_at` the
@@ -89,9 +121,22 @@ void Train(Worker& worker, int index, uint64_t steps,
     if (client.sync_step() == worker.wait_at && worker.go_on != nullptr) {
       worker.go_on->WaitForNotificationWithTimeout(absl::Seconds(60));
     }
-    const std::vector<float> gradient =
-        Gradient(index, client.sync_step(), worker.values);
-    absl::Status status = client.PushPull("w", gradient, worker.values);
+    const uint64_t step = client.sync_step();
+    const std::vector<float> gradient = Gradient(index, step, worker.values);
+    // The rows of this step's ids, read before the step (as a model's
+    // forward pass reads them).
+    const std::vector<uint64_t> ids = StepIds(index, step);
+    worker.rows.assign(ids.size() * kDim, 0);
+    absl::Status status = client.PullRows("t", ids, worker.rows);
+    if (!status.ok()) {
+      worker.status = status;
+      return;
+    }
+    const std::vector<float> row_gradient =
+        RowGradient(index, step, worker.rows);
+    const NamedUpdate update{"w", gradient, worker.values};
+    const RowGradients rows{"t", ids, row_gradient, worker.rows};
+    status = client.PushPull(std::span(&update, 1), std::span(&rows, 1));
     if (!status.ok()) {
       worker.status = status;
       return;
@@ -140,7 +185,8 @@ class SyncRollbackTest : public ::testing::Test {
     return *clusters_.back();
   }
 
-  // Connects both workers and creates "w" with the same initial values.
+  // Connects both workers and creates "w" with the same initial values,
+  // and table "t" (Adam, rows from a seeded normal).
   void StartWorkers(ProcessCluster& cluster, Worker (&workers)[2]) {
     for (int w = 0; w < 2; ++w) {
       workers[w].client =
@@ -149,6 +195,10 @@ class SyncRollbackTest : public ::testing::Test {
       ASSERT_TRUE(workers[w]
                       .client->CreateVariable("w", {kSize}, InitialValues())
                       .ok());
+      TableOptions table;
+      table.init.set_seed(7);
+      table.init.mutable_normal()->set_stddev(0.1f);
+      ASSERT_TRUE(workers[w].client->CreateTable("t", kDim, table).ok());
       workers[w].values.assign(kSize, 0);
       ASSERT_TRUE(workers[w].client->Pull("w", workers[w].values).ok());
       EXPECT_EQ(workers[w].client->sync_step(), 0u);
@@ -320,6 +370,7 @@ TEST_F(SyncRollbackTest, BadRollBackAndHoldRequestsAreRefusedAndChangeNothing) {
 // What one training run ended with.
 struct RunResult {
   std::vector<float> values[2];
+  std::vector<float> rows[2];  // every row any step touched
   uint64_t rollbacks[2] = {0, 0};
   uint64_t resume_step[2] = {0, 0};
   uint64_t checkpoint_step = 0;
@@ -379,6 +430,10 @@ TEST_F(SyncRollbackTest,
       result.resume_step[w] = workers[w].client->resume_step();
       result.values[w].assign(kSize, 0);
       EXPECT_TRUE(workers[w].client->Pull("w", result.values[w]).ok());
+      std::vector<uint64_t> ids(20 + 2 * kSteps);
+      std::iota(ids.begin(), ids.end(), 0);
+      result.rows[w].assign(ids.size() * kDim, 0);
+      EXPECT_TRUE(workers[w].client->PullRows("t", ids, result.rows[w]).ok());
     }
     if (interrupt) {
       // Shard 0 went back with shard 1, and says so; neither reports a
@@ -408,8 +463,11 @@ TEST_F(SyncRollbackTest,
     EXPECT_EQ(straight.rollbacks[w], 0u);
     EXPECT_TRUE(SameBits(interrupted.values[w], straight.values[w]))
         << "worker " << w;
+    EXPECT_TRUE(SameBits(interrupted.rows[w], straight.rows[w]))
+        << "worker " << w;
   }
   EXPECT_TRUE(SameBits(interrupted.values[0], interrupted.values[1]));
+  EXPECT_TRUE(SameBits(interrupted.rows[0], interrupted.rows[1]));
 }
 
 }  // namespace
