@@ -18,10 +18,13 @@
 #ifndef PS_CLIENT_CLIENT_H_
 #define PS_CLIENT_CLIENT_H_
 
+#include <array>
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <future>
+#include <map>
 #include <memory>
 #include <optional>
 #include <span>
@@ -196,6 +199,30 @@ struct NamedUpdate {
   std::span<uint64_t> versions = {};
 };
 
+// A variable's values and optimizer state (Client::ReadState, WriteState).
+struct VariableState {
+  // The slots by kSlotNames' order; bit i of Block::held stands for
+  // kSlotNames[i].
+  static constexpr std::array<std::string_view, 4> kSlotNames = {
+      "momentum", "square_avg", "grad_avg", "max_square_avg"};
+  struct Block {
+    uint64_t offset = 0;  // first value, flat
+    uint64_t length = 0;
+    uint64_t step = 0;  // the rule's t: updates applied to the block
+    uint32_t held = 0;  // the slots the block holds (bits as above)
+    double eve_d = 0;
+    double eve_f_hat = 0;
+    bool eve_started = false;
+  };
+  std::vector<float> values;  // flat, every value
+  // Each slot any block holds, as many values as `values` (zeros in the
+  // blocks that do not hold it).
+  std::map<std::string, std::vector<float>, std::less<>> slots;
+  std::vector<Block> blocks;  // every block, by offset
+  // The variable's optimizer (shard 0's of its blocks), config_version set.
+  v1::OptimizerConfig optimizer;
+};
+
 // One table's rows in a push or push-pull beside dense variables: gradients
 // for `ids` (any order; repeats are summed first), ids.size() x dim values,
 // and, for a push-pull, where the rows after it go (ids.size() x dim, the
@@ -328,6 +355,22 @@ class Client {
   // NOT_FOUND. Needs an admin token when the shards have tokens
   // (PERMISSION_DENIED with a worker's). NOT_FOUND when no shard had it.
   absl::Status DeleteVariable(std::string_view name);
+
+  // ---- a variable's optimizer state (a torch optimizer's state_dict)
+
+  // Reads every block of `name` with its optimizer state, from every shard
+  // (pages of about part_bytes). NOT_FOUND for an unknown variable,
+  // DATA_LOSS when the shards' blocks do not cover it once.
+  absl::StatusOr<VariableState> ReadState(std::string_view name);
+  // Sets `name`'s values and optimizer state from `state` (as ReadState
+  // gives it, perhaps changed): each block's values, its held slots (the
+  // others start afresh on the next update), step and Eve feedback. The
+  // blocks' exactly-once records and sync step stay. Each shard checks all
+  // of its blocks before it changes any. INVALID_ARGUMENT when the blocks
+  // are not the variable's (see plan()), sizes differ, or a value is not
+  // finite; what the shards refuse (a slot the variable's optimizer does
+  // not hold) is returned as they say it.
+  absl::Status WriteState(std::string_view name, const VariableState& state);
 
   // Sends a gradient of every value of `name`; the servers apply it with the
   // variable's optimizer.

@@ -1,6 +1,7 @@
 // The client against real shards (ps::ParameterServer) in this process, on
 // port 0, with small blocks so every variable spans every shard.
 #include <chrono>
+#include <cmath>
 #include <future>
 #include <numeric>
 #include <thread>
@@ -164,6 +165,87 @@ TEST_P(ClientIntegrationTest, DeleteVariableOnEveryShard) {
   ASSERT_TRUE(client->Pull(std::span<const NamedValues>(&named, 1)).ok());
   EXPECT_EQ(values, Iota(4, 0));
   EXPECT_THAT(versions, ::testing::Each(0u));
+}
+
+// A variable's state read back into another: both then take the same
+// update bit for bit (the steps and Adam's moments came along).
+TEST_P(ClientIntegrationTest, StateReadIntoAnotherVariableContinuesAlike) {
+  ClientOptions small;
+  small.part_bytes = 64;  // ReadState's answers come in pages
+  auto client = Connect(small);
+  ASSERT_NE(client, nullptr);
+  v1::OptimizerConfig adam;
+  adam.mutable_adam();
+  adam.set_learning_rate(0.1);
+  ASSERT_TRUE(client->CreateVariable("a", {10}, Iota(10, 1), adam).ok());
+  ASSERT_TRUE(client->CreateVariable("b", {10}, {}, adam).ok());
+  for (int step = 0; step < 3; ++step) {
+    ASSERT_TRUE(client->Push("a", Iota(10, static_cast<float>(step))).ok());
+  }
+  absl::StatusOr<VariableState> state = client->ReadState("a");
+  ASSERT_TRUE(state.ok()) << state.status();
+  std::vector<float> values(10);
+  ASSERT_TRUE(client->Pull("a", values).ok());
+  EXPECT_EQ(state->values, values);
+  ASSERT_EQ(state->blocks.size(), 4u);  // blocks of 3
+  for (const VariableState::Block& block : state->blocks) {
+    EXPECT_EQ(block.step, 3u);
+    EXPECT_EQ(block.held, 3u);  // momentum (m) and square_avg (v)
+  }
+  EXPECT_EQ(state->blocks[3].offset, 9u);
+  EXPECT_EQ(state->blocks[3].length, 1u);
+  ASSERT_TRUE(state->slots.contains("momentum"));
+  ASSERT_TRUE(state->slots.contains("square_avg"));
+  EXPECT_FALSE(state->slots.contains("max_square_avg"));
+  EXPECT_TRUE(state->optimizer.has_adam());
+
+  ASSERT_TRUE(client->WriteState("b", *state).ok());
+  absl::StatusOr<VariableState> copied = client->ReadState("b");
+  ASSERT_TRUE(copied.ok()) << copied.status();
+  EXPECT_EQ(copied->values, state->values);
+  EXPECT_EQ(copied->slots, state->slots);
+  ASSERT_TRUE(client->Push("a", Iota(10, -4)).ok());
+  ASSERT_TRUE(client->Push("b", Iota(10, -4)).ok());
+  std::vector<float> a(10), b(10);
+  ASSERT_TRUE(client->Pull("a", a).ok());
+  ASSERT_TRUE(client->Pull("b", b).ok());
+  EXPECT_EQ(a, b);
+
+  // Refusals change nothing on any shard.
+  VariableState bad = *state;
+  bad.values[9] = std::nanf("");  // on the last shard of the blocks
+  absl::Status refused = client->WriteState("b", bad);
+  EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument) << refused;
+  EXPECT_THAT(refused.message(), HasSubstr("not finite"));
+  bad = *state;
+  bad.blocks.pop_back();
+  EXPECT_EQ(client->WriteState("b", bad).code(),
+            absl::StatusCode::kInvalidArgument);
+  bad = *state;
+  bad.values.push_back(0);
+  EXPECT_EQ(client->WriteState("b", bad).code(),
+            absl::StatusCode::kInvalidArgument);
+  // SGD holds no moments.
+  v1::OptimizerConfig sgd;
+  sgd.mutable_sgd();
+  ASSERT_TRUE(client->CreateVariable("s", {10}, {}, sgd).ok());
+  refused = client->WriteState("s", *state);
+  EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument) << refused;
+  EXPECT_THAT(refused.message(),
+              AllOf(HasSubstr("momentum"), HasSubstr("sgd")));
+  std::vector<float> unchanged(10);
+  ASSERT_TRUE(client->Pull("s", unchanged).ok());
+  EXPECT_THAT(unchanged, ::testing::Each(0.0f));
+  ASSERT_TRUE(client->Pull("b", unchanged).ok());
+  EXPECT_EQ(unchanged, b);
+  EXPECT_EQ(client->WriteState("missing", *state).code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(client->ReadState("missing").status().code(),
+            absl::StatusCode::kNotFound);
+  ASSERT_TRUE(client->CreateTable("emb", 2).ok());
+  absl::StatusOr<VariableState> table = client->ReadState("emb");
+  EXPECT_EQ(table.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(table.status().message(), HasSubstr("PullRows"));
 }
 
 TEST_P(ClientIntegrationTest, DeleteATableOnEveryShard) {

@@ -123,6 +123,35 @@ grpc::ServerUnaryReactor* ParameterServiceImpl::DeleteVariable(
       });
 }
 
+grpc::ServerUnaryReactor* ParameterServiceImpl::ReadState(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
+  return gate_->Serve<v1::ReadStateRequest, v1::ReadStateResponse>(
+      context, Role::kWorker, request, response,
+      [&](const Caller&, const v1::ReadStateRequest& read,
+          v1::ReadStateResponse* answer) {
+        return store_->ReadState(read, answer);
+      });
+}
+
+grpc::ServerUnaryReactor* ParameterServiceImpl::WriteState(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
+  return gate_->Serve<v1::WriteStateRequest, v1::WriteStateResponse>(
+      context, Role::kWorker, request, response,
+      [&](const Caller& caller, const v1::WriteStateRequest& write,
+          v1::WriteStateResponse* answer) {
+        absl::StatusOr<uint64_t> written = store_->WriteState(write);
+        if (!written.ok()) return written.status();
+        answer->set_written(*written);
+        if (*written > 0) {
+          spdlog::info("{} set the optimizer state of {} block(s) of '{}'",
+                       caller.label, *written, write.blocks(0).variable());
+        }
+        return absl::OkStatus();
+      });
+}
+
 grpc::ServerUnaryReactor* ParameterServiceImpl::CreateTable(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
     grpc::ByteBuffer* response) {

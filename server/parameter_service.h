@@ -26,12 +26,15 @@ using RawParameterService = v1::ParameterService::WithRawCallbackMethod_GetClust
                     v1::ParameterService::WithRawCallbackMethod_OpenSession<
                         v1::ParameterService::WithRawCallbackMethod_CreateTable<
                             v1::ParameterService::WithRawCallbackMethod_Heartbeat<
-                                v1::ParameterService::
-                                    WithRawCallbackMethod_Leave<
-                                        v1::ParameterService::
-                                            WithRawCallbackMethod_DeleteVariable<
-                                                v1::ParameterService::
-                                                    Service>>>>>>>>>>;
+                                v1::ParameterService::WithRawCallbackMethod_Leave<
+                                    v1::ParameterService::
+                                        WithRawCallbackMethod_DeleteVariable<
+                                            v1::ParameterService::
+                                                WithRawCallbackMethod_ReadState<
+                                                    v1::ParameterService::
+                                                        WithRawCallbackMethod_WriteState<
+                                                            v1::ParameterService::
+                                                                Service>>>>>>>>>>>>;
 
 class ParameterServiceImpl final : public RawParameterService {
  public:
@@ -51,6 +54,14 @@ class ParameterServiceImpl final : public RawParameterService {
   grpc::ServerUnaryReactor* DeleteVariable(grpc::CallbackServerContext* context,
                                            const grpc::ByteBuffer* request,
                                            grpc::ByteBuffer* response) override;
+  // ReadStateRequest -> ReadStateResponse.
+  grpc::ServerUnaryReactor* ReadState(grpc::CallbackServerContext* context,
+                                      const grpc::ByteBuffer* request,
+                                      grpc::ByteBuffer* response) override;
+  // WriteStateRequest -> WriteStateResponse.
+  grpc::ServerUnaryReactor* WriteState(grpc::CallbackServerContext* context,
+                                       const grpc::ByteBuffer* request,
+                                       grpc::ByteBuffer* response) override;
   // CreateTableRequest -> CreateTableResponse.
   grpc::ServerUnaryReactor* CreateTable(grpc::CallbackServerContext* context,
                                         const grpc::ByteBuffer* request,

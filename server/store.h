@@ -206,6 +206,24 @@ class Store {
       const std::string& variable, const v1::OptimizerConfig& config,
       bool reset_state, bool validate_only) = 0;
 
+  // ---- a variable's optimizer state (state_dict, load_state_dict)
+
+  // This shard's blocks of `request.variable` from `first_block` on, each
+  // with its values, slots, step and Eve's feedback, until the answer
+  // holds about max_bytes (then `more` and `next_block`). INVALID_ARGUMENT
+  // for no name or a table, NOT_FOUND for an unknown variable.
+  virtual absl::Status ReadState(const v1::ReadStateRequest& request,
+                                 v1::ReadStateResponse* response) const = 0;
+  // Sets the given blocks' values, slots, step and Eve feedback, keeping
+  // their exactly-once records and sync step; a diverged block takes pushes
+  // again. Returns the blocks written. Changes nothing on any bad block:
+  // NOT_FOUND (unknown variable), INVALID_ARGUMENT (not a whole block, a
+  // block twice, wrong sizes, values that are not finite, a slot the rule
+  // and the block's charge do not cover), FAILED_PRECONDITION (a block of
+  // another shard). `validate_only`: every check, no change (returns 0).
+  virtual absl::StatusOr<uint64_t> WriteState(
+      const v1::WriteStateRequest& request) = 0;
+
   // Every variable with this shard's blocks, versions and optimizer.
   virtual v1::ListVariablesResponse ListVariables() const = 0;
 

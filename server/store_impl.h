@@ -67,6 +67,10 @@ class VariableStore final : public Store {
       const std::string& variable, const v1::OptimizerConfig& config,
       bool reset_state, bool validate_only = false) override;
   v1::ListVariablesResponse ListVariables() const override;
+  absl::Status ReadState(const v1::ReadStateRequest& request,
+                         v1::ReadStateResponse* response) const override;
+  absl::StatusOr<uint64_t> WriteState(
+      const v1::WriteStateRequest& request) override;
   v1::Stats Stats() const override;
   ServerStats& counters() override { return counters_; }
 

@@ -1704,6 +1704,103 @@ TEST(StoreSyncCutTest, ARollBackInPlaceRestoresEntriesOverridesAndTables) {
   }
 }
 
+// ---------------------------------------------------------------- state
+
+// WriteState refuses what is not whole blocks of this shard, with finite
+// values and slots the rule holds, and then changes nothing.
+TEST(StoreStateTest, BadBlocksAreRefusedAndChangeNothing) {
+  // Shard 0 of 2: of "w"'s blocks [0,4) [4,8) [8,10) it owns some.
+  VariableStore store(AsyncOptions(0, 2, 4, "momentum {} learning_rate: 1"));
+  CreateLocal(store, "w", Iota(10));
+  PushNow(store, PushRequest("w0", 1, {}));
+  v1::ReadStateResponse read;
+  v1::ReadStateRequest ask;
+  ask.set_variable("w");
+  ASSERT_TRUE(store.ReadState(ask, &read).ok());
+  ASSERT_FALSE(read.blocks().empty());
+  EXPECT_FALSE(read.more());
+  EXPECT_TRUE(read.optimizer().has_momentum());
+  const v1::BlockState good = read.blocks(0);
+  EXPECT_EQ(good.size(), 10u);
+  const Snapshot before = PullAll(store, "w");
+
+  auto refused = [&](v1::BlockState block, absl::StatusCode code,
+                     const std::string& text) {
+    v1::WriteStateRequest request;
+    *request.add_blocks() = std::move(block);
+    absl::StatusOr<uint64_t> written = store.WriteState(request);
+    EXPECT_EQ(written.status().code(), code) << written.status();
+    EXPECT_THAT(std::string(written.status().message()), HasSubstr(text));
+  };
+  v1::BlockState block = good;
+  block.set_offset(good.offset() + 1);
+  refused(block, absl::StatusCode::kInvalidArgument, "is not a block");
+  {  // a good block, then the same again: neither is written
+    v1::WriteStateRequest twice;
+    block = good;
+    block.set_step(100);
+    *twice.add_blocks() = block;
+    *twice.add_blocks() = block;
+    absl::StatusOr<uint64_t> written = store.WriteState(twice);
+    EXPECT_EQ(written.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(std::string(written.status().message()),
+                HasSubstr("given twice"));
+  }
+  block = good;
+  block.set_size(11);
+  refused(block, absl::StatusCode::kInvalidArgument, "the variable has 10");
+  block = good;
+  block.mutable_values()->pop_back();
+  refused(block, absl::StatusCode::kInvalidArgument, "bytes of values");
+  block = good;
+  block.set_square_avg(block.values());  // momentum holds no square_avg
+  refused(block, absl::StatusCode::kInvalidArgument, "square_avg");
+  block = good;
+  block.mutable_momentum()->resize(4);
+  refused(block, absl::StatusCode::kInvalidArgument, "slot momentum");
+  block = good;
+  block.set_eve_d(std::numeric_limits<double>::infinity());
+  refused(block, absl::StatusCode::kInvalidArgument, "not finite");
+  block = good;
+  block.set_variable("t");
+  refused(block, absl::StatusCode::kNotFound, "'t'");
+  // A block of the other shard.
+  for (uint64_t offset : {0, 4, 8}) {
+    bool owned = false;
+    for (const v1::BlockState& mine : read.blocks()) {
+      owned = owned || mine.offset() == offset;
+    }
+    if (owned) continue;
+    block = good;
+    block.set_offset(offset);
+    block.set_length(offset == 8 ? 2 : 4);
+    block.mutable_values()->resize(block.length() * sizeof(float));
+    block.clear_momentum();
+    refused(block, absl::StatusCode::kFailedPrecondition, "belongs to shard 1");
+  }
+  const Snapshot after = PullAll(store, "w");
+  EXPECT_EQ(after.values, before.values);
+  EXPECT_EQ(after.versions, before.versions);
+
+  // A good one: its step and values, and the slot left out starts afresh.
+  v1::WriteStateRequest request;
+  block = good;
+  block.set_step(7);
+  block.clear_momentum();
+  block.set_values(std::string(good.values().size(), '\0'));
+  *request.add_blocks() = block;
+  request.set_validate_only(true);
+  ASSERT_EQ(store.WriteState(request).value_or(99), 0u);
+  EXPECT_EQ(PullAll(store, "w").values, before.values);
+  request.set_validate_only(false);
+  ASSERT_EQ(store.WriteState(request).value_or(99), 1u);
+  v1::ReadStateResponse again;
+  ASSERT_TRUE(store.ReadState(ask, &again).ok());
+  EXPECT_EQ(again.blocks(0).step(), 7u);
+  EXPECT_TRUE(again.blocks(0).momentum().empty());
+  EXPECT_EQ(again.blocks(0).values(), block.values());
+}
+
 // ---------------------------------------------------------------- memory
 
 // What the store's variables hold now: values, state slots and sync sums.

@@ -171,6 +171,18 @@ void CallDeleteVariable(ShardStub* stub, grpc::ClientContext* context,
                                        std::move(done));
 }
 
+void CallReadState(ShardStub* stub, grpc::ClientContext* context,
+                   const v1::ReadStateRequest* request,
+                   v1::ReadStateResponse* response, CallDone done) {
+  stub->typed->async()->ReadState(context, request, response, std::move(done));
+}
+
+void CallWriteState(ShardStub* stub, grpc::ClientContext* context,
+                    const v1::WriteStateRequest* request,
+                    v1::WriteStateResponse* response, CallDone done) {
+  stub->typed->async()->WriteState(context, request, response, std::move(done));
+}
+
 void CallCreateTable(ShardStub* stub, grpc::ClientContext* context,
                      const v1::CreateTableRequest* request,
                      v1::CreateTableResponse* response, CallDone done) {

@@ -125,6 +125,12 @@ void CallCreateVariable(ShardStub* stub, grpc::ClientContext* context,
 void CallDeleteVariable(ShardStub* stub, grpc::ClientContext* context,
                         const v1::DeleteVariableRequest* request,
                         v1::DeleteVariableResponse* response, CallDone done);
+void CallReadState(ShardStub* stub, grpc::ClientContext* context,
+                   const v1::ReadStateRequest* request,
+                   v1::ReadStateResponse* response, CallDone done);
+void CallWriteState(ShardStub* stub, grpc::ClientContext* context,
+                    const v1::WriteStateRequest* request,
+                    v1::WriteStateResponse* response, CallDone done);
 // The answer (an empty PushResponse) is not read.
 void CallPush(ShardStub* stub, grpc::ClientContext* context,
               const EncodedPush* request, grpc::ByteBuffer* response,

@@ -185,6 +185,19 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       }
       break;
     }
+    case 9: {
+      ps::v1::ReadStateRequest request;
+      if (!ps::Parse(bytes, &request)) break;
+      ps::v1::ReadStateResponse response;
+      (void)store.ReadState(request, &response);
+      break;
+    }
+    case 10: {
+      ps::v1::WriteStateRequest request;
+      if (!ps::Parse(bytes, &request)) break;
+      (void)store.WriteState(request);
+      break;
+    }
     default:
       break;
   }
