@@ -299,6 +299,7 @@ absl::Status VariableStore::RollBack(
   sync_.Release();
   DropCollectedSteps(RolledBackError());
   absl::Status status = [&]() -> absl::Status {
+    structure_mu_.AssertHeld();  // by structure_lock
     if (absl::Status rules = rules_.Restore(state); !rules.ok()) {
       return absl::DataLossError(rules.message());
     }
@@ -327,6 +328,7 @@ absl::Status VariableStore::RollBack(
       }
     }
     auto origin_of = [&](const auto& header) {
+      structure_mu_.AssertHeld();
       if (header.has_origin()) {
         origins_[header.name()] = header.origin();
       } else {
@@ -350,6 +352,7 @@ absl::Status VariableStore::RollBack(
       origin_of(header);
     }
     return read_blocks([&](const storage::v1::BlockRecord& record) {
+      structure_mu_.AssertHeld();
       if (record.has_rows()) return RestoreRows(record);
       auto variable = Find(record.variable());
       if (variable == nullptr) {

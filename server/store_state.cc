@@ -197,6 +197,7 @@ absl::StatusOr<uint64_t> VariableStore::WriteState(
   for (const Target& target : targets) locks.push_back(&target.block->mu);
   LockedSet locked(std::move(locks));
   for (const Target& target : targets) {
+    target.block->mu.AssertHeld();  // by `locked`
     if (target.block->deleted) {
       return absl::NotFoundError(
           absl::StrCat("variable '", target.variable->name(),
@@ -205,6 +206,7 @@ absl::StatusOr<uint64_t> VariableStore::WriteState(
   }
   for (const Target& target : targets) {
     Block& block = *target.block;
+    block.mu.AssertHeld();
     const v1::BlockState& given = *target.state;
     block.values = GetFloats(given.values());
     optimizer::BlockOptimizerState& state = block.state;

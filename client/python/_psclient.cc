@@ -16,6 +16,7 @@
 #include <pybind11/stl.h>
 
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <optional>
 #include <span>
@@ -390,6 +391,66 @@ class PyClient {
     if (!status.ok()) Throw(status);
   }
 
+  // ---- a variable's optimizer state: (values, {slot: values}, [block
+  // tuples (offset, length, step, held, eve_d, eve_f_hat, eve_started)],
+  // serialized OptimizerConfig); values as float32 bytes.
+  py::tuple ReadState(const std::string& name) {
+    std::shared_ptr<Client> client = get();
+    absl::StatusOr<VariableState> state;
+    {
+      py::gil_scoped_release release;
+      state = client->ReadState(name);
+    }
+    if (!state.ok()) Throw(state.status());
+    // Float32 bytes, which psclient wraps in numpy arrays.
+    auto to_array = [](const std::vector<float>& values) {
+      return py::bytes(reinterpret_cast<const char*>(values.data()),
+                       values.size() * sizeof(float));
+    };
+    py::dict slots;
+    for (const auto& [slot, values] : state->slots) {
+      slots[py::str(slot)] = to_array(values);
+    }
+    py::list blocks;
+    for (const VariableState::Block& block : state->blocks) {
+      blocks.append(py::make_tuple(block.offset, block.length, block.step,
+                                   block.held, block.eve_d, block.eve_f_hat,
+                                   block.eve_started));
+    }
+    return py::make_tuple(to_array(state->values), slots, blocks,
+                          py::bytes(state->optimizer.SerializeAsString()));
+  }
+
+  void WriteState(const std::string& name, const py::handle& values,
+                  const py::dict& slots, const py::list& blocks) {
+    std::shared_ptr<Client> client = get();
+    VariableState state;
+    auto from_array = [](const py::handle& array, const std::string& what) {
+      py::buffer_info info = FloatBuffer(array, false, what);
+      std::span<const float> span = ConstSpan(info);
+      return std::vector<float>(span.begin(), span.end());
+    };
+    state.values = from_array(values, "values");
+    for (const auto& [slot, array] : slots) {
+      const std::string slot_name = py::str(slot);
+      state.slots[slot_name] = from_array(array, "slot " + slot_name);
+    }
+    for (const py::handle& item : blocks) {
+      auto block = item.cast<std::tuple<uint64_t, uint64_t, uint64_t, uint32_t,
+                                        double, double, bool>>();
+      state.blocks.push_back({std::get<0>(block), std::get<1>(block),
+                              std::get<2>(block), std::get<3>(block),
+                              std::get<4>(block), std::get<5>(block),
+                              std::get<6>(block)});
+    }
+    absl::Status status;
+    {
+      py::gil_scoped_release release;
+      status = client->WriteState(name, state);
+    }
+    if (!status.ok()) Throw(status);
+  }
+
   // ---- sparse tables; init, policy and optimizer are serialized
   // RowInit, TablePolicy and OptimizerConfig messages (or None).
   bool CreateTable(const std::string& name, uint32_t dim,
@@ -738,6 +799,9 @@ PYBIND11_MODULE(_core, m) {
            py::arg("shape"), py::arg("initial"), py::arg("optimizer"),
            py::arg("on_exists") = 0)
       .def("delete_variable", &PyClient::DeleteVariable, py::arg("name"))
+      .def("read_state", &PyClient::ReadState, py::arg("name"))
+      .def("write_state", &PyClient::WriteState, py::arg("name"),
+           py::arg("values"), py::arg("slots"), py::arg("blocks"))
       .def("create_table", &PyClient::CreateTable, py::arg("name"),
            py::arg("dim"), py::arg("init") = py::none(),
            py::arg("policy") = py::none(), py::arg("optimizer") = py::none(),

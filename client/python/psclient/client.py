@@ -516,6 +516,73 @@ class Client:
             raise _error(e) from None
         self._forget(name)
 
+    # ---- a variable's optimizer state (docs/pytorch.md, state_dict)
+
+    #: The optimizer slots, by the bit each has in a block's ``held``.
+    SLOT_NAMES = ("momentum", "square_avg", "grad_avg", "max_square_avg")
+
+    def read_state(self, name: str) -> Dict[str, Any]:
+        """The values and optimizer state of variable ``name``, read from
+        every shard: a dict with
+
+        - ``values``: float32, the variable's shape (flat when this client
+          does not know it);
+        - ``slots``: {slot name: float32 array of that shape} for each slot
+          a block holds (``SLOT_NAMES``; zeros in blocks that do not);
+        - ``blocks``: per block, by offset, a tuple ``(offset, length, step,
+          held, eve_d, eve_f_hat, eve_started)``: ``step`` is the rule's t
+          and bit i of ``held`` stands for ``SLOT_NAMES[i]``;
+        - ``optimizer``: the variable's ``OptimizerConfig``.
+
+        Raises:
+            PsError: NOT_FOUND for an unknown variable, INVALID_ARGUMENT
+                for a table.
+        """
+        try:
+            values, slots, blocks, config = self._core.read_state(name)
+        except _core.StatusError as e:
+            raise _error(e) from None
+        with self._shapes_lock:
+            shape = self._shapes.get(name)
+        values = np.frombuffer(values, dtype=np.float32).copy()
+        if shape is None or int(np.prod(shape, dtype=np.int64)) != values.size:
+            shape = (values.size,)
+        optimizer = ps_pb2.OptimizerConfig()
+        optimizer.ParseFromString(config)
+        return {
+            "values": values.reshape(shape),
+            "slots": {k: np.frombuffer(v, dtype=np.float32).copy().reshape(shape)
+                      for k, v in slots.items()},
+            "blocks": [tuple(b) for b in blocks],
+            "optimizer": optimizer,
+        }
+
+    def write_state(self, name: str, state: Mapping[str, Any]) -> None:
+        """Sets variable ``name``'s values and optimizer state from
+        ``state``, in read_state's form (``optimizer`` is not read: set it
+        with ``create_variable`` or psctl). Every shard checks its blocks
+        before any shard writes; the blocks' exactly-once records and sync
+        step stay.
+
+        Raises:
+            PsError: INVALID_ARGUMENT for blocks that are not the
+                variable's, sizes that differ, values that are not finite,
+                or a slot its optimizer does not hold; NOT_FOUND for an
+                unknown variable.
+        """
+        def flat(array: Any) -> np.ndarray:
+            if type(array).__module__.startswith("torch"):
+                array = array.detach().cpu().numpy()
+            return np.ascontiguousarray(array, dtype=np.float32).reshape(-1)
+        slots = {str(k): flat(v) for k, v in state.get("slots", {}).items()}
+        blocks = [tuple(b) for b in state["blocks"]]
+        try:
+            self._core.write_state(name, flat(state["values"]), slots, blocks)
+        except _core.StatusError as e:
+            raise _error(e) from None
+        except (TypeError, RuntimeError) as e:
+            raise ValueError(f"state of '{name}': {e}") from None
+
     # ---- sparse tables (docs/tables.md)
 
     def create_table(self,

@@ -1035,48 +1035,76 @@ class RemoteOptimizer(torch.optim.Optimizer):
     # --------------------------------------------------------- state_dict
 
     def state_dict(self) -> Dict[str, Any]:
-        """torch's form: ``param_groups`` (hyper-parameters and parameter
-        indexes, plus the server names) and ``state`` (per parameter index:
-        its server ``step``, the lowest block version). The values and
-        slots themselves stay on the server (and in its checkpoints); see
-        docs/pytorch.md."""
+        """torch's form, with the server's state: ``param_groups``
+        (hyper-parameters and parameter indexes, plus the server names) and
+        ``state``, per index of a dense parameter: ``step`` (the rule's t,
+        as torch keeps it), the rule's slots under torch's names
+        (``exp_avg``/``exp_avg_sq``/``max_exp_avg_sq`` for Adam and Eve,
+        ``momentum_buffer``, ``sum`` for Adagrad, ``square_avg`` and
+        ``grad_avg`` for RMSProp), ``value`` (the server's values) and
+        ``blocks`` (each block's step, held slots and Eve feedback, so that
+        load_state_dict puts back exactly what was read). Sparse tables'
+        rows stay on the server and in its checkpoints (docs/pytorch.md)."""
         state = super().state_dict()
-        versions = self.client.pull(self.variable_names, return_versions=True)[1] \
-            if self.variable_names else {}
+        dense = set(self.variable_names)
         index = 0
         for group, saved in zip(self.param_groups, state["param_groups"]):
             saved["names"] = [self._names[id(p)] for p in group["params"]]
             for p in group["params"]:
                 name = self._names[id(p)]
-                if name in versions:
-                    state["state"][index] = {"step": torch.tensor(
-                        float(versions[name].min()))}
+                if name in dense:
+                    state["state"][index] = _torch_state(self.client.read_state(name),
+                                                         p.shape)
                 index += 1
         state["step_count"] = self.step_count
         return state
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         """Takes the hyper-parameters of a state_dict (sending changed ones
-        to the server) and its step counter; the server names must match."""
+        to the server), its step counter, and each parameter's server state:
+        its values and slots are written to the shards (every shard checks
+        before any writes) and into the parameter. The server names must
+        match. A state without ``value`` (torch's own Adam, say) keeps the
+        server's values and sets the slots and step it has; one without
+        slots either (an older state_dict) only checks that the shards are
+        not behind it."""
         for group, saved in zip(self.param_groups, state_dict["param_groups"]):
             names = [self._names[id(p)] for p in group["params"]]
             if "names" in saved and list(saved["names"]) != names:
                 raise ValueError(f"the state_dict's parameters {saved['names']} are "
                                  f"not this optimizer's {names}")
-        self._check_server_steps(state_dict.get("state", {}))
+        saved_state = state_dict.get("state", {})
+        order = [(self._names[id(p)], p) for g in self.param_groups for p in g["params"]]
+        dense = set(self.variable_names)
+        writes = []
+        for i, entry in saved_state.items():
+            i = int(i)
+            if i >= len(order) or order[i][0] not in dense:
+                continue
+            if "value" in entry or any(k in entry for k in _SLOT_OF_TORCH):
+                writes.append((order[i], entry))
+        written = {name for (name, _), _ in writes}
+        self._check_server_steps({i: e for i, e in saved_state.items()
+                                  if int(i) < len(order) and order[int(i)][0] not in written})
+        # Every state is built (and checked here) before any is written.
+        states = [(name, p, _server_state(self.client.read_state(name), entry, name))
+                  for (name, p), entry in writes]
         saved_groups = [{k: v for k, v in g.items() if k != "names"}
                         for g in state_dict["param_groups"]]
         super().load_state_dict({"state": {}, "param_groups": saved_groups})
         if "step_count" in state_dict and not self.client.sync:
             self.step_count = int(state_dict["step_count"])
         self._sync_hyperparameters()
+        for name, p, server in states:
+            self.client.write_state(name, server)
+        self._write_back({name: server["values"] for name, _, server in states})
 
     def _check_server_steps(self, state: Mapping[int, Mapping[str, Any]]) -> None:
         """Refuses a state_dict newer than what the shards hold (shards
         restarted from an older checkpoint, or another cluster)."""
         order = [self._names[id(p)] for g in self.param_groups for p in g["params"]]
-        saved = {order[i]: float(entry["step"]) for i, entry in state.items()
-                 if i < len(order) and "step" in entry}
+        saved = {order[int(i)]: float(entry["step"]) for i, entry in state.items()
+                 if int(i) < len(order) and "step" in entry}
         names = [n for n in self.variable_names if n in saved]
         if not names:
             return
@@ -1088,6 +1116,70 @@ class RemoteOptimizer(torch.optim.Optimizer):
                     f"the shards hold step {held} of '{name}', older than the "
                     f"state_dict's step {int(saved[name])}: restore the shards' "
                     "checkpoint of that step (the values and slots live there)")
+
+
+# The server's slots under torch's names, by rule (OptimizerConfig's oneof).
+_TORCH_SLOTS = {
+    "sgd": {"momentum": "momentum_buffer"},
+    "momentum": {"momentum": "momentum_buffer"},
+    "adagrad": {"square_avg": "sum"},
+    "rmsprop": {"square_avg": "square_avg", "momentum": "momentum_buffer",
+                "grad_avg": "grad_avg"},
+    "adam": {"momentum": "exp_avg", "square_avg": "exp_avg_sq",
+             "max_square_avg": "max_exp_avg_sq"},
+    "eve": {"momentum": "exp_avg", "square_avg": "exp_avg_sq",
+            "max_square_avg": "max_exp_avg_sq"},
+}
+# Every torch name back to its slot (the names do not collide across rules).
+_SLOT_OF_TORCH = {torch_name: slot for names in _TORCH_SLOTS.values()
+                  for slot, torch_name in names.items()}
+
+
+def _torch_state(server: Dict[str, Any], shape: torch.Size) -> Dict[str, Any]:
+    """A variable's read_state in torch's per-parameter form."""
+    names = _TORCH_SLOTS.get(server["optimizer"].WhichOneof("rule") or "sgd", {})
+    blocks = server["blocks"]
+    state: Dict[str, Any] = {
+        "step": torch.tensor(float(min((b[2] for b in blocks), default=0))),
+        "value": torch.from_numpy(server["values"].reshape(shape)),
+        "blocks": [tuple(b) for b in blocks],
+    }
+    for slot, values in server["slots"].items():
+        state[names.get(slot, slot)] = torch.from_numpy(values.reshape(shape))
+    return state
+
+
+def _server_state(current: Dict[str, Any], entry: Mapping[str, Any],
+                  name: str) -> Dict[str, Any]:
+    """What write_state takes, from a torch-form state (``entry``) and the
+    variable's current read_state (its block layout and values)."""
+    def flat(t: Any, what: str) -> np.ndarray:
+        if isinstance(t, torch.Tensor):
+            t = t.detach().cpu().numpy()
+        array = np.ascontiguousarray(t, dtype=np.float32).reshape(-1)
+        if array.size != current["values"].size:
+            raise ValueError(f"{what} of '{name}' has {array.size} values; the "
+                             f"variable has {current['values'].size}")
+        return array
+    slots = {}
+    for key, value in entry.items():
+        slot = _SLOT_OF_TORCH.get(key, key if key in Client.SLOT_NAMES else None)
+        if slot is not None:
+            slots[slot] = flat(value, key)
+    bits = {s: 1 << i for i, s in enumerate(Client.SLOT_NAMES)}
+    if "blocks" in entry:
+        blocks = [tuple(b) for b in entry["blocks"]]
+        layout = [tuple(b[:2]) for b in current["blocks"]]
+        if [tuple(b[:2]) for b in blocks] != layout:
+            raise ValueError(f"the state_dict's blocks of '{name}' are not the "
+                             "variable's (another block_size or shape)")
+    else:
+        step = int(float(entry.get("step", 0)))
+        held = sum(bits[s] for s in slots)
+        blocks = [(b[0], b[1], step, held, 0.0, 0.0, False) for b in current["blocks"]]
+    values = flat(entry["value"], "value") if "value" in entry \
+        else current["values"].reshape(-1)
+    return {"values": values, "slots": slots, "blocks": blocks}
 
 
 def _writable_in_place(p: torch.Tensor) -> bool:

@@ -182,8 +182,10 @@ class TorchTest(unittest.TestCase):
                               on_exists="reuse")
         sched = torch.optim.lr_scheduler.StepLR(opt, step_size=4, gamma=0.5)
         # A state_dict ahead of the shards' state is refused.
+        # A state of a step alone (no values or slots to write) that is
+        # ahead of the shards is refused.
         ahead = copy.deepcopy(saved[0])
-        ahead["state"][1]["step"] += 1
+        ahead["state"][1] = {"step": ahead["state"][1]["step"] + 1}
         with self.assertRaisesRegex(ValueError, "older than the state_dict's step"):
             opt.load_state_dict(ahead)
         opt.load_state_dict(saved[0])
@@ -192,6 +194,62 @@ class TorchTest(unittest.TestCase):
         self.assert_same(second, first, rtol=0, atol=0)
         _train(second, opt, STEPS, first=STEPS, scheduler=sched)
         self.assert_same(second, local)
+
+    def test_state_dict_holds_the_server_state_and_restores_it(self):
+        # Adam, locally and remotely, the same steps.
+        local = make_mlp()
+        local_opt = torch.optim.Adam(local.parameters(), lr=0.01)
+        _train(local, local_opt, STEPS)
+        first = make_mlp()
+        opt = RemoteOptimizer(first.parameters(), self.client, "adam", lr=0.01,
+                              model=first, prefix="state/")
+        _train(first, opt, STEPS)
+        saved = opt.state_dict()
+        local_saved = local_opt.state_dict()
+        for i, p in enumerate(first.parameters()):
+            entry = saved["state"][i]
+            self.assertEqual(entry["step"].item(), STEPS)
+            self.assertTrue(torch.equal(entry["value"], p.detach()))
+            for key in ("exp_avg", "exp_avg_sq"):
+                torch.testing.assert_close(entry[key], local_saved["state"][i][key],
+                                           rtol=RTOL, atol=ATOL)
+            self.assertNotIn("max_exp_avg_sq", entry)
+        saved = copy.deepcopy(saved)
+
+        # The server loses it all: the variables are deleted, and a new
+        # worker creates them afresh from other values.
+        for name in opt.variable_names:
+            self.client.delete_variable(name)
+        del opt
+        second = make_mlp(seed=11)
+        opt = RemoteOptimizer(second.parameters(), self.client, "adam", lr=0.01,
+                              model=second, prefix="state/")
+        self.assertEqual(self.client.read_state("state/0.weight")["blocks"][0][2], 0)
+        # A state that does not fit is refused before anything is written.
+        bad = copy.deepcopy(saved)
+        bad["state"][3]["exp_avg"] = bad["state"][3]["exp_avg"][:-1]
+        with self.assertRaisesRegex(ValueError, "exp_avg of 'state/2.bias'"):
+            opt.load_state_dict(bad)
+        self.assertEqual(self.client.read_state("state/0.weight")["blocks"][0][2], 0)
+        # The state_dict puts back values, moments and steps: training goes
+        # on as the uninterrupted local Adam does.
+        opt.load_state_dict(saved)
+        self.assert_same(second, first, rtol=0, atol=0)
+        _train(local, local_opt, STEPS, first=STEPS)
+        _train(second, opt, STEPS, first=STEPS)
+        self.assert_same(second, local)
+
+        # torch's own Adam state_dict (no values, no server blocks): its
+        # moments and step go to the server, the parameters' values stay.
+        third = copy.deepcopy(local)
+        opt = RemoteOptimizer(third.parameters(), self.client, "adam", lr=0.01,
+                              model=third, prefix="from_torch/")
+        opt.load_state_dict(local_opt.state_dict())
+        state = self.client.read_state("from_torch/0.weight")
+        self.assertEqual({b[2] for b in state["blocks"]}, {2 * STEPS})
+        _train(local, local_opt, 4, first=2 * STEPS)
+        _train(third, opt, 4, first=2 * STEPS)
+        self.assert_same(third, local)
 
     def test_zero_grad_and_closure(self):
         x, y = digits()
