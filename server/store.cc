@@ -408,7 +408,8 @@ void VariableStore::RemoveTable(SparseTable& table) {
   }
   rules_.Forget(name);
   origins_.erase(name);
-  memory_.AddTableBytes(-bytes);
+  memory_.AddTableBytes(-bytes -
+                        static_cast<int64_t>(SparseTable::kTableBytes));
   memory_.AddAppliedRecords(-records);
   for (auto& [waiter, status] : ready) waiter->PartDone(std::move(status));
 }

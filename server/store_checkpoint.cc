@@ -349,6 +349,9 @@ absl::Status VariableStore::RollBack(
         absl::MutexLock lock(&entries_mu_);
         tables_.emplace(header.name(), std::move(table));
       }
+      // The one it replaces was given back by RemoveTable; the checkpoint
+      // held it, so it fits as it did then.
+      memory_.AddTableBytes(SparseTable::kTableBytes);
       origin_of(header);
     }
     return read_blocks([&](const storage::v1::BlockRecord& record) {

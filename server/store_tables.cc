@@ -150,7 +150,20 @@ absl::StatusOr<bool> VariableStore::CreateTable(
         absl::StrCat("a variable named '", name,
                      "' exists; variables and tables share one namespace"));
   }
-  if (auto existing = FindTable(name)) {
+  auto existing = FindTable(name);
+  const bool creates =
+      existing == nullptr || request.on_exists() == v1::ON_EXISTS_RESET;
+  // What the new table costs before its first row, checked before anything
+  // changes (a reset's old table is still there: its bytes are not
+  // counted as freed).
+  if (creates) {
+    PS_RETURN_IF_ERROR(memory_.ReserveTableBytes(
+        SparseTable::kTableBytes,
+        absl::StrCat("table '", name, "' (", SparseTable::kTableBytes,
+                     " bytes before its first row)"),
+        options_.shard_index));
+  }
+  if (existing != nullptr) {
     if (request.on_exists() == v1::ON_EXISTS_RESET) {
       RemoveTable(*existing);
       spdlog::info("table '{}' reset: created again, every row from its init",
@@ -177,6 +190,7 @@ absl::StatusOr<bool> VariableStore::CreateTable(
   auto table = std::make_shared<SparseTable>(name, request.dim(),
                                              request.init(), request.policy());
   if (own != nullptr) rules_.SetOwn(name, std::move(own));
+  // Charged in the check above, given back by RemoveTable.
   origins_[name] = std::move(origin);
   absl::MutexLock lock(&entries_mu_);
   tables_.emplace(name, std::move(table));

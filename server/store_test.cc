@@ -2014,6 +2014,46 @@ TEST(StoreMemoryTest, ARestoredStoreCountsWhatItsCheckpointHeld) {
   EXPECT_EQ(HeldBytes(restored), HeldBytes(store));
 }
 
+// Tables cost memory before their first row: creating empty tables stops
+// at the limit, and a deleted one gives its share back.
+TEST(StoreMemoryTest, EmptyTablesAreChargedAndRefusedPastTheLimit) {
+  StoreOptions options = AsyncOptions();
+  options.memory_limit_bytes = 64 * SparseTable::kTableBytes;
+  VariableStore store(options);
+  v1::CreateTableRequest table;
+  table.set_dim(4);
+  int created = 0;
+  absl::Status refused;
+  for (; created < 1000; ++created) {
+    const uint64_t before = store.StateBytes();
+    table.set_name(absl::StrCat("t", created));
+    absl::StatusOr<bool> made = store.CreateTable(table);
+    if (!made.ok()) {
+      refused = made.status();
+      EXPECT_EQ(store.StateBytes(), before);
+      EXPECT_EQ(store.FindTable(table.name()), nullptr);
+      break;
+    }
+    EXPECT_EQ(store.StateBytes(), before + SparseTable::kTableBytes);
+  }
+  EXPECT_EQ(refused.code(), absl::StatusCode::kResourceExhausted) << refused;
+  EXPECT_THAT(std::string(refused.message()),
+              HasSubstr("before its first row"));
+  EXPECT_GT(created, 0);
+  EXPECT_LE(created, 64);
+  // A creation of an existing one (reuse) costs nothing; a delete gives
+  // the bytes back and a new table fits again.
+  table.set_name("t0");
+  table.set_on_exists(v1::ON_EXISTS_REUSE);
+  ASSERT_TRUE(store.CreateTable(table).ok());
+  const uint64_t full = store.StateBytes();
+  ASSERT_TRUE(store.DeleteVariable("t0").ok());
+  EXPECT_EQ(store.StateBytes(), full - SparseTable::kTableBytes);
+  table.set_name("again");
+  EXPECT_TRUE(store.CreateTable(table).ok());
+  EXPECT_EQ(store.StateBytes(), full);
+}
+
 TEST(StoreMemoryTest, ValidateOnlyChecksEverythingAndChangesNothing) {
   auto owner = SgdStoreWithRoomFor(2);
   VariableStore& store = *owner;

@@ -275,6 +275,8 @@ void SparseTable::EvictRow(uint32_t row) {
   ++rows_evicted_;
 }
 
+const uint64_t SparseTable::kTableBytes = sizeof(SparseTable) + 512;
+
 bool SparseTable::Apply(const optimizer::OptimizerSettings& settings,
                         std::span<const uint64_t> ids,
                         std::span<const float> grads,

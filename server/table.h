@@ -52,6 +52,11 @@ class SparseTable final : public Entry {
   static constexpr uint64_t kRowBookkeepingBytes = 48;
   // What an id counted toward admission costs.
   static constexpr uint64_t kPendingBytes = 32;
+  // What a table costs before its first row: the object (its empty maps
+  // and arrays), its name, and its entries in the store's maps. Charged
+  // when it is created, so that creating tables without rows cannot grow
+  // a shard past its memory limit.
+  static const uint64_t kTableBytes;
   // The widest row accepted.
   static constexpr uint32_t kMaxDim = 1 << 16;
 
