@@ -56,6 +56,12 @@ struct PreparedPush {
     std::shared_ptr<SparseTable> table;
     std::vector<uint64_t> ids;
     std::vector<float> gradients;  // ids.size() x dim
+    // The ids whose rows a PushPull answers: `ids`, or none when the slice
+    // is unanswered.
+    std::span<const uint64_t> answered() const {
+      return unanswered ? std::span<const uint64_t>() : ids;
+    }
+    bool unanswered = false;
   };
   std::vector<Rows> rows;
   // The store's roll-backs when it was admitted: a push admitted before a

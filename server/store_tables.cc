@@ -270,6 +270,7 @@ absl::Status VariableStore::DecodeRows(const v1::PushRequest& request,
     PS_RETURN_IF_ERROR(
         CheckIds(slice, table, options_.shard_index, options_.num_shards));
     part.ids.assign(slice.ids().begin(), slice.ids().end());
+    part.unanswered = slice.unanswered();
     part.gradients.resize(values);
     bool finite = true;
     PS_RETURN_IF_ERROR(
@@ -286,7 +287,7 @@ absl::Status VariableStore::DecodeRows(const v1::PushRequest& request,
     }
     answer_bytes +=
         slice.table().size() + 16 +
-        slice.ids_size() *
+        part.answered().size() *
             (sizeof(uint64_t) +
              uint64_t{table.dim()} * BytesPerValue(request.pull_dtype()));
     push.rows.push_back(std::move(part));
@@ -339,9 +340,9 @@ int64_t VariableStore::ApplyRowsAsync(
       new_records += MarkApplied(push, table.applied) ? 1 : 0;
       change += table.TakeBytesChange();
     }
-    answer.resize(part.ids.size() * size_t{table.dim()});
-    table.Read(part.ids, answer);
-    completion->FillRows(j, table.name(), part.ids, answer);
+    answer.resize(part.answered().size() * size_t{table.dim()});
+    table.Read(part.answered(), answer);
+    completion->FillRows(j, table.name(), part.answered(), answer);
   }
   // Settle the reservation with what the rows took (eviction may free more).
   memory_.AddTableBytes(change - static_cast<int64_t>(reserved));
@@ -393,11 +394,12 @@ int64_t VariableStore::ApplyRowsSync(
       // Acknowledge again: wait for the step if it is still collecting.
       if (sync.started && push.step == sync.next_step &&
           sync.workers.contains(push.worker_id)) {
-        sync.waiters.push_back({completion, j, part.ids});
+        sync.waiters.push_back(
+            {completion, j, {part.answered().begin(), part.answered().end()}});
       } else {
-        std::vector<float> answer(part.ids.size() * size_t{table.dim()});
-        table.Read(part.ids, answer);
-        completion->FillRows(j, table.name(), part.ids, answer);
+        std::vector<float> answer(part.answered().size() * size_t{table.dim()});
+        table.Read(part.answered(), answer);
+        completion->FillRows(j, table.name(), part.answered(), answer);
         ready.emplace_back(completion, absl::OkStatus());
       }
       continue;
@@ -415,7 +417,8 @@ int64_t VariableStore::ApplyRowsSync(
       sync.loss_sum += *push.loss;
       ++sync.losses;
     }
-    sync.waiters.push_back({completion, j, part.ids});
+    sync.waiters.push_back(
+        {completion, j, {part.answered().begin(), part.answered().end()}});
     if (sync.workers.size() >= std::max<uint32_t>(quorum, 1)) {
       // A cut in progress holds the step (CompleteHeldTableSteps).
       absl::ReaderMutexLock hold(sync_.hold_mu());

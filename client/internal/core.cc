@@ -158,6 +158,9 @@ void ClientCore::StartPush(std::vector<PushItem> items,
     for (size_t s = 0; s < row_parts->size(); ++s) {
       for (RowPart<v1::PushRequest>& row_part : (*row_parts)[s]) {
         v1::RowSlice& slice = *row_part.request.mutable_rows(0);
+        // A push-pull that does not want this table's rows after it (a
+        // remote embedding's backward) is not sent them.
+        slice.set_unanswered(answered && table.rows_after.empty());
         if (!parts[s].empty() &&
             parts[s].back().request.ByteSizeLong() + slice.ByteSizeLong() <=
                 limits.part_bytes) {

@@ -13,6 +13,7 @@
 #include <map>
 #include <sstream>
 #include <string>
+#include <numeric>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -511,6 +512,70 @@ TEST_F(TablesTest,
   EXPECT_EQ(
       client->Push({}, std::span<const RowGradients>(&wrong_dim, 1)).code(),
       absl::StatusCode::kInvalidArgument);
+}
+
+uint64_t BytesOut(v1::AdminService::Stub& admin) {
+  v1::Stats stats;
+  grpc::ClientContext context;
+  grpc::Status status = admin.GetStats(&context, v1::GetStatsRequest(), &stats);
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  return stats.bytes_out();
+}
+
+// A push-pull of dense values and rows whose rows after it are not wanted
+// (a remote embedding's backward) applies them alike, and the shards do
+// not send them back.
+TEST_F(TablesTest, RowsNotWantedAfterAPushPullAreNotSent) {
+  ServerOptions options;
+  options.default_optimizer.mutable_adagrad();
+  Start(2, options);
+  std::unique_ptr<Client> client = Connect();
+  ASSERT_NE(client, nullptr);
+  constexpr uint32_t kDim = 16;
+  for (const char* suffix : {"wanted", "unwanted"}) {
+    ASSERT_TRUE(
+        client->CreateVariable(absl::StrCat("w_", suffix), {4}, {}).ok());
+    ASSERT_TRUE(client->CreateTable(absl::StrCat("t_", suffix), kDim).ok());
+  }
+  std::vector<std::unique_ptr<v1::AdminService::Stub>> admins;
+  for (size_t s = 0; s < servers_.size(); ++s) admins.push_back(Admin(s));
+  auto bytes_out = [&] {
+    uint64_t total = 0;
+    for (auto& admin : admins) total += BytesOut(*admin);
+    return total;
+  };
+  std::vector<uint64_t> ids(200);
+  std::iota(ids.begin(), ids.end(), 1000);
+  std::vector<float> grads(ids.size() * kDim);
+  for (size_t i = 0; i < grads.size(); ++i) grads[i] = 0.01f * (i % 13);
+  const std::vector<float> dense = {0.1f, -0.2f, 0.3f, 0.05f};
+  std::vector<float> values_wanted(4), values_unwanted(4);
+  std::vector<float> rows_wanted(grads.size());
+
+  uint64_t before = bytes_out();
+  const NamedUpdate wanted{"w_wanted", dense, values_wanted};
+  const RowGradients with_rows{"t_wanted", ids, grads, rows_wanted};
+  ASSERT_TRUE(client
+                  ->PushPull(std::span<const NamedUpdate>(&wanted, 1),
+                             std::span<const RowGradients>(&with_rows, 1))
+                  .ok());
+  const uint64_t sent_wanted = bytes_out() - before;
+  before = bytes_out();
+  const NamedUpdate unwanted{"w_unwanted", dense, values_unwanted};
+  const RowGradients without_rows{"t_unwanted", ids, grads};
+  ASSERT_TRUE(client
+                  ->PushPull(std::span<const NamedUpdate>(&unwanted, 1),
+                             std::span<const RowGradients>(&without_rows, 1))
+                  .ok());
+  const uint64_t sent_unwanted = bytes_out() - before;
+  // The rows (200 x 16 floats) and their ids are not in the answers.
+  EXPECT_LE(sent_unwanted + ids.size() * (kDim * sizeof(float) + 8),
+            sent_wanted)
+      << sent_unwanted << " bytes against " << sent_wanted;
+  EXPECT_EQ(values_unwanted, values_wanted);
+  std::vector<float> rows_unwanted(grads.size());
+  ASSERT_TRUE(client->PullRows("t_unwanted", ids, rows_unwanted).ok());
+  EXPECT_EQ(rows_unwanted, rows_wanted);
 }
 
 TEST_F(TablesTest, AnOptimizerChangeKeepsRowsAndCarriesState) {

@@ -859,7 +859,8 @@ class Client:
                         loss: Optional[float] = None,
                         dtype: Union[DType, int, str, None] = None,
                         pull_dtype: Union[DType, int, str, None] = None,
-                        out: Optional[Mapping[str, Any]] = None
+                        out: Optional[Mapping[str, Any]] = None,
+                        rows_wanted: Optional[Iterable[str]] = None
                         ) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray]]:
         """:meth:`push_mixed` that answers the values after the update.
 
@@ -868,8 +869,11 @@ class Client:
         in the order of the ids given (a repeated id repeats its row). In
         sync mode both hold the state after the whole step. ``out`` may give
         arrays for dense variables, as for :meth:`push_pull`.
+        ``rows_wanted``: the tables whose rows after the update are wanted
+        (None: every table); the shards do not send the others back, and
+        ``row_values`` leaves them out.
         """
-        call = self._mixed(gradients, rows, out, pull=True)
+        call = self._mixed(gradients, rows, out, pull=True, rows_wanted=rows_wanted)
         try:
             self._core.push_mixed(*call[:7], _step(step), _loss(loss),
                                   int(self._wire(dtype)),
@@ -886,10 +890,11 @@ class Client:
                               loss: Optional[float] = None,
                               dtype: Union[DType, int, str, None] = None,
                               pull_dtype: Union[DType, int, str, None] = None,
-                              out: Optional[Mapping[str, Any]] = None) -> Future:
+                              out: Optional[Mapping[str, Any]] = None,
+                              rows_wanted: Optional[Iterable[str]] = None) -> Future:
         """:meth:`push_pull_mixed` without waiting; the Future's result is
         its (values, row_values)."""
-        call = self._mixed(gradients, rows, out, pull=True)
+        call = self._mixed(gradients, rows, out, pull=True, rows_wanted=rows_wanted)
         try:
             pending = self._core.push_mixed_async(
                 *call[:7], _step(step), _loss(loss), int(self._wire(dtype)),
@@ -969,9 +974,12 @@ class Client:
 
     def _mixed(self, gradients: Mapping[str, Any],
                rows: Optional[Mapping[str, Tuple[Any, Any]]],
-               out: Optional[Mapping[str, Any]], pull: bool) -> Tuple[Any, ...]:
+               out: Optional[Mapping[str, Any]], pull: bool,
+               rows_wanted: Optional[Iterable[str]] = None) -> Tuple[Any, ...]:
         """The arguments of _core.push_mixed, then the (values, row_values)
-        a pull answers into."""
+        a pull answers into. A table not in ``rows_wanted`` (None: all) gets
+        an empty output: its rows are not answered."""
+        wanted = None if rows_wanted is None else set(rows_wanted)
         names, grads = self._gradients(gradients)
         outputs: Dict[str, np.ndarray] = {}
         if pull:
@@ -980,6 +988,7 @@ class Client:
         ids: List[np.ndarray] = []
         row_grads: List[np.ndarray] = []
         row_outputs: Dict[str, np.ndarray] = {}
+        binding_row_outputs: List[np.ndarray] = []
         for table, entry in (rows or {}).items():
             try:
                 table_ids, table_grads = entry
@@ -998,11 +1007,14 @@ class Client:
             tables.append(table)
             ids.append(id_array)
             row_grads.append(grad_array)
-            if pull:
+            if pull and (wanted is None or table in wanted):
                 row_outputs[table] = np.empty((id_array.size, dim),
                                               dtype=np.float32)
+                binding_row_outputs.append(row_outputs[table])
+            elif pull:
+                binding_row_outputs.append(np.empty(0, dtype=np.float32))
         return (names, grads, list(outputs.values()), tables, ids, row_grads,
-                list(row_outputs.values()), (dict(outputs), row_outputs))
+                binding_row_outputs, (dict(outputs), row_outputs))
 
     def _outputs(self, names: Sequence[str], out: Optional[Mapping[str, Any]],
                  with_versions: bool) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray]]:

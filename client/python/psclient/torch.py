@@ -909,9 +909,12 @@ class RemoteOptimizer(torch.optim.Optimizer):
         wait.
         """
         if rows and hasattr(self.client, "push_pull_mixed_async"):
+            # Only nn.Embedding(sparse=True) weights take their rows after
+            # the update (_write_rows); a RemoteEmbedding's are not sent.
             return _Sent(self.client.push_pull_mixed_async(
                 dense, rows, step=self.step_count, loss=loss, dtype=self._dtype,
-                pull_dtype=self._dtype, out=out), None)
+                pull_dtype=self._dtype, out=out,
+                rows_wanted=[e.name for e in self._sparse]), None)
         future = None
         if dense:
             future = self.client.push_pull_async(

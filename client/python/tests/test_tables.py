@@ -95,6 +95,15 @@ class TablesTest(unittest.TestCase):
                 self.client.push({"apart_w": dense})
                 self.client.push_rows("apart_t", ids, grads)
                 continue
+            if step == 4:
+                # The rows after are not wanted: not answered, still applied.
+                values, rows = self.client.push_pull_mixed(
+                    {"mixed_w": dense}, {"mixed_t": (ids, grads)}, rows_wanted=[])
+                self.assertEqual(rows, {})
+                expected = self.client.push_pull({"apart_w": dense})["apart_w"]
+                self.client.push_rows("apart_t", ids, grads)
+                np.testing.assert_array_equal(values["mixed_w"], expected)
+                continue
             if step % 3 == 1:
                 future = self.client.push_pull_mixed_async(
                     {"mixed_w": dense}, {"mixed_t": (ids, grads)})
