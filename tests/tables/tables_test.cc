@@ -11,9 +11,9 @@
 #include <fstream>
 #include <future>
 #include <map>
+#include <numeric>
 #include <sstream>
 #include <string>
-#include <numeric>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
