@@ -58,17 +58,16 @@ std::unique_ptr<grpc::ClientContext> Peers::Context() const {
   return context;
 }
 
-ClusterCheckpointer::ClusterCheckpointer(Checkpointer* local, Store* store,
-                                         const Peers* peers,
-                                         uint32_t shard_index,
-                                         uint32_t num_shards,
-                                         uint64_t block_size)
+ClusterCheckpointer::ClusterCheckpointer(
+    Checkpointer* local, Store* store, const Peers* peers, uint32_t shard_index,
+    uint32_t num_shards, uint64_t block_size, absl::Duration hold)
     : local_(local),
       store_(store),
       peers_(peers),
       shard_index_(shard_index),
       num_shards_(num_shards),
-      block_size_(block_size) {}
+      block_size_(block_size),
+      hold_seconds_(absl::ToDoubleSeconds(hold)) {}
 
 absl::StatusOr<v1::CheckpointResponse> ClusterCheckpointer::Make() {
   const absl::Time start = absl::Now();
@@ -180,9 +179,6 @@ absl::StatusOr<v1::CheckpointResponse> ClusterCheckpointer::Make() {
 }
 
 absl::StatusOr<uint64_t> ClusterCheckpointer::HoldEveryShard() {
-  // Long enough for the parts' requests to follow; a hold never outlives
-  // it, so a coordinator that dies here stalls training that long at most.
-  constexpr double kHoldSeconds = 60;
   std::vector<absl::StatusOr<uint64_t>> held(num_shards_,
                                              absl::UnknownError("not held"));
   std::vector<std::thread> threads;
@@ -190,7 +186,7 @@ absl::StatusOr<uint64_t> ClusterCheckpointer::HoldEveryShard() {
     if (i == shard_index_) continue;
     threads.emplace_back([this, i, &held] {
       v1::HoldSyncStepsRequest request;
-      request.set_hold_seconds(kHoldSeconds);
+      request.set_hold_seconds(hold_seconds_);
       v1::HoldSyncStepsResponse answer;
       grpc::Status status = peers_->admin(i)->HoldSyncSteps(
           peers_->Context().get(), request, &answer);
@@ -201,7 +197,7 @@ absl::StatusOr<uint64_t> ClusterCheckpointer::HoldEveryShard() {
       }
     });
   }
-  held[shard_index_] = store_->HoldSteps(absl::Seconds(kHoldSeconds));
+  held[shard_index_] = store_->HoldSteps(absl::Seconds(hold_seconds_));
   for (std::thread& thread : threads) thread.join();
   uint64_t cut = 0;
   for (uint32_t i = 0; i < num_shards_; ++i) {

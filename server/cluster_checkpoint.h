@@ -70,10 +70,14 @@ class ClusterCheckpointer {
  public:
   // REQUIRES: local and peers outlive this; peers lists num_shards
   // addresses when num_shards > 1.
-  // `store`: this shard's, whose steps a sync cut holds (null: async).
+  // `store`: this shard's, whose steps a sync cut holds (null: async) for
+  // at most `hold` (1..600 s: longer than the parts' cut timeout, so that
+  // a hold never runs out before its cut; a coordinator that dies stalls
+  // training that long at most).
   ClusterCheckpointer(Checkpointer* local, Store* store, const Peers* peers,
                       uint32_t shard_index, uint32_t num_shards,
-                      uint64_t block_size);
+                      uint64_t block_size,
+                      absl::Duration hold = absl::Seconds(90));
 
   // Makes cluster checkpoint N and answers N, every part (path, size, sync
   // step), the bytes in all, the seconds and the cut spread. The error of
@@ -95,6 +99,7 @@ class ClusterCheckpointer {
   const uint32_t shard_index_;
   const uint32_t num_shards_;
   const uint64_t block_size_;
+  const double hold_seconds_;
 };
 
 }  // namespace ps

@@ -82,6 +82,10 @@ ABSL_FLAG(std::vector<std::string>, peers, {},
           "index: shard 0 needs them to make cluster checkpoints, and a "
           "restored shard asks them whether they went on past its checkpoint");
 ABSL_FLAG(int, checkpoint_keep, 3, "complete checkpoints to keep");
+ABSL_FLAG(int, sync_cut_timeout_s, 30,
+          "sync mode: seconds a checkpoint's cut may wait for every block to "
+          "apply the steps below it (1..540); raise it for steps slower than "
+          "this, or sync checkpoints fail naming the block that was behind");
 ABSL_FLAG(int, metrics_port, -1,
           "serve Prometheus /metrics on this port; 0 picks one, -1 is off");
 ABSL_FLAG(int64_t, memory_limit_mb, 0,
@@ -189,6 +193,7 @@ int main(int argc, char** argv) {
   options.metrics_port = absl::GetFlag(FLAGS_metrics_port);
   options.checkpoint_dir = absl::GetFlag(FLAGS_checkpoint_dir);
   options.checkpoint_interval_s = absl::GetFlag(FLAGS_checkpoint_interval_s);
+  options.sync_cut_timeout_s = absl::GetFlag(FLAGS_sync_cut_timeout_s);
   options.checkpoint_keep = absl::GetFlag(FLAGS_checkpoint_keep);
   options.peers = absl::GetFlag(FLAGS_peers);
   const int64_t memory_limit_mb = absl::GetFlag(FLAGS_memory_limit_mb);

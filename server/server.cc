@@ -107,6 +107,11 @@ absl::Status CheckOptions(const ServerOptions& options) {
     return absl::InvalidArgumentError(
         "--checkpoint_interval_s must be >= 0 (0 = no periodic checkpoints)");
   }
+  if (options.sync_cut_timeout_s < 1 || options.sync_cut_timeout_s > 540) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--sync_cut_timeout_s=", options.sync_cut_timeout_s,
+                     " must be in 1..540"));
+  }
   if (options.checkpoint_keep < 1) {
     return absl::InvalidArgumentError("--checkpoint_keep must be at least 1");
   }
@@ -256,20 +261,22 @@ class ServerImpl final : public ParameterServer, private CheckpointControl {
                           options.max_inflight_bytes,
                           options.max_connection_bytes}),
         gate_(&auth_, &store_->counters(), &calls_),
-        checkpointer_(
-            options.checkpoint_dir.empty()
-                ? nullptr
-                : std::make_unique<Checkpointer>(
-                      CheckpointOptions{options.checkpoint_dir,
-                                        options.checkpoint_keep, options.env},
-                      store_.get())),
+        checkpointer_(options.checkpoint_dir.empty()
+                          ? nullptr
+                          : std::make_unique<Checkpointer>(
+                                CheckpointOptions{
+                                    options.checkpoint_dir,
+                                    options.checkpoint_keep, options.env,
+                                    absl::Seconds(options.sync_cut_timeout_s)},
+                                store_.get())),
         peers_(options.shard_index, std::move(peers)),
         coordinator_(checkpointer_ == nullptr
                          ? nullptr
                          : std::make_unique<ClusterCheckpointer>(
                                checkpointer_.get(), store_.get(), &peers_,
                                options.shard_index, options.num_shards,
-                               options.block_size)),
+                               options.block_size,
+                               absl::Seconds(options.sync_cut_timeout_s + 60))),
         service_(store_.get(), &gate_, std::move(info)),
         admin_(store_.get(), &gate_, checkpointer_ == nullptr ? nullptr : this,
                [this] { return Stats(); }),

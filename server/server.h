@@ -116,6 +116,11 @@ struct ServerOptions {
   std::string checkpoint_dir;
   int checkpoint_interval_s = 0;
   int checkpoint_keep = 3;
+  // Sync mode: how long a checkpoint's cut may wait for every block to
+  // apply the steps below it; a cut that waits longer fails (naming the
+  // block) and training goes on. Raise it for steps slower than this. The
+  // shards hold their steps for the cut this long plus 60 s at most.
+  int sync_cut_timeout_s = 30;
 
   // Every shard's address ("host:port"), by shard index: shard 0 needs them
   // to make cluster checkpoints, and a shard restored from a checkpoint

@@ -82,6 +82,22 @@ class ServerCheckpointTest : public ::testing::Test {
   std::unique_ptr<v1::AdminService::Stub> admin_;
 };
 
+TEST_F(ServerCheckpointTest, TheSyncCutTimeoutIsBounded) {
+  for (int seconds : {0, -5, 541}) {
+    options_.sync_cut_timeout_s = seconds;
+    auto refused = ParameterServer::Start(options_);
+    EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(std::string(refused.status().message()),
+                HasSubstr(absl::StrCat("--sync_cut_timeout_s=", seconds)));
+  }
+  // In range: a sync shard with it makes its checkpoints (a cut).
+  options_.consistency = Consistency::kSync;
+  options_.num_workers = 1;
+  options_.sync_cut_timeout_s = 1;
+  Start();
+  EXPECT_TRUE(Checkpoint().ok());
+}
+
 TEST_F(ServerCheckpointTest, AFolderThatCannotBeWrittenStopsTheStart) {
   env_.FailAll(FaultEnv::Op::kCreate, {EACCES});
   auto server = ParameterServer::Start(options_);
