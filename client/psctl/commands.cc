@@ -1041,7 +1041,8 @@ void PrintParts(const v1::CheckpointResponse& checkpoint, Table& table) {
                   absl::StrCat(part.shard_index(), "/", part.num_shards()),
                   absl::StrCat(part.bytes()),
                   absl::StrFormat("%.3f", part.seconds()),
-                  absl::StrCat(part.sync_step()), part.path()});
+                  absl::StrCat(part.sync_step()),
+                  part.sync_cut() ? "yes" : "no", part.path()});
   }
 }
 
@@ -1060,6 +1061,7 @@ json CheckpointJson(const v1::CheckpointResponse& checkpoint) {
     p["bytes"] = part.bytes();
     p["seconds"] = part.seconds();
     p["sync_step"] = part.sync_step();
+    p["sync_cut"] = part.sync_cut();
     j["parts"].push_back(p);
   }
   return j;
@@ -1109,8 +1111,8 @@ int RunCheckpoint(const ShardSet& shards, const Output& output) {
         "checkpoint %d: %d parts, %d bytes, %.3f s, parts cut within %.3f s\n",
         checkpoint.number(), checkpoint.parts_size(), checkpoint.bytes(),
         checkpoint.seconds(), checkpoint.cut_spread_seconds());
-    Table table(
-        {"CHECKPOINT", "PART", "BYTES", "SECONDS", "SYNC_STEP", "PATH"});
+    Table table({"CHECKPOINT", "PART", "BYTES", "SECONDS", "SYNC_STEP",
+                 "SYNC_CUT", "PATH"});
     PrintParts(checkpoint, table);
     table.Print(*output.out);
   }
@@ -1136,8 +1138,8 @@ int RunCheckpoints(const ShardSet& shards, const Output& output) {
     j["ok"] = true;
     PrintJson(output, j);
   } else {
-    Table table(
-        {"CHECKPOINT", "PART", "BYTES", "SECONDS", "SYNC_STEP", "PATH"});
+    Table table({"CHECKPOINT", "PART", "BYTES", "SECONDS", "SYNC_STEP",
+                 "SYNC_CUT", "PATH"});
     for (const auto& checkpoint : answer.response.checkpoints()) {
       PrintParts(checkpoint, table);
     }

@@ -958,12 +958,15 @@ TEST(PsctlCheckpointTest, ClusterCheckpointsOnASharedFolder) {
   ASSERT_EQ(second["parts"].size(), 2u);
   EXPECT_EQ(second["parts"][1]["shard"], 1);
   EXPECT_GT(second["parts"][1]["bytes"], 0);
+  EXPECT_EQ(second["parts"][1]["sync_cut"], false);  // an async cluster
 
   json listed = json::parse(
       RunProcess(PSCTL_PATH, {servers, token, "--json", "checkpoints"}).out);
   ASSERT_EQ(listed["checkpoints"].size(), 2u);
   EXPECT_EQ(listed["checkpoints"][0]["number"], 2);
   EXPECT_EQ(listed["checkpoints"][1]["number"], 1);
+  ProcessResult table = RunProcess(PSCTL_PATH, {servers, token, "checkpoints"});
+  EXPECT_TRUE(Contains(table.out, "SYNC_CUT")) << table.out;
 }
 
 }  // namespace
