@@ -73,44 +73,55 @@ bool IsSparseAdam(const optimizer::OptimizerSettings& settings) {
          settings.weight_decay == 0 && !settings.clip_norm.has_value();
 }
 
-// SparseAdam on gathered rows, in float32 in torch's order of operations:
+// SparseAdam, in float32 in torch's order of operations:
 //   u_m = (g - m) (1 - b1); m += u_m; u_v = (g^2 - v) (1 - b2); v += u_v;
 //   p += -(lr sqrt(bc2) / bc1) ((u_m + m_old) / (sqrt(u_v + v_old) + eps)).
-void SparseAdam(const optimizer::OptimizerSettings& settings,
-                optimizer::BlockOptimizerState& state, std::span<float> values,
-                std::span<const float> grad) {
-  const auto& adam = std::get<optimizer::AdamParams>(settings.rule);
-  const uint64_t t = state.step + 1;
-  const double lr = optimizer::ScheduledLearningRate(settings.learning_rate,
-                                                     settings.schedule, t);
-  const double bc1 = 1.0 - std::pow(adam.beta1, static_cast<double>(t));
-  const double bc2 = 1.0 - std::pow(adam.beta2, static_cast<double>(t));
-  const float neg_step = static_cast<float>(-(lr * std::sqrt(bc2) / bc1));
-  const float one_minus_beta1 = static_cast<float>(1.0 - adam.beta1);
-  const float one_minus_beta2 = static_cast<float>(1.0 - adam.beta2);
-  const float eps = static_cast<float>(adam.eps);
-  if (state.momentum.size() != values.size()) {
-    state.momentum.assign(values.size(), 0.0f);
+// Run on each row in place (a row of each array is `dim` contiguous
+// floats), so that nothing is gathered or scattered.
+class SparseAdam {
+ public:
+  // For step t = state_step + 1.
+  SparseAdam(const optimizer::OptimizerSettings& settings,
+             uint64_t state_step) {
+    const auto& adam = std::get<optimizer::AdamParams>(settings.rule);
+    const uint64_t t = state_step + 1;
+    const double lr = optimizer::ScheduledLearningRate(settings.learning_rate,
+                                                       settings.schedule, t);
+    const double bc1 = 1.0 - std::pow(adam.beta1, static_cast<double>(t));
+    const double bc2 = 1.0 - std::pow(adam.beta2, static_cast<double>(t));
+    neg_step_ = static_cast<float>(-(lr * std::sqrt(bc2) / bc1));
+    one_minus_beta1_ = static_cast<float>(1.0 - adam.beta1);
+    one_minus_beta2_ = static_cast<float>(1.0 - adam.beta2);
+    eps_ = static_cast<float>(adam.eps);
   }
-  if (state.square_avg.size() != values.size()) {
-    state.square_avg.assign(values.size(), 0.0f);
+
+  // Updates one row (`n` values, its m and v) with its gradient; returns
+  // whether its values stayed finite.
+  bool Row(float* values, float* m, float* v, const float* grad,
+           size_t n) const {
+    bool finite = true;
+    for (size_t i = 0; i < n; ++i) {
+      const float g = grad[i];
+      const float m_old = m[i];
+      const float v_old = v[i];
+      const float m_update = (g - m_old) * one_minus_beta1_;
+      m[i] = m_old + m_update;
+      const float v_update = (g * g - v_old) * one_minus_beta2_;
+      v[i] = v_old + v_update;
+      const float numer = m_update + m_old;
+      const float denom = std::sqrt(v_update + v_old) + eps_;
+      values[i] = values[i] + neg_step_ * (numer / denom);
+      finite &= std::isfinite(values[i]);
+    }
+    return finite;
   }
-  float* m = state.momentum.data();
-  float* v = state.square_avg.data();
-  for (size_t i = 0; i < values.size(); ++i) {
-    const float g = grad[i];
-    const float m_old = m[i];
-    const float v_old = v[i];
-    const float m_update = (g - m_old) * one_minus_beta1;
-    m[i] = m_old + m_update;
-    const float v_update = (g * g - v_old) * one_minus_beta2;
-    v[i] = v_old + v_update;
-    const float numer = m_update + m_old;
-    const float denom = std::sqrt(v_update + v_old) + eps;
-    values[i] = values[i] + neg_step * (numer / denom);
-  }
-  state.step = t;
-}
+
+ private:
+  float neg_step_;
+  float one_minus_beta1_;
+  float one_minus_beta2_;
+  float eps_;
+};
 
 }  // namespace
 
@@ -324,6 +335,21 @@ bool SparseTable::Apply(const optimizer::OptimizerSettings& settings,
     sources.push_back(i);
   }
 
+  if (IsSparseAdam(settings) && !rows.empty()) {
+    // In place, row by row.
+    const SparseAdam adam(settings, rule_state_.step);
+    const uint64_t step = rule_state_.step + 1;
+    bool finite = true;
+    for (size_t r = 0; r < rows.size(); ++r) {
+      finite &= adam.Row(Row(0, rows[r]), Row(kMomentumArray, rows[r]),
+                         Row(kSquareAvgArray, rows[r]),
+                         &grads[sources[r] * dim_], dim_);
+      meta_[rows[r]].last_step = step;
+    }
+    rule_state_.step = step;
+    return Finish(finite);
+  }
+
   // One kernel call over the gathered rows, in buffers kept from push to
   // push (no allocation or zero-fill once they have grown).
   const size_t n = rows.size() * static_cast<size_t>(dim_);
@@ -361,8 +387,6 @@ bool SparseTable::Apply(const optimizer::OptimizerSettings& settings,
   }
   if (rows.empty()) {
     ++state.step;  // the push counts as a step of the table
-  } else if (IsSparseAdam(settings)) {
-    SparseAdam(settings, state, values, gradient);
   } else {
     optimizer::ApplyUpdate(settings, state, values, gradient, loss,
                            std::nullopt, helpers);
@@ -381,11 +405,15 @@ bool SparseTable::Apply(const optimizer::OptimizerSettings& settings,
   }
   rule_state_.step = state.step;
   rule_state_.eve = state.eve;
+  return Finish(finite);
+}
 
+bool SparseTable::Finish(bool finite) {
   // Rows idle for evict_after_steps go, oldest first.
   const uint64_t idle = policy_.evict_after_steps();
   if (idle != 0) {
-    while (oldest_ != kNone && meta_[oldest_].last_step + idle < state.step) {
+    while (oldest_ != kNone &&
+           meta_[oldest_].last_step + idle < rule_state_.step) {
       EvictRow(oldest_);
     }
   }
@@ -395,7 +423,7 @@ bool SparseTable::Apply(const optimizer::OptimizerSettings& settings,
         "table '{}' has values that are not finite after step {}; it takes "
         "no more pushes (lower its learning rate with psctl and restore a "
         "checkpoint, see docs/optimizers.md)",
-        name(), state.step);
+        name(), rule_state_.step);
   }
   return finite;
 }

@@ -193,6 +193,8 @@ class SparseTable final : public Entry {
 
   // The arrays: values, then the four slots in kSlotBits' order.
   static constexpr int kArrays = 5;
+  static constexpr int kMomentumArray = 1;
+  static constexpr int kSquareAvgArray = 2;
 
   float* Row(int array, uint32_t row) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
   const float* Row(int array, uint32_t row) const
@@ -203,6 +205,10 @@ class SparseTable final : public Entry {
   // and zero slots, linked last.
   uint32_t CreateRow(uint64_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
   void EvictRow(uint32_t row) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
+  // Apply's end, after the update (rule_state_.step advanced): evicts rows
+  // idle for evict_after_steps and marks the table diverged when the
+  // update left values that are not finite. Returns `finite`.
+  bool Finish(bool finite) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
   void Unlink(uint32_t row) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
   void LinkLast(uint32_t row) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
   // Whether `id` would have a row after one more push of it.
