@@ -1,6 +1,7 @@
 // VariableStore's optimizer-state side: a variable's blocks with their
 // slots, read and written whole (ReadState, WriteState), for a torch
 // optimizer's state_dict() and load_state_dict().
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstring>
@@ -73,8 +74,13 @@ absl::Status VariableStore::ReadState(const v1::ReadStateRequest& request,
     }
     return absl::NotFoundError(absl::StrCat("no variable named '", name, "'"));
   }
-  const uint64_t max_bytes =
+  // A page stays within what an answer may hold (a larger max_bytes is
+  // cut to it: pages then come smaller), whatever the caller asks for.
+  uint64_t max_bytes =
       request.max_bytes() == 0 ? kDefaultStateBytes : request.max_bytes();
+  if (options_.max_answer_bytes != 0) {
+    max_bytes = std::min(max_bytes, options_.max_answer_bytes / 2);
+  }
   *response->mutable_optimizer() = rules_.ConfigOf(name);
   uint64_t bytes = 0;
   for (const Block* block : variable->SortedBlocks()) {
