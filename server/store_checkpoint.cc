@@ -320,13 +320,6 @@ absl::Status VariableStore::RollBack(
           "going back to checkpoint {} deleted what was created after it: {}",
           checkpoint, absl::StrJoin(dropped, ", "));
     }
-    for (auto& [name, entry] : own) {
-      if (entry != nullptr) {
-        rules_.SetOwn(name, std::move(entry));
-      } else {
-        rules_.Forget(name);
-      }
-    }
     auto origin_of = [&](const auto& header) {
       structure_mu_.AssertHeld();
       if (header.has_origin()) {
@@ -353,6 +346,14 @@ absl::Status VariableStore::RollBack(
       // held it, so it fits as it did then.
       memory_.AddTableBytes(SparseTable::kTableBytes);
       origin_of(header);
+    }
+    // Own optimizers last: replacing a table (RemoveTable) forgets its own.
+    for (auto& [name, entry] : own) {
+      if (entry != nullptr) {
+        rules_.SetOwn(name, std::move(entry));
+      } else {
+        rules_.Forget(name);
+      }
     }
     return read_blocks([&](const storage::v1::BlockRecord& record) {
       structure_mu_.AssertHeld();

@@ -1640,6 +1640,7 @@ TEST(StoreSyncCutTest, ARollBackInPlaceRestoresEntriesOverridesAndTables) {
   v1::CreateTableRequest table;
   table.set_name("t");
   table.set_dim(4);
+  *table.mutable_optimizer() = Optimizer("adagrad {}");  // its own
   ASSERT_TRUE(store.CreateTable(table).ok());
   ExpectDone(PushStep(store, 0, {0, 4}), true);
   // The checkpoint: after step 0.
@@ -1664,6 +1665,7 @@ TEST(StoreSyncCutTest, ARollBackInPlaceRestoresEntriesOverridesAndTables) {
   CreateLocal(store, "late", std::vector<float>(4, 1));
   v1::CreateTableRequest late_table = table;
   late_table.set_name("late_t");
+  ASSERT_TRUE(store.SetOptimizer("t", Optimizer("rmsprop {}"), false).ok());
   ASSERT_TRUE(store.CreateTable(late_table).ok());
   ASSERT_NE(PullAll(store, "w").values, at_checkpoint.values);
   auto replay =
@@ -1691,9 +1693,13 @@ TEST(StoreSyncCutTest, ARollBackInPlaceRestoresEntriesOverridesAndTables) {
   EXPECT_EQ(store.Find("late"), nullptr);
   EXPECT_EQ(store.FindTable("late_t"), nullptr);
   ASSERT_NE(store.FindTable("t"), nullptr);
-  // "w" follows the default (SGD) again.
+  // "w" follows the default (SGD) again; the table has its own (Adagrad)
+  // as at the checkpoint.
   EXPECT_EQ(store.GetOptimizer("w")->rule_case(),
             store.GetOptimizer("")->rule_case());
+  ASSERT_TRUE(store.GetOptimizer("t").ok());
+  EXPECT_EQ(store.GetOptimizer("t")->rule_case(),
+            v1::OptimizerConfig::kAdagrad);
   // Old sessions' pushes are refused; the step after the cut goes on in
   // new ones.
   auto stale = PushStep(store, 1, {0, 4});
