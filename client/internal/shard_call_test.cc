@@ -39,6 +39,10 @@ class ShardCallTest : public ::testing::Test {
           created.Notify();
         });
     created.WaitForNotification();
+    // The call ends after its callback: a test that tears down at once
+    // (ByDefaultRetriesForTwoMinutes) must not free the core and the
+    // shard under it.
+    core_->WaitIdle();
   }
 
   ::ps::testing::FakeShard& fake() { return *fakes_[0]->service; }
