@@ -4,11 +4,12 @@ run on one machine.
 1. PushPull throughput: for each size, one fresh single-shard ps_server
    (Adam); bench/ps_load (C++, one worker thread) and psclient from this
    interpreter (one thread, answers written into a preallocated array) take
-   turns against it. GB/s counts request + answer values; calls/s is for
-   one caller. Medians of --runs runs of --seconds each.
+   turns against it, one run each in turn, so that a change in the
+   machine's load falls on both. GB/s counts request + answer values;
+   calls/s is for one caller. Medians of --runs runs of --seconds each.
 2. The remote optimizer: steps/s of a 38k-parameter digits CNN trained
    by psclient.torch.RemoteOptimizer (Adam on 2 shards, 1 worker) against
-   the same model with a local torch.optim.Adam.
+   the same model with a local torch.optim.Adam, runs taking turns too.
 
     /usr/bin/python3 bench/psclient_load.py --build_dir build
 
@@ -37,13 +38,13 @@ def parse_size(text: str) -> int:
     return int(text)
 
 
-def cpp_rates(ps_load: pathlib.Path, address: str, size: str, runs: int,
+def cpp_rates(ps_load: pathlib.Path, address: str, size: str,
               seconds: float) -> Tuple[float, float]:
-    """(GB/s, calls/s) of bench/ps_load against `address`."""
+    """(GB/s, calls/s) of one run of bench/ps_load against `address`."""
     done = subprocess.run(
         [str(ps_load), f"--servers={address}", "--op=pushpull",
          f"--value_bytes={size}", "--echo=false", "--markdown_row",
-         f"--runs={runs}", f"--seconds={seconds}", "--warmup_seconds=0.5"],
+         "--runs=1", f"--seconds={seconds}", "--warmup_seconds=0.5"],
         capture_output=True, text=True, check=True, timeout=600)
     row = [c.strip() for c in done.stdout.strip().splitlines()[-1].strip("|").split("|")]
     # | op | size | dtype | W | ours GB/s | echo GB/s | ratio | ours calls/s | ...
@@ -52,30 +53,25 @@ def cpp_rates(ps_load: pathlib.Path, address: str, size: str, runs: int,
     return 2 * parse_size(size) * calls_per_s / 1e9, calls_per_s
 
 
-def python_rates(client, size_bytes: int, runs: int,
-                 seconds: float) -> Tuple[float, float]:
-    """(GB/s, calls/s) of psclient PushPull from this thread."""
+def python_rates(client, size_bytes: int, seconds: float) -> Tuple[float, float]:
+    """(GB/s, calls/s) of one run of psclient PushPull from this thread,
+    after 0.5 s of warm-up (as ps_load's)."""
     import numpy as np
 
     values = size_bytes // 4
-    name = f"py{size_bytes}"
-    client.create_variable(name, [values])
+    name = f"py{size_bytes}"  # created by main()
     gradient = {name: np.full(values, 1e-3, dtype=np.float32)}
     out = {name: np.empty(values, dtype=np.float32)}
     warm_until = time.perf_counter() + 0.5
     while time.perf_counter() < warm_until:
         client.push_pull(gradient, out=out)
-    gbps, calls_per_s = [], []
-    for _ in range(runs):
-        calls = 0
-        start = time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            client.push_pull(gradient, out=out)
-            calls += 1
-        elapsed = time.perf_counter() - start
-        gbps.append(2 * 4 * values * calls / elapsed / 1e9)
-        calls_per_s.append(calls / elapsed)
-    return statistics.median(gbps), statistics.median(calls_per_s)
+    calls = 0
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        client.push_pull(gradient, out=out)
+        calls += 1
+    elapsed = time.perf_counter() - start
+    return 2 * 4 * values * calls / elapsed / 1e9, calls / elapsed
 
 
 def digits_cnn():
@@ -90,28 +86,21 @@ def digits_cnn():
         torch.nn.Linear(16, 10))
 
 
-def steps_per_second(model, step_fn, x, y, steps: int, runs: int) -> float:
+def steps_per_second(model, step_fn, x, y, steps: int) -> float:
+    """Steps/s of one run of `steps` training steps (batch 32)."""
     import torch.nn.functional as F
 
-    def one(i: int) -> None:
+    start = time.perf_counter()
+    for i in range(steps):
         lo = (i * 32) % (len(x) - 32)
-        loss = F.cross_entropy(model(x[lo:lo + 32]), y[lo:lo + 32])
-        step_fn(loss)
-
-    for i in range(20):  # warm-up
-        one(i)
-    rates = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        for i in range(steps):
-            one(i)
-        rates.append(steps / (time.perf_counter() - start))
-    return statistics.median(rates)
+        step_fn(F.cross_entropy(model(x[lo:lo + 32]), y[lo:lo + 32]))
+    return steps / (time.perf_counter() - start)
 
 
 def optimizer_rates(server: pathlib.Path, steps: int,
                     runs: int) -> Tuple[int, float, float]:
-    """(parameters, remote steps/s, local steps/s)."""
+    """(parameters, remote steps/s, local steps/s): medians, the local and
+    the remote run taking turns after 20 warm-up steps each."""
     import numpy as np
     import torch
     from sklearn.datasets import load_digits
@@ -133,8 +122,6 @@ def optimizer_rates(server: pathlib.Path, steps: int,
         loss.backward()
         adam.step()
 
-    local = steps_per_second(local_model, local_step, x, y, steps, runs)
-
     remote_model = digits_cnn()
     with psclient.LocalCluster(2, block_size=4096, binary=str(server),
                                optimizer="adam {} learning_rate: 0.001") as cluster, \
@@ -146,8 +133,13 @@ def optimizer_rates(server: pathlib.Path, steps: int,
             loss.backward()
             remote.step(loss)
 
-        remote_rate = steps_per_second(remote_model, remote_step, x, y, steps, runs)
-    return params, remote_rate, local
+        steps_per_second(local_model, local_step, x, y, 20)  # warm-up
+        steps_per_second(remote_model, remote_step, x, y, 20)
+        local, remote_rates = [], []
+        for _ in range(runs):
+            local.append(steps_per_second(local_model, local_step, x, y, steps))
+            remote_rates.append(steps_per_second(remote_model, remote_step, x, y, steps))
+    return params, statistics.median(remote_rates), statistics.median(local)
 
 
 def main() -> None:
@@ -179,10 +171,13 @@ def main() -> None:
         with psclient.LocalCluster(1, optimizer="adam {}", binary=str(server),
                                    extra_args=["--max_message_mb=64"]) as cluster, \
                 psclient.Client(cluster.addresses, max_message_bytes=64 << 20) as client:
-            cpp_gbps, cpp_calls = cpp_rates(ps_load, cluster.addresses[0], size,
-                                            args.runs, args.seconds)
-            py_gbps, py_calls = python_rates(client, size_bytes, args.runs,
-                                             args.seconds)
+            client.create_variable(f"py{size_bytes}", [size_bytes // 4])
+            cpp, py = [], []
+            for _ in range(args.runs):
+                cpp.append(cpp_rates(ps_load, cluster.addresses[0], size, args.seconds))
+                py.append(python_rates(client, size_bytes, args.seconds))
+            cpp_gbps, cpp_calls = (statistics.median(r[i] for r in cpp) for i in (0, 1))
+            py_gbps, py_calls = (statistics.median(r[i] for r in py) for i in (0, 1))
         print(f"| {size} | {cpp_gbps:.3f} | {py_gbps:.3f} | {py_calls / cpp_calls:.2f} "
               f"| {cpp_calls:.0f} | {py_calls:.0f} |", flush=True)
 
