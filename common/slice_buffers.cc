@@ -342,27 +342,30 @@ bool ReadPullResponse(const grpc::ByteBuffer& buffer, ReceivedSlices* out) {
 
 namespace {
 
-// Appends each slice of `slices`, a repeated field numbered `field`, to
-// `out`: its header (everything but data) copied, its data string moved
-// into a grpc::Slice of its own. Returns the bytes appended.
-size_t AppendSlices(google::protobuf::RepeatedPtrField<v1::Slice>& slices,
-                    uint32_t field, std::string& header,
+// Appends each message of `slices`, a repeated field numbered `field`, to
+// `out`: its header (everything but its bytes field numbered `data_field`)
+// copied, its data string moved into a grpc::Slice of its own. Returns the
+// bytes appended. (The data goes after the other fields, which protobuf
+// reads as the same message.)
+template <typename Message>
+size_t AppendSlices(google::protobuf::RepeatedPtrField<Message>& slices,
+                    uint32_t field, uint32_t data_field, std::string& header,
                     std::vector<grpc::Slice>& out) {
   const char field_tag = static_cast<char>((field << 3) | kLengthDelimited);
-  constexpr char kDataTag = (kDataField << 3) | kLengthDelimited;
+  const char data_tag = static_cast<char>((data_field << 3) | kLengthDelimited);
   size_t total = 0;
-  for (v1::Slice& slice : slices) {
+  for (Message& slice : slices) {
     // Null when the data was never set.
     std::unique_ptr<std::string> data(slice.release_data());
     const size_t data_size = data == nullptr ? 0 : data->size();
     const size_t rest = slice.ByteSizeLong();  // without data
-    const size_t data_field =
+    const size_t data_bytes =
         data_size == 0 ? 0 : 1 + VarintSize(data_size) + data_size;
     header.push_back(field_tag);
-    AppendVarint(rest + data_field, header);
+    AppendVarint(rest + data_bytes, header);
     slice.AppendToString(&header);
     if (data_size == 0) continue;
-    header.push_back(kDataTag);
+    header.push_back(data_tag);
     AppendVarint(data_size, header);
     total += header.size() + data_size;
     out.emplace_back(header.data(), header.size());
@@ -391,26 +394,31 @@ size_t Finish(std::string& header, std::vector<grpc::Slice>& slices,
 size_t ToByteBuffer(v1::PullResponse& message, grpc::ByteBuffer* out) {
   std::string header;
   std::vector<grpc::Slice> slices;
-  const size_t total =
-      AppendSlices(*message.mutable_values(), kValuesField, header, slices);
-  // Table rows (field 2) follow, serialized as protobuf would.
-  constexpr uint32_t kRowsField = 2;  // PullResponse.rows
-  for (const v1::RowSlice& rows : message.rows()) {
-    header.push_back(static_cast<char>((kRowsField << 3) | kLengthDelimited));
-    AppendVarint(rows.ByteSizeLong(), header);
-    rows.AppendToString(&header);
-  }
+  size_t total = AppendSlices(*message.mutable_values(), kValuesField,
+                              kDataField, header, slices);
+  // Table rows follow, their data moved as the slices' is.
+  constexpr uint32_t kRowsField = 2;     // PullResponse.rows
+  constexpr uint32_t kRowDataField = 4;  // RowSlice.data
+  total += AppendSlices(*message.mutable_rows(), kRowsField, kRowDataField,
+                        header, slices);
   return Finish(header, slices, total, out);
 }
 
 size_t ToByteBuffer(v1::PushRequest& message, grpc::ByteBuffer* out) {
   constexpr uint32_t kGradientsField = 5;  // PushRequest.gradients
+  constexpr uint32_t kRowsField = 7;       // PushRequest.rows
+  constexpr uint32_t kRowDataField = 4;    // RowSlice.data
   google::protobuf::RepeatedPtrField<v1::Slice> gradients;
+  google::protobuf::RepeatedPtrField<v1::RowSlice> rows;
   gradients.Swap(message.mutable_gradients());
+  rows.Swap(message.mutable_rows());
   std::string header = message.SerializeAsString();  // the other fields
   std::vector<grpc::Slice> slices;
-  const size_t total = AppendSlices(gradients, kGradientsField, header, slices);
+  size_t total =
+      AppendSlices(gradients, kGradientsField, kDataField, header, slices);
+  total += AppendSlices(rows, kRowsField, kRowDataField, header, slices);
   gradients.Swap(message.mutable_gradients());  // back, without their data
+  rows.Swap(message.mutable_rows());
   return Finish(header, slices, total, out);
 }
 

@@ -91,9 +91,10 @@ bool ReadPullResponse(std::span<const std::string_view> pieces,
 // The same from a received buffer, whose slices *out keeps.
 bool ReadPullResponse(const grpc::ByteBuffer& buffer, ReceivedSlices* out);
 
-// Serializes `message` into *out, which takes over each slice's data
-// string instead of copying it (only the small headers are copied);
-// `message` keeps every field but those data. Returns the bytes serialized.
+// Serializes `message` into *out, which takes over the data string of each
+// slice and row slice instead of copying it (only the small headers are
+// copied); `message` keeps every field but those data. Returns the bytes
+// serialized.
 size_t ToByteBuffer(v1::PullResponse& message, grpc::ByteBuffer* out);
 size_t ToByteBuffer(v1::PushRequest& message, grpc::ByteBuffer* out);
 

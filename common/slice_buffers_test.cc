@@ -723,15 +723,20 @@ bool HasSliceAt(const std::vector<grpc::Slice>& slices, const char* data,
 }
 
 // Serializes `message` with ToByteBuffer into *buffer and checks that the
-// bytes parse back to it, that the message keeps everything but its slices'
-// data (`slices` returns them), and that each data went into the buffer as
-// it was, not copied.
-template <typename Message, typename Slices>
-void ExpectSerializedWithoutCopies(Message& message, Slices slices,
-                                   grpc::ByteBuffer* buffer) {
+// bytes parse back to it, that the message keeps everything but the data
+// of the repeated fields that `fields` return (slices or row slices), and
+// that each data went into the buffer as it was, not copied.
+template <typename Message, typename... Fields>
+void ExpectFieldsSerializedWithoutCopies(Message& message,
+                                         grpc::ByteBuffer* buffer,
+                                         Fields... fields) {
   const Message original = message;
   std::vector<std::string_view> data;  // where each data lies now
-  for (const v1::Slice& slice : *slices(message)) data.push_back(slice.data());
+  (
+      [&] {
+        for (const auto& slice : *fields(message)) data.push_back(slice.data());
+      }(),
+      ...);
 
   const size_t size = ToByteBuffer(message, buffer);
   std::vector<grpc::Slice> pieces;
@@ -746,7 +751,11 @@ void ExpectSerializedWithoutCopies(Message& message, Slices slices,
       << parsed.ShortDebugString();
 
   Message without_data = original;
-  for (v1::Slice& slice : *slices(without_data)) slice.clear_data();
+  (
+      [&] {
+        for (auto& slice : *fields(without_data)) slice.clear_data();
+      }(),
+      ...);
   EXPECT_TRUE(MessageDifferencer::Equals(message, without_data))
       << message.ShortDebugString();
 
@@ -755,6 +764,32 @@ void ExpectSerializedWithoutCopies(Message& message, Slices slices,
     EXPECT_TRUE(HasSliceAt(pieces, data[i].data(), data[i].size()))
         << "slice " << i;
   }
+}
+
+template <typename Message, typename Slices>
+void ExpectSerializedWithoutCopies(Message& message, Slices slices,
+                                   grpc::ByteBuffer* buffer) {
+  ExpectFieldsSerializedWithoutCopies(message, buffer, slices);
+}
+
+// Row slices of a few kinds: with rows (about 64 KiB), with ids and no data,
+// empty.
+void AddRowSlices(google::protobuf::RepeatedPtrField<v1::RowSlice>* rows) {
+  v1::RowSlice* large = rows->Add();
+  large->set_table("items");
+  for (uint64_t id = 0; id < 256; ++id) large->add_ids(id * 7919);
+  large->set_dtype(v1::FLOAT32);
+  large->set_data(Bytes(256 * 64 * 4, 5));
+  v1::RowSlice* unanswered = rows->Add();
+  unanswered->set_table("users");
+  unanswered->add_ids(3);
+  unanswered->set_unanswered(true);
+  rows->Add();
+  v1::RowSlice* small = rows->Add();
+  small->set_table("tags");
+  small->add_ids(1);
+  small->set_dtype(v1::BFLOAT16);
+  small->set_data(Bytes(16, 9));
 }
 
 // Slices of many kinds: with data (small, ~100 KiB, of every dtype),
@@ -881,6 +916,23 @@ TEST(ToByteBufferTest, PushRequestSerializesWithoutCopyingData) {
   // The request keeps its other fields.
   EXPECT_EQ(request.worker_id(), "worker-3");
   EXPECT_TRUE(request.has_loss());
+}
+
+TEST(ToByteBufferTest, RowsSerializeWithoutCopyingTheirData) {
+  v1::PullResponse response;
+  AddSlices(response.mutable_values());
+  AddRowSlices(response.mutable_rows());
+  grpc::ByteBuffer buffer;
+  ExpectFieldsSerializedWithoutCopies(
+      response, &buffer, [](v1::PullResponse& m) { return m.mutable_values(); },
+      [](v1::PullResponse& m) { return m.mutable_rows(); });
+
+  v1::PushRequest request = RealisticRequest();
+  AddRowSlices(request.mutable_rows());
+  ExpectFieldsSerializedWithoutCopies(
+      request, &buffer,
+      [](v1::PushRequest& m) { return m.mutable_gradients(); },
+      [](v1::PushRequest& m) { return m.mutable_rows(); });
 }
 
 TEST(ToByteBufferTest, PushRequestWithoutGradients) {

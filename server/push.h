@@ -122,6 +122,9 @@ class PushCompletion {
 
   // The encoding of the answer's values.
   v1::DType dtype() const { return dtype_; }
+  // Whether the answer carries values (PushPull): else Fill and FillRows
+  // record nothing, and there is nothing to read for them.
+  bool with_values() const { return with_values_; }
 
   // Where the update of part `part` can write the answer as it goes (see
   // optimizer::UpdatedValuesSink): the buffer handed over by ReuseBuffer,

@@ -331,17 +331,21 @@ int64_t VariableStore::ApplyRowsAsync(
   for (size_t j = 0; j < push.rows.size(); ++j) {
     PreparedPush::Rows& part = push.rows[j];
     SparseTable& table = *part.table;
+    // The rows after the update, when the answer carries them: answered()
+    // is the pushed ids or none.
+    const bool answered = completion->with_values() && !part.answered().empty();
+    answer.resize(answered ? part.ids.size() * size_t{table.dim()} : 0);
     if (!duplicate[j]) {
       auto entry = rules_.For(table.name());
       const absl::Time start = absl::Now();
       table.Apply(entry->settings, part.ids, part.gradients, push.loss,
-                  &helpers_);
+                  &helpers_, answer);
       counters_.RecordUpdate(absl::Now() - start);
       new_records += MarkApplied(push, table.applied) ? 1 : 0;
       change += table.TakeBytesChange();
+    } else if (answered) {
+      table.Read(part.answered(), answer);
     }
-    answer.resize(part.answered().size() * size_t{table.dim()});
-    table.Read(part.answered(), answer);
     completion->FillRows(j, table.name(), part.answered(), answer);
   }
   // Settle the reservation with what the rows took (eviction may free more).

@@ -11,6 +11,7 @@
 #include "common/partition.h"
 #include "common/row_init.h"
 #include "common/rule_catalog.h"
+#include "server/optimizer/sparse_adam.h"
 #include "server/rule_table.h"
 
 namespace ps {
@@ -65,63 +66,19 @@ const std::string& RecordSlot(const TableRows& rows, int array) {
   }
 }
 
-// torch.optim.SparseAdam's numbers (1.13, torch/optim/_functional.py):
-// plain Adam without weight decay, clipping, AMSGrad or decoupled decay.
-bool IsSparseAdam(const optimizer::OptimizerSettings& settings) {
-  const auto* adam = std::get_if<optimizer::AdamParams>(&settings.rule);
-  return adam != nullptr && !adam->amsgrad && !adam->decoupled_weight_decay &&
-         settings.weight_decay == 0 && !settings.clip_norm.has_value();
+// How far ahead loops over a push's ids fetch what they will touch: the
+// hash slots of later ids, and the rows of later updates. Ids hash and rows
+// sit anywhere in memory, so each is a cache miss the hardware cannot
+// foresee.
+constexpr size_t kPrefetchIds = 8;
+constexpr size_t kPrefetchRows = 4;
+
+void PrefetchRow(const float* row, uint32_t dim) {
+  const char* bytes = reinterpret_cast<const char*>(row);
+  for (size_t offset = 0; offset < dim * sizeof(float); offset += 64) {
+    __builtin_prefetch(bytes + offset, 1);
+  }
 }
-
-// SparseAdam, in float32 in torch's order of operations:
-//   u_m = (g - m) (1 - b1); m += u_m; u_v = (g^2 - v) (1 - b2); v += u_v;
-//   p += -(lr sqrt(bc2) / bc1) ((u_m + m_old) / (sqrt(u_v + v_old) + eps)).
-// Run on each row in place (a row of each array is `dim` contiguous
-// floats), so that nothing is gathered or scattered.
-class SparseAdam {
- public:
-  // For step t = state_step + 1.
-  SparseAdam(const optimizer::OptimizerSettings& settings,
-             uint64_t state_step) {
-    const auto& adam = std::get<optimizer::AdamParams>(settings.rule);
-    const uint64_t t = state_step + 1;
-    const double lr = optimizer::ScheduledLearningRate(settings.learning_rate,
-                                                       settings.schedule, t);
-    const double bc1 = 1.0 - std::pow(adam.beta1, static_cast<double>(t));
-    const double bc2 = 1.0 - std::pow(adam.beta2, static_cast<double>(t));
-    neg_step_ = static_cast<float>(-(lr * std::sqrt(bc2) / bc1));
-    one_minus_beta1_ = static_cast<float>(1.0 - adam.beta1);
-    one_minus_beta2_ = static_cast<float>(1.0 - adam.beta2);
-    eps_ = static_cast<float>(adam.eps);
-  }
-
-  // Updates one row (`n` values, its m and v) with its gradient; returns
-  // whether its values stayed finite.
-  bool Row(float* values, float* m, float* v, const float* grad,
-           size_t n) const {
-    bool finite = true;
-    for (size_t i = 0; i < n; ++i) {
-      const float g = grad[i];
-      const float m_old = m[i];
-      const float v_old = v[i];
-      const float m_update = (g - m_old) * one_minus_beta1_;
-      m[i] = m_old + m_update;
-      const float v_update = (g * g - v_old) * one_minus_beta2_;
-      v[i] = v_old + v_update;
-      const float numer = m_update + m_old;
-      const float denom = std::sqrt(v_update + v_old) + eps_;
-      values[i] = values[i] + neg_step_ * (numer / denom);
-      finite &= std::isfinite(values[i]);
-    }
-    return finite;
-  }
-
- private:
-  float neg_step_;
-  float one_minus_beta1_;
-  float one_minus_beta2_;
-  float eps_;
-};
 
 }  // namespace
 
@@ -156,6 +113,7 @@ void SparseTable::AllocateArray(int array) {
 void SparseTable::Read(std::span<const uint64_t> ids,
                        std::span<float> out) const {
   for (size_t i = 0; i < ids.size(); ++i) {
+    if (i + kPrefetchIds < ids.size()) index_.prefetch(ids[i + kPrefetchIds]);
     std::span<float> row = out.subspan(i * dim_, dim_);
     auto it = index_.find(ids[i]);
     if (it == index_.end()) {
@@ -177,7 +135,9 @@ absl::StatusOr<SparseTable::Plan> SparseTable::PlanPush(
     std::span<const uint64_t> ids) const {
   Plan plan;
   uint64_t carried_rows = 0;
-  for (uint64_t id : ids) {
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (i + kPrefetchIds < ids.size()) index_.prefetch(ids[i + kPrefetchIds]);
+    const uint64_t id = ids[i];
     if (index_.contains(id)) {
       ++carried_rows;
     } else if (AdmittedByPush(id)) {
@@ -292,38 +252,57 @@ bool SparseTable::Apply(const optimizer::OptimizerSettings& settings,
                         std::span<const uint64_t> ids,
                         std::span<const float> grads,
                         std::optional<double> loss,
-                        optimizer::HelperThreads* helpers) {
+                        optimizer::HelperThreads* helpers,
+                        std::span<float> after) {
   const optimizer::StateSlots needed = optimizer::SlotsOf(settings.rule);
   for (int array = 1; array < kArrays; ++array) {
     if ((needed & BitOf(array)) != 0 && (held_ & BitOf(array)) == 0) {
       AllocateArray(array);
     }
   }
-  // The rows this push updates, and where their gradients are. Rows it
-  // carries move to the newest end first, so that eviction takes only rows
-  // it does not carry.
-  for (uint64_t id : ids) {
-    auto it = index_.find(id);
-    if (it == index_.end()) continue;
-    Unlink(it->second);
-    LinkLast(it->second);
+  // Each id's row (kNone: none yet), found once. Rows the push carries
+  // move to the newest end first, so that eviction takes only rows it does
+  // not carry (and so leaves the places found here as they are).
+  // The relinks touch each row's neighbours in the order, which sit
+  // anywhere: a row's links are fetched while the lookups go on, and its
+  // neighbours' a few rows before it is relinked.
+  std::vector<uint32_t>& found = scratch_found_;
+  found.resize(ids.size());
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (i + kPrefetchIds < ids.size()) index_.prefetch(ids[i + kPrefetchIds]);
+    auto it = index_.find(ids[i]);
+    found[i] = it == index_.end() ? kNone : it->second;
+    if (found[i] != kNone) __builtin_prefetch(&meta_[found[i]], 1);
+  }
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (i + kPrefetchRows < ids.size() && found[i + kPrefetchRows] != kNone) {
+      const RowMeta& ahead = meta_[found[i + kPrefetchRows]];
+      if (ahead.prev != kNone) __builtin_prefetch(&meta_[ahead.prev], 1);
+      if (ahead.next != kNone) __builtin_prefetch(&meta_[ahead.next], 1);
+    }
+    if (found[i] != kNone) {
+      Unlink(found[i]);
+      LinkLast(found[i]);
+    }
   }
   // The rows it updates, in push order; `sources[r]` is row r's gradient.
-  std::vector<uint32_t> rows;
-  std::vector<size_t> sources;
-  rows.reserve(ids.size());
-  sources.reserve(ids.size());
+  std::vector<uint32_t>& rows = scratch_rows_;
+  std::vector<size_t>& sources = scratch_sources_;
+  rows.clear();
+  sources.clear();
   bool in_order = true;  // sources[r] == r: the gradients need no gather
   const uint64_t max_rows = policy_.max_rows();
   for (size_t i = 0; i < ids.size(); ++i) {
     const uint64_t id = ids[i];
-    uint32_t row;
-    if (auto it = index_.find(id); it != index_.end()) {
-      row = it->second;
-    } else if (!AdmittedByPush(id)) {
-      ++pending_[id];
-      continue;
-    } else {
+    uint32_t row = found[i];
+    if (row == kNone) {
+      if (!AdmittedByPush(id)) {
+        ++pending_[id];
+        if (!after.empty()) {
+          InitialRow(init_, name_hash_, id, after.subspan(i * dim_, dim_));
+        }
+        continue;
+      }
       pending_.erase(id);
       // A loop, not one: a table restored into fewer shards may hold more
       // than max_rows until its next creation.
@@ -335,15 +314,25 @@ bool SparseTable::Apply(const optimizer::OptimizerSettings& settings,
     sources.push_back(i);
   }
 
-  if (IsSparseAdam(settings) && !rows.empty()) {
-    // In place, row by row.
-    const SparseAdam adam(settings, rule_state_.step);
+  if (optimizer::SparseAdamStep::Applies(settings) && !rows.empty()) {
+    // In place, row by row, fetching the rows ahead meanwhile.
+    const optimizer::SparseAdamStep adam(settings, rule_state_.step);
     const uint64_t step = rule_state_.step + 1;
     bool finite = true;
     for (size_t r = 0; r < rows.size(); ++r) {
+      if (r + kPrefetchRows < rows.size()) {
+        const uint32_t ahead = rows[r + kPrefetchRows];
+        PrefetchRow(Row(0, ahead), dim_);
+        PrefetchRow(Row(kMomentumArray, ahead), dim_);
+        PrefetchRow(Row(kSquareAvgArray, ahead), dim_);
+      }
       finite &= adam.Row(Row(0, rows[r]), Row(kMomentumArray, rows[r]),
                          Row(kSquareAvgArray, rows[r]),
                          &grads[sources[r] * dim_], dim_);
+      if (!after.empty()) {
+        std::memcpy(&after[sources[r] * dim_], Row(0, rows[r]),
+                    dim_ * sizeof(float));
+      }
       meta_[rows[r]].last_step = step;
     }
     rule_state_.step = step;
@@ -395,6 +384,9 @@ bool SparseTable::Apply(const optimizer::OptimizerSettings& settings,
   for (float value : values) finite &= std::isfinite(value);
   for (size_t r = 0; r < rows.size(); ++r) {
     std::memcpy(Row(0, rows[r]), &values[r * dim_], row_bytes);
+    if (!after.empty()) {
+      std::memcpy(&after[sources[r] * dim_], &values[r * dim_], row_bytes);
+    }
     for (int array = 1; array < kArrays; ++array) {
       const std::vector<float>& slot = SlotOf(state, array);
       if (!slot.empty()) {

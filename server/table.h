@@ -108,13 +108,16 @@ class SparseTable final : public Entry {
   // runs the rule once over the gathered rows, advances the table's step,
   // then evicts rows idle for evict_after_steps. Returns false when the
   // update left values that are not finite (the table then takes no more
-  // pushes).
+  // pushes). A non-empty `after` (ids.size() x dim) receives what Read(ids)
+  // would give after the update, written as each row is updated (while it
+  // is in cache).
   // REQUIRES: PlanPush(ids) succeeded under this hold of `mu`;
-  // CheckUpdate(settings, state, loss) is OK.
+  // CheckUpdate(settings, state, loss) is OK; `after` is empty or
+  // ids.size() x dim.
   bool Apply(const optimizer::OptimizerSettings& settings,
              std::span<const uint64_t> ids, std::span<const float> grads,
-             std::optional<double> loss, optimizer::HelperThreads* helpers)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
+             std::optional<double> loss, optimizer::HelperThreads* helpers,
+             std::span<float> after = {}) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
 
   // The rule's state as CheckUpdate sees it (step and Eve's feedback).
   const optimizer::BlockOptimizerState& rule_state() const
@@ -237,7 +240,10 @@ class SparseTable final : public Entry {
   uint64_t rows_evicted_ ABSL_GUARDED_BY(mu) = 0;
   bool diverged_ ABSL_GUARDED_BY(mu) = false;
   uint64_t charged_ ABSL_GUARDED_BY(mu) = 0;
-  // Apply's gather buffers, kept from push to push.
+  // Apply's buffers, kept from push to push.
+  std::vector<uint32_t> scratch_found_ ABSL_GUARDED_BY(mu);
+  std::vector<uint32_t> scratch_rows_ ABSL_GUARDED_BY(mu);
+  std::vector<size_t> scratch_sources_ ABSL_GUARDED_BY(mu);
   std::vector<float> scratch_values_ ABSL_GUARDED_BY(mu);
   std::vector<float> scratch_gradient_ ABSL_GUARDED_BY(mu);
   optimizer::BlockOptimizerState scratch_state_ ABSL_GUARDED_BY(mu);

@@ -1,0 +1,98 @@
+// SparseTable alone: the rows Apply writes as it goes equal what Read gives
+// after it, on every path (SparseAdam in place, the gathered kernel, rows
+// created, ids still counted toward admission, rows evicted for room).
+// Through real shards: tests/tables.
+#include "server/table.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "common/row_init.h"
+
+namespace ps {
+namespace {
+
+using ::testing::ElementsAreArray;
+
+v1::RowInit UniformInit() {
+  v1::RowInit init;
+  init.mutable_uniform()->set_low(-0.5);
+  init.mutable_uniform()->set_high(0.5);
+  init.set_seed(17);
+  return init;
+}
+
+optimizer::OptimizerSettings Rule(optimizer::RuleParams rule) {
+  optimizer::OptimizerSettings settings;
+  settings.rule = rule;
+  settings.learning_rate = 0.05;
+  return settings;
+}
+
+// Pushes `steps` batches of `batch` ids drawn from [0, id_range) (each
+// batch unique ids, in random order) and checks after every push that
+// Apply's `after` equals Read of the same ids, and that the table's rows
+// moved (so the check saw updated rows, not only initial ones).
+void ExpectAfterEqualsRead(const optimizer::OptimizerSettings& settings,
+                           const v1::TablePolicy& policy) {
+  constexpr uint32_t kDim = 13;  // a packet of eight and a tail
+  SparseTable table("t", kDim, UniformInit(), policy);
+  std::mt19937_64 rng(5);
+  std::normal_distribution<float> normal;
+  for (int step = 0; step < 20; ++step) {
+    std::vector<uint64_t> ids;
+    for (uint64_t id = 0; id < 64; ++id) {
+      if (rng() % 3 == 0) ids.push_back(id * 1000003);
+    }
+    std::shuffle(ids.begin(), ids.end(), rng);
+    std::vector<float> grads(ids.size() * kDim);
+    for (float& g : grads) g = normal(rng);
+    std::vector<float> after(grads.size(), -1.0f), read(grads.size());
+    {
+      absl::MutexLock lock(&table.mu);
+      ASSERT_TRUE(table.PlanPush(ids).ok());
+      ASSERT_TRUE(
+          table.Apply(settings, ids, grads, std::nullopt, nullptr, after));
+      table.Read(ids, read);
+    }
+    ASSERT_THAT(after, ElementsAreArray(read)) << "step " << step;
+  }
+  // The rows moved: a row read now is not its initial row.
+  absl::MutexLock lock(&table.mu);
+  ASSERT_GT(table.rows(), 0u);
+  std::vector<float> initial(kDim), now(kDim);
+  InitialRow(UniformInit(), table.name_hash(), 0, initial);
+  table.Read(std::vector<uint64_t>{0}, now);
+  EXPECT_NE(0, std::memcmp(initial.data(), now.data(), sizeof(float) * kDim));
+}
+
+TEST(SparseTableTest, RowsWrittenDuringSparseAdamEqualARead) {
+  ExpectAfterEqualsRead(Rule(optimizer::AdamParams{}), v1::TablePolicy());
+}
+
+TEST(SparseTableTest, RowsWrittenDuringAGatheredUpdateEqualARead) {
+  ExpectAfterEqualsRead(Rule(optimizer::AdagradParams{}), v1::TablePolicy());
+  optimizer::AdamParams amsgrad;
+  amsgrad.amsgrad = true;
+  ExpectAfterEqualsRead(Rule(amsgrad), v1::TablePolicy());
+}
+
+TEST(SparseTableTest, RowsWrittenForPendingIdsAndUnderEvictionEqualARead) {
+  v1::TablePolicy admission;
+  admission.set_min_count(3);
+  ExpectAfterEqualsRead(Rule(optimizer::AdamParams{}), admission);
+  ExpectAfterEqualsRead(Rule(optimizer::SgdParams{}), admission);
+  v1::TablePolicy small;
+  small.set_max_rows(30);
+  small.set_evict_after_steps(4);
+  ExpectAfterEqualsRead(Rule(optimizer::AdamParams{}), small);
+  ExpectAfterEqualsRead(Rule(optimizer::RmsPropParams{}), small);
+}
+
+}  // namespace
+}  // namespace ps
