@@ -367,6 +367,13 @@ grpc::ServerUnaryReactor* ParameterServiceImpl::ServePush(
       if (data->size() <= sizeof(std::string)) continue;
       completion->ReuseBuffer(static_cast<size_t>(i), std::move(*data));
     }
+    // Rows likewise, for the answer's rows (PreparePush keeps one part per
+    // RowSlice, in order).
+    for (int j = 0; j < push.rows_size(); ++j) {
+      std::string* data = push.mutable_rows(j)->mutable_data();
+      if (data->size() <= sizeof(std::string)) continue;
+      prepared->rows[static_cast<size_t>(j)].buffer = std::move(*data);
+    }
   }
   store_->ApplyPush(*std::move(prepared), std::move(completion));
   return reactor;

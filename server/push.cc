@@ -180,6 +180,17 @@ void PushCompletion::FillRows(size_t part, const std::string& table,
   EncodeValues(dtype_, rows, slice.mutable_data());
 }
 
+void PushCompletion::FillEncodedRows(size_t part, const std::string& table,
+                                     std::span<const uint64_t> ids,
+                                     std::string data) {
+  if (!with_values_) return;
+  v1::RowSlice& slice = rows_[part];
+  slice.set_table(table);
+  slice.mutable_ids()->Assign(ids.begin(), ids.end());
+  slice.set_dtype(dtype_);
+  *slice.mutable_data() = std::move(data);
+}
+
 void PushCompletion::PartDone(absl::Status status) {
   if (!status.ok()) {
     absl::MutexLock lock(&mu_);

@@ -55,7 +55,14 @@ struct PreparedPush {
   struct Rows {
     std::shared_ptr<SparseTable> table;
     std::vector<uint64_t> ids;
-    std::vector<float> gradients;  // ids.size() x dim
+    // ids.size() x dim: the request's bytes when they are float32 (and
+    // aligned for float), else `decoded`.
+    std::span<const float> gradients;
+    std::vector<float> decoded;
+    // The request's data string, moved here (a heap-allocated string keeps
+    // its bytes in place, so gradients read in place stay valid) for a
+    // float32 PushPull to write its answer into (see ApplyRowsAsync).
+    std::string buffer;
     // The ids whose rows a PushPull answers: `ids`, or none when the slice
     // is unanswered.
     std::span<const uint64_t> answered() const {
@@ -152,6 +159,9 @@ class PushCompletion {
   // Records row part `part`'s answer: `rows` (dim values each) of `ids`.
   void FillRows(size_t part, const std::string& table,
                 std::span<const uint64_t> ids, std::span<const float> rows);
+  // The same with the rows already encoded in the answer's dtype.
+  void FillEncodedRows(size_t part, const std::string& table,
+                       std::span<const uint64_t> ids, std::string data);
 
   // Marks a part done (or failed). The last call runs on_done; call it with
   // no block lock held.

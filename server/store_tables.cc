@@ -271,10 +271,19 @@ absl::Status VariableStore::DecodeRows(const v1::PushRequest& request,
         CheckIds(slice, table, options_.shard_index, options_.num_shards));
     part.ids.assign(slice.ids().begin(), slice.ids().end());
     part.unanswered = slice.unanswered();
-    part.gradients.resize(values);
+    const std::string& data = slice.data();
     bool finite = true;
-    PS_RETURN_IF_ERROR(
-        DecodeValues(slice.dtype(), slice.data(), part.gradients, &finite));
+    if (slice.dtype() == v1::FLOAT32 &&
+        reinterpret_cast<uintptr_t>(data.data()) % alignof(float) == 0) {
+      part.gradients = std::span<const float>(
+          reinterpret_cast<const float*>(data.data()), values);
+      finite = AllFinite(part.gradients);
+    } else {
+      part.decoded.resize(values);
+      PS_RETURN_IF_ERROR(
+          DecodeValues(slice.dtype(), data, part.decoded, &finite));
+      part.gradients = part.decoded;
+    }
     if (!finite) {
       for (size_t i = 0; i < values; ++i) {
         if (!std::isfinite(part.gradients[i])) {
@@ -331,22 +340,43 @@ int64_t VariableStore::ApplyRowsAsync(
   for (size_t j = 0; j < push.rows.size(); ++j) {
     PreparedPush::Rows& part = push.rows[j];
     SparseTable& table = *part.table;
-    // The rows after the update, when the answer carries them: answered()
-    // is the pushed ids or none.
-    const bool answered = completion->with_values() && !part.answered().empty();
-    answer.resize(answered ? part.ids.size() * size_t{table.dim()} : 0);
+    // The rows after the update, when the answer carries them (answered()
+    // is the pushed ids or none). In float32 both ways they are written
+    // over the gradients, in the request's own bytes: Apply reads each
+    // row's gradient before it writes that row.
+    const bool answered =
+        completion->with_values() && !part.answered().empty();
+    const size_t values = answered ? part.ids.size() * size_t{table.dim()} : 0;
+    const bool in_buffer =
+        answered && completion->dtype() == v1::FLOAT32 &&
+        part.buffer.size() == values * sizeof(float) &&
+        part.gradients.data() ==
+            reinterpret_cast<const float*>(part.buffer.data());
+    std::span<float> after;
+    if (in_buffer) {
+      after = std::span<float>(reinterpret_cast<float*>(part.buffer.data()),
+                               values);
+    } else {
+      answer.resize(values);
+      after = answer;
+    }
     if (!duplicate[j]) {
       auto entry = rules_.For(table.name());
       const absl::Time start = absl::Now();
       table.Apply(entry->settings, part.ids, part.gradients, push.loss,
-                  &helpers_, answer);
+                  &helpers_, after);
       counters_.RecordUpdate(absl::Now() - start);
       new_records += MarkApplied(push, table.applied) ? 1 : 0;
       change += table.TakeBytesChange();
     } else if (answered) {
-      table.Read(part.answered(), answer);
+      table.Read(part.answered(), after);
     }
-    completion->FillRows(j, table.name(), part.answered(), answer);
+    if (in_buffer) {
+      completion->FillEncodedRows(j, table.name(), part.answered(),
+                                  std::move(part.buffer));
+    } else {
+      completion->FillRows(j, table.name(), part.answered(), answer);
+    }
   }
   // Settle the reservation with what the rows took (eviction may free more).
   memory_.AddTableBytes(change - static_cast<int64_t>(reserved));

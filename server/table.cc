@@ -216,10 +216,13 @@ uint32_t SparseTable::CreateRow(uint64_t id) {
     row = static_cast<uint32_t>(meta_.size());
     meta_.emplace_back();
     if (row % kRowsPerChunk == 0) {
+      // Not zeroed here: every row is written when it is created, and only
+      // rows that exist are read.
       const size_t chunk_values = kRowsPerChunk * static_cast<size_t>(dim_);
       for (int array = 0; array < kArrays; ++array) {
         if (array == 0 || (held_ & BitOf(array)) != 0) {
-          chunks_[array].push_back(std::make_unique<float[]>(chunk_values));
+          chunks_[array].push_back(
+              std::make_unique_for_overwrite<float[]>(chunk_values));
         } else {
           chunks_[array].emplace_back();
         }

@@ -110,7 +110,8 @@ class SparseTable final : public Entry {
   // update left values that are not finite (the table then takes no more
   // pushes). A non-empty `after` (ids.size() x dim) receives what Read(ids)
   // would give after the update, written as each row is updated (while it
-  // is in cache).
+  // is in cache). `after` may be `grads` itself: each row's gradient is
+  // read before that row of `after` is written.
   // REQUIRES: PlanPush(ids) succeeded under this hold of `mu`;
   // CheckUpdate(settings, state, loss) is OK; `after` is empty or
   // ids.size() x dim.

@@ -34,14 +34,15 @@ optimizer::OptimizerSettings Rule(optimizer::RuleParams rule) {
   return settings;
 }
 
-// Pushes `steps` batches of `batch` ids drawn from [0, id_range) (each
-// batch unique ids, in random order) and checks after every push that
-// Apply's `after` equals Read of the same ids, and that the table's rows
+// Pushes 20 batches of unique ids (in random order) and checks after every
+// push that Apply's `after` equals Read of the same ids, also when `after`
+// is the gradients' own memory (a twin table), and that the table's rows
 // moved (so the check saw updated rows, not only initial ones).
 void ExpectAfterEqualsRead(const optimizer::OptimizerSettings& settings,
                            const v1::TablePolicy& policy) {
   constexpr uint32_t kDim = 13;  // a packet of eight and a tail
   SparseTable table("t", kDim, UniformInit(), policy);
+  SparseTable twin("t", kDim, UniformInit(), policy);
   std::mt19937_64 rng(5);
   std::normal_distribution<float> normal;
   for (int step = 0; step < 20; ++step) {
@@ -61,6 +62,13 @@ void ExpectAfterEqualsRead(const optimizer::OptimizerSettings& settings,
       table.Read(ids, read);
     }
     ASSERT_THAT(after, ElementsAreArray(read)) << "step " << step;
+    {
+      absl::MutexLock lock(&twin.mu);
+      ASSERT_TRUE(twin.PlanPush(ids).ok());
+      ASSERT_TRUE(
+          twin.Apply(settings, ids, grads, std::nullopt, nullptr, grads));
+    }
+    ASSERT_THAT(grads, ElementsAreArray(read)) << "in place, step " << step;
   }
   // The rows moved: a row read now is not its initial row.
   absl::MutexLock lock(&table.mu);
