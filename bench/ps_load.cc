@@ -50,11 +50,13 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "client/client.h"
 #include "common/child_process.h"
 #include "common/cli.h"
+#include "common/grpc_args.h"
 #include "common/optimizer_config.h"
 #include "common/rule_catalog.h"
 #include "proto/ps/v1/ps.grpc.pb.h"
@@ -84,6 +86,10 @@ ABSL_FLAG(double, seconds, 3, "measured seconds per run and server");
 ABSL_FLAG(double, warmup_seconds, 0.5, "unmeasured seconds before each run");
 ABSL_FLAG(int, runs, 3, "runs; medians are reported");
 ABSL_FLAG(int, channels_per_shard, 1, "ClientOptions::channels_per_shard");
+ABSL_FLAG(std::vector<std::string>, grpc_arg, {},
+          "gRPC channel arguments, name=integer, comma-separated, for the "
+          "clients, the echo server and the ps_server children alike (e.g. "
+          "grpc.http2.max_frame_size=1048576)");
 ABSL_FLAG(uint64_t, part_kib, ps::ClientOptions().part_bytes >> 10,
           "ClientOptions::part_bytes in KiB: calls are cut into parts of "
           "about this size");
@@ -127,6 +133,18 @@ ABSL_FLAG(bool, serve_echo, false,
 ABSL_FLAG(uint32_t, shard_index, 0, "internal (--serve_echo): shard index");
 
 namespace {
+
+// --grpc_arg, parsed; exits with the parse error.
+std::vector<ps::GrpcArg> GrpcArgsOrDie() {
+  absl::StatusOr<std::vector<ps::GrpcArg>> args =
+      ps::ParseGrpcArgs(absl::GetFlag(FLAGS_grpc_arg));
+  if (!args.ok()) {
+    std::cerr << "ps_load: --grpc_arg: " << args.status().message()
+              << std::endl;
+    std::exit(2);
+  }
+  return *std::move(args);
+}
 
 // --- the echo server ---------------------------------------------------------
 
@@ -222,6 +240,7 @@ int ServeEcho() {
   const int max_bytes = absl::GetFlag(FLAGS_max_message_mb) << 20;
   builder.SetMaxReceiveMessageSize(max_bytes);
   builder.SetMaxSendMessageSize(max_bytes);
+  ps::ApplyGrpcArgs(GrpcArgsOrDie(), builder);
   builder.RegisterService(&service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
@@ -445,6 +464,7 @@ absl::StatusOr<std::vector<std::unique_ptr<ps::Client>>> Connect(
   ps::ClientOptions options;
   options.addresses = addresses;
   options.channels_per_shard = absl::GetFlag(FLAGS_channels_per_shard);
+  options.channel_args = GrpcArgsOrDie();
   options.part_bytes = absl::GetFlag(FLAGS_part_kib) << 10;
   options.parts_in_flight = absl::GetFlag(FLAGS_parts_in_flight);
   options.max_message_bytes =
@@ -909,6 +929,7 @@ int main(int argc, char** argv) {
       "End-to-end load on the parameter server against an echo server.\n"
       "Example: ps_load --value_bytes=4MiB --workers=2 --runs=5");
   ps::ParseCommandLineWithHelp(argc, argv);
+  GrpcArgsOrDie();  // a bad one ends here, before any child starts
   if (absl::GetFlag(FLAGS_serve_echo)) return ServeEcho();
   spdlog::set_level(spdlog::level::warn);
   if (absl::GetFlag(FLAGS_tune_malloc)) ps::TuneMalloc();
@@ -985,6 +1006,10 @@ int main(int argc, char** argv) {
                absl::GetFlag(FLAGS_server_flags), ' ', absl::SkipEmpty())) {
         args.emplace_back(flag);
       }
+      if (!absl::GetFlag(FLAGS_grpc_arg).empty()) {
+        args.push_back("--grpc_arg=" +
+                       absl::StrJoin(absl::GetFlag(FLAGS_grpc_arg), ","));
+      }
       if (!absl::GetFlag(FLAGS_checkpoint_dir).empty()) {
         args.push_back("--checkpoint_dir=" +
                        absl::GetFlag(FLAGS_checkpoint_dir));
@@ -1002,11 +1027,12 @@ int main(int argc, char** argv) {
     const std::string self =
         std::filesystem::read_symlink("/proc/self/exe").string();
     for (uint32_t s = 0; s < ours_addresses.size(); ++s) {
-      auto child = StartChild({self, "--serve_echo",
-                               absl::StrCat("--shards=", ours_addresses.size()),
-                               absl::StrCat("--shard_index=", s),
-                               "--block_size=" + block_size,
-                               "--max_message_mb=" + max_mb});
+      auto child = StartChild(
+          {self, "--serve_echo",
+           absl::StrCat("--shards=", ours_addresses.size()),
+           absl::StrCat("--shard_index=", s), "--block_size=" + block_size,
+           "--max_message_mb=" + max_mb,
+           "--grpc_arg=" + absl::StrJoin(absl::GetFlag(FLAGS_grpc_arg), ",")});
       if (child == nullptr) return Fail("cannot start the echo server");
       echo_addresses.push_back(child->address);
       echo_children.push_back(std::move(child));

@@ -125,6 +125,12 @@ struct ClientOptions {
   // memory.
   int channels_per_shard = 1;
 
+  // More gRPC channel arguments (common/grpc_args.h), set after the
+  // client's own, for tuning the transport: for example
+  // {"grpc.http2.max_frame_size", 1 << 20}. bench/README.md, "What gRPC
+  // gives per byte", has what each measured.
+  std::vector<std::pair<std::string, int>> channel_args;
+
   // Sync and ssp: keep this worker's lease on every shard with a heartbeat
   // every third of the shards' --lease_timeout_s (DESIGN.md,
   // "Consistency"), so that a worker that computes for a long time between

@@ -19,6 +19,7 @@
 #include "absl/flags/usage.h"
 #include "absl/synchronization/mutex.h"
 #include "common/cli.h"
+#include "common/grpc_args.h"
 #include "common/optimizer_config.h"
 #include "common/tune_malloc.h"
 #include "server/memory_limit.h"
@@ -111,6 +112,10 @@ ABSL_FLAG(int64_t, max_calls_in_flight, 4096,
 ABSL_FLAG(int, max_concurrent_streams, 256,
           "calls one connection may have open at once (HTTP/2 streams); more "
           "wait in the client");
+ABSL_FLAG(std::vector<std::string>, grpc_arg, {},
+          "more gRPC channel arguments for the server, name=integer, "
+          "comma-separated (e.g. grpc.http2.max_frame_size=1048576); for "
+          "tuning the transport, see bench/README.md");
 ABSL_FLAG(int, update_threads, 0,
           "threads one large block's update may run on at once: its own and "
           "helpers, which take part only while they are free. 0 = the "
@@ -238,6 +243,12 @@ int main(int argc, char** argv) {
     options.grpc_memory_bytes = plan->inflight_bytes + plan->inflight_bytes / 4;
   }
   options.max_concurrent_streams = absl::GetFlag(FLAGS_max_concurrent_streams);
+  absl::StatusOr<std::vector<ps::GrpcArg>> grpc_args =
+      ps::ParseGrpcArgs(absl::GetFlag(FLAGS_grpc_arg));
+  if (!grpc_args.ok()) {
+    return Fail("--grpc_arg: " + std::string(grpc_args.status().message()));
+  }
+  options.grpc_args = *std::move(grpc_args);
   const std::string consistency = absl::GetFlag(FLAGS_consistency);
   if (consistency == "sync") {
     options.consistency = ps::Consistency::kSync;

@@ -16,6 +16,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/notification.h"
 #include "common/file_util.h"
+#include "common/grpc_args.h"
 #include "common/optimizer_config.h"
 #include "common/status.h"
 #include "common/token_file.h"
@@ -352,6 +353,7 @@ class ServerImpl final : public ParameterServer, private CheckpointControl {
     builder.SetMaxSendMessageSize(max_bytes);
     builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS,
                                options.max_concurrent_streams);
+    ApplyGrpcArgs(options.grpc_args, builder);
     if (options.grpc_memory_bytes > 0) {
       grpc::ResourceQuota quota("ps_server");
       quota.Resize(options.grpc_memory_bytes);

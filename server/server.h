@@ -88,6 +88,9 @@ struct ServerOptions {
   // none. Under pressure gRPC reads less from its connections instead of
   // growing.
   uint64_t grpc_memory_bytes = 0;
+  // More gRPC channel arguments for the shard's server (common/grpc_args.h),
+  // set after its own.
+  std::vector<std::pair<std::string, int>> grpc_args;
 
   // Token files (one token per line, optional label after whitespace).
   // Worker tokens may call ParameterService; admin tokens both services.

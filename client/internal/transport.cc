@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "common/file_util.h"
+#include "common/grpc_args.h"
 #include "common/status.h"
 
 namespace ps::client_internal {
@@ -48,6 +49,7 @@ grpc::ChannelArguments MakeChannelArguments(const ClientOptions& options) {
               static_cast<int>(std::min<int64_t>(initial_ms, INT_MAX)));
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS,
               static_cast<int>(std::min<int64_t>(max_ms, INT_MAX)));
+  ApplyGrpcArgs(options.channel_args, args);
   return args;
 }
 

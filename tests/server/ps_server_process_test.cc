@@ -273,6 +273,8 @@ TEST(PsServerProcessTest, BadFlagCombinationsExitWithOneLine) {
       {"update_threads above 64", {"--update_threads=65"}},
       {"memory_limit_mb below -1", {"--memory_limit_mb=-2"}},
       {"memory_limit_mb beyond 2^40", {"--memory_limit_mb=1099511627777"}},
+      {"grpc_arg without grpc.", {"--grpc_arg=http2.bdp_probe=0"}},
+      {"grpc_arg not an integer", {"--grpc_arg=grpc.http2.bdp_probe=off"}},
       {"unknown flag", {"--no_such_flag=1"}},
   };
   for (const BadFlags& c : cases) {
