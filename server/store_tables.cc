@@ -344,8 +344,7 @@ int64_t VariableStore::ApplyRowsAsync(
     // is the pushed ids or none). In float32 both ways they are written
     // over the gradients, in the request's own bytes: Apply reads each
     // row's gradient before it writes that row.
-    const bool answered =
-        completion->with_values() && !part.answered().empty();
+    const bool answered = completion->with_values() && !part.answered().empty();
     const size_t values = answered ? part.ids.size() * size_t{table.dim()} : 0;
     const bool in_buffer =
         answered && completion->dtype() == v1::FLOAT32 &&
