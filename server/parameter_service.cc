@@ -358,23 +358,7 @@ grpc::ServerUnaryReactor* ParameterServiceImpl::ServePush(
   auto completion = std::make_shared<PushCompletion>(
       prepared->gradients.size(), answer_values, push.pull_dtype(),
       std::move(done));
-  if (answer_values) {
-    for (int i = 0; i < push.gradients_size(); ++i) {
-      std::string* data = push.mutable_gradients(i)->mutable_data();
-      // Only a heap-allocated string keeps its bytes in place when moved
-      // (a short one lives inside the object, and a gradient read in place
-      // would then point at moved-from storage).
-      if (data->size() <= sizeof(std::string)) continue;
-      completion->ReuseBuffer(static_cast<size_t>(i), std::move(*data));
-    }
-    // Rows likewise, for the answer's rows (PreparePush keeps one part per
-    // RowSlice, in order).
-    for (int j = 0; j < push.rows_size(); ++j) {
-      std::string* data = push.mutable_rows(j)->mutable_data();
-      if (data->size() <= sizeof(std::string)) continue;
-      prepared->rows[static_cast<size_t>(j)].buffer = std::move(*data);
-    }
-  }
+  if (answer_values) LendRequestBuffers(push, *prepared, *completion);
   store_->ApplyPush(*std::move(prepared), std::move(completion));
   return reactor;
 }

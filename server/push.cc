@@ -43,6 +43,23 @@ absl::Status DecodeFinite(const v1::Slice& slice, absl::string_view what,
   return absl::OkStatus();
 }
 
+void LendRequestBuffers(v1::PushRequest& request, PreparedPush& push,
+                        PushCompletion& completion) {
+  for (int i = 0; i < request.gradients_size(); ++i) {
+    std::string* data = request.mutable_gradients(i)->mutable_data();
+    // A short string lives inside the object, and a gradient read in place
+    // would then point at moved-from storage.
+    if (data->size() <= sizeof(std::string)) continue;
+    completion.ReuseBuffer(static_cast<size_t>(i), std::move(*data));
+  }
+  // PreparePush keeps one part per RowSlice, in order.
+  for (int j = 0; j < request.rows_size(); ++j) {
+    std::string* data = request.mutable_rows(j)->mutable_data();
+    if (data->size() <= sizeof(std::string)) continue;
+    push.rows[static_cast<size_t>(j)].buffer = std::move(*data);
+  }
+}
+
 absl::Status ViewGradient(const v1::Slice& slice, bool widen_later,
                           PreparedPush::Gradient& part) {
   const std::string& data = slice.data();

@@ -29,6 +29,8 @@
 
 namespace ps {
 
+class PushCompletion;
+
 // A push that passed every check. A float32 gradient is read in place from
 // the request's bytes, and so (in async mode) is a 16-bit one, widened chunk
 // by chunk during the update, so the request must outlive its application.
@@ -78,6 +80,15 @@ struct PreparedPush {
   // Whether it asks for exactly-once (a worker id and a seq).
   bool exactly_once() const { return !worker_id.empty() && seq != 0; }
 };
+
+// Hands a PushPull's request bytes to its answer, so that the answer needs
+// no fresh memory: each gradient slice's data to `completion`
+// (ReuseBuffer), each RowSlice's data to its part of `push` (Rows::buffer).
+// Gradients read in place stay valid: only heap-allocated strings are
+// moved, and they keep their bytes where they are.
+// REQUIRES: `push` was prepared from `request`, with answers.
+void LendRequestBuffers(v1::PushRequest& request, PreparedPush& push,
+                        PushCompletion& completion);
 
 // Points part.gradient at the slice's values: in place when they are
 // float32 and aligned for float, else widened into part.decoded; or, with

@@ -13,6 +13,7 @@
 #include "google/protobuf/stubs/logging.h"
 #include "google/protobuf/text_format.h"
 #include "proto/ps/v1/ps.pb.h"
+#include "server/push.h"
 #include "server/store_impl.h"
 #include "spdlog/spdlog.h"
 
@@ -89,6 +90,8 @@ void Push(VariableStore& store, absl::string_view bytes, bool answered) {
   auto completion = std::make_shared<PushCompletion>(
       prepared->gradients.size(), answered, request.pull_dtype(),
       [](absl::Status, v1::PullResponse) {});
+  if (answered)
+    LendRequestBuffers(request, *prepared, *completion);  // as the service does
   store.ApplyPush(*std::move(prepared), std::move(completion));
 }
 
