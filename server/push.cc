@@ -14,7 +14,8 @@ namespace {
 // The largest variable accepted, in values (about 1 TiB of float32).
 constexpr uint64_t kMaxValues = uint64_t{1} << 38;
 
-// The index of the first value that is NaN or infinite, if any.
+}  // namespace
+
 std::optional<size_t> FirstNonFinite(std::span<const float> values) {
   if (AllFinite(values)) return std::nullopt;
   for (size_t i = 0; i < values.size(); ++i) {
@@ -23,7 +24,22 @@ std::optional<size_t> FirstNonFinite(std::span<const float> values) {
   return std::nullopt;
 }
 
-}  // namespace
+absl::Status ViewValues(v1::DType dtype, const std::string& data, size_t values,
+                        std::unique_ptr<float[]>& decoded,
+                        std::span<const float>& view, bool& all_finite) {
+  if (dtype == v1::FLOAT32 && data.size() == values * sizeof(float) &&
+      reinterpret_cast<uintptr_t>(data.data()) % alignof(float) == 0) {
+    view = std::span<const float>(reinterpret_cast<const float*>(data.data()),
+                                  values);
+    all_finite = AllFinite(view);
+    return absl::OkStatus();
+  }
+  decoded.reset(new float[values]);
+  std::span<float> out(decoded.get(), values);
+  view = out;
+  all_finite = false;
+  return DecodeValues(dtype, data, out, &all_finite);
+}
 
 absl::Status DecodeFinite(const v1::Slice& slice, absl::string_view what,
                           std::vector<float>& out) {
@@ -72,27 +88,16 @@ absl::Status ViewGradient(const v1::Slice& slice, bool widen_later,
     part.half_dtype = slice.dtype();
     return absl::OkStatus();
   }
-  // Anything wrong is found, and described, on the widening path below.
-  const bool in_place =
-      slice.dtype() == v1::FLOAT32 && data.size() == length * sizeof(float) &&
-      reinterpret_cast<uintptr_t>(data.data()) % alignof(float) == 0;
-  absl::Status status;
-  if (in_place) {
-    part.gradient = std::span<const float>(
-        reinterpret_cast<const float*>(data.data()), length);
-  } else {
-    part.decoded.reset(new float[length]);
-    std::span<float> out(part.decoded.get(), length);
-    bool all_finite = false;
-    status = DecodeValues(slice.dtype(), data, out, &all_finite);
-    part.gradient = out;
-    if (status.ok() && all_finite) return absl::OkStatus();
-  }
-  if (!status.ok()) {
+  // Anything wrong is found, and described, on the widening path.
+  bool all_finite = false;
+  if (absl::Status status = ViewValues(slice.dtype(), data, length,
+                                       part.decoded, part.gradient, all_finite);
+      !status.ok()) {
     return absl::InvalidArgumentError(
         absl::StrCat("gradient for '", slice.variable(), "' at offset ",
                      slice.offset(), ": ", status.message()));
   }
+  if (all_finite) return absl::OkStatus();
   if (auto bad = FirstNonFinite(part.gradient)) {
     return absl::InvalidArgumentError(
         absl::StrCat("gradient for '", slice.variable(), "' holds ",

@@ -58,9 +58,9 @@ struct PreparedPush {
     std::shared_ptr<SparseTable> table;
     std::vector<uint64_t> ids;
     // ids.size() x dim: the request's bytes when they are float32 (and
-    // aligned for float), else `decoded`.
+    // aligned for float), else `decoded` (ViewValues).
     std::span<const float> gradients;
-    std::vector<float> decoded;
+    std::unique_ptr<float[]> decoded;
     // The request's data string, moved here (a heap-allocated string keeps
     // its bytes in place, so gradients read in place stay valid) for a
     // float32 PushPull to write its answer into (see ApplyRowsAsync).
@@ -89,6 +89,17 @@ struct PreparedPush {
 // REQUIRES: `push` was prepared from `request`, with answers.
 void LendRequestBuffers(v1::PushRequest& request, PreparedPush& push,
                         PushCompletion& completion);
+
+// The index of the first value that is NaN or infinite, if any.
+std::optional<size_t> FirstNonFinite(std::span<const float> values);
+
+// Points `view` at `values` values of `data`, encoded in `dtype`, as
+// float32: in place when they are float32 (exactly that many, aligned for
+// float), else decoded into `decoded`. `all_finite` tells whether every
+// one is finite. The decode's error when the bytes do not hold them.
+absl::Status ViewValues(v1::DType dtype, const std::string& data, size_t values,
+                        std::unique_ptr<float[]>& decoded,
+                        std::span<const float>& view, bool& all_finite);
 
 // Points part.gradient at the slice's values: in place when they are
 // float32 and aligned for float, else widened into part.decoded; or, with

@@ -271,28 +271,14 @@ absl::Status VariableStore::DecodeRows(const v1::PushRequest& request,
         CheckIds(slice, table, options_.shard_index, options_.num_shards));
     part.ids.assign(slice.ids().begin(), slice.ids().end());
     part.unanswered = slice.unanswered();
-    const std::string& data = slice.data();
-    bool finite = true;
-    if (slice.dtype() == v1::FLOAT32 &&
-        reinterpret_cast<uintptr_t>(data.data()) % alignof(float) == 0) {
-      part.gradients = std::span<const float>(
-          reinterpret_cast<const float*>(data.data()), values);
-      finite = AllFinite(part.gradients);
-    } else {
-      part.decoded.resize(values);
-      PS_RETURN_IF_ERROR(
-          DecodeValues(slice.dtype(), data, part.decoded, &finite));
-      part.gradients = part.decoded;
-    }
-    if (!finite) {
-      for (size_t i = 0; i < values; ++i) {
-        if (!std::isfinite(part.gradients[i])) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              "gradient of row ", part.ids[i / table.dim()], " of table '",
-              table.name(), "' holds ", part.gradients[i], " at value ",
-              i % table.dim(), "; every value must be finite"));
-        }
-      }
+    bool finite = false;
+    PS_RETURN_IF_ERROR(ViewValues(slice.dtype(), slice.data(), values,
+                                  part.decoded, part.gradients, finite));
+    if (auto bad = finite ? std::nullopt : FirstNonFinite(part.gradients)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "gradient of row ", part.ids[*bad / table.dim()], " of table '",
+          table.name(), "' holds ", part.gradients[*bad], " at value ",
+          *bad % table.dim(), "; every value must be finite"));
     }
     answer_bytes +=
         slice.table().size() + 16 +

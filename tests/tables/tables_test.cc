@@ -353,8 +353,24 @@ TEST_F(TablesTest, BadRequestsAreRefusedAndChangeNothing) {
   grpc::Status repeated = push(rows_of("t", {on0, on0}, {1, 1, 1, 1}));
   EXPECT_EQ(repeated.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_THAT(repeated.error_message(), HasSubstr("twice"));
-  EXPECT_EQ(push(rows_of("t", {on0}, {1, NAN})).error_code(),
-            grpc::StatusCode::INVALID_ARGUMENT);
+  // A gradient that is not finite names its row and value, whether it is
+  // read in place (float32) or decoded (bfloat16).
+  uint64_t on0_too = on0 + 1;
+  while (RowShard(hash, on0_too, 2) != 0) ++on0_too;
+  grpc::Status nan = push(rows_of("t", {on0, on0_too}, {1, 1, 1, NAN}));
+  EXPECT_EQ(nan.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(nan.error_message(),
+              HasSubstr(absl::StrCat("gradient of row ", on0_too,
+                                     " of table 't' holds nan at value 1")));
+  v1::RowSlice nan_bf16 = rows_of("t", {on0, on0_too}, {});
+  nan_bf16.set_dtype(v1::BFLOAT16);
+  // 1.0, 1.0, inf, 1.0 in bfloat16, little-endian.
+  nan_bf16.set_data(std::string("\x80\x3f\x80\x3f\x80\x7f\x80\x3f", 8));
+  grpc::Status inf = push(nan_bf16);
+  EXPECT_EQ(inf.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(inf.error_message(),
+              HasSubstr(absl::StrCat("gradient of row ", on0_too,
+                                     " of table 't' holds inf at value 0")));
   v1::RowSlice bad_dtype = rows_of("t", {on0}, {1, 1});
   bad_dtype.set_dtype(static_cast<v1::DType>(7));
   EXPECT_EQ(push(bad_dtype).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
