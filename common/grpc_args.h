@@ -26,7 +26,9 @@ absl::StatusOr<std::vector<GrpcArg>> ParseGrpcArgs(
     const std::vector<std::string>& items);
 
 // Sets each of `args` after what was set before (gRPC takes the last value
-// a name is given, so they override it).
+// a name is given, so they override it). A ServerBuilder applies its own
+// message-size limits last: those stay as its Set*MessageSize calls made
+// them (ps_server's --max_message_mb). gRPC clamps values out of range.
 void ApplyGrpcArgs(const std::vector<GrpcArg>& args,
                    grpc::ChannelArguments& channel);
 void ApplyGrpcArgs(const std::vector<GrpcArg>& args,

@@ -89,7 +89,7 @@ struct ServerOptions {
   // growing.
   uint64_t grpc_memory_bytes = 0;
   // More gRPC channel arguments for the shard's server (common/grpc_args.h),
-  // set after its own.
+  // set after its own (message sizes excepted: max_message_mb sets them).
   std::vector<std::pair<std::string, int>> grpc_args;
 
   // Token files (one token per line, optional label after whitespace).
