@@ -131,6 +131,12 @@ ABSL_FLAG(bool, serve_echo, false,
           "internal: serve the echo ParameterService and print 'listening on "
           "HOST:PORT'");
 ABSL_FLAG(uint32_t, shard_index, 0, "internal (--serve_echo): shard index");
+ABSL_FLAG(std::string, echo_api, "callback",
+          "the echo server's PushPull on gRPC's callback API (\"callback\", "
+          "as ps_server serves) or its asynchronous completion-queue API "
+          "(\"cq\")");
+ABSL_FLAG(int, echo_cq_threads, 2,
+          "--echo_api=cq: threads polling completion queues, one queue each");
 
 namespace {
 
@@ -148,9 +154,25 @@ std::vector<ps::GrpcArg> GrpcArgsOrDie() {
 
 // --- the echo server ---------------------------------------------------------
 
-class EchoService final : public ps::v1::ParameterService::CallbackService {
+using ParameterService = ps::v1::ParameterService;
+
+// What the echo server answers a PushPull: the gradient slices and rows
+// copied back.
+void Echo(const ps::v1::PushRequest& request, ps::v1::PullResponse& response) {
+  for (const ps::v1::Slice& gradient : request.gradients()) {
+    *response.add_values() = gradient;  // copies the bytes back
+  }
+  for (const ps::v1::RowSlice& rows : request.rows()) {
+    *response.add_rows() = rows;  // ids and values back, in their order
+  }
+}
+
+// The echo server's methods but PushPull, on the callback API, over `Base`
+// (a ParameterService with those methods as callbacks).
+template <typename Base>
+class EchoMethods : public Base {
  public:
-  explicit EchoService(ps::v1::ClusterInfo info) : info_(std::move(info)) {}
+  explicit EchoMethods(ps::v1::ClusterInfo info) : info_(std::move(info)) {}
 
   grpc::ServerUnaryReactor* GetClusterInfo(
       grpc::CallbackServerContext* context,
@@ -197,26 +219,103 @@ class EchoService final : public ps::v1::ParameterService::CallbackService {
     }
     return Done(context);
   }
-  grpc::ServerUnaryReactor* PushPull(grpc::CallbackServerContext* context,
-                                     const ps::v1::PushRequest* request,
-                                     ps::v1::PullResponse* response) override {
-    for (const ps::v1::Slice& gradient : request->gradients()) {
-      *response->add_values() = gradient;  // copies the bytes back
-    }
-    for (const ps::v1::RowSlice& rows : request->rows()) {
-      *response->add_rows() = rows;  // ids and values back, in their order
-    }
-    return Done(context);
-  }
 
- private:
+ protected:
   static grpc::ServerUnaryReactor* Done(grpc::CallbackServerContext* context) {
     grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
     reactor->Finish(grpc::Status::OK);
     return reactor;
   }
 
+ private:
   const ps::v1::ClusterInfo info_;
+};
+
+// The echo server on the callback API throughout, as ps_server serves.
+class CallbackEchoService final
+    : public EchoMethods<ParameterService::CallbackService> {
+ public:
+  using EchoMethods::EchoMethods;
+
+  grpc::ServerUnaryReactor* PushPull(grpc::CallbackServerContext* context,
+                                     const ps::v1::PushRequest* request,
+                                     ps::v1::PullResponse* response) override {
+    Echo(*request, *response);
+    return Done(context);
+  }
+};
+
+// The echo server with PushPull on the asynchronous completion-queue API
+// (the other methods stay callbacks): `threads` threads, each polling its
+// own completion queue with kCallsPerQueue calls waiting for requests.
+using CqEchoBase = ParameterService::WithCallbackMethod_GetClusterInfo<
+    ParameterService::WithCallbackMethod_CreateVariable<
+        ParameterService::WithCallbackMethod_Push<
+            ParameterService::WithCallbackMethod_Pull<
+                ParameterService::WithCallbackMethod_OpenSession<
+                    ParameterService::WithCallbackMethod_CreateTable<
+                        ParameterService::WithAsyncMethod_PushPull<
+                            ParameterService::Service>>>>>>>;
+
+class CqEchoService final : public EchoMethods<CqEchoBase> {
+ public:
+  using EchoMethods::EchoMethods;
+
+  // Adds the completion queues; call before BuildAndStart.
+  void AddQueues(grpc::ServerBuilder& builder, int threads) {
+    for (int i = 0; i < threads; ++i) {
+      queues_.push_back(builder.AddCompletionQueue());
+    }
+  }
+  // Starts the threads; call after BuildAndStart.
+  void Start() {
+    for (auto& queue : queues_) {
+      for (int i = 0; i < kCallsPerQueue; ++i) new Call(this, queue.get());
+      threads_.emplace_back([queue = queue.get()] { Poll(queue); });
+    }
+  }
+  // Call after the server's Shutdown.
+  void Stop() {
+    for (auto& queue : queues_) queue->Shutdown();
+    for (std::thread& thread : threads_) thread.join();
+  }
+
+ private:
+  static constexpr int kCallsPerQueue = 4;
+
+  // One PushPull: waits for a request, answers it, then frees itself.
+  struct Call {
+    Call(CqEchoService* service, grpc::ServerCompletionQueue* queue)
+        : service(service), queue(queue), writer(&context) {
+      service->RequestPushPull(&context, &request, &writer, queue, queue, this);
+    }
+    CqEchoService* service;
+    grpc::ServerCompletionQueue* queue;
+    grpc::ServerContext context;
+    ps::v1::PushRequest request;
+    ps::v1::PullResponse response;
+    grpc::ServerAsyncResponseWriter<ps::v1::PullResponse> writer;
+    bool answered = false;
+  };
+
+  static void Poll(grpc::ServerCompletionQueue* queue) {
+    void* tag = nullptr;
+    bool ok = false;
+    while (queue->Next(&tag, &ok)) {
+      auto* call = static_cast<Call*>(tag);
+      if (!ok || call->answered) {  // shut down, or answer sent
+        delete call;
+        continue;
+      }
+      new Call(call->service, queue);  // the next request's place
+      Echo(call->request, call->response);
+      call->answered = true;
+      call->writer.Finish(call->response, grpc::Status::OK, call);
+    }
+  }
+
+  std::vector<std::unique_ptr<grpc::ServerCompletionQueue>> queues_;
+  std::vector<std::thread> threads_;
 };
 
 int ServeEcho() {
@@ -232,8 +331,18 @@ int ServeEcho() {
   info.set_num_shards(absl::GetFlag(FLAGS_shards));
   info.set_block_size(absl::GetFlag(FLAGS_block_size));
   info.set_consistency("async");
-  EchoService service(info);
+  const std::string api = absl::GetFlag(FLAGS_echo_api);
+  std::optional<CallbackEchoService> callback_service;
+  std::optional<CqEchoService> cq_service;
   grpc::ServerBuilder builder;
+  if (api == "cq") {
+    cq_service.emplace(info);
+    builder.RegisterService(&*cq_service);
+    cq_service->AddQueues(builder, absl::GetFlag(FLAGS_echo_cq_threads));
+  } else {
+    callback_service.emplace(info);
+    builder.RegisterService(&*callback_service);
+  }
   int port = 0;
   builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(),
                            &port);
@@ -241,18 +350,19 @@ int ServeEcho() {
   builder.SetMaxReceiveMessageSize(max_bytes);
   builder.SetMaxSendMessageSize(max_bytes);
   ps::ApplyGrpcArgs(GrpcArgsOrDie(), builder);
-  builder.RegisterService(&service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
     std::cerr << "ps_load: the echo server cannot listen" << std::endl;
     return 1;
   }
+  if (cq_service) cq_service->Start();
   std::cout << "listening on 127.0.0.1:" << port << std::endl;
   // Runs until SIGTERM or SIGINT (blocked above, before gRPC started its
   // threads), or until the parent dies (PR_SET_PDEATHSIG).
   int signal_number = 0;
   sigwait(&signals, &signal_number);
   server->Shutdown(std::chrono::system_clock::now());
+  if (cq_service) cq_service->Stop();
   return 0;
 }
 
@@ -930,6 +1040,16 @@ int main(int argc, char** argv) {
       "Example: ps_load --value_bytes=4MiB --workers=2 --runs=5");
   ps::ParseCommandLineWithHelp(argc, argv);
   GrpcArgsOrDie();  // a bad one ends here, before any child starts
+  const std::string echo_api = absl::GetFlag(FLAGS_echo_api);
+  if (echo_api != "callback" && echo_api != "cq") {
+    std::cerr << "ps_load: --echo_api is \"callback\" or \"cq\", not \""
+              << echo_api << "\"" << std::endl;
+    return 2;
+  }
+  if (absl::GetFlag(FLAGS_echo_cq_threads) < 1) {
+    std::cerr << "ps_load: --echo_cq_threads must be at least 1" << std::endl;
+    return 2;
+  }
   if (absl::GetFlag(FLAGS_serve_echo)) return ServeEcho();
   spdlog::set_level(spdlog::level::warn);
   if (absl::GetFlag(FLAGS_tune_malloc)) ps::TuneMalloc();
@@ -1032,6 +1152,9 @@ int main(int argc, char** argv) {
            absl::StrCat("--shards=", ours_addresses.size()),
            absl::StrCat("--shard_index=", s), "--block_size=" + block_size,
            "--max_message_mb=" + max_mb,
+           "--echo_api=" + absl::GetFlag(FLAGS_echo_api),
+           absl::StrCat("--echo_cq_threads=",
+                        absl::GetFlag(FLAGS_echo_cq_threads)),
            "--grpc_arg=" + absl::StrJoin(absl::GetFlag(FLAGS_grpc_arg), ",")});
       if (child == nullptr) return Fail("cannot start the echo server");
       echo_addresses.push_back(child->address);

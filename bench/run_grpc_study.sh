@@ -7,7 +7,12 @@
 #
 #   bash bench/run_grpc_study.sh           # about 8 minutes
 #
-# Environment: BUILD_DIR (default build), RUNS (3), SECONDS_PER_RUN (2).
+# The echo server's PushPull on gRPC's completion-queue API (ps_load
+# --echo_api=cq) compares the two server APIs: ours stays on the callback
+# API in those rows, as a control.
+#
+# Environment: BUILD_DIR (default build), RUNS (3), SECONDS_PER_RUN (2),
+# ONLY (a regular expression: only the settings whose names match it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build_dir=${BUILD_DIR:-build}
@@ -29,6 +34,8 @@ settings=(
   "TCP reads of 1 MiB (min 256 KiB)|--grpc_arg=grpc.experimental.tcp_read_chunk_size=1048576,grpc.experimental.tcp_min_read_chunk_size=262144"
   "TCP reads of 64 KiB (max 64 KiB)|--grpc_arg=grpc.experimental.tcp_read_chunk_size=65536,grpc.experimental.tcp_max_read_chunk_size=65536"
   "2 connections per shard|--channels_per_shard=2"
+  "echo on the CQ API, 1 thread|--echo_api=cq --echo_cq_threads=1"
+  "echo on the CQ API, 2 threads|--echo_api=cq --echo_cq_threads=2"
   "defaults again|"
 )
 # size workers
@@ -42,6 +49,7 @@ echo "|---|---|---|---|---|---|---|---|---|---|"
 for setting in "${settings[@]}"; do
   name=${setting%%|*}
   flags=${setting#*|}
+  if [ -n "${ONLY:-}" ] && ! [[ $name =~ $ONLY ]]; then continue; fi
   for row in "${rows[@]}"; do
     read -r size workers <<<"$row"
     # | op | size | wire | W | ours | echo | ratio | calls/s | ours p50 |
