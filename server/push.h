@@ -71,6 +71,9 @@ struct PreparedPush {
       return unanswered ? std::span<const uint64_t>() : ids;
     }
     bool unanswered = false;
+    // What the push does to the table, as found under the push's locks
+    // (VariableStore::CheckRowsAsync) for the update under the same hold.
+    SparseTable::Plan plan;
   };
   std::vector<Rows> rows;
   // The store's roll-backs when it was admitted: a push admitted before a

@@ -155,10 +155,11 @@ class VariableStore final : public Store {
                           uint64_t& answer_bytes) const;
   absl::Status PullRows(const v1::PullRequest& request, uint64_t slice_bytes,
                         v1::PullResponse* response) const;
-  // Checks every table part of an async push and reserves the memory its
-  // new rows take; `duplicate[j]` is set for parts already applied.
-  absl::Status CheckRowsAsync(const PreparedPush& push,
-                              std::vector<bool>& duplicate, uint64_t& reserved)
+  // Checks every table part of an async push, plans it (Rows::plan, for
+  // ApplyRowsAsync under the same locks) and reserves the memory its new
+  // rows take; `duplicate[j]` is set for parts already applied.
+  absl::Status CheckRowsAsync(PreparedPush& push, std::vector<bool>& duplicate,
+                              uint64_t& reserved)
       ABSL_NO_THREAD_SAFETY_ANALYSIS;
   int64_t ApplyRowsAsync(PreparedPush& push, const std::vector<bool>& duplicate,
                          uint64_t reserved,

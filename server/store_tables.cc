@@ -290,20 +290,20 @@ absl::Status VariableStore::DecodeRows(const v1::PushRequest& request,
   return absl::OkStatus();
 }
 
-absl::Status VariableStore::CheckRowsAsync(const PreparedPush& push,
+absl::Status VariableStore::CheckRowsAsync(PreparedPush& push,
                                            std::vector<bool>& duplicate,
                                            uint64_t& reserved) {
   int64_t more = 0;
   for (size_t j = 0; j < push.rows.size(); ++j) {
-    const PreparedPush::Rows& part = push.rows[j];
+    PreparedPush::Rows& part = push.rows[j];
     const SparseTable& table = *part.table;
     duplicate[j] = AlreadyApplied(push, table.applied);
     if (duplicate[j]) continue;
     PS_RETURN_IF_ERROR(CheckTableTakesPush(push, table));
     auto entry = rules_.For(table.name());
     PS_RETURN_IF_ERROR(CheckTableUpdate(entry->settings, table, push.loss));
-    PS_ASSIGN_OR_RETURN(const SparseTable::Plan plan, table.PlanPush(part.ids));
-    more += table.BytesDelta(plan, entry->settings);
+    PS_ASSIGN_OR_RETURN(part.plan, table.PlanPush(part.ids));
+    more += table.BytesDelta(part.plan, entry->settings);
   }
   if (more > 0) {
     PS_RETURN_IF_ERROR(memory_.ReserveTableBytes(
@@ -348,8 +348,8 @@ int64_t VariableStore::ApplyRowsAsync(
     if (!duplicate[j]) {
       auto entry = rules_.For(table.name());
       const absl::Time start = absl::Now();
-      table.Apply(entry->settings, part.ids, part.gradients, push.loss,
-                  &helpers_, after);
+      table.Apply(entry->settings, part.plan, part.ids, part.gradients,
+                  push.loss, &helpers_, after);
       counters_.RecordUpdate(absl::Now() - start);
       new_records += MarkApplied(push, table.applied) ? 1 : 0;
       change += table.TakeBytesChange();
@@ -487,7 +487,7 @@ void VariableStore::FinishTableStep(SparseTable& table, ReadyParts& ready) {
   if (status.ok()) {
     absl::StatusOr<SparseTable::Plan> planned = table.PlanPush(sync.ids);
     status = planned.status();
-    if (status.ok()) plan = *planned;
+    if (status.ok()) plan = *std::move(planned);
   }
   int64_t more = 0;
   if (status.ok()) {
@@ -501,7 +501,7 @@ void VariableStore::FinishTableStep(SparseTable& table, ReadyParts& ready) {
   }
   if (status.ok()) {
     const absl::Time start = absl::Now();
-    table.Apply(entry->settings, sync.ids, sync.sum, loss, &helpers_);
+    table.Apply(entry->settings, plan, sync.ids, sync.sum, loss, &helpers_);
     counters_.RecordUpdate(absl::Now() - start);
     memory_.AddTableBytes(table.TakeBytesChange() - std::max<int64_t>(more, 0));
   }

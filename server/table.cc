@@ -134,12 +134,17 @@ bool SparseTable::AdmittedByPush(uint64_t id) const {
 absl::StatusOr<SparseTable::Plan> SparseTable::PlanPush(
     std::span<const uint64_t> ids) const {
   Plan plan;
+  plan.places.resize(ids.size());
   uint64_t carried_rows = 0;
   for (size_t i = 0; i < ids.size(); ++i) {
     if (i + kPrefetchIds < ids.size()) index_.prefetch(ids[i + kPrefetchIds]);
     const uint64_t id = ids[i];
-    if (index_.contains(id)) {
+    auto it = index_.find(id);
+    plan.places[i] = it == index_.end() ? kNone : it->second;
+    if (it != index_.end()) {
       ++carried_rows;
+      // Apply relinks it in the update order.
+      __builtin_prefetch(&meta_[it->second], 1);
     } else if (AdmittedByPush(id)) {
       ++plan.created;
     } else if (!pending_.contains(id)) {
@@ -249,10 +254,38 @@ void SparseTable::EvictRow(uint32_t row) {
   ++rows_evicted_;
 }
 
+void SparseTable::EvictOldest(uint64_t n) {
+  if (n == 0) return;
+  std::vector<uint32_t>& evicted = scratch_evicted_;
+  evicted.clear();
+  uint32_t row = oldest_;
+  for (uint64_t k = 0; k < n; ++k) {
+    const RowMeta& meta = meta_[row];
+    index_.prefetch(meta.id);
+    evicted.push_back(row);
+    row = meta.next;
+  }
+  // The order now starts at `row`; the evicted rows' own links are not
+  // read again until they are relinked as new rows.
+  oldest_ = row;
+  if (row == kNone) {
+    newest_ = kNone;
+  } else {
+    meta_[row].prev = kNone;
+  }
+  for (uint32_t place : evicted) {
+    index_.erase(meta_[place].id);
+    meta_[place].prev = meta_[place].next = kNone;
+  }
+  // Reused oldest first (free_ is taken from its back).
+  free_.insert(free_.end(), evicted.rbegin(), evicted.rend());
+  rows_evicted_ += n;
+}
+
 const uint64_t SparseTable::kTableBytes = sizeof(SparseTable) + 512;
 
 bool SparseTable::Apply(const optimizer::OptimizerSettings& settings,
-                        std::span<const uint64_t> ids,
+                        const Plan& plan, std::span<const uint64_t> ids,
                         std::span<const float> grads,
                         std::optional<double> loss,
                         optimizer::HelperThreads* helpers,
@@ -263,20 +296,22 @@ bool SparseTable::Apply(const optimizer::OptimizerSettings& settings,
       AllocateArray(array);
     }
   }
-  // Each id's row (kNone: none yet), found once. Rows the push carries
-  // move to the newest end first, so that eviction takes only rows it does
-  // not carry (and so leaves the places found here as they are).
+  // Each id's row (kNone: none yet), as the plan found it. Rows the push
+  // carries move to the newest end first, so that eviction takes only rows
+  // it does not carry (and so leaves the places found as they are).
   // The relinks touch each row's neighbours in the order, which sit
-  // anywhere: a row's links are fetched while the lookups go on, and its
-  // neighbours' a few rows before it is relinked.
-  std::vector<uint32_t>& found = scratch_found_;
-  found.resize(ids.size());
-  for (size_t i = 0; i < ids.size(); ++i) {
-    if (i + kPrefetchIds < ids.size()) index_.prefetch(ids[i + kPrefetchIds]);
-    auto it = index_.find(ids[i]);
-    found[i] = it == index_.end() ? kNone : it->second;
-    if (found[i] != kNone) __builtin_prefetch(&meta_[found[i]], 1);
+  // anywhere: a row's links were fetched by the plan's lookups, and its
+  // neighbours' are fetched a few rows before it is relinked.
+  std::span<const uint32_t> found = plan.places;
+  if (found.size() != ids.size()) {  // not the plan of these ids
+    scratch_found_.resize(ids.size());
+    for (size_t i = 0; i < ids.size(); ++i) {
+      auto it = index_.find(ids[i]);
+      scratch_found_[i] = it == index_.end() ? kNone : it->second;
+    }
+    found = scratch_found_;
   }
+  uint64_t carried = 0;
   for (size_t i = 0; i < ids.size(); ++i) {
     if (i + kPrefetchRows < ids.size() && found[i + kPrefetchRows] != kNone) {
       const RowMeta& ahead = meta_[found[i + kPrefetchRows]];
@@ -286,6 +321,7 @@ bool SparseTable::Apply(const optimizer::OptimizerSettings& settings,
     if (found[i] != kNone) {
       Unlink(found[i]);
       LinkLast(found[i]);
+      ++carried;
     }
   }
   // The rows it updates, in push order; `sources[r]` is row r's gradient.
@@ -294,7 +330,13 @@ bool SparseTable::Apply(const optimizer::OptimizerSettings& settings,
   rows.clear();
   sources.clear();
   bool in_order = true;  // sources[r] == r: the gradients need no gather
+  // Room for the rows it creates, made at once, from the rows it does not
+  // carry (which the plan checked suffice).
   const uint64_t max_rows = policy_.max_rows();
+  if (max_rows != 0 && index_.size() + plan.created > max_rows) {
+    EvictOldest(std::min(index_.size() + plan.created - max_rows,
+                         index_.size() - carried));
+  }
   for (size_t i = 0; i < ids.size(); ++i) {
     const uint64_t id = ids[i];
     uint32_t row = found[i];
@@ -307,8 +349,8 @@ bool SparseTable::Apply(const optimizer::OptimizerSettings& settings,
         continue;
       }
       pending_.erase(id);
-      // A loop, not one: a table restored into fewer shards may hold more
-      // than max_rows until its next creation.
+      // Room was made above; this holds max_rows should the plan have
+      // counted fewer creations.
       while (max_rows != 0 && index_.size() >= max_rows) EvictRow(oldest_);
       row = CreateRow(id);
     }

@@ -82,12 +82,15 @@ class SparseTable final : public Entry {
   // ---- updates
 
   // What applying a push with `ids` would change: rows created (admitted)
-  // and evicted to make room for them, ids newly counted toward admission.
+  // and evicted to make room for them, ids newly counted toward admission;
+  // and each id's row as found, for Apply (which then looks nothing up).
   struct Plan {
     uint64_t created = 0;
     uint64_t evicted = 0;
     uint64_t new_pending = 0;
+    std::vector<uint32_t> places;  // by id; kNoRow: none yet
   };
+  static constexpr uint32_t kNoRow = UINT32_MAX;
   // RESOURCE_EXHAUSTED when the push would create more rows than max_rows
   // allows even after evicting every row it does not carry.
   absl::StatusOr<Plan> PlanPush(std::span<const uint64_t> ids) const
@@ -102,9 +105,10 @@ class SparseTable final : public Entry {
   // records that it has now been told.
   int64_t TakeBytesChange() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
 
-  // One update of the table with `grads` (ids.size() x dim) for `ids`:
-  // counts ids toward admission, creates the admitted rows from their
-  // initial rows (evicting the least recently updated when at max_rows),
+  // One update of the table with `grads` (ids.size() x dim) for `ids`, as
+  // `plan` (PlanPush(ids)) found them: counts ids toward admission, evicts
+  // the least recently updated rows the push does not carry when it would
+  // pass max_rows, creates the admitted rows from their initial rows,
   // runs the rule once over the gathered rows, advances the table's step,
   // then evicts rows idle for evict_after_steps. Returns false when the
   // update left values that are not finite (the table then takes no more
@@ -112,10 +116,10 @@ class SparseTable final : public Entry {
   // would give after the update, written as each row is updated (while it
   // is in cache). `after` may be `grads` itself: each row's gradient is
   // read before that row of `after` is written.
-  // REQUIRES: PlanPush(ids) succeeded under this hold of `mu`;
+  // REQUIRES: `plan` is what PlanPush(ids) gave under this hold of `mu`;
   // CheckUpdate(settings, state, loss) is OK; `after` is empty or
   // ids.size() x dim.
-  bool Apply(const optimizer::OptimizerSettings& settings,
+  bool Apply(const optimizer::OptimizerSettings& settings, const Plan& plan,
              std::span<const uint64_t> ids, std::span<const float> grads,
              std::optional<double> loss, optimizer::HelperThreads* helpers,
              std::span<float> after = {}) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
@@ -186,7 +190,7 @@ class SparseTable final : public Entry {
   void FillInfo(v1::TableInfo* info) const;
 
  private:
-  static constexpr uint32_t kNone = UINT32_MAX;
+  static constexpr uint32_t kNone = kNoRow;
 
   struct RowMeta {
     uint64_t id = 0;
@@ -209,6 +213,11 @@ class SparseTable final : public Entry {
   // and zero slots, linked last.
   uint32_t CreateRow(uint64_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
   void EvictRow(uint32_t row) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
+  // Evicts the `n` least recently updated rows at once: they are the front
+  // of the update order, so it is cut off in one piece (no relinks), and
+  // their ids' hash slots are fetched while the order is walked.
+  // REQUIRES: n <= rows().
+  void EvictOldest(uint64_t n) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
   // Apply's end, after the update (rule_state_.step advanced): evicts rows
   // idle for evict_after_steps and marks the table diverged when the
   // update left values that are not finite. Returns `finite`.
@@ -243,6 +252,7 @@ class SparseTable final : public Entry {
   uint64_t charged_ ABSL_GUARDED_BY(mu) = 0;
   // Apply's buffers, kept from push to push.
   std::vector<uint32_t> scratch_found_ ABSL_GUARDED_BY(mu);
+  std::vector<uint32_t> scratch_evicted_ ABSL_GUARDED_BY(mu);
   std::vector<uint32_t> scratch_rows_ ABSL_GUARDED_BY(mu);
   std::vector<size_t> scratch_sources_ ABSL_GUARDED_BY(mu);
   std::vector<float> scratch_values_ ABSL_GUARDED_BY(mu);

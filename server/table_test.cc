@@ -1,7 +1,8 @@
 // SparseTable alone: the rows Apply writes as it goes equal what Read gives
 // after it, on every path (SparseAdam in place, the gathered kernel, rows
-// created, ids still counted toward admission, rows evicted for room).
-// Through real shards: tests/tables.
+// created, ids still counted toward admission, rows evicted for room), and
+// eviction takes the least recently updated rows. Through real shards:
+// tests/tables.
 #include "server/table.h"
 
 #include <gmock/gmock.h>
@@ -9,6 +10,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <list>
 #include <random>
 #include <vector>
 
@@ -56,17 +58,19 @@ void ExpectAfterEqualsRead(const optimizer::OptimizerSettings& settings,
     std::vector<float> after(grads.size(), -1.0f), read(grads.size());
     {
       absl::MutexLock lock(&table.mu);
-      ASSERT_TRUE(table.PlanPush(ids).ok());
-      ASSERT_TRUE(
-          table.Apply(settings, ids, grads, std::nullopt, nullptr, after));
+      absl::StatusOr<SparseTable::Plan> plan = table.PlanPush(ids);
+      ASSERT_TRUE(plan.ok());
+      ASSERT_TRUE(table.Apply(settings, *plan, ids, grads, std::nullopt,
+                              nullptr, after));
       table.Read(ids, read);
     }
     ASSERT_THAT(after, ElementsAreArray(read)) << "step " << step;
     {
       absl::MutexLock lock(&twin.mu);
-      ASSERT_TRUE(twin.PlanPush(ids).ok());
-      ASSERT_TRUE(
-          twin.Apply(settings, ids, grads, std::nullopt, nullptr, grads));
+      absl::StatusOr<SparseTable::Plan> plan = twin.PlanPush(ids);
+      ASSERT_TRUE(plan.ok());
+      ASSERT_TRUE(twin.Apply(settings, *plan, ids, grads, std::nullopt, nullptr,
+                             grads));
     }
     ASSERT_THAT(grads, ElementsAreArray(read)) << "in place, step " << step;
   }
@@ -100,6 +104,63 @@ TEST(SparseTableTest, RowsWrittenForPendingIdsAndUnderEvictionEqualARead) {
   small.set_evict_after_steps(4);
   ExpectAfterEqualsRead(Rule(optimizer::AdamParams{}), small);
   ExpectAfterEqualsRead(Rule(optimizer::RmsPropParams{}), small);
+}
+
+// A model of the update order (ids oldest first; a push moves the ids it
+// carries to the newest end in its order, evicts the oldest rows it does
+// not carry to make room, then adds its new ids in its order) predicts
+// which ids hold rows after every push of a random mix of carried and new
+// ids, with max_rows reached after the first pushes.
+TEST(SparseTableTest, EvictionTakesTheLeastRecentlyUpdatedRows) {
+  constexpr uint32_t kDim = 3;
+  constexpr uint64_t kMaxRows = 40;
+  constexpr uint64_t kIds = 100;
+  v1::TablePolicy policy;
+  policy.set_max_rows(kMaxRows);
+  SparseTable table("t", kDim, UniformInit(), policy);
+  const optimizer::OptimizerSettings settings = Rule(optimizer::SgdParams{});
+  std::list<uint64_t> order;
+  std::mt19937_64 rng(11);
+  for (int step = 0; step < 60; ++step) {
+    std::vector<uint64_t> ids;
+    for (uint64_t id = 0; id < kIds; ++id) {
+      if (rng() % 4 == 0) ids.push_back(id);
+    }
+    std::shuffle(ids.begin(), ids.end(), rng);
+    if (ids.size() > kMaxRows) ids.resize(kMaxRows);
+    std::vector<float> grads(ids.size() * kDim, 1.0f);
+    {
+      absl::MutexLock lock(&table.mu);
+      absl::StatusOr<SparseTable::Plan> plan = table.PlanPush(ids);
+      ASSERT_TRUE(plan.ok()) << plan.status();
+      ASSERT_TRUE(
+          table.Apply(settings, *plan, ids, grads, std::nullopt, nullptr));
+    }
+    std::vector<uint64_t> created;
+    for (uint64_t id : ids) {
+      auto it = std::find(order.begin(), order.end(), id);
+      if (it == order.end()) {
+        created.push_back(id);
+      } else {
+        order.erase(it);
+        order.push_back(id);
+      }
+    }
+    while (order.size() + created.size() > kMaxRows) order.pop_front();
+    order.insert(order.end(), created.begin(), created.end());
+
+    absl::MutexLock lock(&table.mu);
+    ASSERT_EQ(table.rows(), order.size()) << "step " << step;
+    // A row pushed once differs from its initial row (SGD moved it).
+    for (uint64_t id = 0; id < kIds; ++id) {
+      std::vector<float> initial(kDim), now(kDim);
+      InitialRow(UniformInit(), table.name_hash(), id, initial);
+      table.Read(std::vector<uint64_t>{id}, now);
+      const bool held =
+          std::find(order.begin(), order.end(), id) != order.end();
+      EXPECT_EQ(held, initial != now) << "id " << id << ", step " << step;
+    }
+  }
 }
 
 }  // namespace
