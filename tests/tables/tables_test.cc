@@ -451,12 +451,13 @@ TEST_F(TablesTest, SyncAveragesOverWorkersWithAbsentRowsAsZero) {
   EXPECT_FLOAT_EQ(rows[1], -0.1f * 2);  // mean of 4 and 0
 }
 
-uint64_t Pushes(v1::AdminService::Stub& admin) {
+// A shard's statistics (GetStats).
+v1::Stats StatsOf(v1::AdminService::Stub& admin) {
   v1::Stats stats;
   grpc::ClientContext context;
   grpc::Status status = admin.GetStats(&context, v1::GetStatsRequest(), &stats);
   EXPECT_TRUE(status.ok()) << status.error_message();
-  return stats.pushes();
+  return stats;
 }
 
 TEST_F(TablesTest,
@@ -488,7 +489,7 @@ TEST_F(TablesTest,
     const std::vector<float> dense = {0.1f * step, -0.2f, 0.3f, 0.05f};
 
     std::vector<uint64_t> before;
-    for (auto& admin : admins) before.push_back(Pushes(*admin));
+    for (auto& admin : admins) before.push_back(StatsOf(*admin).pushes());
     std::vector<float> values_together(4), rows_together(grads.size());
     const NamedUpdate update{"w_together", dense, values_together};
     const RowGradients rows{"t_together", ids, grads, rows_together};
@@ -497,7 +498,7 @@ TEST_F(TablesTest,
                                std::span<const RowGradients>(&rows, 1))
                     .ok());
     for (size_t s = 0; s < admins.size(); ++s) {
-      EXPECT_EQ(Pushes(*admins[s]) - before[s], 1u) << "shard " << s;
+      EXPECT_EQ(StatsOf(*admins[s]).pushes() - before[s], 1u) << "shard " << s;
     }
 
     std::vector<float> values_apart(4), rows_apart(grads.size());
@@ -530,14 +531,6 @@ TEST_F(TablesTest,
       absl::StatusCode::kInvalidArgument);
 }
 
-uint64_t BytesOut(v1::AdminService::Stub& admin) {
-  v1::Stats stats;
-  grpc::ClientContext context;
-  grpc::Status status = admin.GetStats(&context, v1::GetStatsRequest(), &stats);
-  EXPECT_TRUE(status.ok()) << status.error_message();
-  return stats.bytes_out();
-}
-
 // A push-pull of dense values and rows whose rows after it are not wanted
 // (a remote embedding's backward) applies them alike, and the shards do
 // not send them back.
@@ -557,7 +550,7 @@ TEST_F(TablesTest, RowsNotWantedAfterAPushPullAreNotSent) {
   for (size_t s = 0; s < servers_.size(); ++s) admins.push_back(Admin(s));
   auto bytes_out = [&] {
     uint64_t total = 0;
-    for (auto& admin : admins) total += BytesOut(*admin);
+    for (auto& admin : admins) total += StatsOf(*admin).bytes_out();
     return total;
   };
   std::vector<uint64_t> ids(200);
