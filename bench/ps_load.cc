@@ -1151,8 +1151,7 @@ int main(int argc, char** argv) {
           {self, "--serve_echo",
            absl::StrCat("--shards=", ours_addresses.size()),
            absl::StrCat("--shard_index=", s), "--block_size=" + block_size,
-           "--max_message_mb=" + max_mb,
-           "--echo_api=" + absl::GetFlag(FLAGS_echo_api),
+           "--max_message_mb=" + max_mb, "--echo_api=" + echo_api,
            absl::StrCat("--echo_cq_threads=",
                         absl::GetFlag(FLAGS_echo_cq_threads)),
            "--grpc_arg=" + absl::StrJoin(absl::GetFlag(FLAGS_grpc_arg), ",")});

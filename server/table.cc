@@ -302,16 +302,7 @@ bool SparseTable::Apply(const optimizer::OptimizerSettings& settings,
   // The relinks touch each row's neighbours in the order, which sit
   // anywhere: a row's links were fetched by the plan's lookups, and its
   // neighbours' are fetched a few rows before it is relinked.
-  std::span<const uint32_t> found = plan.places;
-  if (found.size() != ids.size()) {  // not the plan of these ids
-    scratch_found_.resize(ids.size());
-    for (size_t i = 0; i < ids.size(); ++i) {
-      auto it = index_.find(ids[i]);
-      scratch_found_[i] = it == index_.end() ? kNone : it->second;
-    }
-    found = scratch_found_;
-  }
-  uint64_t carried = 0;
+  const std::vector<uint32_t>& found = plan.places;
   for (size_t i = 0; i < ids.size(); ++i) {
     if (i + kPrefetchRows < ids.size() && found[i + kPrefetchRows] != kNone) {
       const RowMeta& ahead = meta_[found[i + kPrefetchRows]];
@@ -321,7 +312,6 @@ bool SparseTable::Apply(const optimizer::OptimizerSettings& settings,
     if (found[i] != kNone) {
       Unlink(found[i]);
       LinkLast(found[i]);
-      ++carried;
     }
   }
   // The rows it updates, in push order; `sources[r]` is row r's gradient.
@@ -331,12 +321,9 @@ bool SparseTable::Apply(const optimizer::OptimizerSettings& settings,
   sources.clear();
   bool in_order = true;  // sources[r] == r: the gradients need no gather
   // Room for the rows it creates, made at once, from the rows it does not
-  // carry (which the plan checked suffice).
-  const uint64_t max_rows = policy_.max_rows();
-  if (max_rows != 0 && index_.size() + plan.created > max_rows) {
-    EvictOldest(std::min(index_.size() + plan.created - max_rows,
-                         index_.size() - carried));
-  }
+  // carry (which the plan checked suffice). A table restored into fewer
+  // shards may hold more than max_rows: the plan counts those too.
+  EvictOldest(plan.evicted);
   for (size_t i = 0; i < ids.size(); ++i) {
     const uint64_t id = ids[i];
     uint32_t row = found[i];
@@ -349,9 +336,6 @@ bool SparseTable::Apply(const optimizer::OptimizerSettings& settings,
         continue;
       }
       pending_.erase(id);
-      // Room was made above; this holds max_rows should the plan have
-      // counted fewer creations.
-      while (max_rows != 0 && index_.size() >= max_rows) EvictRow(oldest_);
       row = CreateRow(id);
     }
     in_order &= i == rows.size();

@@ -251,7 +251,6 @@ class SparseTable final : public Entry {
   bool diverged_ ABSL_GUARDED_BY(mu) = false;
   uint64_t charged_ ABSL_GUARDED_BY(mu) = 0;
   // Apply's buffers, kept from push to push.
-  std::vector<uint32_t> scratch_found_ ABSL_GUARDED_BY(mu);
   std::vector<uint32_t> scratch_evicted_ ABSL_GUARDED_BY(mu);
   std::vector<uint32_t> scratch_rows_ ABSL_GUARDED_BY(mu);
   std::vector<size_t> scratch_sources_ ABSL_GUARDED_BY(mu);
