@@ -25,6 +25,7 @@
 #include "absl/synchronization/mutex.h"
 #include "proto/ps/v1/ps.pb.h"
 #include "server/dense_variable.h"
+#include "server/rule_table.h"
 #include "server/table.h"
 
 namespace ps {
@@ -72,8 +73,17 @@ struct PreparedPush {
     }
     bool unanswered = false;
     // What the push does to the table, as found under the push's locks
-    // (VariableStore::CheckRowsAsync) for the update under the same hold.
+    // (VariableStore::CheckRowsAsync) for the booking under the same hold.
     SparseTable::Plan plan;
+    // The update booked under the push's locks and run after them
+    // (VariableStore::ApplyRowsAsync, RunRowsAsync), with the rule it was
+    // booked with, and where the rows after it go: `after`, which is
+    // `buffer`'s bytes (in_buffer) or `answer`.
+    SparseTable::Update update;
+    std::shared_ptr<const OptimizerEntry> rule;
+    std::span<float> after;
+    bool in_buffer = false;
+    std::vector<float> answer;
   };
   std::vector<Rows> rows;
   // The store's roll-backs when it was admitted: a push admitted before a

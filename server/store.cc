@@ -799,7 +799,8 @@ void VariableStore::ApplyAsync(
   uint64_t reserved = 0;
   if (refusal.ok()) refusal = CheckRowsAsync(push, rows_duplicate, reserved);
   std::vector<absl::Status> statuses(n + push.rows.size());
-  if (!refusal.ok()) {
+  const bool refused = !refusal.ok();
+  if (refused) {
     statuses[0] = std::move(refusal);
   } else {
     int64_t new_records = 0;
@@ -854,6 +855,9 @@ void VariableStore::ApplyAsync(
     memory_.AddAppliedRecords(new_records);
   }
   locked.Unlock();
+  // The tables' rows, booked under the locks, are updated without them:
+  // pushes to one table run at once on different stripes of its rows.
+  if (!refused) RunRowsAsync(push, completion);
   for (absl::Status& status : statuses) completion->PartDone(std::move(status));
 }
 

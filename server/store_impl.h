@@ -161,10 +161,16 @@ class VariableStore final : public Store {
   absl::Status CheckRowsAsync(PreparedPush& push, std::vector<bool>& duplicate,
                               uint64_t& reserved)
       ABSL_NO_THREAD_SAFETY_ANALYSIS;
+  // Books the table parts of an async push (SparseTable::Book) under its
+  // locks; answers the parts already applied.
   int64_t ApplyRowsAsync(PreparedPush& push, const std::vector<bool>& duplicate,
                          uint64_t reserved,
                          const std::shared_ptr<PushCompletion>& completion)
       ABSL_NO_THREAD_SAFETY_ANALYSIS;
+  // After the push's locks are released: runs the updates ApplyRowsAsync
+  // booked and fills the answer's rows.
+  void RunRowsAsync(PreparedPush& push,
+                    const std::shared_ptr<PushCompletion>& completion);
   absl::Status CheckRowsSync(const PreparedPush& push,
                              std::vector<bool>& duplicate)
       ABSL_NO_THREAD_SAFETY_ANALYSIS;

@@ -322,50 +322,60 @@ int64_t VariableStore::ApplyRowsAsync(
     const std::shared_ptr<PushCompletion>& completion) {
   int64_t new_records = 0;
   int64_t change = 0;
-  std::vector<float> answer;
   for (size_t j = 0; j < push.rows.size(); ++j) {
     PreparedPush::Rows& part = push.rows[j];
     SparseTable& table = *part.table;
     // The rows after the update, when the answer carries them (answered()
     // is the pushed ids or none). In float32 both ways they are written
-    // over the gradients, in the request's own bytes: Apply reads each
-    // row's gradient before it writes that row.
+    // over the gradients, in the request's own bytes: Run reads each row's
+    // gradient before it writes that row.
     const bool answered = completion->with_values() && !part.answered().empty();
     const size_t values = answered ? part.ids.size() * size_t{table.dim()} : 0;
-    const bool in_buffer =
-        answered && completion->dtype() == v1::FLOAT32 &&
-        part.buffer.size() == values * sizeof(float) &&
-        part.gradients.data() ==
-            reinterpret_cast<const float*>(part.buffer.data());
-    std::span<float> after;
-    if (in_buffer) {
-      after = std::span<float>(reinterpret_cast<float*>(part.buffer.data()),
-                               values);
+    part.in_buffer = answered && completion->dtype() == v1::FLOAT32 &&
+                     part.buffer.size() == values * sizeof(float) &&
+                     part.gradients.data() ==
+                         reinterpret_cast<const float*>(part.buffer.data());
+    if (part.in_buffer) {
+      part.after = std::span<float>(
+          reinterpret_cast<float*>(part.buffer.data()), values);
     } else {
-      answer.resize(values);
-      after = answer;
+      part.answer.resize(values);
+      part.after = part.answer;
     }
     if (!duplicate[j]) {
-      auto entry = rules_.For(table.name());
-      const absl::Time start = absl::Now();
-      table.Apply(entry->settings, part.plan, part.ids, part.gradients,
-                  push.loss, &helpers_, after);
-      counters_.RecordUpdate(absl::Now() - start);
+      // Booked here, under the push's locks; the rows are updated by
+      // RunRowsAsync after they are released.
+      part.rule = rules_.For(table.name());
+      table.Book(part.rule->settings, part.plan, part.ids, part.gradients,
+                 push.loss, part.after, &helpers_, part.update);
       new_records += MarkApplied(push, table.applied) ? 1 : 0;
       change += table.TakeBytesChange();
     } else if (answered) {
-      table.Read(part.answered(), after);
-    }
-    if (in_buffer) {
-      completion->FillEncodedRows(j, table.name(), part.answered(),
-                                  std::move(part.buffer));
-    } else {
-      completion->FillRows(j, table.name(), part.answered(), answer);
+      table.Read(part.answered(), part.after);
     }
   }
   // Settle the reservation with what the rows took (eviction may free more).
   memory_.AddTableBytes(change - static_cast<int64_t>(reserved));
   return new_records;
+}
+
+void VariableStore::RunRowsAsync(
+    PreparedPush& push, const std::shared_ptr<PushCompletion>& completion) {
+  for (size_t j = 0; j < push.rows.size(); ++j) {
+    PreparedPush::Rows& part = push.rows[j];
+    SparseTable& table = *part.table;
+    const absl::Time start = absl::Now();
+    if (part.rule != nullptr) {  // booked (not a duplicate)
+      table.Run(part.update, &helpers_);
+      counters_.RecordUpdate(absl::Now() - start);
+    }
+    if (part.in_buffer) {
+      completion->FillEncodedRows(j, table.name(), part.answered(),
+                                  std::move(part.buffer));
+    } else {
+      completion->FillRows(j, table.name(), part.answered(), part.answer);
+    }
+  }
 }
 
 absl::Status VariableStore::CheckRowsSync(const PreparedPush& push,

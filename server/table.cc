@@ -90,17 +90,48 @@ SparseTable::SparseTable(std::string name, uint32_t dim, v1::RowInit init,
       policy_(std::move(policy)),
       name_hash_(Fnv1a64(this->name())) {}
 
-float* SparseTable::Row(int array, uint32_t row) {
+uint32_t SparseTable::StripeOf(uint64_t id) {
+  // Another mix than row_shard's (which mixes id XOR the table's hash), and
+  // its top bits.
+  return static_cast<uint32_t>(Mix64(Mix64(id) ^ 0x9e3779b97f4a7c15ull) >>
+                               (64 - kStripeBits));
+}
+
+float* SparseTable::Row(int array, uint32_t row) const {
   return chunks_[array][row / kRowsPerChunk].get() +
          static_cast<size_t>(row % kRowsPerChunk) * dim_;
 }
 
-const float* SparseTable::Row(int array, uint32_t row) const {
-  return chunks_[array][row / kRowsPerChunk].get() +
-         static_cast<size_t>(row % kRowsPerChunk) * dim_;
+void SparseTable::AwaitTurn(uint32_t stripe, uint64_t ticket) const {
+  struct Waiting {
+    const Stripe* stripe;
+    uint64_t ticket;
+    // Called by Await with the stripe's lock held.
+    bool Turn() const ABSL_NO_THREAD_SAFETY_ANALYSIS {
+      return stripe->served == ticket;
+    }
+  };
+  Stripe& s = stripes_[stripe];
+  const Waiting waiting{&s, ticket};
+  absl::MutexLock lock(&s.mu);
+  s.mu.Await(absl::Condition(&waiting, &Waiting::Turn));
+}
+
+void SparseTable::PassTurn(uint32_t stripe) const {
+  Stripe& s = stripes_[stripe];
+  absl::MutexLock lock(&s.mu);
+  ++s.served;
+}
+
+void SparseTable::Drain() const {
+  for (uint32_t stripe = 0; stripe < kStripes; ++stripe) {
+    // Every ticket handed out has been served: the next one's turn.
+    AwaitTurn(stripe, books_[stripe].issued);
+  }
 }
 
 void SparseTable::AllocateArray(int array) {
+  Drain();  // the list of chunks may move
   const size_t chunk_values = kRowsPerChunk * static_cast<size_t>(dim_);
   std::vector<std::unique_ptr<float[]>>& chunks = chunks_[array];
   chunks.resize(chunks_[0].size());
@@ -112,6 +143,7 @@ void SparseTable::AllocateArray(int array) {
 
 void SparseTable::Read(std::span<const uint64_t> ids,
                        std::span<float> out) const {
+  Drain();
   for (size_t i = 0; i < ids.size(); ++i) {
     if (i + kPrefetchIds < ids.size()) index_.prefetch(ids[i + kPrefetchIds]);
     std::span<float> row = out.subspan(i * dim_, dim_);
@@ -213,17 +245,23 @@ void SparseTable::LinkLast(uint32_t row) {
 }
 
 uint32_t SparseTable::CreateRow(uint64_t id) {
+  StripeBook& book = books_[StripeOf(id)];
   uint32_t row;
-  if (!free_.empty()) {
-    row = free_.back();
-    free_.pop_back();
+  if (!book.free.empty()) {
+    row = book.free.back();
+    book.free.pop_back();
   } else {
-    row = static_cast<uint32_t>(meta_.size());
-    meta_.emplace_back();
-    if (row % kRowsPerChunk == 0) {
-      // Not zeroed here: every row is written when it is created, and only
-      // rows that exist are read.
+    if (book.next == book.end) {
+      // A chunk of its own for the stripe. Not zeroed here: every row is
+      // written when it is created, and only rows that exist are read.
+      bool moves = false;
+      for (const auto& chunks : chunks_) {
+        moves |= chunks.size() == chunks.capacity();
+      }
+      if (moves) Drain();  // runs read the lists without `mu`
       const size_t chunk_values = kRowsPerChunk * static_cast<size_t>(dim_);
+      book.next = static_cast<uint32_t>(chunks_[0].size() * kRowsPerChunk);
+      book.end = book.next + kRowsPerChunk;
       for (int array = 0; array < kArrays; ++array) {
         if (array == 0 || (held_ & BitOf(array)) != 0) {
           chunks_[array].push_back(
@@ -232,13 +270,9 @@ uint32_t SparseTable::CreateRow(uint64_t id) {
           chunks_[array].emplace_back();
         }
       }
+      meta_.resize(book.end);
     }
-  }
-  InitialRow(init_, name_hash_, id, std::span<float>(Row(0, row), dim_));
-  for (int array = 1; array < kArrays; ++array) {
-    if ((held_ & BitOf(array)) != 0) {
-      std::memset(Row(array, row), 0, dim_ * sizeof(float));
-    }
+    row = book.next++;
   }
   meta_[row].id = id;
   index_[id] = row;
@@ -247,10 +281,20 @@ uint32_t SparseTable::CreateRow(uint64_t id) {
   return row;
 }
 
+void SparseTable::InitRow(uint32_t row, uint64_t id,
+                          optimizer::StateSlots held) const {
+  InitialRow(init_, name_hash_, id, std::span<float>(Row(0, row), dim_));
+  for (int array = 1; array < kArrays; ++array) {
+    if ((held & BitOf(array)) != 0) {
+      std::memset(Row(array, row), 0, dim_ * sizeof(float));
+    }
+  }
+}
+
 void SparseTable::EvictRow(uint32_t row) {
   Unlink(row);
   index_.erase(meta_[row].id);
-  free_.push_back(row);
+  books_[StripeOf(meta_[row].id)].free.push_back(row);
   ++rows_evicted_;
 }
 
@@ -273,29 +317,53 @@ void SparseTable::EvictOldest(uint64_t n) {
   } else {
     meta_[row].prev = kNone;
   }
-  for (uint32_t place : evicted) {
-    index_.erase(meta_[place].id);
-    meta_[place].prev = meta_[place].next = kNone;
+  // Reused oldest first (a free list is taken from its back).
+  for (auto place = evicted.rbegin(); place != evicted.rend(); ++place) {
+    RowMeta& meta = meta_[*place];
+    index_.erase(meta.id);
+    meta.prev = meta.next = kNone;
+    books_[StripeOf(meta.id)].free.push_back(*place);
   }
-  // Reused oldest first (free_ is taken from its back).
-  free_.insert(free_.end(), evicted.rbegin(), evicted.rend());
   rows_evicted_ += n;
 }
 
-const uint64_t SparseTable::kTableBytes = sizeof(SparseTable) + 512;
+// The object, its name and the store's entries; and, for each stripe and
+// array, the page that the newest rows of the stripe's own chunk may leave
+// partly used (rows are charged by their bytes, not by pages).
+const uint64_t SparseTable::kTableBytes =
+    sizeof(SparseTable) + 512 + uint64_t{kStripes} * kArrays * 4096;
 
-bool SparseTable::Apply(const optimizer::OptimizerSettings& settings,
-                        const Plan& plan, std::span<const uint64_t> ids,
-                        std::span<const float> grads,
-                        std::optional<double> loss,
-                        optimizer::HelperThreads* helpers,
-                        std::span<float> after) {
+void SparseTable::Book(const optimizer::OptimizerSettings& settings,
+                       const Plan& plan, std::span<const uint64_t> ids,
+                       std::span<const float> grads, std::optional<double> loss,
+                       std::span<float> after,
+                       optimizer::HelperThreads* helpers, Update& update) {
   const optimizer::StateSlots needed = optimizer::SlotsOf(settings.rule);
   for (int array = 1; array < kArrays; ++array) {
     if ((needed & BitOf(array)) != 0 && (held_ & BitOf(array)) == 0) {
       AllocateArray(array);
     }
   }
+  update.settings = &settings;
+  update.ids = ids;
+  update.grads = grads;
+  update.after = after;
+  update.loss = loss;
+  update.state.step = rule_state_.step;
+  update.state.eve = rule_state_.eve;
+  update.held = held_;
+  update.in_place = optimizer::SparseAdamStep::Applies(settings);
+  // Eve's feedback and a clipped norm need every row of the push in one
+  // kernel call; every other rule is elementwise given the step.
+  const bool eve = std::holds_alternative<optimizer::EveParams>(settings.rule);
+  update.whole = !update.in_place && (eve || settings.clip_norm.has_value());
+  update.rows.clear();
+  update.sources.clear();
+  update.fresh.clear();
+  update.pending.clear();
+  update.turns.clear();
+  const uint64_t step = rule_state_.step + 1;
+
   // Each id's row (kNone: none yet), as the plan found it. Rows the push
   // carries move to the newest end first, so that eviction takes only rows
   // it does not carry (and so leaves the places found as they are).
@@ -312,76 +380,190 @@ bool SparseTable::Apply(const optimizer::OptimizerSettings& settings,
     if (found[i] != kNone) {
       Unlink(found[i]);
       LinkLast(found[i]);
+      meta_[found[i]].last_step = step;
     }
   }
-  // The rows it updates, in push order; `sources[r]` is row r's gradient.
-  std::vector<uint32_t>& rows = scratch_rows_;
-  std::vector<size_t>& sources = scratch_sources_;
-  rows.clear();
-  sources.clear();
-  bool in_order = true;  // sources[r] == r: the gradients need no gather
   // Room for the rows it creates, made at once, from the rows it does not
   // carry (which the plan checked suffice). A table restored into fewer
   // shards may hold more than max_rows: the plan counts those too.
   EvictOldest(plan.evicted);
+  // The rows it updates by stripe (a counting sort), each with its
+  // gradient's index.
+  std::array<uint32_t, kStripes> counts{};
+  std::vector<uint32_t>& rows = update.rows;
+  std::vector<uint32_t>& sources = update.sources;
   for (size_t i = 0; i < ids.size(); ++i) {
     const uint64_t id = ids[i];
     uint32_t row = found[i];
     if (row == kNone) {
       if (!AdmittedByPush(id)) {
         ++pending_[id];
-        if (!after.empty()) {
-          InitialRow(init_, name_hash_, id, after.subspan(i * dim_, dim_));
-        }
+        update.pending.push_back(static_cast<uint32_t>(i));
         continue;
       }
       pending_.erase(id);
       row = CreateRow(id);
+      meta_[row].last_step = step;
     }
-    in_order &= i == rows.size();
     rows.push_back(row);
-    sources.push_back(i);
+    sources.push_back(static_cast<uint32_t>(i));
+    ++counts[StripeOf(id)];
   }
-
-  if (optimizer::SparseAdamStep::Applies(settings) && !rows.empty()) {
-    // In place, row by row, fetching the rows ahead meanwhile.
-    const optimizer::SparseAdamStep adam(settings, rule_state_.step);
-    const uint64_t step = rule_state_.step + 1;
-    bool finite = true;
+  update.fresh.resize(rows.size());
+  if (!update.whole) {
+    // Grouped by stripe, so that each turn covers a range of them.
+    std::array<uint32_t, kStripes> next{};
+    for (uint32_t stripe = 1; stripe < kStripes; ++stripe) {
+      next[stripe] = next[stripe - 1] + counts[stripe - 1];
+    }
+    std::vector<uint32_t> by_stripe(rows.size());
+    std::vector<uint32_t> sources_by_stripe(rows.size());
     for (size_t r = 0; r < rows.size(); ++r) {
-      if (r + kPrefetchRows < rows.size()) {
+      const uint32_t at = next[StripeOf(ids[sources[r]])]++;
+      by_stripe[at] = rows[r];
+      sources_by_stripe[at] = sources[r];
+      update.fresh[at] = found[sources[r]] == kNone;
+    }
+    rows = std::move(by_stripe);
+    sources = std::move(sources_by_stripe);
+  } else {
+    // In push order: one kernel call holds every turn at once.
+    for (size_t r = 0; r < rows.size(); ++r) {
+      update.fresh[r] = found[sources[r]] == kNone;
+    }
+  }
+  // A ticket in each stripe it has rows in, covering the stripe's range of
+  // rows (unless the update is whole).
+  size_t begin = 0;
+  for (uint32_t stripe = 0; stripe < kStripes; ++stripe) {
+    if (counts[stripe] == 0) continue;
+    update.turns.push_back(
+        {stripe, books_[stripe].issued++, begin, begin + counts[stripe]});
+    begin += counts[stripe];
+  }
+  rule_state_.step = step;
+
+  // Rows idle for evict_after_steps go, oldest first (the push's own rows
+  // were just updated).
+  if (const uint64_t idle = policy_.evict_after_steps(); idle != 0) {
+    while (oldest_ != kNone && meta_[oldest_].last_step + idle < step) {
+      EvictRow(oldest_);
+    }
+  }
+  update.done = false;
+  if (eve && !rows.empty()) {
+    // Eve's feedback from this update is the next one's input.
+    Run(update, helpers);
+    rule_state_.eve = update.state.eve;
+  }
+}
+
+bool SparseTable::Run(Update& update, optimizer::HelperThreads* helpers) {
+  if (update.done) return true;
+  update.done = true;
+  for (uint32_t i : update.pending) {
+    if (!update.after.empty()) {
+      InitialRow(init_, name_hash_, update.ids[i],
+                 update.after.subspan(i * size_t{dim_}, dim_));
+    }
+  }
+  if (update.rows.empty()) return true;
+  const bool finite =
+      update.in_place ? RunInPlace(update) : RunGathered(update, helpers);
+  if (!finite && !diverged_.exchange(true)) {
+    spdlog::error(
+        "table '{}' has values that are not finite after step {}; it takes "
+        "no more pushes (lower its learning rate with psctl and restore a "
+        "checkpoint, see docs/optimizers.md)",
+        name(), update.state.step + 1);
+  }
+  return finite;
+}
+
+bool SparseTable::RunInPlace(Update& update) const {
+  // In place, row by row, stripe by stripe in each one's turn, fetching the
+  // rows ahead meanwhile.
+  const optimizer::SparseAdamStep adam(*update.settings, update.state.step);
+  const std::vector<uint32_t>& rows = update.rows;
+  bool finite = true;
+  for (const Update::Turn& turn : update.turns) {
+    AwaitTurn(turn.stripe, turn.ticket);
+    for (size_t r = turn.begin; r < turn.end; ++r) {
+      if (r + kPrefetchRows < turn.end) {
         const uint32_t ahead = rows[r + kPrefetchRows];
         PrefetchRow(Row(0, ahead), dim_);
         PrefetchRow(Row(kMomentumArray, ahead), dim_);
         PrefetchRow(Row(kSquareAvgArray, ahead), dim_);
       }
+      const size_t source = update.sources[r];
+      if (update.fresh[r]) InitRow(rows[r], update.ids[source], update.held);
       finite &= adam.Row(Row(0, rows[r]), Row(kMomentumArray, rows[r]),
                          Row(kSquareAvgArray, rows[r]),
-                         &grads[sources[r] * dim_], dim_);
-      if (!after.empty()) {
-        std::memcpy(&after[sources[r] * dim_], Row(0, rows[r]),
+                         &update.grads[source * dim_], dim_);
+      if (!update.after.empty()) {
+        std::memcpy(&update.after[source * dim_], Row(0, rows[r]),
                     dim_ * sizeof(float));
       }
-      meta_[rows[r]].last_step = step;
     }
-    rule_state_.step = step;
-    return Finish(finite);
+    PassTurn(turn.stripe);
   }
+  return finite;
+}
 
-  // One kernel call over the gathered rows, in buffers kept from push to
-  // push (no allocation or zero-fill once they have grown).
+bool SparseTable::RunGathered(Update& update,
+                              optimizer::HelperThreads* helpers) const {
+  if (!update.whole) {
+    // Stripe by stripe, each in its turn, as SparseAdam.
+    bool finite = true;
+    for (const Update::Turn& turn : update.turns) {
+      AwaitTurn(turn.stripe, turn.ticket);
+      finite &= UpdateGathered(update, turn.begin, turn.end, helpers);
+      PassTurn(turn.stripe);
+    }
+    return finite;
+  }
+  // One kernel call over every row of the push, holding all its turns.
+  // Any order of waits is safe (a push only waits for earlier ones): the
+  // last stripe first, since an earlier push passes its turns in stripe
+  // order, so that once it is there the rest mostly are too and this thread
+  // sleeps once rather than once per stripe.
+  for (auto turn = update.turns.rbegin(); turn != update.turns.rend(); ++turn) {
+    AwaitTurn(turn->stripe, turn->ticket);
+  }
+  const bool finite = UpdateGathered(update, 0, update.rows.size(), helpers);
+  for (const Update::Turn& turn : update.turns) PassTurn(turn.stripe);
+  return finite;
+}
+
+bool SparseTable::UpdateGathered(Update& update, size_t begin, size_t end,
+                                 optimizer::HelperThreads* helpers) const {
+  // Buffers kept from push to push on the thread (no allocation or
+  // zero-fill once they have grown).
+  thread_local std::vector<float> values;
+  thread_local std::vector<float> gathered_gradient;
+  thread_local optimizer::BlockOptimizerState state;
+  const std::span<const uint32_t> rows =
+      std::span<const uint32_t>(update.rows).subspan(begin, end - begin);
+  const std::span<const uint32_t> sources =
+      std::span<const uint32_t>(update.sources).subspan(begin, end - begin);
   const size_t n = rows.size() * static_cast<size_t>(dim_);
   const size_t row_bytes = dim_ * sizeof(float);
-  std::vector<float>& values = scratch_values_;
   values.resize(n);
-  std::span<const float> gradient = grads.first(in_order ? n : 0);
-  if (!in_order) {
-    scratch_gradient_.resize(n);
-    gradient = scratch_gradient_;
+  // sources[r] == begin + r: the gradients need no gather.
+  bool in_order = true;
+  for (size_t r = 0; r < rows.size() && in_order; ++r) {
+    in_order = sources[r] == begin + r;
   }
-  optimizer::BlockOptimizerState& state = scratch_state_;
-  state.step = rule_state_.step;
-  state.eve = rule_state_.eve;
+  std::span<const float> gradient =
+      in_order ? update.grads.subspan(begin * dim_, n) : std::span<float>();
+  if (!in_order) {
+    gathered_gradient.resize(n);
+    gradient = gathered_gradient;
+  }
+  state.step = update.state.step;
+  state.eve = update.state.eve;
+  const optimizer::StateSlots needed =
+      optimizer::SlotsOf(update.settings->rule);
   for (int array = 1; array < kArrays; ++array) {
     std::vector<float>& slot = SlotOf(state, array);
     if ((needed & BitOf(array)) != 0) {
@@ -391,10 +573,13 @@ bool SparseTable::Apply(const optimizer::OptimizerSettings& settings,
     }
   }
   for (size_t r = 0; r < rows.size(); ++r) {
+    if (update.fresh[begin + r]) {
+      InitRow(rows[r], update.ids[sources[r]], update.held);
+    }
     std::memcpy(&values[r * dim_], Row(0, rows[r]), row_bytes);
     if (!in_order) {
-      std::memcpy(&scratch_gradient_[r * dim_], &grads[sources[r] * dim_],
-                  row_bytes);
+      std::memcpy(&gathered_gradient[r * dim_],
+                  &update.grads[sources[r] * dim_], row_bytes);
     }
     for (int array = 1; array < kArrays; ++array) {
       std::vector<float>& slot = SlotOf(state, array);
@@ -403,18 +588,18 @@ bool SparseTable::Apply(const optimizer::OptimizerSettings& settings,
       }
     }
   }
-  if (rows.empty()) {
-    ++state.step;  // the push counts as a step of the table
-  } else {
-    optimizer::ApplyUpdate(settings, state, values, gradient, loss,
-                           std::nullopt, helpers);
+  optimizer::ApplyUpdate(*update.settings, state, values, gradient, update.loss,
+                         std::nullopt, helpers);
+  if (update.whole) {  // Eve's feedback, for Book to keep
+    update.state.eve = state.eve;
   }
   bool finite = true;
   for (float value : values) finite &= std::isfinite(value);
   for (size_t r = 0; r < rows.size(); ++r) {
     std::memcpy(Row(0, rows[r]), &values[r * dim_], row_bytes);
-    if (!after.empty()) {
-      std::memcpy(&after[sources[r] * dim_], &values[r * dim_], row_bytes);
+    if (!update.after.empty()) {
+      std::memcpy(&update.after[sources[r] * dim_], &values[r * dim_],
+                  row_bytes);
     }
     for (int array = 1; array < kArrays; ++array) {
       const std::vector<float>& slot = SlotOf(state, array);
@@ -422,31 +607,19 @@ bool SparseTable::Apply(const optimizer::OptimizerSettings& settings,
         std::memcpy(Row(array, rows[r]), &slot[r * dim_], row_bytes);
       }
     }
-    meta_[rows[r]].last_step = state.step;
-  }
-  rule_state_.step = state.step;
-  rule_state_.eve = state.eve;
-  return Finish(finite);
-}
-
-bool SparseTable::Finish(bool finite) {
-  // Rows idle for evict_after_steps go, oldest first.
-  const uint64_t idle = policy_.evict_after_steps();
-  if (idle != 0) {
-    while (oldest_ != kNone &&
-           meta_[oldest_].last_step + idle < rule_state_.step) {
-      EvictRow(oldest_);
-    }
-  }
-  if (!finite && !diverged_) {
-    diverged_ = true;
-    spdlog::error(
-        "table '{}' has values that are not finite after step {}; it takes "
-        "no more pushes (lower its learning rate with psctl and restore a "
-        "checkpoint, see docs/optimizers.md)",
-        name(), rule_state_.step);
   }
   return finite;
+}
+
+bool SparseTable::Apply(const optimizer::OptimizerSettings& settings,
+                        const Plan& plan, std::span<const uint64_t> ids,
+                        std::span<const float> grads,
+                        std::optional<double> loss,
+                        optimizer::HelperThreads* helpers,
+                        std::span<float> after) {
+  Update update;
+  Book(settings, plan, ids, grads, loss, after, helpers, update);
+  return Run(update, helpers);
 }
 
 void SparseTable::AddToSync(std::span<const uint64_t> ids,
@@ -492,7 +665,7 @@ int64_t SparseTable::TakeBytesChange() {
 
 Entry::Progress SparseTable::GetProgress() const {
   absl::ReaderMutexLock lock(&mu);
-  return Progress{rule_state_.step, diverged_ ? uint64_t{1} : 0};
+  return Progress{rule_state_.step, diverged() ? uint64_t{1} : 0};
 }
 
 EntryShape SparseTable::Shape() const {
@@ -513,6 +686,7 @@ void SparseTable::CollectLocks(std::vector<absl::Mutex*>& locks) const {
 void SparseTable::AdaptState(const optimizer::RuleParams& from,
                              const optimizer::RuleParams& to,
                              bool reset_state) {
+  Drain();  // slot lists may be replaced
   const optimizer::StateSlots kept = KeptSlots(from, to, reset_state, held_);
   for (int array = 1; array < kArrays; ++array) {
     if ((held_ & BitOf(array)) != 0 && (kept & BitOf(array)) == 0) {
@@ -537,6 +711,7 @@ uint64_t SparseTable::NumRecords() const {
 absl::Status SparseTable::Snapshot(
     absl::FunctionRef<absl::Status(const BlockRecord&)> write) const {
   absl::ReaderMutexLock lock(&mu);
+  Drain();
   BlockRecord record;
   record.set_variable(name());
   TableState& state = *record.mutable_rows()->mutable_state();
@@ -557,7 +732,7 @@ absl::Status SparseTable::Snapshot(
   }
   state.set_rows_created(rows_created_);
   state.set_rows_evicted(rows_evicted_);
-  state.set_diverged(diverged_);
+  state.set_diverged(diverged());
   state.set_sync_started(sync.started);
   state.set_sync_next_step(sync.next_step);
   for (const std::string& worker : sync.workers) state.add_sync_workers(worker);
@@ -599,6 +774,7 @@ absl::Status SparseTable::Snapshot(
 absl::StatusOr<optimizer::StateSlots> SparseTable::Restore(
     const BlockRecord& record) {
   absl::MutexLock lock(&mu);
+  Drain();
   const TableRows& rows = record.rows();
   if (rows.has_state()) {
     const TableState& state = rows.state();
@@ -621,7 +797,7 @@ absl::StatusOr<optimizer::StateSlots> SparseTable::Restore(
     }
     rows_created_ = state.rows_created();
     rows_evicted_ = state.rows_evicted();
-    diverged_ = state.diverged();
+    diverged_.store(state.diverged(), std::memory_order_release);
     sync.started = state.sync_started();
     sync.next_step = state.sync_next_step();
     for (const std::string& worker : state.sync_workers()) {

@@ -4,9 +4,10 @@
 // Storage suits the kernels: the rows' values and each optimizer slot live
 // in slabs (chunks of kRowsPerChunk rows, row-major, never moved once
 // allocated), a flat hash map takes an id to its row's place, and a push's
-// rows are gathered into one contiguous batch for one kernel call, then
-// scattered back. Rows are linked in the order of their last update, so the
-// least recently updated row is found at once for eviction.
+// rows are updated in place (SparseAdam) or gathered into one contiguous
+// batch for one kernel call, then scattered back. Rows are linked in the
+// order of their last update, so the least recently updated row is found at
+// once for eviction.
 //
 // The rule's step t is the table's step on this shard: one per push that
 // carries rows of it (async) or per sync step. SGD and Adagrad equal
@@ -14,11 +15,28 @@
 // no decoupled decay) equals torch.optim.SparseAdam; the other rules run
 // their dense update on the rows a push carries (docs/optimizers.md).
 //
-// Thread safety: everything but the constant definition is guarded by `mu`.
-// A push holds it exclusively, a pull shares it.
+// Thread safety. A push is booked, then run:
+// - `mu` guards the bookkeeping: the id index, the update order, the free
+//   places, admission counts, the step, counters. Book holds it
+//   exclusively: it finds, creates and evicts rows, advances the step and
+//   takes the push's turns; it writes no row.
+// - The rows' floats are guarded by locks striped by id: kStripes ticket
+//   locks, an id's stripe chosen by a hash of the id, and each stripe's
+//   places drawn from its own chunks, so a place (and its memory) belongs
+//   to one stripe for good. Book takes a ticket in each stripe the push
+//   has rows in; Run, which needs no hold of `mu`, waits for each ticket's
+//   turn, updates that stripe's rows and passes the turn on. So pushes to
+//   one table run at once on different stripes, and each row sees them in
+//   the order they were booked.
+// - Whatever reads or replaces rows under `mu` (Read, Snapshot, Restore,
+//   AdaptState, a new slot array, a chunk list that must grow its buffer)
+//   first waits for every booked run to finish (Drain); holding `mu`
+//   keeps new ones from being booked.
 #ifndef PS_SERVER_TABLE_H_
 #define PS_SERVER_TABLE_H_
 
+#include <array>
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -46,6 +64,9 @@ class SparseTable final : public Entry {
  public:
   // Rows per slab chunk: 1024 rows of dim 64 are 256 KiB per array.
   static constexpr size_t kRowsPerChunk = 1024;
+  // The stripes of the rows' locks (a power of two).
+  static constexpr uint32_t kStripeBits = 4;
+  static constexpr uint32_t kStripes = 1u << kStripeBits;
   // What a row costs besides its arrays: its id and last step, its links in
   // the update order, and its slot in the hash map (with the map's spare
   // capacity).
@@ -53,7 +74,8 @@ class SparseTable final : public Entry {
   // What an id counted toward admission costs.
   static constexpr uint64_t kPendingBytes = 32;
   // What a table costs before its first row: the object (its empty maps
-  // and arrays), its name, and its entries in the store's maps. Charged
+  // and arrays), its name, its entries in the store's maps, and a page per
+  // stripe and array (each stripe's rows fill chunks of their own). Charged
   // when it is created, so that creating tables without rows cannot grow
   // a shard past its memory limit.
   static const uint64_t kTableBytes;
@@ -69,21 +91,30 @@ class SparseTable final : public Entry {
   const v1::TablePolicy& policy() const { return policy_; }
   // Fnv1a64 of the name, as row_shard uses it.
   uint64_t name_hash() const { return name_hash_; }
+  // The stripe of an id's row lock: the top bits of a hash of the id that
+  // row_shard does not use (row_shard reduces another hash modulo the
+  // shards, so one shard's ids still spread over every stripe).
+  static uint32_t StripeOf(uint64_t id);
 
   mutable absl::Mutex mu;
 
   // ---- reads
 
   // Writes each id's row, or its initial row when it has none (creating
-  // nothing), into `out` (ids.size() x dim).
+  // nothing), into `out` (ids.size() x dim), after every booked update.
   void Read(std::span<const uint64_t> ids, std::span<float> out) const
       ABSL_SHARED_LOCKS_REQUIRED(mu);
+
+  // Waits until every booked update has run. Holding `mu` keeps new ones
+  // from being booked, so the rows then stay as they are until it is
+  // released.
+  void Drain() const ABSL_SHARED_LOCKS_REQUIRED(mu);
 
   // ---- updates
 
   // What applying a push with `ids` would change: rows created (admitted)
   // and evicted to make room for them, ids newly counted toward admission;
-  // and each id's row as found, for Apply (which then looks nothing up).
+  // and each id's row as found, for Book (which then looks nothing up).
   struct Plan {
     uint64_t created = 0;
     uint64_t evicted = 0;
@@ -105,20 +136,69 @@ class SparseTable final : public Entry {
   // records that it has now been told.
   int64_t TakeBytesChange() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
 
-  // One update of the table with `grads` (ids.size() x dim) for `ids`, as
-  // `plan` (PlanPush(ids)) found them: counts ids toward admission, evicts
-  // the least recently updated rows the push does not carry when it would
-  // pass max_rows, creates the admitted rows from their initial rows,
-  // runs the rule once over the gathered rows, advances the table's step,
-  // then evicts rows idle for evict_after_steps. Returns false when the
-  // update left values that are not finite (the table then takes no more
-  // pushes). A non-empty `after` (ids.size() x dim) receives what Read(ids)
-  // would give after the update, written as each row is updated (while it
-  // is in cache). `after` may be `grads` itself: each row's gradient is
-  // read before that row of `after` is written.
+  // A push booked by Book for Run. Every later push to the table waits for
+  // its turns, so each booked Update must be run, once.
+  class Update {
+   public:
+    Update() = default;
+    Update(Update&&) = default;
+    Update& operator=(Update&&) = default;
+
+   private:
+    friend class SparseTable;
+    // The push's rows of one stripe, rows[begin, end), and its ticket there.
+    struct Turn {
+      uint32_t stripe = 0;
+      uint64_t ticket = 0;
+      size_t begin = 0;
+      size_t end = 0;
+    };
+    const optimizer::OptimizerSettings* settings = nullptr;
+    std::span<const uint64_t> ids;
+    std::span<const float> grads;
+    std::span<float> after;
+    std::optional<double> loss;
+    // The step and Eve's feedback before it (after it, once it has run);
+    // its slots stay empty.
+    optimizer::BlockOptimizerState state;
+    optimizer::StateSlots held = 0;  // zeroed in the rows it creates
+    bool in_place = false;           // SparseAdam, row by row
+    // One kernel call over all its rows, holding every turn (Eve, a
+    // clipped norm); else one per stripe, in its turn.
+    bool whole = false;
+    bool done = true;
+    std::vector<uint32_t> rows;     // the places it updates, turn by turn
+    std::vector<uint32_t> sources;  // rows[r]'s index in ids (and grads)
+    std::vector<uint8_t> fresh;     // rows[r] is new: initial values first
+    std::vector<uint32_t> pending;  // ids counted, not admitted
+    std::vector<Turn> turns;        // by stripe, ascending
+  };
+
+  // Books one update of the table with `grads` (ids.size() x dim) for
+  // `ids`, as `plan` (PlanPush(ids)) found them: counts ids toward
+  // admission, evicts the least recently updated rows the push does not
+  // carry when it would pass max_rows, creates the admitted rows (their
+  // places; Run writes their initial rows), advances the table's step,
+  // evicts rows idle for evict_after_steps, and takes the push's turns.
+  // Eve's update, which feeds the next one, runs here at once.
   // REQUIRES: `plan` is what PlanPush(ids) gave under this hold of `mu`;
-  // CheckUpdate(settings, state, loss) is OK; `after` is empty or
-  // ids.size() x dim.
+  // CheckUpdate(settings, rule_state(), loss) is OK; `settings`, `ids`,
+  // `grads` and `after` outlive Run; `after` is empty or ids.size() x dim.
+  void Book(const optimizer::OptimizerSettings& settings, const Plan& plan,
+            std::span<const uint64_t> ids, std::span<const float> grads,
+            std::optional<double> loss, std::span<float> after,
+            optimizer::HelperThreads* helpers, Update& update)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
+  // Runs a booked update, with or without a hold of `mu`: in each stripe,
+  // in its turn, writes the initial rows of the rows created and runs the
+  // rule over the push's rows; a non-empty `after` receives what Read(ids)
+  // would give after the update, written as each row is updated (while it
+  // is in cache). `after` may be the gradients themselves: each row's
+  // gradient is read before that row of `after` is written. Returns false
+  // when the update left values that are not finite (the table then takes
+  // no more pushes).
+  bool Run(Update& update, optimizer::HelperThreads* helpers);
+  // Book, then Run.
   bool Apply(const optimizer::OptimizerSettings& settings, const Plan& plan,
              std::span<const uint64_t> ids, std::span<const float> grads,
              std::optional<double> loss, optimizer::HelperThreads* helpers,
@@ -132,7 +212,7 @@ class SparseTable final : public Entry {
   uint64_t step() const ABSL_SHARED_LOCKS_REQUIRED(mu) {
     return rule_state_.step;
   }
-  bool diverged() const ABSL_SHARED_LOCKS_REQUIRED(mu) { return diverged_; }
+  bool diverged() const { return diverged_.load(std::memory_order_acquire); }
   uint64_t rows() const ABSL_SHARED_LOCKS_REQUIRED(mu) { return index_.size(); }
 
   // Exactly-once records of the table, as a block keeps them.
@@ -199,29 +279,42 @@ class SparseTable final : public Entry {
     uint32_t next = kNone;
   };
 
+  // A stripe's ticket lock: the turns served so far.
+  struct Stripe {
+    absl::Mutex mu;
+    uint64_t served ABSL_GUARDED_BY(mu) = 0;
+  };
+  // A stripe's bookkeeping (under `mu`): the turns handed out, its places
+  // of evicted rows, and the unused places of its newest chunk.
+  struct StripeBook {
+    uint64_t issued = 0;
+    std::vector<uint32_t> free;
+    uint32_t next = 0;
+    uint32_t end = 0;
+  };
+
   // The arrays: values, then the four slots in kSlotBits' order.
   static constexpr int kArrays = 5;
   static constexpr int kMomentumArray = 1;
   static constexpr int kSquareAvgArray = 2;
 
-  float* Row(int array, uint32_t row) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
-  const float* Row(int array, uint32_t row) const
-      ABSL_SHARED_LOCKS_REQUIRED(mu);
+  // A row of an array. Unguarded: the caller holds the row's turn, or
+  // holds `mu` after Drain.
+  float* Row(int array, uint32_t row) const;
   // Allocates slot array `array` (zeros) for every chunk that has rows.
   void AllocateArray(int array) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
-  // A place for a new row of `id` (reused or new), with its initial values
-  // and zero slots, linked last.
+  // A place for a new row of `id` (reused or new), linked last; its floats
+  // are written by InitRow.
   uint32_t CreateRow(uint64_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
+  // Writes row `row`'s initial values (of `id`) and zeros in the slots of
+  // `held`.
+  void InitRow(uint32_t row, uint64_t id, optimizer::StateSlots held) const;
   void EvictRow(uint32_t row) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
   // Evicts the `n` least recently updated rows at once: they are the front
   // of the update order, so it is cut off in one piece (no relinks), and
   // their ids' hash slots are fetched while the order is walked.
   // REQUIRES: n <= rows().
   void EvictOldest(uint64_t n) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
-  // Apply's end, after the update (rule_state_.step advanced): evicts rows
-  // idle for evict_after_steps and marks the table diverged when the
-  // update left values that are not finite. Returns `finite`.
-  bool Finish(bool finite) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
   void Unlink(uint32_t row) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
   void LinkLast(uint32_t row) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
   // Whether `id` would have a row after one more push of it.
@@ -229,18 +322,31 @@ class SparseTable final : public Entry {
   uint64_t MinCount() const {
     return policy_.min_count() <= 1 ? 1 : policy_.min_count();
   }
+  // Waits for a turn; hands it to the next ticket.
+  void AwaitTurn(uint32_t stripe, uint64_t ticket) const;
+  void PassTurn(uint32_t stripe) const;
+  // Run's two paths.
+  bool RunInPlace(Update& update) const;
+  bool RunGathered(Update& update, optimizer::HelperThreads* helpers) const;
+  // Gathers rows [begin, end) of `update`, runs the rule's kernel once over
+  // them, and scatters them back.
+  bool UpdateGathered(Update& update, size_t begin, size_t end,
+                      optimizer::HelperThreads* helpers) const;
 
   const uint32_t dim_;
   const v1::RowInit init_;
   const v1::TablePolicy policy_;
   const uint64_t name_hash_;
 
+  mutable std::array<Stripe, kStripes> stripes_;
+  std::array<StripeBook, kStripes> books_ ABSL_GUARDED_BY(mu);
   // chunks_[array][c]: rows [c * kRowsPerChunk, (c + 1) * kRowsPerChunk) of
-  // that array; null for a slot the rows do not hold.
-  std::vector<std::unique_ptr<float[]>> chunks_[kArrays] ABSL_GUARDED_BY(mu);
+  // that array; null for a slot the rows do not hold. The lists change
+  // under `mu`, and their buffers move (or a list is replaced) only after
+  // Drain: Run reads them without `mu`.
+  std::vector<std::unique_ptr<float[]>> chunks_[kArrays];
   optimizer::StateSlots held_ ABSL_GUARDED_BY(mu) = 0;
-  std::vector<RowMeta> meta_ ABSL_GUARDED_BY(mu);   // by row place
-  std::vector<uint32_t> free_ ABSL_GUARDED_BY(mu);  // places of evicted rows
+  std::vector<RowMeta> meta_ ABSL_GUARDED_BY(mu);  // by row place
   absl::flat_hash_map<uint64_t, uint32_t> index_ ABSL_GUARDED_BY(mu);
   uint32_t oldest_ ABSL_GUARDED_BY(mu) = kNone;
   uint32_t newest_ ABSL_GUARDED_BY(mu) = kNone;
@@ -248,15 +354,10 @@ class SparseTable final : public Entry {
   optimizer::BlockOptimizerState rule_state_ ABSL_GUARDED_BY(mu);
   uint64_t rows_created_ ABSL_GUARDED_BY(mu) = 0;
   uint64_t rows_evicted_ ABSL_GUARDED_BY(mu) = 0;
-  bool diverged_ ABSL_GUARDED_BY(mu) = false;
+  // Set by the run that left values that are not finite.
+  std::atomic<bool> diverged_ = false;
   uint64_t charged_ ABSL_GUARDED_BY(mu) = 0;
-  // Apply's buffers, kept from push to push.
   std::vector<uint32_t> scratch_evicted_ ABSL_GUARDED_BY(mu);
-  std::vector<uint32_t> scratch_rows_ ABSL_GUARDED_BY(mu);
-  std::vector<size_t> scratch_sources_ ABSL_GUARDED_BY(mu);
-  std::vector<float> scratch_values_ ABSL_GUARDED_BY(mu);
-  std::vector<float> scratch_gradient_ ABSL_GUARDED_BY(mu);
-  optimizer::BlockOptimizerState scratch_state_ ABSL_GUARDED_BY(mu);
 };
 
 }  // namespace ps

@@ -12,8 +12,10 @@
 #include <cstring>
 #include <list>
 #include <random>
+#include <thread>
 #include <vector>
 
+#include "common/partition.h"
 #include "common/row_init.h"
 
 namespace ps {
@@ -159,6 +161,194 @@ TEST(SparseTableTest, EvictionTakesTheLeastRecentlyUpdatedRows) {
       const bool held =
           std::find(order.begin(), order.end(), id) != order.end();
       EXPECT_EQ(held, initial != now) << "id " << id << ", step " << step;
+    }
+  }
+}
+
+// One push as a thread makes it: booked under the table's lock, run after
+// it, with its answer rows.
+struct Pushed {
+  std::vector<uint64_t> ids;
+  std::vector<float> grads;
+  std::vector<float> after;
+  std::optional<double> loss;
+  uint64_t booked = 0;  // its place in the order of bookings
+};
+
+// Four threads push to one table at once, booking under its lock and
+// running after it, while a fifth reads rows and writes snapshots. A
+// replay of the same pushes one by one, in the order they were booked, on
+// a twin table gives the same rows and the same answers bit for bit: each
+// row saw the pushes in that order, whatever ran at once, rows created on
+// places that evicted rows left included.
+void ExpectConcurrentPushesEqualTheirReplay(
+    const optimizer::OptimizerSettings& settings,
+    const v1::TablePolicy& policy) {
+  constexpr uint32_t kDim = 13;
+  constexpr int kThreads = 4;
+  constexpr int kPushes = 60;
+  constexpr uint64_t kIds = 3000;
+  SparseTable table("t", kDim, UniformInit(), policy);
+  std::vector<std::vector<Pushed>> pushed(kThreads);
+  uint64_t bookings = 0;  // guarded by table.mu
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      std::mt19937_64 rng(100 + t);
+      std::normal_distribution<float> normal;
+      for (int k = 0; k < kPushes; ++k) {
+        Pushed push;
+        for (uint64_t id = 0; id < kIds; ++id) {
+          if (rng() % 8 == 0) push.ids.push_back(id * 7919);
+        }
+        std::shuffle(push.ids.begin(), push.ids.end(), rng);
+        push.grads.resize(push.ids.size() * kDim);
+        for (float& g : push.grads) g = normal(rng);
+        push.after.resize(push.grads.size());
+        if (std::holds_alternative<optimizer::EveParams>(settings.rule)) {
+          push.loss = 1.0 + 0.1 * (rng() % 10);  // Eve needs one
+        }
+        SparseTable::Update update;
+        {
+          absl::MutexLock lock(&table.mu);
+          absl::StatusOr<SparseTable::Plan> plan = table.PlanPush(push.ids);
+          ASSERT_TRUE(plan.ok()) << plan.status();
+          table.Book(settings, *plan, push.ids, push.grads, push.loss,
+                     push.after, nullptr, update);
+          push.booked = bookings++;
+        }
+        ASSERT_TRUE(table.Run(update, nullptr));
+        pushed[t].push_back(std::move(push));
+      }
+    });
+  }
+  std::atomic<bool> stop = false;
+  std::thread reader([&] {
+    std::vector<uint64_t> ids = {0, 7919, 2 * 7919, 99 * 7919};
+    std::vector<float> rows(ids.size() * kDim);
+    while (!stop.load()) {
+      {
+        absl::ReaderMutexLock lock(&table.mu);
+        table.Read(ids, rows);
+      }
+      for (float value : rows) ASSERT_TRUE(std::isfinite(value));
+      ASSERT_TRUE(table
+                      .Snapshot([](const storage::v1::BlockRecord&) {
+                        return absl::OkStatus();
+                      })
+                      .ok());
+    }
+  });
+  for (std::thread& thread : threads) thread.join();
+  stop = true;
+  reader.join();
+
+  std::vector<const Pushed*> order(kThreads * kPushes);
+  for (const auto& pushes : pushed) {
+    ASSERT_EQ(pushes.size(), size_t{kPushes});
+    for (const Pushed& push : pushes) order[push.booked] = &push;
+  }
+  SparseTable twin("t", kDim, UniformInit(), policy);
+  for (const Pushed* push : order) {
+    std::vector<float> after(push->grads.size());
+    absl::MutexLock lock(&twin.mu);
+    absl::StatusOr<SparseTable::Plan> plan = twin.PlanPush(push->ids);
+    ASSERT_TRUE(plan.ok());
+    ASSERT_TRUE(twin.Apply(settings, *plan, push->ids, push->grads, push->loss,
+                           nullptr, after));
+    ASSERT_EQ(0, std::memcmp(after.data(), push->after.data(),
+                             after.size() * sizeof(float)))
+        << "answer of booking " << push->booked;
+  }
+  std::vector<uint64_t> all(kIds);
+  for (uint64_t id = 0; id < kIds; ++id) all[id] = id * 7919;
+  std::vector<float> got(all.size() * kDim), want(all.size() * kDim);
+  absl::MutexLock lock(&table.mu);
+  absl::MutexLock twin_lock(&twin.mu);
+  table.Read(all, got);
+  twin.Read(all, want);
+  EXPECT_EQ(0,
+            std::memcmp(got.data(), want.data(), got.size() * sizeof(float)));
+  EXPECT_EQ(table.rows(), twin.rows());
+  EXPECT_EQ(table.step(), uint64_t{kThreads * kPushes});
+}
+
+TEST(SparseTableTest, ConcurrentSparseAdamPushesEqualTheirReplay) {
+  ExpectConcurrentPushesEqualTheirReplay(Rule(optimizer::AdamParams{}),
+                                         v1::TablePolicy());
+  v1::TablePolicy small;
+  small.set_max_rows(800);  // each push carries about 375 rows
+  small.set_evict_after_steps(20);
+  ExpectConcurrentPushesEqualTheirReplay(Rule(optimizer::AdamParams{}), small);
+}
+
+TEST(SparseTableTest, ConcurrentGatheredPushesEqualTheirReplay) {
+  v1::TablePolicy policy;
+  policy.set_max_rows(800);
+  policy.set_min_count(2);
+  {
+    SCOPED_TRACE("adagrad");
+    ExpectConcurrentPushesEqualTheirReplay(Rule(optimizer::AdagradParams{}),
+                                           policy);
+  }
+  {
+    SCOPED_TRACE("rmsprop");
+    ExpectConcurrentPushesEqualTheirReplay(Rule(optimizer::RmsPropParams{}),
+                                           policy);
+  }
+  // Eve's update runs while it is booked (its feedback is the next one's
+  // input).
+  SCOPED_TRACE("eve");
+  ExpectConcurrentPushesEqualTheirReplay(Rule(optimizer::EveParams{}), policy);
+}
+
+// A run waits for the turns of the pushes booked before it: run first, the
+// later of two pushes to the same rows still lands second.
+TEST(SparseTableTest, RunWaitsForTheTurnsOfEarlierBookings) {
+  constexpr uint32_t kDim = 5;
+  const optimizer::OptimizerSettings settings = Rule(optimizer::AdamParams{});
+  std::vector<uint64_t> ids;
+  for (uint64_t id = 0; id < 200; ++id) ids.push_back(id);
+  std::vector<float> first(ids.size() * kDim, 1.0f);
+  std::vector<float> second(ids.size() * kDim, -3.0f);
+  SparseTable table("t", kDim, UniformInit(), v1::TablePolicy());
+  SparseTable::Update a, b;
+  {
+    absl::MutexLock lock(&table.mu);
+    table.Book(settings, *table.PlanPush(ids), ids, first, std::nullopt, {},
+               nullptr, a);
+    table.Book(settings, *table.PlanPush(ids), ids, second, std::nullopt, {},
+               nullptr, b);
+  }
+  std::thread later([&] { table.Run(b, nullptr); });
+  // Long enough for `later` to run ahead if nothing held it.
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  table.Run(a, nullptr);
+  later.join();
+
+  SparseTable twin("t", kDim, UniformInit(), v1::TablePolicy());
+  absl::MutexLock twin_lock(&twin.mu);
+  twin.Apply(settings, *twin.PlanPush(ids), ids, first, std::nullopt, nullptr);
+  twin.Apply(settings, *twin.PlanPush(ids), ids, second, std::nullopt, nullptr);
+  std::vector<float> got(ids.size() * kDim), want(ids.size() * kDim);
+  absl::MutexLock lock(&table.mu);
+  table.Read(ids, got);
+  twin.Read(ids, want);
+  EXPECT_THAT(got, ElementsAreArray(want));
+}
+
+// Ids of one shard spread over every stripe, for any number of shards.
+TEST(SparseTableTest, OneShardsIdsSpreadOverEveryStripe) {
+  for (uint32_t shards : {1u, 2u, 4u, 16u, 64u}) {
+    std::vector<int> counts(SparseTable::kStripes);
+    int owned = 0;
+    for (uint64_t id = 0; owned < 16000; ++id) {
+      if (RowShard(Fnv1a64("emb"), id, shards) != 0) continue;
+      ++owned;
+      ++counts[SparseTable::StripeOf(id)];
+    }
+    for (int count : counts) {
+      EXPECT_GT(count, 16000 / SparseTable::kStripes / 2) << shards;
     }
   }
 }

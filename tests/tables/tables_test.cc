@@ -4,6 +4,7 @@
 // the memory limit and checkpoints.
 #include <unistd.h>
 
+#include <atomic>
 #include <bit>
 #include <cmath>
 #include <cstdint>
@@ -12,6 +13,7 @@
 #include <future>
 #include <map>
 #include <numeric>
+#include <random>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -25,6 +27,7 @@
 #include "gtest/gtest.h"
 #include "proto/ps/v1/ps.grpc.pb.h"
 #include "server/server.h"
+#include "server/table.h"
 
 #ifndef PS_TABLE_TRAJECTORIES
 #error "PS_TABLE_TRAJECTORIES must name tests/data/table_trajectories.txt"
@@ -306,6 +309,73 @@ TEST_F(TablesTest, RowsIdleForEvictAfterStepsGo) {
   EXPECT_EQ(row[0], 0.0f);  // back to its initial row
 }
 
+// Four workers push to one table at once (PushPullRows, rows shared
+// between them) while a fifth pulls. With SGD at rate 0.5 on zero rows and
+// small whole gradients every sum is exact in float32, whatever order the
+// shards applied the pushes in: each row must end at -0.5 x the sum of
+// every gradient pushed to it, and each shard's step must count every push.
+TEST_F(TablesTest, PushesOfSeveralWorkersToOneTableAllLand) {
+  Start(2);
+  constexpr int kWorkers = 4;
+  constexpr int kPushes = 30;
+  constexpr uint64_t kIds = 2000;
+  constexpr uint32_t kDim = 8;
+  TableOptions options;
+  v1::OptimizerConfig sgd;
+  sgd.mutable_sgd();
+  sgd.set_learning_rate(0.5);
+  options.optimizer = sgd;
+  ASSERT_TRUE(Connect()->CreateTable("t", kDim, options).ok());
+  std::vector<std::vector<double>> sums(kWorkers,
+                                        std::vector<double>(kIds * kDim));
+  std::vector<std::future<void>> workers;
+  for (int w = 0; w < kWorkers; ++w) {
+    workers.push_back(std::async(std::launch::async, [&, w] {
+      std::unique_ptr<Client> client = Connect(absl::StrCat("w", w));
+      ASSERT_NE(client, nullptr);
+      std::mt19937_64 rng(w);
+      for (int k = 0; k < kPushes; ++k) {
+        std::vector<uint64_t> ids;
+        for (uint64_t id = 0; id < kIds; ++id) {
+          if (rng() % 4 == 0) ids.push_back(id);
+        }
+        std::vector<float> grads(ids.size() * kDim);
+        for (size_t i = 0; i < grads.size(); ++i) {
+          grads[i] = static_cast<float>(static_cast<int>(rng() % 7) - 3);
+          sums[w][ids[i / kDim] * kDim + i % kDim] += grads[i];
+        }
+        std::vector<float> after(grads.size());
+        ASSERT_TRUE(client->PushPullRows("t", ids, grads, after).ok());
+      }
+    }));
+  }
+  std::atomic<bool> stop = false;
+  auto puller = std::async(std::launch::async, [&] {
+    std::unique_ptr<Client> client = Connect("reader");
+    ASSERT_NE(client, nullptr);
+    std::vector<uint64_t> ids = {0, 1, 999, 1999};
+    std::vector<float> rows(ids.size() * kDim);
+    while (!stop.load()) ASSERT_TRUE(client->PullRows("t", ids, rows).ok());
+  });
+  for (auto& worker : workers) worker.get();
+  stop = true;
+  puller.get();
+
+  std::vector<uint64_t> all(kIds);
+  std::iota(all.begin(), all.end(), 0);
+  std::vector<float> rows(kIds * kDim);
+  ASSERT_TRUE(Connect()->PullRows("t", all, rows).ok());
+  for (size_t i = 0; i < rows.size(); ++i) {
+    double sum = 0;
+    for (const auto& worker : sums) sum += worker[i];
+    ASSERT_EQ(rows[i], static_cast<float>(-0.5 * sum))
+        << "row " << i / kDim << " value " << i % kDim;
+  }
+  for (size_t s = 0; s < 2; ++s) {
+    EXPECT_EQ(Info(s, "t").step(), uint64_t{kWorkers * kPushes}) << s;
+  }
+}
+
 // ---- refusals
 
 TEST_F(TablesTest, BadRequestsAreRefusedAndChangeNothing) {
@@ -393,10 +463,15 @@ TEST_F(TablesTest, BadRequestsAreRefusedAndChangeNothing) {
 
 TEST_F(TablesTest, AMemoryLimitRefusesNewRowsWholeUntilEvictionMakesRoom) {
   ServerOptions options;
-  options.memory_limit_bytes = 64 << 10;
+  // Two tables and 64 KiB of rows.
+  options.memory_limit_bytes = 2 * SparseTable::kTableBytes + (64 << 10);
   Start(1, options);
   std::unique_ptr<Client> client = Connect();
   ASSERT_TRUE(client->CreateTable("t", 64).ok());  // SGD: 256 B + 48 a row
+  // With max_rows, eviction makes room for new rows under the same limit.
+  TableOptions bounded;
+  bounded.policy.set_max_rows(50);
+  ASSERT_TRUE(client->CreateTable("u", 64, bounded).ok());
   std::vector<uint64_t> ids(300);
   for (uint64_t i = 0; i < ids.size(); ++i) ids[i] = i;
   absl::Status refused =
@@ -408,10 +483,6 @@ TEST_F(TablesTest, AMemoryLimitRefusesNewRowsWholeUntilEvictionMakesRoom) {
       client->PushRows("t", ids, std::vector<float>(ids.size() * 64, 1)).ok());
   EXPECT_EQ(Info(0, "t").rows(), 100u);
 
-  // With max_rows, eviction makes room for new rows under the same limit.
-  TableOptions bounded;
-  bounded.policy.set_max_rows(50);
-  ASSERT_TRUE(client->CreateTable("u", 64, bounded).ok());
   for (uint64_t round = 0; round < 5; ++round) {
     std::vector<uint64_t> fresh(50);
     for (uint64_t i = 0; i < fresh.size(); ++i) fresh[i] = round * 1000 + i;
