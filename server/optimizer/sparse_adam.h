@@ -7,7 +7,8 @@
 // A row of each array is `n` contiguous floats, so the update runs on the
 // table's own memory: nothing is gathered or scattered.
 //
-// Thread safety: none; the caller holds the table's lock.
+// Thread safety: none; the caller holds the turn of the rows' stripe
+// (SparseTable::Run).
 #ifndef PS_SERVER_OPTIMIZER_SPARSE_ADAM_H_
 #define PS_SERVER_OPTIMIZER_SPARSE_ADAM_H_
 
