@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cstring>
 #include <list>
+#include <map>
 #include <random>
 #include <thread>
 #include <vector>
@@ -176,11 +177,12 @@ struct Pushed {
 };
 
 // Four threads push to one table at once, booking under its lock and
-// running after it, while a fifth reads rows and writes snapshots. A
+// running after it, while a fifth reads rows and takes snapshots. A
 // replay of the same pushes one by one, in the order they were booked, on
 // a twin table gives the same rows and the same answers bit for bit: each
 // row saw the pushes in that order, whatever ran at once, rows created on
-// places that evicted rows left included.
+// places that evicted rows left included. Each snapshot, restored, equals
+// the replay at the step it was cut at: one cut, no push in it by halves.
 void ExpectConcurrentPushesEqualTheirReplay(
     const optimizer::OptimizerSettings& settings,
     const v1::TablePolicy& policy) {
@@ -223,6 +225,9 @@ void ExpectConcurrentPushesEqualTheirReplay(
     });
   }
   std::atomic<bool> stop = false;
+  // Snapshots taken while the pushes run, each with the step it was cut
+  // at (the bookings before it).
+  std::vector<std::vector<storage::v1::BlockRecord>> snapshots;
   std::thread reader([&] {
     std::vector<uint64_t> ids = {0, 7919, 2 * 7919, 99 * 7919};
     std::vector<float> rows(ids.size() * kDim);
@@ -232,11 +237,19 @@ void ExpectConcurrentPushesEqualTheirReplay(
         table.Read(ids, rows);
       }
       for (float value : rows) ASSERT_TRUE(std::isfinite(value));
+      std::vector<storage::v1::BlockRecord> records;
       ASSERT_TRUE(table
-                      .Snapshot([](const storage::v1::BlockRecord&) {
+                      .Snapshot([&](const storage::v1::BlockRecord& record) {
+                        records.push_back(record);
                         return absl::OkStatus();
                       })
                       .ok());
+      // Up to 8, each at a step of its own.
+      if (snapshots.size() < 8 &&
+          (snapshots.empty() || snapshots.back().at(0).rows().state().step() !=
+                                    records.at(0).rows().state().step())) {
+        snapshots.push_back(std::move(records));
+      }
     }
   });
   for (std::thread& thread : threads) thread.join();
@@ -248,21 +261,48 @@ void ExpectConcurrentPushesEqualTheirReplay(
     ASSERT_EQ(pushes.size(), size_t{kPushes});
     for (const Pushed& push : pushes) order[push.booked] = &push;
   }
-  SparseTable twin("t", kDim, UniformInit(), policy);
-  for (const Pushed* push : order) {
-    std::vector<float> after(push->grads.size());
-    absl::MutexLock lock(&twin.mu);
-    absl::StatusOr<SparseTable::Plan> plan = twin.PlanPush(push->ids);
-    ASSERT_TRUE(plan.ok());
-    ASSERT_TRUE(twin.Apply(settings, *plan, push->ids, push->grads, push->loss,
-                           nullptr, after));
-    ASSERT_EQ(0, std::memcmp(after.data(), push->after.data(),
-                             after.size() * sizeof(float)))
-        << "answer of booking " << push->booked;
-  }
   std::vector<uint64_t> all(kIds);
   for (uint64_t id = 0; id < kIds; ++id) all[id] = id * 7919;
   std::vector<float> got(all.size() * kDim), want(all.size() * kDim);
+  // Each snapshot is one cut of the table: restored, it reads as the replay
+  // of the pushes booked before it.
+  std::map<uint64_t, const std::vector<storage::v1::BlockRecord>*> cuts;
+  for (const auto& records : snapshots) {
+    cuts[records.at(0).rows().state().step()] = &records;
+  }
+  SparseTable twin("t", kDim, UniformInit(), policy);
+  auto expect_cut = [&](uint64_t step) {
+    auto cut = cuts.find(step);
+    if (cut == cuts.end()) return;
+    SparseTable restored("t", kDim, UniformInit(), policy);
+    for (const storage::v1::BlockRecord& record : *cut->second) {
+      ASSERT_TRUE(restored.Restore(record).ok());
+    }
+    absl::MutexLock lock(&restored.mu);
+    absl::MutexLock twin_lock(&twin.mu);
+    restored.Read(all, got);
+    twin.Read(all, want);
+    EXPECT_EQ(0,
+              std::memcmp(got.data(), want.data(), got.size() * sizeof(float)))
+        << "snapshot at step " << step;
+    EXPECT_EQ(restored.rows(), twin.rows()) << "snapshot at step " << step;
+  };
+  ASSERT_FALSE(cuts.empty());
+  expect_cut(0);
+  for (const Pushed* push : order) {
+    std::vector<float> after(push->grads.size());
+    {
+      absl::MutexLock lock(&twin.mu);
+      absl::StatusOr<SparseTable::Plan> plan = twin.PlanPush(push->ids);
+      ASSERT_TRUE(plan.ok());
+      ASSERT_TRUE(twin.Apply(settings, *plan, push->ids, push->grads,
+                             push->loss, nullptr, after));
+    }
+    ASSERT_EQ(0, std::memcmp(after.data(), push->after.data(),
+                             after.size() * sizeof(float)))
+        << "answer of booking " << push->booked;
+    expect_cut(push->booked + 1);
+  }
   absl::MutexLock lock(&table.mu);
   absl::MutexLock twin_lock(&twin.mu);
   table.Read(all, got);
