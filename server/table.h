@@ -5,9 +5,9 @@
 // in slabs (chunks of kRowsPerChunk rows, row-major, never moved once
 // allocated), a flat hash map takes an id to its row's place, and a push's
 // rows are updated in place (SparseAdam) or gathered into one contiguous
-// batch for one kernel call, then scattered back. Rows are linked in the
-// order of their last update, so the least recently updated row is found at
-// once for eviction.
+// batch per stripe (per push for Eve and a clipped norm) for one kernel
+// call, then scattered back. Rows are linked in the order of their last
+// update, so the least recently updated row is found at once for eviction.
 //
 // The rule's step t is the table's step on this shard: one per push that
 // carries rows of it (async) or per sync step. SGD and Adagrad equal
