@@ -77,8 +77,9 @@ struct PreparedPush {
     SparseTable::Plan plan;
     // The update booked under the push's locks and run after them
     // (VariableStore::ApplyRowsAsync, RunRowsAsync), with the rule it was
-    // booked with, and where the rows after it go: `after`, which is
-    // `buffer`'s bytes (in_buffer) or `answer`.
+    // checked and booked with (null for a part already applied), and where
+    // the rows after it go: `after`, which is `buffer`'s bytes (in_buffer)
+    // or `answer`.
     SparseTable::Update update;
     std::shared_ptr<const OptimizerEntry> rule;
     std::span<float> after;

@@ -300,10 +300,12 @@ absl::Status VariableStore::CheckRowsAsync(PreparedPush& push,
     duplicate[j] = AlreadyApplied(push, table.applied);
     if (duplicate[j]) continue;
     PS_RETURN_IF_ERROR(CheckTableTakesPush(push, table));
-    auto entry = rules_.For(table.name());
-    PS_RETURN_IF_ERROR(CheckTableUpdate(entry->settings, table, push.loss));
+    // The rule the part is checked, planned and booked with (an optimizer
+    // change waits for the push's locks).
+    part.rule = rules_.For(table.name());
+    PS_RETURN_IF_ERROR(CheckTableUpdate(part.rule->settings, table, push.loss));
     PS_ASSIGN_OR_RETURN(part.plan, table.PlanPush(part.ids));
-    more += table.BytesDelta(part.plan, entry->settings);
+    more += table.BytesDelta(part.plan, part.rule->settings);
   }
   if (more > 0) {
     PS_RETURN_IF_ERROR(memory_.ReserveTableBytes(
@@ -345,7 +347,6 @@ int64_t VariableStore::ApplyRowsAsync(
     if (!duplicate[j]) {
       // Booked here, under the push's locks; the rows are updated by
       // RunRowsAsync after they are released.
-      part.rule = rules_.For(table.name());
       table.Book(part.rule->settings, part.plan, part.ids, part.gradients,
                  push.loss, part.after, &helpers_, part.update);
       new_records += MarkApplied(push, table.applied) ? 1 : 0;

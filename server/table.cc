@@ -349,8 +349,8 @@ void SparseTable::Book(const optimizer::OptimizerSettings& settings,
   update.grads = grads;
   update.after = after;
   update.loss = loss;
-  update.state.step = rule_state_.step;
-  update.state.eve = rule_state_.eve;
+  update.step = rule_state_.step;
+  update.eve = rule_state_.eve;
   update.held = held_;
   update.in_place = optimizer::SparseAdamStep::Applies(settings);
   // Eve's feedback and a clipped norm need every row of the push in one
@@ -392,6 +392,10 @@ void SparseTable::Book(const optimizer::OptimizerSettings& settings,
   std::array<uint32_t, kStripes> counts{};
   std::vector<uint32_t>& rows = update.rows;
   std::vector<uint32_t>& sources = update.sources;
+  std::vector<uint8_t>& fresh = update.fresh;
+  static_assert(kStripes <= 256);
+  std::vector<uint8_t> stripes;  // by row
+  stripes.reserve(ids.size());
   for (size_t i = 0; i < ids.size(); ++i) {
     const uint64_t id = ids[i];
     uint32_t row = found[i];
@@ -407,9 +411,10 @@ void SparseTable::Book(const optimizer::OptimizerSettings& settings,
     }
     rows.push_back(row);
     sources.push_back(static_cast<uint32_t>(i));
-    ++counts[StripeOf(id)];
+    fresh.push_back(found[i] == kNone);
+    stripes.push_back(static_cast<uint8_t>(StripeOf(id)));
+    ++counts[stripes.back()];
   }
-  update.fresh.resize(rows.size());
   if (!update.whole) {
     // Grouped by stripe, so that each turn covers a range of them.
     std::array<uint32_t, kStripes> next{};
@@ -418,20 +423,17 @@ void SparseTable::Book(const optimizer::OptimizerSettings& settings,
     }
     std::vector<uint32_t> by_stripe(rows.size());
     std::vector<uint32_t> sources_by_stripe(rows.size());
+    std::vector<uint8_t> fresh_by_stripe(rows.size());
     for (size_t r = 0; r < rows.size(); ++r) {
-      const uint32_t at = next[StripeOf(ids[sources[r]])]++;
+      const uint32_t at = next[stripes[r]]++;
       by_stripe[at] = rows[r];
       sources_by_stripe[at] = sources[r];
-      update.fresh[at] = found[sources[r]] == kNone;
+      fresh_by_stripe[at] = fresh[r];
     }
     rows = std::move(by_stripe);
     sources = std::move(sources_by_stripe);
-  } else {
-    // In push order: one kernel call holds every turn at once.
-    for (size_t r = 0; r < rows.size(); ++r) {
-      update.fresh[r] = found[sources[r]] == kNone;
-    }
-  }
+    fresh = std::move(fresh_by_stripe);
+  }  // else in push order: one kernel call holds every turn at once
   // A ticket in each stripe it has rows in, covering the stripe's range of
   // rows (unless the update is whole).
   size_t begin = 0;
@@ -454,15 +456,15 @@ void SparseTable::Book(const optimizer::OptimizerSettings& settings,
   if (eve && !rows.empty()) {
     // Eve's feedback from this update is the next one's input.
     Run(update, helpers);
-    rule_state_.eve = update.state.eve;
+    rule_state_.eve = update.eve;
   }
 }
 
 bool SparseTable::Run(Update& update, optimizer::HelperThreads* helpers) {
   if (update.done) return true;
   update.done = true;
-  for (uint32_t i : update.pending) {
-    if (!update.after.empty()) {
+  if (!update.after.empty()) {
+    for (uint32_t i : update.pending) {
       InitialRow(init_, name_hash_, update.ids[i],
                  update.after.subspan(i * size_t{dim_}, dim_));
     }
@@ -475,7 +477,7 @@ bool SparseTable::Run(Update& update, optimizer::HelperThreads* helpers) {
         "table '{}' has values that are not finite after step {}; it takes "
         "no more pushes (lower its learning rate with psctl and restore a "
         "checkpoint, see docs/optimizers.md)",
-        name(), update.state.step + 1);
+        name(), update.step + 1);
   }
   return finite;
 }
@@ -483,7 +485,7 @@ bool SparseTable::Run(Update& update, optimizer::HelperThreads* helpers) {
 bool SparseTable::RunInPlace(Update& update) const {
   // In place, row by row, stripe by stripe in each one's turn, fetching the
   // rows ahead meanwhile.
-  const optimizer::SparseAdamStep adam(*update.settings, update.state.step);
+  const optimizer::SparseAdamStep adam(*update.settings, update.step);
   const std::vector<uint32_t>& rows = update.rows;
   bool finite = true;
   for (const Update::Turn& turn : update.turns) {
@@ -560,8 +562,8 @@ bool SparseTable::UpdateGathered(Update& update, size_t begin, size_t end,
     gathered_gradient.resize(n);
     gradient = gathered_gradient;
   }
-  state.step = update.state.step;
-  state.eve = update.state.eve;
+  state.step = update.step;
+  state.eve = update.eve;
   const optimizer::StateSlots needed =
       optimizer::SlotsOf(update.settings->rule);
   for (int array = 1; array < kArrays; ++array) {
@@ -590,9 +592,7 @@ bool SparseTable::UpdateGathered(Update& update, size_t begin, size_t end,
   }
   optimizer::ApplyUpdate(*update.settings, state, values, gradient, update.loss,
                          std::nullopt, helpers);
-  if (update.whole) {  // Eve's feedback, for Book to keep
-    update.state.eve = state.eve;
-  }
+  if (update.whole) update.eve = state.eve;  // Eve's, for Book to keep
   bool finite = true;
   for (float value : values) finite &= std::isfinite(value);
   for (size_t r = 0; r < rows.size(); ++r) {

@@ -158,9 +158,9 @@ class SparseTable final : public Entry {
     std::span<const float> grads;
     std::span<float> after;
     std::optional<double> loss;
-    // The step and Eve's feedback before it (after it, once it has run);
-    // its slots stay empty.
-    optimizer::BlockOptimizerState state;
+    uint64_t step = 0;  // the table's step before it
+    // Eve's feedback before it; after it, once an Eve update has run.
+    optimizer::EveFeedbackState eve;
     optimizer::StateSlots held = 0;  // zeroed in the rows it creates
     bool in_place = false;           // SparseAdam, row by row
     // One kernel call over all its rows, holding every turn (Eve, a
